@@ -1,0 +1,524 @@
+"""Typed configuration: one declaration per option (type, default, description), validated once.
+
+``load_config(path)`` parses the YAML, validates the whole tree and either returns a frozen
+:class:`Config` or raises :class:`~collector.errors.ConfigError` whose problems read
+``FILE:LINE: field.path: what is wrong and what is allowed``. Unknown keys are rejected.
+Nothing here touches the network. docs/configuration.md documents every option.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from collector.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# MQTT topic levels must not contain wildcards or separators.
+TOPIC_LEVEL_PATTERN = r"^[^/#+\s]+$"
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- identity & buffer
+
+
+class Identity(_Model):
+    id: Annotated[str, Field(pattern=TOPIC_LEVEL_PATTERN, max_length=64)] = Field(
+        description="Collector id: unique per collector; part of the MQTT topic and the dedupe key."
+    )
+    site: Annotated[str, Field(pattern=TOPIC_LEVEL_PATTERN, max_length=64)] = Field(
+        description="Site (plant) name, part of the MQTT topic."
+    )
+    line: Annotated[str, Field(pattern=TOPIC_LEVEL_PATTERN, max_length=64)] = Field(
+        description="Production line name, part of the MQTT topic."
+    )
+
+
+class Synchronous(StrEnum):
+    FULL = "full"
+    NORMAL = "normal"
+
+
+class BufferConfig(_Model):
+    path: Path = Field(description="SQLite file of the outbox; its folder must be writable.")
+    max_readings: int = Field(
+        default=5_000_000,
+        ge=1000,
+        description="Cap on buffered readings; when full, the oldest are dropped and counted.",
+    )
+    synchronous: Synchronous = Field(
+        default=Synchronous.FULL,
+        description="SQLite synchronous mode: full survives power loss; normal (WAL) may lose "
+        "the last commits on power loss but never corrupts.",
+    )
+
+
+# --------------------------------------------------------------------------- MQTT
+
+
+class TlsConfig(_Model):
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="Client private key (PEM).")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttVersion(StrEnum):
+    V5 = "5"
+    V311 = "3.1.1"
+
+
+class MqttConfig(_Model):
+    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    client_id: str | None = Field(
+        default=None, max_length=128, description="MQTT client id; default: the collector id."
+    )
+    version: MqttVersion = Field(default=MqttVersion.V5, description="MQTT protocol version.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive (s).")
+    topic_prefix: str = Field(
+        default="collector",
+        pattern=r"^[^#+\s]+$",
+        description="First topic level(s); see docs/messages.md.",
+    )
+    username: str | None = Field(default=None, description="MQTT user name.")
+    password_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the password."
+    )
+    password_file: Path | None = Field(default=None, description="File holding the password.")
+    tls: TlsConfig | None = Field(default=None, description="Enable TLS (and set its files).")
+    max_message_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=256 * 1024 * 1024, description="Cap on one message."
+    )
+    max_readings_per_message: int = Field(
+        default=500, ge=1, le=100_000, description="Cap on readings in one message."
+    )
+    max_inflight_messages: int = Field(
+        default=8, ge=1, le=100, description="Messages published and not yet acknowledged."
+    )
+    shutdown_grace_s: float = Field(
+        default=5.0, ge=0, le=300, description="On SIGTERM, time given to deliver the buffer."
+    )
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Self:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+    def password(self) -> SecretStr | None:
+        """Resolve the password from its environment variable or file (read at start-up)."""
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            return None if value is None else SecretStr(value)
+        if self.password_file is not None:
+            return SecretStr(self.password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+        return None
+
+
+# --------------------------------------------------------------------------- health
+
+
+class HealthConfig(_Model):
+    enabled: bool = Field(default=True, description="Serve /health and /status.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Bind address; loopback by default. Set 0.0.0.0 only on a trusted network.",
+    )
+    port: int = Field(default=8180, ge=0, le=65535, description="HTTP port (0: any free port).")
+
+
+# --------------------------------------------------------------------------- stations
+
+
+class TagRef(_Model):
+    device: Name = Field(description="Device name.")
+    tag: Name = Field(description="Tag name on that device.")
+
+
+class StationConfig(_Model):
+    name: Name = Field(description="Station name, unique on this collector.")
+    operation: Name = Field(description="The operation this station performs, e.g. flash.")
+    serial_source: TagRef | None = Field(
+        default=None, description="The device tag that holds the current unit serial."
+    )
+
+
+# --------------------------------------------------------------------------- Modbus
+
+
+class ModbusTable(StrEnum):
+    COIL = "coil"
+    DISCRETE_INPUT = "discrete_input"
+    INPUT_REGISTER = "input_register"
+    HOLDING_REGISTER = "holding_register"
+
+    @property
+    def is_bit_table(self) -> bool:
+        return self in (ModbusTable.COIL, ModbusTable.DISCRETE_INPUT)
+
+
+class ModbusType(StrEnum):
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    STRING = "string"
+
+
+# Registers each fixed-size type spans.
+TYPE_REGISTERS: dict[ModbusType, int] = {
+    ModbusType.BOOL: 1,
+    ModbusType.INT16: 1,
+    ModbusType.UINT16: 1,
+    ModbusType.INT32: 2,
+    ModbusType.UINT32: 2,
+    ModbusType.FLOAT32: 2,
+    ModbusType.INT64: 4,
+    ModbusType.UINT64: 4,
+    ModbusType.FLOAT64: 4,
+}
+
+
+class ByteOrder(StrEnum):
+    """Order of the two bytes inside one register (big = the Modbus standard)."""
+
+    BIG = "big"
+    LITTLE = "little"
+
+
+class WordOrder(StrEnum):
+    """Order of registers in a multi-register value (big = most significant word first)."""
+
+    BIG = "big"
+    LITTLE = "little"
+
+
+class ModbusTag(_Model):
+    name: Name = Field(description="Tag name, unique within the device.")
+    table: ModbusTable = Field(description="Which of the four Modbus tables.")
+    address: int = Field(ge=0, le=65535, description="0-based address in that table.")
+    type: ModbusType = Field(default=ModbusType.UINT16, description="Value type.")
+    count: int | None = Field(
+        default=None, ge=1, le=125, description="Registers of a string (2 characters each)."
+    )
+    bit: int | None = Field(
+        default=None, ge=0, le=15, description="For bool in a register: bit 0 (LSB) to 15."
+    )
+    byte_order: ByteOrder | None = Field(default=None, description="Default: the device's.")
+    word_order: WordOrder | None = Field(default=None, description="Default: the device's.")
+    scale: float = Field(default=1.0, description="value = raw * scale + offset.")
+    offset: float = Field(default=0.0, description="value = raw * scale + offset.")
+    unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
+
+    @model_validator(mode="after")
+    def _type_fits_table(self) -> Self:
+        if self.table.is_bit_table:
+            if self.type is not ModbusType.BOOL:
+                raise ValueError(
+                    f"type {self.type.value} needs a register table "
+                    f"(holding_register or input_register); a {self.table.value} holds bool only"
+                )
+            if self.bit is not None:
+                raise ValueError(f"bit is only for bool in a register, not in a {self.table.value}")
+        elif self.type is ModbusType.BOOL and self.bit is None:
+            raise ValueError("bool in a register needs bit: 0 (LSB) to 15")
+        elif self.type is not ModbusType.BOOL and self.bit is not None:
+            raise ValueError("bit is only allowed with type bool")
+        if self.type is ModbusType.STRING and self.count is None:
+            raise ValueError("type string needs count: the number of registers (1 to 125)")
+        if self.type is not ModbusType.STRING and self.count is not None:
+            raise ValueError("count is only allowed with type string")
+        if self.address + self.width - 1 > 65535:
+            raise ValueError(f"address {self.address} + {self.width} registers runs past 65535")
+        if self.type in (ModbusType.STRING, ModbusType.BOOL) and (
+            self.scale != 1.0 or self.offset != 0.0
+        ):
+            raise ValueError(f"scale and offset do not apply to type {self.type.value}")
+        return self
+
+    @property
+    def width(self) -> int:
+        """Registers (or bits, in a bit table) this tag occupies."""
+        if self.table.is_bit_table:
+            return 1
+        if self.type is ModbusType.STRING:
+            assert self.count is not None
+            return self.count
+        return TYPE_REGISTERS[self.type]
+
+
+class ModbusWorkarounds(_Model):
+    """Device quirks. Defaults are the Modbus specification's limits."""
+
+    max_registers_per_request: int = Field(
+        default=125, ge=1, le=125, description="Lower it for devices that reject long reads."
+    )
+    max_bits_per_request: int = Field(
+        default=2000, ge=1, le=2000, description="Lower it for devices that reject long reads."
+    )
+
+
+class ModbusTcpDevice(_Model):
+    protocol: Literal["modbus_tcp"] = Field(description="Modbus TCP (also via a TCP gateway).")
+    name: Name = Field(description="Device name, unique on this collector.")
+    station: Name | None = Field(default=None, description="Station this device belongs to.")
+    host: str = Field(description="IP address or host name of the device or gateway.")
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
+    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave) id.")
+    poll_interval_ms: int = Field(default=1000, ge=10, le=86_400_000, description="Poll period.")
+    timeout_ms: int = Field(default=1000, ge=10, le=60_000, description="Per-request timeout.")
+    reconnect_min_ms: int = Field(default=500, ge=10, description="First reconnect delay.")
+    reconnect_max_ms: int = Field(default=30_000, ge=10, description="Longest reconnect delay.")
+    byte_order: ByteOrder = Field(default=ByteOrder.BIG, description="Default for the tags.")
+    word_order: WordOrder = Field(default=WordOrder.BIG, description="Default for the tags.")
+    max_gap_registers: int = Field(
+        default=16, ge=0, le=124, description="Unused registers bridged to join two requests."
+    )
+    max_gap_bits: int = Field(
+        default=64, ge=0, le=1999, description="Unused bits bridged to join two requests."
+    )
+    workarounds: ModbusWorkarounds = Field(default_factory=ModbusWorkarounds)
+    tags: list[ModbusTag] = Field(min_length=1, description="What to read.")
+
+    @field_validator("tags")
+    @classmethod
+    def _unique_tag_names(cls, tags: list[ModbusTag]) -> list[ModbusTag]:
+        _reject_duplicates((t.name for t in tags), "tag name")
+        return tags
+
+    @model_validator(mode="after")
+    def _fits_in_requests(self) -> Self:
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
+        limit = self.workarounds.max_registers_per_request
+        for tag in self.tags:
+            if not tag.table.is_bit_table and tag.width > limit:
+                raise ValueError(
+                    f"tag {tag.name!r} spans {tag.width} registers, more than "
+                    f"workarounds.max_registers_per_request ({limit})"
+                )
+        return self
+
+
+DeviceConfig = ModbusTcpDevice
+
+
+# --------------------------------------------------------------------------- the whole file
+
+
+class Config(_Model):
+    collector: Identity
+    buffer: BufferConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    stations: list[StationConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        _reject_duplicates((s.name for s in self.stations), "station name")
+        _reject_duplicates((d.name for d in self.devices), "device name")
+        stations = {s.name for s in self.stations}
+        devices = {d.name: d for d in self.devices}
+        for device in self.devices:
+            if device.station is not None and device.station not in stations:
+                raise ValueError(
+                    f"device {device.name!r}: station {device.station!r} is not defined; "
+                    f"defined: {_listing(stations)}"
+                )
+        for station in self.stations:
+            src = station.serial_source
+            if src is None:
+                continue
+            if src.device not in devices:
+                raise ValueError(
+                    f"station {station.name!r}: serial_source.device {src.device!r} is not "
+                    f"defined; defined: {_listing(devices)}"
+                )
+            source_device = devices[src.device]
+            if src.tag not in {t.name for t in source_device.tags}:
+                raise ValueError(
+                    f"station {station.name!r}: serial_source.tag {src.tag!r} is not a tag of "
+                    f"device {src.device!r}"
+                )
+            if source_device.station != station.name:
+                raise ValueError(
+                    f"station {station.name!r}: serial_source.device {src.device!r} belongs to "
+                    f"station {source_device.station!r}; it must belong to this station"
+                )
+        return self
+
+
+def _listing(names: Iterable[str]) -> str:
+    items = sorted(names)
+    return ", ".join(items) if items else "(none)"
+
+
+def _reject_duplicates(names: Iterable[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} {name!r}")
+        seen.add(name)
+
+
+# --------------------------------------------------------------------------- loading
+
+Path_ = tuple[str | int, ...]
+
+
+def _line_map(
+    node: yaml.Node, path: Path_ = (), out: dict[Path_, int] | None = None
+) -> dict[Path_, int]:
+    """Map every field path in the YAML document to the 1-based line that gives it."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_map(value_node, (*path, key), out)
+            # Keep the key's own line for the field itself (errors about the key, e.g. unknown).
+            out[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, (*path, index), out)
+    return out
+
+
+def _locate(loc: Sequence[str | int], lines: dict[Path_, int]) -> tuple[str, int]:
+    """Turn a pydantic error location into (dotted field path, line).
+
+    An element extends the path when the YAML has it; the last element is shown even when the
+    YAML lacks it (a missing field); any other element is a pydantic-internal step, such as the
+    tag of a discriminated union, and is skipped.
+    """
+    path: Path_ = ()
+    shown = ""
+    for index, element in enumerate(loc):
+        candidate = (*path, element)
+        step = f"[{element}]" if isinstance(element, int) else f".{element}"
+        if candidate in lines:
+            path = candidate
+            shown += step
+        elif index == len(loc) - 1:
+            shown += step
+    return shown.lstrip(".") or "(top level)", lines.get(path, 1)
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    msg: str = error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (not ignored: check its spelling against docs/configuration.md)"
+    if kind == "missing":
+        return "required field is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind == "string_pattern_mismatch":
+        pattern = error.get("ctx", {}).get("pattern", "")
+        if pattern == NAME_PATTERN:
+            return (
+                f"{error['input']!r} is not a valid name: use letters, digits, '_', '.', '-' "
+                "and start with a letter or digit"
+            )
+        if pattern == TOPIC_LEVEL_PATTERN:
+            return f"{error['input']!r} must not contain '/', '#', '+' or spaces (MQTT topic level)"
+    if kind == "value_error" or "input" not in error:
+        return msg  # our own validators already name the bad value
+    return f"{msg}; got {error['input']!r}"
+
+
+def parse_config(text: str, filename: str = "<config>") -> Config:
+    """Validate a YAML document; raise ConfigError listing every problem."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError([f"{filename}:{line}: (yaml): {exc.problem or exc}"]) from exc
+    if node is None or not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1: (top level): the file must be a YAML mapping"])
+    lines = _line_map(node)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field, line = _locate(error["loc"], lines)
+            problems.append(f"{filename}:{line}: {field}: {_message(error)}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file, and check that its secrets can be resolved."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}:0: (file): cannot read: {exc.strerror}"]) from exc
+    config = parse_config(text, str(path))
+    problems = _environment_problems(config, str(path), text)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _environment_problems(config: Config, filename: str, text: str) -> list[str]:
+    """Checks that depend on the machine, not the file: secrets that must exist."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines = _line_map(node) if node is not None else {}
+    problems: list[str] = []
+    mqtt = config.mqtt
+    if mqtt.password_env is not None and mqtt.password_env not in os.environ:
+        line = lines.get(("mqtt", "password_env"), 1)
+        problems.append(
+            f"{filename}:{line}: mqtt.password_env: environment variable "
+            f"{mqtt.password_env!r} is not set"
+        )
+    files: list[tuple[Path_, Path | None]] = [(("mqtt", "password_file"), mqtt.password_file)]
+    if mqtt.tls is not None:
+        files += [
+            (("mqtt", "tls", "ca_file"), mqtt.tls.ca_file),
+            (("mqtt", "tls", "cert_file"), mqtt.tls.cert_file),
+            (("mqtt", "tls", "key_file"), mqtt.tls.key_file),
+        ]
+    for field_path, file in files:
+        if file is not None and not os.access(file, os.R_OK):
+            line = lines.get(field_path, 1)
+            problems.append(
+                f"{filename}:{line}: {'.'.join(map(str, field_path))}: "
+                f"file {str(file)!r} does not exist or is not readable"
+            )
+    return problems

@@ -1,0 +1,222 @@
+"""``collector demo``: a simulated pilot line and a collector for it, in one process.
+
+The line: a functional tester (a real Modbus TCP server on 127.0.0.1) whose voltage, current and
+temperature drift over time, with the serial of the unit under test in string registers that
+changes every few seconds and a result register that goes running -> pass/fail per unit.
+The collector polls it, buffers to SQLite and forwards to the broker; the live view prints
+what the broker accepted. With no broker it keeps collecting and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collector.config import Config
+from collector.service import Service
+from drivers.modbus import SimulatedModbusServer, TagCodec
+
+UNIT_SECONDS = 4.0
+RESULT_RUNNING, RESULT_PASS, RESULT_FAIL = 0, 1, 2
+
+
+def demo_config(broker_host: str, broker_port: int, modbus_port: int, buffer: Path) -> Config:
+    return Config.model_validate(
+        {
+            "collector": {"id": "demo-pc1", "site": "demo-plant", "line": "pilot-line-1"},
+            "buffer": {"path": str(buffer), "max_readings": 1_000_000},
+            "mqtt": {"host": broker_host, "port": broker_port, "shutdown_grace_s": 3},
+            "health": {"host": "127.0.0.1", "port": 0},
+            "stations": [
+                {
+                    "name": "ft-1",
+                    "operation": "functional-test",
+                    "serial_source": {"device": "tester-1", "tag": "serial"},
+                }
+            ],
+            "devices": [
+                {
+                    "name": "tester-1",
+                    "protocol": "modbus_tcp",
+                    "station": "ft-1",
+                    "host": "127.0.0.1",
+                    "port": modbus_port,
+                    "unit_id": 1,
+                    "poll_interval_ms": 500,
+                    "timeout_ms": 500,
+                    "tags": [
+                        {
+                            "name": "voltage",
+                            "table": "holding_register",
+                            "address": 0,
+                            "type": "float32",
+                            "unit": "V",
+                        },
+                        {
+                            "name": "current",
+                            "table": "holding_register",
+                            "address": 2,
+                            "type": "float32",
+                            "unit": "A",
+                        },
+                        {
+                            "name": "temperature",
+                            "table": "input_register",
+                            "address": 0,
+                            "type": "int16",
+                            "scale": 0.1,
+                            "unit": "degC",
+                        },
+                        {
+                            "name": "serial",
+                            "table": "holding_register",
+                            "address": 10,
+                            "type": "string",
+                            "count": 8,
+                        },
+                        {
+                            "name": "result",
+                            "table": "holding_register",
+                            "address": 20,
+                            "type": "uint16",
+                        },
+                        {"name": "clamp_closed", "table": "coil", "address": 0, "type": "bool"},
+                    ],
+                }
+            ],
+        }
+    )
+
+
+class SimulatedTester:
+    """Drives the tester's registers: drifting measurements, a new unit every few seconds."""
+
+    def __init__(self, server: SimulatedModbusServer, config: Config) -> None:
+        self._server = server
+        device = config.devices[0]
+        self._codecs = {t.name: TagCodec.for_device(t, device) for t in device.tags}
+        self._rng = random.Random(7)
+
+    async def _set(self, name: str, value: Any) -> None:
+        await self._server.set_value(1, self._codecs[name], value)
+
+    async def run(self) -> None:
+        unit = 0
+        started = time.monotonic()
+        while True:
+            unit += 1
+            await self._set("serial", f"PILOT-{unit:04d}")
+            await self._set("result", RESULT_RUNNING)
+            await self._set("clamp_closed", True)
+            unit_start = time.monotonic()
+            while (elapsed := time.monotonic() - unit_start) < UNIT_SECONDS:
+                t = time.monotonic() - started
+                await self._set(
+                    "voltage", round(12.0 + 0.05 * math.sin(t) + self._rng.gauss(0, 0.01), 3)
+                )
+                await self._set(
+                    "current",
+                    round(1.5 + 0.2 * (elapsed / UNIT_SECONDS) + self._rng.gauss(0, 0.005), 3),
+                )
+                await self._set("temperature", round(25 + 10 * (elapsed / UNIT_SECONDS), 1))
+                await asyncio.sleep(0.2)
+            verdict = RESULT_FAIL if self._rng.random() < 0.15 else RESULT_PASS
+            await self._set("result", verdict)
+            await self._set("clamp_closed", False)
+            await asyncio.sleep(1.0)
+
+
+class LiveView:
+    """Prints one compact line per message the broker accepted."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.delivered = 0
+
+    def delivered_rows(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        self.delivered += len(rows)
+        if self.quiet:
+            return
+        readings = [orjson.loads(body) for _, body in rows]
+        values: dict[str, str] = {}
+        for r in readings:
+            value = r["value"]
+            text = f"{value:.2f}" if isinstance(value, float) else str(value)
+            values[r["tag"]] = f"{text}{' ' + r['unit'] if r['unit'] else ''}"
+        last = readings[-1]
+        shown = " ".join(f"{k}={v}" for k, v in values.items() if k != "serial")
+        print(
+            f"published seq {rows[0][0]}-{rows[-1][0]} ({len(rows)} readings) "
+            f"{last['station']}/{last['operation']} unit {last['unit_serial']}: {shown}",
+            flush=True,
+        )
+
+
+def run_demo(broker: str, duration: float | None, buffer: Path | None, quiet: bool = False) -> int:
+    host, _, port_text = broker.rpartition(":")
+    if not host or not port_text.isdigit():
+        print(f"--broker: expected HOST:PORT, got {broker!r}", file=sys.stderr)
+        return 2
+    buffer = buffer or Path(tempfile.gettempdir()) / "collector-demo.db"
+    return asyncio.run(_demo(host, int(port_text), duration, buffer, quiet))
+
+
+async def _demo(host: str, port: int, duration: float | None, buffer: Path, quiet: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = SimulatedModbusServer(unit_ids=[1])
+    await server.start()
+    config = demo_config(host, port, server.port, buffer)
+    view = LiveView(quiet)
+    service = Service(config, on_delivered=view.delivered_rows)
+    print(
+        f"demo: simulated tester on 127.0.0.1:{server.port}, broker {host}:{port}, buffer {buffer}",
+        flush=True,
+    )
+    tester = asyncio.create_task(SimulatedTester(server, config).run())
+    running = asyncio.create_task(service.run(stop))
+    reporter = asyncio.create_task(_report_outage(service, stop))
+    try:
+        if duration is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=duration)
+            stop.set()
+        await running
+    finally:
+        for task in (tester, reporter):
+            task.cancel()
+        await asyncio.gather(tester, reporter, return_exceptions=True)
+        await server.stop()
+    print(
+        f"demo: {view.delivered} readings published; {service.left_in_buffer} left in the buffer",
+        flush=True,
+    )
+    return 0
+
+
+async def _report_outage(service: Service, stop: asyncio.Event) -> None:
+    """While the broker is unreachable, say so every few seconds, with the buffer depth."""
+    await service.ready.wait()
+    while not stop.is_set():
+        if not service.mqtt.connected:
+            stats = await service.outbox.stats()
+            print(
+                f"broker unreachable ({service.mqtt.last_connect_error or 'connecting'}): "
+                f"collecting into the buffer, {stats.depth} readings waiting",
+                flush=True,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=3.0)

@@ -1,0 +1,36 @@
+"""The driver contract: connect, read, close. Nothing else.
+
+Scheduling, timeouts around ``read``, reconnect with backoff, statistics, buffering and
+forwarding all live in the core (collector.poller and friends), never in a driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from collector.reading import Reading
+
+
+class Driver(Protocol):
+    """One configured device.
+
+    - ``connect`` opens the link; raises :class:`collector.errors.NotConnectedError` on failure.
+    - ``read`` performs one poll and returns one reading per configured tag. A failed request
+      yields bad-quality readings for the tags it covered; a lost link raises
+      :class:`~collector.errors.NotConnectedError` and the core reconnects with backoff.
+    - ``close`` releases the link; it must not raise.
+    - ``describe`` gives a one-line summary for ``collector check`` (e.g. the request plan).
+    - ``max_read_seconds`` bounds one ``connect`` or ``read``; the core enforces it.
+    """
+
+    @property
+    def max_read_seconds(self) -> float: ...
+
+    async def connect(self) -> None: ...
+
+    async def read(self) -> Sequence[Reading]: ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str: ...

@@ -1,0 +1,66 @@
+"""The collector's small error hierarchy. Drivers translate library errors into these.
+
+    CollectorError
+    ├── ConfigError          the config is invalid (start-up stops; `collector check` prints it)
+    └── DeviceError          something went wrong talking to a device; carries a bounded `code`
+        ├── NotConnectedError    the link is down: the poller closes the driver and reconnects
+        │                        with backoff
+        └── RequestError         one request failed (timeout, exception reply, bad reply): the
+                                 tags it covered become bad-quality readings; the link stays up
+
+The original library exception is kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """The fixed set of error codes counted per device and shown on /status and in readings."""
+
+    CONNECTION = "connection"
+    TIMEOUT = "timeout"
+    BAD_REPLY = "bad_reply"
+    DECODE = "decode"
+    ILLEGAL_FUNCTION = "illegal_function"
+    ILLEGAL_DATA_ADDRESS = "illegal_data_address"
+    ILLEGAL_DATA_VALUE = "illegal_data_value"
+    DEVICE_FAILURE = "device_failure"
+    ACKNOWLEDGE = "acknowledge"
+    DEVICE_BUSY = "device_busy"
+    GATEWAY_PATH_UNAVAILABLE = "gateway_path_unavailable"
+    GATEWAY_TARGET_NO_RESPONSE = "gateway_target_no_response"
+    EXCEPTION_OTHER = "exception_other"
+    INTERNAL = "internal"  # a driver raised something it should have translated: a bug
+
+
+class CollectorError(Exception):
+    """Base of every error the collector raises on purpose."""
+
+
+class ConfigError(CollectorError):
+    """The configuration is invalid. ``problems`` holds one ``FILE:LINE: path: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class DeviceError(CollectorError):
+    """A device-side failure with a bounded error code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotConnectedError(DeviceError):
+    """The connection to the device is gone or could not be made."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.CONNECTION) -> None:
+        super().__init__(code, message)
+
+
+class RequestError(DeviceError):
+    """A single request failed; the connection is still usable."""

@@ -1,0 +1,195 @@
+"""One task per device: fixed-rate schedule, bounded reads, reconnect with backoff, statistics.
+
+A dead device only ever waits in its own task, so it never delays another device's schedule.
+Polls are planned on a fixed grid (start + k * interval): the next poll is scheduled from the
+planned time, not from when the last one ended; slots missed because a poll overran are
+skipped and counted, never bunched up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.driver import Driver
+from collector.errors import DeviceError, ErrorCode
+from collector.reading import Quality, Reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceStatus:
+    """What /status shows for one device. Mutated only by its poller."""
+
+    name: str
+    protocol: str
+    station: str | None
+    connected: bool = False
+    polls: int = 0
+    good_polls: int = 0
+    last_poll_ts: float | None = None
+    last_good_poll_ts: float | None = None
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: str | None = None
+    skipped_polls: int = 0
+    connects: int = 0
+    # Codes already logged in the current bad episode: log once, not every poll.
+    _logged_codes: set[str] = field(default_factory=set)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "station": self.station,
+            "connected": self.connected,
+            "polls": self.polls,
+            "good_polls": self.good_polls,
+            "last_poll_ts": self.last_poll_ts,
+            "last_good_poll_ts": self.last_good_poll_ts,
+            "errors": dict(self.errors),
+            "last_error": self.last_error,
+            "skipped_polls": self.skipped_polls,
+            "connects": self.connects,
+        }
+
+
+class Backoff:
+    """Exponential backoff with jitter, so many collectors do not reconnect in lock-step."""
+
+    def __init__(self, minimum_s: float, maximum_s: float, rng: random.Random | None = None):
+        self.minimum_s, self.maximum_s = minimum_s, maximum_s
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum_s, self.minimum_s * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        return float(ceiling * self._rng.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+Sink = Callable[[str, Sequence[Reading]], None]
+
+
+class Poller:
+    def __init__(
+        self,
+        driver: Driver,
+        status: DeviceStatus,
+        interval_s: float,
+        sink: Sink,
+        backoff: Backoff,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._driver = driver
+        self.status = status
+        self._interval = interval_s
+        self._sink = sink
+        self._backoff = backoff
+        self._clock = clock
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            next_at = loop.time()
+            while True:
+                if not self.status.connected:
+                    if not await self._connect():
+                        await asyncio.sleep(self._backoff.next_delay())
+                        continue
+                    # Re-join the grid at the next slot that is not in the past.
+                    now = loop.time()
+                    if next_at < now:
+                        next_at += -((next_at - now) // self._interval) * self._interval
+                delay = next_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._poll_once()
+                next_at += self._interval
+                now = loop.time()
+                if next_at < now:
+                    missed = int((now - next_at) // self._interval) + 1
+                    self.status.skipped_polls += missed
+                    next_at += missed * self._interval
+        finally:
+            await self._driver.close()
+
+    async def _connect(self) -> bool:
+        try:
+            async with asyncio.timeout(self._driver.max_read_seconds):
+                await self._driver.connect()
+        except Exception as exc:
+            self._down(exc, "connect timed out")
+            await self._driver.close()
+            return False
+        self._backoff.reset()
+        self.status.connected = True
+        if self.status.connects:
+            log.warning("device %s: connected again", self.status.name)
+        else:
+            log.info("device %s: connected", self.status.name)
+        self.status.connects += 1
+        self.status._logged_codes.clear()
+        return True
+
+    async def _poll_once(self) -> None:
+        status = self.status
+        status.polls += 1
+        status.last_poll_ts = self._clock()
+        try:
+            async with asyncio.timeout(self._driver.max_read_seconds):
+                readings = await self._driver.read()
+        except Exception as exc:
+            self._down(exc, "read timed out")
+            await self._driver.close()
+            return
+        bad = Counter(r.error.value for r in readings if r.quality is Quality.BAD and r.error)
+        if bad:
+            status.errors.update(bad)
+            for code in bad.keys() - status._logged_codes:
+                log.warning(
+                    "device %s: %d tag(s) read with error %s (logged once until a good poll)",
+                    status.name,
+                    bad[code],
+                    code,
+                )
+            status._logged_codes.update(bad)
+            status.last_error = ", ".join(sorted(bad))
+        else:
+            if status._logged_codes:
+                log.info("device %s: all tags good again", status.name)
+                status._logged_codes.clear()
+            status.good_polls += 1
+            status.last_good_poll_ts = status.last_poll_ts
+        self._sink(status.name, readings)
+
+    def _down(self, exc: Exception, timeout_text: str) -> None:
+        if isinstance(exc, DeviceError):
+            code, message = exc.code, str(exc)
+        elif isinstance(exc, TimeoutError):
+            code, message = ErrorCode.TIMEOUT, timeout_text
+        else:
+            code, message = ErrorCode.INTERNAL, repr(exc)
+        status = self.status
+        status.errors[code.value] += 1
+        status.last_error = f"{code.value}: {message}"
+        if status.connected or code.value not in status._logged_codes:
+            # Log the state change (or a new kind of failure), not every retry.
+            log.error(
+                "device %s: down (%s: %s); reconnecting with backoff",
+                status.name,
+                code.value,
+                message,
+                exc_info=exc if code is ErrorCode.INTERNAL else None,
+            )
+            status._logged_codes = {code.value}
+        status.connected = False

@@ -1,0 +1,46 @@
+"""Readings: what a driver returns, and the tagged record that the buffer stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from collector.errors import ErrorCode
+
+Value = bool | int | float | str | None
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    BAD = "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one tag, as a driver read it. ``ts`` is UTC epoch seconds at read time."""
+
+    ts: float
+    tag: str
+    value: Value
+    unit: str | None = None
+    quality: Quality = Quality.GOOD
+    error: ErrorCode | None = None
+
+    @classmethod
+    def bad(cls, ts: float, tag: str, error: ErrorCode, unit: str | None = None) -> Reading:
+        return cls(ts=ts, tag=tag, value=None, unit=unit, quality=Quality.BAD, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A reading with the context it was taken in: where, and for which unit and operation.
+
+    This is what the buffer stores and the forwarder publishes (plus the ``seq`` the buffer
+    assigns). docs/messages.md documents its fields.
+    """
+
+    reading: Reading
+    station: str | None
+    device: str
+    unit_serial: str | None
+    operation: str | None

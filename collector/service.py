@@ -1,0 +1,178 @@
+"""Wiring: drivers -> pollers -> context -> buffer writer -> outbox -> forwarder, plus health.
+
+One event loop, one TaskGroup. Shutdown order matters for "nothing is lost": stop the pollers,
+commit what they produced, give the forwarder its grace period, then close the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from collector import __version__
+from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
+from collector.config import Config
+from collector.context import StationContext
+from collector.forwarder import Delivered, Forwarder, MqttStatus
+from collector.health import HealthServer, make_server
+from collector.poller import Backoff, DeviceStatus, Poller
+from collector.reading import Reading
+from drivers import create_driver
+
+log = logging.getLogger(__name__)
+
+# Above this fill ratio the buffer is reported as a health problem (drops are near).
+BUFFER_WARN_RATIO = 0.9
+
+
+class Service:
+    def __init__(self, config: Config, on_delivered: Delivered | None = None) -> None:
+        self.config = config
+        b = config.buffer
+        self.outbox = AsyncOutbox(b.path, b.max_readings, b.synchronous)
+        self.writer = BufferWriter(self.outbox)
+        self.context = StationContext(config.stations, config.devices)
+        self.mqtt = MqttStatus()
+        self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
+        self._on_delivered = on_delivered
+        self._started = time.time()
+        self._dropped_at_start = 0
+        self.ready = asyncio.Event()
+        self.health_server: HealthServer | None = None
+        #: Readings still buffered when the service stopped.
+        self.left_in_buffer = 0
+
+    def _sink(self, device: str, readings: Sequence[Reading]) -> None:
+        self.writer.submit(self.context.tag(device, readings))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.outbox.open()
+        self._dropped_at_start = self.outbox.outbox.dropped_total
+        try:
+            await self._run(stop)
+        finally:
+            await self.outbox.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        config = self.config
+        forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        pollers = [
+            Poller(
+                create_driver(d),
+                self.devices[d.name],
+                d.poll_interval_ms / 1000,
+                self._sink,
+                Backoff(d.reconnect_min_ms / 1000, d.reconnect_max_ms / 1000),
+            )
+            for d in config.devices
+        ]
+        forward_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            writer = group.create_task(self.writer.run(), name="buffer-writer")
+            forwarding = group.create_task(forwarder.run(forward_stop), name="forwarder")
+            polling = [group.create_task(p.run(), name=f"poll:{p.status.name}") for p in pollers]
+            health = await self._start_health(group)
+            log.info(
+                "collector %s running: %d device(s), buffer %s, broker %s:%d%s",
+                config.collector.id,
+                len(pollers),
+                config.buffer.path,
+                config.mqtt.host,
+                config.mqtt.port,
+                f", health on http://{config.health.host}:{self.health_server.bound_port}"
+                if self.health_server
+                else "",
+            )
+            self.ready.set()
+            await stop.wait()
+
+            log.info("stopping: polling stopped, delivering what is buffered")
+            for task in polling:
+                task.cancel()
+            await asyncio.gather(*polling, return_exceptions=True)
+            await self.writer.flush()
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            forward_stop.set()
+            await forwarding
+            if health is not None and self.health_server is not None:
+                self.health_server.should_exit = True
+                await health
+        depth = self.left_in_buffer = self.outbox.outbox.depth
+        if depth:
+            log.info("stopped; %d reading(s) stay buffered for the next start", depth)
+        else:
+            log.info("stopped; buffer empty")
+
+    async def _start_health(self, group: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        h = self.config.health
+        if not h.enabled:
+            return None
+        self.health_server = make_server(self, h.host, h.port)
+        task = group.create_task(self.health_server.serve(), name="health")
+        # Bounded wait for the socket (bind errors end the task, which ends this wait too).
+        for _ in range(200):
+            if self.health_server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if task.done() and not self.health_server.started:
+            await task  # re-raise the bind error: a start-up error
+        return task
+
+    # ------------------------------------------------------------------ StatusSource
+
+    def health(self) -> tuple[str, list[str]]:
+        reasons: list[str] = []
+        for name, device in self.devices.items():
+            if not device.connected:
+                reasons.append(f"device {name} not connected: {device.last_error or 'starting'}")
+        if not self.mqtt.connected:
+            reasons.append(f"mqtt not connected: {self.mqtt.last_connect_error or 'starting'}")
+        if self.writer.last_error is not None:
+            reasons.append(f"buffer cannot write: {self.writer.last_error}")
+        outbox = self.outbox.outbox
+        if outbox.depth >= BUFFER_WARN_RATIO * outbox.max_readings:
+            reasons.append(f"buffer {outbox.depth}/{outbox.max_readings} readings, nearly full")
+        dropped = outbox.dropped_total - self._dropped_at_start + self.writer.overflow_dropped
+        if dropped:
+            reasons.append(f"{dropped} reading(s) dropped since start (buffer full)")
+        return ("degraded" if reasons else "ok"), reasons
+
+    async def status(self) -> dict[str, Any]:
+        stats = await self.outbox.stats()
+        state, reasons = self.health()
+        c = self.config.collector
+        return {
+            "collector": {
+                "id": c.id,
+                "site": c.site,
+                "line": c.line,
+                "version": __version__,
+                "started_ts": self._started,
+                "uptime_s": time.time() - self._started,
+            },
+            "health": {"status": state, "reasons": reasons},
+            "devices": {name: d.snapshot() for name, d in self.devices.items()},
+            "stations": {
+                s.name: {
+                    "operation": s.operation,
+                    "unit_serial": self.context.current_serial(s.name),
+                }
+                for s in self.config.stations
+            },
+            "buffer": {
+                "path": str(self.config.buffer.path),
+                "depth": stats.depth,
+                "max_readings": stats.max_readings,
+                "oldest_unsent_age_s": age_seconds(stats.oldest_ts),
+                "dropped_total": stats.dropped_total,
+                "overflow_dropped": self.writer.overflow_dropped,
+                "pending_polls": self.writer.pending,
+                "last_seq": stats.last_seq,
+                "write_error": self.writer.last_error,
+            },
+            "mqtt": self.mqtt.snapshot(),
+        }

@@ -1,0 +1,430 @@
+"""Modbus TCP driver. The only module that imports pymodbus.
+
+Three layers, top to bottom:
+
+- pure logic, no I/O: :func:`plan_requests` coalesces a device's tags into as few requests as
+  possible (once, at start-up), :func:`decode` / :func:`encode` convert register words;
+- :class:`ModbusTcpDriver`: the driver contract (connect / read / close) on pymodbus's async
+  client, translating its exceptions and exception replies into :mod:`collector.errors`;
+- :class:`SimulatedModbusServer`: a real pymodbus TCP server for the demo, tests and benchmarks.
+
+pymodbus renamed its unit keyword twice (``unit=`` -> ``slave=`` -> ``device_id=``); keeping it
+here means API churn touches one file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from collector.config import (
+    ByteOrder,
+    ModbusTable,
+    ModbusTag,
+    ModbusTcpDevice,
+    ModbusType,
+    WordOrder,
+)
+from collector.errors import ErrorCode, NotConnectedError, RequestError
+from collector.reading import Reading, Value
+
+# pymodbus logs every failed connect and every timeout itself; the collector counts those and
+# logs once per episode, so the library's own log would only be a flood.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+# Read function codes per table (Modbus Application Protocol V1.1b3, section 6).
+FUNCTION_CODE: dict[ModbusTable, int] = {
+    ModbusTable.COIL: 1,
+    ModbusTable.DISCRETE_INPUT: 2,
+    ModbusTable.HOLDING_REGISTER: 3,
+    ModbusTable.INPUT_REGISTER: 4,
+}
+
+EXCEPTION_CODES: dict[int, ErrorCode] = {
+    1: ErrorCode.ILLEGAL_FUNCTION,
+    2: ErrorCode.ILLEGAL_DATA_ADDRESS,
+    3: ErrorCode.ILLEGAL_DATA_VALUE,
+    4: ErrorCode.DEVICE_FAILURE,
+    5: ErrorCode.ACKNOWLEDGE,
+    6: ErrorCode.DEVICE_BUSY,
+    10: ErrorCode.GATEWAY_PATH_UNAVAILABLE,
+    11: ErrorCode.GATEWAY_TARGET_NO_RESPONSE,
+}
+
+# --------------------------------------------------------------------------- decoding
+
+_STRUCT: dict[ModbusType, str] = {
+    ModbusType.INT16: ">h",
+    ModbusType.UINT16: ">H",
+    ModbusType.INT32: ">i",
+    ModbusType.UINT32: ">I",
+    ModbusType.INT64: ">q",
+    ModbusType.UINT64: ">Q",
+    ModbusType.FLOAT32: ">f",
+    ModbusType.FLOAT64: ">d",
+}
+
+
+def _swap_bytes(data: bytes) -> bytes:
+    swapped = bytearray(data)
+    swapped[0::2], swapped[1::2] = data[1::2], data[0::2]
+    return bytes(swapped)
+
+
+def words_to_bytes(words: Sequence[int], byte_order: ByteOrder, word_order: WordOrder) -> bytes:
+    """Register words to bytes, most significant first (ABCD order).
+
+    ABCD = big/big, CDAB = big bytes/little words, BADC = little/big, DCBA = little/little.
+    """
+    ordered = reversed(words) if word_order is WordOrder.LITTLE else words
+    data = b"".join(w.to_bytes(2, "big") for w in ordered)
+    return _swap_bytes(data) if byte_order is ByteOrder.LITTLE else data
+
+
+def bytes_to_words(data: bytes, byte_order: ByteOrder, word_order: WordOrder) -> list[int]:
+    """The inverse of :func:`words_to_bytes`."""
+    if byte_order is ByteOrder.LITTLE:
+        data = _swap_bytes(data)
+    words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    return words[::-1] if word_order is WordOrder.LITTLE else words
+
+
+@dataclass(frozen=True, slots=True)
+class TagCodec:
+    """A tag with its orders resolved against the device defaults."""
+
+    tag: ModbusTag
+    byte_order: ByteOrder
+    word_order: WordOrder
+
+    @classmethod
+    def for_device(cls, tag: ModbusTag, device: ModbusTcpDevice) -> TagCodec:
+        return cls(tag, tag.byte_order or device.byte_order, tag.word_order or device.word_order)
+
+
+def decode(codec: TagCodec, words: Sequence[int]) -> Value:
+    """Decode a register tag from exactly ``tag.width`` words. Raises ValueError if not finite."""
+    tag = codec.tag
+    if tag.type is ModbusType.BOOL:
+        assert tag.bit is not None
+        return bool((words[0] >> tag.bit) & 1)
+    if tag.type is ModbusType.STRING:
+        # Strings are register order; only the bytes within each register may be swapped.
+        raw = words_to_bytes(words, codec.byte_order, WordOrder.BIG)
+        return raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
+    (raw_value,) = struct.unpack(_STRUCT[tag.type], words_to_bytes(words, *_orders(codec)))
+    if isinstance(raw_value, float) and not math.isfinite(raw_value):
+        raise ValueError(f"{tag.name}: not a finite number ({raw_value})")
+    if tag.scale != 1.0 or tag.offset != 0.0:
+        return float(raw_value * tag.scale + tag.offset)
+    return raw_value  # type: ignore[no-any-return]
+
+
+def encode(codec: TagCodec, value: Value) -> list[int]:
+    """Encode a value into register words (the inverse of :func:`decode`; for simulators)."""
+    tag = codec.tag
+    if tag.type is ModbusType.STRING:
+        assert tag.count is not None
+        raw = str(value).encode("ascii")[: tag.count * 2].ljust(tag.count * 2, b"\x00")
+        return bytes_to_words(raw, codec.byte_order, WordOrder.BIG)
+    if tag.type is ModbusType.BOOL:
+        assert tag.bit is not None
+        return [(1 << tag.bit) if value else 0]
+    assert isinstance(value, int | float)
+    raw_value: float = (value - tag.offset) / tag.scale
+    if tag.type not in (ModbusType.FLOAT32, ModbusType.FLOAT64):
+        raw_value = round(raw_value)
+    return bytes_to_words(struct.pack(_STRUCT[tag.type], raw_value), *_orders(codec))
+
+
+def _orders(codec: TagCodec) -> tuple[ByteOrder, WordOrder]:
+    return codec.byte_order, codec.word_order
+
+
+# --------------------------------------------------------------------------- coalescing
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One read request: a contiguous span of a table covering one or more tags."""
+
+    table: ModbusTable
+    address: int
+    count: int
+    tags: tuple[TagCodec, ...]
+
+    def __str__(self) -> str:
+        return f"{self.table.value}[{self.address}..{self.address + self.count - 1}]"
+
+
+def plan_requests(
+    codecs: Iterable[TagCodec],
+    *,
+    max_registers: int = 125,
+    max_bits: int = 2000,
+    max_gap_registers: int = 16,
+    max_gap_bits: int = 64,
+) -> list[Request]:
+    """Group tags into as few requests as possible.
+
+    Per table, tags sorted by address are merged into the current request while the request
+    stays within the size limit and the hole between them is at most the allowed gap (reading
+    a few unused registers is far cheaper than another round trip). Overlapping tags share
+    registers.
+    """
+    by_table: dict[ModbusTable, list[TagCodec]] = {}
+    for codec in codecs:
+        by_table.setdefault(codec.tag.table, []).append(codec)
+    requests: list[Request] = []
+    for table in ModbusTable:  # a fixed table order keeps plans stable
+        members = sorted(by_table.get(table, []), key=lambda c: (c.tag.address, -c.tag.width))
+        limit = max_bits if table.is_bit_table else max_registers
+        gap = max_gap_bits if table.is_bit_table else max_gap_registers
+        start = end = -1
+        group: list[TagCodec] = []
+        for codec in members:
+            lo, hi = codec.tag.address, codec.tag.address + codec.tag.width
+            if group and lo - end <= gap and max(end, hi) - start <= limit:
+                end = max(end, hi)
+                group.append(codec)
+                continue
+            if group:
+                requests.append(Request(table, start, end - start, tuple(group)))
+            start, end, group = lo, hi, [codec]
+        if group:
+            requests.append(Request(table, start, end - start, tuple(group)))
+    return requests
+
+
+def plan_for_device(device: ModbusTcpDevice) -> list[Request]:
+    return plan_requests(
+        (TagCodec.for_device(tag, device) for tag in device.tags),
+        max_registers=device.workarounds.max_registers_per_request,
+        max_bits=device.workarounds.max_bits_per_request,
+        max_gap_registers=device.max_gap_registers,
+        max_gap_bits=device.max_gap_bits,
+    )
+
+
+def readings_from_reply(
+    request: Request, values: Sequence[int] | Sequence[bool], ts: float
+) -> list[Reading]:
+    """Decode the tags of a request from its reply values (words or bits)."""
+    out: list[Reading] = []
+    for codec in request.tags:
+        tag = codec.tag
+        offset = tag.address - request.address
+        if request.table.is_bit_table:
+            out.append(Reading(ts, tag.name, bool(values[offset]), tag.unit))
+            continue
+        try:
+            value = decode(codec, [int(v) for v in values[offset : offset + tag.width]])
+        except ValueError:
+            out.append(Reading.bad(ts, tag.name, ErrorCode.DECODE, tag.unit))
+        else:
+            out.append(Reading(ts, tag.name, value, tag.unit))
+    return out
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+class ModbusTcpDriver:
+    """One Modbus TCP device (or one unit id behind a TCP gateway)."""
+
+    def __init__(self, device: ModbusTcpDevice, clock: Callable[[], float] = time.time) -> None:
+        self._device = device
+        self._clock = clock
+        self._plan = plan_for_device(device)
+        self._client: AsyncModbusTcpClient | None = None
+
+    @property
+    def plan(self) -> list[Request]:
+        return list(self._plan)
+
+    @property
+    def max_read_seconds(self) -> float:
+        # Each request waits at most timeout_ms; one more timeout is margin for the event loop.
+        return self._device.timeout_ms / 1000 * (len(self._plan) + 1)
+
+    def describe(self) -> str:
+        d = self._device
+        spans = ", ".join(str(r) for r in self._plan)
+        return (
+            f"modbus_tcp {d.host}:{d.port} unit {d.unit_id}: {len(d.tags)} tags -> "
+            f"{len(self._plan)} request(s) per poll: {spans}"
+        )
+
+    async def connect(self) -> None:
+        d = self._device
+        # retries=0 and reconnect_delay=0: the core owns retries, backoff and reconnects.
+        client = AsyncModbusTcpClient(
+            d.host, port=d.port, timeout=d.timeout_ms / 1000, retries=0, reconnect_delay=0
+        )
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}: {exc}") from exc
+        if not ok:
+            client.close()
+            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}")
+        self._client = client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def read(self) -> list[Reading]:
+        readings: list[Reading] = []
+        for request in self._plan:
+            try:
+                values = await self._execute(request)
+            except RequestError as exc:
+                ts = self._clock()
+                readings.extend(
+                    Reading.bad(ts, c.tag.name, exc.code, c.tag.unit) for c in request.tags
+                )
+                continue
+            readings.extend(readings_from_reply(request, values, self._clock()))
+        return readings
+
+    async def _execute(self, request: Request) -> Sequence[int] | Sequence[bool]:
+        client = self._client
+        if client is None or not client.connected:
+            raise NotConnectedError("not connected")
+        read: Callable[..., Any] = {
+            ModbusTable.COIL: client.read_coils,
+            ModbusTable.DISCRETE_INPUT: client.read_discrete_inputs,
+            ModbusTable.HOLDING_REGISTER: client.read_holding_registers,
+            ModbusTable.INPUT_REGISTER: client.read_input_registers,
+        }[request.table]
+        try:
+            reply = await read(request.address, count=request.count, device_id=self._device.unit_id)
+        except ConnectionException as exc:
+            raise NotConnectedError(f"connection lost: {exc}") from exc
+        except ModbusIOException as exc:
+            # pymodbus closes the link itself after several unanswered requests in a row.
+            if not client.connected:
+                raise NotConnectedError(
+                    f"no answer, link closed: {exc}", ErrorCode.TIMEOUT
+                ) from exc
+            raise RequestError(ErrorCode.TIMEOUT, f"{request}: no answer") from exc
+        except ModbusException as exc:
+            raise RequestError(ErrorCode.BAD_REPLY, f"{request}: {exc}") from exc
+        except OSError as exc:
+            raise NotConnectedError(f"connection lost: {exc}") from exc
+        return _check_reply(request, reply)
+
+
+def _check_reply(request: Request, reply: Any) -> Sequence[int] | Sequence[bool]:
+    """Translate an exception reply and make sure the reply answers *this* request."""
+    expected = FUNCTION_CODE[request.table]
+    if reply.isError():
+        if reply.function_code != expected | 0x80:
+            raise RequestError(ErrorCode.BAD_REPLY, f"{request}: reply to another function")
+        code = EXCEPTION_CODES.get(reply.exception_code, ErrorCode.EXCEPTION_OTHER)
+        raise RequestError(code, f"{request}: exception {reply.exception_code}")
+    if reply.function_code != expected:
+        raise RequestError(
+            ErrorCode.BAD_REPLY, f"{request}: function {reply.function_code}, expected {expected}"
+        )
+    if request.table.is_bit_table:
+        bits: list[bool] = reply.bits
+        # Bits come padded to whole bytes.
+        if not request.count <= len(bits) < request.count + 8:
+            raise RequestError(ErrorCode.BAD_REPLY, f"{request}: {len(bits)} bits in reply")
+        return bits
+    registers: list[int] = reply.registers
+    if len(registers) != request.count:
+        raise RequestError(
+            ErrorCode.BAD_REPLY, f"{request}: {len(registers)} registers, expected {request.count}"
+        )
+    return registers
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+class SimulatedModbusServer:
+    """A real pymodbus TCP server with the four tables, for the demo, tests and benchmarks.
+
+    Every unit id gets ``size`` registers in each register table and ``size`` bits in each bit
+    table, all starting at address 0. Values are set with :meth:`set_registers` and
+    :meth:`set_bits`.
+    """
+
+    def __init__(
+        self,
+        unit_ids: Iterable[int] = (1,),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        size: int = 1000,
+    ) -> None:
+        self._host, self._requested_port, self._size = host, port, size
+        self._unit_ids = tuple(unit_ids)
+        self._server: ModbusTcpServer | None = None
+        self.port = port
+
+    def _device(self, unit_id: int) -> SimDevice:
+        bit_words = self._size // 16 + 1
+
+        def bits() -> list[SimData]:
+            return [SimData(0, count=bit_words, values=0, datatype=DataType.BITS)]
+
+        def registers() -> list[SimData]:
+            return [SimData(0, count=self._size, values=0, datatype=DataType.REGISTERS)]
+
+        return SimDevice(id=unit_id, simdata=(bits(), bits(), registers(), registers()))
+
+    async def start(self) -> None:
+        server = ModbusTcpServer(
+            [self._device(u) for u in self._unit_ids],
+            address=(self._host, self._requested_port),
+        )
+        await server.serve_forever(background=True)
+        self._server = server
+        listener: Any = server.transport  # an asyncio.Server once listening
+        self.port = int(listener.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
+            self._server = None
+
+    async def set_registers(
+        self, unit_id: int, table: ModbusTable, address: int, words: Sequence[int]
+    ) -> None:
+        assert self._server is not None
+        assert not table.is_bit_table
+        await self._server.context.async_setValues(
+            unit_id, FUNCTION_CODE[table], address, list(words)
+        )
+
+    async def set_bits(
+        self, unit_id: int, table: ModbusTable, address: int, bits: Sequence[bool]
+    ) -> None:
+        assert self._server is not None
+        assert table.is_bit_table
+        await self._server.context.async_setValues(
+            unit_id, FUNCTION_CODE[table], address, list(bits)
+        )
+
+    async def set_value(self, unit_id: int, codec: TagCodec, value: Value) -> None:
+        """Encode a value the way ``codec`` decodes it, and store it."""
+        tag = codec.tag
+        if tag.table.is_bit_table:
+            await self.set_bits(unit_id, tag.table, tag.address, [bool(value)])
+        else:
+            await self.set_registers(unit_id, tag.table, tag.address, encode(codec, value))
