@@ -141,9 +141,11 @@ def encode(codec: TagCodec, value: Value) -> list[int]:
         assert tag.bit is not None
         return [(1 << tag.bit) if value else 0]
     assert isinstance(value, int | float)
-    raw_value: float = (value - tag.offset) / tag.scale
+    raw_value: float = value
+    if tag.scale != 1.0 or tag.offset != 0.0:
+        raw_value = (value - tag.offset) / tag.scale
     if tag.type not in (ModbusType.FLOAT32, ModbusType.FLOAT64):
-        raw_value = round(raw_value)
+        raw_value = round(raw_value)  # exact for unscaled 64-bit integers, too
     return bytes_to_words(struct.pack(_STRUCT[tag.type], raw_value), *_orders(codec))
 
 

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus import SimulatedModbusServer
+from tests.helpers import Mosquitto, mosquitto_binary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if mosquitto_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is not installed; .ci/run must install it")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto) - broker tests skipped")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def modbus_server() -> AsyncIterator[SimulatedModbusServer]:
+    server = SimulatedModbusServer(unit_ids=[1, 2])
+    await server.start()
+    yield server
+    await server.stop()

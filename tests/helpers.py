@@ -1,0 +1,161 @@
+"""Test helpers: a real mosquitto process, an MQTT subscriber that records what arrives, and
+bounded waits on conditions (never sleep-and-hope)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll a condition in a thread-blocking way, bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+async def async_wait_until(
+    predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, what: str = ""
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
+
+
+class Mosquitto:
+    """A real mosquitto on a free loopback port; can be stopped and started on the same port."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+        binary = mosquitto_binary()
+        assert binary is not None
+        self.binary = binary
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            # Persistence keeps a durable subscriber's session and queue across a broker
+            # restart, so a test consumer misses nothing published while it reconnects.
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "max_queued_messages 0\n"
+            "max_inflight_messages 0\n"
+            f"log_dest file {workdir}/mosquitto.log\n"
+            "log_type error\nlog_type warning\nlog_type notice\n" + extra_conf
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([self.binary, "-c", str(self.conf)])
+        wait_until(lambda: port_open(self.port), 10, f"mosquitto on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
+            self.process.wait(10)
+            self.process = None
+
+
+class Subscriber:
+    """Records every message on a topic filter. Durable session (QoS 1, clean_session False)."""
+
+    def __init__(self, broker: Mosquitto, topic: str, client_id: str = "test-consumer") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.topic = topic
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect(broker.host, broker.port, keepalive=10)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "subscriber did not subscribe"
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, msg.retain))
+
+    def payloads(self, suffix: str = "/readings") -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def readings(self) -> list[dict[str, Any]]:
+        return [r for p in self.payloads() for r in p["readings"]]
+
+    def seqs(self) -> list[int]:
+        return [r["seq"] for r in self.readings()]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def assert_no_gaps(seqs: list[int], start: int = 1) -> None:
+    """Every seq from ``start`` to the highest seen arrived at least once."""
+    assert seqs, "no readings arrived"
+    missing = sorted(set(range(start, max(seqs) + 1)) - set(seqs))
+    assert not missing, f"{len(missing)} seq missing, first ones: {missing[:10]}"
+
+
+def first_arrival_order(seqs: list[int]) -> list[int]:
+    """The seqs in the order of their first arrival (duplicates removed)."""
+    seen: set[int] = set()
+    out = []
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out

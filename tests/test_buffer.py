@@ -1,0 +1,113 @@
+"""The SQLite outbox on real files: order, seq that never repeats, the cap, persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from collector.buffer import Outbox
+from collector.config import Synchronous
+from collector.errors import ErrorCode
+from collector.forwarder import build_message
+from collector.reading import Reading, Record
+
+
+def records(n: int, start: int = 0, serial: str | None = "SN1") -> list[Record]:
+    return [
+        Record(Reading(1_700_000_000.0 + i, f"t{i}", float(i), "V"), "st", "dev", serial, "op")
+        for i in range(start, start + n)
+    ]
+
+
+def test_append_take_ack_in_order(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    box.append(records(5))
+    box.append(records(3, start=5))
+    rows = box.take(0, 100, 1 << 20)
+    assert [seq for seq, _ in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert json.loads(rows[0][1])["tag"] == "t0"
+    assert box.depth == 8
+    assert box.ack(1, 4) == 4
+    assert [seq for seq, _ in box.take(0, 100, 1 << 20)] == [5, 6, 7, 8]
+    assert [seq for seq, _ in box.take(6, 100, 1 << 20)] == [7, 8]
+    assert box.depth == 4
+    box.close()
+
+
+def test_seq_never_repeats_after_delete_and_restart(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    box = Outbox(path, 10_000)
+    box.append(records(10))
+    box.ack(1, 10)  # everything delivered: the table is empty
+    box.close()
+    box = Outbox(path, 10_000)
+    assert box.depth == 0
+    box.append(records(2))
+    assert [seq for seq, _ in box.take(0, 10, 1 << 20)] == [11, 12]
+    assert box.stats().last_seq == 12
+    box.close()
+
+
+def test_rows_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    box = Outbox(path, 10_000, Synchronous.NORMAL)
+    box.append(records(7))
+    box.close()
+    box = Outbox(path, 10_000)
+    assert box.depth == 7
+    assert [seq for seq, _ in box.take(0, 100, 1 << 20)] == list(range(1, 8))
+    box.close()
+
+
+def test_cap_drops_the_oldest_and_counts_them_persistently(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    box = Outbox(path, 1000)
+    assert box.append(records(900)) == 0
+    assert box.append(records(250, start=900)) == 150
+    assert box.depth == 1000
+    assert box.dropped_total == 150
+    assert box.take(0, 1, 1 << 20)[0][0] == 151  # seq 1..150 were the oldest
+    box.close()
+    box = Outbox(path, 1000)
+    assert box.dropped_total == 150
+    assert box.stats().dropped_total == 150
+    box.close()
+
+
+def test_take_respects_the_byte_budget_but_always_returns_one(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    box.append(records(100))
+    one = len(box.take(0, 1, 1 << 20)[0][1]) + 24
+    assert len(box.take(0, 100, one * 10)) == 10
+    assert len(box.take(0, 100, 1)) == 1
+    box.close()
+
+
+def test_oldest_timestamp_for_the_unsent_age(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    assert box.stats().oldest_ts is None
+    box.append(records(3))
+    assert box.stats().oldest_ts == 1_700_000_000.0
+    box.close()
+
+
+def test_message_splices_seq_into_each_reading(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    bad = Record(Reading.bad(1_700_000_000.5, "temp", ErrorCode.TIMEOUT, "degC"), "st", "dev",
+                 None, "op")
+    box.append([*records(2), bad])
+    message = json.loads(build_message("pc1", box.take(0, 10, 1 << 20)))
+    assert message["schema"] == 1
+    assert message["collector"] == "pc1"
+    assert message["readings"] == [
+        {"seq": 1, "ts": "2023-11-14T22:13:20Z", "station": "st", "device": "dev", "tag": "t0",
+         "value": 0.0, "unit": "V", "quality": "good", "error": None, "unit_serial": "SN1",
+         "operation": "op"},
+        {"seq": 2, "ts": "2023-11-14T22:13:21Z", "station": "st", "device": "dev", "tag": "t1",
+         "value": 1.0, "unit": "V", "quality": "good", "error": None, "unit_serial": "SN1",
+         "operation": "op"},
+        {"seq": 3, "ts": "2023-11-14T22:13:20.500000Z", "station": "st", "device": "dev",
+         "tag": "temp", "value": None, "unit": "degC", "quality": "bad", "error": "timeout",
+         "unit_serial": None, "operation": "op"},
+    ]
+    box.close()
