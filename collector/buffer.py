@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateTable
 
 from collector.config import Synchronous
 from collector.reading import Record
@@ -102,7 +103,10 @@ class Outbox:
         self._conn.exec_driver_sql(f"PRAGMA synchronous={synchronous.value.upper()}")
         self._conn.commit()
         with self._conn.begin():
-            _metadata.create_all(self._conn)
+            # IF NOT EXISTS, not create_all's check-then-create: another process (a
+            # `buffer stats` reader, say) may be opening the same new file at the same moment.
+            for table in _metadata.sorted_tables:
+                self._conn.execute(CreateTable(table, if_not_exists=True))
         self.depth = self._conn.execute(
             sa.select(sa.func.count()).select_from(readings_table)
         ).scalar_one()

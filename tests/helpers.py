@@ -4,6 +4,7 @@ bounded waits on conditions (never sleep-and-hope)."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         time.sleep(0.02)
 
 
-async def async_wait_until(
+async def async_wait_until(  # noqa: ASYNC109 - a bounded poll of a condition, by design
     predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, what: str = ""
 ) -> Any:
     deadline = time.monotonic() + timeout
@@ -78,6 +79,9 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
+            # Started as root, mosquitto would switch to user "mosquitto", which cannot write
+            # its persistence file here; stay the user who runs the tests.
+            f"user {getpass.getuser()}\n"
             "allow_anonymous true\n"
             # Persistence keeps a durable subscriber's session and queue across a broker
             # restart, so a test consumer misses nothing published while it reconnects.
@@ -110,7 +114,9 @@ class Subscriber:
         self._subscribed = threading.Event()
         self.topic = topic
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
             protocol=mqtt.MQTTv311,
         )
         self.client.on_connect = self._on_connect

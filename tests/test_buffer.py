@@ -93,21 +93,52 @@ def test_oldest_timestamp_for_the_unsent_age(tmp_path: Path) -> None:
 
 def test_message_splices_seq_into_each_reading(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "b.db", 10_000)
-    bad = Record(Reading.bad(1_700_000_000.5, "temp", ErrorCode.TIMEOUT, "degC"), "st", "dev",
-                 None, "op")
+    bad = Record(
+        Reading.bad(1_700_000_000.5, "temp", ErrorCode.TIMEOUT, "degC"), "st", "dev", None, "op"
+    )
     box.append([*records(2), bad])
     message = json.loads(build_message("pc1", box.take(0, 10, 1 << 20)))
     assert message["schema"] == 1
     assert message["collector"] == "pc1"
     assert message["readings"] == [
-        {"seq": 1, "ts": "2023-11-14T22:13:20Z", "station": "st", "device": "dev", "tag": "t0",
-         "value": 0.0, "unit": "V", "quality": "good", "error": None, "unit_serial": "SN1",
-         "operation": "op"},
-        {"seq": 2, "ts": "2023-11-14T22:13:21Z", "station": "st", "device": "dev", "tag": "t1",
-         "value": 1.0, "unit": "V", "quality": "good", "error": None, "unit_serial": "SN1",
-         "operation": "op"},
-        {"seq": 3, "ts": "2023-11-14T22:13:20.500000Z", "station": "st", "device": "dev",
-         "tag": "temp", "value": None, "unit": "degC", "quality": "bad", "error": "timeout",
-         "unit_serial": None, "operation": "op"},
+        {
+            "seq": 1,
+            "ts": "2023-11-14T22:13:20Z",
+            "station": "st",
+            "device": "dev",
+            "tag": "t0",
+            "value": 0.0,
+            "unit": "V",
+            "quality": "good",
+            "error": None,
+            "unit_serial": "SN1",
+            "operation": "op",
+        },
+        {
+            "seq": 2,
+            "ts": "2023-11-14T22:13:21Z",
+            "station": "st",
+            "device": "dev",
+            "tag": "t1",
+            "value": 1.0,
+            "unit": "V",
+            "quality": "good",
+            "error": None,
+            "unit_serial": "SN1",
+            "operation": "op",
+        },
+        {
+            "seq": 3,
+            "ts": "2023-11-14T22:13:20.500000Z",
+            "station": "st",
+            "device": "dev",
+            "tag": "temp",
+            "value": None,
+            "unit": "degC",
+            "quality": "bad",
+            "error": "timeout",
+            "unit_serial": None,
+            "operation": "op",
+        },
     ]
     box.close()

@@ -76,56 +76,103 @@ def test_base_is_valid() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (edit("  line: line-1\n", "  line: line-1\n  lien: x\n"),
-         "line.yaml:5: collector.lien: unknown key"),
-        (edit("    host: 127.0.0.1\n", "    host: 127.0.0.1\n    unitid: 3\n"),
-         "line.yaml:16: devices[0].unitid: unknown key"),
+        (
+            edit("  line: line-1\n", "  line: line-1\n  lien: x\n"),
+            "line.yaml:5: collector.lien: unknown key",
+        ),
+        (
+            edit("    host: 127.0.0.1\n", "    host: 127.0.0.1\n    unitid: 3\n"),
+            "line.yaml:16: devices[0].unitid: unknown key",
+        ),
         (edit("  site: plant-a\n", ""), "line.yaml:1: collector.site: required field is missing"),
-        (edit("        type: float32\n", "        type: float\n"),
-         "line.yaml:20: devices[0].tags[0].type: Input should be 'bool', 'int16', 'uint16', "
-         "'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'; got 'float'"),
-        (edit("        table: holding_register\n        address: 0\n",
-              "        table: holding\n        address: 0\n"),
-         "line.yaml:18: devices[0].tags[0].table: Input should be 'coil', 'discrete_input', "
-         "'input_register' or 'holding_register'; got 'holding'"),
-        (edit("        table: holding_register\n        address: 0\n",
-              "        table: coil\n        address: 0\n"),
-         "line.yaml:17: devices[0].tags[0]: type float32 needs a register table "
-         "(holding_register or input_register); a coil holds bool only"),
-        (edit("        type: float32\n", "        type: bool\n"),
-         "line.yaml:17: devices[0].tags[0]: bool in a register needs bit: 0 (LSB) to 15"),
-        (edit("        count: 8\n", ""),
-         "line.yaml:21: devices[0].tags[1]: type string needs count"),
-        (edit("        address: 0\n", "        address: 70000\n"),
-         "line.yaml:19: devices[0].tags[0].address: Input should be less than or equal to "
-         "65535; got 70000"),
-        (edit("        address: 0\n", "        address: -1\n"),
-         "line.yaml:19: devices[0].tags[0].address: Input should be greater than or equal to 0"),
-        (edit("    protocol: modbus_tcp\n", "    protocol: modbus\n"),
-         "line.yaml:13: devices[0].protocol: Input should be 'modbus_tcp'; got 'modbus'"),
-        (edit("  - name: serial\n", "  - name: voltage\n"),
-         "line.yaml:16: devices[0].tags: duplicate tag name 'voltage'"),
-        (edit("    station: ft-1\n", "    station: ft-2\n"),
-         "line.yaml:1: (top level): device 'tester-1': station 'ft-2' is not defined; "
-         "defined: ft-1"),
-        (edit("tag: serial}", "tag: sn}"),
-         "line.yaml:1: (top level): station 'ft-1': serial_source.tag 'sn' is not a tag of "
-         "device 'tester-1'"),
-        (edit("  id: pc1\n", "  id: pc/1\n"),
-         "line.yaml:2: collector.id: 'pc/1' must not contain '/', '#', '+' or spaces"),
-        (edit("  - name: tester-1\n", "  - name: tester 1\n"),
-         "line.yaml:12: devices[0].name: 'tester 1' is not a valid name"),
-        (edit("    host: 127.0.0.1\n", "    host: 127.0.0.1\n    poll_interval_ms: 5\n"),
-         "line.yaml:16: devices[0].poll_interval_ms: Input should be greater than or equal to 10"),
-        (BASE + "mqtt:\n  password_env: A\n  password_file: /b\n",
-         "line.yaml:26: mqtt: give password_env or password_file, not both"),
-        (BASE + "mqtt:\n  tls:\n    cert_file: /c.pem\n",
-         "line.yaml:27: mqtt.tls: cert_file and key_file must be given together"),
-        (BASE + "mqtt:\n  version: 4\n",
-         "line.yaml:27: mqtt.version: Input should be '5' or '3.1.1'; got 4"),
-        (edit("buffer:\n  path: /tmp/buffer.db\n",
-              "buffer:\n  path: /tmp/buffer.db\n  max_readings: 10\n"),
-         "line.yaml:7: buffer.max_readings: Input should be greater than or equal to 1000"),
+        (
+            edit("        type: float32\n", "        type: float\n"),
+            "line.yaml:20: devices[0].tags[0].type: Input should be 'bool', 'int16', 'uint16', "
+            "'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'; got 'float'",
+        ),
+        (
+            edit(
+                "        table: holding_register\n        address: 0\n",
+                "        table: holding\n        address: 0\n",
+            ),
+            "line.yaml:18: devices[0].tags[0].table: Input should be 'coil', 'discrete_input', "
+            "'input_register' or 'holding_register'; got 'holding'",
+        ),
+        (
+            edit(
+                "        table: holding_register\n        address: 0\n",
+                "        table: coil\n        address: 0\n",
+            ),
+            "line.yaml:17: devices[0].tags[0]: type float32 needs a register table "
+            "(holding_register or input_register); a coil holds bool only",
+        ),
+        (
+            edit("        type: float32\n", "        type: bool\n"),
+            "line.yaml:17: devices[0].tags[0]: bool in a register needs bit: 0 (LSB) to 15",
+        ),
+        (
+            edit("        count: 8\n", ""),
+            "line.yaml:21: devices[0].tags[1]: type string needs count",
+        ),
+        (
+            edit("        address: 0\n", "        address: 70000\n"),
+            "line.yaml:19: devices[0].tags[0].address: Input should be less than or equal to "
+            "65535; got 70000",
+        ),
+        (
+            edit("        address: 0\n", "        address: -1\n"),
+            "line.yaml:19: devices[0].tags[0].address: Input should be greater than or equal to 0",
+        ),
+        (
+            edit("    protocol: modbus_tcp\n", "    protocol: modbus\n"),
+            "line.yaml:13: devices[0].protocol: Input should be 'modbus_tcp'; got 'modbus'",
+        ),
+        (
+            edit("  - name: serial\n", "  - name: voltage\n"),
+            "line.yaml:16: devices[0].tags: duplicate tag name 'voltage'",
+        ),
+        (
+            edit("    station: ft-1\n", "    station: ft-2\n"),
+            "line.yaml:1: (top level): device 'tester-1': station 'ft-2' is not defined; "
+            "defined: ft-1",
+        ),
+        (
+            edit("tag: serial}", "tag: sn}"),
+            "line.yaml:1: (top level): station 'ft-1': serial_source.tag 'sn' is not a tag of "
+            "device 'tester-1'",
+        ),
+        (
+            edit("  id: pc1\n", "  id: pc/1\n"),
+            "line.yaml:2: collector.id: 'pc/1' must not contain '/', '#', '+' or spaces",
+        ),
+        (
+            edit("  - name: tester-1\n", "  - name: tester 1\n"),
+            "line.yaml:12: devices[0].name: 'tester 1' is not a valid name",
+        ),
+        (
+            edit("    host: 127.0.0.1\n", "    host: 127.0.0.1\n    poll_interval_ms: 5\n"),
+            "line.yaml:16: devices[0].poll_interval_ms: "
+            "Input should be greater than or equal to 10",
+        ),
+        (
+            BASE + "mqtt:\n  password_env: A\n  password_file: /b\n",
+            "line.yaml:26: mqtt: give password_env or password_file, not both",
+        ),
+        (
+            BASE + "mqtt:\n  tls:\n    cert_file: /c.pem\n",
+            "line.yaml:27: mqtt.tls: cert_file and key_file must be given together",
+        ),
+        (
+            BASE + "mqtt:\n  version: 4\n",
+            "line.yaml:27: mqtt.version: Input should be '5' or '3.1.1'; got 4",
+        ),
+        (
+            edit(
+                "buffer:\n  path: /tmp/buffer.db\n",
+                "buffer:\n  path: /tmp/buffer.db\n  max_readings: 10\n",
+            ),
+            "line.yaml:7: buffer.max_readings: Input should be greater than or equal to 1000",
+        ),
         ("collector: [\n", "line.yaml:2: (yaml): expected the node content"),
         ("- a\n- b\n", "line.yaml:1: (top level): the file must be a YAML mapping"),
     ],
@@ -144,13 +191,19 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
 
 
 def test_tag_wider_than_the_device_request_limit() -> None:
-    text = edit("    host: 127.0.0.1\n",
-                "    host: 127.0.0.1\n    workarounds: {max_registers_per_request: 4}\n")
-    assert any("spans 8 registers, more than workarounds.max_registers_per_request (4)" in p
-               for p in problems(text))
+    text = edit(
+        "    host: 127.0.0.1\n",
+        "    host: 127.0.0.1\n    workarounds: {max_registers_per_request: 4}\n",
+    )
+    assert any(
+        "spans 8 registers, more than workarounds.max_registers_per_request (4)" in p
+        for p in problems(text)
+    )
 
 
-def test_missing_password_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_password_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NO_SUCH_SECRET", raising=False)
     path = tmp_path / "c.yaml"
     path.write_text(BASE + "mqtt:\n  username: u\n  password_env: NO_SUCH_SECRET\n")
@@ -183,8 +236,13 @@ def test_unreadable_file() -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "collector", *args], capture_output=True, text=True, timeout=60,
-        env={**os.environ, **(env or {})}, cwd=REPO,
+        [sys.executable, "-m", "collector", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )
 
 
@@ -197,8 +255,12 @@ def test_check_command_ok_prints_the_request_plan(tmp_path: Path) -> None:
 
 
 def test_check_command_coalesces_the_example_line() -> None:
-    result = run_cli("check", "--config", str(REPO / "config" / "functional-test-line.yaml"),
-                     env={"COLLECTOR_MQTT_PASSWORD": "x"})
+    result = run_cli(
+        "check",
+        "--config",
+        str(REPO / "config" / "functional-test-line.yaml"),
+        env={"COLLECTOR_MQTT_PASSWORD": "x"},
+    )
     # The CA file of the example does not exist on a test machine: reported, not a traceback.
     assert result.returncode == 2
     assert "mqtt.tls.ca_file: file '/etc/collector/ca.pem' does not exist" in result.stdout
@@ -207,7 +269,9 @@ def test_check_command_coalesces_the_example_line() -> None:
 
 def test_check_command_reports_every_problem_with_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(textwrap.dedent(edit("  site: plant-a\n", "").replace("type: float32", "type: real")))
+    path.write_text(
+        textwrap.dedent(edit("  site: plant-a\n", "").replace("type: float32", "type: real"))
+    )
     result = run_cli("check", "--config", str(path))
     assert result.returncode == 2
     lines = result.stdout.strip().splitlines()

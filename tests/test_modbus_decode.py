@@ -91,8 +91,10 @@ def test_strings(order: str, words: list[int], text: str) -> None:
     assert decode(codec("string", order, count=3), words) == text
 
 
-@pytest.mark.parametrize(("bit", "word", "value"), [(0, 0x0001, True), (3, 0x0008, True),
-                                                     (3, 0xFFF7, False), (15, 0x8000, True)])
+@pytest.mark.parametrize(
+    ("bit", "word", "value"),
+    [(0, 0x0001, True), (3, 0x0008, True), (3, 0xFFF7, False), (15, 0x8000, True)],
+)
 def test_bool_bit_of_register(bit: int, word: int, value: bool) -> None:
     assert decode(codec("bool", bit=bit), [word]) is value
 

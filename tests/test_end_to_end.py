@@ -1,0 +1,329 @@
+"""End to end with real parts: pymodbus server -> collector -> SQLite -> mosquitto -> subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from collector.config import Config, ModbusTable
+from collector.service import Service
+from drivers.modbus import SimulatedModbusServer, TagCodec
+from tests.helpers import (
+    Mosquitto,
+    Subscriber,
+    assert_no_gaps,
+    async_wait_until,
+    first_arrival_order,
+)
+
+TOPIC = "collector/plant-a/line-1/pc1/#"
+
+
+def config_dict(broker: Mosquitto, modbus_port: int, buffer: Path, **mqtt: Any) -> dict[str, Any]:
+    return {
+        "collector": {"id": "pc1", "site": "plant-a", "line": "line-1"},
+        "buffer": {"path": str(buffer)},
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "keepalive_s": 5,
+            "max_readings_per_message": 50,
+            "shutdown_grace_s": 5,
+            **mqtt,
+        },
+        "health": {"port": 0},
+        "stations": [
+            {
+                "name": "ft-1",
+                "operation": "functional-test",
+                "serial_source": {"device": "tester-1", "tag": "serial"},
+            }
+        ],
+        "devices": [
+            {
+                "name": "tester-1",
+                "protocol": "modbus_tcp",
+                "station": "ft-1",
+                "host": "127.0.0.1",
+                "port": modbus_port,
+                "unit_id": 1,
+                "poll_interval_ms": 50,
+                "timeout_ms": 500,
+                "tags": [
+                    {
+                        "name": "voltage",
+                        "table": "holding_register",
+                        "address": 0,
+                        "type": "float32",
+                        "unit": "V",
+                    },
+                    {
+                        "name": "serial",
+                        "table": "holding_register",
+                        "address": 10,
+                        "type": "string",
+                        "count": 6,
+                    },
+                    {
+                        "name": "result",
+                        "table": "holding_register",
+                        "address": 20,
+                        "type": "uint16",
+                    },
+                ],
+            },
+            {
+                "name": "fixture-1",
+                "protocol": "modbus_tcp",
+                "host": "127.0.0.1",
+                "port": modbus_port,
+                "unit_id": 2,
+                "poll_interval_ms": 100,
+                "tags": [{"name": "clamp", "table": "coil", "address": 0, "type": "bool"}],
+            },
+        ],
+    }
+
+
+async def set_tester(server: SimulatedModbusServer, config: Config, **values: Any) -> None:
+    device = config.devices[0]
+    for tag in device.tags:
+        if tag.name in values:
+            await server.set_value(1, TagCodec.for_device(tag, device), values[tag.name])
+
+
+class RunningService:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.service = Service(config)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RunningService:
+        self.task = asyncio.create_task(self.service.run(self.stop))
+        await asyncio.wait_for(self.service.ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 20)
+
+
+@pytest.fixture
+async def line(
+    mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
+) -> AsyncIterator[tuple[Config, Subscriber]]:
+    config = Config.model_validate(config_dict(mosquitto, modbus_server.port, tmp_path / "b.db"))
+    await set_tester(modbus_server, config, voltage=12.25, serial="SN0001", result=0)
+    subscriber = Subscriber(mosquitto, TOPIC)
+    yield config, subscriber
+    subscriber.close()
+
+
+async def test_values_and_tags_arrive_at_a_real_subscriber(
+    line: tuple[Config, Subscriber], modbus_server: SimulatedModbusServer
+) -> None:
+    config, sub = line
+    async with RunningService(config) as running:
+        await async_wait_until(lambda: len(sub.readings()) >= 20, 10, "20 readings")
+        await set_tester(modbus_server, config, serial="SN0002", voltage=11.5)
+        await async_wait_until(
+            lambda: any(r["unit_serial"] == "SN0002" for r in sub.readings()), 10, "new serial"
+        )
+        port = running.service.health_server.bound_port  # type: ignore[union-attr]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            health = (await http.get("/health")).json()
+            status = (await http.get("/status")).json()
+    message = sub.payloads()[0]
+    assert message["schema"] == 1
+    assert message["collector"] == "pc1"
+    first = {r["tag"]: r for r in message["readings"] if r["device"] == "tester-1"}
+    assert first["voltage"]["value"] == 12.25
+    assert first["voltage"]["unit"] == "V"
+    assert first["voltage"]["quality"] == "good"
+    assert first["voltage"]["error"] is None
+    assert first["voltage"]["station"] == "ft-1"
+    assert first["voltage"]["operation"] == "functional-test"
+    assert first["voltage"]["unit_serial"] == "SN0001"
+    assert first["voltage"]["ts"].endswith("Z")
+    assert first["serial"]["value"] == "SN0001"
+    fixture = [r for r in sub.readings() if r["device"] == "fixture-1"]
+    assert fixture
+    assert fixture[0]["station"] is None
+    assert fixture[0]["unit_serial"] is None
+    assert fixture[0]["value"] is False
+    # The serial change: readings after it carry the new serial and the new values.
+    later = [r for r in sub.readings() if r["unit_serial"] == "SN0002" and r["tag"] == "voltage"]
+    assert later[-1]["value"] == 11.5
+    seqs = sub.seqs()
+    assert first_arrival_order(seqs) == sorted(set(seqs))
+    assert_no_gaps(seqs)
+    # Health and status while running.
+    assert health == {"status": "ok", "reasons": []}
+    assert status["devices"]["tester-1"]["connected"] is True
+    assert status["devices"]["tester-1"]["last_good_poll_ts"] is not None
+    assert status["devices"]["tester-1"]["errors"] == {}
+    assert status["stations"]["ft-1"] == {"operation": "functional-test", "unit_serial": "SN0002"}
+    assert status["mqtt"]["connected"] is True
+    assert status["mqtt"]["last_accepted_ts"] is not None
+    assert status["buffer"]["dropped_total"] == 0
+    assert set(status["buffer"]) >= {"depth", "oldest_unsent_age_s", "dropped_total"}
+    # The retained online/offline state: last word is "offline" after a clean stop.
+    states = [json.loads(p)["state"] for t, p, _ in sub.messages if t.endswith("/status")]
+    assert states[0] == "online"
+    assert states[-1] == "offline"
+
+
+async def test_broker_outage_loses_nothing_and_keeps_order(
+    line: tuple[Config, Subscriber], mosquitto: Mosquitto
+) -> None:
+    config, sub = line
+    async with RunningService(config) as running:
+        service = running.service
+        await async_wait_until(lambda: len(sub.readings()) >= 20, 10, "readings before outage")
+        mosquitto.stop()
+        await async_wait_until(lambda: not service.mqtt.connected, 10, "forwarder sees outage")
+        assert service.health()[0] == "degraded"
+        assert any("mqtt not connected" in r for r in service.health()[1])
+        depth_at_outage = service.outbox.outbox.depth
+        await async_wait_until(
+            lambda: service.outbox.outbox.depth >= depth_at_outage + 60,
+            15,
+            "readings buffered during the outage",
+        )
+        last_seq_during_outage = (await service.outbox.stats()).last_seq
+        mosquitto.start()
+        await async_wait_until(
+            lambda: max(sub.seqs(), default=0) >= last_seq_during_outage + 20,
+            40,
+            "backlog and live readings after the outage",
+        )
+        await async_wait_until(lambda: service.health()[0] == "ok", 10, "health recovers")
+    seqs = sub.seqs()
+    assert_no_gaps(seqs)
+    assert first_arrival_order(seqs) == sorted(set(seqs))
+    # Duplicates can only come from the in-flight window at the moment the broker died.
+    window = config.mqtt.max_inflight_messages * config.mqtt.max_readings_per_message
+    assert len(seqs) - len(set(seqs)) <= window
+
+
+def write_config(path: Path, broker: Mosquitto, modbus_port: int, buffer: Path) -> Path:
+    path.write_text(yaml.safe_dump(config_dict(broker, modbus_port, buffer)))
+    return path
+
+
+async def start_collector(config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collector",
+        "run",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def test_sigkill_mid_stream_then_restart_leaves_no_gap(
+    mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.yaml", mosquitto, modbus_server.port, tmp_path / "b.db")
+    sub = Subscriber(mosquitto, TOPIC)
+    rng = random.Random(2)
+    try:
+        for _ in range(3):
+            before = len(set(sub.seqs()))
+            process = await start_collector(path)
+            await async_wait_until(
+                lambda b=before: len(set(sub.seqs())) >= b + 30, 20, "readings from this run"
+            )
+            await asyncio.sleep(rng.uniform(0.0, 0.3))  # kill at a random point mid-stream
+            process.kill()
+            await process.wait()
+        before = len(set(sub.seqs()))
+        process = await start_collector(path)
+        await async_wait_until(lambda: len(set(sub.seqs())) >= before + 30, 20, "last run")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        sub.close()
+    seqs = sub.seqs()
+    assert_no_gaps(seqs)
+    assert first_arrival_order(seqs) == sorted(set(seqs))
+
+
+async def test_sigterm_with_broker_down_keeps_the_buffer_for_the_next_start(
+    mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
+) -> None:
+    mosquitto.stop()
+    buffer = tmp_path / "b.db"
+    path = write_config(tmp_path / "c.yaml", mosquitto, modbus_server.port, buffer)
+    process = await start_collector(path)
+    from collector.buffer import Outbox
+
+    def buffered() -> int:
+        if not buffer.exists():
+            return 0
+        box = Outbox(buffer, 5_000_000)
+        try:
+            return box.depth
+        finally:
+            box.close()
+
+    await async_wait_until(lambda: buffered() >= 30, 20, "readings buffered with no broker")
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 20) == 0
+    assert process.stderr is not None
+    log = (await process.stderr.read()).decode()
+    assert "stay buffered for the next start" in log
+    kept = buffered()
+    assert kept >= 30
+    # Next start, broker back: everything buffered arrives, starting at seq 1.
+    mosquitto.start()
+    sub = Subscriber(mosquitto, TOPIC)
+    process = await start_collector(path)
+    try:
+        await async_wait_until(lambda: len(set(sub.seqs())) >= kept + 10, 20, "backlog delivered")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+        sub.close()
+    assert_no_gaps(sub.seqs())
+
+
+async def test_unreachable_device_is_degraded_and_others_keep_flowing(
+    mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
+) -> None:
+    raw = config_dict(mosquitto, modbus_server.port, tmp_path / "b.db")
+    raw["devices"][1]["port"] = 1  # nothing listens there
+    config = Config.model_validate(raw)
+    await modbus_server.set_registers(1, ModbusTable.HOLDING_REGISTER, 10, [0x534E, 0x3031])
+    sub = Subscriber(mosquitto, TOPIC)
+    try:
+        async with RunningService(config) as running:
+            await async_wait_until(lambda: len(sub.readings()) >= 30, 10, "tester readings")
+            state, reasons = running.service.health()
+            status = await running.service.status()
+    finally:
+        sub.close()
+    assert state == "degraded"
+    assert any(r.startswith("device fixture-1 not connected: connection") for r in reasons)
+    assert status["devices"]["fixture-1"]["connected"] is False
+    assert status["devices"]["fixture-1"]["errors"]["connection"] >= 1
+    assert {r["device"] for r in sub.readings()} == {"tester-1"}
+    assert sub.readings()[0]["unit_serial"] == "SN01"
