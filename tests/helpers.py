@@ -38,7 +38,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         time.sleep(0.02)
 
 
-async def async_wait_until(  # noqa: ASYNC109 - a bounded poll of a condition, by design
+async def async_wait_until(
     predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, what: str = ""
 ) -> Any:
     deadline = time.monotonic() + timeout
