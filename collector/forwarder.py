@@ -132,7 +132,8 @@ class Forwarder:
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             clean_session=None if v5 else True,
         )
-        client.enable_logger(logging.getLogger("paho"))
+        # paho's own logger is not enabled: it reports a deliberate disconnect as an error, and
+        # the forwarder already logs every connection state change once.
         client.max_inflight_messages_set(m.max_inflight_messages + 2)  # + status messages
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.will_set(
