@@ -22,6 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -61,9 +62,10 @@ def status_message(collector_id: str, state: str) -> bytes:
             "schema": SCHEMA_VERSION,
             "collector": collector_id,
             "state": state,
-            "ts": time.time(),
+            "ts": datetime.now(UTC),
             "version": __version__,
-        }
+        },
+        option=orjson.OPT_UTC_Z,
     )
 
 
