@@ -121,6 +121,7 @@ class Forwarder:
         self._futures: dict[int, asyncio.Future[ReasonCode | None]] = {}
         self._wake = asyncio.Event()
         self._closing = False
+        self._refused = False
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ paho set-up
@@ -165,7 +166,12 @@ class Forwarder:
         self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connected_changed, not reason.is_failure, str(reason))
+        if reason.is_failure:
+            # The broker refused the connection (bad credentials, not authorised, ...).
+            text = f"refused by broker: {reason}"
+            self._loop.call_soon_threadsafe(self._connected_changed, False, text, True)
+        else:
+            self._loop.call_soon_threadsafe(self._connected_changed, True, str(reason))
 
     def _on_disconnect(
         self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
@@ -181,8 +187,12 @@ class Forwarder:
 
     # ------------------------------------------------------------------ on the event loop
 
-    def _connected_changed(self, connected: bool, reason: str) -> None:
+    def _connected_changed(self, connected: bool, reason: str, refused: bool = False) -> None:
         was = self.status.connected
+        if not connected and not refused and self._refused:
+            # The disconnect that follows a refused CONNACK says less than the refusal did.
+            return
+        self._refused = refused
         self.status.connected = connected
         if connected:
             self.status.last_connect_error = None

@@ -327,10 +327,10 @@ class ModbusTcpDriver:
             raise RequestError(ErrorCode.BAD_REPLY, f"{request}: {exc}") from exc
         except OSError as exc:
             raise NotConnectedError(f"connection lost: {exc}") from exc
-        return _check_reply(request, reply)
+        return check_reply(request, reply)
 
 
-def _check_reply(request: Request, reply: Any) -> Sequence[int] | Sequence[bool]:
+def check_reply(request: Request, reply: Any) -> Sequence[int] | Sequence[bool]:
     """Translate an exception reply and make sure the reply answers *this* request."""
     expected = FUNCTION_CODE[request.table]
     if reply.isError():

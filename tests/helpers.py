@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -68,11 +69,13 @@ def mosquitto_binary() -> str | None:
 class Mosquitto:
     """A real mosquitto on a free loopback port; can be stopped and started on the same port."""
 
-    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+    def __init__(
+        self, workdir: Path, extra_conf: str = "", anonymous: bool = True, port: int | None = None
+    ) -> None:
         binary = mosquitto_binary()
         assert binary is not None
         self.binary = binary
-        self.port = free_port()
+        self.port = port or free_port()
         self.host = "127.0.0.1"
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ class Mosquitto:
             # Started as root, mosquitto would switch to user "mosquitto", which cannot write
             # its persistence file here; stay the user who runs the tests.
             f"user {getpass.getuser()}\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if anonymous else 'false'}\n"
             # Persistence keeps a durable subscriber's session and queue across a broker
             # restart, so a test consumer misses nothing published while it reconnects.
             "persistence true\n"
@@ -98,6 +101,11 @@ class Mosquitto:
         self.process = subprocess.Popen([self.binary, "-c", str(self.conf)])
         wait_until(lambda: port_open(self.port), 10, f"mosquitto on port {self.port}")
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its password and ACL files."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
@@ -108,7 +116,14 @@ class Mosquitto:
 class Subscriber:
     """Records every message on a topic filter. Durable session (QoS 1, clean_session False)."""
 
-    def __init__(self, broker: Mosquitto, topic: str, client_id: str = "test-consumer") -> None:
+    def __init__(
+        self,
+        broker: Mosquitto,
+        topic: str,
+        client_id: str = "test-consumer",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -123,6 +138,8 @@ class Subscriber:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         assert self._subscribed.wait(10), "subscriber did not subscribe"

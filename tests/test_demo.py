@@ -1,0 +1,84 @@
+"""`collector demo` (what the README's first command runs), with and without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, free_port
+
+DEMO_TOPIC = "collector/demo-plant/pilot-line-1/demo-pc1/#"
+
+
+async def run_demo(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collector",
+        "demo",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def test_demo_publishes_a_changing_line_to_the_broker(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    sub = Subscriber(mosquitto, DEMO_TOPIC)
+    try:
+        process = await run_demo(
+            "--broker",
+            f"127.0.0.1:{mosquitto.port}",
+            "--duration",
+            "7",
+            "--buffer",
+            str(tmp_path / "demo.db"),
+        )
+        output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+    finally:
+        sub.close()
+    assert process.returncode == 0, output
+    assert "published seq 1-" in output
+    assert "left in the buffer" in output
+    readings = sub.readings()
+    tags = {r["tag"] for r in readings}
+    assert tags == {"voltage", "current", "temperature", "serial", "result", "clamp_closed"}
+    # A new unit every 5 s: within 7 s the serial changes at least once, and values move.
+    assert {"PILOT-0001", "PILOT-0002"} <= {r["unit_serial"] for r in readings}
+    assert len({r["value"] for r in readings if r["tag"] == "temperature"}) > 3
+    assert {r["operation"] for r in readings} == {"functional-test"}
+    assert_no_gaps(sub.seqs())
+
+
+async def test_demo_without_a_broker_buffers_and_forwards_when_it_appears(tmp_path: Path) -> None:
+    from tests.conftest import require_mosquitto
+
+    require_mosquitto()
+    port = free_port()
+    process = await run_demo(
+        "--broker", f"127.0.0.1:{port}", "--duration", "30", "--buffer", str(tmp_path / "demo.db")
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+
+    async def read_until(text: str) -> None:
+        while not any(text in line for line in lines):
+            line = await asyncio.wait_for(process.stdout.readline(), 20)  # type: ignore[union-attr]
+            assert line, f"demo ended before printing {text!r}: {lines}"
+            lines.append(line.decode())
+
+    broker = Mosquitto(tmp_path / "late-broker", port=port)  # where the demo was told to look
+    try:
+        await read_until("broker unreachable")
+        assert "collecting into the buffer" in lines[-1]
+        broker.start()
+        await read_until("published seq 1-")
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 20)
+        broker.stop()
+    assert process.returncode == 0

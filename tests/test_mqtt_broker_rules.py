@@ -1,0 +1,121 @@
+"""The forwarder against a mosquitto that authenticates and authorises (password file, ACL)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.config import Config
+from drivers.modbus import SimulatedModbusServer
+from tests.conftest import require_mosquitto
+from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
+from tests.test_end_to_end import TOPIC, RunningService, config_dict, set_tester
+
+STATUS = "collector/plant-a/line-1/pc1/status"
+READINGS = "collector/plant-a/line-1/pc1/readings"
+
+
+def acl(path: Path, allow_readings: bool) -> None:
+    path.write_text(
+        "user collector\n"
+        f"topic write {STATUS}\n"
+        + (f"topic write {READINGS}\n" if allow_readings else "")
+        + "user consumer\ntopic read collector/#\n"
+    )
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto with a password file and an ACL."""
+    require_mosquitto()
+    work = tmp_path / "secured"
+    work.mkdir()
+    passwd = work / "passwd"
+    passwd.touch()
+    for user, password in [("collector", "collector-pw"), ("consumer", "consumer-pw")]:
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+    acl(work / "acl", allow_readings=False)
+    broker = Mosquitto(
+        work, anonymous=False, extra_conf=f"password_file {passwd}\nacl_file {work / 'acl'}\n"
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+async def test_refused_publish_is_kept_and_delivered_once_allowed(
+    secured_broker: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "collector-pw")
+    raw = config_dict(
+        secured_broker,
+        modbus_server.port,
+        tmp_path / "b.db",
+        username="collector",
+        password_env="TEST_MQTT_PASSWORD",
+    )
+    config = Config.model_validate(raw)
+    await set_tester(modbus_server, config, voltage=1.0, serial="SN1", result=0)
+    sub = Subscriber(secured_broker, TOPIC, username="consumer", password="consumer-pw")
+    try:
+        async with RunningService(config) as running:
+            service = running.service
+            await async_wait_until(lambda: service.mqtt.rejected, 10, "a refused publish")
+            # A refusal comes in a PUBACK, so the collector had authenticated with the password
+            # from the environment. (mosquitto then closes the connection; the forwarder
+            # reconnects and retries the kept batch after a backoff.)
+            assert "Not authorized" in next(iter(service.mqtt.rejected))
+            assert sub.readings() == []
+            assert service.outbox.outbox.depth > 0  # refused readings are kept
+            status = await service.status()
+            assert status["mqtt"]["rejected"]
+            assert "collector-pw" not in str(status)
+            # The operator fixes the ACL; the broker reloads it; the backlog goes through.
+            acl(secured_broker.workdir / "acl", allow_readings=True)
+            secured_broker.reload()
+            buffered = (await service.outbox.stats()).last_seq
+            await async_wait_until(
+                lambda: max(sub.seqs(), default=0) >= buffered,
+                30,
+                "refused readings delivered after the ACL allows them",
+            )
+    finally:
+        sub.close()
+    assert_no_gaps(sub.seqs())
+
+
+async def test_wrong_password_is_reported_and_retried(
+    secured_broker: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "not-the-pw-Xq93")
+    config = Config.model_validate(
+        config_dict(
+            secured_broker,
+            modbus_server.port,
+            tmp_path / "b.db",
+            username="collector",
+            password_env="TEST_MQTT_PASSWORD",
+        )
+    )
+    async with RunningService(config) as running:
+        service = running.service
+        await async_wait_until(lambda: service.mqtt.last_connect_error, 10, "connect refusal")
+        error = service.mqtt.last_connect_error
+        assert error in (
+            "refused by broker: Bad user name or password",
+            "refused by broker: Not authorized",
+        ), error
+        state, reasons = service.health()
+        assert state == "degraded"
+        assert f"mqtt not connected: {error}" in reasons
+        assert "Xq93" not in str(await service.status())  # the password is never shown
+        await async_wait_until(lambda: service.outbox.outbox.depth > 10, 10, "still buffering")
