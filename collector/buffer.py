@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateTable
 
 from collector.config import Synchronous
+from collector.errors import StartupError
 from collector.reading import Record
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,12 @@ class AsyncOutbox:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
-        self._outbox = await self._call(Outbox, *self._args)
+        path = self._args[0]
+        try:
+            self._outbox = await self._call(Outbox, *self._args)
+        except sa.exc.SQLAlchemyError as exc:
+            cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+            raise StartupError(f"buffer {path}: cannot open: {cause}") from exc
 
     @property
     def outbox(self) -> Outbox:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from collector import __version__
 from collector.config import Config, load_config
-from collector.errors import ConfigError
+from collector.errors import ConfigError, StartupError
 
 log = logging.getLogger("collector")
 
@@ -102,7 +102,7 @@ def run_service(config: Config) -> int:
 
     try:
         asyncio.run(main_loop())
-    except OSError as exc:
+    except StartupError as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - a clear line, not a traceback
         return EXIT_STARTUP
     return 0

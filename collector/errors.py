@@ -2,6 +2,7 @@
 
     CollectorError
     ├── ConfigError          the config is invalid (start-up stops; `collector check` prints it)
+    ├── StartupError         a resource the service needs cannot be had (buffer file, port)
     └── DeviceError          something went wrong talking to a device; carries a bounded `code`
         ├── NotConnectedError    the link is down: the poller closes the driver and reconnects
         │                        with backoff
@@ -45,6 +46,10 @@ class ConfigError(CollectorError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class StartupError(CollectorError):
+    """The service cannot start: e.g. the buffer cannot be opened or a port is taken."""
 
 
 class DeviceError(CollectorError):

@@ -7,6 +7,7 @@ collection. It binds to 127.0.0.1 unless the config says otherwise.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Generator
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from collector import __version__
+from collector.errors import StartupError
 
 
 class StatusSource(Protocol):
@@ -41,27 +43,33 @@ def create_app(source: StatusSource) -> FastAPI:
 
 
 class HealthServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the service owns SIGINT and SIGTERM."""
+    """uvicorn on a socket bound up front, without uvicorn's own signal handling (the service
+    owns SIGINT and SIGTERM). Binding first turns a busy port into a clear start-up error
+    instead of uvicorn's ``sys.exit`` inside a task."""
+
+    def __init__(self, source: StatusSource, host: str, port: int) -> None:
+        super().__init__(
+            uvicorn.Config(
+                create_app(source), log_level="warning", access_log=False, lifespan="off"
+            )
+        )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind((host, port))
+        except OSError as exc:
+            self.socket.close()
+            raise StartupError(f"health: cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self.socket.listen(128)
+        self.bound_port = int(self.socket.getsockname()[1])
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
-    @property
-    def bound_port(self) -> int | None:
-        for server in getattr(self, "servers", []):
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        return None
-
-
-def make_server(source: StatusSource, host: str, port: int) -> HealthServer:
-    config = uvicorn.Config(
-        create_app(source),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
-    return HealthServer(config)
+    async def run_until_exit(self) -> None:
+        try:
+            await self.serve(sockets=[self.socket])
+        finally:
+            self.socket.close()

@@ -17,7 +17,7 @@ from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config
 from collector.context import StationContext
 from collector.forwarder import Delivered, Forwarder, MqttStatus
-from collector.health import HealthServer, make_server
+from collector.health import HealthServer
 from collector.poller import Backoff, DeviceStatus, Poller
 from collector.reading import Reading
 from drivers import create_driver
@@ -49,7 +49,17 @@ class Service:
         self.writer.submit(self.context.tag(device, readings))
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.outbox.open()
+        """Run until ``stop`` is set. Raises StartupError if the buffer or the port is not to
+        be had; after start-up, device and broker failures never end it."""
+        h = self.config.health
+        if h.enabled:
+            self.health_server = HealthServer(self, h.host, h.port)
+        try:
+            await self.outbox.open()
+        except BaseException:
+            if self.health_server is not None:
+                self.health_server.socket.close()
+            raise
         self._dropped_at_start = self.outbox.outbox.dropped_total
         try:
             await self._run(stop)
@@ -74,7 +84,9 @@ class Service:
             writer = group.create_task(self.writer.run(), name="buffer-writer")
             forwarding = group.create_task(forwarder.run(forward_stop), name="forwarder")
             polling = [group.create_task(p.run(), name=f"poll:{p.status.name}") for p in pollers]
-            health = await self._start_health(group)
+            health = None
+            if self.health_server is not None:
+                health = group.create_task(self.health_server.run_until_exit(), name="health")
             log.info(
                 "collector %s running: %d device(s), buffer %s, broker %s:%d%s",
                 config.collector.id,
@@ -106,21 +118,6 @@ class Service:
             log.info("stopped; %d reading(s) stay buffered for the next start", depth)
         else:
             log.info("stopped; buffer empty")
-
-    async def _start_health(self, group: asyncio.TaskGroup) -> asyncio.Task[None] | None:
-        h = self.config.health
-        if not h.enabled:
-            return None
-        self.health_server = make_server(self, h.host, h.port)
-        task = group.create_task(self.health_server.serve(), name="health")
-        # Bounded wait for the socket (bind errors end the task, which ends this wait too).
-        for _ in range(200):
-            if self.health_server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        if task.done() and not self.health_server.started:
-            await task  # re-raise the bind error: a start-up error
-        return task
 
     # ------------------------------------------------------------------ StatusSource
 
