@@ -211,12 +211,12 @@ async def _report_outage(service: Service, stop: asyncio.Event) -> None:
     """While the broker is unreachable, say so every few seconds, with the buffer depth."""
     await service.ready.wait()
     while not stop.is_set():
-        if not service.mqtt.connected:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=3.0)
+        if not stop.is_set() and not service.mqtt.connected:
             stats = await service.outbox.stats()
             print(
                 f"broker unreachable ({service.mqtt.last_connect_error or 'connecting'}): "
                 f"collecting into the buffer, {stats.depth} readings waiting",
                 flush=True,
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=3.0)
