@@ -49,6 +49,17 @@ readings_table = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
+# Readings the broker can never accept (e.g. larger than its packet limit), moved aside so they
+# do not block the rows behind them; kept for inspection, counted, never silently deleted.
+quarantine_table = sa.Table(
+    "quarantine",
+    _metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("reason", sa.String, nullable=False),
+    sa.Column("moved_ts", sa.Float, nullable=False),
+)
 meta_table = sa.Table(
     "meta",
     _metadata,
@@ -57,6 +68,7 @@ meta_table = sa.Table(
 )
 
 DROPPED_KEY = "dropped_total"
+QUARANTINED_KEY = "quarantined_total"
 
 
 def encode_record(record: Record) -> bytes:
@@ -85,6 +97,7 @@ class BufferStats:
     max_readings: int
     oldest_ts: float | None
     dropped_total: int
+    quarantined_total: int
     last_seq: int
 
 
@@ -111,11 +124,24 @@ class Outbox:
         self.depth = self._conn.execute(
             sa.select(sa.func.count()).select_from(readings_table)
         ).scalar_one()
-        dropped = self._conn.execute(
-            sa.select(meta_table.c.value).where(meta_table.c.key == DROPPED_KEY)
-        ).scalar_one_or_none()
-        self.dropped_total = dropped or 0
+        self.dropped_total = self._meta(DROPPED_KEY)
+        self.quarantined_total = self._meta(QUARANTINED_KEY)
         self._conn.commit()
+
+    def _meta(self, key: str) -> int:
+        value = self._conn.execute(
+            sa.select(meta_table.c.value).where(meta_table.c.key == key)
+        ).scalar_one_or_none()
+        return value or 0
+
+    def _add_meta(self, key: str, count: int) -> None:
+        updated = self._conn.execute(
+            meta_table.update()
+            .where(meta_table.c.key == key)
+            .values(value=meta_table.c.value + count)
+        ).rowcount
+        if not updated:
+            self._conn.execute(meta_table.insert().values(key=key, value=count))
 
     def close(self) -> None:
         self._conn.close()
@@ -136,29 +162,26 @@ class Outbox:
                         readings_table.c.seq.in_(oldest.scalar_subquery())
                     )
                 ).rowcount
-                self._add_dropped(dropped)
+                self._add_meta(DROPPED_KEY, dropped)
             self._conn.execute(readings_table.insert(), rows)
         self.depth += len(rows) - dropped
         self.dropped_total += dropped
         return dropped
 
-    def _add_dropped(self, count: int) -> None:
-        updated = self._conn.execute(
-            meta_table.update()
-            .where(meta_table.c.key == DROPPED_KEY)
-            .values(value=meta_table.c.value + count)
-        ).rowcount
-        if not updated:
-            self._conn.execute(meta_table.insert().values(key=DROPPED_KEY, value=count))
-
-    def take(self, after_seq: int, max_rows: int, max_bytes: int) -> list[tuple[int, bytes]]:
-        """The oldest rows with seq > after_seq, at most max_rows and about max_bytes of body."""
-        result = self._conn.execute(
+    def take(
+        self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """The oldest rows with after_seq < seq (<= up_to), at most max_rows and about
+        max_bytes of body (always at least one row, whatever its size)."""
+        query = (
             sa.select(readings_table.c.seq, readings_table.c.body)
             .where(readings_table.c.seq > after_seq)
             .order_by(readings_table.c.seq)
             .limit(max_rows)
         )
+        if up_to is not None:
+            query = query.where(readings_table.c.seq <= up_to)
+        result = self._conn.execute(query)
         out: list[tuple[int, bytes]] = []
         size = 0
         for seq, body in result:
@@ -178,6 +201,27 @@ class Outbox:
         self.depth -= deleted
         return deleted
 
+    def quarantine(self, seq: int, reason: str) -> int:
+        """Move one row aside (it can never be delivered). Returns 1 if it was still there."""
+        with self._conn.begin():
+            row = self._conn.execute(
+                sa.select(readings_table.c.ts, readings_table.c.body).where(
+                    readings_table.c.seq == seq
+                )
+            ).one_or_none()
+            if row is None:
+                return 0
+            self._conn.execute(
+                quarantine_table.insert().values(
+                    seq=seq, ts=row.ts, body=row.body, reason=reason, moved_ts=time.time()
+                )
+            )
+            self._conn.execute(readings_table.delete().where(readings_table.c.seq == seq))
+            self._add_meta(QUARANTINED_KEY, 1)
+        self.depth -= 1
+        self.quarantined_total += 1
+        return 1
+
     def stats(self) -> BufferStats:
         oldest = self._conn.execute(
             sa.select(readings_table.c.ts).order_by(readings_table.c.seq).limit(1)
@@ -186,7 +230,14 @@ class Outbox:
             sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'readings'")
         ).scalar_one_or_none()
         self._conn.commit()
-        return BufferStats(self.depth, self.max_readings, oldest, self.dropped_total, last_seq or 0)
+        return BufferStats(
+            self.depth,
+            self.max_readings,
+            oldest,
+            self.dropped_total,
+            self.quarantined_total,
+            last_seq or 0,
+        )
 
 
 class AsyncOutbox:
@@ -228,11 +279,17 @@ class AsyncOutbox:
         self.appended.set()
         return dropped
 
-    async def take(self, after_seq: int, max_rows: int, max_bytes: int) -> list[tuple[int, bytes]]:
+    async def take(
+        self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
+    ) -> list[tuple[int, bytes]]:
         rows: list[tuple[int, bytes]] = await self._call(
-            self.outbox.take, after_seq, max_rows, max_bytes
+            self.outbox.take, after_seq, max_rows, max_bytes, up_to
         )
         return rows
+
+    async def quarantine(self, seq: int, reason: str) -> int:
+        moved: int = await self._call(self.outbox.quarantine, seq, reason)
+        return moved
 
     async def ack(self, first_seq: int, last_seq: int) -> int:
         deleted: int = await self._call(self.outbox.ack, first_seq, last_seq)

@@ -1,13 +1,24 @@
 """MQTT forwarder: take the oldest batch, publish it (QoS 1), delete it only once accepted.
 
-The only module that imports paho-mqtt. paho runs its network loop on its own thread; every
-callback is handed to the asyncio loop with ``call_soon_threadsafe``, where each publish has a
-future resolved by its PUBACK (the aiomqtt pattern). With MQTT v5 a PUBACK whose reason code is
->= 0x80 means *not accepted*: the batch stays in the buffer and is retried after a backoff.
+The only module that imports paho-mqtt. Three rules shape it:
 
-paho keeps unacknowledged QoS 1 messages across a reconnect and sends them again (with DUP)
-once connected, so the futures of in-flight messages stay valid through a reconnect; the
-forwarder never re-publishes them itself, which would double the duplicates.
+- **A batch leaves the buffer only on a success PUBACK.** Each publish has a future resolved by
+  paho's callback (handed to the asyncio loop with ``call_soon_threadsafe``, the aiomqtt
+  pattern). With MQTT v5 a reason code >= 0x80 means *not accepted*.
+- **The forwarder, not paho, owns retransmission.** Every connection uses a fresh paho client
+  (paho's own reconnect is disabled). When a connection ends, the futures of the messages still
+  in flight fail and those readings are sent again from the buffer on the next connection:
+  duplicates stay within the in-flight window, and a message the broker can never take does
+  not sit in paho's queue forever. (mosquitto 2.0 answers an oversized publish with PUBACK
+  0x95, which MQTT v5 does not allow in a PUBACK; paho then drops the connection as a protocol
+  error, and would resend the same message on every reconnect.)
+- **A backlog does not starve live data.** On each (re)connect, rows up to the newest seq form
+  the backlog lane, replayed oldest first; newer rows form the live lane. While both have rows,
+  messages alternate between them.
+
+A batch the broker refuses is kept and retried after a backoff; one refused as too large (or
+that repeatedly kills the connection) is split, and a single reading that still cannot be
+delivered is moved aside to the buffer's quarantine table and counted.
 
 Topics and payloads are documented in docs/messages.md.
 """
@@ -32,12 +43,24 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from collector import __version__
+from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox
 from collector.config import Config, MqttVersion
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# Room for the fixed header, topic and properties when fitting a payload under the broker's
+# Maximum Packet Size.
+PACKET_OVERHEAD_BYTES = 1024
+# A batch whose connection died this many times in a row before its PUBACK is split.
+SUSPECT_SPLIT_AFTER = 3
+# A single reading that killed the connection this many times in a row is quarantined.
+SUSPECT_QUARANTINE_AFTER = 5
+# A connection that lasted this long resets the reconnect backoff.
+STABLE_CONNECTION_S = 10.0
+# Reason codes after which the same message can never succeed: split it.
+TOO_LARGE = {0x95}  # Packet too large
 
 Delivered = Callable[[Sequence[tuple[int, bytes]]], None]
 
@@ -79,7 +102,10 @@ class MqttStatus:
     messages_accepted: int = 0
     readings_delivered: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    quarantined: int = 0
     in_flight: int = 0
+    connects: int = 0
+    max_packet_bytes: int | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -89,16 +115,53 @@ class MqttStatus:
             "messages_accepted": self.messages_accepted,
             "readings_delivered": self.readings_delivered,
             "rejected": dict(self.rejected),
+            "quarantined": self.quarantined,
             "in_flight": self.in_flight,
+            "connects": self.connects,
+            "max_packet_bytes": self.max_packet_bytes,
         }
+
+
+class ConnectionLost(Exception):
+    """Set on in-flight futures when their connection ended before the PUBACK."""
+
+    def __init__(self, connection: int) -> None:
+        super().__init__(f"connection {connection} lost")
+        self.connection = connection
 
 
 @dataclass
 class _InFlight:
-    first_seq: int
-    last_seq: int
     rows: Sequence[tuple[int, bytes]]
-    future: asyncio.Future[ReasonCode | None]
+    future: asyncio.Future[ReasonCode]
+    backlog: bool
+
+    @property
+    def first_seq(self) -> int:
+        return self.rows[0][0]
+
+    @property
+    def last_seq(self) -> int:
+        return self.rows[-1][0]
+
+
+@dataclass
+class _Lanes:
+    """Where the next batch comes from: the backlog (oldest first, up to ``boundary``) and the
+    live lane (newer than ``boundary``)."""
+
+    backlog_cursor: int = 0
+    boundary: int = 0
+    live_cursor: int = 0
+    turn_backlog: bool = True
+
+    def restart(self, newest_seq: int) -> None:
+        """Everything still buffered becomes backlog again (delivered rows are gone)."""
+        self.backlog_cursor, self.boundary, self.live_cursor = 0, newest_seq, newest_seq
+
+    @property
+    def backlog_active(self) -> bool:
+        return self.backlog_cursor < self.boundary
 
 
 class Forwarder:
@@ -118,13 +181,20 @@ class Forwarder:
         self._on_delivered = on_delivered
         self.readings_topic, self.status_topic = topics(config)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._futures: dict[int, asyncio.Future[ReasonCode | None]] = {}
+        self._client: mqtt.Client | None = None
+        self._futures: dict[int, asyncio.Future[ReasonCode]] = {}
         self._wake = asyncio.Event()
-        self._closing = False
+        self._lost = asyncio.Event()
+        self._closing = asyncio.Event()
         self._refused = False
-        self._client = self._make_client()
+        self._connection_id = 0
+        self._suspect_noted = 0  # the connection loss already counted against a batch
+        self._lanes_stale = True
+        # A batch that keeps dying with its connection: (first seq, times in a row).
+        self._suspect: tuple[int, int] = (0, 0)
+        self._row_cap: tuple[int, int] | None = None  # (max rows, until seq) after a split
 
-    # ------------------------------------------------------------------ paho set-up
+    # ------------------------------------------------------------------ connections
 
     def _make_client(self) -> mqtt.Client:
         m = self._mqtt
@@ -136,19 +206,18 @@ class Forwarder:
             clean_session=None if v5 else True,
         )
         # paho's own logger is not enabled: it reports a deliberate disconnect as an error, and
-        # the forwarder already logs every connection state change once.
+        # the forwarder logs every connection state change once. paho never reconnects by
+        # itself (an hour's delay, and its thread is stopped first): the forwarder does.
+        client.reconnect_delay_set(min_delay=3600, max_delay=3600)
         client.max_inflight_messages_set(m.max_inflight_messages + 2)  # + status messages
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.will_set(
-            self.status_topic,
-            status_message(self._config.collector.id, "offline"),
-            qos=1,
-            retain=True,
+            self.status_topic, status_message(self._config.collector.id, "offline"), 1, True
         )
         if m.username is not None:
             password = m.password()
             client.username_pw_set(m.username, password.get_secret_value() if password else None)
         if m.tls is not None:
+            # Verify the broker's certificate and host name; there is no plaintext fall-back.
             context = ssl.create_default_context(
                 cafile=str(m.tls.ca_file) if m.tls.ca_file else None
             )
@@ -160,24 +229,77 @@ class Forwarder:
         client.on_publish = self._on_publish
         return client
 
-    # paho thread -> event loop. Nothing below runs anything but call_soon_threadsafe.
+    async def _connections(self) -> None:
+        """Connect, wait for the connection to end, back off, repeat, until closing."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(1.0, 30.0)
+        m = self._mqtt
+        while not self._closing.is_set():
+            client = self._make_client()
+            self._lost.clear()
+            try:
+                # Blocking connect (TCP and TLS handshake), bounded by paho's connect timeout.
+                await asyncio.to_thread(
+                    client.connect,
+                    m.host,
+                    m.port,
+                    m.keepalive_s,
+                    clean_start=(
+                        True if m.version is MqttVersion.V5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+                    ),
+                )
+            except (OSError, ValueError) as exc:
+                self._connected_changed(False, f"cannot connect to {m.host}:{m.port}: {exc}")
+                await self._pause(backoff.next_delay())
+                continue
+            self._client = client
+            started = loop.time()
+            client.loop_start()
+            await self._lost.wait()
+            await asyncio.to_thread(client.loop_stop)
+            self._client = None
+            self._fail_in_flight()
+            if loop.time() - started >= STABLE_CONNECTION_S:
+                backoff.reset()
+            if not self._closing.is_set():
+                await self._pause(backoff.next_delay())
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+    def _fail_in_flight(self) -> None:
+        self._connection_id += 1
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(self._connection_id))
+        self._futures.clear()
+        self._lanes_stale = True
+        self._wake.set()
+
+    # paho thread -> event loop. These only hand over with call_soon_threadsafe.
 
     def _on_connect(
-        self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
+        self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, props: Properties | None
     ) -> None:
         assert self._loop is not None
         if reason.is_failure:
             # The broker refused the connection (bad credentials, not authorised, ...).
-            text = f"refused by broker: {reason}"
-            self._loop.call_soon_threadsafe(self._connected_changed, False, text, True)
+            self._loop.call_soon_threadsafe(
+                self._connected_changed, False, f"refused by broker: {reason}", True
+            )
         else:
-            self._loop.call_soon_threadsafe(self._connected_changed, True, str(reason))
+            limit = getattr(props, "MaximumPacketSize", None) if props is not None else None
+            self._loop.call_soon_threadsafe(
+                self._connected_changed, True, str(reason), False, limit
+            )
 
     def _on_disconnect(
         self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
     ) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected_changed, False, str(reason))
+        self._loop.call_soon_threadsafe(self._lost.set)
 
     def _on_publish(
         self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
@@ -187,25 +309,30 @@ class Forwarder:
 
     # ------------------------------------------------------------------ on the event loop
 
-    def _connected_changed(self, connected: bool, reason: str, refused: bool = False) -> None:
+    def _connected_changed(
+        self, connected: bool, reason: str, refused: bool = False, max_packet: int | None = None
+    ) -> None:
         was = self.status.connected
-        if not connected and not refused and self._refused:
+        if not connected and not refused and self._refused and not was:
             # The disconnect that follows a refused CONNACK says less than the refusal did.
             return
         self._refused = refused
         self.status.connected = connected
         if connected:
+            self.status.connects += 1
             self.status.last_connect_error = None
+            self.status.max_packet_bytes = max_packet
             m = self._mqtt
             log.info("mqtt: connected to %s:%d", m.host, m.port)
-            self._client.publish(
-                self.status_topic,
-                status_message(self._config.collector.id, "online"),
-                qos=1,
-                retain=True,
-            )
+            if self._client is not None:
+                self._client.publish(
+                    self.status_topic,
+                    status_message(self._config.collector.id, "online"),
+                    qos=1,
+                    retain=True,
+                )
         else:
-            if self._closing:
+            if self._closing.is_set():
                 log.info("mqtt: disconnected")
             elif was or self.status.last_connect_error != reason:
                 log.warning("mqtt: not connected (%s); readings stay buffered", reason)
@@ -222,25 +349,23 @@ class Forwarder:
         """Forward until ``stop`` is set, then for at most ``grace_s`` while rows remain."""
         grace = self._mqtt.shutdown_grace_s if grace_s is None else grace_s
         self._loop = asyncio.get_running_loop()
-        m = self._mqtt
-        self._client.connect_async(
-            m.host,
-            m.port,
-            keepalive=m.keepalive_s,
-            clean_start=True if m.version is MqttVersion.V5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-        )
-        self._client.loop_start()
+        connections = asyncio.create_task(self._connections(), name="mqtt-connections")
         try:
             await self._forward(stop, grace)
         finally:
             await self._say_goodbye()
+            self._closing.set()
+            self._lost.set()
+            await connections
+
+    # ------------------------------------------------------------------ the forwarding loop
 
     async def _forward(self, stop: asyncio.Event, grace: float) -> None:
         loop = asyncio.get_running_loop()
         in_flight: deque[_InFlight] = deque()
-        cursor = 0  # highest seq handed to paho; 0 = start from the oldest row
-        retry_at: float | None = None  # set after a refusal: send nothing before then
-        backoff = 1.0
+        lanes = _Lanes()
+        retry_at: float | None = None  # after a refusal: send nothing before then
+        backoff = Backoff(1.0, 60.0)
         deadline: float | None = None
         while True:
             if stop.is_set() and deadline is None:
@@ -249,53 +374,165 @@ class Forwarder:
                 return
             self._wake.clear()
             self._outbox.appended.clear()
-            # Settle what the broker answered, oldest first.
+            # Settle what the broker answered (or what a lost connection took), oldest first.
             while in_flight and in_flight[0].future.done():
                 item = in_flight.popleft()
-                reason = item.future.result()
-                if reason is None or not reason.is_failure:
-                    await self._delivered(item)
-                    backoff = 1.0
-                    continue
-                self.status.rejected[str(reason)] += 1
-                log.error(
-                    "mqtt: broker refused seq %d-%d (%s); kept in the buffer, retry in %.0f s",
-                    item.first_seq,
-                    item.last_seq,
-                    reason,
-                    backoff,
-                )
-                retry_at = loop.time() + backoff
-                backoff = min(backoff * 2, 60.0)
-            # After a refusal, wait for the window to drain and the backoff to pass, then
-            # start again from the oldest row still buffered (delivered rows are gone).
-            if retry_at is not None and not in_flight and loop.time() >= retry_at:
-                retry_at, cursor = None, 0
+                refused = await self._settle(item)
+                if refused:
+                    retry_at = loop.time() + backoff.next_delay()
+                    self._lanes_stale = True
+                elif refused is False:
+                    backoff.reset()
+            if retry_at is not None and loop.time() >= retry_at:
+                retry_at = None
             self.status.in_flight = len(in_flight)
             if stop.is_set() and not in_flight and self._outbox.outbox.depth == 0:
                 return
+            # Start over from the oldest row once nothing of an older round is in flight.
+            if self._lanes_stale and not in_flight and self.status.connected:
+                lanes.restart((await self._outbox.stats()).last_seq)
+                self._lanes_stale = False
             sent = False
             while (
                 self.status.connected
+                and not self._lanes_stale
                 and retry_at is None
                 and len(in_flight) < self._mqtt.max_inflight_messages
             ):
-                rows = await self._outbox.take(
-                    cursor, self._mqtt.max_readings_per_message, self._mqtt.max_message_bytes
-                )
-                published = self._publish(rows) if rows else None
+                published = await self._publish_next(lanes)
                 if published is None:
                     break
                 in_flight.append(published)
-                cursor = published.last_seq
                 sent = True
             if sent:
                 continue
-            timeout = 1.0
-            for limit in (retry_at, deadline):
-                if limit is not None:
-                    timeout = max(0.0, min(timeout, limit - loop.time()))
-            await self._wait_any(stop if deadline is None else None, timeout)
+            limit = 1.0
+            for moment in (retry_at, deadline):
+                if moment is not None:
+                    limit = max(0.0, min(limit, moment - loop.time()))
+            await self._wait_any(stop if deadline is None else None, limit)
+
+    async def _publish_next(self, lanes: _Lanes) -> _InFlight | None:
+        """Take and publish the next batch: the lanes take turns; an empty lane passes."""
+        for backlog in (True, False) if lanes.turn_backlog else (False, True):
+            if backlog and not lanes.backlog_active:
+                continue
+            cursor = lanes.backlog_cursor if backlog else lanes.live_cursor
+            rows = await self._outbox.take(
+                cursor,
+                self._max_rows(cursor),
+                self._max_bytes(),
+                up_to=lanes.boundary if backlog else None,
+            )
+            if not rows:
+                if backlog:
+                    lanes.backlog_cursor = lanes.boundary  # the backlog is drained
+                continue
+            if backlog:
+                lanes.backlog_cursor = rows[-1][0]
+            else:
+                lanes.live_cursor = rows[-1][0]
+            lanes.turn_backlog = not backlog
+            return self._publish(rows, backlog)
+        return None
+
+    def _max_rows(self, cursor: int) -> int:
+        rows = self._mqtt.max_readings_per_message
+        if self._row_cap is not None:
+            cap, until = self._row_cap
+            if cursor < until:
+                return min(rows, cap)
+            self._row_cap = None
+        return rows
+
+    def _max_bytes(self) -> int:
+        limit = self._mqtt.max_message_bytes
+        if self.status.max_packet_bytes:
+            limit = min(limit, self.status.max_packet_bytes - PACKET_OVERHEAD_BYTES)
+        return max(limit, 1)
+
+    def _publish(self, rows: Sequence[tuple[int, bytes]], backlog: bool) -> _InFlight | None:
+        assert self._loop is not None
+        future: asyncio.Future[ReasonCode] = self._loop.create_future()
+        client = self._client
+        if client is None:
+            return None
+        info = client.publish(
+            self.readings_topic, build_message(self._config.collector.id, rows), qos=1
+        )
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            future.set_exception(ConnectionLost(self._connection_id + 1))
+        elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # paho would not even queue it (e.g. over the broker's packet size limit).
+            future.set_result(ReasonCode(4, identifier=0x95))
+        else:
+            # The PUBACK reaches the loop through call_soon_threadsafe, so it cannot be
+            # processed before this registration, which runs in the same loop step.
+            self._futures[info.mid] = future
+        return _InFlight(rows, future, backlog)
+
+    async def _settle(self, item: _InFlight) -> bool | None:
+        """Ack a delivered batch. Returns True if refused, False if delivered, None if its
+        connection was lost (it will be sent again)."""
+        exc = item.future.exception()
+        if isinstance(exc, ConnectionLost):
+            if exc.connection != self._suspect_noted:
+                # Only the oldest batch of a lost connection is a suspect.
+                self._suspect_noted = exc.connection
+                await self._note_suspect(item)
+            return None
+        if exc is not None:
+            raise exc
+        reason = item.future.result()
+        if not reason.is_failure:
+            await self._delivered(item)
+            if self._suspect[0] == item.first_seq:
+                self._suspect = (0, 0)
+            return False
+        self.status.rejected[str(reason)] += 1
+        if reason.value in TOO_LARGE:
+            await self._too_large(item, f"refused by broker: {reason}")
+            return True
+        log.error(
+            "mqtt: broker refused seq %d-%d (%s); kept in the buffer and retried after a backoff",
+            item.first_seq,
+            item.last_seq,
+            reason,
+        )
+        return True
+
+    async def _note_suspect(self, item: _InFlight) -> None:
+        """A batch whose connection died before its PUBACK, several times in a row, is probably
+        what kills the connection (a broker that drops oversized messages): split it, and move
+        a single reading that still does it aside."""
+        first, times = self._suspect
+        times = times + 1 if first == item.first_seq else 1
+        self._suspect = (item.first_seq, times)
+        if times >= SUSPECT_SPLIT_AFTER and len(item.rows) > 1:
+            self._split(item, f"connection lost {times} times before its acknowledgement")
+        elif times >= SUSPECT_QUARANTINE_AFTER:
+            await self._too_large(item, f"connection lost {times} times while sending it")
+
+    async def _too_large(self, item: _InFlight, why: str) -> None:
+        if len(item.rows) > 1:
+            self._split(item, why)
+            return
+        seq = item.first_seq
+        await self._outbox.quarantine(seq, why)
+        self.status.quarantined += 1
+        self._suspect = (0, 0)
+        log.error("mqtt: seq %d can never be delivered (%s): moved to quarantine", seq, why)
+
+    def _split(self, item: _InFlight, why: str) -> None:
+        cap = max(1, len(item.rows) // 2)
+        self._row_cap = (cap, item.last_seq)
+        log.warning(
+            "mqtt: seq %d-%d not accepted (%s); resending in messages of %d readings",
+            item.first_seq,
+            item.last_seq,
+            why,
+            cap,
+        )
 
     async def _wait_any(self, stop: asyncio.Event | None, limit_s: float) -> None:
         """Wait for an answer from paho, new rows, or stop, bounded by ``limit_s``."""
@@ -307,24 +544,6 @@ class Forwarder:
             for waiter in waiters:
                 waiter.cancel()
 
-    def _publish(self, rows: Sequence[tuple[int, bytes]]) -> _InFlight | None:
-        payload = build_message(self._config.collector.id, rows)
-        info = self._client.publish(self.readings_topic, payload, qos=1)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            # Not queued by paho at all (e.g. its queue is full): try again later.
-            log.error("mqtt: publish not queued: %s", mqtt.error_string(info.rc))
-            return None
-        future = self._register(info.mid)
-        return _InFlight(rows[0][0], rows[-1][0], rows, future)
-
-    def _register(self, mid: int) -> asyncio.Future[ReasonCode | None]:
-        assert self._loop is not None
-        future: asyncio.Future[ReasonCode | None] = self._loop.create_future()
-        # The PUBACK reaches the loop through call_soon_threadsafe, so it cannot be processed
-        # before this registration, which runs in the same loop step as publish().
-        self._futures[mid] = future
-        return future
-
     async def _delivered(self, item: _InFlight) -> None:
         await self._outbox.ack(item.first_seq, item.last_seq)
         self.status.messages_accepted += 1
@@ -335,17 +554,16 @@ class Forwarder:
 
     async def _say_goodbye(self) -> None:
         """Publish the retained offline state (the Last Will covers a crash), then disconnect."""
-        try:
-            if self.status.connected:
-                info = self._client.publish(
-                    self.status_topic,
-                    status_message(self._config.collector.id, "offline"),
-                    qos=1,
-                    retain=True,
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._register(info.mid), timeout=2.0)
-            self._closing = True
-            self._client.disconnect()
-        finally:
-            self._client.loop_stop()
+        client = self._client
+        if client is None or not self.status.connected:
+            return
+        assert self._loop is not None
+        info = client.publish(
+            self.status_topic, status_message(self._config.collector.id, "offline"), 1, True
+        )
+        future: asyncio.Future[ReasonCode] = self._loop.create_future()
+        self._futures[info.mid] = future
+        with contextlib.suppress(TimeoutError, ConnectionLost):
+            await asyncio.wait_for(future, timeout=2.0)
+        self._closing.set()
+        client.disconnect()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.backoff import Backoff
 from collector.driver import Driver
 from collector.errors import DeviceError, ErrorCode
 from collector.reading import Quality, Reading
@@ -57,23 +57,6 @@ class DeviceStatus:
             "skipped_polls": self.skipped_polls,
             "connects": self.connects,
         }
-
-
-class Backoff:
-    """Exponential backoff with jitter, so many collectors do not reconnect in lock-step."""
-
-    def __init__(self, minimum_s: float, maximum_s: float, rng: random.Random | None = None):
-        self.minimum_s, self.maximum_s = minimum_s, maximum_s
-        self._attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum_s, self.minimum_s * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 32)
-        return float(ceiling * self._rng.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 Sink = Callable[[str, Sequence[Reading]], None]

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from collector import __version__
+from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config
 from collector.context import StationContext
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
-from collector.poller import Backoff, DeviceStatus, Poller
+from collector.poller import DeviceStatus, Poller
 from collector.reading import Reading
 from drivers import create_driver
 

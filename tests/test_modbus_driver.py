@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from collector.backoff import Backoff
 from collector.config import ModbusTable, ModbusTcpDevice
 from collector.errors import ErrorCode, NotConnectedError
-from collector.poller import Backoff, DeviceStatus, Poller
+from collector.poller import DeviceStatus, Poller
 from collector.reading import Quality, Reading
 from drivers.modbus import ModbusTcpDriver, SimulatedModbusServer, TagCodec
 from tests.helpers import async_wait_until, free_port
