@@ -10,6 +10,11 @@
   transaction (a poll's readings are never split across transactions).
 - When the cap is reached, the oldest rows are deleted in the same transaction that appends
   the new ones, and counted (persistently, in ``meta``).
+- A file that is not a database, or whose pages are malformed, is moved aside at start-up
+  (:func:`open_outbox`) and a fresh one is started, its ``seq`` continuing above the highest one
+  ever handed out: read from the old file if it still can be, else from ``<path>.seq``, a hint
+  rewritten after every commit, plus :data:`SEQ_JUMP_AFTER_RESET` for what the hint may have
+  missed. A seq is never reused: consumers that dedupe on it would drop new readings.
 
 All SQLite work runs on one dedicated thread (:class:`AsyncOutbox`), so an fsync never stalls
 the event loop that polls devices.
@@ -18,8 +23,11 @@ the event loop that polls devices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +75,7 @@ meta_table = sa.Table(
     sa.Column("value", sa.Integer, nullable=False),
 )
 
+SEQ_JUMP_AFTER_RESET = 1_000_000
 DROPPED_KEY = "dropped_total"
 QUARANTINED_KEY = "quarantined_total"
 
@@ -101,16 +110,38 @@ class BufferStats:
     last_seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class BufferReset:
+    """A corrupt buffer file was moved aside at start-up."""
+
+    moved_to: Path
+    error: str
+    first_seq: int
+
+
 class Outbox:
     """Synchronous outbox on one SQLite connection. Use it from one thread only."""
 
     def __init__(
-        self, path: Path, max_readings: int, synchronous: Synchronous = Synchronous.FULL
+        self,
+        path: Path,
+        max_readings: int,
+        synchronous: Synchronous = Synchronous.FULL,
+        seq_floor: int = 0,
     ) -> None:
         self.path = path
+        self.reset: BufferReset | None = None
+        self._hint = Path(f"{path}.seq")
         self.max_readings = max_readings
         self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
         self._conn: Connection = self._engine.connect()
+        try:
+            self._open(synchronous, seq_floor)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, synchronous: Synchronous, seq_floor: int) -> None:
         # WAL lets a reader (status) run beside the writer; synchronous=FULL fsyncs every commit
         # so a committed reading survives a power cut (NORMAL risks the last commits, not the file).
         self._conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -121,12 +152,33 @@ class Outbox:
             # `buffer stats` reader, say) may be opening the same new file at the same moment.
             for table in _metadata.sorted_tables:
                 self._conn.execute(CreateTable(table, if_not_exists=True))
+            if seq_floor:
+                self._conn.execute(
+                    sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', :s)"),
+                    {"s": seq_floor},
+                )
+        # Counting the rows reads every page of the table: a malformed page shows up here, at
+        # start-up, not in the middle of a shift.
         self.depth = self._conn.execute(
             sa.select(sa.func.count()).select_from(readings_table)
         ).scalar_one()
         self.dropped_total = self._meta(DROPPED_KEY)
         self.quarantined_total = self._meta(QUARANTINED_KEY)
+        self.last_seq = self._last_seq()
         self._conn.commit()
+        self._write_hint()
+
+    def _last_seq(self) -> int:
+        value = self._conn.execute(
+            sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'readings'")
+        ).scalar_one_or_none()
+        return int(value or 0)
+
+    def _write_hint(self) -> None:
+        # No fsync: the hint only has to survive a process crash (the page cache does); after a
+        # power cut SEQ_JUMP_AFTER_RESET covers what it missed.
+        with contextlib.suppress(OSError):
+            self._hint.write_text(f"{self.last_seq}\n")
 
     def _meta(self, key: str) -> int:
         value = self._conn.execute(
@@ -165,6 +217,9 @@ class Outbox:
                 self._add_meta(DROPPED_KEY, dropped)
             self._conn.execute(readings_table.insert(), rows)
         self.depth += len(rows) - dropped
+        # AUTOINCREMENT hands out consecutive ids to the only writer.
+        self.last_seq += len(rows)
+        self._write_hint()
         self.dropped_total += dropped
         return dropped
 
@@ -226,9 +281,6 @@ class Outbox:
         oldest = self._conn.execute(
             sa.select(readings_table.c.ts).order_by(readings_table.c.seq).limit(1)
         ).scalar_one_or_none()
-        last_seq = self._conn.execute(
-            sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'readings'")
-        ).scalar_one_or_none()
         self._conn.commit()
         return BufferStats(
             self.depth,
@@ -236,8 +288,60 @@ class Outbox:
             oldest,
             self.dropped_total,
             self.quarantined_total,
-            last_seq or 0,
+            self.last_seq,
         )
+
+
+def open_outbox(
+    path: Path, max_readings: int, synchronous: Synchronous = Synchronous.FULL
+) -> Outbox:
+    """Open the outbox; a corrupt file is moved aside and a fresh one started (never a stop).
+
+    Raises ``sqlalchemy.exc.OperationalError`` when the file cannot be opened at all (a
+    missing folder, permissions): that is a configuration problem, not corruption.
+    """
+    try:
+        return Outbox(path, max_readings, synchronous)
+    except sa.exc.DatabaseError as exc:
+        if isinstance(exc, sa.exc.OperationalError) or not isinstance(
+            exc.orig, sqlite3.DatabaseError
+        ):
+            raise
+        error = str(exc.orig)
+    floor = max(_salvage_last_seq(path), _read_hint(path)) + SEQ_JUMP_AFTER_RESET
+    moved = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(Path(f"{moved}{suffix}"))
+    log.critical(
+        "buffer %s is corrupt (%s): moved aside to %s; starting a fresh buffer whose seq "
+        "continues at %d. Readings in the old file were not delivered; inspect it with sqlite3.",
+        path,
+        error,
+        moved,
+        floor + 1,
+    )
+    outbox = Outbox(path, max_readings, synchronous, seq_floor=floor)
+    outbox.reset = BufferReset(moved, error, floor + 1)
+    return outbox
+
+
+def _salvage_last_seq(path: Path) -> int:
+    """The highest seq recorded in a corrupt file, if that part of it can still be read."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+            return int(row[0]) if row else 0
+    except (sqlite3.Error, ValueError, TypeError):
+        return 0
+
+
+def _read_hint(path: Path) -> int:
+    try:
+        return int(Path(f"{path}.seq").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 class AsyncOutbox:
@@ -251,6 +355,10 @@ class AsyncOutbox:
         self._outbox: Outbox | None = None
         #: Set whenever rows were appended; the forwarder waits on it.
         self.appended = asyncio.Event()
+        # Delivered ranges whose delete failed (e.g. a full disk): retried, and never taken
+        # again meanwhile, so a delivered reading is not sent twice.
+        self._pending_acks: deque[tuple[int, int]] = deque()
+        self.ack_error: str | None = None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -258,7 +366,7 @@ class AsyncOutbox:
     async def open(self) -> None:
         path = self._args[0]
         try:
-            self._outbox = await self._call(Outbox, *self._args)
+            self._outbox = await self._call(open_outbox, *self._args)
         except sa.exc.SQLAlchemyError as exc:
             cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
             raise StartupError(f"buffer {path}: cannot open: {cause}") from exc
@@ -282,18 +390,45 @@ class AsyncOutbox:
     async def take(
         self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
     ) -> list[tuple[int, bytes]]:
+        await self._retry_acks()
         rows: list[tuple[int, bytes]] = await self._call(
             self.outbox.take, after_seq, max_rows, max_bytes, up_to
         )
+        if self._pending_acks:
+            rows = [
+                row for row in rows if not any(lo <= row[0] <= hi for lo, hi in self._pending_acks)
+            ]
         return rows
 
-    async def quarantine(self, seq: int, reason: str) -> int:
-        moved: int = await self._call(self.outbox.quarantine, seq, reason)
-        return moved
+    async def ack(self, first_seq: int, last_seq: int) -> None:
+        """Delete a delivered range; if the delete fails it is kept and retried. Never raises."""
+        self._pending_acks.append((first_seq, last_seq))
+        await self._retry_acks()
 
-    async def ack(self, first_seq: int, last_seq: int) -> int:
-        deleted: int = await self._call(self.outbox.ack, first_seq, last_seq)
-        return deleted
+    async def _retry_acks(self) -> None:
+        while self._pending_acks:
+            first_seq, last_seq = self._pending_acks[0]
+            try:
+                await self._call(self.outbox.ack, first_seq, last_seq)
+            except sa.exc.OperationalError as exc:
+                message = str(exc.orig if exc.orig is not None else exc)
+                if self.ack_error != message:
+                    log.error(  # noqa: TRY400 - one line; retried, nothing lost
+                        "buffer: cannot delete delivered readings (%s); retrying", message
+                    )
+                self.ack_error = message
+                return
+            self._pending_acks.popleft()
+        self.ack_error = None
+
+    async def quarantine(self, seq: int, reason: str) -> int:
+        """Move a row aside; 0 if it could not be (it stays and will be tried again)."""
+        try:
+            moved: int = await self._call(self.outbox.quarantine, seq, reason)
+        except sa.exc.OperationalError as exc:
+            log.error("buffer: cannot quarantine seq %d (%s)", seq, exc.orig)  # noqa: TRY400
+            return 0
+        return moved
 
     async def stats(self) -> BufferStats:
         stats: BufferStats = await self._call(self.outbox.stats)

@@ -518,7 +518,8 @@ class Forwarder:
             self._split(item, why)
             return
         seq = item.first_seq
-        await self._outbox.quarantine(seq, why)
+        if not await self._outbox.quarantine(seq, why):
+            return
         self.status.quarantined += 1
         self._suspect = (0, 0)
         log.error("mqtt: seq %d can never be delivered (%s): moved to quarantine", seq, why)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,29 @@ from drivers import create_driver
 
 log = logging.getLogger(__name__)
 
+
+def warn_about_secret_files(config: Config) -> None:
+    """Warn (once, at start-up) when a file holding a secret can be read by other users."""
+    m = config.mqtt
+    secrets = [("mqtt.password_file", m.password_file)]
+    if m.tls is not None:
+        secrets.append(("mqtt.tls.key_file", m.tls.key_file))
+    for field, path in secrets:
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IROTH:
+            log.warning(
+                "%s %s is readable by every user (mode %s): chmod o-r it",
+                field,
+                path,
+                oct(stat.S_IMODE(mode)),
+            )
+
+
 # Above this fill ratio the buffer is reported as a health problem (drops are near).
 BUFFER_WARN_RATIO = 0.9
 
@@ -41,6 +65,7 @@ class Service:
         self._on_delivered = on_delivered
         self._started = time.time()
         self._dropped_at_start = 0
+        self._quarantined_at_start = 0
         self.ready = asyncio.Event()
         self.health_server: HealthServer | None = None
         #: Readings still buffered when the service stopped.
@@ -62,6 +87,8 @@ class Service:
                 self.health_server.socket.close()
             raise
         self._dropped_at_start = self.outbox.outbox.dropped_total
+        self._quarantined_at_start = self.outbox.outbox.quarantined_total
+        warn_about_secret_files(self.config)
         try:
             await self._run(stop)
         finally:
@@ -131,12 +158,22 @@ class Service:
             reasons.append(f"mqtt not connected: {self.mqtt.last_connect_error or 'starting'}")
         if self.writer.last_error is not None:
             reasons.append(f"buffer cannot write: {self.writer.last_error}")
+        if self.outbox.ack_error is not None:
+            reasons.append(f"buffer cannot delete delivered readings: {self.outbox.ack_error}")
         outbox = self.outbox.outbox
         if outbox.depth >= BUFFER_WARN_RATIO * outbox.max_readings:
             reasons.append(f"buffer {outbox.depth}/{outbox.max_readings} readings, nearly full")
         dropped = outbox.dropped_total - self._dropped_at_start + self.writer.overflow_dropped
         if dropped:
             reasons.append(f"{dropped} reading(s) dropped since start (buffer full)")
+        quarantined = outbox.quarantined_total - self._quarantined_at_start
+        if quarantined:
+            reasons.append(f"{quarantined} reading(s) quarantined since start (broker refused)")
+        if outbox.reset is not None:
+            reasons.append(
+                f"buffer was corrupt at start-up ({outbox.reset.error}); moved aside to "
+                f"{outbox.reset.moved_to}; seq continues at {outbox.reset.first_seq}"
+            )
         return ("degraded" if reasons else "ok"), reasons
 
     async def status(self) -> dict[str, Any]:
@@ -167,6 +204,14 @@ class Service:
                 "max_readings": stats.max_readings,
                 "oldest_unsent_age_s": age_seconds(stats.oldest_ts),
                 "dropped_total": stats.dropped_total,
+                "quarantined_total": stats.quarantined_total,
+                "reset": None
+                if self.outbox.outbox.reset is None
+                else {
+                    "moved_to": str(self.outbox.outbox.reset.moved_to),
+                    "error": self.outbox.outbox.reset.error,
+                    "first_seq": self.outbox.outbox.reset.first_seq,
+                },
                 "overflow_dropped": self.writer.overflow_dropped,
                 "pending_polls": self.writer.pending,
                 "last_seq": stats.last_seq,
