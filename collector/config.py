@@ -123,11 +123,15 @@ class MqttConfig(_Model):
     shutdown_grace_s: float = Field(
         default=5.0, ge=0, le=300, description="On SIGTERM, time given to deliver the buffer."
     )
+    reconnect_min_ms: int = Field(default=1000, ge=10, description="First reconnect delay.")
+    reconnect_max_ms: int = Field(default=30_000, ge=10, description="Longest reconnect delay.")
 
     @model_validator(mode="after")
     def _one_password_source(self) -> Self:
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("give password_env or password_file, not both")
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
         return self
 
     def password(self) -> SecretStr | None:

@@ -50,13 +50,18 @@ from collector.config import Config, MqttVersion
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-# Room for the fixed header, topic and properties when fitting a payload under the broker's
-# Maximum Packet Size.
-PACKET_OVERHEAD_BYTES = 1024
-# A batch whose connection died this many times in a row before its PUBACK is split.
-SUSPECT_SPLIT_AFTER = 3
-# A single reading that killed the connection this many times in a row is quarantined.
-SUSPECT_QUARANTINE_AFTER = 5
+# PUBLISH packet bytes besides the payload and the topic: fixed header (<= 5), topic length
+# (2), packet id (2), properties length (1), with room to spare.
+PACKET_OVERHEAD_BYTES = 16
+# Message bytes besides the readings: {"schema":1,"collector":"<id>","readings":[...]}.
+MESSAGE_HEAD_BYTES = 64
+# Per reading, the spliced {"seq":N, and the separating comma.
+ROW_OVERHEAD_BYTES = 32
+# A batch whose connection died this many times in a row before its PUBACK is resent one
+# reading per message; a single reading that still kills the connection is quarantined.
+SUSPECT_SPLIT_AFTER = 2
+SUSPECT_QUARANTINE_AFTER = 3
+LEARNED_MIN_BYTES = 256
 # A connection that lasted this long resets the reconnect backoff.
 STABLE_CONNECTION_S = 10.0
 # Reason codes after which the same message can never succeed: split it.
@@ -106,6 +111,10 @@ class MqttStatus:
     in_flight: int = 0
     connects: int = 0
     max_packet_bytes: int | None = None
+    #: The last seq of the current (or last) backlog replay; the next one it will send, or
+    #: None once it is drained.
+    backlog_until_seq: int | None = None
+    backlog_next_seq: int | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -119,6 +128,8 @@ class MqttStatus:
             "in_flight": self.in_flight,
             "connects": self.connects,
             "max_packet_bytes": self.max_packet_bytes,
+            "backlog_until_seq": self.backlog_until_seq,
+            "backlog_next_seq": self.backlog_next_seq,
         }
 
 
@@ -135,6 +146,7 @@ class _InFlight:
     rows: Sequence[tuple[int, bytes]]
     future: asyncio.Future[ReasonCode]
     backlog: bool
+    payload_bytes: int
 
     @property
     def first_seq(self) -> int:
@@ -193,6 +205,9 @@ class Forwarder:
         # A batch that keeps dying with its connection: (first seq, times in a row).
         self._suspect: tuple[int, int] = (0, 0)
         self._row_cap: tuple[int, int] | None = None  # (max rows, until seq) after a split
+        # A message size that broke connections, learned from a broker that drops large
+        # messages without saying so; applies until the collector restarts.
+        self._learned_max_bytes: int | None = None
 
     # ------------------------------------------------------------------ connections
 
@@ -232,8 +247,8 @@ class Forwarder:
     async def _connections(self) -> None:
         """Connect, wait for the connection to end, back off, repeat, until closing."""
         loop = asyncio.get_running_loop()
-        backoff = Backoff(1.0, 30.0)
         m = self._mqtt
+        backoff = Backoff(m.reconnect_min_ms / 1000, m.reconnect_max_ms / 1000)
         while not self._closing.is_set():
             client = self._make_client()
             self._lost.clear()
@@ -273,6 +288,7 @@ class Forwarder:
         for future in self._futures.values():
             if not future.done():
                 future.set_exception(ConnectionLost(self._connection_id))
+                future.exception()  # read by _settle, or moot if the forwarder is stopping
         self._futures.clear()
         self._lanes_stale = True
         self._wake.set()
@@ -391,6 +407,7 @@ class Forwarder:
             # Start over from the oldest row once nothing of an older round is in flight.
             if self._lanes_stale and not in_flight and self.status.connected:
                 lanes.restart((await self._outbox.stats()).last_seq)
+                self._show_backlog(lanes)
                 self._lanes_stale = False
             sent = False
             while (
@@ -427,14 +444,25 @@ class Forwarder:
             if not rows:
                 if backlog:
                     lanes.backlog_cursor = lanes.boundary  # the backlog is drained
+                    self._show_backlog(lanes)
                 continue
             if backlog:
                 lanes.backlog_cursor = rows[-1][0]
             else:
                 lanes.live_cursor = rows[-1][0]
             lanes.turn_backlog = not backlog
-            return self._publish(rows, backlog)
+            self._show_backlog(lanes)
+            payload = build_message(self._config.collector.id, rows)
+            if len(rows) == 1 and len(payload) > self._max_payload_bytes(learned=False):
+                # Even alone it is larger than the broker takes: it can never be delivered.
+                await self._too_large(rows, f"{len(payload)} bytes, over the broker's limit")
+                return await self._publish_next(lanes)
+            return self._publish(rows, payload, backlog)
         return None
+
+    def _show_backlog(self, lanes: _Lanes) -> None:
+        self.status.backlog_until_seq = lanes.boundary or None
+        self.status.backlog_next_seq = lanes.backlog_cursor + 1 if lanes.backlog_active else None
 
     def _max_rows(self, cursor: int) -> int:
         rows = self._mqtt.max_readings_per_message
@@ -442,24 +470,34 @@ class Forwarder:
             cap, until = self._row_cap
             if cursor < until:
                 return min(rows, cap)
-            self._row_cap = None
         return rows
 
-    def _max_bytes(self) -> int:
+    def _max_payload_bytes(self, learned: bool = True) -> int:
+        """The largest message payload: ours, what fits the broker's Maximum Packet Size, and
+        (for batching only, never to give up on a reading) what we learned."""
         limit = self._mqtt.max_message_bytes
+        if learned and self._learned_max_bytes is not None:
+            limit = min(limit, self._learned_max_bytes)
         if self.status.max_packet_bytes:
-            limit = min(limit, self.status.max_packet_bytes - PACKET_OVERHEAD_BYTES)
-        return max(limit, 1)
+            packet = PACKET_OVERHEAD_BYTES + len(self.readings_topic.encode())
+            limit = min(limit, self.status.max_packet_bytes - packet)
+        return limit
 
-    def _publish(self, rows: Sequence[tuple[int, bytes]], backlog: bool) -> _InFlight | None:
+    def _max_bytes(self) -> int:
+        """The budget for the readings' stored bodies in one message."""
+        return max(
+            1, self._max_payload_bytes() - MESSAGE_HEAD_BYTES - len(self._config.collector.id)
+        )
+
+    def _publish(
+        self, rows: Sequence[tuple[int, bytes]], payload: bytes, backlog: bool
+    ) -> _InFlight | None:
         assert self._loop is not None
         future: asyncio.Future[ReasonCode] = self._loop.create_future()
         client = self._client
         if client is None:
             return None
-        info = client.publish(
-            self.readings_topic, build_message(self._config.collector.id, rows), qos=1
-        )
+        info = client.publish(self.readings_topic, payload, qos=1)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             future.set_exception(ConnectionLost(self._connection_id + 1))
         elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -469,7 +507,7 @@ class Forwarder:
             # The PUBACK reaches the loop through call_soon_threadsafe, so it cannot be
             # processed before this registration, which runs in the same loop step.
             self._futures[info.mid] = future
-        return _InFlight(rows, future, backlog)
+        return _InFlight(rows, future, backlog, len(payload))
 
     async def _settle(self, item: _InFlight) -> bool | None:
         """Ack a delivered batch. Returns True if refused, False if delivered, None if its
@@ -491,7 +529,10 @@ class Forwarder:
             return False
         self.status.rejected[str(reason)] += 1
         if reason.value in TOO_LARGE:
-            await self._too_large(item, f"refused by broker: {reason}")
+            if len(item.rows) > 1:
+                self._split(item, f"refused by broker: {reason}")
+            else:
+                await self._too_large(item.rows, f"refused by broker: {reason}")
             return True
         log.error(
             "mqtt: broker refused seq %d-%d (%s); kept in the buffer and retried after a backoff",
@@ -510,14 +551,21 @@ class Forwarder:
         self._suspect = (item.first_seq, times)
         if times >= SUSPECT_SPLIT_AFTER and len(item.rows) > 1:
             self._split(item, f"connection lost {times} times before its acknowledgement")
-        elif times >= SUSPECT_QUARANTINE_AFTER:
-            await self._too_large(item, f"connection lost {times} times while sending it")
+            learned = max(LEARNED_MIN_BYTES, item.payload_bytes // 2)
+            if learned < (self._learned_max_bytes or self._mqtt.max_message_bytes):
+                self._learned_max_bytes = learned
+                log.warning(
+                    "mqtt: the broker seems to drop messages of %d bytes; sending at most %d "
+                    "bytes from now on (set mqtt.max_message_bytes below the broker's limit)",
+                    item.payload_bytes,
+                    learned,
+                )
+        elif times >= SUSPECT_QUARANTINE_AFTER and len(item.rows) == 1:
+            await self._too_large(item.rows, f"connection lost {times} times while sending it")
 
-    async def _too_large(self, item: _InFlight, why: str) -> None:
-        if len(item.rows) > 1:
-            self._split(item, why)
-            return
-        seq = item.first_seq
+    async def _too_large(self, rows: Sequence[tuple[int, bytes]], why: str) -> None:
+        """Move a single reading that can never be delivered aside (counted, kept)."""
+        seq = rows[0][0]
         if not await self._outbox.quarantine(seq, why):
             return
         self.status.quarantined += 1
@@ -525,14 +573,13 @@ class Forwarder:
         log.error("mqtt: seq %d can never be delivered (%s): moved to quarantine", seq, why)
 
     def _split(self, item: _InFlight, why: str) -> None:
-        cap = max(1, len(item.rows) // 2)
-        self._row_cap = (cap, item.last_seq)
+        """Resend the batch one reading per message, so the bad one is isolated quickly."""
+        self._row_cap = (1, item.last_seq)
         log.warning(
-            "mqtt: seq %d-%d not accepted (%s); resending in messages of %d readings",
+            "mqtt: seq %d-%d not accepted (%s); resending them one reading per message",
             item.first_seq,
             item.last_seq,
             why,
-            cap,
         )
 
     async def _wait_any(self, stop: asyncio.Event | None, limit_s: float) -> None:
@@ -546,6 +593,8 @@ class Forwarder:
                 waiter.cancel()
 
     async def _delivered(self, item: _InFlight) -> None:
+        if self._row_cap is not None and item.last_seq >= self._row_cap[1]:
+            self._row_cap = None  # the split range went through
         await self._outbox.ack(item.first_seq, item.last_seq)
         self.status.messages_accepted += 1
         self.status.readings_delivered += len(item.rows)
