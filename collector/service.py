@@ -27,6 +27,27 @@ from drivers import create_driver
 log = logging.getLogger(__name__)
 
 
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], limit_s: float = 10.0) -> None:
+    """Cancel tasks and wait for them, cancelling again those still running.
+
+    On Python 3.11, ``asyncio.wait_for`` (used inside pymodbus) can swallow a cancellation
+    that arrives just as its inner future completes (fixed in 3.12), so one cancel() may not
+    stop a poller.
+    """
+    pending = set(tasks)
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while pending and asyncio.get_running_loop().time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    if pending:
+        log.error(
+            "stopping: %d task(s) did not stop: %s",
+            len(pending),
+            ", ".join(t.get_name() for t in pending),
+        )
+
+
 def warn_about_secret_files(config: Config) -> None:
     """Warn (once, at start-up) when a file holding a secret can be read by other users."""
     m = config.mqtt
@@ -130,9 +151,7 @@ class Service:
             await stop.wait()
 
             log.info("stopping: polling stopped, delivering what is buffered")
-            for task in polling:
-                task.cancel()
-            await asyncio.gather(*polling, return_exceptions=True)
+            await cancel_and_wait(polling)
             await self.writer.flush()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)

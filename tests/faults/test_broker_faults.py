@@ -260,6 +260,7 @@ async def test_a_broker_that_drops_oversized_messages_and_disconnects(
 async def test_cap_reached_during_a_long_outage_drops_the_oldest_and_counts_exactly(
     mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
 ) -> None:
+    sub = Subscriber(mosquitto, TOPIC)  # a durable session, subscribed before the outage
     mosquitto.stop()  # down from the start: nothing is in flight when readings are dropped
     raw = config_dict(mosquitto, modbus_server.port, tmp_path / "b.db", **FAST_RECONNECT)
     raw["buffer"]["max_readings"] = 1000
@@ -274,7 +275,6 @@ async def test_cap_reached_during_a_long_outage_drops_the_oldest_and_counts_exac
         assert any("dropped since start (buffer full)" in r for r in reasons)
         assert service.outbox.outbox.depth == 1000
         mosquitto.start()
-        sub = Subscriber(mosquitto, TOPIC)
         try:
             # Stop polling once the broker is back, so the count below is final.
             for task in [t for t in asyncio.all_tasks() if t.get_name().startswith("poll:")]:
@@ -294,6 +294,7 @@ async def test_cap_reached_during_a_long_outage_drops_the_oldest_and_counts_exac
 async def test_backlog_drains_oldest_first_while_live_readings_keep_flowing(
     mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
 ) -> None:
+    sub = Subscriber(mosquitto, TOPIC)  # a durable session, subscribed before the outage
     mosquitto.stop()
     raw = config_dict(mosquitto, modbus_server.port, tmp_path / "b.db", **FAST_RECONNECT)
     raw["mqtt"].update(max_readings_per_message=20, max_inflight_messages=1)
@@ -304,7 +305,6 @@ async def test_backlog_drains_oldest_first_while_live_readings_keep_flowing(
         service = running.service
         await async_wait_until(lambda: service.outbox.outbox.depth >= 3000, 30, "a backlog")
         mosquitto.start()
-        sub = Subscriber(mosquitto, TOPIC)
         try:
             boundary = await async_wait_until(
                 lambda: service.mqtt.backlog_until_seq, 10, "the backlog replay started"
