@@ -123,6 +123,7 @@ class Subscriber:
         client_id: str = "test-consumer",
         username: str | None = None,
         password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
@@ -140,6 +141,9 @@ class Subscriber:
         self.client.reconnect_delay_set(0.1, 0.5)
         if username is not None:
             self.client.username_pw_set(username, password)
+        if tls is not None:
+            ca, cert, key = tls
+            self.client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
         self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         assert self._subscribed.wait(10), "subscriber did not subscribe"

@@ -43,7 +43,7 @@ async def test_sigkill_at_random_moments_many_times_in_a_row(
             process.kill()
             await process.wait()
         process = await start_collector(path)
-        total = (await asyncio.to_thread(_last_seq, tmp_path / "b.db"))
+        total = await asyncio.to_thread(_last_seq, tmp_path / "b.db")
         await async_wait_until(lambda: max(sub.seqs()) > total, 20, "everything after restart")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0
@@ -71,14 +71,21 @@ def _last_seq(path: Path) -> int:
 
 
 async def test_disk_full_under_the_buffer_degrades_and_recovers(
-    mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path,
+    mosquitto: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
     small_disk: SmallDisk,
 ) -> None:
     # The consumer subscribes first (a durable session), as a real one would have.
     sub = Subscriber(mosquitto, TOPIC)
     mosquitto.stop()  # nothing leaves the buffer: it has to fill the disk
-    raw = config_dict(mosquitto, modbus_server.port, small_disk.path / "b.db",
-                      reconnect_min_ms=100, reconnect_max_ms=500)
+    raw = config_dict(
+        mosquitto,
+        modbus_server.port,
+        small_disk.path / "b.db",
+        reconnect_min_ms=100,
+        reconnect_max_ms=500,
+    )
     raw["devices"][0]["poll_interval_ms"] = 10
     config = Config.model_validate(raw)
     await set_tester(modbus_server, config, voltage=1.0, serial="SN1", result=0)
@@ -159,7 +166,8 @@ async def test_corrupt_buffer_shows_on_health_and_status(
         state, reasons = running.service.health()
         status = await running.service.status()
     assert state == "degraded"
-    assert any(r.startswith("buffer was corrupt at start-up (file is not a database)")
-               for r in reasons)
+    assert any(
+        r.startswith("buffer was corrupt at start-up (file is not a database)") for r in reasons
+    )
     assert status["buffer"]["reset"]["error"] == "file is not a database"
     assert Path(status["buffer"]["reset"]["moved_to"]).exists()

@@ -1,0 +1,145 @@
+"""TLS to the broker (verified, with client certificates), and secrets kept out of sight."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from collector.config import Config
+from drivers.modbus import SimulatedModbusServer
+from tests.conftest import require_mosquitto
+from tests.faults.conftest import TlsFiles
+from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
+from tests.test_end_to_end import TOPIC, RunningService, config_dict, set_tester
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, tls_files: TlsFiles) -> Mosquitto:
+    require_mosquitto()
+    broker = Mosquitto(
+        tmp_path / "tls-broker",
+        f"cafile {tls_files.ca}\ncertfile {tls_files.server_cert}\n"
+        f"keyfile {tls_files.server_key}\nrequire_certificate true\n",
+    )
+    broker.start()
+    yield broker  # type: ignore[misc]
+    broker.stop()
+
+
+def tls_config(
+    broker: Mosquitto,
+    modbus: SimulatedModbusServer,
+    tmp_path: Path,
+    ca: Path,
+    cert: Path | None,
+    key: Path | None,
+) -> Config:
+    raw = config_dict(
+        broker, modbus.port, tmp_path / "b.db", reconnect_min_ms=100, reconnect_max_ms=300
+    )
+    raw["mqtt"]["tls"] = {"ca_file": str(ca)}
+    if cert is not None:
+        raw["mqtt"]["tls"].update(cert_file=str(cert), key_file=str(key))
+    return Config.model_validate(raw)
+
+
+async def test_tls_with_client_certificate_delivers(
+    tls_broker: Mosquitto,
+    tls_files: TlsFiles,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+) -> None:
+    config = tls_config(
+        tls_broker,
+        modbus_server,
+        tmp_path,
+        tls_files.ca,
+        tls_files.client_cert,
+        tls_files.client_key,
+    )
+    await set_tester(modbus_server, config, voltage=1.0, serial="SN1", result=0)
+    sub = Subscriber(
+        tls_broker, TOPIC, tls=(tls_files.ca, tls_files.client_cert, tls_files.client_key)
+    )
+    try:
+        async with RunningService(config):
+            await async_wait_until(lambda: len(sub.seqs()) >= 30, 15, "readings over TLS")
+    finally:
+        sub.close()
+    assert_no_gaps(sub.seqs())
+
+
+async def test_wrong_ca_is_refused_with_a_clear_error_and_retried(
+    tls_broker: Mosquitto,
+    tls_files: TlsFiles,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+) -> None:
+    config = tls_config(
+        tls_broker,
+        modbus_server,
+        tmp_path,
+        tls_files.other_ca,
+        tls_files.client_cert,
+        tls_files.client_key,
+    )
+    async with RunningService(config) as running:
+        service = running.service
+        await async_wait_until(lambda: service.mqtt.last_connect_error, 10, "a connect error")
+        error = service.mqtt.last_connect_error
+        assert error is not None
+        assert error.startswith(f"cannot connect to 127.0.0.1:{tls_broker.port}:")
+        assert "CERTIFICATE_VERIFY_FAILED" in error
+        state, reasons = service.health()
+        assert state == "degraded"
+        assert f"mqtt not connected: {error}" in reasons
+        # It keeps trying (and buffering), and never falls back to plaintext.
+        depth = service.outbox.outbox.depth
+        await async_wait_until(lambda: service.outbox.outbox.depth > depth + 20, 10, "buffering")
+        assert service.mqtt.connects == 0
+
+
+async def test_broker_requires_a_client_certificate(
+    tls_broker: Mosquitto,
+    tls_files: TlsFiles,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+) -> None:
+    config = tls_config(tls_broker, modbus_server, tmp_path, tls_files.ca, None, None)
+    async with RunningService(config) as running:
+        service = running.service
+        await async_wait_until(lambda: service.mqtt.last_connect_error, 10, "a connect error")
+        assert service.mqtt.connects == 0
+        assert not service.mqtt.connected
+
+
+async def test_secrets_are_never_shown_and_loose_files_are_warned_about(
+    mosquitto: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text("s3cr3t-Zq7\n")
+    secret.chmod(0o644)
+    raw = config_dict(
+        mosquitto,
+        modbus_server.port,
+        tmp_path / "b.db",
+        username="collector",
+        password_file=str(secret),
+    )
+    config = Config.model_validate(raw)
+    with caplog.at_level(logging.DEBUG):
+        async with RunningService(config) as running:
+            status = await running.service.status()
+            server = running.service.health_server
+            assert server is not None
+            bound = server.socket.getsockname()[0]
+    assert bound == "127.0.0.1"  # the default: loopback only
+    assert f"mqtt.password_file {secret} is readable by every user (mode 0o644)" in caplog.text
+    assert "s3cr3t-Zq7" not in caplog.text
+    assert "s3cr3t-Zq7" not in str(status)
+    assert "s3cr3t-Zq7" not in repr(config)
