@@ -92,7 +92,7 @@ async def test_disk_full_under_the_buffer_degrades_and_recovers(
     async with RunningService(config) as running:
         service = running.service
         if not small_disk.tmpfs:
-            await service.outbox._call(  # noqa: SLF001 - the stand-in for a small disk
+            await service.outbox._call(
                 lambda: service.outbox.outbox._conn.exec_driver_sql("PRAGMA max_page_count=64")
             )
         await async_wait_until(lambda: service.writer.last_error, 30, "the disk to fill up")
@@ -109,7 +109,7 @@ async def test_disk_full_under_the_buffer_degrades_and_recovers(
         if small_disk.tmpfs:
             small_disk.grow()
         else:
-            await service.outbox._call(  # noqa: SLF001
+            await service.outbox._call(
                 lambda: service.outbox.outbox._conn.exec_driver_sql("PRAGMA max_page_count=100000")
             )
         await async_wait_until(lambda: service.writer.last_error is None, 20, "writing again")
