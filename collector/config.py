@@ -9,6 +9,7 @@ Nothing here touches the network. docs/configuration.md documents every option.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -292,17 +293,64 @@ class ModbusWorkarounds(_Model):
     )
 
 
-class ModbusTcpDevice(_Model):
-    protocol: Literal["modbus_tcp"] = Field(description="Modbus TCP (also via a TCP gateway).")
+class _DeviceBase(_Model):
+    """What every device has, whatever its protocol."""
+
     name: Name = Field(description="Device name, unique on this collector.")
     station: Name | None = Field(default=None, description="Station this device belongs to.")
-    host: str = Field(description="IP address or host name of the device or gateway.")
-    port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
-    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave) id.")
     poll_interval_ms: int = Field(default=1000, ge=10, le=86_400_000, description="Poll period.")
     timeout_ms: int = Field(default=1000, ge=10, le=60_000, description="Per-request timeout.")
     reconnect_min_ms: int = Field(default=500, ge=10, description="First reconnect delay.")
     reconnect_max_ms: int = Field(default=30_000, ge=10, description="Longest reconnect delay.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Self:
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
+        return self
+
+    @property
+    def tag_names(self) -> set[str]:
+        raise NotImplementedError
+
+
+class Parity(StrEnum):
+    NONE = "none"
+    EVEN = "even"
+    ODD = "odd"
+    MARK = "mark"
+    SPACE = "space"
+
+
+class FlowControl(StrEnum):
+    NONE = "none"
+    RTSCTS = "rtscts"
+    XONXOFF = "xonxoff"
+
+
+BAUD_RATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400)
+
+
+class _SerialPort(_Model):
+    """A serial line. Prefer /dev/serial/by-id/... names: they survive a USB re-plug."""
+
+    port: str = Field(min_length=1, description="Device path, e.g. /dev/serial/by-id/usb-...")
+    baudrate: int = Field(default=9600, description="Bits per second.")
+    bytesize: Literal[5, 6, 7, 8] = Field(default=8, description="Data bits.")
+    parity: Parity = Field(default=Parity.NONE, description="Parity.")
+    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits.")
+    flow_control: FlowControl = Field(default=FlowControl.NONE, description="Flow control.")
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baud(cls, value: int) -> int:
+        if value not in BAUD_RATES:
+            raise ValueError(f"baudrate {value} is not one of {', '.join(map(str, BAUD_RATES))}")
+        return value
+
+
+class _ModbusDevice(_DeviceBase):
+    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave) id.")
     byte_order: ByteOrder = Field(default=ByteOrder.BIG, description="Default for the tags.")
     word_order: WordOrder = Field(default=WordOrder.BIG, description="Default for the tags.")
     max_gap_registers: int = Field(
@@ -322,8 +370,6 @@ class ModbusTcpDevice(_Model):
 
     @model_validator(mode="after")
     def _fits_in_requests(self) -> Self:
-        if self.reconnect_max_ms < self.reconnect_min_ms:
-            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
         limit = self.workarounds.max_registers_per_request
         for tag in self.tags:
             if not tag.table.is_bit_table and tag.width > limit:
@@ -333,8 +379,137 @@ class ModbusTcpDevice(_Model):
                 )
         return self
 
+    @property
+    def tag_names(self) -> set[str]:
+        return {t.name for t in self.tags}
 
-DeviceConfig = ModbusTcpDevice
+
+class ModbusTcpDevice(_ModbusDevice):
+    protocol: Literal["modbus_tcp"] = Field(description="Modbus TCP (also via a TCP gateway).")
+    host: str = Field(description="IP address or host name of the device or gateway.")
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
+
+
+class ModbusRtuDevice(_ModbusDevice, _SerialPort):
+    """One unit on an RS-485 bus. Devices with the same ``port`` share it, one request at a
+    time; their serial settings must agree."""
+
+    protocol: Literal["modbus_rtu"] = Field(description="Modbus RTU on a serial line.")
+    baudrate: int = Field(default=19200, description="Bits per second (Modbus default 19200).")
+    parity: Parity = Field(default=Parity.EVEN, description="Parity (Modbus default even).")
+
+
+class Terminator(StrEnum):
+    CRLF = "crlf"
+    LF = "lf"
+    CR = "cr"
+
+    @property
+    def bytes(self) -> bytes:
+        return {"crlf": b"\r\n", "lf": b"\n", "cr": b"\r"}[self.value]
+
+
+class FieldType(StrEnum):
+    FLOAT = "float"
+    INT = "int"
+    STRING = "string"
+    BOOL = "bool"
+
+
+class LineField(_Model):
+    """How one named group of the pattern becomes a tag."""
+
+    type: FieldType = Field(default=FieldType.FLOAT, description="Value type.")
+    scale: float = Field(default=1.0, description="value = number * scale + offset.")
+    offset: float = Field(default=0.0, description="value = number * scale + offset.")
+    unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+
+
+class SerialAsciiDevice(_DeviceBase, _SerialPort):
+    """An instrument that speaks ASCII lines: unprompted (listen) or on a command (query)."""
+
+    protocol: Literal["serial_ascii"] = Field(description="ASCII lines on a serial line.")
+    mode: Literal["listen", "query"] = Field(description="listen: the device sends by itself.")
+    command: str | None = Field(default=None, description="query mode: what to send each poll.")
+    terminator: Terminator = Field(default=Terminator.CRLF, description="Line end.")
+    encoding: Literal["ascii", "latin-1", "utf-8"] = Field(default="ascii")
+    pattern: str = Field(description="Regular expression; its named groups become tags.")
+    fields: dict[Name, LineField] = Field(
+        default_factory=dict, description="Per named group: type, scale, unit (default float)."
+    )
+    max_line_bytes: int = Field(default=256, ge=8, le=65536, description="Longer: discarded.")
+
+    @model_validator(mode="after")
+    def _pattern_and_mode(self) -> Self:
+        groups = set(_compile(self.pattern).groupindex)
+        if not groups:
+            raise ValueError("pattern has no named group, e.g. (?P<weight>[-+0-9.]+)")
+        unknown = set(self.fields) - groups
+        if unknown:
+            raise ValueError(
+                f"fields {sorted(unknown)} are not named groups of pattern; groups: "
+                f"{', '.join(sorted(groups))}"
+            )
+        if self.mode == "query" and not self.command:
+            raise ValueError("mode query needs command, e.g. 'MEAS:VOLT?'")
+        if self.mode == "listen" and self.command:
+            raise ValueError("command is only for mode query")
+        return self
+
+    @property
+    def tag_names(self) -> set[str]:
+        return set(_compile(self.pattern).groupindex)
+
+
+class ScanRoute(_Model):
+    """Scans that match ``pattern`` become readings of tag ``tag`` (e.g. a work order)."""
+
+    tag: Name
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        _compile(value)
+        return value
+
+
+class BarcodeScannerDevice(_DeviceBase, _SerialPort):
+    """A barcode scanner in serial mode: each scan that matches ``serial_pattern`` becomes a
+    reading of tag ``serial`` (make it the station's serial_source)."""
+
+    protocol: Literal["barcode_scanner"] = Field(description="A serial barcode scanner.")
+    poll_interval_ms: int = Field(default=100, ge=10, le=60_000, description="Hand-over period.")
+    terminator: Terminator = Field(default=Terminator.CR, description="Line end.")
+    encoding: Literal["ascii", "latin-1", "utf-8"] = Field(default="ascii")
+    strip_prefix: str = Field(default="", description="Removed from the start of each scan.")
+    strip_suffix: str = Field(default="", description="Removed from the end of each scan.")
+    serial_pattern: str = Field(default=r"\S+", description="A unit serial (full match).")
+    routes: list[ScanRoute] = Field(default_factory=list, description="Other codes, by pattern.")
+    max_line_bytes: int = Field(default=256, ge=8, le=65536, description="Longer: discarded.")
+
+    @field_validator("serial_pattern")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        _compile(value)
+        return value
+
+    @property
+    def tag_names(self) -> set[str]:
+        return {"serial"} | {r.tag for r in self.routes}
+
+
+DeviceConfig = Annotated[
+    ModbusTcpDevice | ModbusRtuDevice | SerialAsciiDevice | BarcodeScannerDevice,
+    Field(discriminator="protocol"),
+]
 
 
 # --------------------------------------------------------------------------- the whole file
@@ -360,6 +535,15 @@ class Config(_Model):
                     f"device {device.name!r}: station {device.station!r} is not defined; "
                     f"defined: {_listing(stations)}"
                 )
+        buses: dict[str, ModbusRtuDevice] = {}
+        for device in self.devices:
+            if isinstance(device, ModbusRtuDevice):
+                first = buses.setdefault(device.port, device)
+                if _line_settings(first) != _line_settings(device):
+                    raise ValueError(
+                        f"devices {first.name!r} and {device.name!r} share port {device.port} "
+                        "but not its settings (baudrate, bytesize, parity, stopbits)"
+                    )
         for station in self.stations:
             src = station.serial_source
             if src is None:
@@ -370,7 +554,7 @@ class Config(_Model):
                     f"defined; defined: {_listing(devices)}"
                 )
             source_device = devices[src.device]
-            if src.tag not in {t.name for t in source_device.tags}:
+            if src.tag not in source_device.tag_names:
                 raise ValueError(
                     f"station {station.name!r}: serial_source.tag {src.tag!r} is not a tag of "
                     f"device {src.device!r}"
@@ -381,6 +565,10 @@ class Config(_Model):
                     f"station {source_device.station!r}; it must belong to this station"
                 )
         return self
+
+
+def _line_settings(device: _SerialPort) -> tuple[object, ...]:
+    return (device.baudrate, device.bytesize, device.parity, device.stopbits)
 
 
 def _listing(names: Iterable[str]) -> str:
@@ -447,6 +635,11 @@ def _message(error: Any) -> str:
         return "unknown key (not ignored: check its spelling against docs/configuration.md)"
     if kind == "missing":
         return "required field is missing"
+    if kind == "union_tag_invalid":
+        allowed = error["ctx"]["expected_tags"].replace("'", "")
+        return f"{error['ctx']['tag']!r} is not a protocol; allowed: {allowed}"
+    if kind == "union_tag_not_found":
+        return "required field is missing (it selects the kind of device)"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if kind == "string_pattern_mismatch":
@@ -480,7 +673,10 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field, line = _locate(error["loc"], lines)
+            loc = error["loc"]
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, error["ctx"]["discriminator"].strip("'"))
+            field, line = _locate(loc, lines)
             problems.append(f"{filename}:{line}: {field}: {_message(error)}")
         raise ConfigError(problems) from None
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from collector.config import Config
+from collector.config import Config, ModbusTcpDevice
 from collector.service import Service
 from drivers.modbus import SimulatedModbusServer, TagCodec
 
@@ -105,6 +105,7 @@ class SimulatedTester:
     def __init__(self, server: SimulatedModbusServer, config: Config) -> None:
         self._server = server
         device = config.devices[0]
+        assert isinstance(device, ModbusTcpDevice)
         self._codecs = {t.name: TagCodec.for_device(t, device) for t in device.tags}
         self._rng = random.Random(7)
 

@@ -7,7 +7,7 @@ forwarding all live in the core (collector.poller and friends), never in a drive
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from collector.reading import Reading
 
@@ -22,6 +22,8 @@ class Driver(Protocol):
     - ``close`` releases the link; it must not raise.
     - ``describe`` gives a one-line summary for ``collector check`` (e.g. the request plan).
     - ``max_read_seconds`` bounds one ``connect`` or ``read``; the core enforces it.
+    - ``details`` is what a technician needs on /status beyond the core's counters (the
+      request plan, recent raw lines); plain JSON values.
     """
 
     @property
@@ -34,3 +36,5 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
     def describe(self) -> str: ...
+
+    def details(self) -> dict[str, Any]: ...

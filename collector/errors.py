@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     CONNECTION = "connection"
     TIMEOUT = "timeout"
     BAD_REPLY = "bad_reply"
+    BAD_INPUT = "bad_input"  # a serial line that does not match the configured pattern
+    BAD_FRAME = "bad_frame"  # bytes arrived but no valid frame: a CRC error on a serial line
     DECODE = "decode"
     ILLEGAL_FUNCTION = "illegal_function"
     ILLEGAL_DATA_ADDRESS = "illegal_data_address"

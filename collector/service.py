@@ -18,6 +18,7 @@ from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config
 from collector.context import StationContext
+from collector.driver import Driver
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
 from collector.poller import DeviceStatus, Poller
@@ -89,6 +90,7 @@ class Service:
         self._quarantined_at_start = 0
         self.ready = asyncio.Event()
         self.health_server: HealthServer | None = None
+        self.drivers: dict[str, Driver] = {}
         #: Readings still buffered when the service stopped.
         self.left_in_buffer = 0
 
@@ -118,9 +120,10 @@ class Service:
     async def _run(self, stop: asyncio.Event) -> None:
         config = self.config
         forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        self.drivers = {d.name: create_driver(d) for d in config.devices}
         pollers = [
             Poller(
-                create_driver(d),
+                self.drivers[d.name],
                 self.devices[d.name],
                 d.poll_interval_ms / 1000,
                 self._sink,
@@ -209,7 +212,12 @@ class Service:
                 "uptime_s": time.time() - self._started,
             },
             "health": {"status": state, "reasons": reasons},
-            "devices": {name: d.snapshot() for name, d in self.devices.items()},
+            "devices": {
+                name: {**d.snapshot(), "details": self.drivers[name].details()}
+                if name in self.drivers
+                else d.snapshot()
+                for name, d in self.devices.items()
+            },
             "stations": {
                 s.name: {
                     "operation": s.operation,

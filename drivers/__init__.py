@@ -4,13 +4,19 @@ driver class; each driver module is the only importer of its protocol library.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from collector.config import DeviceConfig
 from collector.driver import Driver
-from drivers.modbus import ModbusTcpDriver
+from drivers.modbus import ModbusRtuDriver, ModbusTcpDriver
+from drivers.serial import BarcodeScannerDriver, SerialAsciiDriver
 
-REGISTRY: dict[str, Callable[[DeviceConfig], Driver]] = {
+# protocol -> driver class; each class takes its own config model (config.DeviceConfig).
+REGISTRY: dict[str, Callable[[Any], Driver]] = {
     "modbus_tcp": ModbusTcpDriver,
+    "modbus_rtu": ModbusRtuDriver,
+    "serial_ascii": SerialAsciiDriver,
+    "barcode_scanner": BarcodeScannerDriver,
 }
 
 

@@ -14,6 +14,7 @@ here means API churn touches one file.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import struct
@@ -22,13 +23,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from collector.config import (
     ByteOrder,
+    ModbusRtuDevice,
     ModbusTable,
     ModbusTag,
     ModbusTcpDevice,
@@ -108,7 +111,7 @@ class TagCodec:
     word_order: WordOrder
 
     @classmethod
-    def for_device(cls, tag: ModbusTag, device: ModbusTcpDevice) -> TagCodec:
+    def for_device(cls, tag: ModbusTag, device: ModbusTcpDevice | ModbusRtuDevice) -> TagCodec:
         return cls(tag, tag.byte_order or device.byte_order, tag.word_order or device.word_order)
 
 
@@ -208,7 +211,7 @@ def plan_requests(
     return requests
 
 
-def plan_for_device(device: ModbusTcpDevice) -> list[Request]:
+def plan_for_device(device: ModbusTcpDevice | ModbusRtuDevice) -> list[Request]:
     return plan_requests(
         (TagCodec.for_device(tag, device) for tag in device.tags),
         max_registers=device.workarounds.max_registers_per_request,
@@ -241,14 +244,21 @@ def readings_from_reply(
 # --------------------------------------------------------------------------- the driver
 
 
-class ModbusTcpDriver:
-    """One Modbus TCP device (or one unit id behind a TCP gateway)."""
+ModbusDevice = ModbusTcpDevice | ModbusRtuDevice
 
-    def __init__(self, device: ModbusTcpDevice, clock: Callable[[], float] = time.time) -> None:
+# Polls in a row in which every request timed out before a unit counts as down (and the core
+# backs it off): on a shared RS-485 bus a silent unit then costs its timeout only now and then.
+SILENT_POLLS_BEFORE_DOWN = 3
+
+
+class _ModbusDriver:
+    """The request plan, reads and reply checks shared by TCP and RTU."""
+
+    def __init__(self, device: ModbusDevice, clock: Callable[[], float] = time.time) -> None:
         self._device = device
         self._clock = clock
         self._plan = plan_for_device(device)
-        self._client: AsyncModbusTcpClient | None = None
+        self._silent_polls = 0
 
     @property
     def plan(self) -> list[Request]:
@@ -259,51 +269,56 @@ class ModbusTcpDriver:
         # Each request waits at most timeout_ms; one more timeout is margin for the event loop.
         return self._device.timeout_ms / 1000 * (len(self._plan) + 1)
 
-    def describe(self) -> str:
+    def _describe(self, where: str) -> str:
         d = self._device
         spans = ", ".join(str(r) for r in self._plan)
         return (
-            f"modbus_tcp {d.host}:{d.port} unit {d.unit_id}: {len(d.tags)} tags -> "
+            f"{d.protocol} {where} unit {d.unit_id}: {len(d.tags)} tags -> "
             f"{len(self._plan)} request(s) per poll: {spans}"
         )
 
-    async def connect(self) -> None:
-        d = self._device
-        # retries=0 and reconnect_delay=0: the core owns retries, backoff and reconnects.
-        client = AsyncModbusTcpClient(
-            d.host, port=d.port, timeout=d.timeout_ms / 1000, retries=0, reconnect_delay=0
-        )
-        try:
-            ok = await client.connect()
-        except (OSError, ModbusException) as exc:
-            client.close()
-            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}: {exc}") from exc
-        if not ok:
-            client.close()
-            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}")
-        self._client = client
+    def details(self) -> dict[str, Any]:
+        return {"requests": [str(r) for r in self._plan]}
 
-    async def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _client(self) -> Any:
+        raise NotImplementedError
+
+    def _garbled_since(self, mark: int) -> bool:
+        """Whether bytes arrived since ``mark`` that made no valid frame (RTU CRC errors)."""
+        return False
+
+    def _received_mark(self) -> int:
+        return 0
 
     async def read(self) -> list[Reading]:
         readings: list[Reading] = []
+        timeouts = 0
         for request in self._plan:
+            mark = self._received_mark()
             try:
                 values = await self._execute(request)
             except RequestError as exc:
+                code = exc.code
+                if code is ErrorCode.TIMEOUT:
+                    timeouts += 1
+                    if self._garbled_since(mark):
+                        code = ErrorCode.BAD_FRAME
                 ts = self._clock()
-                readings.extend(
-                    Reading.bad(ts, c.tag.name, exc.code, c.tag.unit) for c in request.tags
-                )
+                readings.extend(Reading.bad(ts, c.tag.name, code, c.tag.unit) for c in request.tags)
                 continue
             readings.extend(readings_from_reply(request, values, self._clock()))
+        self._silent_polls = self._silent_polls + 1 if timeouts == len(self._plan) else 0
+        if self._silent_polls >= SILENT_POLLS_BEFORE_DOWN:
+            self._silent_polls = 0
+            raise NotConnectedError(
+                f"unit {self._device.unit_id} did not answer {SILENT_POLLS_BEFORE_DOWN} polls "
+                "in a row",
+                ErrorCode.TIMEOUT,
+            )
         return readings
 
     async def _execute(self, request: Request) -> Sequence[int] | Sequence[bool]:
-        client = self._client
+        client = self._client()
         if client is None or not client.connected:
             raise NotConnectedError("not connected")
         read: Callable[..., Any] = {
@@ -317,7 +332,7 @@ class ModbusTcpDriver:
         except ConnectionException as exc:
             raise NotConnectedError(f"connection lost: {exc}") from exc
         except ModbusIOException as exc:
-            # pymodbus closes the link itself after several unanswered requests in a row.
+            # pymodbus closes a TCP link itself after several unanswered requests in a row.
             if not client.connected:
                 raise NotConnectedError(
                     f"no answer, link closed: {exc}", ErrorCode.TIMEOUT
@@ -328,6 +343,145 @@ class ModbusTcpDriver:
         except OSError as exc:
             raise NotConnectedError(f"connection lost: {exc}") from exc
         return check_reply(request, reply)
+
+
+class ModbusTcpDriver(_ModbusDriver):
+    """One Modbus TCP device (or one unit id behind a TCP gateway), on its own connection."""
+
+    def __init__(self, device: ModbusTcpDevice, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(device, clock)
+        self._tcp = device
+        self._connection: AsyncModbusTcpClient | None = None
+
+    def describe(self) -> str:
+        return self._describe(f"{self._tcp.host}:{self._tcp.port}")
+
+    def _client(self) -> Any:
+        return self._connection
+
+    async def connect(self) -> None:
+        d = self._tcp
+        # retries=0 and reconnect_delay=0: the core owns retries, backoff and reconnects.
+        client = AsyncModbusTcpClient(
+            d.host, port=d.port, timeout=d.timeout_ms / 1000, retries=0, reconnect_delay=0
+        )
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}: {exc}") from exc
+        if not ok:
+            client.close()
+            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}")
+        self._connection = client
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+_SERIAL_PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+
+
+class _RtuBus:
+    """One RS-485 port, shared by the units on it; pymodbus sends one request at a time."""
+
+    def __init__(self, device: ModbusRtuDevice) -> None:
+        self.port = device.port
+        self.received_bytes = 0
+        self.frames = 0
+        self.users = 0
+        self.client = AsyncModbusSerialClient(
+            device.port,
+            framer=FramerType.RTU,
+            baudrate=device.baudrate,
+            bytesize=device.bytesize,
+            parity=_SERIAL_PARITY[device.parity.value],
+            stopbits=device.stopbits,
+            timeout=device.timeout_ms / 1000,
+            retries=0,
+            reconnect_delay=0,
+            trace_packet=self._trace_packet,
+            trace_pdu=self._trace_pdu,
+        )
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.received_bytes += len(data)
+        return data
+
+    def _trace_pdu(self, sending: bool, pdu: Any) -> Any:
+        if not sending:
+            self.frames += 1
+        return pdu
+
+
+# Buses by (event loop, port): the devices on one port share one client.
+_buses: dict[tuple[int, str], _RtuBus] = {}
+_buses_lock: dict[int, asyncio.Lock] = {}
+
+
+class ModbusRtuDriver(_ModbusDriver):
+    """One unit on a Modbus RTU bus; units with the same port share it."""
+
+    def __init__(self, device: ModbusRtuDevice, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(device, clock)
+        self._rtu = device
+        self._bus: _RtuBus | None = None
+        self._frames_at_mark = 0
+
+    def describe(self) -> str:
+        d = self._rtu
+        return self._describe(
+            f"{d.port} {d.baudrate} {d.bytesize}{d.parity.value[0].upper()}{d.stopbits}"
+        )
+
+    def _client(self) -> Any:
+        return None if self._bus is None else self._bus.client
+
+    def _received_mark(self) -> int:
+        assert self._bus is not None
+        self._frames_at_mark = self._bus.frames
+        return self._bus.received_bytes
+
+    def _garbled_since(self, mark: int) -> bool:
+        # Bytes arrived but no frame did: the reply failed its CRC (noise, a wrong baud rate,
+        # two units answering at once).
+        bus = self._bus
+        return bus is not None and bus.received_bytes > mark and bus.frames == self._frames_at_mark
+
+    async def connect(self) -> None:
+        loop_id = id(asyncio.get_running_loop())
+        key = (loop_id, self._rtu.port)
+        async with _buses_lock.setdefault(loop_id, asyncio.Lock()):
+            bus = _buses.get(key)
+            if bus is None:
+                bus = _buses[key] = _RtuBus(self._rtu)
+            if not bus.client.connected:
+                try:
+                    ok = await bus.client.connect()
+                except (OSError, ModbusException) as exc:
+                    ok = False
+                    error = str(exc)
+                else:
+                    error = "port did not open"
+                if not ok:
+                    if bus.users == 0:
+                        bus.client.close()
+                        del _buses[key]
+                    raise NotConnectedError(f"cannot open {self._rtu.port}: {error}")
+            bus.users += 1
+            self._bus = bus
+
+    async def close(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is None:
+            return
+        bus.users -= 1
+        if bus.users <= 0:
+            bus.client.close()
+            _buses.pop((id(asyncio.get_running_loop()), bus.port), None)
 
 
 def check_reply(request: Request, reply: Any) -> Sequence[int] | Sequence[bool]:

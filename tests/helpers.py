@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+import tty
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,67 @@ def first_arrival_order(seqs: list[int]) -> list[int]:
             seen.add(s)
             out.append(s)
     return out
+
+
+class PtyPort:
+    """A serial port for tests: a pseudo-terminal whose device end the test drives (``master``)
+    while the collector opens ``path``, a symlink like /dev/serial/by-id/... .
+    ``vanish()`` closes it (the collector's reads fail, as when a USB adapter is pulled);
+    ``reappear()`` makes a new pty behind the same path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.master = self.slave = -1
+        self.reappear()
+
+    def reappear(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no echo, no line editing: bytes as on a real serial line
+        name = os.ttyname(slave)
+        # The slave stays open here too: with no slave open, reads on the master fail (EIO).
+        self.master, self.slave = master, slave
+        tmp = self.path.with_suffix(".new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(name)
+        tmp.replace(self.path)
+
+    def vanish(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+        self.master = self.slave = -1
+        self.path.unlink(missing_ok=True)
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        if self.master >= 0:
+            self.vanish()
+
+
+class PtyLink:
+    """Two pty ports joined back to back (what `socat pty pty` does): bytes written on one path
+    come out of the other. For a Modbus RTU server on one end and the collector on the other;
+    ``inject`` puts raw bytes on the collector's side as line noise."""
+
+    def __init__(self, folder: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.a = PtyPort(folder / "ttyCOLLECTOR")
+        self.b = PtyPort(folder / "ttyDEVICE")
+        self._loop = loop
+        loop.add_reader(self.a.master, self._relay, self.a, self.b)
+        loop.add_reader(self.b.master, self._relay, self.b, self.a)
+
+    def _relay(self, source: PtyPort, sink: PtyPort) -> None:
+        try:
+            data = os.read(source.master, 4096)
+        except OSError:
+            return
+        os.write(sink.master, data)
+
+    def inject(self, data: bytes) -> None:
+        os.write(self.a.master, data)
+
+    def close(self) -> None:
+        for port in (self.a, self.b):
+            self._loop.remove_reader(port.master)
+            port.close()

@@ -125,7 +125,8 @@ def test_base_is_valid() -> None:
         ),
         (
             edit("    protocol: modbus_tcp\n", "    protocol: modbus\n"),
-            "line.yaml:13: devices[0].protocol: Input should be 'modbus_tcp'; got 'modbus'",
+            "line.yaml:13: devices[0].protocol: 'modbus' is not a protocol; allowed: "
+            "modbus_tcp, modbus_rtu, serial_ascii, barcode_scanner",
         ),
         (
             edit("  - name: serial\n", "  - name: voltage\n"),

@@ -56,14 +56,17 @@ async def soak(minutes: float, seed: int) -> int:
     last = box.last_seq
     box.close()
     process = await start_collector(config)  # deliver what the last stop left buffered
-    await asyncio.to_thread(wait_until, lambda: max(sub.seqs(), default=0) >= last, 60,
-                            "the consumer to have every seq")
+    await asyncio.to_thread(
+        wait_until, lambda: max(sub.seqs(), default=0) >= last, 60, "the consumer to have every seq"
+    )
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.wait(), 30)
     seqs = sub.seqs()
     missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
-    print(f"soak {minutes} min, faults {faults}: {len(set(seqs))} readings, "
-          f"{len(seqs) - len(set(seqs))} duplicates, {len(missing)} missing {missing[:10]}")
+    print(
+        f"soak {minutes} min, faults {faults}: {len(set(seqs))} readings, "
+        f"{len(seqs) - len(set(seqs))} duplicates, {len(missing)} missing {missing[:10]}"
+    )
     sub.close()
     broker.stop()
     await server.stop()

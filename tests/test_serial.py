@@ -1,0 +1,290 @@
+"""Serial ASCII instruments and barcode scanners, on pseudo-terminals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.backoff import Backoff
+from collector.config import BarcodeScannerDevice, LineField, SerialAsciiDevice, StationConfig
+from collector.context import StationContext
+from collector.errors import ErrorCode
+from collector.poller import DeviceStatus, Poller
+from collector.reading import Quality, Reading
+from drivers.serial import BarcodeScannerDriver, LineAssembler, LineParser, SerialAsciiDriver
+from tests.helpers import PtyPort, async_wait_until
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def test_lines_split_across_reads_are_joined() -> None:
+    a = LineAssembler(b"\r\n", 64)
+    assert a.feed(b"ST,GS,+001") == []
+    assert a.feed(b".234 kg\r") == []
+    assert a.feed(b"\nST,GS,+002.000 kg\r\nST,") == [b"ST,GS,+001.234 kg", b"ST,GS,+002.000 kg"]
+    assert a.feed(b"NT\r\n") == [b"ST,NT"]
+
+
+@pytest.mark.parametrize("terminator", [b"\r\n", b"\n", b"\r"])
+def test_each_terminator(terminator: bytes) -> None:
+    a = LineAssembler(terminator, 64)
+    assert a.feed(b"a" + terminator + b"b" + terminator) == [b"a", b"b"]
+
+
+def test_overlong_line_is_dropped_and_counted_and_the_next_line_survives() -> None:
+    a = LineAssembler(b"\n", 16)
+    assert a.feed(b"good-1\n" + b"x" * 40) == [b"good-1"]
+    assert a.feed(b"y" * 40 + b"\ngood-2\n") == [b"good-2"]
+    assert a.overlong == 1
+
+
+def test_garbage_and_empty_lines() -> None:
+    a = LineAssembler(b"\n", 64)
+    assert a.feed(b"\x00\xff\xfe\n\n\r\n12.5\n") == [b"\x00\xff\xfe", b"12.5"]
+
+
+def parser(pattern: str, **fields: dict[str, Any]) -> LineParser:
+    import re
+
+    return LineParser(
+        re.compile(pattern), {k: LineField.model_validate(v) for k, v in fields.items()}
+    )
+
+
+def test_named_groups_become_typed_readings() -> None:
+    p = parser(
+        r"^(?P<state>ST|US),GS,(?P<weight>[-+0-9.]+) (?P<u>kg)$",
+        weight={"type": "float", "unit": "kg"},
+        state={"type": "string"},
+        u={"type": "string"},
+    )
+    got = {r.tag: r for r in p.parse("ST,GS,+001.234 kg", 5.0) or []}
+    assert got["weight"].value == pytest.approx(1.234)
+    assert got["weight"].unit == "kg"
+    assert got["weight"].ts == 5.0
+    assert got["state"].value == "ST"
+    assert p.parse("garbage", 5.0) is None
+
+
+def test_scale_int_bool_and_unparseable() -> None:
+    p = parser(
+        r"(?P<n>\S+) (?P<ok>\S+) (?P<mv>\S+)",
+        n={"type": "int"},
+        ok={"type": "bool"},
+        mv={"type": "float", "scale": 0.001, "unit": "V"},
+    )
+    got = {r.tag: r for r in p.parse("42 PASS 1500", 0) or []}
+    assert (got["n"].value, got["ok"].value, got["mv"].value) == (42, True, 1.5)
+    bad = {r.tag: r for r in p.parse("4x2 maybe 1500", 0) or []}
+    assert bad["n"].error is ErrorCode.DECODE
+    assert bad["ok"].error is ErrorCode.DECODE
+    assert bad["mv"].quality is Quality.GOOD
+
+
+# --------------------------------------------------------------------------- on a pty
+
+
+@pytest.fixture
+def pty(tmp_path: Path) -> Iterator[PtyPort]:
+    port = PtyPort(tmp_path / "ttyUSB-test")
+    yield port
+    port.close()
+
+
+def scale(path: Path, **extra: Any) -> SerialAsciiDevice:
+    return SerialAsciiDevice.model_validate(
+        {
+            "name": "scale-1",
+            "protocol": "serial_ascii",
+            "port": str(path),
+            "mode": "listen",
+            "pattern": r"^ST,GS,(?P<weight>[-+0-9.]+) kg$",
+            "fields": {"weight": {"unit": "kg"}},
+            "max_line_bytes": 64,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[Any]:
+    drivers: list[Any] = []
+
+    async def open_(driver: Any) -> Any:
+        await driver.connect()
+        drivers.append(driver)
+        return driver
+
+    yield open_
+    for driver in drivers:
+        await driver.close()
+
+
+async def read_until(driver: Any, count: int) -> list[Reading]:
+    got: list[Reading] = []
+
+    async def enough() -> bool:
+        got.extend(await driver.read())
+        return len(got) >= count
+
+    await async_wait_until(enough, 5, f"{count} readings")
+    return got
+
+
+async def test_listening_scale(pty: PtyPort, opened: Any) -> None:
+    driver = await opened(SerialAsciiDriver(scale(pty.path)))
+    pty.send(b"ST,GS,+001.234 kg\r\nST,GS,+002.500 kg\r\n")
+    got = await read_until(driver, 2)
+    assert [r.value for r in got] == [pytest.approx(1.234), pytest.approx(2.5)]
+    assert {r.tag for r in got} == {"weight"}
+    assert got[0].unit == "kg"
+
+
+async def test_garbage_partial_split_and_overlong_lines(pty: PtyPort, opened: Any) -> None:
+    driver = await opened(SerialAsciiDriver(scale(pty.path)))
+    pty.send(b"ST,GS,+001.000 kg\r\n")  # good
+    pty.send(b"\x00\x13\xfe\xff noise\r\n")  # garbage
+    pty.send(b"X" * 200 + b"\r\n")  # over-long
+    pty.send(b"ST,GS,+00")  # a line split across reads...
+    got = await read_until(driver, 1)
+    pty.send(b"2.000 kg\r\n")  # ...completed
+    pty.send(b"ST,GS,+003.000 kg\r\n")  # good after all of it
+    got += await read_until(driver, 2)
+    assert [r.value for r in got] == [1.0, 2.0, 3.0]
+    details = driver.details()
+    assert details["counts"]["bad_input"] == 1
+    assert details["counts"]["overlong_lines"] == 1
+    assert details["counts"]["lines"] == 3
+    assert "\ufffd\ufffd noise" in details["recent_lines"][1]
+
+
+async def test_queried_meter_and_a_timeout(pty: PtyPort, opened: Any) -> None:
+    meter = SerialAsciiDevice.model_validate(
+        {
+            "name": "dmm-1",
+            "protocol": "serial_ascii",
+            "port": str(pty.path),
+            "mode": "query",
+            "command": "MEAS:VOLT?",
+            "terminator": "lf",
+            "timeout_ms": 300,
+            "pattern": r"^(?P<voltage>[-+0-9.E]+)$",
+            "fields": {"voltage": {"unit": "V"}},
+        }
+    )
+    driver = await opened(SerialAsciiDriver(meter))
+    loop = asyncio.get_running_loop()
+    commands: list[bytes] = []
+    answer = True
+
+    def respond() -> None:
+        data = __import__("os").read(pty.master, 256)
+        commands.append(data)
+        if answer:
+            pty.send(b"+1.23450E+01\n")
+
+    loop.add_reader(pty.master, respond)
+    try:
+        first = await driver.read()
+        assert [(r.tag, r.value, r.unit) for r in first] == [("voltage", 12.345, "V")]
+        answer = False
+        silent = await driver.read()
+        assert [(r.tag, r.error) for r in silent] == [("voltage", ErrorCode.TIMEOUT)]
+    finally:
+        loop.remove_reader(pty.master)
+    assert commands[0] == b"MEAS:VOLT?\n"
+
+
+def scanner(path: Path) -> BarcodeScannerDevice:
+    return BarcodeScannerDevice.model_validate(
+        {
+            "name": "scanner-1",
+            "protocol": "barcode_scanner",
+            "station": "ft-1",
+            "port": str(path),
+            "strip_prefix": "]C1",
+            "serial_pattern": r"PILOT-\d{4}",
+            "routes": [{"tag": "work_order", "pattern": r"WO\d{6}"}],
+        }
+    )
+
+
+async def test_scanner_serials_routes_and_rejects(pty: PtyPort, opened: Any) -> None:
+    driver = await opened(BarcodeScannerDriver(scanner(pty.path)))
+    pty.send(b"]C1PILOT-0001\r]C1WO123456\rHELLO\r]C1PILOT-0002\r")
+    got = await read_until(driver, 3)
+    assert [(r.tag, r.value) for r in got] == [
+        ("serial", "PILOT-0001"),
+        ("work_order", "WO123456"),
+        ("serial", "PILOT-0002"),
+    ]
+    assert driver.details()["counts"]["bad_input"] == 1
+    assert "HELLO" in driver.details()["recent_lines"]
+
+
+async def test_scanner_sets_the_station_serial_through_the_serial_source_seam(
+    pty: PtyPort,
+    opened: Any,
+) -> None:
+    scan_cfg = scanner(pty.path)
+    station = StationConfig(
+        name="ft-1",
+        operation="functional-test",
+        serial_source={"device": "scanner-1", "tag": "serial"},
+    )
+    tester = Reading(10.0, "voltage", 12.0, "V")
+    context = StationContext([station], [scan_cfg, _tester_in("ft-1")])
+    driver = await opened(BarcodeScannerDriver(scan_cfg))
+    assert context.tag("tester-1", [tester])[0].unit_serial is None
+    pty.send(b"]C1PILOT-0042\r")
+    context.tag("scanner-1", await read_until(driver, 1))
+    assert context.tag("tester-1", [tester])[0].unit_serial == "PILOT-0042"
+
+
+def _tester_in(station: str) -> Any:
+    from collector.config import ModbusTcpDevice
+
+    return ModbusTcpDevice.model_validate(
+        {
+            "name": "tester-1",
+            "protocol": "modbus_tcp",
+            "host": "127.0.0.1",
+            "station": station,
+            "tags": [{"name": "voltage", "table": "holding_register", "address": 0}],
+        }
+    )
+
+
+async def test_port_that_vanishes_and_comes_back_is_reopened(pty: PtyPort) -> None:
+    values: list[Any] = []
+    status = DeviceStatus("scale-1", "serial_ascii", None)
+
+    def sink(_name: str, readings: Sequence[Reading]) -> None:
+        values.extend(r.value for r in readings)
+
+    poller = Poller(
+        SerialAsciiDriver(scale(pty.path, poll_interval_ms=50)),
+        status,
+        0.05,
+        sink,
+        Backoff(0.05, 0.2),
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_until(lambda: status.connected, 5, "port open")
+        pty.send(b"ST,GS,+001.000 kg\r\n")
+        await async_wait_until(lambda: 1.0 in values, 5, "a weight")
+        pty.vanish()  # the USB adapter is pulled
+        await async_wait_until(lambda: not status.connected, 5, "the loss noticed")
+        assert status.errors["connection"] >= 1
+        pty.reappear()  # ... and plugged in again: same by-id path, new tty
+        await async_wait_until(lambda: status.connected, 10, "reopened")
+        pty.send(b"ST,GS,+002.000 kg\r\n")
+        await async_wait_until(lambda: 2.0 in values, 5, "a weight after the re-plug")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
