@@ -84,10 +84,16 @@ class Poller:
         loop = asyncio.get_running_loop()
         try:
             next_at = loop.time()
+            first = True
             while True:
                 if not self.status.connected:
-                    if not await self._connect():
+                    if not first:
+                        # After any failure (connect, or a read that found the device gone),
+                        # wait; the delay grows until a poll succeeds. Reconnecting can be
+                        # instant (a shared RS-485 bus), so success of connect proves nothing.
                         await asyncio.sleep(self._backoff.next_delay())
+                    first = False
+                    if not await self._connect():
                         continue
                     # Re-join the grid at the next slot that is not in the past.
                     now = loop.time()
@@ -114,7 +120,6 @@ class Poller:
             self._down(exc, "connect timed out")
             await self._driver.close()
             return False
-        self._backoff.reset()
         self.status.connected = True
         if self.status.connects:
             log.warning("device %s: connected again", self.status.name)
@@ -151,6 +156,7 @@ class Poller:
             if status._logged_codes:
                 log.info("device %s: all tags good again", status.name)
                 status._logged_codes.clear()
+            self._backoff.reset()
             status.good_polls += 1
             status.last_good_poll_ts = status.last_poll_ts
         self._sink(status.name, readings)

@@ -26,7 +26,7 @@ from typing import Any
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from collector.config import (
@@ -527,11 +527,17 @@ class SimulatedModbusServer:
         host: str = "127.0.0.1",
         port: int = 0,
         size: int = 1000,
+        serial_port: str | None = None,
+        baudrate: int = 19200,
     ) -> None:
         self._host, self._requested_port, self._size = host, port, size
         self._unit_ids = tuple(unit_ids)
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self.port = port
+        # With serial_port: Modbus RTU on that serial line (8N1: Linux pseudo-terminals refuse
+        # some parity settings) instead of TCP; units not in unit_ids stay silent, as a dead
+        # unit on an RS-485 bus does.
+        self._serial_port, self._baudrate = serial_port, baudrate
 
     def _device(self, unit_id: int) -> SimDevice:
         bit_words = self._size // 16 + 1
@@ -545,10 +551,20 @@ class SimulatedModbusServer:
         return SimDevice(id=unit_id, simdata=(bits(), bits(), registers(), registers()))
 
     async def start(self) -> None:
-        server = ModbusTcpServer(
-            [self._device(u) for u in self._unit_ids],
-            address=(self._host, self._requested_port),
-        )
+        devices = [self._device(u) for u in self._unit_ids]
+        if self._serial_port is not None:
+            rtu = ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=self._serial_port,
+                baudrate=self._baudrate,
+                parity="N",
+                ignore_missing_devices=True,
+            )
+            await rtu.serve_forever(background=True)
+            self._server = rtu
+            return
+        server = ModbusTcpServer(devices, address=(self._host, self._requested_port))
         await server.serve_forever(background=True)
         self._server = server
         listener: Any = server.transport  # an asyncio.Server once listening

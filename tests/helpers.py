@@ -230,10 +230,15 @@ class PtyLink:
     come out of the other. For a Modbus RTU server on one end and the collector on the other;
     ``inject`` puts raw bytes on the collector's side as line noise."""
 
-    def __init__(self, folder: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, folder: Path, loop: asyncio.AbstractEventLoop, absent_units: set[int] | None = None
+    ) -> None:
         self.a = PtyPort(folder / "ttyCOLLECTOR")
         self.b = PtyPort(folder / "ttyDEVICE")
         self._loop = loop
+        # RTU frames start with the unit id: requests to an absent unit reach no one, as on a
+        # bus where that unit is dead (the simulator itself would answer "device failure").
+        self.absent_units = absent_units or set()
         loop.add_reader(self.a.master, self._relay, self.a, self.b)
         loop.add_reader(self.b.master, self._relay, self.b, self.a)
 
@@ -241,6 +246,8 @@ class PtyLink:
         try:
             data = os.read(source.master, 4096)
         except OSError:
+            return
+        if source is self.a and data and data[0] in self.absent_units:
             return
         os.write(sink.master, data)
 
