@@ -524,6 +524,7 @@ class SimulatedModbusServer:
     def __init__(
         self,
         unit_ids: Iterable[int] = (1,),
+        *,
         host: str = "127.0.0.1",
         port: int = 0,
         size: int = 1000,
