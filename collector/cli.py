@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config without touching the network")
     check.add_argument("--config", required=True, type=Path)
 
+    probe = sub.add_parser("probe", help="show what a device sends and what a pattern makes of it")
+    probe.add_argument("url", help="serial:///dev/ttyUSB0?baud=9600&parity=none&terminator=crlf")
+    probe.add_argument("--query", help="send this each second (e.g. 'MEAS:VOLT?')")
+    probe.add_argument("--pattern", help="regular expression with named groups to try")
+    probe.add_argument("--seconds", type=float, default=30.0, help="how long (default 30)")
+
     demo = sub.add_parser("demo", help="run a simulated line and a collector for it")
     demo.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
@@ -68,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
         return run_service(config)
+    if args.command == "probe":
+        return _probe(args.url, args.query, args.pattern, args.seconds)
     if args.command == "demo":
         from collector.demo import run_demo  # noqa: PLC0415 - only the demo needs the simulator
 
@@ -88,6 +96,26 @@ def _check(path: Path) -> int:
     for device in config.devices:
         print(f"  {device.name}: {create_driver(device).describe()}")
     return 0
+
+
+def _probe(url: str, query: str | None, pattern: str | None, seconds: float) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from collector.errors import NotConnectedError  # noqa: PLC0415
+    from drivers.serial import probe, probe_device  # noqa: PLC0415
+
+    try:
+        device = probe_device(url, query, pattern)
+    except (ValueError, ValidationError) as exc:
+        print(f"probe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(probe(device, seconds, lambda line: print(line, flush=True)))
+    except NotConnectedError as exc:
+        print(f"probe: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return 0
 
 
 def run_service(config: Config) -> int:

@@ -288,3 +288,52 @@ async def test_port_that_vanishes_and_comes_back_is_reopened(pty: PtyPort) -> No
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_probe_command_shows_lines_and_what_the_pattern_makes_of_them(
+    pty: PtyPort,
+) -> None:
+    import os
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collector",
+        "probe",
+        f"serial://{pty.path}?baud=9600",
+        "--pattern",
+        r"^ST,GS,(?P<weight>[-+0-9.]+) kg$",
+        "--seconds",
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    header = await asyncio.wait_for(process.stdout.readline(), 20)
+    assert b"probing" in header
+    pty.send(b"ST,GS,+001.500 kg\r\nHELLO\r\n")
+    out, err = await asyncio.wait_for(process.communicate(), 20)
+    text = out.decode()
+    assert process.returncode == 0, err.decode()
+    assert "'ST,GS,+001.500 kg'  -> weight=1.5" in text
+    assert "'HELLO'  -> does not match the pattern" in text
+
+
+def test_probe_url_errors_are_clear() -> None:
+    from drivers.serial import probe_device
+
+    with pytest.raises(ValueError, match="expected serial:///dev/PORT"):
+        probe_device("modbus://1.2.3.4", None, None)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['speed'\]"):
+        probe_device("serial:///dev/ttyUSB0?speed=9600", None, None)
+    device = probe_device(
+        "serial:///dev/ttyUSB0?baud=19200&parity=even&terminator=cr", "MEAS?", None
+    )
+    assert (device.baudrate, device.parity.value, device.terminator.value, device.mode) == (
+        19200,
+        "even",
+        "cr",
+        "query",
+    )
