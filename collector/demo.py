@@ -1,8 +1,10 @@
 """``collector demo``: a simulated pilot line and a collector for it, in one process.
 
-The line: a functional tester (a real Modbus TCP server on 127.0.0.1) whose voltage, current and
-temperature drift over time, with the serial of the unit under test in string registers that
-changes every few seconds and a result register that goes running -> pass/fail per unit.
+The line: a barcode scanner (on a pseudo-terminal) where the operator scans each unit and, now
+and then, a work order; a functional tester (a real Modbus TCP server on 127.0.0.1) whose
+voltage, current and temperature drift over time, with the unit serial also in its string
+registers and a result register that goes running -> pass/fail per unit. The station takes its
+unit serial from the scanner.
 The collector polls it, buffers to SQLite and forwards to the broker; the live view prints
 what the broker accepted. With no broker it keeps collecting and says so.
 """
@@ -12,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
 import signal
 import sys
 import tempfile
 import time
+import tty
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,9 @@ UNIT_SECONDS = 4.0
 RESULT_RUNNING, RESULT_PASS, RESULT_FAIL = 0, 1, 2
 
 
-def demo_config(broker_host: str, broker_port: int, modbus_port: int, buffer: Path) -> Config:
+def demo_config(
+    broker_host: str, broker_port: int, modbus_port: int, buffer: Path, scanner_port: str
+) -> Config:
     return Config.model_validate(
         {
             "collector": {"id": "demo-pc1", "site": "demo-plant", "line": "pilot-line-1"},
@@ -42,10 +48,19 @@ def demo_config(broker_host: str, broker_port: int, modbus_port: int, buffer: Pa
                 {
                     "name": "ft-1",
                     "operation": "functional-test",
-                    "serial_source": {"device": "tester-1", "tag": "serial"},
+                    "serial_source": {"device": "scanner-1", "tag": "serial"},
                 }
             ],
             "devices": [
+                {
+                    "name": "scanner-1",
+                    "protocol": "barcode_scanner",
+                    "station": "ft-1",
+                    "port": scanner_port,
+                    "strip_prefix": "]C1",
+                    "serial_pattern": r"PILOT-\d{4}",
+                    "routes": [{"tag": "work_order", "pattern": r"WO\d{6}"}],
+                },
                 {
                     "name": "tester-1",
                     "protocol": "modbus_tcp",
@@ -93,18 +108,38 @@ def demo_config(broker_host: str, broker_port: int, modbus_port: int, buffer: Pa
                         },
                         {"name": "clamp_closed", "table": "coil", "address": 0, "type": "bool"},
                     ],
-                }
+                },
             ],
         }
     )
 
 
-class SimulatedTester:
-    """Drives the tester's registers: drifting measurements, a new unit every few seconds."""
+class SimulatedScanner:
+    """A barcode scanner on a pseudo-terminal: the collector opens ``port``; ``scan`` types."""
 
-    def __init__(self, server: SimulatedModbusServer, config: Config) -> None:
+    def __init__(self) -> None:
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+
+    def scan(self, code: str) -> None:
+        os.write(self._master, f"]C1{code}\r".encode())  # AIM prefix, CR suffix, as shipped
+
+    def close(self) -> None:
+        os.close(self._master)
+        os.close(self._slave)
+
+
+class SimulatedTester:
+    """Drives the tester's registers: drifting measurements, a new unit every few seconds,
+    each unit scanned at the station before its test starts."""
+
+    def __init__(
+        self, server: SimulatedModbusServer, config: Config, scanner: SimulatedScanner
+    ) -> None:
         self._server = server
-        device = config.devices[0]
+        self._scanner = scanner
+        device = next(d for d in config.devices if d.name == "tester-1")
         assert isinstance(device, ModbusTcpDevice)
         self._codecs = {t.name: TagCodec.for_device(t, device) for t in device.tags}
         self._rng = random.Random(7)
@@ -117,6 +152,9 @@ class SimulatedTester:
         started = time.monotonic()
         while True:
             unit += 1
+            if unit % 5 == 1:
+                self._scanner.scan(f"WO{100000 + unit // 5:06d}")  # a new work order's label
+            self._scanner.scan(f"PILOT-{unit:04d}")
             await self._set("serial", f"PILOT-{unit:04d}")
             await self._set("result", RESULT_RUNNING)
             await self._set("clamp_closed", True)
@@ -156,7 +194,7 @@ class LiveView:
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
             values[r["tag"]] = f"{text}{' ' + r['unit'] if r['unit'] else ''}"
         last = readings[-1]
-        shown = " ".join(f"{k}={v}" for k, v in values.items() if k != "serial")
+        shown = " ".join(f"{k}={v}" for k, v in values.items())
         print(
             f"published seq {rows[0][0]}-{rows[-1][0]} ({len(rows)} readings) "
             f"{last['station']}/{last['operation']} unit {last['unit_serial']}: {shown}",
@@ -180,15 +218,17 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
         loop.add_signal_handler(sig, stop.set)
     server = SimulatedModbusServer(unit_ids=[1])
     await server.start()
-    config = demo_config(host, port, server.port, buffer)
+    scanner = SimulatedScanner()
+    config = demo_config(host, port, server.port, buffer, scanner.port)
     view = LiveView(quiet)
     service = Service(config, on_delivered=view.delivered_rows)
     print(
-        f"demo: simulated tester on 127.0.0.1:{server.port}, broker {host}:{port}, buffer {buffer}",
+        f"demo: simulated tester on 127.0.0.1:{server.port}, scanner on {scanner.port}, "
+        f"broker {host}:{port}, buffer {buffer}",
         flush=True,
     )
-    tester = asyncio.create_task(SimulatedTester(server, config).run())
     running = asyncio.create_task(service.run(stop))
+    tester = asyncio.create_task(_start_line(service, SimulatedTester(server, config, scanner)))
     reporter = asyncio.create_task(_report_outage(service, stop))
     try:
         if duration is not None:
@@ -201,11 +241,24 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
             task.cancel()
         await asyncio.gather(tester, reporter, return_exceptions=True)
         await server.stop()
+        scanner.close()
     print(
         f"demo: {view.delivered} readings published; {service.left_in_buffer} left in the buffer",
         flush=True,
     )
     return 0
+
+
+async def _start_line(service: Service, tester: SimulatedTester) -> None:
+    """The first unit is scanned once the station is up: a serial port discards what arrived
+    before it was opened, as a real one does."""
+    await service.ready.wait()
+    scanner = service.devices["scanner-1"]
+    for _ in range(100):  # at most 10 s
+        if scanner.connected:
+            break
+        await asyncio.sleep(0.1)
+    await tester.run()
 
 
 async def _report_outage(service: Service, stop: asyncio.Event) -> None:

@@ -34,7 +34,7 @@ async def test_demo_publishes_a_changing_line_to_the_broker(
             "--broker",
             f"127.0.0.1:{mosquitto.port}",
             "--duration",
-            "7",
+            "9",
             "--buffer",
             str(tmp_path / "demo.db"),
         )
@@ -46,8 +46,13 @@ async def test_demo_publishes_a_changing_line_to_the_broker(
     assert "left in the buffer" in output
     readings = sub.readings()
     tags = {r["tag"] for r in readings}
-    assert tags == {"voltage", "current", "temperature", "serial", "result", "clamp_closed"}
-    # A new unit every 5 s: within 7 s the serial changes at least once, and values move.
+    assert tags == {
+        "voltage", "current", "temperature", "serial", "result", "clamp_closed", "work_order"
+    }
+    # The scanner is the station's serial source: the tester's readings carry what it scanned.
+    scans = [r["value"] for r in readings if r["device"] == "scanner-1" and r["tag"] == "serial"]
+    assert scans[:2] == ["PILOT-0001", "PILOT-0002"]
+    # A new unit every 5 s: within 9 s the serial changes at least once, and values move.
     assert {"PILOT-0001", "PILOT-0002"} <= {r["unit_serial"] for r in readings}
     assert len({r["value"] for r in readings if r["tag"] == "temperature"}) > 3
     assert {r["operation"] for r in readings} == {"functional-test"}
