@@ -47,7 +47,13 @@ async def test_demo_publishes_a_changing_line_to_the_broker(
     readings = sub.readings()
     tags = {r["tag"] for r in readings}
     assert tags == {
-        "voltage", "current", "temperature", "serial", "result", "clamp_closed", "work_order"
+        "voltage",
+        "current",
+        "temperature",
+        "serial",
+        "result",
+        "clamp_closed",
+        "work_order",
     }
     # The scanner is the station's serial source: the tester's readings carry what it scanned.
     scans = [r["value"] for r in readings if r["device"] == "scanner-1" and r["tag"] == "serial"]

@@ -46,6 +46,35 @@ def make_config(
     return Config.model_validate(raw)
 
 
+TRACE_TAG = {
+    "name": "trace",
+    "table": "holding_register",
+    "address": 100,
+    "type": "string",
+    "count": 125,
+}
+
+
+async def with_trace_tag(
+    broker: Mosquitto,
+    modbus: SimulatedModbusServer,
+    tmp_path: Path,
+    poll_ms: int,
+    tester_only: bool,
+    **mqtt: Any,
+) -> Config:
+    """The tester with one more tag: 250 characters of text, larger than small brokers take."""
+    raw = config_dict(broker, modbus.port, tmp_path / "b.db", **{**FAST_RECONNECT, **mqtt})
+    raw["devices"][0]["tags"].append(TRACE_TAG)
+    raw["devices"][0]["poll_interval_ms"] = poll_ms
+    if tester_only:
+        raw["devices"].pop()
+    config = Config.model_validate(raw)
+    await set_tester(modbus, config, voltage=1.0, serial="SN1", result=0)
+    await modbus.set_registers(1, ModbusTable.HOLDING_REGISTER, 100, [0x4142] * 125)
+    return config
+
+
 def durable_broker(tmp_path: Path, extra: str = "") -> Mosquitto:
     """Saves its state on every change, so the test consumer's session survives a SIGKILL."""
     broker = Mosquitto(
@@ -133,19 +162,7 @@ async def test_broker_packet_size_limit_is_respected(
     that alone is too large is quarantined (counted, kept) without blocking the others."""
     broker = Mosquitto(tmp_path / "small-packets", "max_packet_size 1500\n")
     broker.start()
-    raw = config_dict(broker, modbus_server.port, tmp_path / "b.db", **FAST_RECONNECT)
-    raw["devices"][0]["tags"].append(
-        {
-            "name": "trace",
-            "table": "holding_register",
-            "address": 100,
-            "type": "string",
-            "count": 125,
-        }
-    )  # 250 characters of text
-    raw["devices"][0]["poll_interval_ms"] = 500
-    config = Config.model_validate(raw)
-    await set_tester(modbus_server, config, voltage=1.0, serial="SN1", result=0)
+    config = await with_trace_tag(broker, modbus_server, tmp_path, 500, False)
     sub = Subscriber(broker, TOPIC)
     try:
         async with RunningService(config) as running:
@@ -166,26 +183,7 @@ async def test_a_reading_too_large_for_the_broker_is_quarantined(
 ) -> None:
     broker = Mosquitto(tmp_path / "tiny-packets", "max_packet_size 400\n")
     broker.start()
-    raw = config_dict(broker, modbus_server.port, tmp_path / "b.db", **FAST_RECONNECT)
-    raw["devices"][0]["tags"].append(
-        {
-            "name": "trace",
-            "table": "holding_register",
-            "address": 100,
-            "type": "string",
-            "count": 125,
-        }
-    )
-    raw["devices"][0]["poll_interval_ms"] = 500
-    raw["devices"].pop()  # only the tester
-    config = Config.model_validate(raw)
-    await set_tester(modbus_server, config, voltage=1.0, serial="SN1", result=0)
-    await modbus_server.set_registers(
-        1,
-        ModbusTable.HOLDING_REGISTER,
-        100,
-        [0x4142] * 125,
-    )
+    config = await with_trace_tag(broker, modbus_server, tmp_path, 500, True)
     sub = Subscriber(broker, TOPIC)
     try:
         async with RunningService(config) as running:
@@ -216,26 +214,8 @@ async def test_a_broker_that_drops_oversized_messages_and_disconnects(
     drops. The collector isolates the offending reading, quarantines it, delivers the rest."""
     broker = Mosquitto(tmp_path / "drops", "message_size_limit 450\n")
     broker.start()
-    raw = config_dict(broker, modbus_server.port, tmp_path / "b.db", **FAST_RECONNECT)
-    raw["mqtt"]["max_readings_per_message"] = 200
-    raw["devices"][0]["tags"].append(
-        {
-            "name": "trace",
-            "table": "holding_register",
-            "address": 100,
-            "type": "string",
-            "count": 125,
-        }
-    )
-    raw["devices"][0]["poll_interval_ms"] = 2000
-    raw["devices"].pop()
-    config = Config.model_validate(raw)
-    await set_tester(modbus_server, config, voltage=1.0, serial="SN1", result=0)
-    await modbus_server.set_registers(
-        1,
-        ModbusTable.HOLDING_REGISTER,
-        100,
-        [0x4142] * 125,
+    config = await with_trace_tag(
+        broker, modbus_server, tmp_path, 2000, True, max_readings_per_message=200
     )
     sub = Subscriber(broker, TOPIC)
     try:
