@@ -14,6 +14,7 @@ from collector.config import load_config, parse_config
 from collector.errors import ConfigError
 from tests.conftest import REPO
 
+# Every example under config/ is validated here, so the examples cannot rot.
 EXAMPLES = sorted((REPO / "config").glob("*.yaml"))
 
 BASE = """\
