@@ -391,14 +391,18 @@ class AsyncOutbox:
         self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
     ) -> list[tuple[int, bytes]]:
         await self._retry_acks()
-        rows: list[tuple[int, bytes]] = await self._call(
-            self.outbox.take, after_seq, max_rows, max_bytes, up_to
-        )
-        if self._pending_acks:
-            rows = [
+        while True:
+            rows: list[tuple[int, bytes]] = await self._call(
+                self.outbox.take, after_seq, max_rows, max_bytes, up_to
+            )
+            if not self._pending_acks:
+                return rows
+            kept = [
                 row for row in rows if not any(lo <= row[0] <= hi for lo, hi in self._pending_acks)
             ]
-        return rows
+            if kept or not rows:
+                return kept
+            after_seq = rows[-1][0]  # all delivered, awaiting their delete: look further
 
     async def ack(self, first_seq: int, last_seq: int) -> None:
         """Delete a delivered range; if the delete fails it is kept and retried. Never raises."""

@@ -250,9 +250,10 @@ class Forwarder:
         m = self._mqtt
         backoff = Backoff(m.reconnect_min_ms / 1000, m.reconnect_max_ms / 1000)
         while not self._closing.is_set():
-            client = self._make_client()
             self._lost.clear()
             try:
+                # A TLS file can go missing while running: that is a failed attempt, too.
+                client = self._make_client()
                 # Blocking connect (TCP and TLS handshake), bounded by paho's connect timeout.
                 await asyncio.to_thread(
                     client.connect,

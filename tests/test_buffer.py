@@ -142,3 +142,30 @@ def test_message_splices_seq_into_each_reading(tmp_path: Path) -> None:
         },
     ]
     box.close()
+
+
+async def test_rows_awaiting_a_retried_delete_are_never_taken_again(tmp_path: Path) -> None:
+    """After a failed delete (a full disk) the delivered range is kept for a retry; takes skip
+    it, and look past it when a whole batch would be skipped."""
+    import sqlalchemy as sa
+
+    from collector.buffer import AsyncOutbox
+
+    box = AsyncOutbox(tmp_path / "b.db", 10_000)
+    await box.open()
+    await box.append(records(30))
+    real_ack = box.outbox.ack
+
+    def full_disk(first: int, last: int) -> int:
+        raise sa.exc.OperationalError("DELETE", {}, Exception("database or disk is full"))
+
+    box.outbox.ack = full_disk  # type: ignore[method-assign]
+    await box.ack(1, 10)
+    assert box.ack_error == "database or disk is full"
+    rows = await box.take(0, 10, 1 << 20)
+    assert [seq for seq, _ in rows] == list(range(11, 21))  # past the whole skipped batch
+    box.outbox.ack = real_ack  # type: ignore[method-assign]
+    assert [seq for seq, _ in await box.take(0, 5, 1 << 20)] == [11, 12, 13, 14, 15]
+    assert box.ack_error is None  # the retry went through on that take
+    assert box.outbox.depth == 20
+    await box.close()
