@@ -76,6 +76,8 @@ meta_table = sa.Table(
 )
 
 SEQ_JUMP_AFTER_RESET = 1_000_000
+# What the forwarder adds to each stored body: '{"seq":' + up to 20 digits + ',' + a comma.
+SPLICE_BYTES = 32
 DROPPED_KEY = "dropped_total"
 QUARANTINED_KEY = "quarantined_total"
 
@@ -240,7 +242,7 @@ class Outbox:
         out: list[tuple[int, bytes]] = []
         size = 0
         for seq, body in result:
-            size += len(body) + 24  # + the spliced seq and separators
+            size += len(body) + SPLICE_BYTES
             if out and size > max_bytes:
                 break
             out.append((seq, body))
@@ -454,7 +456,6 @@ class BufferWriter:
         self._queue: asyncio.Queue[Sequence[Record]] = asyncio.Queue(max_pending_polls)
         self.overflow_dropped = 0
         self.last_error: str | None = None
-        self.committed = 0
 
     def submit(self, records: Sequence[Record]) -> None:
         if not records:
@@ -508,7 +509,6 @@ class BufferWriter:
             if self.last_error is not None:
                 log.warning("buffer: writing again after: %s", self.last_error)
                 self.last_error = None
-            self.committed += len(records)
             return
 
 

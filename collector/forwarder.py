@@ -55,8 +55,6 @@ SCHEMA_VERSION = 1
 PACKET_OVERHEAD_BYTES = 16
 # Message bytes besides the readings: {"schema":1,"collector":"<id>","readings":[...]}.
 MESSAGE_HEAD_BYTES = 64
-# Per reading, the spliced {"seq":N, and the separating comma.
-ROW_OVERHEAD_BYTES = 32
 # A batch whose connection died this many times in a row before its PUBACK is resent one
 # reading per message; a single reading that still kills the connection is quarantined.
 SUSPECT_SPLIT_AFTER = 2

@@ -19,8 +19,9 @@ import logging
 import math
 import struct
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymodbus import FramerType
@@ -418,8 +419,26 @@ class _RtuBus:
 
 
 # Buses by (event loop, port): the devices on one port share one client.
-_buses: dict[tuple[int, str], _RtuBus] = {}
-_buses_lock: dict[int, asyncio.Lock] = {}
+@dataclass
+class _LoopBuses:
+    """The buses of one event loop (keyed by the loop object itself: an id() can be reused by
+    a later loop, and an asyncio.Lock must not outlive the loop it is bound to)."""
+
+    by_port: dict[str, _RtuBus] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBuses] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loop_buses() -> _LoopBuses:
+    loop = asyncio.get_running_loop()
+    buses = _loops.get(loop)
+    if buses is None:
+        buses = _loops[loop] = _LoopBuses()
+    return buses
 
 
 class ModbusRtuDriver(_ModbusDriver):
@@ -452,12 +471,12 @@ class ModbusRtuDriver(_ModbusDriver):
         return bus is not None and bus.received_bytes > mark and bus.frames == self._frames_at_mark
 
     async def connect(self) -> None:
-        loop_id = id(asyncio.get_running_loop())
-        key = (loop_id, self._rtu.port)
-        async with _buses_lock.setdefault(loop_id, asyncio.Lock()):
-            bus = _buses.get(key)
+        buses = _loop_buses()
+        port = self._rtu.port
+        async with buses.lock:
+            bus = buses.by_port.get(port)
             if bus is None:
-                bus = _buses[key] = _RtuBus(self._rtu)
+                bus = buses.by_port[port] = _RtuBus(self._rtu)
             if not bus.client.connected:
                 try:
                     ok = await bus.client.connect()
@@ -469,7 +488,7 @@ class ModbusRtuDriver(_ModbusDriver):
                 if not ok:
                     if bus.users == 0:
                         bus.client.close()
-                        del _buses[key]
+                        del buses.by_port[port]
                     raise NotConnectedError(f"cannot open {self._rtu.port}: {error}")
             bus.users += 1
             self._bus = bus
@@ -481,7 +500,7 @@ class ModbusRtuDriver(_ModbusDriver):
         bus.users -= 1
         if bus.users <= 0:
             bus.client.close()
-            _buses.pop((id(asyncio.get_running_loop()), bus.port), None)
+            _loop_buses().by_port.pop(bus.port, None)
 
 
 def check_reply(request: Request, reply: Any) -> Sequence[int] | Sequence[bool]:

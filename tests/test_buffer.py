@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collector.buffer import Outbox
+from collector.buffer import SPLICE_BYTES, Outbox
 from collector.config import Synchronous
 from collector.errors import ErrorCode
 from collector.forwarder import build_message
@@ -77,7 +77,7 @@ def test_cap_drops_the_oldest_and_counts_them_persistently(tmp_path: Path) -> No
 def test_take_respects_the_byte_budget_but_always_returns_one(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "b.db", 10_000)
     box.append(records(100))
-    one = len(box.take(0, 1, 1 << 20)[0][1]) + 24
+    one = len(box.take(0, 1, 1 << 20)[0][1]) + SPLICE_BYTES
     assert len(box.take(0, 100, one * 10)) == 10
     assert len(box.take(0, 100, 1)) == 1
     box.close()
