@@ -166,6 +166,11 @@ class Subscriber:
     def seqs(self) -> list[int]:
         return [r["seq"] for r in self.readings()]
 
+    def has_all(self, last: int, first: int = 1) -> bool:
+        """Every seq from ``first`` to ``last`` arrived. (The highest seq alone says nothing
+        about a backlog: live readings overtake it.)"""
+        return set(range(first, last + 1)) <= set(self.seqs())
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()

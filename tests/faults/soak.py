@@ -57,7 +57,7 @@ async def soak(minutes: float, seed: int) -> int:
     box.close()
     process = await start_collector(config)  # deliver what the last stop left buffered
     await asyncio.to_thread(
-        wait_until, lambda: max(sub.seqs(), default=0) >= last, 60, "the consumer to have every seq"
+        wait_until, lambda: sub.has_all(last), 60, "the consumer to have every seq"
     )
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.wait(), 30)
