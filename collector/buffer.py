@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,12 +37,13 @@ from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateTable
 
 from collector.config import Synchronous
 from collector.errors import StartupError
-from collector.reading import Record
+from collector.reading import ContextChanges, Record, UnitRecord
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,31 @@ quarantine_table = sa.Table(
     sa.Column("reason", sa.String, nullable=False),
     sa.Column("moved_ts", sa.Float, nullable=False),
 )
+# Unit records (see collector.context): a stream of their own, with their own seq, delivered
+# like readings. Few (one per unit per operation), so not counted against max_readings.
+units_table = sa.Table(
+    "units",
+    _metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+# The station context's state, stored in the same transaction as the readings it tagged: each
+# station's open and ending units, and how often each serial went through each operation.
+stations_table = sa.Table(
+    "stations",
+    _metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+)
+attempts_table = sa.Table(
+    "attempts",
+    _metadata,
+    sa.Column("operation", sa.String, primary_key=True),
+    sa.Column("serial", sa.String, primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
 meta_table = sa.Table(
     "meta",
     _metadata,
@@ -87,7 +113,7 @@ def encode_record(record: Record) -> bytes:
     r = record.reading
     return orjson.dumps(
         {
-            "ts": datetime.fromtimestamp(r.ts, UTC),
+            "ts": _utc(r.ts),
             "station": record.station,
             "device": record.device,
             "tag": r.tag,
@@ -97,6 +123,35 @@ def encode_record(record: Record) -> bytes:
             "error": None if r.error is None else r.error.value,
             "unit_serial": record.unit_serial,
             "operation": record.operation,
+            "attempt": record.attempt,
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def encode_unit(unit: UnitRecord) -> bytes:
+    """The JSON object of one unit record, without ``seq`` (see docs/traceability.md)."""
+    return orjson.dumps(
+        {
+            "serial": unit.serial,
+            "station": unit.station,
+            "operation": unit.operation,
+            "attempt": unit.attempt,
+            "start": _utc(unit.start_ts),
+            "end": _utc(unit.end_ts),
+            "cycle_time_s": round(unit.end_ts - unit.start_ts, 3),
+            "verdict": unit.verdict,
+            "failure_code": unit.failure_code,
+            "ended_by": unit.ended_by,
+            "readings": unit.readings,
+            "characteristics": {
+                name: {"last": last, "min": low, "max": high}
+                for name, (last, low, high) in unit.characteristics.items()
+            },
         },
         option=orjson.OPT_UTC_Z,
     )
@@ -110,6 +165,8 @@ class BufferStats:
     dropped_total: int
     quarantined_total: int
     last_seq: int
+    units_depth: int = 0
+    last_unit_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +212,11 @@ class Outbox:
             for table in _metadata.sorted_tables:
                 self._conn.execute(CreateTable(table, if_not_exists=True))
             if seq_floor:
-                self._conn.execute(
-                    sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', :s)"),
-                    {"s": seq_floor},
-                )
+                for stream in ("readings", "units"):
+                    self._conn.execute(
+                        sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :s)"),
+                        {"t": stream, "s": seq_floor},
+                    )
         # Counting the rows reads every page of the table: a malformed page shows up here, at
         # start-up, not in the middle of a shift.
         self.depth = self._conn.execute(
@@ -166,21 +224,26 @@ class Outbox:
         ).scalar_one()
         self.dropped_total = self._meta(DROPPED_KEY)
         self.quarantined_total = self._meta(QUARANTINED_KEY)
-        self.last_seq = self._last_seq()
+        self.units_depth = self._conn.execute(
+            sa.select(sa.func.count()).select_from(units_table)
+        ).scalar_one()
+        self.last_seq = self._last_seq("readings")
+        self.last_unit_seq = self._last_seq("units")
         self._conn.commit()
         self._write_hint()
 
-    def _last_seq(self) -> int:
+    def _last_seq(self, table: str) -> int:
         value = self._conn.execute(
-            sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'readings'")
+            sa.text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": table}
         ).scalar_one_or_none()
         return int(value or 0)
 
     def _write_hint(self) -> None:
         # No fsync: the hint only has to survive a process crash (the page cache does); after a
-        # power cut SEQ_JUMP_AFTER_RESET covers what it missed.
+        # power cut SEQ_JUMP_AFTER_RESET covers what it missed. One number covers both streams:
+        # after a reset, both continue above it.
         with contextlib.suppress(OSError):
-            self._hint.write_text(f"{self.last_seq}\n")
+            self._hint.write_text(f"{max(self.last_seq, self.last_unit_seq)}\n")
 
     def _meta(self, key: str) -> int:
         value = self._conn.execute(
@@ -201,14 +264,17 @@ class Outbox:
         self._conn.close()
         self._engine.dispose()
 
-    def append(self, records: Sequence[Record]) -> int:
-        """Append in one transaction; drop the oldest if over the cap. Returns how many dropped."""
-        if not records:
+    def append(self, records: Sequence[Record], changes: ContextChanges | None = None) -> int:
+        """Append in one transaction, with the station context's changes that go with these
+        records; drop the oldest readings if over the cap. Returns how many were dropped."""
+        if not records and not changes:
             return 0
         rows = [{"ts": r.reading.ts, "body": encode_record(r)} for r in records]
         over = self.depth + len(rows) - self.max_readings
         dropped = 0
         with self._conn.begin():
+            if changes:
+                self._store_changes(changes)
             if over > 0:
                 oldest = sa.select(readings_table.c.seq).order_by(readings_table.c.seq).limit(over)
                 dropped = self._conn.execute(
@@ -217,13 +283,67 @@ class Outbox:
                     )
                 ).rowcount
                 self._add_meta(DROPPED_KEY, dropped)
-            self._conn.execute(readings_table.insert(), rows)
+            if rows:
+                self._conn.execute(readings_table.insert(), rows)
+        if changes and changes.units:
+            self.units_depth += len(changes.units)
+            self.last_unit_seq += len(changes.units)
         self.depth += len(rows) - dropped
         # AUTOINCREMENT hands out consecutive ids to the only writer.
         self.last_seq += len(rows)
         self._write_hint()
         self.dropped_total += dropped
         return dropped
+
+    def _store_changes(self, changes: ContextChanges) -> None:
+        if changes.units:
+            self._conn.execute(
+                units_table.insert(),
+                [{"ts": u.end_ts, "body": encode_unit(u)} for u in changes.units],
+            )
+        for (operation, serial), attempts in changes.attempts.items():
+            self._conn.execute(
+                sqlite_insert(attempts_table)
+                .values(operation=operation, serial=serial, attempts=attempts)
+                .on_conflict_do_update(
+                    index_elements=["operation", "serial"], set_={"attempts": attempts}
+                )
+            )
+        for name, state in changes.stations.items():
+            self._conn.execute(
+                sqlite_insert(stations_table)
+                .values(name=name, state=state)
+                .on_conflict_do_update(index_elements=["name"], set_={"state": state})
+            )
+
+    def load_context(self) -> tuple[dict[str, bytes], dict[tuple[str, str], int]]:
+        """The station context's stored state: (station -> state, (operation, serial) ->
+        attempts)."""
+        stations = {row.name: row.state for row in self._conn.execute(sa.select(stations_table))}
+        attempts = {
+            (row.operation, row.serial): row.attempts
+            for row in self._conn.execute(sa.select(attempts_table))
+        }
+        self._conn.commit()
+        return stations, attempts
+
+    def take_units(self, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
+        rows = self._conn.execute(
+            sa.select(units_table.c.seq, units_table.c.body)
+            .where(units_table.c.seq > after_seq)
+            .order_by(units_table.c.seq)
+            .limit(max_rows)
+        ).all()
+        self._conn.commit()
+        return [(seq, body) for seq, body in rows]
+
+    def ack_units(self, first_seq: int, last_seq: int) -> int:
+        with self._conn.begin():
+            deleted = self._conn.execute(
+                units_table.delete().where(units_table.c.seq.between(first_seq, last_seq))
+            ).rowcount
+        self.units_depth -= deleted
+        return deleted
 
     def take(
         self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
@@ -291,6 +411,8 @@ class Outbox:
             self.dropped_total,
             self.quarantined_total,
             self.last_seq,
+            self.units_depth,
+            self.last_unit_seq,
         )
 
 
@@ -333,8 +455,8 @@ def _salvage_last_seq(path: Path) -> int:
     """The highest seq recorded in a corrupt file, if that part of it can still be read."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
-            return int(row[0]) if row else 0
+            row = db.execute("SELECT max(seq) FROM sqlite_sequence").fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
     except (sqlite3.Error, ValueError, TypeError):
         return 0
 
@@ -357,6 +479,7 @@ class AsyncOutbox:
         self._outbox: Outbox | None = None
         #: Set whenever rows were appended; the forwarder waits on it.
         self.appended = asyncio.Event()
+        self.units_appended = asyncio.Event()
         # Delivered ranges whose delete failed (e.g. a full disk): retried, and never taken
         # again meanwhile, so a delivered reading is not sent twice.
         self._pending_acks: deque[tuple[int, int]] = deque()
@@ -384,10 +507,35 @@ class AsyncOutbox:
             self._outbox = None
         self._executor.shutdown(wait=True)
 
-    async def append(self, records: Sequence[Record]) -> int:
-        dropped: int = await self._call(self.outbox.append, records)
-        self.appended.set()
+    async def append(self, records: Sequence[Record], changes: ContextChanges | None = None) -> int:
+        dropped: int = await self._call(self.outbox.append, records, changes)
+        if records:
+            self.appended.set()
+        if changes and changes.units:
+            self.units_appended.set()
         return dropped
+
+    async def load_context(self) -> tuple[dict[str, bytes], dict[tuple[str, str], int]]:
+        loaded: tuple[dict[str, bytes], dict[tuple[str, str], int]] = await self._call(
+            self.outbox.load_context
+        )
+        return loaded
+
+    async def take_units(self, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
+        rows: list[tuple[int, bytes]] = await self._call(
+            self.outbox.take_units, after_seq, max_rows
+        )
+        return rows
+
+    async def ack_units(self, first_seq: int, last_seq: int) -> bool:
+        """Delete delivered unit records; False if that failed (they are taken again later
+        only by a restart: the forwarder's cursor moves past them)."""
+        try:
+            await self._call(self.outbox.ack_units, first_seq, last_seq)
+        except sa.exc.OperationalError as exc:
+            log.error("buffer: cannot delete delivered unit records (%s)", exc.orig)  # noqa: TRY400
+            return False
+        return True
 
     async def take(
         self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
@@ -451,9 +599,16 @@ class BufferWriter:
 
     MAX_RECORDS_PER_COMMIT = 50_000
 
-    def __init__(self, outbox: AsyncOutbox, max_pending_polls: int = 10_000) -> None:
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        max_pending_polls: int = 10_000,
+        changes: Callable[[], ContextChanges] | None = None,
+    ) -> None:
         self._outbox = outbox
         self._queue: asyncio.Queue[Sequence[Record]] = asyncio.Queue(max_pending_polls)
+        # What the station context wants stored along with the records it tagged.
+        self._changes = changes
         self.overflow_dropped = 0
         self.last_error: str | None = None
 
@@ -464,6 +619,11 @@ class BufferWriter:
             self._queue.put_nowait(records)
         except asyncio.QueueFull:
             self.overflow_dropped += len(records)
+
+    def poke(self) -> None:
+        """Commit soon even without new records (the context has changes to store)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(())
 
     @property
     def pending(self) -> int:
@@ -480,9 +640,13 @@ class BufferWriter:
             raise
 
     async def flush(self) -> None:
-        """Commit everything queued so far."""
-        while not self._queue.empty():
-            await self._commit(self._drain([]))
+        """Commit everything queued so far, and the context's changes."""
+        while True:
+            records = self._drain([])
+            changes = self._changes() if self._changes is not None else None
+            if not records and not changes:
+                return
+            await self._commit(records, changes)
 
     def _drain(self, batch: list[Sequence[Record]]) -> list[Record]:
         records = [r for poll in batch for r in poll]
@@ -490,11 +654,15 @@ class BufferWriter:
             records.extend(self._queue.get_nowait())
         return records
 
-    async def _commit(self, records: list[Record]) -> None:
+    async def _commit(self, records: list[Record], changes: ContextChanges | None = None) -> None:
+        if changes is None and self._changes is not None and self._queue.empty():
+            # Taken only once every queued record is in this batch: the stored state then
+            # describes exactly the readings stored with it.
+            changes = self._changes()
         delay = 0.1
         while True:
             try:
-                await self._outbox.append(records)
+                await self._outbox.append(records, changes)
             except sa.exc.OperationalError as exc:
                 # e.g. "database or disk is full": keep the records, retry, say so once.
                 message = str(exc.orig) if exc.orig is not None else str(exc)

@@ -137,12 +137,16 @@ class MqttConfig(_Model):
 
     def password(self) -> SecretStr | None:
         """Resolve the password from its environment variable or file (read at start-up)."""
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            return None if value is None else SecretStr(value)
-        if self.password_file is not None:
-            return SecretStr(self.password_file.read_text(encoding="utf-8").rstrip("\r\n"))
-        return None
+        return _secret(self.password_env, self.password_file)
+
+
+def _secret(env: str | None, file: Path | None) -> SecretStr | None:
+    if env is not None:
+        value = os.environ.get(env)
+        return None if value is None else SecretStr(value)
+    if file is not None:
+        return SecretStr(file.read_text(encoding="utf-8").rstrip("\r\n"))
+    return None
 
 
 # --------------------------------------------------------------------------- health
@@ -155,22 +159,160 @@ class HealthConfig(_Model):
         description="Bind address; loopback by default. Set 0.0.0.0 only on a trusted network.",
     )
     port: int = Field(default=8180, ge=0, le=65535, description="HTTP port (0: any free port).")
+    token_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the bearer token for the endpoints that "
+        "change state (POST /stations/{name}/unit). No token: those endpoints are off.",
+    )
+    token_file: Path | None = Field(default=None, description="File holding that token.")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Self:
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("give token_env or token_file, not both")
+        return self
+
+    @property
+    def unit_api_enabled(self) -> bool:
+        return self.enabled and (self.token_env is not None or self.token_file is not None)
+
+    def token(self) -> SecretStr | None:
+        """The bearer token, resolved at start-up; None when the state-changing API is off."""
+        return _secret(self.token_env, self.token_file)
 
 
 # --------------------------------------------------------------------------- stations
 
 
 class TagRef(_Model):
-    device: Name = Field(description="Device name.")
+    device: Name = Field(description="Device name (a device of this station).")
     tag: Name = Field(description="Tag name on that device.")
+
+    def __str__(self) -> str:
+        return f"{self.device}.{self.tag}"
+
+
+class Verdict(StrEnum):
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
+    FAIL = "fail"
+    REWORK = "rework"
+    SCRAP = "scrap"
+    #: Never configured: what a unit gets when it ends without a verdict (timeout, next serial).
+    INCOMPLETE = "incomplete"
+
+
+class VerdictSource(TagRef):
+    map: dict[str, Verdict] | None = Field(
+        default=None,
+        description="Tag value -> verdict, e.g. {1: pass, 2: fail, 3: rework}. Values not in "
+        "the map mean 'no verdict yet'. Without a map: the strings pass/fail/rework/scrap "
+        "(any case), and a bool (true: pass, false: fail).",
+    )
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        # YAML gives {1: pass} an int key; tag values are compared by their text.
+        if isinstance(value, dict):
+            return {verdict_key(k): v for k, v in value.items()}
+        return value
+
+    @field_validator("map")
+    @classmethod
+    def _no_incomplete(cls, value: dict[str, Verdict] | None) -> dict[str, Verdict] | None:
+        if value and Verdict.INCOMPLETE in value.values():
+            raise ValueError(
+                "'incomplete' is given by the collector; map to pass, fail, rework or scrap"
+            )
+        return value
+
+
+def verdict_key(value: object) -> str:
+    """How a tag value is looked up in ``verdict.map``: 1, 1.0 and "1" are the same key."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+class UnitEnd(StrEnum):
+    VERDICT = "verdict"
+    CYCLE_COMPLETE = "cycle_complete"
+    NEXT_SERIAL = "next_serial"
 
 
 class StationConfig(_Model):
     name: Name = Field(description="Station name, unique on this collector.")
     operation: Name = Field(description="The operation this station performs, e.g. flash.")
-    serial_source: TagRef | None = Field(
-        default=None, description="The device tag that holds the current unit serial."
+    operation_source: TagRef | None = Field(
+        default=None,
+        description="A device tag naming the operation, for a station that runs several; "
+        "`operation` applies while it is empty or unread.",
     )
+    serial_source: TagRef | Literal["http"] | None = Field(
+        default=None,
+        description="Where the unit serial comes from: a device tag (a scanner's `serial`, "
+        "Modbus string registers), or `http` for POST /stations/{name}/unit.",
+    )
+    verdict: VerdictSource | None = Field(
+        default=None, description="The tester tag that holds the verdict (result code)."
+    )
+    failure_code: TagRef | None = Field(
+        default=None, description="The tester tag that holds the failure code."
+    )
+    cycle_complete: TagRef | None = Field(
+        default=None, description="A bool tag that turns true when the operation is done."
+    )
+    unit_end: UnitEnd | None = Field(
+        default=None,
+        description="What ends a unit besides the next serial and the timeout: verdict (the "
+        "verdict tag changes to a verdict), cycle_complete (that tag turns true) or "
+        "next_serial. Default: verdict if a verdict tag is set, else next_serial.",
+    )
+    unit_timeout_s: float = Field(
+        default=3600,
+        gt=0,
+        le=7 * 86400,
+        description="A unit still open this long after it started ends with its verdict so "
+        "far, or `incomplete`.",
+    )
+    key_characteristics: list[TagRef] = Field(
+        default_factory=list,
+        description="Tags whose last, minimum and maximum values go into each unit record.",
+    )
+
+    @property
+    def end(self) -> UnitEnd:
+        if self.unit_end is not None:
+            return self.unit_end
+        return UnitEnd.VERDICT if self.verdict is not None else UnitEnd.NEXT_SERIAL
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.unit_end is UnitEnd.VERDICT and self.verdict is None:
+            raise ValueError("unit_end is 'verdict' but no verdict tag is set")
+        if self.unit_end is UnitEnd.CYCLE_COMPLETE and self.cycle_complete is None:
+            raise ValueError("unit_end is 'cycle_complete' but no cycle_complete tag is set")
+        if self.failure_code is not None and self.verdict is None:
+            raise ValueError("failure_code needs a verdict tag as well")
+        _reject_duplicates((k.tag for k in self.key_characteristics), "key characteristic tag")
+        return self
+
+    def tag_refs(self) -> list[tuple[str, TagRef]]:
+        """(field, reference) of every device tag this station reads signals from."""
+        refs: list[tuple[str, TagRef | None]] = [
+            (
+                "serial_source",
+                self.serial_source if isinstance(self.serial_source, TagRef) else None,
+            ),
+            ("operation_source", self.operation_source),
+            ("verdict", self.verdict),
+            ("failure_code", self.failure_code),
+            ("cycle_complete", self.cycle_complete),
+        ]
+        refs += [(f"key_characteristics[{i}]", k) for i, k in enumerate(self.key_characteristics)]
+        return [(f, r) for f, r in refs if r is not None]
 
 
 # --------------------------------------------------------------------------- Modbus
@@ -529,11 +671,11 @@ class Config(_Model):
         _reject_duplicates((d.name for d in self.devices), "device name")
         stations = {s.name for s in self.stations}
         devices = {d.name: d for d in self.devices}
-        for device in self.devices:
+        for index, device in enumerate(self.devices):
             if device.station is not None and device.station not in stations:
-                raise ValueError(
-                    f"device {device.name!r}: station {device.station!r} is not defined; "
-                    f"defined: {_listing(stations)}"
+                raise FieldError(
+                    ("devices", index, "station"),
+                    f"station {device.station!r} is not defined; defined: {_listing(stations)}",
                 )
         buses: dict[str, ModbusRtuDevice] = {}
         for device in self.devices:
@@ -544,27 +686,40 @@ class Config(_Model):
                         f"devices {first.name!r} and {device.name!r} share port {device.port} "
                         "but not its settings (baudrate, bytesize, parity, stopbits)"
                     )
-        for station in self.stations:
-            src = station.serial_source
-            if src is None:
-                continue
-            if src.device not in devices:
-                raise ValueError(
-                    f"station {station.name!r}: serial_source.device {src.device!r} is not "
-                    f"defined; defined: {_listing(devices)}"
-                )
-            source_device = devices[src.device]
-            if src.tag not in source_device.tag_names:
-                raise ValueError(
-                    f"station {station.name!r}: serial_source.tag {src.tag!r} is not a tag of "
-                    f"device {src.device!r}"
-                )
-            if source_device.station != station.name:
-                raise ValueError(
-                    f"station {station.name!r}: serial_source.device {src.device!r} belongs to "
-                    f"station {source_device.station!r}; it must belong to this station"
+        for index, station in enumerate(self.stations):
+            for field, ref in station.tag_refs():
+                _check_station_ref(index, station.name, field, ref, devices)
+            if station.serial_source == "http" and not self.health.unit_api_enabled:
+                raise FieldError(
+                    ("stations", index, "serial_source"),
+                    "'http' needs health.token_env "
+                    "or health.token_file (the unit endpoint is off without a token)",
                 )
         return self
+
+
+def _check_station_ref(
+    index: int, station: str, field: str, ref: TagRef, devices: dict[str, DeviceConfig]
+) -> None:
+    loc: list[str | int] = ["stations", index]
+    loc += [int(p) if p.isdigit() else p for p in field.replace("[", ".").rstrip("]").split(".")]
+    if ref.device not in devices:
+        raise FieldError(
+            (*loc, "device"), f"device {ref.device!r} is not defined; defined: {_listing(devices)}"
+        )
+    device = devices[ref.device]
+    if ref.tag not in device.tag_names:
+        raise FieldError(
+            (*loc, "tag"),
+            f"{ref.tag!r} is not a tag of device "
+            f"{ref.device!r}; its tags: {_listing(device.tag_names)}",
+        )
+    if device.station != station:
+        raise FieldError(
+            (*loc, "device"),
+            f"device {ref.device!r} belongs to station "
+            f"{device.station!r}; it must belong to this station",
+        )
 
 
 def _line_settings(device: _SerialPort) -> tuple[object, ...]:
@@ -574,6 +729,15 @@ def _line_settings(device: _SerialPort) -> tuple[object, ...]:
 def _listing(names: Iterable[str]) -> str:
     items = sorted(names)
     return ", ".join(items) if items else "(none)"
+
+
+class FieldError(ValueError):
+    """A cross-reference problem that belongs to a field deeper than the validator that found
+    it, so that the error points at that field's line."""
+
+    def __init__(self, loc: Sequence[str | int], message: str) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
 
 
 def _reject_duplicates(names: Iterable[str], what: str) -> None:
@@ -676,6 +840,9 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             loc = error["loc"]
             if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc = (*loc, error["ctx"]["discriminator"].strip("'"))
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, FieldError):
+                loc = (*loc, *cause.loc)
             field, line = _locate(loc, lines)
             problems.append(f"{filename}:{line}: {field}: {_message(error)}")
         raise ConfigError(problems) from None
@@ -701,13 +868,21 @@ def _environment_problems(config: Config, filename: str, text: str) -> list[str]
     lines = _line_map(node) if node is not None else {}
     problems: list[str] = []
     mqtt = config.mqtt
-    if mqtt.password_env is not None and mqtt.password_env not in os.environ:
-        line = lines.get(("mqtt", "password_env"), 1)
-        problems.append(
-            f"{filename}:{line}: mqtt.password_env: environment variable "
-            f"{mqtt.password_env!r} is not set"
-        )
-    files: list[tuple[Path_, Path | None]] = [(("mqtt", "password_file"), mqtt.password_file)]
+    env_path: Path_
+    for env_path, env in (
+        (("mqtt", "password_env"), mqtt.password_env),
+        (("health", "token_env"), config.health.token_env),
+    ):
+        if env is not None and env not in os.environ:
+            line = lines.get(env_path, 1)
+            problems.append(
+                f"{filename}:{line}: {'.'.join(map(str, env_path))}: environment variable "
+                f"{env!r} is not set"
+            )
+    files: list[tuple[Path_, Path | None]] = [
+        (("mqtt", "password_file"), mqtt.password_file),
+        (("health", "token_file"), config.health.token_file),
+    ]
     if mqtt.tls is not None:
         files += [
             (("mqtt", "tls", "ca_file"), mqtt.tls.ca_file),

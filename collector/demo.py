@@ -3,8 +3,9 @@
 The line: a barcode scanner (on a pseudo-terminal) where the operator scans each unit and, now
 and then, a work order; a functional tester (a real Modbus TCP server on 127.0.0.1) whose
 voltage, current and temperature drift over time, with the unit serial also in its string
-registers and a result register that goes running -> pass/fail per unit. The station takes its
-unit serial from the scanner.
+registers and a result register that goes running -> pass/fail per unit, with a failure code.
+The station takes its unit serial from the scanner and its verdict from the result register;
+a failed unit is reworked and tested again (attempt 2). Each unit's record is printed too.
 The collector polls it, buffers to SQLite and forwards to the broker; the live view prints
 what the broker accepted. With no broker it keeps collecting and says so.
 """
@@ -49,6 +50,17 @@ def demo_config(
                     "name": "ft-1",
                     "operation": "functional-test",
                     "serial_source": {"device": "scanner-1", "tag": "serial"},
+                    "verdict": {
+                        "device": "tester-1",
+                        "tag": "result",
+                        "map": {RESULT_PASS: "pass", RESULT_FAIL: "fail"},
+                    },
+                    "failure_code": {"device": "tester-1", "tag": "failure_code"},
+                    "key_characteristics": [
+                        {"device": "tester-1", "tag": "current"},
+                        {"device": "tester-1", "tag": "temperature"},
+                    ],
+                    "unit_timeout_s": 60,
                 }
             ],
             "devices": [
@@ -106,6 +118,12 @@ def demo_config(
                             "address": 20,
                             "type": "uint16",
                         },
+                        {
+                            "name": "failure_code",
+                            "table": "holding_register",
+                            "address": 21,
+                            "type": "uint16",
+                        },
                         {"name": "clamp_closed", "table": "coil", "address": 0, "type": "bool"},
                     ],
                 },
@@ -149,14 +167,20 @@ class SimulatedTester:
 
     async def run(self) -> None:
         unit = 0
+        retest: str | None = None
         started = time.monotonic()
         while True:
-            unit += 1
-            if unit % 5 == 1:
-                self._scanner.scan(f"WO{100000 + unit // 5:06d}")  # a new work order's label
-            self._scanner.scan(f"PILOT-{unit:04d}")
-            await self._set("serial", f"PILOT-{unit:04d}")
+            if retest is None:
+                unit += 1
+                if unit % 5 == 1:
+                    self._scanner.scan(f"WO{100000 + unit // 5:06d}")  # a new work order
+                serial = f"PILOT-{unit:04d}"
+            else:
+                serial = retest  # reworked, and back for its next attempt
+            self._scanner.scan(serial)
+            await self._set("serial", serial)
             await self._set("result", RESULT_RUNNING)
+            await self._set("failure_code", 0)
             await self._set("clamp_closed", True)
             unit_start = time.monotonic()
             while (elapsed := time.monotonic() - unit_start) < UNIT_SECONDS:
@@ -170,8 +194,12 @@ class SimulatedTester:
                 )
                 await self._set("temperature", round(25 + 10 * (elapsed / UNIT_SECONDS), 1))
                 await asyncio.sleep(0.2)
-            verdict = RESULT_FAIL if self._rng.random() < 0.15 else RESULT_PASS
-            await self._set("result", verdict)
+            # The second unit fails (so that a short demo shows a retest), then 15 %.
+            fails = retest is None and (unit == 2 or self._rng.random() < 0.15)
+            retest = serial if fails else None
+            if fails:
+                await self._set("failure_code", self._rng.choice((101, 204, 317)))
+            await self._set("result", RESULT_FAIL if fails else RESULT_PASS)
             await self._set("clamp_closed", False)
             await asyncio.sleep(1.0)
 
@@ -184,10 +212,14 @@ class LiveView:
         self.delivered = 0
 
     def delivered_rows(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        records = [orjson.loads(body) for _, body in rows]
+        if "verdict" in records[0]:
+            self._units(records)
+            return
         self.delivered += len(rows)
         if self.quiet:
             return
-        readings = [orjson.loads(body) for _, body in rows]
+        readings = records
         values: dict[str, str] = {}
         for r in readings:
             value = r["value"]
@@ -200,6 +232,17 @@ class LiveView:
             f"{last['station']}/{last['operation']} unit {last['unit_serial']}: {shown}",
             flush=True,
         )
+
+    def _units(self, units: list[dict[str, Any]]) -> None:
+        if self.quiet:
+            return
+        for u in units:
+            code = f" (failure code {u['failure_code']})" if u["failure_code"] else ""
+            print(
+                f"unit record: {u['serial']} {u['operation']} attempt {u['attempt']}: "
+                f"{u['verdict']}{code} in {u['cycle_time_s']:.1f} s, {u['readings']} readings",
+                flush=True,
+            )
 
 
 def run_demo(broker: str, duration: float | None, buffer: Path | None, quiet: bool = False) -> int:

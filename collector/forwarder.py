@@ -65,21 +65,32 @@ STABLE_CONNECTION_S = 10.0
 # Reason codes after which the same message can never succeed: split it.
 TOO_LARGE = {0x95}  # Packet too large
 
+# Called with the (seq, body) rows of each accepted message, readings or unit records alike.
 Delivered = Callable[[Sequence[tuple[int, bytes]]], None]
+
+
+# Unit records per message: they are few and small (one per unit per operation).
+MAX_UNITS_PER_MESSAGE = 50
+
+
+def topic_base(config: Config) -> str:
+    c = config.collector
+    return f"{config.mqtt.topic_prefix.rstrip('/')}/{c.site}/{c.line}/{c.id}"
 
 
 def topics(config: Config) -> tuple[str, str]:
     """(readings topic, status topic) of this collector."""
-    c = config.collector
-    base = f"{config.mqtt.topic_prefix.rstrip('/')}/{c.site}/{c.line}/{c.id}"
+    base = topic_base(config)
     return f"{base}/readings", f"{base}/status"
 
 
-def build_message(collector_id: str, rows: Sequence[tuple[int, bytes]]) -> bytes:
-    """The readings message: ``seq`` is spliced into each stored body (no decode)."""
+def build_message(
+    collector_id: str, rows: Sequence[tuple[int, bytes]], key: bytes = b"readings"
+) -> bytes:
+    """A readings (or units) message: ``seq`` is spliced into each stored body (no decode)."""
     head = orjson.dumps({"schema": SCHEMA_VERSION, "collector": collector_id})
     items = b",".join(b'{"seq":%d,%s' % (seq, body[1:]) for seq, body in rows)
-    return head[:-1] + b',"readings":[' + items + b"]}"
+    return head[:-1] + b',"' + key + b'":[' + items + b"]}"
 
 
 def status_message(collector_id: str, state: str) -> bytes:
@@ -104,6 +115,7 @@ class MqttStatus:
     last_accepted_ts: float | None = None
     messages_accepted: int = 0
     readings_delivered: int = 0
+    units_delivered: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
     in_flight: int = 0
@@ -121,6 +133,7 @@ class MqttStatus:
             "last_accepted_ts": self.last_accepted_ts,
             "messages_accepted": self.messages_accepted,
             "readings_delivered": self.readings_delivered,
+            "units_delivered": self.units_delivered,
             "rejected": dict(self.rejected),
             "quarantined": self.quarantined,
             "in_flight": self.in_flight,
@@ -190,6 +203,7 @@ class Forwarder:
         self.status = status or MqttStatus()
         self._on_delivered = on_delivered
         self.readings_topic, self.status_topic = topics(config)
+        self.units_topic = f"{topic_base(config)}/units"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._futures: dict[int, asyncio.Future[ReasonCode]] = {}
@@ -365,9 +379,13 @@ class Forwarder:
         grace = self._mqtt.shutdown_grace_s if grace_s is None else grace_s
         self._loop = asyncio.get_running_loop()
         connections = asyncio.create_task(self._connections(), name="mqtt-connections")
+        units = asyncio.create_task(self._forward_units(stop, grace), name="mqtt-units")
         try:
             await self._forward(stop, grace)
+            await units
         finally:
+            units.cancel()
+            await asyncio.gather(units, return_exceptions=True)
             await self._say_goodbye()
             self._closing.set()
             self._lost.set()
@@ -427,6 +445,56 @@ class Forwarder:
                 if moment is not None:
                     limit = max(0.0, min(limit, moment - loop.time()))
             await self._wait_any(stop if deadline is None else None, limit)
+
+    async def _forward_units(self, stop: asyncio.Event, grace: float) -> None:
+        """Unit records: one message at a time, oldest first, deleted once accepted.
+
+        They are few, so no lanes or splitting; a refused message is retried after a backoff,
+        one lost with its connection is sent again on the next."""
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
+        backoff = Backoff(1.0, 60.0)
+        delivered_through = 0  # delivered, even if their delete failed: not sent again
+        deadline: float | None = None
+        while True:
+            if stop.is_set() and deadline is None:
+                deadline = loop.time() + grace
+            if deadline is not None and (loop.time() >= deadline or outbox.outbox.units_depth == 0):
+                return
+            outbox.units_appended.clear()
+            rows = []
+            if self.status.connected and self._client is not None:
+                rows = await outbox.take_units(delivered_through, MAX_UNITS_PER_MESSAGE)
+            if not rows:
+                waiters = [outbox.units_appended] + ([stop] if deadline is None else [])
+                await self._wait_events(waiters, 0.5)
+                continue
+            payload = build_message(self._config.collector.id, rows, b"units")
+            item = self._publish(rows, payload, backlog=False, topic=self.units_topic)
+            if item is None:  # the connection went away just now
+                await self._wait_events([], 0.1)
+                continue
+            try:
+                reason = await asyncio.wait_for(asyncio.shield(item.future), 30.0)
+            except (ConnectionLost, TimeoutError):
+                continue  # sent again on the next connection
+            if reason.is_failure:
+                self.status.rejected[str(reason)] += 1
+                log.error(
+                    "mqtt: broker refused unit records seq %d-%d (%s); kept and retried",
+                    item.first_seq,
+                    item.last_seq,
+                    reason,
+                )
+                await self._wait_events([stop] if deadline is None else [], backoff.next_delay())
+                continue
+            backoff.reset()
+            delivered_through = item.last_seq
+            await outbox.ack_units(item.first_seq, item.last_seq)
+            self.status.units_delivered += len(rows)
+            self.status.last_accepted_ts = time.time()
+            if self._on_delivered is not None:
+                self._on_delivered(rows)
 
     async def _publish_next(self, lanes: _Lanes) -> _InFlight | None:
         """Take and publish the next batch: the lanes take turns; an empty lane passes."""
@@ -489,14 +557,18 @@ class Forwarder:
         )
 
     def _publish(
-        self, rows: Sequence[tuple[int, bytes]], payload: bytes, backlog: bool
+        self,
+        rows: Sequence[tuple[int, bytes]],
+        payload: bytes,
+        backlog: bool,
+        topic: str | None = None,
     ) -> _InFlight | None:
         assert self._loop is not None
         future: asyncio.Future[ReasonCode] = self._loop.create_future()
         client = self._client
         if client is None:
             return None
-        info = client.publish(self.readings_topic, payload, qos=1)
+        info = client.publish(topic or self.readings_topic, payload, qos=1)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             future.set_exception(ConnectionLost(self._connection_id + 1))
         elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -584,6 +656,13 @@ class Forwarder:
     async def _wait_any(self, stop: asyncio.Event | None, limit_s: float) -> None:
         """Wait for an answer from paho, new rows, or stop, bounded by ``limit_s``."""
         events = [self._wake, self._outbox.appended] + ([stop] if stop is not None else [])
+        await self._wait_events(events, limit_s)
+
+    @staticmethod
+    async def _wait_events(events: Sequence[asyncio.Event], limit_s: float) -> None:
+        if not events:
+            await asyncio.sleep(limit_s)
+            return
         waiters = [asyncio.ensure_future(e.wait()) for e in events]
         try:
             await asyncio.wait(waiters, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)

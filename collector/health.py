@@ -1,21 +1,32 @@
-"""Read-only health and status over HTTP (FastAPI, served by uvicorn in the service's loop).
+"""Health and status over HTTP (FastAPI, served by uvicorn in the service's loop).
 
-The app only reads state through :class:`StatusSource`; nothing here can stop or change
+GET /health and /status only read state through :class:`StatusSource`. The one endpoint that
+changes state, POST /stations/{name}/unit (a unit serial from an MES or manual entry), needs
+the bearer token from the config; with no token configured it is off. Nothing here can stop
 collection. It binds to 127.0.0.1 unless the config says otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
+import logging
 import socket
-from collections.abc import Generator
-from typing import Any, Protocol
+from collections.abc import Generator, Mapping
+from typing import Annotated, Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, SecretStr
 
 from collector import __version__
 from collector.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+# A serial: no control characters, at most 128 characters ("" and null: the unit left).
+SERIAL_PATTERN = r"^[^\x00-\x1f\x7f]{0,128}$"
 
 
 class StatusSource(Protocol):
@@ -25,9 +36,61 @@ class StatusSource(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
+    def set_unit(self, station: str, serial: str | None) -> None:
+        """A unit serial for a station whose serial_source is http (None: the unit left)."""
+        ...
 
-def create_app(source: StatusSource) -> FastAPI:
+    def station_unit(self, station: str) -> dict[str, Any]:
+        """What /status shows for the station."""
+        ...
+
+
+# Module level: FastAPI resolves these (string) annotations in the module's namespace.
+_bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+class UnitIn(BaseModel):
+    serial: Annotated[str, Field(pattern=SERIAL_PATTERN)] | None = Field(
+        description="The unit now at the station; null or empty: the unit left."
+    )
+
+
+def create_app(
+    source: StatusSource,
+    token: SecretStr | None = None,
+    serial_sources: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """``serial_sources``: station -> where its serial comes from ("http" or "device.tag")."""
     app = FastAPI(title="collector", version=__version__, docs_url=None, redoc_url=None)
+    sources = dict(serial_sources or {})
+    expected = token.get_secret_value().encode() if token is not None else None
+
+    def authorised(
+        credentials: Credentials,
+    ) -> None:
+        if expected is None:
+            raise HTTPException(
+                403, "this endpoint is off: set health.token_env or health.token_file"
+            )
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not hmac.compare_digest(given, expected):
+            # The token itself is never logged.
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @app.post("/stations/{station}/unit", dependencies=[Depends(authorised)])
+    async def set_unit(station: str, unit: UnitIn) -> dict[str, Any]:
+        """Set (or clear) the unit at a station whose serial_source is http."""
+        if station not in sources:
+            raise HTTPException(404, f"no station {station!r}; stations: {sorted(sources)}")
+        if sources[station] != "http":
+            raise HTTPException(
+                409, f"station {station!r} takes its serial from {sources[station]}, not http"
+            )
+        source.set_unit(station, unit.serial or None)
+        return source.station_unit(station)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -47,10 +110,20 @@ class HealthServer(uvicorn.Server):
     owns SIGINT and SIGTERM). Binding first turns a busy port into a clear start-up error
     instead of uvicorn's ``sys.exit`` inside a task."""
 
-    def __init__(self, source: StatusSource, host: str, port: int) -> None:
+    def __init__(
+        self,
+        source: StatusSource,
+        host: str,
+        port: int,
+        token: SecretStr | None = None,
+        serial_sources: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(
             uvicorn.Config(
-                create_app(source), log_level="warning", access_log=False, lifespan="off"
+                create_app(source, token, serial_sources),
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
             )
         )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

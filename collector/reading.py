@@ -44,3 +44,37 @@ class Record:
     device: str
     unit_serial: str | None
     operation: str | None
+    #: The attempt of this unit at this operation (1 = first pass); None without a unit.
+    attempt: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRecord:
+    """One unit's pass through one operation at one station, published when the unit ends.
+    docs/traceability.md documents its fields."""
+
+    serial: str
+    station: str
+    operation: str
+    attempt: int
+    start_ts: float
+    end_ts: float
+    ended_by: str
+    verdict: str
+    failure_code: Value
+    readings: int
+    #: Key characteristic tag -> (last, minimum, maximum) of its good numeric values.
+    characteristics: dict[str, tuple[float, float, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class ContextChanges:
+    """What the station context wants stored in the same transaction as the readings it
+    tagged: finished unit records, attempt counters, and each station's state (for restarts)."""
+
+    units: list[UnitRecord]
+    attempts: dict[tuple[str, str], int]
+    stations: dict[str, bytes]
+
+    def __bool__(self) -> bool:
+        return bool(self.units or self.attempts or self.stations)

@@ -52,7 +52,10 @@ async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], limit_s: float = 1
 def warn_about_secret_files(config: Config) -> None:
     """Warn (once, at start-up) when a file holding a secret can be read by other users."""
     m = config.mqtt
-    secrets = [("mqtt.password_file", m.password_file)]
+    secrets = [
+        ("mqtt.password_file", m.password_file),
+        ("health.token_file", config.health.token_file),
+    ]
     if m.tls is not None:
         secrets.append(("mqtt.tls.key_file", m.tls.key_file))
     for field, path in secrets:
@@ -80,8 +83,8 @@ class Service:
         self.config = config
         b = config.buffer
         self.outbox = AsyncOutbox(b.path, b.max_readings, b.synchronous)
-        self.writer = BufferWriter(self.outbox)
         self.context = StationContext(config.stations, config.devices)
+        self.writer = BufferWriter(self.outbox, changes=self.context.take_changes)
         self.mqtt = MqttStatus()
         self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
         self._on_delivered = on_delivered
@@ -102,7 +105,16 @@ class Service:
         be had; after start-up, device and broker failures never end it."""
         h = self.config.health
         if h.enabled:
-            self.health_server = HealthServer(self, h.host, h.port)
+            self.health_server = HealthServer(
+                self,
+                h.host,
+                h.port,
+                h.token(),
+                {
+                    s.name: str(s.serial_source) if s.serial_source is not None else "nowhere"
+                    for s in self.config.stations
+                },
+            )
         try:
             await self.outbox.open()
         except BaseException:
@@ -111,6 +123,7 @@ class Service:
             raise
         self._dropped_at_start = self.outbox.outbox.dropped_total
         self._quarantined_at_start = self.outbox.outbox.quarantined_total
+        self.context.restore(*await self.outbox.load_context())
         warn_about_secret_files(self.config)
         try:
             await self._run(stop)
@@ -136,6 +149,7 @@ class Service:
             writer = group.create_task(self.writer.run(), name="buffer-writer")
             forwarding = group.create_task(forwarder.run(forward_stop), name="forwarder")
             polling = [group.create_task(p.run(), name=f"poll:{p.status.name}") for p in pollers]
+            ticking = group.create_task(self._tick(), name="unit-timer")
             health = None
             if self.health_server is not None:
                 health = group.create_task(self.health_server.run_until_exit(), name="health")
@@ -154,7 +168,8 @@ class Service:
             await stop.wait()
 
             log.info("stopping: polling stopped, delivering what is buffered")
-            await cancel_and_wait(polling)
+            await cancel_and_wait([*polling, ticking])
+            self.context.tick(final=True)  # no late reading can come now: finish ended units
             await self.writer.flush()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
@@ -168,6 +183,22 @@ class Service:
             log.info("stopped; %d reading(s) stay buffered for the next start", depth)
         else:
             log.info("stopped; buffer empty")
+
+    async def _tick(self) -> None:
+        """Unit timeouts and unit records whose late readings are in: checked every 0.5 s,
+        whether or not any device delivers."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.context.tick():
+                self.writer.poke()
+
+    def set_unit(self, station: str, serial: str | None) -> None:
+        """The HTTP unit endpoint: a serial arrives (None: the unit left)."""
+        self.context.set_serial(station, serial)
+        self.writer.poke()
+
+    def station_unit(self, station: str) -> dict[str, Any]:
+        return self.context.status()[station]
 
     # ------------------------------------------------------------------ StatusSource
 
@@ -218,13 +249,7 @@ class Service:
                 else d.snapshot()
                 for name, d in self.devices.items()
             },
-            "stations": {
-                s.name: {
-                    "operation": s.operation,
-                    "unit_serial": self.context.current_serial(s.name),
-                }
-                for s in self.config.stations
-            },
+            "stations": self.context.status(),
             "buffer": {
                 "path": str(self.config.buffer.path),
                 "depth": stats.depth,
@@ -242,6 +267,8 @@ class Service:
                 "overflow_dropped": self.writer.overflow_dropped,
                 "pending_polls": self.writer.pending,
                 "last_seq": stats.last_seq,
+                "units_depth": stats.units_depth,
+                "last_unit_seq": stats.last_unit_seq,
                 "write_error": self.writer.last_error,
             },
             "mqtt": self.mqtt.snapshot(),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collector.buffer import SPLICE_BYTES, Outbox
+from collector.buffer import SEQ_JUMP_AFTER_RESET, SPLICE_BYTES, Outbox, open_outbox
 from collector.config import Synchronous
 from collector.errors import ErrorCode
 from collector.forwarder import build_message
-from collector.reading import Reading, Record
+from collector.reading import ContextChanges, Reading, Record, UnitRecord
 
 
 def records(n: int, start: int = 0, serial: str | None = "SN1") -> list[Record]:
@@ -113,6 +113,7 @@ def test_message_splices_seq_into_each_reading(tmp_path: Path) -> None:
             "error": None,
             "unit_serial": "SN1",
             "operation": "op",
+            "attempt": None,
         },
         {
             "seq": 2,
@@ -126,6 +127,7 @@ def test_message_splices_seq_into_each_reading(tmp_path: Path) -> None:
             "error": None,
             "unit_serial": "SN1",
             "operation": "op",
+            "attempt": None,
         },
         {
             "seq": 3,
@@ -139,6 +141,7 @@ def test_message_splices_seq_into_each_reading(tmp_path: Path) -> None:
             "error": "timeout",
             "unit_serial": None,
             "operation": "op",
+            "attempt": None,
         },
     ]
     box.close()
@@ -169,3 +172,70 @@ async def test_rows_awaiting_a_retried_delete_are_never_taken_again(tmp_path: Pa
     assert box.ack_error is None  # the retry went through on that take
     assert box.outbox.depth == 20
     await box.close()
+
+
+def unit(serial: str, readings: int = 3) -> UnitRecord:
+    return UnitRecord(
+        serial,
+        "ft-1",
+        "op",
+        1,
+        1_700_000_000.0,
+        1_700_000_030.5,
+        "verdict",
+        "pass",
+        None,
+        readings,
+        {"leak": (1.0, 0.5, 2.0)},
+    )
+
+
+def test_unit_records_and_station_state_go_in_with_the_readings(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    changes = ContextChanges([unit("SN1"), unit("SN2")], {("op", "SN1"): 2}, {"ft-1": b"{}"})
+    box.append(records(3), changes)
+    box.append([], ContextChanges([unit("SN3")], {}, {"ft-1": b'{"x":1}'}))
+    assert (box.depth, box.units_depth) == (3, 3)
+    rows = box.take_units(0, 10)
+    assert [seq for seq, _ in rows] == [1, 2, 3]  # their own seq, not the readings'
+    message = json.loads(build_message("pc1", rows[:1], b"units"))
+    assert message["units"] == [
+        {
+            "seq": 1,
+            "serial": "SN1",
+            "station": "ft-1",
+            "operation": "op",
+            "attempt": 1,
+            "start": "2023-11-14T22:13:20Z",
+            "end": "2023-11-14T22:13:50.500000Z",
+            "cycle_time_s": 30.5,
+            "verdict": "pass",
+            "failure_code": None,
+            "ended_by": "verdict",
+            "readings": 3,
+            "characteristics": {"leak": {"last": 1.0, "min": 0.5, "max": 2.0}},
+        }
+    ]
+    box.ack_units(1, 2)
+    box.close()
+    box = Outbox(tmp_path / "b.db", 10_000)
+    assert box.units_depth == 1
+    assert box.load_context() == ({"ft-1": b'{"x":1}'}, {("op", "SN1"): 2})
+    box.append([], ContextChanges([unit("SN4")], {}, {}))
+    assert [seq for seq, _ in box.take_units(0, 10)] == [3, 4]
+    box.close()
+
+
+def test_after_a_corrupt_file_unit_seqs_also_continue_above_the_old_ones(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    box = Outbox(path, 10_000)
+    box.append(records(2), ContextChanges([unit("SN1")] * 5, {}, {}))
+    box.close()
+    path.write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    box = open_outbox(path, 10_000)
+    box.append(records(1), ContextChanges([unit("SN2")], {}, {}))
+    assert box.take(0, 10, 1 << 20)[0][0] == 5 + SEQ_JUMP_AFTER_RESET + 1
+    assert box.take_units(0, 10)[0][0] == 5 + SEQ_JUMP_AFTER_RESET + 1
+    box.close()

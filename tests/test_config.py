@@ -135,13 +135,50 @@ def test_base_is_valid() -> None:
         ),
         (
             edit("    station: ft-1\n", "    station: ft-2\n"),
-            "line.yaml:1: (top level): device 'tester-1': station 'ft-2' is not defined; "
-            "defined: ft-1",
+            "line.yaml:14: devices[0].station: station 'ft-2' is not defined; defined: ft-1",
         ),
         (
             edit("tag: serial}", "tag: sn}"),
-            "line.yaml:1: (top level): station 'ft-1': serial_source.tag 'sn' is not a tag of "
-            "device 'tester-1'",
+            "line.yaml:10: stations[0].serial_source.tag: 'sn' is not a tag of device "
+            "'tester-1'; its tags: ",
+        ),
+        (
+            edit("tag: serial}\n", "tag: serial}\n    verdict: {device: tester-1, tag: result}\n"),
+            "line.yaml:11: stations[0].verdict.tag: 'result' is not a tag of device "
+            "'tester-1'; its tags: serial, voltage",
+        ),
+        (
+            edit(
+                "tag: serial}\n", "tag: serial}\n    key_characteristics: [{device: t2, tag: x}]\n"
+            ),
+            "line.yaml:11: stations[0].key_characteristics[0].device: device 't2' is not "
+            "defined; defined: tester-1",
+        ),
+        (
+            edit("tag: serial}\n", "tag: serial}\n    unit_end: cycle_complete\n"),
+            "line.yaml:8: stations[0]: unit_end is 'cycle_complete' but no cycle_complete tag "
+            "is set",
+        ),
+        (
+            edit(
+                "tag: serial}\n",
+                "tag: serial}\n    verdict: {device: tester-1, tag: voltage, "
+                "map: {1: pass, 2: incomplete}}\n",
+            ),
+            "line.yaml:11: stations[0].verdict.map: 'incomplete' is given by the collector",
+        ),
+        (
+            edit(
+                "tag: serial}\n",
+                "tag: serial}\n    verdict: {device: tester-1, tag: voltage, map: {1: ok}}\n",
+            ),
+            "line.yaml:11: stations[0].verdict.map.1: Input should be 'pass', 'fail', "
+            "'rework', 'scrap' or 'incomplete'",
+        ),
+        (
+            edit("serial_source: {device: tester-1, tag: serial}", "serial_source: http"),
+            "line.yaml:10: stations[0].serial_source: 'http' needs health.token_env or "
+            "health.token_file",
         ),
         (
             edit("  id: pc1\n", "  id: pc/1\n"),

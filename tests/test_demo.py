@@ -52,6 +52,7 @@ async def test_demo_publishes_a_changing_line_to_the_broker(
         "temperature",
         "serial",
         "result",
+        "failure_code",
         "clamp_closed",
         "work_order",
     }
@@ -63,6 +64,12 @@ async def test_demo_publishes_a_changing_line_to_the_broker(
     assert len({r["value"] for r in readings if r["tag"] == "temperature"}) > 3
     assert {r["operation"] for r in readings} == {"functional-test"}
     assert_no_gaps(sub.seqs())
+    # The first unit's record: its verdict, and the readings it counted.
+    units = [u for p in sub.payloads("/units") for u in p["units"]]
+    assert units[0]["serial"] == "PILOT-0001"
+    assert units[0]["verdict"] == "pass"
+    assert units[0]["readings"] == sum(r["unit_serial"] == "PILOT-0001" for r in readings)
+    assert "unit record: PILOT-0001 functional-test attempt 1: pass" in output
 
 
 async def test_demo_without_a_broker_buffers_and_forwards_when_it_appears(tmp_path: Path) -> None:

@@ -175,7 +175,11 @@ async def test_values_and_tags_arrive_at_a_real_subscriber(
     assert status["devices"]["tester-1"]["connected"] is True
     assert status["devices"]["tester-1"]["last_good_poll_ts"] is not None
     assert status["devices"]["tester-1"]["errors"] == {}
-    assert status["stations"]["ft-1"] == {"operation": "functional-test", "unit_serial": "SN0002"}
+    station = status["stations"]["ft-1"]
+    assert station["operation"] == "functional-test"
+    assert (station["unit_serial"], station["attempt"]) == ("SN0002", 1)
+    assert station["last_unit"]["serial"] == "SN0001"
+    assert station["last_unit"]["ended_by"] == "next_serial"
     assert status["mqtt"]["connected"] is True
     assert status["mqtt"]["last_accepted_ts"] is not None
     assert status["buffer"]["dropped_total"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -236,13 +237,16 @@ async def test_scanner_sets_the_station_serial_through_the_serial_source_seam(
         operation="functional-test",
         serial_source={"device": "scanner-1", "tag": "serial"},
     )
-    tester = Reading(10.0, "voltage", 12.0, "V")
     context = StationContext([station], [scan_cfg, _tester_in("ft-1")])
     driver = await opened(BarcodeScannerDriver(scan_cfg))
-    assert context.tag("tester-1", [tester])[0].unit_serial is None
+    before = Reading(time.time(), "voltage", 12.0, "V")
+    assert context.tag("tester-1", [before])[0].unit_serial is None
     pty.send(b"]C1PILOT-0042\r")
     context.tag("scanner-1", await read_until(driver, 1))
-    assert context.tag("tester-1", [tester])[0].unit_serial == "PILOT-0042"
+    after = Reading(time.time(), "voltage", 12.0, "V")
+    assert context.tag("tester-1", [after])[0].unit_serial == "PILOT-0042"
+    # A reading read before the scan keeps "no unit", even when it is tagged after it.
+    assert context.tag("tester-1", [before])[0].unit_serial is None
 
 
 def _tester_in(station: str) -> Any:

@@ -1,0 +1,292 @@
+"""Station context (pure logic, no I/O): unit lifecycle, tagging by read time, attempts,
+verdicts, key characteristics, and the state that survives a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from collector.config import Config, Verdict
+from collector.context import StationContext, map_verdict
+from collector.errors import ErrorCode
+from collector.reading import Reading, Record, UnitRecord, Value
+
+
+def config(**station: Any) -> Config:
+    return Config.model_validate(
+        {
+            "collector": {"id": "pc1", "site": "s", "line": "l"},
+            "buffer": {"path": "/tmp/unused.db"},
+            "stations": [
+                {
+                    "name": "ft-1",
+                    "operation": "functional-test",
+                    "serial_source": {"device": "scanner", "tag": "serial"},
+                    "verdict": {"device": "tester", "tag": "result", "map": {1: "pass", 2: "fail"}},
+                    "failure_code": {"device": "tester", "tag": "code"},
+                    "key_characteristics": [{"device": "tester", "tag": "leak"}],
+                    **station,
+                }
+            ],
+            "devices": [
+                {
+                    "name": "scanner",
+                    "protocol": "barcode_scanner",
+                    "port": "/dev/x",
+                    "station": "ft-1",
+                },
+                {
+                    "name": "tester",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "station": "ft-1",
+                    "timeout_ms": 500,
+                    "tags": [
+                        {
+                            "name": "leak",
+                            "table": "holding_register",
+                            "address": 0,
+                            "type": "float32",
+                        },
+                        {
+                            "name": "result",
+                            "table": "holding_register",
+                            "address": 2,
+                            "type": "uint16",
+                        },
+                        {
+                            "name": "code",
+                            "table": "holding_register",
+                            "address": 3,
+                            "type": "uint16",
+                        },
+                        {"name": "done", "table": "coil", "address": 0, "type": "bool"},
+                        {
+                            "name": "program",
+                            "table": "holding_register",
+                            "address": 4,
+                            "type": "string",
+                            "count": 4,
+                        },
+                    ],
+                },
+            ],
+        }
+    )
+
+
+class Line:
+    """The context with a clock the test moves, and helpers that deliver polls."""
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg or config()
+        self.now = 1000.0
+        self.ctx = StationContext(self.cfg.stations, self.cfg.devices, clock=lambda: self.now)
+        self.units: list[UnitRecord] = []
+
+    def scan(self, ts: float, serial: str) -> list[Record]:
+        return self.ctx.tag("scanner", [Reading(ts, "serial", serial)])
+
+    def poll(self, ts: float, **values: Value) -> list[Record]:
+        return self.ctx.tag("tester", [Reading(ts, k, v) for k, v in values.items()])
+
+    def settle(self, now: float) -> list[UnitRecord]:
+        self.now = now
+        self.ctx.tick()
+        self.units += self.ctx.take_changes().units
+        return self.units
+
+
+def serials(records: list[Record]) -> list[tuple[str, str | None, int | None]]:
+    return [(r.reading.tag, r.unit_serial, r.attempt) for r in records]
+
+
+def test_a_reading_read_before_the_serial_changed_keeps_the_old_serial() -> None:
+    line = Line()
+    line.scan(1.0, "SN1")
+    line.poll(2.0, result=0)  # baseline
+    # The scanner's scan at 3.05 is handled first; the tester poll read at 3.0 arrives later.
+    line.scan(3.05, "SN2")
+    late = line.poll(3.0, leak=0.5)
+    after = line.poll(3.1, leak=0.7)
+    assert serials(late) == [("leak", "SN1", 1)]
+    assert serials(after) == [("leak", "SN2", 1)]
+    units = line.settle(10.0)
+    assert [(u.serial, u.readings, u.ended_by, u.verdict) for u in units] == [
+        ("SN1", 3, "next_serial", "incomplete")  # its scan, the baseline poll, the late poll
+    ]
+    assert units[0].characteristics == {"leak": (0.5, 0.5, 0.5)}
+
+
+def test_verdict_ends_the_unit_and_a_rescan_is_a_retest() -> None:
+    line = Line()
+    line.poll(0.5, result=1, code=0)  # the last unit's result: a baseline, not a verdict
+    line.scan(1.0, "SN1")
+    assert line.ctx.current_serial("ft-1") == "SN1"
+    line.poll(1.5, result=0, leak=2.0)
+    line.poll(2.0, result=0, leak=3.0)
+    line.poll(2.5, result=2, code=17, leak=2.5)  # fail, with its code, in the same poll
+    assert line.ctx.current_serial("ft-1") is None
+    idle = line.poll(3.0, result=2, leak=0.0)
+    assert serials(idle) == [("result", None, None), ("leak", None, None)]
+    # Reworked and scanned again: attempt 2, which passes.
+    line.scan(4.0, "SN1")
+    line.poll(4.5, result=0)
+    line.poll(5.0, result=1, code=0)
+    units = line.settle(20.0)
+    assert [(u.serial, u.attempt, u.verdict, u.failure_code, u.ended_by) for u in units] == [
+        ("SN1", 1, "fail", 17, "verdict"),
+        ("SN1", 2, "pass", None, "verdict"),
+    ]
+    first = units[0]
+    assert (first.start_ts, first.end_ts) == (1.0, 2.5)
+    assert first.characteristics == {"leak": (2.5, 2.0, 3.0)}
+    # The scan, three polls of three/two tags: every reading tagged with the unit counts.
+    assert first.readings == 1 + 2 + 2 + 3
+    assert first.operation == "functional-test"
+
+
+def test_the_same_serial_scanned_twice_while_its_unit_is_open_changes_nothing() -> None:
+    line = Line()
+    line.scan(1.0, "SN1")
+    line.scan(2.0, "SN1")
+    assert line.ctx.status()["ft-1"]["attempt"] == 1
+    assert line.settle(100.0) == []
+
+
+def test_a_unit_without_a_verdict_ends_by_timeout_as_incomplete() -> None:
+    line = Line(config(unit_timeout_s=60))
+    line.scan(1000.0, "SN1")
+    line.poll(1001.0, result=0)
+    assert line.settle(1059.0) == []
+    line.settle(1060.0)  # ends now; its record waits for late readings
+    assert line.ctx.current_serial("ft-1") is None
+    units = line.settle(1070.0)
+    assert [(u.serial, u.verdict, u.ended_by, u.end_ts) for u in units] == [
+        ("SN1", "incomplete", "timeout", 1060.0)
+    ]
+
+
+def test_a_late_reading_counts_for_its_unit_until_the_record_is_out() -> None:
+    line = Line()
+    line.scan(1.0, "SN1")
+    line.poll(1.5, result=0)
+    line.poll(2.0, result=1)  # ends SN1 at 2.0
+    line.settle(2.1)
+    line.poll(1.9, leak=9.0)  # read before the verdict, delivered after it
+    units = line.settle(10.0)
+    assert units[0].characteristics == {"leak": (9.0, 9.0, 9.0)}
+
+
+def test_cycle_complete_ends_the_unit_with_the_verdict_shown_then() -> None:
+    cfg = config(unit_end="cycle_complete", cycle_complete={"device": "tester", "tag": "done"})
+    line = Line(cfg)
+    line.poll(0.5, result=1, done=False)
+    line.scan(1.0, "SN1")
+    # The result stays 1 (pass) from the last unit: no change, so no verdict by change...
+    line.poll(2.0, result=1, done=False)
+    assert line.ctx.current_serial("ft-1") == "SN1"
+    # ...but at cycle complete the result register is what counts.
+    line.poll(3.0, result=1, done=True)
+    units = line.settle(10.0)
+    assert [(u.verdict, u.ended_by) for u in units] == [("pass", "cycle_complete")]
+
+
+def test_next_serial_mode_keeps_the_last_verdict_seen() -> None:
+    line = Line(config(unit_end="next_serial"))
+    line.poll(0.5, result=0)
+    line.scan(1.0, "SN1")
+    line.poll(2.0, result=2, code=5)
+    assert line.ctx.current_serial("ft-1") == "SN1"  # still there
+    line.scan(3.0, "SN2")
+    units = line.settle(10.0)
+    assert [(u.serial, u.verdict, u.failure_code, u.ended_by) for u in units] == [
+        ("SN1", "fail", 5, "next_serial")
+    ]
+
+
+def test_operation_from_a_tag_splits_the_unit_and_counts_attempts_per_operation() -> None:
+    line = Line(config(operation_source={"device": "tester", "tag": "program"}))
+    line.poll(0.5, program="flash", result=0)
+    line.scan(1.0, "SN1")
+    line.poll(2.0, program="calibrate", result=0)
+    records = line.poll(2.5, leak=1.0)
+    assert (records[0].operation, records[0].attempt) == ("calibrate", 1)
+    units = line.settle(10.0)
+    assert [(u.operation, u.attempt, u.ended_by) for u in units] == [
+        ("flash", 1, "operation_changed")
+    ]
+
+
+def test_state_survives_a_restart() -> None:
+    line = Line()
+    line.poll(0.5, result=0)
+    line.scan(1.0, "SN1")
+    line.poll(1.5, leak=4.0)
+    changes = line.ctx.take_changes()
+    assert changes.attempts == {("functional-test", "SN1"): 1}
+    # A new process: the stored station state and attempts come back.
+    again = Line()
+    again.ctx.restore(changes.stations, changes.attempts)
+    assert again.ctx.current_serial("ft-1") == "SN1"
+    again.poll(2.0, result=0)  # unchanged since before the restart: not a signal
+    again.poll(2.5, result=1, leak=5.0)
+    units = again.settle(10.0)
+    assert [(u.serial, u.attempt, u.verdict) for u in units] == [("SN1", 1, "pass")]
+    assert units[0].characteristics == {"leak": (5.0, 4.0, 5.0)}
+    # A rescan after the restart is still a retest.
+    again.scan(11.0, "SN1")
+    assert again.ctx.status()["ft-1"]["attempt"] == 2
+
+
+def test_bad_readings_are_tagged_but_are_not_signals_or_characteristics() -> None:
+    line = Line()
+    line.poll(0.5, result=0)
+    line.scan(1.0, "SN1")
+    bad = [
+        Reading.bad(1.5, "result", ErrorCode.TIMEOUT),
+        Reading.bad(1.5, "leak", ErrorCode.TIMEOUT),
+    ]
+    records = line.ctx.tag("tester", bad)
+    assert [r.unit_serial for r in records] == ["SN1", "SN1"]
+    assert line.ctx.current_serial("ft-1") == "SN1"
+    line.poll(2.0, result=1)
+    assert line.settle(10.0)[0].characteristics == {}
+
+
+@pytest.mark.parametrize(
+    ("table", "value", "expected"),
+    [
+        ({1: "pass", 2: "fail"}, 1, Verdict.PASS),
+        ({1: "pass", 2: "fail"}, 2.0, Verdict.FAIL),
+        ({1: "pass", 2: "fail"}, "2", Verdict.FAIL),
+        ({1: "pass", 2: "fail"}, 0, None),
+        ({"OK": "pass", "NOK": "rework"}, "NOK", Verdict.REWORK),
+        (None, "PASS", Verdict.PASS),
+        (None, "Scrap", Verdict.SCRAP),
+        (None, "incomplete", None),
+        (None, True, Verdict.PASS),
+        (None, False, Verdict.FAIL),
+        (None, 1, None),
+    ],
+)
+def test_verdict_mapping(
+    table: dict[Any, str] | None, value: Value, expected: Verdict | None
+) -> None:
+    verdict: dict[str, Any] = {"device": "tester", "tag": "result"}
+    if table is not None:
+        verdict["map"] = table
+    station = config(verdict=verdict).stations[0]
+    assert map_verdict(station, value) is expected
+
+
+def test_at_shutdown_ended_units_are_finished_at_once() -> None:
+    line = Line()
+    line.poll(0.5, result=0)
+    line.scan(1.0, "SN1")
+    line.poll(2.0, result=1)
+    line.ctx.tick(now=2.1)
+    assert line.ctx.take_changes().units == []  # still waiting for late readings
+    line.ctx.tick(now=2.1, final=True)  # polling has stopped: none can come
+    assert [u.serial for u in line.ctx.take_changes().units] == ["SN1"]
