@@ -1,4 +1,4 @@
-"""Command line: ``collector run | check | demo``.
+"""Command line: ``collector run | check | probe | browse | opcua-cert | demo``.
 
 Exit codes: 0 success, 1 start-up failure (e.g. the buffer cannot be opened), 2 invalid config.
 """
@@ -52,6 +52,30 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--pattern", help="regular expression with named groups to try")
     probe.add_argument("--seconds", type=float, default=30.0, help="how long (default 30)")
 
+    browse = sub.add_parser("browse", help="list an OPC-UA server's nodes, to copy NodeIds")
+    browse.add_argument("endpoint", help="opc.tcp://HOST:PORT[/path]")
+    browse.add_argument(
+        "--security",
+        default="None",
+        help="POLICY,MODE e.g. Basic256Sha256,SignAndEncrypt (default: None)",
+    )
+    browse.add_argument("--cert", type=Path, help="this client's certificate (see opcua-cert)")
+    browse.add_argument("--key", type=Path, help="its private key")
+    browse.add_argument("--server-cert", type=Path, help="the server certificate to trust")
+    browse.add_argument(
+        "--trust-any-server",
+        action="store_true",
+        help="accept whatever certificate the server shows (prints its fingerprint)",
+    )
+    browse.add_argument("--user", help="user name; the password is read from $OPCUA_PASSWORD")
+    browse.add_argument("--depth", type=int, default=6, help="how deep (default 6)")
+    browse.add_argument("--max-nodes", type=int, default=5000, help="stop after N nodes")
+    browse.add_argument("--all", action="store_true", help="include the standard's objects")
+
+    cert = sub.add_parser("opcua-cert", help="create this collector's OPC-UA certificate")
+    cert.add_argument("--cert", type=Path, required=True, help="certificate to write (DER)")
+    cert.add_argument("--key", type=Path, required=True, help="private key to write (PEM)")
+
     demo = sub.add_parser("demo", help="run a simulated line and a collector for it")
     demo.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
@@ -76,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_service(config)
     if args.command == "probe":
         return _probe(args.url, args.query, args.pattern, args.seconds)
+    if args.command == "browse":
+        return _browse(args)
+    if args.command == "opcua-cert":
+        return _opcua_cert(args.cert, args.key)
     if args.command == "demo":
         from collector.demo import run_demo  # noqa: PLC0415 - only the demo needs the simulator
 
@@ -133,4 +161,71 @@ def run_service(config: Config) -> int:
     except StartupError as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - a clear line, not a traceback
         return EXIT_STARTUP
+    return 0
+
+
+def _browse(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from collector.config import OpcUaSecurity  # noqa: PLC0415
+    from collector.errors import NotConnectedError  # noqa: PLC0415
+    from drivers.opcua import browse  # noqa: PLC0415 - only browse needs asyncua here
+
+    policy, _, mode = args.security.partition(",")
+    try:
+        security = OpcUaSecurity.model_validate(
+            {
+                "policy": policy,
+                "mode": mode or "None",
+                "certificate_file": args.cert,
+                "private_key_file": args.key,
+                "server_certificate_file": args.server_cert,
+                "trust_any_server_certificate": args.trust_any_server,
+            }
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(
+                f"browse: --security: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr
+            )
+        return EXIT_CONFIG
+    try:
+        nodes = asyncio.run(
+            browse(
+                args.endpoint,
+                security,
+                args.user,
+                os.environ.get("OPCUA_PASSWORD"),
+                max_depth=args.depth,
+                max_nodes=args.max_nodes,
+                standard=args.all,
+            )
+        )
+    except NotConnectedError as exc:
+        print(f"browse: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    for node in nodes:
+        print(node.line())
+    uris = sorted({n.namespace_uri for n in nodes if n.namespace_uri})
+    if uris:
+        print("\nNamespace URIs (namespace_uri + id survive a server restart; ns=N may not):")
+        for uri in uris:
+            print(f"  {uri}")
+    if len(nodes) >= args.max_nodes:
+        print(f"(stopped after {args.max_nodes} nodes: --max-nodes)")
+    return 0
+
+
+def _opcua_cert(cert: Path, key: Path) -> int:
+    from drivers.opcua import application_uri_for, make_certificate  # noqa: PLC0415
+
+    if cert.exists() or key.exists():
+        print(f"opcua-cert: {cert} or {key} exists already; not overwritten", file=sys.stderr)
+        return EXIT_CONFIG
+    asyncio.run(make_certificate(cert, key))
+    os.chmod(key, 0o600)
+    print(
+        f"wrote {cert} (application URI {application_uri_for()}) and {key} (mode 600).\n"
+        "Copy the certificate to the server's trusted clients (e.g. its pki/trusted folder)."
+    )
     return 0

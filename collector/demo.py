@@ -6,6 +6,8 @@ voltage, current and temperature drift over time, with the unit serial also in i
 registers and a result register that goes running -> pass/fail per unit, with a failure code.
 The station takes its unit serial from the scanner and its verdict from the result register;
 a failed unit is reworked and tested again (attempt 2). Each unit's record is printed too.
+A burn-in rack (a real asyncua OPC-UA server on 127.0.0.1, 4 slots) warms up and cools
+down; its temperatures are subscribed (deadband 0.5 degC), the rest polled.
 The collector polls it, buffers to SQLite and forwards to the broker; the live view prints
 what the broker accepted. With no broker it keeps collecting and says so.
 """
@@ -31,13 +33,41 @@ import orjson
 from collector.config import Config, ModbusTcpDevice
 from collector.service import Service
 from drivers.modbus import SimulatedModbusServer, TagCodec
+from drivers.opcua import RACK_NAMESPACE, SimulatedBurnInRack, rack_tags
 
 UNIT_SECONDS = 4.0
 RESULT_RUNNING, RESULT_PASS, RESULT_FAIL = 0, 1, 2
 
 
-def demo_config(
-    broker_host: str, broker_port: int, modbus_port: int, buffer: Path, scanner_port: str
+RACK_SLOTS = 4
+
+
+def _rack_device(endpoint: str) -> dict[str, Any]:
+    tags = rack_tags(range(1, RACK_SLOTS + 1))
+    for tag in tags:
+        if tag["name"].endswith("_temp"):
+            tag["collect"] = "subscribe"
+    tags.append({"name": "door_open", "namespace_uri": RACK_NAMESPACE, "id": "s=Rack1.DoorOpen"})
+    return {
+        "name": "rack-1",
+        "protocol": "opcua",
+        "station": "burn-in-1",
+        "endpoint": endpoint,
+        "poll_interval_ms": 2000,
+        "publishing_interval_ms": 500,
+        "sampling_interval_ms": 250,
+        "deadband": {"type": "absolute", "value": 0.5},
+        "tags": tags,
+    }
+
+
+def demo_config(  # noqa: PLR0917 - one value for each simulated part
+    broker_host: str,
+    broker_port: int,
+    modbus_port: int,
+    buffer: Path,
+    scanner_port: str,
+    rack_endpoint: str,
 ) -> Config:
     return Config.model_validate(
         {
@@ -61,7 +91,8 @@ def demo_config(
                         {"device": "tester-1", "tag": "temperature"},
                     ],
                     "unit_timeout_s": 60,
-                }
+                },
+                {"name": "burn-in-1", "operation": "burn-in"},
             ],
             "devices": [
                 {
@@ -127,6 +158,7 @@ def demo_config(
                         {"name": "clamp_closed", "table": "coil", "address": 0, "type": "bool"},
                     ],
                 },
+                _rack_device(rack_endpoint),
             ],
         }
     )
@@ -204,6 +236,22 @@ class SimulatedTester:
             await asyncio.sleep(1.0)
 
 
+async def run_rack(rack: SimulatedBurnInRack) -> None:
+    """Each slot warms up to about 85 degC and cools down, out of phase with the others."""
+    rng = random.Random(11)
+    for slot in range(1, RACK_SLOTS + 1):
+        await rack.set(f"Slot{slot:02d}.Serial", f"PILOT-{900 + slot:04d}")
+    started = time.monotonic()
+    while True:
+        t = time.monotonic() - started
+        for slot in range(1, RACK_SLOTS + 1):
+            phase = t / 20 + slot
+            temp = 55 + 30 * math.sin(phase) + rng.gauss(0, 0.05)
+            await rack.set(f"Slot{slot:02d}.Temp", round(temp, 2))
+            await rack.set(f"Slot{slot:02d}.Current", round(0.5 + 0.01 * temp, 3))
+        await asyncio.sleep(0.5)
+
+
 class LiveView:
     """Prints one compact line per message the broker accepted."""
 
@@ -219,17 +267,21 @@ class LiveView:
         self.delivered += len(rows)
         if self.quiet:
             return
-        readings = records
-        values: dict[str, str] = {}
-        for r in readings:
+        values: dict[str, dict[str, str]] = {}
+        units: dict[str, str | None] = {}
+        for r in records:
             value = r["value"]
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
-            values[r["tag"]] = f"{text}{' ' + r['unit'] if r['unit'] else ''}"
-        last = readings[-1]
-        shown = " ".join(f"{k}={v}" for k, v in values.items())
+            values.setdefault(r["station"], {})[r["tag"]] = (
+                f"{text}{' ' + r['unit'] if r['unit'] else ''}"
+            )
+            units[r["station"]] = r["unit_serial"]
+        shown = " | ".join(
+            f"{station} unit {units[station]}: " + " ".join(f"{k}={v}" for k, v in tags.items())
+            for station, tags in values.items()
+        )
         print(
-            f"published seq {rows[0][0]}-{rows[-1][0]} ({len(rows)} readings) "
-            f"{last['station']}/{last['operation']} unit {last['unit_serial']}: {shown}",
+            f"published seq {rows[0][0]}-{rows[-1][0]} ({len(rows)} readings) {shown}",
             flush=True,
         )
 
@@ -261,18 +313,21 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
         loop.add_signal_handler(sig, stop.set)
     server = SimulatedModbusServer(unit_ids=[1])
     await server.start()
+    rack = SimulatedBurnInRack(slots=RACK_SLOTS)
+    await rack.start()
     scanner = SimulatedScanner()
-    config = demo_config(host, port, server.port, buffer, scanner.port)
+    config = demo_config(host, port, server.port, buffer, scanner.port, rack.endpoint)
     view = LiveView(quiet)
     service = Service(config, on_delivered=view.delivered_rows)
     print(
         f"demo: simulated tester on 127.0.0.1:{server.port}, scanner on {scanner.port}, "
-        f"broker {host}:{port}, buffer {buffer}",
+        f"burn-in rack on {rack.endpoint}, broker {host}:{port}, buffer {buffer}",
         flush=True,
     )
     running = asyncio.create_task(service.run(stop))
     tester = asyncio.create_task(_start_line(service, SimulatedTester(server, config, scanner)))
     reporter = asyncio.create_task(_report_outage(service, stop))
+    heater = asyncio.create_task(run_rack(rack))
     try:
         if duration is not None:
             with contextlib.suppress(TimeoutError):
@@ -280,10 +335,11 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
             stop.set()
         await running
     finally:
-        for task in (tester, reporter):
+        for task in (tester, reporter, heater):
             task.cancel()
-        await asyncio.gather(tester, reporter, return_exceptions=True)
+        await asyncio.gather(tester, reporter, heater, return_exceptions=True)
         await server.stop()
+        await rack.stop()
         scanner.close()
     print(
         f"demo: {view.delivered} readings published; {service.left_in_buffer} left in the buffer",

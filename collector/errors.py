@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     GATEWAY_PATH_UNAVAILABLE = "gateway_path_unavailable"
     GATEWAY_TARGET_NO_RESPONSE = "gateway_target_no_response"
     EXCEPTION_OTHER = "exception_other"
+    BAD_STATUS = "bad_status"  # the device itself marked the value bad (an OPC-UA StatusCode)
+    SECURITY = "security"  # a certificate or user identity was rejected (either side)
     INTERNAL = "internal"  # a driver raised something it should have translated: a bug
 
 

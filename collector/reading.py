@@ -12,6 +12,8 @@ Value = bool | int | float | str | None
 
 class Quality(StrEnum):
     GOOD = "good"
+    #: The device says the value may be inaccurate (OPC-UA Uncertain); the value is kept.
+    UNCERTAIN = "uncertain"
     BAD = "bad"
 
 

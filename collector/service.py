@@ -16,7 +16,7 @@ from typing import Any
 from collector import __version__
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
-from collector.config import Config
+from collector.config import Config, OpcUaDevice
 from collector.context import StationContext
 from collector.driver import Driver
 from collector.forwarder import Delivered, Forwarder, MqttStatus
@@ -58,6 +58,14 @@ def warn_about_secret_files(config: Config) -> None:
     ]
     if m.tls is not None:
         secrets.append(("mqtt.tls.key_file", m.tls.key_file))
+    for index, device in enumerate(config.devices):
+        if isinstance(device, OpcUaDevice):
+            where = f"devices[{index}]"
+            secrets += [
+                (f"{where}.security.private_key_file", device.security.private_key_file),
+                (f"{where}.user.password_file", device.user.password_file),
+                (f"{where}.user.private_key_file", device.user.private_key_file),
+            ]
     for field, path in secrets:
         if path is None:
             continue

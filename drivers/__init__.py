@@ -9,6 +9,7 @@ from typing import Any
 from collector.config import DeviceConfig
 from collector.driver import Driver
 from drivers.modbus import ModbusRtuDriver, ModbusTcpDriver
+from drivers.opcua import OpcUaDriver
 from drivers.serial import BarcodeScannerDriver, SerialAsciiDriver
 
 # protocol -> driver class; each class takes its own config model (config.DeviceConfig).
@@ -17,6 +18,7 @@ REGISTRY: dict[str, Callable[[Any], Driver]] = {
     "modbus_rtu": ModbusRtuDriver,
     "serial_ascii": SerialAsciiDriver,
     "barcode_scanner": BarcodeScannerDriver,
+    "opcua": OpcUaDriver,
 }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,3 +36,18 @@ async def modbus_server() -> AsyncIterator[SimulatedModbusServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[Any]:
+    """Connect a driver for the test; every driver opened this way is closed afterwards."""
+    drivers: list[Any] = []
+
+    async def open_(driver: Any) -> Any:
+        await driver.connect()
+        drivers.append(driver)
+        return driver
+
+    yield open_
+    for driver in drivers:
+        await driver.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +109,6 @@ def scale(path: Path, **extra: Any) -> SerialAsciiDevice:
             **extra,
         }
     )
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[Any]:
-    drivers: list[Any] = []
-
-    async def open_(driver: Any) -> Any:
-        await driver.connect()
-        drivers.append(driver)
-        return driver
-
-    yield open_
-    for driver in drivers:
-        await driver.close()
 
 
 async def read_until(driver: Any, count: int) -> list[Reading]:

@@ -1,0 +1,768 @@
+"""OPC-UA driver (asyncua): batched polling, subscriptions, secure sessions, recovery.
+
+The only module that imports asyncua. Choices that shape it:
+
+- **A fresh client per connection, and we own recovery.** asyncua's own reconnect
+  (``auto_reconnect``) re-creates subscriptions with the NodeIds it had; after a server
+  restart the namespace *indexes* may have changed, so those would point at the wrong nodes.
+  Instead, a lost session (asyncua's keep-alive probe fails, or a request fails on the
+  transport) makes ``read`` raise :class:`NotConnectedError`; the poller closes this client
+  and calls ``connect`` again with its backoff, which builds a new client, resolves every
+  ``namespace_uri`` to today's index, and creates the subscription again.
+- **Polling is one Read service call** for all the device's poll tags (split only at
+  ``max_nodes_per_read``).
+- **Subscriptions hand over like a serial line**: asyncua calls our handler for each data
+  change; the handler appends to a bounded deque; ``read`` takes everything in it. A change
+  keeps the server's source timestamp.
+- **The server certificate is checked** against a configured certificate or folder (by its
+  exact bytes, as OPC-UA trust lists do); it is accepted blindly only with an explicit
+  ``trust_any_server_certificate: true``.
+
+Values: booleans, integers, floats (``scale``/``offset`` apply to numbers), strings, DateTime
+(an RFC 3339 string), other scalars as text. An array becomes one reading per element, tag
+``name[i]``. The StatusCode becomes the quality: Good -> good, Uncertain -> uncertain (value
+kept), Bad -> bad (``error: bad_status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from asyncua import Client, Server, ua
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua.common.utils import ServiceError
+from asyncua.crypto import cert_gen, security_policies
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from collector.config import (
+    Deadband,
+    OpcUaCollect,
+    OpcUaDevice,
+    OpcUaMode,
+    OpcUaPolicy,
+    OpcUaSecurity,
+    OpcUaTag,
+)
+from collector.errors import ErrorCode, NotConnectedError
+from collector.reading import Quality, Reading, Value
+
+log = logging.getLogger(__name__)
+# asyncua warns at every connect about things we decide on purpose (a revised session
+# timeout, plaintext endpoints listed by the server); the poller logs each connection state
+# change once. Its errors still show.
+logging.getLogger("asyncua").setLevel(logging.ERROR)
+
+_POLICIES: dict[OpcUaPolicy, type[security_policies.SecurityPolicy]] = {
+    OpcUaPolicy.BASIC256SHA256: security_policies.SecurityPolicyBasic256Sha256,
+    OpcUaPolicy.AES128_SHA256_RSAOAEP: security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    OpcUaPolicy.AES256_SHA256_RSAPSS: security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+_MODES = {
+    OpcUaMode.SIGN: ua.MessageSecurityMode.Sign,
+    OpcUaMode.SIGN_AND_ENCRYPT: ua.MessageSecurityMode.SignAndEncrypt,
+}
+# Errors that mean the session or its transport is gone.
+_LINK_ERRORS = (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError, ua.UaError)
+# Status codes a server gives for a rejected identity or certificate: said as such.
+_SECURITY_STATUS = {
+    ua.StatusCodes.BadUserAccessDenied: "user rejected (wrong user name or password?)",
+    ua.StatusCodes.BadIdentityTokenInvalid: "user identity rejected",
+    ua.StatusCodes.BadIdentityTokenRejected: "user identity rejected",
+    ua.StatusCodes.BadCertificateUntrusted: "certificate not trusted",
+    ua.StatusCodes.BadSecurityChecksFailed: "security checks failed (is our certificate "
+    "trusted by the server?)",
+    ua.StatusCodes.BadSecurityPolicyRejected: "security policy rejected by the server",
+}
+
+
+def fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def _load_der(path: Path) -> bytes:
+    data = path.read_bytes()
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return data
+
+
+def trusted_certificates(security: OpcUaSecurity) -> set[bytes]:
+    """The DER bytes of every server certificate the config trusts."""
+    trusted: set[bytes] = set()
+    if security.server_certificate_file is not None:
+        trusted.add(_load_der(security.server_certificate_file))
+    folder = security.trusted_certificates_dir
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in (".der", ".pem", ".crt", ".cer"):
+                with contextlib.suppress(ValueError, OSError):
+                    trusted.add(_load_der(path))
+    return trusted
+
+
+def _application_uri(certificate: Path) -> str | None:
+    """The URI in the certificate's subjectAltName: the client must announce the same."""
+    cert = x509.load_der_x509_certificate(_load_der(certificate))
+    with contextlib.suppress(x509.ExtensionNotFound):
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if uris:
+            return str(uris[0])
+    return None
+
+
+def application_uri_for(host: str | None = None) -> str:
+    return f"urn:{host or socket.gethostname()}:shopfloor-collector"
+
+
+async def make_certificate(
+    cert_file: Path, key_file: Path, application_uri: str | None = None, server: bool = False
+) -> None:
+    """Create a self-signed application certificate (DER) and key (PEM) for OPC-UA: what
+    ``collector opcua-cert`` writes. The server must then trust the certificate."""
+    host = socket.gethostname()
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+    await cert_gen.setup_self_signed_certificate(
+        key_file, cert_file, application_uri or application_uri_for(host), host, usage, {}
+    )
+
+
+# --------------------------------------------------------------------------- values
+
+
+def convert(value: Any, tag: OpcUaTag) -> Value:
+    """One scalar as a reading value; raises ValueError for a non-finite float."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("not a finite number")
+        if tag.scale == 1.0 and tag.offset == 0.0:
+            return value
+        return value * tag.scale + tag.offset
+    if isinstance(value, datetime):
+        stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return stamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, ua.LocalizedText):
+        return value.Text
+    if isinstance(value, ua.NodeId | ua.QualifiedName):
+        return value.to_string()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def to_readings(tag: OpcUaTag, data: ua.DataValue, ts: float) -> list[Reading]:
+    """A DataValue as readings: one, or one per element of an array."""
+    status = data.StatusCode if data.StatusCode is not None else ua.StatusCode()
+    if status.is_bad():
+        return [Reading.bad(ts, tag.name, ErrorCode.BAD_STATUS, tag.unit)]
+    quality = Quality.GOOD if status.is_good() else Quality.UNCERTAIN
+    raw = data.Value.Value if data.Value is not None else None
+    items = list(enumerate(raw)) if isinstance(raw, list) else [(None, raw)]
+    out = []
+    for index, item in items:
+        name = tag.name if index is None else f"{tag.name}[{index}]"
+        try:
+            out.append(Reading(ts, name, convert(item, tag), tag.unit, quality))
+        except ValueError:
+            out.append(Reading.bad(ts, name, ErrorCode.DECODE, tag.unit))
+    return out
+
+
+def _source_ts(data: ua.DataValue, fallback: float) -> float:
+    stamp = data.SourceTimestamp or data.ServerTimestamp
+    if stamp is None:
+        return fallback
+    stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+def _deadband_filter(deadband: Deadband | None) -> ua.DataChangeFilter | None:
+    if deadband is None:
+        return None
+    flt = ua.DataChangeFilter()
+    flt.Trigger = ua.DataChangeTrigger.StatusValue
+    flt.DeadbandType = (
+        ua.DeadbandType.Absolute if deadband.type == "absolute" else ua.DeadbandType.Percent
+    )
+    flt.DeadbandValue = deadband.value
+    return flt
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+class _Changes:
+    """asyncua's subscription handler: data changes into a bounded deque."""
+
+    def __init__(self, tags: dict[int, OpcUaTag], limit: int) -> None:
+        self.tags = tags  # client handle -> tag
+        self.queue: deque[Reading] = deque()
+        self.limit = limit
+        self.dropped = 0
+        self.lost: str | None = None
+
+    def datachange_notification(self, node: Node, val: Any, data: DataChangeNotif) -> None:
+        tag = self.tags.get(data.subscription_data.client_handle or -1)
+        if tag is None:
+            return
+        value = data.monitored_item.Value
+        for reading in to_readings(tag, value, _source_ts(value, time.time())):
+            if len(self.queue) >= self.limit:
+                self.queue.popleft()
+                self.dropped += 1
+            self.queue.append(reading)
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        # e.g. BadShutdown / BadTimeout: the subscription is gone; reconnect.
+        if status.Status.is_bad():
+            self.lost = f"subscription ended by the server: {status.Status.name}"
+
+
+@dataclass
+class _Resolved:
+    tag: OpcUaTag
+    node_id: ua.NodeId
+
+
+class OpcUaDriver:
+    def __init__(self, device: OpcUaDevice, clock: Callable[[], float] = time.time) -> None:
+        self.device = device
+        self._clock = clock
+        self._client: Client | None = None
+        self._poll: list[_Resolved] = []
+        self._changes: _Changes | None = None
+        self._subscription: Subscription | None = None
+        self._lost: str | None = None
+        self._namespaces: dict[str, int] = {}
+        self._dropped_before = 0
+        self._server_cert: str | None = None
+
+    # ------------------------------------------------------------------ contract
+
+    @property
+    def max_read_seconds(self) -> float:
+        d = self.device
+        reads = max(1, math.ceil(len(d.tags) / d.max_nodes_per_read))
+        # connect: endpoints + channel + session + namespace read + subscription, each bounded
+        return max(6, reads + 6) * d.timeout_ms / 1000
+
+    def describe(self) -> str:
+        d = self.device
+        polled = [t for t in d.tags if d.collect_of(t) == OpcUaCollect.POLL]
+        parts = [f"opcua {d.endpoint} ({d.security.policy}/{d.security.mode})"]
+        if polled:
+            reads = math.ceil(len(polled) / d.max_nodes_per_read)
+            parts.append(f"{len(polled)} polled tag(s) in {reads} Read call(s)")
+        subscribed = len(d.tags) - len(polled)
+        if subscribed:
+            parts.append(
+                f"{subscribed} subscribed tag(s) (publishing {d.publishing_interval_ms} ms, "
+                f"sampling {d.sampling_interval_ms} ms, queue {d.queue_size})"
+            )
+        return parts[0] + ": " + ", ".join(parts[1:])
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.device.endpoint,
+            "security": f"{self.device.security.policy}/{self.device.security.mode}",
+            "namespaces": dict(self._namespaces),
+            "server_certificate_sha256": self._server_cert,
+            "subscription_changes_dropped": self._changes.dropped if self._changes else 0,
+            "last_loss": self._lost,
+        }
+
+    async def connect(self) -> None:
+        d = self.device
+        client = Client(d.endpoint, timeout=d.timeout_ms / 1000, watchdog_intervall=d.keepalive_s)
+        # Named after its certificate (servers check the application URI against it).
+        client.name = client.description = "shopfloor-collector"
+        client.application_uri = application_uri_for()
+        client.connection_lost_callback = self._connection_lost
+        self._lost = None
+        try:
+            await self._secure(client)
+            await self._identify(client)
+            await client.connect()
+        except ServiceError as exc:
+            raise NotConnectedError(self._security_message(exc), ErrorCode.SECURITY) from exc
+        except ua.UaStatusCodeError as exc:
+            await self._discard(client)
+            raise self._status_error(exc) from exc
+        except _LINK_ERRORS as exc:
+            await self._discard(client)
+            if "certificate mismatch" in str(exc).lower():
+                raise NotConnectedError(
+                    f"{d.endpoint}: the server presented another certificate than the one "
+                    "configured (server_certificate_file)",
+                    ErrorCode.SECURITY,
+                ) from exc
+            raise NotConnectedError(f"{d.endpoint}: cannot connect: {exc!r}") from exc
+        self._client = client
+        try:
+            await self._resolve(client)
+            await self._subscribe(client)
+        except _LINK_ERRORS as exc:
+            await self.close()
+            if isinstance(exc, ua.UaStatusCodeError):
+                raise self._status_error(exc) from exc
+            raise NotConnectedError(f"{d.endpoint}: set-up failed: {exc!r}") from exc
+
+    async def read(self) -> list[Reading]:
+        client = self._client
+        if client is None:
+            raise NotConnectedError(f"{self.device.endpoint}: not connected")
+        lost = self._lost or (self._changes.lost if self._changes else None)
+        if lost is not None:
+            raise NotConnectedError(f"{self.device.endpoint}: {lost}")
+        readings: list[Reading] = []
+        if self._poll:
+            ts = self._clock()
+            size = self.device.max_nodes_per_read
+            for start in range(0, len(self._poll), size):
+                chunk = self._poll[start : start + size]
+                try:
+                    values = await client.uaclient.read_attributes(
+                        [r.node_id for r in chunk], ua.AttributeIds.Value
+                    )
+                except ua.UaStatusCodeError as exc:
+                    raise self._status_error(exc) from exc
+                except _LINK_ERRORS as exc:
+                    raise NotConnectedError(
+                        f"{self.device.endpoint}: read failed: {exc!r}"
+                    ) from exc
+                for resolved, data in zip(chunk, values, strict=True):
+                    readings.extend(to_readings(resolved.tag, data, ts))
+        if self._changes is not None:
+            queue = self._changes.queue
+            readings.extend(queue.popleft() for _ in range(len(queue)))
+            if self._changes.dropped > self._dropped_before:
+                log.warning(
+                    "%s: %d subscription change(s) dropped (max_buffered_changes)",
+                    self.device.name,
+                    self._changes.dropped - self._dropped_before,
+                )
+                self._dropped_before = self._changes.dropped
+        return readings
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._subscription = None
+        if client is not None:
+            await self._discard(client)
+
+    # ------------------------------------------------------------------ connect steps
+
+    async def _secure(self, client: Client) -> None:
+        security = self.device.security
+        if security.policy is OpcUaPolicy.NONE:
+            return
+        assert security.certificate_file is not None
+        assert security.private_key_file is not None
+        uri = _application_uri(security.certificate_file)
+        if uri is not None:
+            client.application_uri = uri
+        trusted = trusted_certificates(security)
+
+        async def check_server(cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
+            # asyncua calls this with the certificate the session was created with.
+            self._check_trusted(cert.public_bytes(Encoding.DER), trusted)
+
+        client.certificate_validator = check_server
+        # The server's certificate comes from its endpoint list (asyncua asks for it over an
+        # unsecured channel, as the standard intends) and is checked before anything secret
+        # (the user's password) is sent.
+        await client.set_security(
+            _POLICIES[security.policy],
+            str(security.certificate_file),
+            str(security.private_key_file),
+            mode=_MODES[security.mode],
+        )
+        offered = client.security_policy.peer_certificate
+        if offered is not None:
+            self._check_trusted(offered, trusted)
+
+    def _check_trusted(self, der: bytes, trusted: set[bytes]) -> None:
+        self._server_cert = fingerprint(der)
+        if self.device.security.trust_any_server_certificate or der in trusted:
+            return
+        raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+    async def _identify(self, client: Client) -> None:
+        user = self.device.user
+        if user.username is not None:
+            client.set_user(user.username)
+            password = user.password()
+            if password is not None:
+                client.set_password(password.get_secret_value())
+        elif user.certificate_file is not None and user.private_key_file is not None:
+            await client.load_client_certificate(str(user.certificate_file))
+            await client.load_private_key(user.private_key_file)
+
+    async def _resolve(self, client: Client) -> None:
+        """NodeIds for this connection: namespace URIs to today's indexes."""
+        array = await client.get_namespace_array()
+        self._namespaces = {uri: index for index, uri in enumerate(array)}
+        resolved = []
+        for tag in self.device.tags:
+            if tag.node is not None:
+                node_id = ua.NodeId.from_string(tag.node)
+            else:
+                assert tag.namespace_uri is not None
+                assert tag.id is not None
+                index = self._namespaces.get(tag.namespace_uri)
+                if index is None:
+                    raise NotConnectedError(
+                        f"{self.device.endpoint}: the server has no namespace "
+                        f"{tag.namespace_uri!r} (tag {tag.name}); it has: {', '.join(array)}",
+                        ErrorCode.BAD_REPLY,
+                    )
+                node_id = ua.NodeId.from_string(f"ns={index};{tag.id}")
+            resolved.append(_Resolved(tag, node_id))
+        self._resolved = resolved
+        self._poll = [r for r in resolved if self.device.collect_of(r.tag) == OpcUaCollect.POLL]
+
+    async def _subscribe(self, client: Client) -> None:
+        d = self.device
+        wanted = [r for r in self._resolved if d.collect_of(r.tag) == OpcUaCollect.SUBSCRIBE]
+        if not wanted:
+            self._changes = None
+            return
+        dropped = self._changes.dropped if self._changes else 0
+        changes = _Changes({}, d.max_buffered_changes)
+        changes.dropped = dropped
+        subscription = await client.create_subscription(d.publishing_interval_ms, changes)
+        requests = []
+        for handle, resolved in enumerate(wanted, start=1):
+            node = client.get_node(resolved.node_id)
+            deadband = resolved.tag.deadband or d.deadband
+            request = subscription._make_monitored_item_request(
+                node,
+                ua.AttributeIds.Value,
+                _deadband_filter(deadband),
+                d.queue_size,
+                ua.MonitoringMode.Reporting,
+                ua.Double(float(d.sampling_interval_ms)),
+            )
+            request.RequestedParameters.ClientHandle = handle
+            requests.append(request)
+            changes.tags[handle] = resolved.tag
+        results = await subscription.create_monitored_items(requests)
+        refused = [
+            f"{w.tag.name}: {r.name}"
+            for w, r in zip(wanted, results, strict=True)
+            if isinstance(r, ua.StatusCode)
+        ]
+        if refused:
+            log.warning("%s: monitored items refused: %s", d.name, "; ".join(refused))
+        self._changes, self._subscription = changes, subscription
+
+    # ------------------------------------------------------------------ failures
+
+    async def _connection_lost(self, exc: Exception) -> None:
+        # Called by asyncua's supervisor when its keep-alive probe fails.
+        self._lost = f"session lost ({exc!r})"
+
+    def _status_error(self, exc: ua.UaStatusCodeError) -> NotConnectedError:
+        code = exc.code
+        name = ua.StatusCode(ua.UInt32(code)).name
+        if code in _SECURITY_STATUS:
+            return NotConnectedError(
+                f"{self.device.endpoint}: {_SECURITY_STATUS[code]} ({name})", ErrorCode.SECURITY
+            )
+        return NotConnectedError(f"{self.device.endpoint}: {name}")
+
+    def _security_message(self, exc: ServiceError) -> str:
+        if exc.code == ua.StatusCodes.BadCertificateUntrusted:
+            return (
+                f"{self.device.endpoint}: server certificate not trusted (sha256 "
+                f"{self._server_cert}); if it is the right server, copy its certificate into "
+                "security.trusted_certificates_dir or set server_certificate_file"
+            )
+        return f"{self.device.endpoint}: {ua.StatusCode(ua.UInt32(exc.code)).name}"
+
+    @staticmethod
+    async def _discard(client: Client) -> None:
+        """Close a client, bounded: a dead server must not hold up the reconnect."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 2.0)
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+
+
+# --------------------------------------------------------------------------- browse
+
+
+@dataclass(frozen=True, slots=True)
+class BrowsedNode:
+    depth: int
+    path: str
+    node_id: str  # as the config's `node:` takes it
+    namespace_uri: str | None  # with `id`, the form that survives a namespace index change
+    id: str
+    node_class: str
+    data_type: str | None
+    value: str | None
+
+    def line(self) -> str:
+        """One line of the browse tree."""
+        name = self.path.rsplit("/", 1)[-1]
+        text = f"{'  ' * self.depth}{name}  [{self.node_class}] {self.node_id}"
+        if self.data_type is not None:
+            text += f"  {self.data_type}"
+        if self.value is not None:
+            text += f" = {self.value}"
+        return text
+
+
+async def browse(  # noqa: PLR0917 - mirrors the command line's options
+    endpoint: str,
+    security: OpcUaSecurity,
+    username: str | None = None,
+    password: str | None = None,
+    max_depth: int = 6,
+    max_nodes: int = 5000,
+    timeout_s: float = 5.0,
+    standard: bool = False,
+) -> list[BrowsedNode]:
+    """The address space under Objects, depth first, bounded in depth and node count;
+    ``standard`` includes the OPC-UA standard's own objects (Server, ...)."""
+    device = OpcUaDevice.model_validate(
+        {
+            "name": "browse",
+            "protocol": "opcua",
+            "endpoint": endpoint,
+            "timeout_ms": int(timeout_s * 1000),
+            "security": security.model_dump(),
+            "tags": [{"name": "x", "node": "i=2258"}],
+        }
+    )
+    driver = OpcUaDriver(device)
+    if username is not None:
+        driver.device = device.model_copy(
+            update={"user": device.user.model_copy(update={"username": username})}
+        )
+    client = Client(endpoint, timeout=timeout_s)
+    client.application_uri = application_uri_for()
+    try:
+        await driver._secure(client)
+        if username is not None:
+            client.set_user(username)
+            if password is not None:
+                client.set_password(password)
+        await client.connect()
+    except ServiceError as exc:
+        raise NotConnectedError(driver._security_message(exc), ErrorCode.SECURITY) from exc
+    except ua.UaStatusCodeError as exc:
+        raise driver._status_error(exc) from exc
+    except _LINK_ERRORS as exc:
+        raise NotConnectedError(f"{endpoint}: cannot connect: {exc!r}") from exc
+    try:
+        return await _walk(client, max_depth, max_nodes, standard)
+    finally:
+        await OpcUaDriver._discard(client)
+
+
+async def _walk(
+    client: Client, max_depth: int, max_nodes: int, standard: bool
+) -> list[BrowsedNode]:
+    out: list[BrowsedNode] = []
+    array = await client.get_namespace_array()
+
+    async def visit(node: Node, path: str, depth: int) -> None:
+        for child in await node.get_children():
+            if len(out) >= max_nodes:
+                return
+            if depth == 0 and child.nodeid.NamespaceIndex == 0 and not standard:
+                continue  # Server, Aliases, ...: the standard's own objects, not a machine's
+            name = (await child.read_browse_name()).Name
+            node_class = await child.read_node_class()
+            child_path = f"{path}/{name}"
+            data_type = value = None
+            if node_class is ua.NodeClass.Variable:
+                with contextlib.suppress(Exception):
+                    type_id = await child.read_data_type()
+                    data_type = (await client.get_node(type_id).read_browse_name()).Name
+                with contextlib.suppress(Exception):
+                    value = repr(await child.read_value())[:60]
+            node_id: str = child.nodeid.to_string()
+            index = child.nodeid.NamespaceIndex
+            uri = array[index] if 0 < index < len(array) else None
+            out.append(
+                BrowsedNode(
+                    depth,
+                    child_path,
+                    node_id,
+                    uri,
+                    node_id.split(";", 1)[-1],
+                    node_class.name,
+                    data_type,
+                    value,
+                )
+            )
+            if node_class is ua.NodeClass.Object and depth < max_depth:
+                await visit(child, child_path, depth + 1)
+
+    await visit(client.nodes.objects, "", 0)
+    return out
+
+
+# --------------------------------------------------------------------------- simulated rack
+
+
+RACK_NAMESPACE = "urn:shopfloor-collector:demo:burn-in-rack"
+
+
+class _PasswordUsers(UserManager):
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username is None:
+            return None
+        if self.users.get(username) == password:
+            return User(role=UserRole.User)
+        return None
+
+
+class SimulatedBurnInRack:
+    """A real asyncua server: a burn-in rack with ``slots`` slots, each with Temp, Voltage,
+    Current and Serial, under namespace :data:`RACK_NAMESPACE` (for the demo and the tests).
+
+    ``filler_namespaces`` registers other namespaces first, so that the rack's namespace index
+    can be made to change between two starts on the same port, as it can after a real server
+    restart. With ``certificate`` and ``key`` it offers Basic256Sha256 SignAndEncrypt only;
+    with ``users`` it takes only those user names and passwords."""
+
+    def __init__(
+        self,
+        slots: int = 4,
+        *,
+        port: int = 0,
+        filler_namespaces: int = 0,
+        certificate: Path | None = None,
+        key: Path | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
+        self.slots = slots
+        self.port = port
+        self.filler_namespaces = filler_namespaces
+        self.certificate, self.key, self.users = certificate, key, users
+        self.server: Server | None = None
+        self.namespace_index = 0
+        self._nodes: dict[str, Node] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/rack"
+
+    async def start(self) -> None:
+        if not self.port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = int(s.getsockname()[1])
+        server = Server(user_manager=_PasswordUsers(self.users) if self.users else None)
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("Simulated burn-in rack")
+        if self.certificate is not None and self.key is not None:
+            await server.load_certificate(str(self.certificate))
+            await server.load_private_key(str(self.key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        if self.users:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+        for i in range(self.filler_namespaces):
+            await server.register_namespace(f"urn:shopfloor-collector:demo:filler:{i}")
+        ns = self.namespace_index = await server.register_namespace(RACK_NAMESPACE)
+        rack = await server.nodes.objects.add_object(
+            _sid(ns, "Rack1"), ua.QualifiedName("Rack1", ns)
+        )
+        for slot in range(1, self.slots + 1):
+            name = f"Slot{slot:02d}"
+            obj = await rack.add_object(_sid(ns, f"Rack1.{name}"), ua.QualifiedName(name, ns))
+            for variable, initial, variant in (
+                ("Temp", 25.0, ua.VariantType.Double),
+                ("Voltage", 12.0, ua.VariantType.Double),
+                ("Current", 0.5, ua.VariantType.Double),
+                ("Serial", "", ua.VariantType.String),
+            ):
+                node = await obj.add_variable(
+                    _sid(ns, f"Rack1.{name}.{variable}"),
+                    ua.QualifiedName(variable, ns),
+                    ua.Variant(initial, variant),
+                )
+                self._nodes[f"{name}.{variable}"] = node
+        state = await rack.add_variable(
+            _sid(ns, "Rack1.DoorOpen"), ua.QualifiedName("DoorOpen", ns), False
+        )
+        self._nodes["DoorOpen"] = state
+        await server.start()
+        self.server = server
+
+    async def set(self, name: str, value: Any, status: int | None = None) -> None:
+        """Set e.g. ``Slot03.Temp``; ``status`` (a StatusCode value) marks it bad/uncertain."""
+        node = self._nodes[name]
+        variant = await node.read_data_type_as_variant_type()
+        now: Any = datetime.now(UTC)  # ua.DateTime is datetime, typed as a class of its own
+        data = ua.DataValue(
+            ua.Variant(value, variant),
+            StatusCode=ua.StatusCode(ua.UInt32(status or 0)),
+            SourceTimestamp=now,
+            ServerTimestamp=now,
+        )
+        await node.write_value(data)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+
+def _sid(ns: int, name: str) -> ua.NodeId:
+    return ua.NodeId.from_string(f"ns={ns};s={name}")
+
+
+def rack_tags(slots: Iterable[int]) -> list[dict[str, Any]]:
+    """Config tags for the simulated rack's slots, addressed by namespace URI."""
+    tags = []
+    for slot in slots:
+        name = f"Slot{slot:02d}"
+        for variable, unit in (
+            ("Temp", "degC"),
+            ("Voltage", "V"),
+            ("Current", "A"),
+            ("Serial", None),
+        ):
+            tags.append(
+                {
+                    "name": f"slot{slot:02d}_{variable.lower()}",
+                    "namespace_uri": RACK_NAMESPACE,
+                    "id": f"s=Rack1.{name}.{variable}",
+                    **({"unit": unit} if unit else {}),
+                }
+            )
+    return tags
