@@ -237,7 +237,8 @@ class SimulatedTester:
 
 
 async def run_rack(rack: SimulatedBurnInRack) -> None:
-    """Each slot warms up to about 85 degC and cools down, out of phase with the others."""
+    """Each slot warms up to about 85 degC and cools down (in seconds, not the hours of a real
+    burn-in), out of phase with the others."""
     rng = random.Random(11)
     for slot in range(1, RACK_SLOTS + 1):
         await rack.set(f"Slot{slot:02d}.Serial", f"PILOT-{900 + slot:04d}")
@@ -245,7 +246,7 @@ async def run_rack(rack: SimulatedBurnInRack) -> None:
     while True:
         t = time.monotonic() - started
         for slot in range(1, RACK_SLOTS + 1):
-            phase = t / 20 + slot
+            phase = t / 5 + slot  # a fast cycle, so a short demo shows it
             temp = 55 + 30 * math.sin(phase) + rng.gauss(0, 0.05)
             await rack.set(f"Slot{slot:02d}.Temp", round(temp, 2))
             await rack.set(f"Slot{slot:02d}.Current", round(0.5 + 0.01 * temp, 3))

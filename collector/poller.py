@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,8 @@ class DeviceStatus:
     last_error: str | None = None
     skipped_polls: int = 0
     connects: int = 0
+    #: How late the last polls started against their schedule (seconds), for /status.
+    start_late_s: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     # Codes already logged in the current bad episode: log once, not every poll.
     _logged_codes: set[str] = field(default_factory=set)
 
@@ -56,7 +58,20 @@ class DeviceStatus:
             "last_error": self.last_error,
             "skipped_polls": self.skipped_polls,
             "connects": self.connects,
+            "poll_start_late_ms": _percentiles_ms(self.start_late_s),
         }
+
+
+def _percentiles_ms(samples: Iterable[float]) -> dict[str, float] | None:
+    """p50/p99/max of the recent samples, in milliseconds (None before the first poll)."""
+    ordered = sorted(samples)
+    if not ordered:
+        return None
+
+    def at(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.50), "p99": at(0.99), "max": at(1.0), "samples": len(ordered)}
 
 
 Sink = Callable[[str, Sequence[Reading]], None]
@@ -102,6 +117,7 @@ class Poller:
                 delay = next_at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                self.status.start_late_s.append(max(0.0, loop.time() - next_at))
                 await self._poll_once()
                 next_at += self._interval
                 now = loop.time()

@@ -1,0 +1,45 @@
+"""The benchmark command runs end to end on a tiny scenario. Figures are not asserted here
+(performance is measured by bench/, never by timed assertions in tests): only that every
+scenario ran, printed its table and wrote its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, require_mosquitto
+
+
+def test_benchmark_command_runs_end_to_end_on_a_tiny_scenario(tmp_path: Path) -> None:
+    require_mosquitto()
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pipeline efficiency:" in result.stdout
+    data = json.loads(out.read_text())
+    assert set(data["runs"]) == {"ceilings", "reference", "timing", "throughput", "drain"}
+    reference = data["runs"]["reference"][0]
+    # The tiny reference load is carried completely, and every figure was measured.
+    assert reference["missing_seqs"] == 0
+    assert reference["delivered_per_s"] > 0
+    assert reference["latency_ms_p50"] is not None
+    assert data["runs"]["drain"][0]["buffered_readings"] >= 2000
+    assert data["machine"]["cores"]
