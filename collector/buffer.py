@@ -101,11 +101,27 @@ meta_table = sa.Table(
     sa.Column("value", sa.Integer, nullable=False),
 )
 
+INSERT_READINGS = "INSERT INTO readings (ts, body) VALUES (?, ?)"
 SEQ_JUMP_AFTER_RESET = 1_000_000
+HINT_INTERVAL_S = 1.0
 # What the forwarder adds to each stored body: '{"seq":' + up to 20 digits + ',' + a comma.
 SPLICE_BYTES = 32
 DROPPED_KEY = "dropped_total"
 QUARANTINED_KEY = "quarantined_total"
+
+
+# ts -> its RFC 3339 text. The readings of one poll share their ts, so formatting it once per
+# poll instead of once per reading saves a datetime and a format per reading.
+_ts_text: dict[float, str] = {}
+
+
+def _ts(ts: float) -> str:
+    text = _ts_text.get(ts)
+    if text is None:
+        if len(_ts_text) >= 4096:
+            _ts_text.clear()
+        text = _ts_text[ts] = orjson.dumps(_utc(ts), option=orjson.OPT_UTC_Z)[1:-1].decode()
+    return text
 
 
 def encode_record(record: Record) -> bytes:
@@ -113,7 +129,7 @@ def encode_record(record: Record) -> bytes:
     r = record.reading
     return orjson.dumps(
         {
-            "ts": _utc(r.ts),
+            "ts": _ts(r.ts),
             "station": record.station,
             "device": record.device,
             "tag": r.tag,
@@ -191,6 +207,7 @@ class Outbox:
         self.path = path
         self.reset: BufferReset | None = None
         self._hint = Path(f"{path}.seq")
+        self._hint_written = 0.0
         self.max_readings = max_readings
         self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
         self._conn: Connection = self._engine.connect()
@@ -238,10 +255,15 @@ class Outbox:
         ).scalar_one_or_none()
         return int(value or 0)
 
-    def _write_hint(self) -> None:
+    def _write_hint(self, force: bool = True) -> None:
         # No fsync: the hint only has to survive a process crash (the page cache does); after a
         # power cut SEQ_JUMP_AFTER_RESET covers what it missed. One number covers both streams:
-        # after a reset, both continue above it.
+        # after a reset, both continue above it. Rewritten at most once a second while
+        # appending: far fewer seqs than SEQ_JUMP_AFTER_RESET are handed out in a second.
+        now = time.monotonic()
+        if not force and now - self._hint_written < HINT_INTERVAL_S:
+            return
+        self._hint_written = now
         with contextlib.suppress(OSError):
             self._hint.write_text(f"{max(self.last_seq, self.last_unit_seq)}\n")
 
@@ -261,6 +283,8 @@ class Outbox:
             self._conn.execute(meta_table.insert().values(key=key, value=count))
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._write_hint()
         self._conn.close()
         self._engine.dispose()
 
@@ -269,7 +293,7 @@ class Outbox:
         records; drop the oldest readings if over the cap. Returns how many were dropped."""
         if not records and not changes:
             return 0
-        rows = [{"ts": r.reading.ts, "body": encode_record(r)} for r in records]
+        rows = [(r.reading.ts, encode_record(r)) for r in records]
         over = self.depth + len(rows) - self.max_readings
         dropped = 0
         with self._conn.begin():
@@ -284,14 +308,16 @@ class Outbox:
                 ).rowcount
                 self._add_meta(DROPPED_KEY, dropped)
             if rows:
-                self._conn.execute(readings_table.insert(), rows)
+                # The driver's own executemany: SQLAlchemy's per-row parameter processing was
+                # the largest single cost of a commit (bench/, docs/performance.md).
+                self._conn.exec_driver_sql(INSERT_READINGS, rows)
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
         self.depth += len(rows) - dropped
         # AUTOINCREMENT hands out consecutive ids to the only writer.
         self.last_seq += len(rows)
-        self._write_hint()
+        self._write_hint(force=False)
         self.dropped_total += dropped
         return dropped
 

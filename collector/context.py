@@ -204,6 +204,10 @@ class StationContext:
                     self._signals.setdefault((ref.device, ref.tag), []).append(kind)
             for ref in station.key_characteristics:
                 self._characteristics[(ref.device, ref.tag)] = ref.tag
+        # device -> tag -> signals: most devices carry none, and skip the search per reading.
+        self._signal_tags: dict[str, dict[str, list[str]]] = {}
+        for (device_name, tag_name), signal_kinds in self._signals.items():
+            self._signal_tags.setdefault(device_name, {})[tag_name] = signal_kinds
         self._attempts: dict[tuple[str, str], int] = {}
         self._changed_attempts: dict[tuple[str, str], int] = {}
         self._dirty: set[str] = set()
@@ -218,7 +222,14 @@ class StationContext:
             station = self._stations.get(name)
             if station is None:
                 continue  # a station removed from the config; its stored state is moot
-            station.restore(blob)
+            try:
+                station.restore(blob)
+            except (ValueError, TypeError, KeyError) as exc:
+                # A state this version cannot read: start the station empty rather than not
+                # start at all; its readings flow, with no unit until the next serial.
+                log.warning("station %s: stored state not usable (%r); starting empty", name, exc)
+                station.units.clear()
+                continue
             current = station.current
             if current is not None:
                 log.info(
@@ -237,12 +248,17 @@ class StationContext:
         if name is None:
             return [Record(r, None, device, None, None) for r in readings]
         station = self._stations[name]
-        signals = [
-            (r.ts, _SIGNAL_ORDER.index(kind), kind, r)
-            for r in readings
-            if r.quality is Quality.GOOD
-            for kind in self._signals.get((device, r.tag), ())
-        ]
+        kinds = self._signal_tags.get(device)
+        signals = (
+            [
+                (r.ts, _SIGNAL_ORDER.index(kind), kind, r)
+                for r in readings
+                if r.quality is Quality.GOOD
+                for kind in kinds.get(r.tag, ())
+            ]
+            if kinds
+            else None
+        )
         if signals:
             event = device in self._events
             for ts, _, kind, reading in sorted(signals, key=lambda s: s[:2]):

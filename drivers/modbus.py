@@ -160,6 +160,30 @@ def _orders(codec: TagCodec) -> tuple[ByteOrder, WordOrder]:
 # --------------------------------------------------------------------------- coalescing
 
 
+# How one tag is taken out of a reply: (name, unit, offset in the reply, width, a fast
+# decoder of its single register or bit, or None for the general decode, its codec).
+_Step = tuple[str, str | None, int, int, Callable[[int], Value] | None, TagCodec]
+
+
+def _fast_decoder(codec: TagCodec, bits: bool) -> Callable[[int], Value] | None:
+    """A decoder for the common one-register cases, built once per plan: the per-reading work
+    of the general path (byte juggling, struct) is most of a poll's CPU."""
+    tag = codec.tag
+    if bits:
+        return bool
+    if codec.byte_order is not ByteOrder.BIG:
+        return None
+    scale, offset = tag.scale, tag.offset
+    plain = scale == 1.0 and offset == 0.0
+    if tag.type is ModbusType.UINT16:
+        return int if plain else (lambda w: float(w * scale + offset))
+    if tag.type is ModbusType.INT16:
+        if plain:
+            return lambda w: w - 0x10000 if w & 0x8000 else w
+        return lambda w: float((w - 0x10000 if w & 0x8000 else w) * scale + offset)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One read request: a contiguous span of a table covering one or more tags."""
@@ -168,6 +192,22 @@ class Request:
     address: int
     count: int
     tags: tuple[TagCodec, ...]
+    steps: tuple[_Step, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bits = self.table.is_bit_table
+        steps = tuple(
+            (
+                c.tag.name,
+                c.tag.unit,
+                c.tag.address - self.address,
+                c.tag.width,
+                _fast_decoder(c, bits),
+                c,
+            )
+            for c in self.tags
+        )
+        object.__setattr__(self, "steps", steps)
 
     def __str__(self) -> str:
         return f"{self.table.value}[{self.address}..{self.address + self.count - 1}]"
@@ -227,18 +267,16 @@ def readings_from_reply(
 ) -> list[Reading]:
     """Decode the tags of a request from its reply values (words or bits)."""
     out: list[Reading] = []
-    for codec in request.tags:
-        tag = codec.tag
-        offset = tag.address - request.address
-        if request.table.is_bit_table:
-            out.append(Reading(ts, tag.name, bool(values[offset]), tag.unit))
-            continue
+    for name, unit, offset, width, fast, codec in request.steps:
         try:
-            value = decode(codec, [int(v) for v in values[offset : offset + tag.width]])
+            if fast is not None:
+                value = fast(values[offset])
+            else:
+                value = decode(codec, [int(v) for v in values[offset : offset + width]])
         except ValueError:
-            out.append(Reading.bad(ts, tag.name, ErrorCode.DECODE, tag.unit))
+            out.append(Reading.bad(ts, name, ErrorCode.DECODE, unit))
         else:
-            out.append(Reading(ts, tag.name, value, tag.unit))
+            out.append(Reading(ts, name, value, unit))
     return out
 
 

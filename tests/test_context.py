@@ -290,3 +290,11 @@ def test_at_shutdown_ended_units_are_finished_at_once() -> None:
     assert line.ctx.take_changes().units == []  # still waiting for late readings
     line.ctx.tick(now=2.1, final=True)  # polling has stopped: none can come
     assert [u.serial for u in line.ctx.take_changes().units] == ["SN1"]
+
+
+def test_a_stored_state_that_cannot_be_read_starts_the_station_empty() -> None:
+    line = Line()
+    line.ctx.restore({"ft-1": b'{"operation": "x"}', "gone": b"{}"}, {})
+    assert line.ctx.current_serial("ft-1") is None
+    line.scan(1.0, "SN1")
+    assert line.ctx.current_serial("ft-1") == "SN1"

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from collector.config import ByteOrder, ModbusTag, WordOrder
+from collector.config import ByteOrder, ModbusTable, ModbusTag, WordOrder
 from drivers.modbus import TagCodec, decode, encode
 
 B, L = ByteOrder.BIG, ByteOrder.LITTLE
@@ -118,3 +118,30 @@ def test_unscaled_integers_stay_integers() -> None:
     assert value == 65536
     assert isinstance(value, int)
     assert not math.isnan(float(value))
+
+
+@pytest.mark.parametrize("type_", ["uint16", "int16"])
+@pytest.mark.parametrize(("scale", "offset"), [(1.0, 0.0), (0.1, 0.0), (0.01, -40.0)])
+@pytest.mark.parametrize("byte_order", ["big", "little"])
+def test_the_fast_path_decodes_exactly_as_the_general_one(
+    type_: str, scale: float, offset: float, byte_order: str
+) -> None:
+    from drivers.modbus import Request, readings_from_reply
+
+    tag = ModbusTag.model_validate(
+        {
+            "name": "t",
+            "table": "holding_register",
+            "address": 0,
+            "type": type_,
+            "scale": scale,
+            "offset": offset,
+        }
+    )
+    codec = TagCodec(tag, ByteOrder(byte_order), WordOrder.BIG)
+    request = Request(ModbusTable.HOLDING_REGISTER, 0, 1, (codec,))
+    for word in (0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 12345):
+        (reading,) = readings_from_reply(request, [word], 1.0)
+        expected = decode(codec, [word])
+        assert reading.value == expected
+        assert type(reading.value) is type(expected)
