@@ -38,7 +38,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -188,8 +188,9 @@ class StationContext:
         self._station_of = {d.name: d.station for d in devices}
         self._events = {d.name for d in devices if is_event_source(d)}
         self._stations: dict[str, _Station] = {}
-        # (device, tag) -> the signals it carries; (device, tag) -> key characteristic name.
-        self._signals: dict[tuple[str, str], list[str]] = {}
+        # device -> tag -> the signals it carries (most devices carry none: no search per
+        # reading); (device, tag) -> key characteristic name.
+        self._signal_tags: dict[str, dict[str, list[str]]] = {}
         self._characteristics: dict[tuple[str, str], str] = {}
         for station in stations:
             timeouts = [d.timeout_ms for d in devices if d.station == station.name]
@@ -201,13 +202,10 @@ class StationContext:
                     station, f"{kind}_source" if kind in ("operation", "serial") else kind
                 )
                 if ref is not None and ref != "http":
-                    self._signals.setdefault((ref.device, ref.tag), []).append(kind)
+                    tags = self._signal_tags.setdefault(ref.device, {})
+                    tags.setdefault(ref.tag, []).append(kind)
             for ref in station.key_characteristics:
                 self._characteristics[(ref.device, ref.tag)] = ref.tag
-        # device -> tag -> signals: most devices carry none, and skip the search per reading.
-        self._signal_tags: dict[str, dict[str, list[str]]] = {}
-        for (device_name, tag_name), signal_kinds in self._signals.items():
-            self._signal_tags.setdefault(device_name, {})[tag_name] = signal_kinds
         self._attempts: dict[tuple[str, str], int] = {}
         self._changed_attempts: dict[tuple[str, str], int] = {}
         self._dirty: set[str] = set()
@@ -465,6 +463,3 @@ class StationContext:
                 },
             }
         return out
-
-    def stations(self) -> Iterable[str]:
-        return self._stations.keys()
