@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from collector import __version__
+from collector import __version__, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config, OpcUaDevice
@@ -173,7 +173,13 @@ class Service:
                 else "",
             )
             self.ready.set()
+            watchdog = None
+            interval = systemd.watchdog_interval()
+            if interval is not None:
+                watchdog = group.create_task(systemd.feed_watchdog(interval), name="watchdog")
+            systemd.notify("READY=1", f"STATUS=collecting from {len(pollers)} device(s)")
             await stop.wait()
+            systemd.notify("STOPPING=1", "STATUS=stopping: delivering what is buffered")
 
             log.info("stopping: polling stopped, delivering what is buffered")
             await cancel_and_wait([*polling, ticking])
@@ -186,6 +192,8 @@ class Service:
             if health is not None and self.health_server is not None:
                 self.health_server.should_exit = True
                 await health
+            if watchdog is not None:  # fed until the very end of the stop
+                watchdog.cancel()
         depth = self.left_in_buffer = self.outbox.outbox.depth
         if depth:
             log.info("stopped; %d reading(s) stay buffered for the next start", depth)

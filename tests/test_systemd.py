@@ -1,0 +1,118 @@
+"""systemd: the unit file passes `systemd-analyze verify`, and the service speaks the notify
+protocol (READY=1, WATCHDOG=1 from its loop, STOPPING=1) over a real datagram socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.helpers import free_port
+
+UNIT = REPO / "systemd" / "collector.service"
+
+
+def require_systemd_analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is not installed; .ci/run must install systemd")
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    return found
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = require_systemd_analyze()
+    # verify checks that ExecStart's program exists: point it at this checkout's collector.
+    collector = Path(sys.executable).with_name("collector")
+    unit = tmp_path / "collector.service"
+    unit.write_text(UNIT.read_text().replace("/opt/collector/venv/bin/collector", str(collector)))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr  # not even a warning
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecStartPre=/opt/collector/venv/bin/collector check",
+        "Restart=on-failure",
+        "User=collector",
+        "SupplementaryGroups=dialout",
+        "StateDirectory=collector",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+    ):
+        assert line in text, line
+
+
+def test_service_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    address = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(0.2)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "collector": {"id": "pc1", "site": "s", "line": "l"},
+                "buffer": {"path": str(tmp_path / "b.db")},
+                # Nothing listens on these ports: the service runs all the same.
+                "mqtt": {"port": free_port(), "shutdown_grace_s": 0},
+                "health": {"port": 0},
+                "devices": [
+                    {
+                        "name": "d",
+                        "protocol": "modbus_tcp",
+                        "host": "127.0.0.1",
+                        "port": free_port(),
+                        "tags": [{"name": "t", "table": "coil", "address": 0, "type": "bool"}],
+                    }
+                ],
+            }
+        )
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "200000"}
+    env.pop("WATCHDOG_PID", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collector", "run", "--config", str(config)],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    messages: list[str] = []
+
+    def receive_until(done: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                messages.append(sock.recv(4096).decode())
+            if done():
+                return
+
+    try:
+        receive_until(lambda: sum(m == "WATCHDOG=1" for m in messages) >= 3, 30)
+        process.send_signal(signal.SIGTERM)
+        receive_until(lambda: any(m.startswith("STOPPING=1") for m in messages), 30)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        sock.close()
+    ready = [m for m in messages if m.startswith("READY=1")]
+    assert ready == ["READY=1\nSTATUS=collecting from 1 device(s)"]
+    assert messages.index(ready[0]) < len(messages) - 1
+    assert sum(m == "WATCHDOG=1" for m in messages) >= 3
+    assert any(m.startswith("STOPPING=1") for m in messages)
