@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -299,7 +299,13 @@ class Outbox:
         with self._conn.begin():
             if changes:
                 self._store_changes(changes)
+            if rows:
+                # The driver's own executemany: SQLAlchemy's per-row parameter processing was
+                # the largest single cost of a commit (bench/, docs/performance.md).
+                self._conn.exec_driver_sql(INSERT_READINGS, rows)
             if over > 0:
+                # After the insert: a batch larger than the room left drops its own oldest
+                # rows too, so the cap holds whatever the batch size.
                 oldest = sa.select(readings_table.c.seq).order_by(readings_table.c.seq).limit(over)
                 dropped = self._conn.execute(
                     readings_table.delete().where(
@@ -307,10 +313,6 @@ class Outbox:
                     )
                 ).rowcount
                 self._add_meta(DROPPED_KEY, dropped)
-            if rows:
-                # The driver's own executemany: SQLAlchemy's per-row parameter processing was
-                # the largest single cost of a commit (bench/, docs/performance.md).
-                self._conn.exec_driver_sql(INSERT_READINGS, rows)
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
@@ -710,3 +712,82 @@ def age_seconds(ts: float | None, now: float | None = None) -> float | None:
     if ts is None:
         return None
     return max(0.0, (time.time() if now is None else now) - ts)
+
+
+# --------------------------------------------------------------------------- inspection
+# `collector buffer stats | export`: read-only, through sqlite3 directly (a WAL reader next to
+# the running service never blocks it), never creating or changing anything.
+
+EXPORT_TABLES = ("readings", "units", "quarantine")
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise StartupError(f"buffer {path}: no such file")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db.execute("SELECT 1 FROM readings LIMIT 1")
+    except sqlite3.Error as exc:
+        raise StartupError(f"buffer {path}: cannot read: {exc}") from exc
+    return db
+
+
+def inspect_stats(path: Path) -> dict[str, Any]:
+    """What is in a buffer file: counts, seq and time ranges, drops, size on disk."""
+    with contextlib.closing(_open_read_only(path)) as db:
+
+        def one(sql: str) -> Any:
+            return db.execute(sql).fetchone()
+
+        def meta(key: str) -> int:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return int(row[0]) if row else 0
+
+        count, first, last, oldest, newest = one(
+            "SELECT count(*), min(seq), max(seq), min(ts), max(ts) FROM readings"
+        )
+        sequence = dict(db.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+        size = sum(
+            Path(f"{path}{suffix}").stat().st_size
+            for suffix in ("", "-wal")
+            if Path(f"{path}{suffix}").exists()
+        )
+        return {
+            "path": str(path),
+            "bytes_on_disk": size,
+            "readings": {
+                "unsent": count,
+                "first_seq": first,
+                "last_seq": last,
+                "oldest_ts": None if oldest is None else _ts(oldest),
+                "newest_ts": None if newest is None else _ts(newest),
+                "last_seq_ever": sequence.get("readings", 0),
+            },
+            "units": {
+                "unsent": one("SELECT count(*) FROM units")[0],
+                "last_seq_ever": sequence.get("units", 0),
+            },
+            "quarantine": one("SELECT count(*) FROM quarantine")[0],
+            "dropped_total": meta(DROPPED_KEY),
+            "quarantined_total": meta(QUARANTINED_KEY),
+            "stations_with_state": one("SELECT count(*) FROM stations")[0],
+        }
+
+
+def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[bytes]:
+    """Each row of ``table`` (oldest first) as one JSON object with its ``seq`` (and, for the
+    quarantine, why), read at or after ``since`` (epoch seconds)."""
+    if table not in EXPORT_TABLES:
+        raise ValueError(f"table must be one of {', '.join(EXPORT_TABLES)}")
+    extra = ", reason" if table == "quarantine" else ""
+    with contextlib.closing(_open_read_only(path)) as db:
+        cursor = db.execute(
+            f"SELECT seq, body{extra} FROM {table} WHERE ts >= ? ORDER BY seq",  # noqa: S608 - table is from the fixed list above
+            (since if since is not None else float("-inf"),),
+        )
+        for row in cursor:
+            seq, body = row[0], bytes(row[1])
+            line = b'{"seq":%d,%s' % (seq, body[1:])
+            if extra:
+                line = line[:-1] + b',"quarantine_reason":' + orjson.dumps(row[2]) + b"}"
+            yield line

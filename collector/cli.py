@@ -1,4 +1,4 @@
-"""Command line: ``collector run | check | probe | browse | opcua-cert | demo``.
+"""Command line: ``collector run | check | probe | browse | opcua-cert | buffer | schema | demo``.
 
 Exit codes: 0 success, 1 start-up failure (e.g. the buffer cannot be opened), 2 invalid config.
 """
@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from collector import __version__
@@ -76,6 +80,27 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--cert", type=Path, required=True, help="certificate to write (DER)")
     cert.add_argument("--key", type=Path, required=True, help="private key to write (PEM)")
 
+    buffer = sub.add_parser("buffer", help="inspect a buffer file (read-only, also while running)")
+    buffer_sub = buffer.add_subparsers(dest="buffer_command", required=True)
+    for name, text in (
+        ("stats", "counts, seq and time ranges, drops"),
+        ("export", "rows as JSON lines, oldest first"),
+    ):
+        cmd = buffer_sub.add_parser(name, help=text)
+        where = cmd.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", type=Path, help="the config naming the buffer")
+        where.add_argument("--path", type=Path, help="the buffer file itself")
+        if name == "export":
+            cmd.add_argument(
+                "--since",
+                help="read at or after: 2026-11-20T06:00:00Z, or an age like 90m, 36h, 3d",
+            )
+            cmd.add_argument(
+                "--table", default="readings", choices=["readings", "units", "quarantine"]
+            )
+
+    sub.add_parser("schema", help="print the config's JSON Schema (for editor completion)")
+
     demo = sub.add_parser("demo", help="run a simulated line and a collector for it")
     demo.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
@@ -102,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _probe(args.url, args.query, args.pattern, args.seconds)
     if args.command == "browse":
         return _browse(args)
+    if args.command == "buffer":
+        return _buffer(args)
+    if args.command == "schema":
+        print(json.dumps(Config.model_json_schema(), indent=2))
+        return 0
     if args.command == "opcua-cert":
         return _opcua_cert(args.cert, args.key)
     if args.command == "demo":
@@ -228,4 +258,45 @@ def _opcua_cert(cert: Path, key: Path) -> int:
         f"wrote {cert} (application URI {application_uri_for()}) and {key} (mode 600).\n"
         "Copy the certificate to the server's trusted clients (e.g. its pki/trusted folder)."
     )
+    return 0
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """An RFC 3339 time (UTC when it has no offset) or an age: 90m, 36h, 3d, 2w."""
+    age = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    if age:
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[age.group(2)]
+        return (time.time() if now is None else now) - float(age.group(1)) * seconds
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r}: expected e.g. 2026-11-20T06:00:00Z or 36h") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _buffer(args: argparse.Namespace) -> int:
+    from collector.buffer import export_rows, inspect_stats  # noqa: PLC0415
+
+    path: Path = args.path
+    if args.config is not None:
+        try:
+            path = load_config(args.config).buffer.path
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        if args.buffer_command == "stats":
+            print(json.dumps(inspect_stats(path), indent=2))
+            return 0
+        since = parse_since(args.since) if args.since else None
+        out = sys.stdout.buffer
+        for line in export_rows(path, args.table, since):
+            out.write(line + b"\n")
+        out.flush()
+    except ValueError as exc:
+        print(f"buffer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"buffer: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     return 0

@@ -239,3 +239,13 @@ def test_after_a_corrupt_file_unit_seqs_also_continue_above_the_old_ones(tmp_pat
     assert box.take(0, 10, 1 << 20)[0][0] == 5 + SEQ_JUMP_AFTER_RESET + 1
     assert box.take_units(0, 10)[0][0] == 5 + SEQ_JUMP_AFTER_RESET + 1
     box.close()
+
+
+def test_one_batch_larger_than_the_room_left_still_keeps_the_cap(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 1000)
+    assert box.append(records(1005)) == 5
+    rows = box.take(0, 5000, 1 << 30)
+    assert len(rows) == box.depth == 1000
+    assert rows[0][0] == 6  # the batch's own oldest five were dropped
+    assert box.dropped_total == 5
+    box.close()
