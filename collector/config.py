@@ -8,6 +8,8 @@ Nothing here touches the network. docs/configuration.md documents every option.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -503,6 +505,12 @@ class _ModbusDevice(_DeviceBase):
     )
     workarounds: ModbusWorkarounds = Field(default_factory=ModbusWorkarounds)
     tags: list[ModbusTag] = Field(min_length=1, description="What to read.")
+    tags_csv: Path | None = Field(
+        default=None,
+        description="A register map (CSV with a header: name, table, address, type, count, "
+        "bit, byte_order, word_order, scale, offset, unit), relative to the config file; its "
+        "rows are added to tags.",
+    )
 
     @field_validator("tags")
     @classmethod
@@ -1017,6 +1025,9 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     if node is None or not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: (top level): the file must be a YAML mapping"])
     lines = _line_map(node)
+    csv_problems = _load_csv_tags(data, filename, lines)
+    if csv_problems:
+        raise ConfigError(csv_problems)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -1031,6 +1042,69 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             field, line = _locate(loc, lines)
             problems.append(f"{filename}:{line}: {field}: {_message(error)}")
         raise ConfigError(problems) from None
+
+
+CSV_COLUMNS = tuple(ModbusTag.model_fields)
+
+
+def _load_csv_tags(data: dict[str, Any], filename: str, lines: dict[Path_, int]) -> list[str]:
+    """Add the rows of each Modbus device's ``tags_csv`` to its tags (in place). Problems read
+    ``MAP.csv:LINE: column: what is wrong``, like the config's own."""
+    problems: list[str] = []
+    devices = data.get("devices")
+    if not isinstance(devices, list):
+        return problems
+    base = Path(filename).parent
+    for index, device in enumerate(devices):
+        if not isinstance(device, dict) or not device.get("tags_csv"):
+            continue
+        where = f"{filename}:{lines.get(('devices', index, 'tags_csv'), 1)}"
+        path = Path(str(device["tags_csv"]))
+        path = path if path.is_absolute() else base / path
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # spreadsheets often write a BOM
+        except OSError as exc:
+            problems.append(
+                f"{where}: devices[{index}].tags_csv: cannot read {str(path)!r}: {exc.strerror}"
+            )
+            continue
+        reader = csv.DictReader(io.StringIO(text))
+        header = [h.strip() for h in reader.fieldnames or []]
+        unknown = [h for h in header if h not in CSV_COLUMNS]
+        missing = [h for h in ("name", "table", "address") if h not in header]
+        if unknown or missing:
+            what = []
+            if missing:
+                what.append(f"missing column(s) {', '.join(missing)}")
+            if unknown:
+                what.append(f"unknown column(s) {', '.join(unknown)}")
+            problems.append(
+                f"{path}:1: (header): {'; '.join(what)}; allowed: {', '.join(CSV_COLUMNS)}"
+            )
+            continue
+        tags = list(device.get("tags") or [])
+        seen: dict[str, int] = {}
+        for row in reader:
+            cells = {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}
+            if not cells:
+                continue  # a blank line in the sheet
+            name = cells.get("name", "")
+            if name in seen:
+                problems.append(f"{path}:{reader.line_num}: name: duplicate tag name {name!r} "
+                                f"(also on line {seen[name]})")
+                continue
+            seen[name] = reader.line_num
+            try:
+                ModbusTag.model_validate(cells)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    column = ".".join(str(x) for x in error["loc"]) or "(row)"
+                    problems.append(f"{path}:{reader.line_num}: {column}: {_message(error)}")
+                continue
+            tags.append(cells)
+        device["tags"] = tags
+        device["tags_csv"] = str(path)
+    return problems
 
 
 def load_config(path: Path | str) -> Config:

@@ -317,3 +317,73 @@ def test_check_command_reports_every_problem_with_exit_2(tmp_path: Path) -> None
     assert lines[0] == f"{path}:1: collector.site: required field is missing"
     assert lines[1].startswith(f"{path}:19: devices[0].tags[0].type: Input should be 'bool'")
     assert "Traceback" not in result.stderr
+
+
+CSV_BASE = BASE.replace(
+    "    tags:\n      - name: voltage\n",
+    "    tags_csv: map.csv\n    tags:\n      - name: voltage\n",
+)
+CSV_OK = """\
+name,table,address,type,word_order,scale,unit,bit,count
+force,input_register,0,int32,little,0.01,kN,,
+,,,,,,,,
+clamp,holding_register,20,bool,,,,3,
+label,holding_register,30,string,,,,,4
+"""
+
+
+def csv_problems(tmp_path: Path, csv_text: str, config: str = CSV_BASE) -> list[str]:
+    (tmp_path / "map.csv").write_text(csv_text)
+    with pytest.raises(ConfigError) as info:
+        parse_config(config, str(tmp_path / "line.yaml"))
+    return info.value.problems
+
+
+def test_tags_from_a_csv_register_map(tmp_path: Path) -> None:
+    (tmp_path / "map.csv").write_text("\ufeff" + CSV_OK)  # with the BOM a spreadsheet writes
+    config = parse_config(CSV_BASE, str(tmp_path / "line.yaml"))
+    tags = {t.name: t for t in config.devices[0].tags}
+    assert list(tags) == ["voltage", "serial", "force", "clamp", "label"]
+    force = tags["force"]
+    assert (force.table.value, force.address, force.type.value) == ("input_register", 0, "int32")
+    assert (force.word_order.value if force.word_order else None, force.scale) == ("little", 0.01)
+    assert force.unit == "kN"
+    assert (tags["clamp"].bit, tags["label"].count) == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "expected"),
+    [
+        (
+            CSV_OK.replace("force,input_register,0,int32", "force,input_register,0,flot32"),
+            "map.csv:2: type: Input should be 'bool', 'int16'",
+        ),
+        (
+            CSV_OK.replace("clamp,holding_register,20", "clamp,holding_register,-4"),
+            "map.csv:4: address: Input should be greater than or equal to 0",
+        ),
+        (
+            CSV_OK + "force,coil,9,bool,,,,,\n",
+            "map.csv:6: name: duplicate tag name 'force' (also on line 2)",
+        ),
+        (
+            CSV_OK.replace("name,table,address", "name,tabel,address"),
+            "map.csv:1: (header): missing column(s) table; unknown column(s) tabel; allowed: "
+            "name, table, address",
+        ),
+    ],
+)
+def test_csv_errors_name_the_file_line_and_column(
+    tmp_path: Path, csv_text: str, expected: str
+) -> None:
+    found = csv_problems(tmp_path, csv_text)
+    assert any(expected in p for p in found), found
+    assert all(p.startswith(str(tmp_path / "map.csv")) for p in found)
+
+
+def test_a_missing_csv_is_a_config_error_at_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(CSV_BASE, str(tmp_path / "line.yaml"))
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{tmp_path / 'line.yaml'}:16: devices[0].tags_csv: cannot read ")
+    assert "No such file" in problem
