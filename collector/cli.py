@@ -50,11 +50,32 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config without touching the network")
     check.add_argument("--config", required=True, type=Path)
 
-    probe = sub.add_parser("probe", help="show what a device sends and what a pattern makes of it")
-    probe.add_argument("url", help="serial:///dev/ttyUSB0?baud=9600&parity=none&terminator=crlf")
-    probe.add_argument("--query", help="send this each second (e.g. 'MEAS:VOLT?')")
-    probe.add_argument("--pattern", help="regular expression with named groups to try")
-    probe.add_argument("--seconds", type=float, default=30.0, help="how long (default 30)")
+    probe = sub.add_parser(
+        "probe", help="read a device by hand: Modbus registers in every type, or serial lines"
+    )
+    probe.add_argument(
+        "url",
+        help="modbus://HOST:PORT?unit=1, or "
+        "serial:///dev/ttyUSB0?baud=9600&parity=none&terminator=crlf",
+    )
+    probe.add_argument(
+        "--table",
+        default="holding_register",
+        choices=["holding_register", "input_register", "coil", "discrete_input"],
+        help="Modbus: the table (default holding_register)",
+    )
+    probe.add_argument("--address", type=int, default=0, help="Modbus: 0-based address")
+    probe.add_argument("--count", type=int, default=4, help="Modbus: registers or bits (4)")
+    probe.add_argument("--timeout-ms", type=int, default=1000, help="Modbus: per request")
+    probe.add_argument("--query", help="serial: send this each second (e.g. 'MEAS:VOLT?')")
+    probe.add_argument("--pattern", help="serial: regular expression with named groups to try")
+    probe.add_argument("--seconds", type=float, default=30.0, help="serial: how long (30)")
+
+    scan = sub.add_parser("scan", help="find the unit ids that answer behind a Modbus gateway")
+    scan.add_argument("url", help="modbus://HOST:PORT")
+    scan.add_argument("--units", default="1-247", help="range, e.g. 1-32 (default 1-247)")
+    scan.add_argument("--timeout-ms", type=int, default=300, help="wait per unit (300)")
+    scan.add_argument("--address", type=int, default=0, help="holding register to read (0)")
 
     browse = sub.add_parser("browse", help="list an OPC-UA server's nodes, to copy NodeIds")
     browse.add_argument("endpoint", help="opc.tcp://HOST:PORT[/path]")
@@ -123,8 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
         return run_service(config)
+    if args.command == "probe" and args.url.startswith("modbus://"):
+        return _probe_modbus(args)
     if args.command == "probe":
         return _probe(args.url, args.query, args.pattern, args.seconds)
+    if args.command == "scan":
+        return _scan(args)
     if args.command == "browse":
         return _browse(args)
     if args.command == "buffer":
@@ -299,4 +324,92 @@ def _buffer(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"buffer: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    return 0
+
+
+def _probe_modbus(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from collector.config import ModbusTable  # noqa: PLC0415
+    from collector.errors import DeviceError  # noqa: PLC0415
+    from drivers.modbus import interpretations, read_raw, tcp_device_from_url  # noqa: PLC0415
+
+    table = ModbusTable(args.table)
+    limit = 2000 if table.is_bit_table else 125
+    if not 1 <= args.count <= limit:
+        print(f"probe: --count must be 1..{limit} for {table.value}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        device = tcp_device_from_url(args.url, args.timeout_ms)
+    except (ValueError, ValidationError) as exc:
+        print(f"probe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    where = f"{device.host}:{device.port} unit {device.unit_id}"
+    span = f"{table.value}[{args.address}..{args.address + args.count - 1}]"
+    try:
+        values = asyncio.run(read_raw(device, table, args.address, args.count))
+    except DeviceError as exc:
+        print(f"probe: {where} {span}: {exc.code.value}: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    print(f"{where} {span}")
+    if table.is_bit_table:
+        print("bits: " + " ".join("1" if v else "0" for v in values))
+        return 0
+    words = [int(v) for v in values]
+    print(
+        "words: "
+        + " ".join(f"0x{w:04X}" for w in words)
+        + "   ("
+        + " ".join(str(w) for w in words)
+        + ")"
+    )
+    print(
+        f"\nThe value at address {args.address}, read as each type and byte/word order; "
+        "pick the one the device's display shows:"
+    )
+    print(f"{'type':<24}{'ABCD':>16}{'CDAB':>16}{'BADC':>16}{'DCBA':>16}")
+    for name, cells in interpretations(words, args.address):
+        print(f"{name:<24}" + "".join(f"{c:>16}" for c in cells))
+    print(
+        "\nIn the config: ABCD = byte_order big, word_order big; CDAB = big, little; "
+        "BADC = little, big; DCBA = little, little."
+    )
+    return 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from drivers.modbus import scan_units, tcp_device_from_url  # noqa: PLC0415
+
+    low, _, high = args.units.partition("-")
+    high = high or low
+    if not (low.isdigit() and high.isdigit() and 0 <= int(low) <= int(high) <= 247):
+        print(
+            f"scan: --units {args.units!r}: expected a range within 0-247, e.g. 1-32",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    first, last = int(low), int(high)
+    try:
+        device = tcp_device_from_url(args.url, args.timeout_ms)
+    except (ValueError, ValidationError) as exc:
+        print(f"scan: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    count = last - first + 1
+    print(
+        f"scanning {device.host}:{device.port} units {first}-{last} "
+        f"(at most {count * args.timeout_ms / 1000:.0f} s)...",
+        flush=True,
+    )
+    found = asyncio.run(scan_units(device, range(first, last + 1), address=args.address))
+    normal = [(unit, what) for unit, what in found if "exception" not in what]
+    for unit, what in normal:
+        print(f"unit {unit}: {what}")
+    odd = [unit for unit, what in found if "exception" in what]
+    if odd:
+        # Some gateways (and simulators) answer for every unit id, with an exception for the
+        # ones that are not there; a real unit may also refuse this address.
+        print(f"answered only with an exception: units {', '.join(map(str, odd))}")
+    print(f"{len(normal)} unit(s) answered a read; {len(odd)} with an exception only")
     return 0

@@ -1090,8 +1090,10 @@ def _load_csv_tags(data: dict[str, Any], filename: str, lines: dict[Path_, int])
                 continue  # a blank line in the sheet
             name = cells.get("name", "")
             if name in seen:
-                problems.append(f"{path}:{reader.line_num}: name: duplicate tag name {name!r} "
-                                f"(also on line {seen[name]})")
+                problems.append(
+                    f"{path}:{reader.line_num}: name: duplicate tag name {name!r} "
+                    f"(also on line {seen[name]})"
+                )
                 continue
             seen[name] = reader.line_num
             try:

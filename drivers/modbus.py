@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -31,6 +32,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from collector.config import (
+    TYPE_REGISTERS,
     ByteOrder,
     ModbusRtuDevice,
     ModbusTable,
@@ -565,6 +567,124 @@ def check_reply(request: Request, reply: Any) -> Sequence[int] | Sequence[bool]:
             ErrorCode.BAD_REPLY, f"{request}: {len(registers)} registers, expected {request.count}"
         )
     return registers
+
+
+# --------------------------------------------------------------------------- technician tools
+
+GATEWAY_NO_TARGET = (ErrorCode.GATEWAY_PATH_UNAVAILABLE, ErrorCode.GATEWAY_TARGET_NO_RESPONSE)
+
+
+def tcp_device_from_url(url: str, timeout_ms: int = 1000) -> ModbusTcpDevice:
+    """A device config from ``modbus://HOST:PORT?unit=1`` (port 502 when omitted)."""
+    parts = urlsplit(url)
+    if parts.scheme != "modbus" or not parts.hostname:
+        raise ValueError(f"expected modbus://HOST:PORT?unit=N, got {url!r}")
+    params = dict(parse_qsl(parts.query))
+    unknown = set(params) - {"unit"}
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; allowed: unit")
+    return ModbusTcpDevice.model_validate(
+        {
+            "name": "probe",
+            "protocol": "modbus_tcp",
+            "host": parts.hostname,
+            "port": parts.port or 502,
+            "unit_id": int(params.get("unit", 1)),
+            "timeout_ms": timeout_ms,
+            "tags": [{"name": "x", "table": "coil", "address": 0, "type": "bool"}],
+        }
+    )
+
+
+async def read_raw(
+    device: ModbusTcpDevice, table: ModbusTable, address: int, count: int
+) -> list[int] | list[bool]:
+    """One read, as the device answers it (raises NotConnectedError or RequestError)."""
+    driver = ModbusTcpDriver(device)
+    try:
+        await driver.connect()
+        values = await driver._execute(Request(table, address, count, ()))
+    finally:
+        await driver.close()
+    return list(values)
+
+
+_ORDERS = (
+    ("ABCD", ByteOrder.BIG, WordOrder.BIG),
+    ("CDAB", ByteOrder.BIG, WordOrder.LITTLE),
+    ("BADC", ByteOrder.LITTLE, WordOrder.BIG),
+    ("DCBA", ByteOrder.LITTLE, WordOrder.LITTLE),
+)
+
+
+def interpretations(words: Sequence[int], address: int = 0) -> list[tuple[str, list[str]]]:
+    """The words starting at ``address`` read as every type, in each byte/word order
+    (columns ABCD, CDAB, BADC, DCBA; 16-bit types only have a byte order)."""
+    rows: list[tuple[str, list[str]]] = []
+    for type_ in ModbusType:
+        if type_ in (ModbusType.BOOL, ModbusType.STRING):
+            continue
+        width = TYPE_REGISTERS[type_]
+        if width > len(words):
+            continue
+        tag = ModbusTag(name="x", table=ModbusTable.HOLDING_REGISTER, address=address, type=type_)
+        cells = []
+        for _, byte_order, word_order in _ORDERS:
+            if width == 1 and word_order is WordOrder.LITTLE:
+                cells.append("=")  # a single register has no word order
+                continue
+            try:
+                value = decode(TagCodec(tag, byte_order, word_order), words[:width])
+            except ValueError:
+                value = "not finite"
+            cells.append(f"{value:.6g}" if isinstance(value, float) else str(value))
+        rows.append((type_.value, cells))
+    for label, byte_order in (
+        ("string", ByteOrder.BIG),
+        ("string (bytes swapped)", ByteOrder.LITTLE),
+    ):
+        tag = ModbusTag(
+            name="x",
+            table=ModbusTable.HOLDING_REGISTER,
+            address=address,
+            type=ModbusType.STRING,
+            count=len(words),
+        )
+        rows.append((label, [repr(decode(TagCodec(tag, byte_order, WordOrder.BIG), words))]))
+    return rows
+
+
+async def scan_units(
+    device: ModbusTcpDevice,
+    units: Iterable[int],
+    table: ModbusTable = ModbusTable.HOLDING_REGISTER,
+    address: int = 0,
+) -> list[tuple[int, str]]:
+    """Which unit ids behind ``device``'s address answer a 1-register read: (unit, what it
+    said). A reply of any kind, an exception response included, means the unit is there; no
+    answer, or a gateway's "target failed to respond", means it is not. Bounded by the unit
+    range and the device's timeout per unit."""
+    found: list[tuple[int, str]] = []
+    driver = ModbusTcpDriver(device)
+    try:
+        for unit in units:
+            if driver._client() is None or not driver._client().connected:
+                await driver.close()
+                await driver.connect()  # pymodbus drops the link after unanswered requests
+            driver._device = device.model_copy(update={"unit_id": unit})
+            try:
+                values = await driver._execute(Request(table, address, 1, ()))
+            except RequestError as exc:
+                if exc.code is ErrorCode.TIMEOUT or exc.code in GATEWAY_NO_TARGET:
+                    continue
+                found.append((unit, f"answers with an exception: {exc.code.value}"))
+            except NotConnectedError:
+                continue
+            else:
+                found.append((unit, f"{table.value}[{address}] = {values[0]}"))
+    finally:
+        await driver.close()
+    return found
 
 
 # --------------------------------------------------------------------------- simulator
