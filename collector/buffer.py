@@ -638,11 +638,14 @@ class BufferWriter:
         # What the station context wants stored along with the records it tagged.
         self._changes = changes
         self.overflow_dropped = 0
+        #: Readings handed to the writer since start (for /metrics).
+        self.collected = 0
         self.last_error: str | None = None
 
     def submit(self, records: Sequence[Record]) -> None:
         if not records:
             return
+        self.collected += len(records)
         try:
             self._queue.put_nowait(records)
         except asyncio.QueueFull:

@@ -46,6 +46,7 @@ from collector import __version__
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox
 from collector.config import Config, MqttVersion
+from collector.histogram import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class MqttStatus:
     in_flight: int = 0
     connects: int = 0
     max_packet_bytes: int | None = None
+    #: Publish to PUBACK (seconds), for /metrics.
+    publish_rtt: Histogram = field(default_factory=Histogram)
     #: The last seq of the current (or last) backlog replay; the next one it will send, or
     #: None once it is drained.
     backlog_until_seq: int | None = None
@@ -158,6 +161,7 @@ class _InFlight:
     future: asyncio.Future[ReasonCode]
     backlog: bool
     payload_bytes: int
+    sent_at: float = field(default_factory=time.perf_counter)
 
     @property
     def first_seq(self) -> int:
@@ -593,6 +597,7 @@ class Forwarder:
         if exc is not None:
             raise exc
         reason = item.future.result()
+        self.status.publish_rtt.observe(time.perf_counter() - item.sent_at)
         if not reason.is_failure:
             await self._delivered(item)
             if self._suspect[0] == item.first_seq:

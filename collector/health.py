@@ -16,7 +16,7 @@ from collections.abc import Generator, Mapping
 from typing import Annotated, Any, Protocol
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, SecretStr
 
@@ -24,6 +24,8 @@ from collector import __version__
 from collector.errors import StartupError
 
 log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # A serial: no control characters, at most 128 characters ("" and null: the unit left).
 SERIAL_PATTERN = r"^[^\x00-\x1f\x7f]{0,128}$"
@@ -42,6 +44,10 @@ class StatusSource(Protocol):
 
     def station_unit(self, station: str) -> dict[str, Any]:
         """What /status shows for the station."""
+        ...
+
+    async def metrics(self) -> bytes:
+        """The Prometheus text exposition."""
         ...
 
 
@@ -101,6 +107,11 @@ def create_app(
     @app.get("/status")
     async def status() -> dict[str, Any]:
         return await source.status()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics (docs/metrics.md); read-only, like /status."""
+        return Response(await source.metrics(), media_type=METRICS_CONTENT_TYPE)
 
     return app
 

@@ -19,6 +19,7 @@ from typing import Any
 from collector.backoff import Backoff
 from collector.driver import Driver
 from collector.errors import DeviceError, ErrorCode
+from collector.histogram import Histogram
 from collector.reading import Quality, Reading
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class DeviceStatus:
     connects: int = 0
     #: How late the last polls started against their schedule (seconds), for /status.
     start_late_s: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    #: How long polls took (seconds), for /metrics.
+    poll_seconds: Histogram = field(default_factory=Histogram)
     # Codes already logged in the current bad episode: log once, not every poll.
     _logged_codes: set[str] = field(default_factory=set)
 
@@ -149,13 +152,16 @@ class Poller:
         status = self.status
         status.polls += 1
         status.last_poll_ts = self._clock()
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._driver.max_read_seconds):
                 readings = await self._driver.read()
         except Exception as exc:
+            status.poll_seconds.observe(time.perf_counter() - started)
             self._down(exc, "read timed out")
             await self._driver.close()
             return
+        status.poll_seconds.observe(time.perf_counter() - started)
         bad = Counter(r.error.value for r in readings if r.quality is Quality.BAD and r.error)
         if bad:
             status.errors.update(bad)

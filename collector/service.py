@@ -11,9 +11,10 @@ import logging
 import stat
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from collector import __version__, systemd
+from collector import __version__, metrics, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config, OpcUaDevice
@@ -100,6 +101,8 @@ class Service:
         self._dropped_at_start = 0
         self._quarantined_at_start = 0
         self.ready = asyncio.Event()
+        self._metric_figures = metrics.BufferFigures()
+        self._metrics = metrics.registry_for(self, self._metric_figures)
         self.health_server: HealthServer | None = None
         self.drivers: dict[str, Driver] = {}
         #: Readings still buffered when the service stopped.
@@ -215,6 +218,15 @@ class Service:
 
     def station_unit(self, station: str) -> dict[str, Any]:
         return self.context.status()[station]
+
+    async def metrics(self) -> bytes:
+        stats = await self.outbox.stats()
+        self._metric_figures.oldest_age_s = age_seconds(stats.oldest_ts) or 0.0
+        path = self.config.buffer.path
+        self._metric_figures.bytes_on_disk = sum(
+            f.stat().st_size for f in (path, Path(f"{path}-wal")) if f.exists()
+        )
+        return metrics.render(self._metrics)
 
     # ------------------------------------------------------------------ StatusSource
 

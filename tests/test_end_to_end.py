@@ -331,3 +331,44 @@ async def test_unreachable_device_is_degraded_and_others_keep_flowing(
     assert status["devices"]["fixture-1"]["errors"]["connection"] >= 1
     assert {r["device"] for r in sub.readings()} == {"tester-1"}
     assert sub.readings()[0]["unit_serial"] == "SN01"
+
+
+async def test_metrics_endpoint_exports_the_status_counters(
+    line: tuple[Config, Subscriber], mosquitto: Mosquitto
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config, sub = line
+    async with RunningService(config) as running:
+        await async_wait_until(lambda: len(sub.readings()) >= 30, 10, "readings delivered")
+        port = running.service.health_server.bound_port  # type: ignore[union-attr]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            answer = await http.get("/metrics")
+            status = (await http.get("/status")).json()
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(answer.text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("collector_device_connected", device="tester-1", protocol="modbus_tcp") == 1
+    assert value("collector_device_polls_total", device="tester-1") > 5
+    assert value("collector_poll_duration_seconds_count", device="tester-1") > 5
+    assert value("collector_poll_duration_seconds_bucket", device="tester-1", le="+Inf") == value(
+        "collector_poll_duration_seconds_count", device="tester-1"
+    )
+    assert value("collector_readings_collected_total") >= value(
+        "collector_readings_delivered_total"
+    )
+    assert value("collector_readings_delivered_total") >= 30
+    assert value("collector_mqtt_connected") == 1
+    assert value("collector_mqtt_publish_rtt_seconds_count") >= 1
+    assert value("collector_buffer_dropped_total") == 0
+    assert value("collector_buffer_bytes") > 0
+    assert value("collector_buffer_max_readings") == config.buffer.max_readings
+    assert value("collector_info", id="pc1", version=status["collector"]["version"]) == 1

@@ -1,0 +1,157 @@
+"""Prometheus metrics for GET /metrics (prometheus-client), read from the service's own state
+at scrape time: the counters /status shows are the ones exported, never kept twice.
+
+Names are ``collector_*``; per-device series carry ``device`` (and ``code`` for errors).
+docs/metrics.md lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from collector import __version__
+from collector.histogram import Histogram
+
+if TYPE_CHECKING:
+    from collector.service import Service
+
+
+@dataclass
+class BufferFigures:
+    """What a scrape needs from the buffer that takes a query (refreshed before each scrape)."""
+
+    oldest_age_s: float = 0.0
+    bytes_on_disk: int = 0
+
+
+def _histogram(
+    name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], Histogram]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, histogram in series:
+        family.add_metric(values, histogram.cumulative(), histogram.sum)
+    return family
+
+
+class ServiceCollector(Collector):
+    def __init__(self, service: Service, figures: BufferFigures) -> None:
+        self._service = service
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        service = self._service
+        c = service.config.collector
+        info = GaugeMetricFamily(
+            "collector_info", "The collector and its version.", labels=["id", "version"]
+        )
+        info.add_metric([c.id, __version__], 1)
+        yield info
+
+        devices = service.devices.values()
+        connected = GaugeMetricFamily(
+            "collector_device_connected",
+            "1 while the device is connected.",
+            labels=["device", "protocol"],
+        )
+        polls = CounterMetricFamily("collector_device_polls", "Polls made.", labels=["device"])
+        skipped = CounterMetricFamily(
+            "collector_device_skipped_polls",
+            "Poll slots skipped because a poll overran.",
+            labels=["device"],
+        )
+        errors = CounterMetricFamily(
+            "collector_device_errors", "Errors by code.", labels=["device", "code"]
+        )
+        for d in devices:
+            connected.add_metric([d.name, d.protocol], 1 if d.connected else 0)
+            polls.add_metric([d.name], d.polls)
+            skipped.add_metric([d.name], d.skipped_polls)
+            for code, count in sorted(d.errors.items()):
+                errors.add_metric([d.name, code], count)
+        yield from (connected, polls, skipped, errors)
+        yield _histogram(
+            "collector_poll_duration_seconds",
+            "How long a poll took (connect excluded).",
+            ["device"],
+            (([d.name], d.poll_seconds) for d in devices),
+        )
+
+        writer, outbox, mqtt = service.writer, service.outbox.outbox, service.mqtt
+        yield CounterMetricFamily(
+            "collector_readings_collected", "Readings read from devices.", value=writer.collected
+        )
+        yield CounterMetricFamily(
+            "collector_readings_delivered",
+            "Readings the broker accepted (this run).",
+            value=mqtt.readings_delivered,
+        )
+        yield CounterMetricFamily(
+            "collector_units_delivered",
+            "Unit records the broker accepted (this run).",
+            value=mqtt.units_delivered,
+        )
+        yield GaugeMetricFamily(
+            "collector_buffer_readings", "Readings buffered.", value=outbox.depth
+        )
+        yield GaugeMetricFamily(
+            "collector_buffer_max_readings", "buffer.max_readings.", value=outbox.max_readings
+        )
+        yield GaugeMetricFamily(
+            "collector_buffer_unit_records", "Unit records buffered.", value=outbox.units_depth
+        )
+        yield GaugeMetricFamily(
+            "collector_buffer_bytes",
+            "Size of the buffer file and its WAL.",
+            value=self._figures.bytes_on_disk,
+        )
+        yield GaugeMetricFamily(
+            "collector_buffer_oldest_unsent_age_seconds",
+            "Age of the oldest reading not yet delivered (0 when none).",
+            value=self._figures.oldest_age_s,
+        )
+        yield CounterMetricFamily(
+            "collector_buffer_dropped",
+            "Readings dropped: buffer full, or the writer's queue overflowing.",
+            value=outbox.dropped_total + writer.overflow_dropped,
+        )
+        yield CounterMetricFamily(
+            "collector_buffer_quarantined",
+            "Readings the broker can never accept, moved aside.",
+            value=outbox.quarantined_total,
+        )
+        yield GaugeMetricFamily(
+            "collector_mqtt_connected", "1 while connected to the broker.", value=mqtt.connected
+        )
+        rejected = CounterMetricFamily(
+            "collector_mqtt_rejected", "Publishes the broker refused, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(mqtt.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield _histogram(
+            "collector_mqtt_publish_rtt_seconds",
+            "From publish to the broker's acknowledgement.",
+            [],
+            [([], mqtt.publish_rtt)],
+        )
+
+
+def registry_for(service: Service, figures: BufferFigures) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(service, figures))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
