@@ -28,12 +28,36 @@ EXIT_STARTUP = 1
 EXIT_CONFIG = 2
 
 
-def setup_logging(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: level, logger, message (and ts outside journald, which
+    stamps lines itself), for log shippers that parse fields."""
+
+    def __init__(self, with_time: bool) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson  # noqa: PLC0415
+
+        entry: dict[str, object] = {}
+        if self.with_time:
+            entry["ts"] = datetime.fromtimestamp(record.created, UTC)
+        entry |= {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, option=orjson.OPT_UTC_Z).decode()
+
+
+def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     # Under systemd, journald stamps every line itself: do not print a second timestamp.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    under_journald = "JOURNAL_STREAM" in os.environ
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter(with_time=not under_journald))
+    else:
+        fmt = "%(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(logging.Formatter(fmt if under_journald else "%(asctime)s " + fmt))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"collector {__version__}")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line (level, logger, message; ts outside journald)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -134,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, json_lines=args.log_format == "json")
     if args.command == "check":
         return _check(args.config)
     if args.command == "run":

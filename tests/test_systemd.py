@@ -4,6 +4,7 @@ protocol (READY=1, WATCHDOG=1 from its loop, STOPPING=1) over a real datagram so
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -116,3 +117,59 @@ def test_service_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     assert messages.index(ready[0]) < len(messages) - 1
     assert sum(m == "WATCHDOG=1" for m in messages) >= 3
     assert any(m.startswith("STOPPING=1") for m in messages)
+
+
+@pytest.mark.parametrize("journald", [False, True])
+def test_logs_as_json_lines_or_text_without_a_second_timestamp_under_journald(
+    tmp_path: Path, journald: bool
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "collector": {"id": "pc1", "site": "s", "line": "l"},
+                # A folder that does not exist: start-up fails with one clear line.
+                "buffer": {"path": str(tmp_path / "missing" / "b.db")},
+                "health": {"port": 0},
+                "devices": [
+                    {
+                        "name": "d",
+                        "protocol": "modbus_tcp",
+                        "host": "127.0.0.1",
+                        "tags": [{"name": "t", "table": "coil", "address": 0, "type": "bool"}],
+                    }
+                ],
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    if journald:
+        env["JOURNAL_STREAM"] = "8:1234"
+    runs = {
+        fmt: subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "--log-format",
+                fmt,
+                "run",
+                "--config",
+                str(config),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        for fmt in ("json", "text")
+    }
+    assert {r.returncode for r in runs.values()} == {1}
+    (line,) = [json.loads(x) for x in runs["json"].stderr.splitlines()]
+    assert line["level"] == "ERROR"
+    assert line["logger"] == "collector"
+    assert line["message"].startswith("cannot start: buffer ")
+    assert ("ts" in line) is not journald
+    (text,) = runs["text"].stderr.splitlines()
+    assert text.startswith("ERROR collector: cannot start") is journald
