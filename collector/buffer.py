@@ -651,6 +651,10 @@ class BufferWriter:
         except asyncio.QueueFull:
             self.overflow_dropped += len(records)
 
+    def set_changes(self, changes: Callable[[], ContextChanges]) -> None:
+        """Take the context's changes from here on (a new context after a reload)."""
+        self._changes = changes
+
     def poke(self) -> None:
         """Commit soon even without new records (the context has changes to store)."""
         with contextlib.suppress(asyncio.QueueFull):

@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
-        return run_service(config)
+        return run_service(config, args.config)
     if args.command == "probe" and args.url.startswith("modbus://"):
         return _probe_modbus(args)
     if args.command == "probe":
@@ -231,7 +231,7 @@ def _probe(url: str, query: str | None, pattern: str | None, seconds: float) -> 
         return 0
 
 
-def run_service(config: Config) -> int:
+def run_service(config: Config, path: Path | None = None) -> int:
     from collector.service import Service  # noqa: PLC0415
 
     async def main_loop() -> None:
@@ -239,7 +239,19 @@ def run_service(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Service(config).run(stop)
+        service = Service(config)
+        reloads: set[asyncio.Task[bool]] = set()
+        if path is not None:
+            service.config_path = path
+
+            def reload() -> None:
+                # SIGHUP (systemctl reload): re-read the config; the service goes on either way.
+                task = asyncio.create_task(service.reload(path), name="reload")
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
+        await service.run(stop)
 
     try:
         asyncio.run(main_loop())

@@ -424,6 +424,13 @@ class StationContext:
 
     # ------------------------------------------------------------------ persistence & status
 
+    def snapshot(self) -> tuple[dict[str, bytes], dict[tuple[str, str], int]]:
+        """Everything :meth:`restore` needs (for a new context after a config reload)."""
+        return (
+            {name: station.snapshot() for name, station in self._stations.items()},
+            dict(self._attempts),
+        )
+
     def take_changes(self) -> ContextChanges:
         """Unit records and state to store with the readings tagged so far (and forget)."""
         changes = ContextChanges(

@@ -17,9 +17,10 @@ from typing import Any
 from collector import __version__, metrics, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
-from collector.config import Config, OpcUaDevice
+from collector.config import Config, DeviceConfig, OpcUaDevice, load_config
 from collector.context import StationContext
 from collector.driver import Driver
+from collector.errors import ConfigError
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
 from collector.poller import DeviceStatus, Poller
@@ -105,6 +106,12 @@ class Service:
         self._metrics = metrics.registry_for(self, self._metric_figures)
         self.health_server: HealthServer | None = None
         self.drivers: dict[str, Driver] = {}
+        self._polling: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._reload_lock = asyncio.Lock()
+        self.config_path: Path | None = None
+        #: The last reload: when, what it did, or why it was refused (shown on /status).
+        self.reload_state: dict[str, Any] | None = None
         #: Readings still buffered when the service stopped.
         self.left_in_buffer = 0
 
@@ -141,25 +148,31 @@ class Service:
         finally:
             await self.outbox.close()
 
+    def _start_poller(self, group: asyncio.TaskGroup, device: DeviceConfig) -> None:
+        self.devices[device.name] = status = DeviceStatus(
+            device.name, device.protocol, device.station
+        )
+        self.drivers[device.name] = driver = create_driver(device)
+        poller = Poller(
+            driver,
+            status,
+            device.poll_interval_ms / 1000,
+            self._sink,
+            Backoff(device.reconnect_min_ms / 1000, device.reconnect_max_ms / 1000),
+        )
+        self._polling[device.name] = group.create_task(poller.run(), name=f"poll:{device.name}")
+
     async def _run(self, stop: asyncio.Event) -> None:
         config = self.config
         forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
-        self.drivers = {d.name: create_driver(d) for d in config.devices}
-        pollers = [
-            Poller(
-                self.drivers[d.name],
-                self.devices[d.name],
-                d.poll_interval_ms / 1000,
-                self._sink,
-                Backoff(d.reconnect_min_ms / 1000, d.reconnect_max_ms / 1000),
-            )
-            for d in config.devices
-        ]
         forward_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
+            self._group = group
             writer = group.create_task(self.writer.run(), name="buffer-writer")
             forwarding = group.create_task(forwarder.run(forward_stop), name="forwarder")
-            polling = [group.create_task(p.run(), name=f"poll:{p.status.name}") for p in pollers]
+            for device in config.devices:
+                self._start_poller(group, device)
+            pollers = list(self._polling.values())
             ticking = group.create_task(self._tick(), name="unit-timer")
             health = None
             if self.health_server is not None:
@@ -185,7 +198,9 @@ class Service:
             systemd.notify("STOPPING=1", "STATUS=stopping: delivering what is buffered")
 
             log.info("stopping: polling stopped, delivering what is buffered")
-            await cancel_and_wait([*polling, ticking])
+            async with self._reload_lock:  # a reload in progress finishes first
+                self._group = None
+                await cancel_and_wait([*self._polling.values(), ticking])
             self.context.tick(final=True)  # no late reading can come now: finish ended units
             await self.writer.flush()
             writer.cancel()
@@ -202,6 +217,82 @@ class Service:
             log.info("stopped; %d reading(s) stay buffered for the next start", depth)
         else:
             log.info("stopped; buffer empty")
+
+    async def reload(self, path: Path | None = None) -> bool:
+        """Re-read the config (SIGHUP). An invalid one is refused and the running config kept;
+        a valid one restarts the devices whose config changed and leaves the others polling.
+        Stations take the new config with their current units kept. The buffer, MQTT, health
+        and identity sections need a restart to change: kept, and said so. Returns whether the
+        new config was taken."""
+        path = path or self.config_path
+        assert path is not None, "no config file to reload"
+        async with self._reload_lock:
+            group = self._group
+            if group is None:
+                return False  # stopping
+            systemd.notify("RELOADING=1")
+            try:
+                new = load_config(path)
+            except ConfigError as exc:
+                problems = exc.problems
+                log.error(  # noqa: TRY400 - the problems are the message
+                    "reload: %s is invalid; the running config stays:\n%s",
+                    path,
+                    "\n".join(problems),
+                )
+                self.reload_state = {"ts": time.time(), "ok": False, "problems": problems}
+                systemd.notify("READY=1", "STATUS=config reload refused: invalid config")
+                return False
+            kept = [
+                name
+                for name in ("collector", "buffer", "mqtt", "health")
+                if getattr(new, name) != getattr(self.config, name)
+            ]
+            # Sections that cannot change while running keep their running values.
+            new = new.model_copy(update={name: getattr(self.config, name) for name in kept})
+            old_devices = {d.name: d for d in self.config.devices}
+            new_devices = {d.name: d for d in new.devices}
+            restart = sorted(n for n in old_devices if new_devices.get(n) != old_devices[n])
+            start = sorted(n for n in new_devices if old_devices.get(n) != new_devices[n])
+            await cancel_and_wait([self._polling.pop(n) for n in restart])
+            for name in restart:
+                self.drivers.pop(name, None)
+                self.devices.pop(name, None)
+            if new.stations != self.config.stations or restart or start:
+                await self._swap_context(new)
+            self.config = new
+            for name in start:
+                self._start_poller(group, new_devices[name])
+            self.reload_state = {
+                "ts": time.time(),
+                "ok": True,
+                "restarted": sorted(set(restart) & set(start)),
+                "added": sorted(set(start) - set(restart)),
+                "removed": sorted(set(restart) - set(start)),
+                "not_applied_until_restart": kept,
+            }
+            log.info(
+                "reload: %s taken; devices restarted %s, added %s, removed %s; %d kept polling%s",
+                path,
+                self.reload_state["restarted"] or "none",
+                self.reload_state["added"] or "none",
+                self.reload_state["removed"] or "none",
+                len(self._polling) - len(start),
+                f"; {', '.join(kept)} changes need a restart" if kept else "",
+            )
+            systemd.notify("READY=1", f"STATUS=collecting from {len(self._polling)} device(s)")
+            return True
+
+    async def _swap_context(self, new: Config) -> None:
+        """A station context for the new config, with the current units carried over."""
+        old = self.context
+        await self.writer.flush()  # what the old context produced goes in with its readings
+        # No await from here on: no reading can be tagged between the snapshot and the swap.
+        snapshot = old.snapshot()
+        context = StationContext(new.stations, new.devices)
+        context.restore(*snapshot)
+        self.context = context
+        self.writer.set_changes(context.take_changes)
 
     async def _tick(self) -> None:
         """Unit timeouts and unit records whose late readings are in: checked every 0.5 s,
@@ -250,6 +341,9 @@ class Service:
         quarantined = outbox.quarantined_total - self._quarantined_at_start
         if quarantined:
             reasons.append(f"{quarantined} reading(s) quarantined since start (broker refused)")
+        if self.reload_state is not None and not self.reload_state["ok"]:
+            first = self.reload_state["problems"][0]
+            reasons.append(f"config reload refused, the running config stays: {first}")
         if outbox.reset is not None:
             reasons.append(
                 f"buffer was corrupt at start-up ({outbox.reset.error}); moved aside to "
@@ -271,6 +365,10 @@ class Service:
                 "uptime_s": time.time() - self._started,
             },
             "health": {"status": state, "reasons": reasons},
+            "config": {
+                "path": None if self.config_path is None else str(self.config_path),
+                "last_reload": self.reload_state,
+            },
             "devices": {
                 name: {**d.snapshot(), "details": self.drivers[name].details()}
                 if name in self.drivers
