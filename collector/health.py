@@ -50,6 +50,11 @@ class StatusSource(Protocol):
         """The Prometheus text exposition."""
         ...
 
+    def serial_sources(self) -> Mapping[str, str]:
+        """Station -> where its serial comes from ("http" or "device.tag"), as configured now
+        (a reload can change it)."""
+        ...
+
 
 # Module level: FastAPI resolves these (string) annotations in the module's namespace.
 _bearer = HTTPBearer(auto_error=False)
@@ -62,14 +67,8 @@ class UnitIn(BaseModel):
     )
 
 
-def create_app(
-    source: StatusSource,
-    token: SecretStr | None = None,
-    serial_sources: Mapping[str, str] | None = None,
-) -> FastAPI:
-    """``serial_sources``: station -> where its serial comes from ("http" or "device.tag")."""
+def create_app(source: StatusSource, token: SecretStr | None = None) -> FastAPI:
     app = FastAPI(title="collector", version=__version__, docs_url=None, redoc_url=None)
-    sources = dict(serial_sources or {})
     expected = token.get_secret_value().encode() if token is not None else None
 
     def authorised(
@@ -89,6 +88,7 @@ def create_app(
     @app.post("/stations/{station}/unit", dependencies=[Depends(authorised)])
     async def set_unit(station: str, unit: UnitIn) -> dict[str, Any]:
         """Set (or clear) the unit at a station whose serial_source is http."""
+        sources = source.serial_sources()
         if station not in sources:
             raise HTTPException(404, f"no station {station!r}; stations: {sorted(sources)}")
         if sources[station] != "http":
@@ -127,11 +127,10 @@ class HealthServer(uvicorn.Server):
         host: str,
         port: int,
         token: SecretStr | None = None,
-        serial_sources: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             uvicorn.Config(
-                create_app(source, token, serial_sources),
+                create_app(source, token),
                 log_level="warning",
                 access_log=False,
                 lifespan="off",

@@ -123,16 +123,7 @@ class Service:
         be had; after start-up, device and broker failures never end it."""
         h = self.config.health
         if h.enabled:
-            self.health_server = HealthServer(
-                self,
-                h.host,
-                h.port,
-                h.token(),
-                {
-                    s.name: str(s.serial_source) if s.serial_source is not None else "nowhere"
-                    for s in self.config.stations
-                },
-            )
+            self.health_server = HealthServer(self, h.host, h.port, h.token())
         try:
             await self.outbox.open()
         except BaseException:
@@ -309,6 +300,12 @@ class Service:
 
     def station_unit(self, station: str) -> dict[str, Any]:
         return self.context.status()[station]
+
+    def serial_sources(self) -> dict[str, str]:
+        return {
+            s.name: str(s.serial_source) if s.serial_source is not None else "nowhere"
+            for s in self.config.stations
+        }
 
     async def metrics(self) -> bytes:
         stats = await self.outbox.stats()
