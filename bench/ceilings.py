@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.buffer import readings_table
 from collector.config import ModbusTcpDevice
 from drivers.modbus import ModbusTcpDriver
 
@@ -33,26 +34,17 @@ READINGS_PER_MESSAGE = 500
 
 def sqlite_inserts(path: Path, seconds: float) -> float:
     engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
-    meta = sa.MetaData()
-    table = sa.Table(
-        "readings",
-        meta,
-        sa.Column("seq", sa.Integer, primary_key=True),
-        sa.Column("ts", sa.Float, nullable=False),
-        sa.Column("body", sa.LargeBinary, nullable=False),
-        sqlite_autoincrement=True,
-    )
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         conn.exec_driver_sql("PRAGMA synchronous=FULL")
         conn.commit()
-        meta.create_all(conn)
+        readings_table.create(conn)  # the collector's own table definition
         conn.commit()
         rows = [{"ts": 1.0, "body": BODY} for _ in range(1000)]
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             with conn.begin():
-                conn.execute(table.insert(), rows)
+                conn.execute(readings_table.insert(), rows)
             done += len(rows)
         elapsed = time.perf_counter() - start
     engine.dispose()

@@ -42,7 +42,7 @@ from typing import Any
 
 from asyncua import Client, Server, ua
 from asyncua.common.node import Node
-from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua.common.subscription import DataChangeNotif
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen, security_policies
 from asyncua.crypto.permission_rules import User, UserRole
@@ -250,7 +250,6 @@ class OpcUaDriver:
         self._client: Client | None = None
         self._poll: list[_Resolved] = []
         self._changes: _Changes | None = None
-        self._subscription: Subscription | None = None
         self._lost: str | None = None
         self._namespaces: dict[str, int] = {}
         self._dropped_before = 0
@@ -318,8 +317,8 @@ class OpcUaDriver:
             raise NotConnectedError(f"{d.endpoint}: cannot connect: {exc!r}") from exc
         self._client = client
         try:
-            await self._resolve(client)
-            await self._subscribe(client)
+            resolved = await self._resolve(client)
+            await self._subscribe(client, resolved)
         except _LINK_ERRORS as exc:
             await self.close()
             if isinstance(exc, ua.UaStatusCodeError):
@@ -365,7 +364,6 @@ class OpcUaDriver:
 
     async def close(self) -> None:
         client, self._client = self._client, None
-        self._subscription = None
         if client is not None:
             await self._discard(client)
 
@@ -417,7 +415,7 @@ class OpcUaDriver:
             await client.load_client_certificate(str(user.certificate_file))
             await client.load_private_key(user.private_key_file)
 
-    async def _resolve(self, client: Client) -> None:
+    async def _resolve(self, client: Client) -> list[_Resolved]:
         """NodeIds for this connection: namespace URIs to today's indexes."""
         array = await client.get_namespace_array()
         self._namespaces = {uri: index for index, uri in enumerate(array)}
@@ -437,12 +435,12 @@ class OpcUaDriver:
                     )
                 node_id = ua.NodeId.from_string(f"ns={index};{tag.id}")
             resolved.append(_Resolved(tag, node_id))
-        self._resolved = resolved
         self._poll = [r for r in resolved if self.device.collect_of(r.tag) == OpcUaCollect.POLL]
+        return resolved
 
-    async def _subscribe(self, client: Client) -> None:
+    async def _subscribe(self, client: Client, nodes: list[_Resolved]) -> None:
         d = self.device
-        wanted = [r for r in self._resolved if d.collect_of(r.tag) == OpcUaCollect.SUBSCRIBE]
+        wanted = [r for r in nodes if d.collect_of(r.tag) == OpcUaCollect.SUBSCRIBE]
         if not wanted:
             self._changes = None
             return
@@ -473,7 +471,7 @@ class OpcUaDriver:
         ]
         if refused:
             log.warning("%s: monitored items refused: %s", d.name, "; ".join(refused))
-        self._changes, self._subscription = changes, subscription
+        self._changes = changes
 
     # ------------------------------------------------------------------ failures
 
