@@ -1,8 +1,10 @@
 """Stage ceilings on this machine, each stage alone and as fast as it goes, so the pipeline's
 figure can be read as a fraction of its slowest stage:
 
-- SQLite: SQLAlchemy Core inserts of reading-sized rows, 1000 per transaction, WAL,
-  synchronous=FULL (the collector's defaults);
+- SQLite: SQLAlchemy Core inserts into the collector's own batches table, WAL,
+  synchronous=FULL (the collector's defaults), 1000 readings per transaction: once as one row
+  per reading (what storing each reading as a row could reach at most) and once as 100-reading
+  batches, the way the collector stores a poll;
 - MQTT: paho QoS 1 publishes of 500-reading messages to the local mosquitto, 8 in flight,
   counted when acknowledged;
 - Modbus: sequential 125-register reads through the collector's Modbus TCP driver (pymodbus
@@ -24,31 +26,40 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.buffer import readings_table
+from collector.buffer import batches_table
 from collector.config import ModbusTcpDevice
 from drivers.modbus import ModbusTcpDriver
 
 BODY = b'{"ts":"2026-11-21T10:15:02.250113Z","station":"ft-1","device":"tester-1",' + b"x" * 130
 READINGS_PER_MESSAGE = 500
+READINGS_PER_TRANSACTION = 1000
 
 
-def sqlite_inserts(path: Path, seconds: float) -> float:
+def sqlite_inserts(path: Path, seconds: float, per_row: int = 1) -> float:
+    """Readings per second stored, ``per_row`` readings in each row."""
     engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+    body = b",".join([BODY] * per_row)
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         conn.exec_driver_sql("PRAGMA synchronous=FULL")
         conn.commit()
-        readings_table.create(conn)  # the collector's own table definition
+        batches_table.create(conn)  # the collector's own table definition
         conn.commit()
-        rows = [{"ts": 1.0, "body": BODY} for _ in range(1000)]
-        done, start = 0, time.perf_counter()
+        rows_per_transaction = READINGS_PER_TRANSACTION // per_row
+        seq, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
+            rows = []
+            for _ in range(rows_per_transaction):
+                rows.append(
+                    {"last_seq": seq + per_row, "first_seq": seq + 1, "ts": 1.0, "body": body}
+                )
+                seq += per_row
             with conn.begin():
-                conn.execute(readings_table.insert(), rows)
-            done += len(rows)
+                conn.execute(batches_table.insert(), rows)
         elapsed = time.perf_counter() - start
     engine.dispose()
-    return done / elapsed
+    path.unlink()
+    return seq / elapsed
 
 
 def paho_qos1(port: int, seconds: float) -> float:

@@ -1,20 +1,29 @@
 """The SQLite outbox (SQLAlchemy Core): append -> take -> ack. Nothing leaves before the ack.
 
-- Each reading is one row. Its ``seq`` is the row's ``INTEGER PRIMARY KEY AUTOINCREMENT``:
-  SQLite never hands out an AUTOINCREMENT id twice, even after the row is deleted, and ids of
-  a transaction that never committed were never published. So ``seq`` strictly increases and
-  never repeats, across restarts and crashes, with no counter of our own to keep in step.
-- The row body is the reading encoded as a JSON object *without* ``seq``; the forwarder splices
-  ``seq`` in front, so publishing needs no decode.
+- Readings are stored a poll at a time: one row (a *batch*) holds a poll's readings, numbered
+  ``first_seq..last_seq``, as the comma-separated JSON objects that a message carries
+  (collector.message), ``seq`` included. One row per poll, not per reading, is what lets one
+  core carry 100,000 readings a second (docs/performance.md): SQLite's cost is per row.
+- ``seq`` is handed out by :class:`BufferWriter`, the only writer, counting on from the
+  highest seq ever stored. The batch's key is its ``last_seq``, an ``INTEGER PRIMARY KEY
+  AUTOINCREMENT``: SQLite keeps the highest key ever inserted in ``sqlite_sequence``, even
+  after the row is deleted, in the same transaction as the row. So ``seq`` strictly increases
+  and never repeats, across restarts and crashes, with no counter of our own to keep in step;
+  seqs of a transaction that never committed were never published.
 - :class:`BufferWriter` groups whatever the pollers produced since the last commit into one
-  transaction (a poll's readings are never split across transactions).
-- When the cap is reached, the oldest rows are deleted in the same transaction that appends
-  the new ones, and counted (persistently, in ``meta``).
+  transaction.
+- When the cap is reached, the oldest batches are deleted in the same transaction that appends
+  the new ones, and their readings counted (persistently, in ``meta``).
+- A batch that cannot go out whole (larger than the broker takes) is split into smaller
+  batches in place (:meth:`Outbox.split`); a single reading that can never be delivered is
+  moved to the quarantine table.
 - A file that is not a database, or whose pages are malformed, is moved aside at start-up
   (:func:`open_outbox`) and a fresh one is started, its ``seq`` continuing above the highest one
   ever handed out: read from the old file if it still can be, else from ``<path>.seq``, a hint
-  rewritten after every commit, plus :data:`SEQ_JUMP_AFTER_RESET` for what the hint may have
+  rewritten about once a second, plus :data:`SEQ_JUMP_AFTER_RESET` for what the hint may have
   missed. A seq is never reused: consumers that dedupe on it would drop new readings.
+- A buffer written by a version that stored one row per reading is converted at start-up, in
+  one transaction, nothing lost (:func:`_migrate_reading_rows`).
 
 All SQLite work runs on one dedicated thread (:class:`AsyncOutbox`), so an fsync never stalls
 the event loop that polls devices.
@@ -43,23 +52,28 @@ from sqlalchemy.schema import CreateTable
 
 from collector.config import Synchronous
 from collector.errors import StartupError
-from collector.reading import ContextChanges, Record, UnitRecord
+from collector.message import ReadingEncoder, encode_unit, ts_text, with_seq
+from collector.reading import Context, ContextChanges, Reading
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _metadata = sa.MetaData()
-readings_table = sa.Table(
-    "readings",
+# One row per poll (or part of one): readings first_seq..last_seq, oldest ts, their JSON.
+batches_table = sa.Table(
+    "batches",
     _metadata,
-    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("last_seq", sa.Integer, primary_key=True),
+    sa.Column("first_seq", sa.Integer, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
 # Readings the broker can never accept (e.g. larger than its packet limit), moved aside so they
 # do not block the rows behind them; kept for inspection, counted, never silently deleted.
+# ``seq`` is the last seq of the moved batch (one reading, as batches are split first); the
+# body holds the reading objects with their seq.
 quarantine_table = sa.Table(
     "quarantine",
     _metadata,
@@ -101,75 +115,43 @@ meta_table = sa.Table(
     sa.Column("value", sa.Integer, nullable=False),
 )
 
-INSERT_READINGS = "INSERT INTO readings (ts, body) VALUES (?, ?)"
+INSERT_BATCHES = "INSERT INTO batches (last_seq, first_seq, ts, body) VALUES (?, ?, ?, ?)"
 SEQ_JUMP_AFTER_RESET = 1_000_000
 HINT_INTERVAL_S = 1.0
-# What the forwarder adds to each stored body: '{"seq":' + up to 20 digits + ',' + a comma.
-SPLICE_BYTES = 32
 DROPPED_KEY = "dropped_total"
 QUARANTINED_KEY = "quarantined_total"
+# How many readings a batch holds, in SQL.
+_COUNT = "last_seq - first_seq + 1"
 
 
-# ts -> its RFC 3339 text. The readings of one poll share their ts, so formatting it once per
-# poll instead of once per reading saves a datetime and a format per reading.
-_ts_text: dict[float, str] = {}
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Readings ``first_seq..last_seq`` (consecutive), the oldest one read at ``ts``, as
+    comma-separated JSON objects (collector.message)."""
+
+    first_seq: int
+    last_seq: int
+    ts: float
+    body: bytes
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
 
 
-def _ts(ts: float) -> str:
-    text = _ts_text.get(ts)
-    if text is None:
-        if len(_ts_text) >= 4096:
-            _ts_text.clear()
-        text = _ts_text[ts] = orjson.dumps(_utc(ts), option=orjson.OPT_UTC_Z)[1:-1].decode()
-    return text
-
-
-def encode_record(record: Record) -> bytes:
-    """The JSON object of one reading, without ``seq`` (see docs/messages.md)."""
-    r = record.reading
-    return orjson.dumps(
-        {
-            "ts": _ts(r.ts),
-            "station": record.station,
-            "device": record.device,
-            "tag": r.tag,
-            "value": r.value,
-            "unit": r.unit,
-            "quality": r.quality.value,
-            "error": None if r.error is None else r.error.value,
-            "unit_serial": record.unit_serial,
-            "operation": record.operation,
-            "attempt": record.attempt,
-        },
-        option=orjson.OPT_UTC_Z,
-    )
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def encode_unit(unit: UnitRecord) -> bytes:
-    """The JSON object of one unit record, without ``seq`` (see docs/traceability.md)."""
-    return orjson.dumps(
-        {
-            "serial": unit.serial,
-            "station": unit.station,
-            "operation": unit.operation,
-            "attempt": unit.attempt,
-            "start": _utc(unit.start_ts),
-            "end": _utc(unit.end_ts),
-            "cycle_time_s": round(unit.end_ts - unit.start_ts, 3),
-            "verdict": unit.verdict,
-            "failure_code": unit.failure_code,
-            "ended_by": unit.ended_by,
-            "readings": unit.readings,
-            "characteristics": {
-                name: {"last": last, "min": low, "max": high}
-                for name, (last, low, high) in unit.characteristics.items()
-            },
-        },
-        option=orjson.OPT_UTC_Z,
+def make_batch(
+    encoder: ReadingEncoder,
+    first_seq: int,
+    device: str,
+    readings: Sequence[Reading],
+    contexts: Sequence[Context],
+) -> Batch:
+    """One poll's readings, numbered from ``first_seq``, as the batch the outbox stores."""
+    return Batch(
+        first_seq,
+        first_seq + len(readings) - 1,
+        min(r.ts for r in readings),
+        encoder.encode(first_seq, device, readings, contexts),
     )
 
 
@@ -228,26 +210,33 @@ class Outbox:
             # `buffer stats` reader, say) may be opening the same new file at the same moment.
             for table in _metadata.sorted_tables:
                 self._conn.execute(CreateTable(table, if_not_exists=True))
+            _migrate_reading_rows(self._conn)
             if seq_floor:
-                for stream in ("readings", "units"):
+                for stream in ("batches", "units"):
                     self._conn.execute(
                         sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :s)"),
                         {"t": stream, "s": seq_floor},
                     )
         # Counting the rows reads every page of the table: a malformed page shows up here, at
         # start-up, not in the middle of a shift.
-        self.depth = self._conn.execute(
-            sa.select(sa.func.count()).select_from(readings_table)
-        ).scalar_one()
+        self.depth = self._count_readings()
         self.dropped_total = self._meta(DROPPED_KEY)
         self.quarantined_total = self._meta(QUARANTINED_KEY)
         self.units_depth = self._conn.execute(
             sa.select(sa.func.count()).select_from(units_table)
         ).scalar_one()
-        self.last_seq = self._last_seq("readings")
+        self.last_seq = self._last_seq("batches")
         self.last_unit_seq = self._last_seq("units")
         self._conn.commit()
         self._write_hint()
+
+    def _count_readings(self, where: str = "", **params: int) -> int:
+        return int(
+            self._conn.execute(
+                sa.text(f"SELECT coalesce(sum({_COUNT}), 0) FROM batches {where}"),  # noqa: S608
+                params,
+            ).scalar_one()
+        )
 
     def _last_seq(self, table: str) -> int:
         value = self._conn.execute(
@@ -288,39 +277,52 @@ class Outbox:
         self._conn.close()
         self._engine.dispose()
 
-    def append(self, records: Sequence[Record], changes: ContextChanges | None = None) -> int:
+    def append(self, batches: Sequence[Batch], changes: ContextChanges | None = None) -> int:
         """Append in one transaction, with the station context's changes that go with these
-        records; drop the oldest readings if over the cap. Returns how many were dropped."""
-        if not records and not changes:
+        batches; drop the oldest readings if over the cap. Returns how many were dropped."""
+        if not batches and not changes:
             return 0
-        rows = [(r.reading.ts, encode_record(r)) for r in records]
-        over = self.depth + len(rows) - self.max_readings
+        count = sum(b.count for b in batches)
+        over = self.depth + count - self.max_readings
         dropped = 0
         with self._conn.begin():
             if changes:
                 self._store_changes(changes)
-            if rows:
-                # The driver's own executemany: SQLAlchemy's per-row parameter processing was
-                # the largest single cost of a commit (bench/, docs/performance.md).
-                self._conn.exec_driver_sql(INSERT_READINGS, rows)
+            if batches:
+                # The driver's own executemany: SQLAlchemy's per-row parameter processing costs
+                # more than the insert (bench/, docs/performance.md).
+                self._conn.exec_driver_sql(
+                    INSERT_BATCHES, [(b.last_seq, b.first_seq, b.ts, b.body) for b in batches]
+                )
             if over > 0:
                 # After the insert: a batch larger than the room left drops its own oldest
-                # rows too, so the cap holds whatever the batch size.
-                oldest = sa.select(readings_table.c.seq).order_by(readings_table.c.seq).limit(over)
-                dropped = self._conn.execute(
-                    readings_table.delete().where(
-                        readings_table.c.seq.in_(oldest.scalar_subquery())
-                    )
-                ).rowcount
+                # readings too, so the cap holds whatever the batch size. Whole batches go:
+                # the oldest ones that hold at least ``over`` readings.
+                dropped = self._drop_oldest(over)
                 self._add_meta(DROPPED_KEY, dropped)
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
-        self.depth += len(rows) - dropped
-        # AUTOINCREMENT hands out consecutive ids to the only writer.
-        self.last_seq += len(rows)
+        self.depth += count - dropped
+        if batches:
+            self.last_seq = max(self.last_seq, batches[-1].last_seq)
         self._write_hint(force=False)
         self.dropped_total += dropped
+        return dropped
+
+    def _drop_oldest(self, at_least: int) -> int:
+        dropped, through = 0, None
+        rows = self._conn.exec_driver_sql(
+            f"SELECT last_seq, {_COUNT} FROM batches ORDER BY last_seq"  # noqa: S608 - constants
+        )
+        for last_seq, count in rows:
+            dropped += count
+            through = last_seq
+            if dropped >= at_least:
+                break
+        rows.close()
+        if through is not None:
+            self._conn.exec_driver_sql("DELETE FROM batches WHERE last_seq <= ?", (through,))
         return dropped
 
     def _store_changes(self, changes: ContextChanges) -> None:
@@ -374,62 +376,99 @@ class Outbox:
         return deleted
 
     def take(
-        self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
-    ) -> list[tuple[int, bytes]]:
-        """The oldest rows with after_seq < seq (<= up_to), at most max_rows and about
-        max_bytes of body (always at least one row, whatever its size)."""
-        query = (
-            sa.select(readings_table.c.seq, readings_table.c.body)
-            .where(readings_table.c.seq > after_seq)
-            .order_by(readings_table.c.seq)
-            .limit(max_rows)
-        )
+        self, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None = None
+    ) -> list[Batch]:
+        """The oldest batches with after_seq < last_seq (<= up_to), holding at most
+        max_readings readings and max_bytes of body (always at least one batch, whatever its
+        size: the caller splits one that is too large)."""
+        sql = "SELECT first_seq, last_seq, ts, body FROM batches WHERE last_seq > ?"
+        params: tuple[int, ...] = (after_seq,)
         if up_to is not None:
-            query = query.where(readings_table.c.seq <= up_to)
-        result = self._conn.execute(query)
-        out: list[tuple[int, bytes]] = []
-        size = 0
-        for seq, body in result:
-            size += len(body) + SPLICE_BYTES
-            if out and size > max_bytes:
+            sql += " AND last_seq <= ?"
+            params = (after_seq, up_to)
+        result = self._conn.exec_driver_sql(sql + " ORDER BY last_seq", params)
+        out: list[Batch] = []
+        readings = size = 0
+        for row in result:
+            batch = Batch(*row)
+            readings += batch.count
+            size += len(batch.body) + 1
+            if out and (readings > max_readings or size > max_bytes):
                 break
-            out.append((seq, body))
+            out.append(batch)
+        result.close()
         self._conn.commit()  # end the read transaction so WAL checkpoints can proceed
         return out
 
     def ack(self, first_seq: int, last_seq: int) -> int:
-        """Delete a delivered range. Rows in it that were dropped meanwhile are simply gone."""
+        """Delete the delivered batches in a range. Those dropped meanwhile are simply gone."""
+        where = "WHERE last_seq BETWEEN :first AND :last"
+        bounds = {"first": first_seq, "last": last_seq}
         with self._conn.begin():
-            deleted = self._conn.execute(
-                readings_table.delete().where(readings_table.c.seq.between(first_seq, last_seq))
-            ).rowcount
+            deleted = self._count_readings(where, **bounds)
+            self._conn.execute(sa.text(f"DELETE FROM batches {where}"), bounds)  # noqa: S608
         self.depth -= deleted
         return deleted
 
-    def quarantine(self, seq: int, reason: str) -> int:
-        """Move one row aside (it can never be delivered). Returns 1 if it was still there."""
+    def split(self, first_seq: int, last_seq: int, per_batch: int) -> int:
+        """Rewrite the batches in a range that hold more than ``per_batch`` readings as
+        batches of at most that many (same seqs, same bytes in the end). Returns how many
+        batches were split. For a message the broker will not take whole; rare, so it may
+        decode."""
+        split = 0
+        with self._conn.begin():
+            rows = self._conn.exec_driver_sql(
+                f"SELECT first_seq, last_seq, ts, body FROM batches "  # noqa: S608 - constants
+                f"WHERE last_seq BETWEEN ? AND ? AND {_COUNT} > ? ORDER BY last_seq",
+                (first_seq, last_seq, per_batch),
+            ).all()
+            for row in rows:
+                batch = Batch(*row)
+                items = orjson.loads(b"[" + batch.body + b"]")
+                parts = []
+                for i in range(0, len(items), per_batch):
+                    chunk = items[i : i + per_batch]
+                    parts.append(
+                        Batch(
+                            batch.first_seq + i,
+                            batch.first_seq + i + len(chunk) - 1,
+                            min(_epoch(item["ts"]) for item in chunk),
+                            b",".join(orjson.dumps(item) for item in chunk),
+                        )
+                    )
+                self._conn.exec_driver_sql(
+                    "DELETE FROM batches WHERE last_seq = ?", (batch.last_seq,)
+                )
+                self._conn.exec_driver_sql(
+                    INSERT_BATCHES, [(b.last_seq, b.first_seq, b.ts, b.body) for b in parts]
+                )
+                split += 1
+        return split
+
+    def quarantine(self, last_seq: int, reason: str) -> int:
+        """Move one batch aside (it can never be delivered). Returns how many readings moved
+        (0 if it was no longer there)."""
         with self._conn.begin():
             row = self._conn.execute(
-                sa.select(readings_table.c.ts, readings_table.c.body).where(
-                    readings_table.c.seq == seq
-                )
+                sa.select(batches_table).where(batches_table.c.last_seq == last_seq)
             ).one_or_none()
             if row is None:
                 return 0
+            count = int(row.last_seq - row.first_seq + 1)
             self._conn.execute(
                 quarantine_table.insert().values(
-                    seq=seq, ts=row.ts, body=row.body, reason=reason, moved_ts=time.time()
+                    seq=last_seq, ts=row.ts, body=row.body, reason=reason, moved_ts=time.time()
                 )
             )
-            self._conn.execute(readings_table.delete().where(readings_table.c.seq == seq))
-            self._add_meta(QUARANTINED_KEY, 1)
-        self.depth -= 1
-        self.quarantined_total += 1
-        return 1
+            self._conn.execute(batches_table.delete().where(batches_table.c.last_seq == last_seq))
+            self._add_meta(QUARANTINED_KEY, count)
+        self.depth -= count
+        self.quarantined_total += count
+        return count
 
     def stats(self) -> BufferStats:
         oldest = self._conn.execute(
-            sa.select(readings_table.c.ts).order_by(readings_table.c.seq).limit(1)
+            sa.select(batches_table.c.ts).order_by(batches_table.c.last_seq).limit(1)
         ).scalar_one_or_none()
         self._conn.commit()
         return BufferStats(
@@ -442,6 +481,29 @@ class Outbox:
             self.units_depth,
             self.last_unit_seq,
         )
+
+
+def _migrate_reading_rows(conn: Connection) -> None:
+    """Convert a buffer of the one-row-per-reading format (a ``readings`` table of bodies
+    without ``seq``) into batches of one reading each, in the caller's transaction: nothing
+    undelivered is lost and the seq high-water mark carries over."""
+    old = conn.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'readings'"
+    ).first()
+    if old is None:
+        return
+    with_seq = "CAST('{\"seq\":' || seq || ',' || substr(CAST(body AS TEXT), 2) AS BLOB)"
+    conn.exec_driver_sql(
+        "INSERT INTO sqlite_sequence (name, seq) "
+        "SELECT 'batches', seq FROM sqlite_sequence WHERE name = 'readings'"
+    )
+    moved = conn.exec_driver_sql(
+        f"INSERT INTO batches (last_seq, first_seq, ts, body) "  # noqa: S608 - constants
+        f"SELECT seq, seq, ts, {with_seq} FROM readings ORDER BY seq"
+    ).rowcount
+    conn.exec_driver_sql(f"UPDATE quarantine SET body = {with_seq}")  # noqa: S608 - constants
+    conn.exec_driver_sql("DROP TABLE readings")
+    log.warning("buffer: converted %d undelivered reading(s) to the batch format", moved)
 
 
 def open_outbox(
@@ -535,9 +597,9 @@ class AsyncOutbox:
             self._outbox = None
         self._executor.shutdown(wait=True)
 
-    async def append(self, records: Sequence[Record], changes: ContextChanges | None = None) -> int:
-        dropped: int = await self._call(self.outbox.append, records, changes)
-        if records:
+    async def append(self, batches: Sequence[Batch], changes: ContextChanges | None = None) -> int:
+        dropped: int = await self._call(self.outbox.append, batches, changes)
+        if batches:
             self.appended.set()
         if changes and changes.units:
             self.units_appended.set()
@@ -566,21 +628,33 @@ class AsyncOutbox:
         return True
 
     async def take(
-        self, after_seq: int, max_rows: int, max_bytes: int, up_to: int | None = None
-    ) -> list[tuple[int, bytes]]:
+        self, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None = None
+    ) -> list[Batch]:
         await self._retry_acks()
         while True:
-            rows: list[tuple[int, bytes]] = await self._call(
-                self.outbox.take, after_seq, max_rows, max_bytes, up_to
+            batches: list[Batch] = await self._call(
+                self.outbox.take, after_seq, max_readings, max_bytes, up_to
             )
             if not self._pending_acks:
-                return rows
+                return batches
             kept = [
-                row for row in rows if not any(lo <= row[0] <= hi for lo, hi in self._pending_acks)
+                b
+                for b in batches
+                if not any(lo <= b.last_seq <= hi for lo, hi in self._pending_acks)
             ]
-            if kept or not rows:
+            if kept or not batches:
                 return kept
-            after_seq = rows[-1][0]  # all delivered, awaiting their delete: look further
+            after_seq = batches[-1].last_seq  # all delivered, awaiting their delete: look further
+
+    async def split(self, first_seq: int, last_seq: int, per_batch: int) -> bool:
+        """Split the batches of a range into batches of at most ``per_batch`` readings; False
+        if that failed (they stay as they are and will be tried again)."""
+        try:
+            await self._call(self.outbox.split, first_seq, last_seq, per_batch)
+        except sa.exc.OperationalError as exc:
+            log.error("buffer: cannot split seq %d-%d (%s)", first_seq, last_seq, exc.orig)  # noqa: TRY400
+            return False
+        return True
 
     async def ack(self, first_seq: int, last_seq: int) -> None:
         """Delete a delivered range; if the delete fails it is kept and retried. Never raises."""
@@ -603,10 +677,11 @@ class AsyncOutbox:
             self._pending_acks.popleft()
         self.ack_error = None
 
-    async def quarantine(self, seq: int, reason: str) -> int:
-        """Move a row aside; 0 if it could not be (it stays and will be tried again)."""
+    async def quarantine(self, last_seq: int, reason: str) -> int:
+        """Move a batch aside; 0 if it could not be (it stays and will be tried again)."""
+        seq = last_seq
         try:
-            moved: int = await self._call(self.outbox.quarantine, seq, reason)
+            moved: int = await self._call(self.outbox.quarantine, last_seq, reason)
         except sa.exc.OperationalError as exc:
             log.error("buffer: cannot quarantine seq %d (%s)", seq, exc.orig)  # noqa: TRY400
             return 0
@@ -618,58 +693,78 @@ class AsyncOutbox:
 
 
 class BufferWriter:
-    """Moves tagged records from the pollers into the outbox, many polls per transaction.
+    """Moves the pollers' readings into the outbox, many polls per transaction.
 
-    Pollers call :meth:`submit` (never blocks). The queue is bounded; if the outbox cannot keep
-    up for long (e.g. the disk is full) and the queue overflows, the overflowing poll is dropped
-    and counted in ``overflow_dropped`` rather than growing memory without bound.
+    The only writer: it numbers the readings (``seq``) and encodes each poll into one
+    :class:`Batch` as it is submitted, on the event loop, so the outbox thread only inserts
+    rows. Pollers call :meth:`submit` (never blocks). The queue is bounded in readings; if the
+    outbox cannot keep up for long (e.g. the disk is full) and the queue overflows, the
+    overflowing poll is dropped and counted in ``overflow_dropped`` rather than growing memory
+    without bound. Its seqs are used up, so consumers see the drop as a gap.
     """
 
-    MAX_RECORDS_PER_COMMIT = 50_000
+    MAX_READINGS_PER_COMMIT = 50_000
 
     def __init__(
         self,
         outbox: AsyncOutbox,
-        max_pending_polls: int = 10_000,
+        max_pending_readings: int = 200_000,
         changes: Callable[[], ContextChanges] | None = None,
     ) -> None:
         self._outbox = outbox
-        self._queue: asyncio.Queue[Sequence[Record]] = asyncio.Queue(max_pending_polls)
-        # What the station context wants stored along with the records it tagged.
+        self._queue: deque[Batch | None] = deque()
+        self._queued = 0  # readings in the queue
+        self._max_pending = max_pending_readings
+        self._ready = asyncio.Event()
+        self._encoder = ReadingEncoder()
+        self._next_seq: int | None = None
+        # What the station context wants stored along with the readings it tagged.
         self._changes = changes
         self.overflow_dropped = 0
         #: Readings handed to the writer since start (for /metrics).
         self.collected = 0
         self.last_error: str | None = None
 
-    def submit(self, records: Sequence[Record]) -> None:
-        if not records:
+    def submit(self, device: str, readings: Sequence[Reading], contexts: Sequence[Context]) -> None:
+        """Number and encode one poll's readings (``contexts[i]`` is that of ``readings[i]``)
+        and queue them for the next commit."""
+        count = len(readings)
+        if not count:
             return
-        self.collected += len(records)
-        try:
-            self._queue.put_nowait(records)
-        except asyncio.QueueFull:
-            self.overflow_dropped += len(records)
+        self.collected += count
+        if self._next_seq is None:
+            self._next_seq = self._outbox.outbox.last_seq + 1
+        first = self._next_seq
+        self._next_seq += count
+        if self._queued + count > self._max_pending:
+            self.overflow_dropped += count
+            return
+        self._queue.append(make_batch(self._encoder, first, device, readings, contexts))
+        self._queued += count
+        self._ready.set()
 
     def set_changes(self, changes: Callable[[], ContextChanges]) -> None:
         """Take the context's changes from here on (a new context after a reload)."""
         self._changes = changes
 
     def poke(self) -> None:
-        """Commit soon even without new records (the context has changes to store)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(())
+        """Commit soon even without new readings (the context has changes to store)."""
+        self._queue.append(None)
+        self._ready.set()
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Polls waiting for their commit."""
+        return len(self._queue)
 
     async def run(self) -> None:
         """Commit until cancelled; on cancel, what is already queued is committed first."""
         try:
             while True:
-                first = await self._queue.get()
-                await self._commit(self._drain([first]))
+                await self._ready.wait()
+                self._ready.clear()
+                while self._queue:
+                    await self._commit(self._drain())
         except asyncio.CancelledError:
             await self.flush()
             raise
@@ -677,29 +772,34 @@ class BufferWriter:
     async def flush(self) -> None:
         """Commit everything queued so far, and the context's changes."""
         while True:
-            records = self._drain([])
+            batches = self._drain()
             changes = self._changes() if self._changes is not None else None
-            if not records and not changes:
+            if not batches and not changes:
                 return
-            await self._commit(records, changes)
+            await self._commit(batches, changes)
 
-    def _drain(self, batch: list[Sequence[Record]]) -> list[Record]:
-        records = [r for poll in batch for r in poll]
-        while not self._queue.empty() and len(records) < self.MAX_RECORDS_PER_COMMIT:
-            records.extend(self._queue.get_nowait())
-        return records
+    def _drain(self) -> list[Batch]:
+        batches: list[Batch] = []
+        readings = 0
+        while self._queue and readings < self.MAX_READINGS_PER_COMMIT:
+            batch = self._queue.popleft()
+            if batch is not None:
+                batches.append(batch)
+                readings += batch.count
+        self._queued -= readings
+        return batches
 
-    async def _commit(self, records: list[Record], changes: ContextChanges | None = None) -> None:
-        if changes is None and self._changes is not None and self._queue.empty():
-            # Taken only once every queued record is in this batch: the stored state then
+    async def _commit(self, batches: list[Batch], changes: ContextChanges | None = None) -> None:
+        if changes is None and self._changes is not None and not self._queue:
+            # Taken only once every queued poll is in this commit: the stored state then
             # describes exactly the readings stored with it.
             changes = self._changes()
         delay = 0.1
         while True:
             try:
-                await self._outbox.append(records, changes)
+                await self._outbox.append(batches, changes)
             except sa.exc.OperationalError as exc:
-                # e.g. "database or disk is full": keep the records, retry, say so once.
+                # e.g. "database or disk is full": keep the batches, retry, say so once.
                 message = str(exc.orig) if exc.orig is not None else str(exc)
                 if self.last_error != message:
                     log.error(  # noqa: TRY400 - one clear line; the cause is in the message
@@ -733,7 +833,13 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         raise StartupError(f"buffer {path}: no such file")
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        db.execute("SELECT 1 FROM readings LIMIT 1")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if "batches" not in tables and "readings" in tables:
+            raise StartupError(
+                f"buffer {path}: written by an older collector (one row per reading); the "
+                "collector converts it when it next starts"
+            )
+        db.execute("SELECT 1 FROM batches LIMIT 1")
     except sqlite3.Error as exc:
         raise StartupError(f"buffer {path}: cannot read: {exc}") from exc
     return db
@@ -751,7 +857,8 @@ def inspect_stats(path: Path) -> dict[str, Any]:
             return int(row[0]) if row else 0
 
         count, first, last, oldest, newest = one(
-            "SELECT count(*), min(seq), max(seq), min(ts), max(ts) FROM readings"
+            f"SELECT coalesce(sum({_COUNT}), 0), min(first_seq), max(last_seq), min(ts), "  # noqa: S608
+            "max(ts) FROM batches"
         )
         sequence = dict(db.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
         size = sum(
@@ -766,9 +873,9 @@ def inspect_stats(path: Path) -> dict[str, Any]:
                 "unsent": count,
                 "first_seq": first,
                 "last_seq": last,
-                "oldest_ts": None if oldest is None else _ts(oldest),
-                "newest_ts": None if newest is None else _ts(newest),
-                "last_seq_ever": sequence.get("readings", 0),
+                "oldest_ts": None if oldest is None else ts_text(oldest),
+                "newest_ts": None if newest is None else ts_text(newest),
+                "last_seq_ever": sequence.get("batches", 0),
             },
             "units": {
                 "unsent": one("SELECT count(*) FROM units")[0],
@@ -781,20 +888,37 @@ def inspect_stats(path: Path) -> dict[str, Any]:
         }
 
 
+# A batch's readings were read within one poll: a batch older than ``since`` by more than this
+# holds none read at or after it.
+_BATCH_SPAN_S = 3600.0
+
+
 def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[bytes]:
-    """Each row of ``table`` (oldest first) as one JSON object with its ``seq`` (and, for the
-    quarantine, why), read at or after ``since`` (epoch seconds)."""
+    """Each reading, unit record or quarantined reading of ``table`` (oldest first) as one
+    JSON object with its ``seq`` (and, for the quarantine, why), read at or after ``since``
+    (epoch seconds)."""
     if table not in EXPORT_TABLES:
         raise ValueError(f"table must be one of {', '.join(EXPORT_TABLES)}")
-    extra = ", reason" if table == "quarantine" else ""
+    floor = since if since is not None else float("-inf")
     with contextlib.closing(_open_read_only(path)) as db:
-        cursor = db.execute(
-            f"SELECT seq, body{extra} FROM {table} WHERE ts >= ? ORDER BY seq",  # noqa: S608 - table is from the fixed list above
-            (since if since is not None else float("-inf"),),
-        )
-        for row in cursor:
-            seq, body = row[0], bytes(row[1])
-            line = b'{"seq":%d,%s' % (seq, body[1:])
-            if extra:
-                line = line[:-1] + b',"quarantine_reason":' + orjson.dumps(row[2]) + b"}"
-            yield line
+        if table == "units":
+            for seq, body in db.execute(
+                "SELECT seq, body FROM units WHERE ts >= ? ORDER BY seq", (floor,)
+            ):
+                yield with_seq([(seq, bytes(body))])
+            return
+        if table == "quarantine":
+            query = "SELECT ts, body, reason FROM quarantine WHERE ts >= ? ORDER BY seq"
+        else:
+            query = "SELECT ts, body, NULL FROM batches WHERE ts >= ? ORDER BY last_seq"
+        for ts, body, reason in db.execute(query, (floor - _BATCH_SPAN_S,)):
+            for item in orjson.loads(b"[" + bytes(body) + b"]"):
+                if ts < floor and _epoch(item["ts"]) < floor:
+                    continue
+                if reason is not None:
+                    item["quarantine_reason"] = reason
+                yield orjson.dumps(item)
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()

@@ -53,7 +53,7 @@ from collector.config import (
     Verdict,
     verdict_key,
 )
-from collector.reading import ContextChanges, Quality, Reading, Record, UnitRecord, Value
+from collector.reading import Context, ContextChanges, Quality, Reading, UnitRecord, Value
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,13 @@ class _Unit:
     def holds(self, ts: float) -> bool:
         return self.start_ts <= ts and (self.end_ts is None or ts <= self.end_ts)
 
-    def count(self, name: str | None, reading: Reading) -> None:
-        self.readings += 1
-        value = reading.value
-        if name is None or reading.quality is not Quality.GOOD:
+    def context(self, station: str) -> Context:
+        return Context(station, self.serial, self.operation, self.attempt)
+
+    def characteristic(self, reading: Reading) -> None:
+        """Take a key characteristic's value into its last/min/max (good numbers only)."""
+        name, value = reading.tag, reading.value
+        if reading.quality is not Quality.GOOD:
             return
         if (
             isinstance(value, bool)
@@ -148,6 +151,9 @@ class _Station:
         if self.units and self.units[-1].end_ts is None:
             return self.units[-1]
         return None
+
+    def context_without_unit(self) -> Context:
+        return Context(self.config.name, None, self.operation)
 
     def unit_at(self, ts: float) -> _Unit | None:
         for unit in reversed(self.units):
@@ -188,10 +194,11 @@ class StationContext:
         self._station_of = {d.name: d.station for d in devices}
         self._events = {d.name for d in devices if is_event_source(d)}
         self._stations: dict[str, _Station] = {}
-        # device -> tag -> the signals it carries (most devices carry none: no search per
-        # reading); (device, tag) -> key characteristic name.
+        # device -> tag -> the signals it carries, and device -> its key characteristic tags
+        # (most devices have neither: no search per reading).
         self._signal_tags: dict[str, dict[str, list[str]]] = {}
-        self._characteristics: dict[tuple[str, str], str] = {}
+        self._characteristics: dict[str, set[str]] = {}
+        self._no_station = Context(None, None, None)
         for station in stations:
             timeouts = [d.timeout_ms for d in devices if d.station == station.name]
             # A poll's readings reach us at most about a poll later than they were read.
@@ -205,7 +212,7 @@ class StationContext:
                     tags = self._signal_tags.setdefault(ref.device, {})
                     tags.setdefault(ref.tag, []).append(kind)
             for ref in station.key_characteristics:
-                self._characteristics[(ref.device, ref.tag)] = ref.tag
+                self._characteristics.setdefault(ref.device, set()).add(ref.tag)
         self._attempts: dict[tuple[str, str], int] = {}
         self._changed_attempts: dict[tuple[str, str], int] = {}
         self._dirty: set[str] = set()
@@ -241,10 +248,14 @@ class StationContext:
 
     # ------------------------------------------------------------------ tagging
 
-    def tag(self, device: str, readings: Sequence[Reading]) -> list[Record]:
+    def tag(self, device: str, readings: Sequence[Reading]) -> list[Context]:
+        """The context of each reading (``result[i]`` for ``readings[i]``), after applying the
+        signals among them. Readings read at the same moment share one Context object: the
+        work here is per distinct ``ts`` (one per request for a polled device), not per
+        reading."""
         name = self._station_of.get(device)
         if name is None:
-            return [Record(r, None, device, None, None) for r in readings]
+            return [self._no_station] * len(readings)
         station = self._stations[name]
         kinds = self._signal_tags.get(device)
         signals = (
@@ -261,20 +272,32 @@ class StationContext:
             event = device in self._events
             for ts, _, kind, reading in sorted(signals, key=lambda s: s[:2]):
                 self._signal(station, kind, ts, reading.value, event)
-        records = []
+        characteristics = self._characteristics.get(device)
+        contexts: list[Context] = []
         counted = False
-        for reading in readings:
-            unit = station.unit_at(reading.ts)
+        start, count = 0, len(readings)
+        while start < count:
+            # A run of readings with one ts: one unit look-up, one Context for all of them.
+            ts = readings[start].ts
+            end = start + 1
+            while end < count and readings[end].ts == ts:
+                end += 1
+            unit = station.unit_at(ts)
             if unit is None:
-                records.append(Record(reading, name, device, None, station.operation))
-                continue
-            records.append(Record(reading, name, device, unit.serial, unit.operation, unit.attempt))
-            if not unit.emitted:
-                unit.count(self._characteristics.get((device, reading.tag)), reading)
-                counted = True
+                contexts += [station.context_without_unit()] * (end - start)
+            else:
+                contexts += [unit.context(name)] * (end - start)
+                if not unit.emitted:
+                    unit.readings += end - start
+                    if characteristics:
+                        for reading in readings[start:end]:
+                            if reading.tag in characteristics:
+                                unit.characteristic(reading)
+                    counted = True
+            start = end
         if counted:
             self._dirty.add(name)
-        return records
+        return contexts
 
     def set_serial(self, station: str, serial: str | None, ts: float | None = None) -> None:
         """A serial from outside the devices (the HTTP endpoint): always an event."""

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 import tty
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,12 +259,13 @@ class LiveView:
         self.quiet = quiet
         self.delivered = 0
 
-    def delivered_rows(self, rows: Sequence[tuple[int, bytes]]) -> None:
-        records = [orjson.loads(body) for _, body in rows]
-        if "verdict" in records[0]:
-            self._units(records)
+    def on_message(self, payload: bytes) -> None:
+        message = orjson.loads(payload)
+        if "units" in message:
+            self._units(message["units"])
             return
-        self.delivered += len(rows)
+        records = message["readings"]
+        self.delivered += len(records)
         if self.quiet:
             return
         values: dict[str, dict[str, str]] = {}
@@ -282,7 +282,8 @@ class LiveView:
             for station, tags in values.items()
         )
         print(
-            f"published seq {rows[0][0]}-{rows[-1][0]} ({len(rows)} readings) {shown}",
+            f"published seq {records[0]['seq']}-{records[-1]['seq']} ({len(records)} readings) "
+            f"{shown}",
             flush=True,
         )
 
@@ -319,7 +320,7 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
     scanner = SimulatedScanner()
     config = demo_config(host, port, server.port, buffer, scanner.port, rack.endpoint)
     view = LiveView(quiet)
-    service = Service(config, on_delivered=view.delivered_rows)
+    service = Service(config, on_delivered=view.on_message)
     print(
         f"demo: simulated tester on 127.0.0.1:{server.port}, scanner on {scanner.port}, "
         f"burn-in rack on {rack.endpoint}, broker {host}:{port}, buffer {buffer}",

@@ -16,9 +16,11 @@ The only module that imports paho-mqtt. Three rules shape it:
   the backlog lane, replayed oldest first; newer rows form the live lane. While both have rows,
   messages alternate between them.
 
-A batch the broker refuses is kept and retried after a backoff; one refused as too large (or
-that repeatedly kills the connection) is split, and a single reading that still cannot be
-delivered is moved aside to the buffer's quarantine table and counted.
+A message is made of whole stored batches (a poll's readings each), joined as stored. A message
+the broker refuses is kept and retried after a backoff; one refused as too large (or that
+repeatedly kills the connection) is resent one reading per message (its batches split in the
+buffer), and a single reading that still cannot be delivered is moved aside to the buffer's
+quarantine table and counted.
 
 Topics and payloads are documented in docs/messages.md.
 """
@@ -33,24 +35,21 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from collector import __version__
 from collector.backoff import Backoff
-from collector.buffer import AsyncOutbox
+from collector.buffer import AsyncOutbox, Batch
 from collector.config import Config, MqttVersion
 from collector.histogram import Histogram
+from collector.message import build_message, status_message, with_seq
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 # PUBLISH packet bytes besides the payload and the topic: fixed header (<= 5), topic length
 # (2), packet id (2), properties length (1), with room to spare.
 PACKET_OVERHEAD_BYTES = 16
@@ -66,8 +65,8 @@ STABLE_CONNECTION_S = 10.0
 # Reason codes after which the same message can never succeed: split it.
 TOO_LARGE = {0x95}  # Packet too large
 
-# Called with the (seq, body) rows of each accepted message, readings or unit records alike.
-Delivered = Callable[[Sequence[tuple[int, bytes]]], None]
+# Called with the payload of each accepted message, readings or unit records alike.
+Delivered = Callable[[bytes], None]
 
 
 # Unit records per message: they are few and small (one per unit per operation).
@@ -83,28 +82,6 @@ def topics(config: Config) -> tuple[str, str]:
     """(readings topic, status topic) of this collector."""
     base = topic_base(config)
     return f"{base}/readings", f"{base}/status"
-
-
-def build_message(
-    collector_id: str, rows: Sequence[tuple[int, bytes]], key: bytes = b"readings"
-) -> bytes:
-    """A readings (or units) message: ``seq`` is spliced into each stored body (no decode)."""
-    head = orjson.dumps({"schema": SCHEMA_VERSION, "collector": collector_id})
-    items = b",".join(b'{"seq":%d,%s' % (seq, body[1:]) for seq, body in rows)
-    return head[:-1] + b',"' + key + b'":[' + items + b"]}"
-
-
-def status_message(collector_id: str, state: str) -> bytes:
-    return orjson.dumps(
-        {
-            "schema": SCHEMA_VERSION,
-            "collector": collector_id,
-            "state": state,
-            "ts": datetime.now(UTC),
-            "version": __version__,
-        },
-        option=orjson.OPT_UTC_Z,
-    )
 
 
 @dataclass
@@ -157,19 +134,20 @@ class ConnectionLost(Exception):
 
 @dataclass
 class _InFlight:
-    rows: Sequence[tuple[int, bytes]]
+    """A published message: seqs first_seq..last_seq (with gaps where readings were dropped),
+    ``readings`` of them."""
+
+    first_seq: int
+    last_seq: int
+    readings: int
+    payload: bytes
     future: asyncio.Future[ReasonCode]
     backlog: bool
-    payload_bytes: int
     sent_at: float = field(default_factory=time.perf_counter)
 
     @property
-    def first_seq(self) -> int:
-        return self.rows[0][0]
-
-    @property
-    def last_seq(self) -> int:
-        return self.rows[-1][0]
+    def payload_bytes(self) -> int:
+        return len(self.payload)
 
 
 @dataclass
@@ -218,9 +196,10 @@ class Forwarder:
         self._connection_id = 0
         self._suspect_noted = 0  # the connection loss already counted against a batch
         self._lanes_stale = True
-        # A batch that keeps dying with its connection: (first seq, times in a row).
+        # A message that keeps dying with its connection: (first seq, times in a row).
         self._suspect: tuple[int, int] = (0, 0)
-        self._row_cap: tuple[int, int] | None = None  # (max rows, until seq) after a split
+        # (max readings per message, until seq) after a split
+        self._row_cap: tuple[int, int] | None = None
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
         self._learned_max_bytes: int | None = None
@@ -473,8 +452,15 @@ class Forwarder:
                 waiters = [outbox.units_appended] + ([stop] if deadline is None else [])
                 await self._wait_events(waiters, 0.5)
                 continue
-            payload = build_message(self._config.collector.id, rows, b"units")
-            item = self._publish(rows, payload, backlog=False, topic=self.units_topic)
+            payload = build_message(self._config.collector.id, with_seq(rows), b"units")
+            item = self._publish(
+                payload,
+                first_seq=rows[0][0],
+                last_seq=rows[-1][0],
+                readings=len(rows),
+                backlog=False,
+                topic=self.units_topic,
+            )
             if item is None:  # the connection went away just now
                 await self._wait_events([], 0.1)
                 continue
@@ -498,38 +484,59 @@ class Forwarder:
             self.status.units_delivered += len(rows)
             self.status.last_accepted_ts = time.time()
             if self._on_delivered is not None:
-                self._on_delivered(rows)
+                self._on_delivered(payload)
 
     async def _publish_next(self, lanes: _Lanes) -> _InFlight | None:
-        """Take and publish the next batch: the lanes take turns; an empty lane passes."""
+        """Take and publish the next batches: the lanes take turns; an empty lane passes."""
         for backlog in (True, False) if lanes.turn_backlog else (False, True):
             if backlog and not lanes.backlog_active:
                 continue
             cursor = lanes.backlog_cursor if backlog else lanes.live_cursor
-            rows = await self._outbox.take(
-                cursor,
-                self._max_rows(cursor),
-                self._max_bytes(),
-                up_to=lanes.boundary if backlog else None,
+            max_readings, max_bytes = self._max_rows(cursor), self._max_bytes()
+            batches = await self._outbox.take(
+                cursor, max_readings, max_bytes, up_to=lanes.boundary if backlog else None
             )
-            if not rows:
+            if not batches:
                 if backlog:
                     lanes.backlog_cursor = lanes.boundary  # the backlog is drained
                     self._show_backlog(lanes)
                 continue
+            payload = build_message(self._config.collector.id, b",".join(b.body for b in batches))
+            if len(batches) == 1 and await self._oversized(batches[0], len(payload), max_readings):
+                return await self._publish_next(lanes)  # split or moved aside: look again
             if backlog:
-                lanes.backlog_cursor = rows[-1][0]
+                lanes.backlog_cursor = batches[-1].last_seq
             else:
-                lanes.live_cursor = rows[-1][0]
+                lanes.live_cursor = batches[-1].last_seq
             lanes.turn_backlog = not backlog
             self._show_backlog(lanes)
-            payload = build_message(self._config.collector.id, rows)
-            if len(rows) == 1 and len(payload) > self._max_payload_bytes(learned=False):
-                # Even alone it is larger than the broker takes: it can never be delivered.
-                await self._too_large(rows, f"{len(payload)} bytes, over the broker's limit")
-                return await self._publish_next(lanes)
-            return self._publish(rows, payload, backlog)
+            return self._publish(
+                payload,
+                first_seq=batches[0].first_seq,
+                last_seq=batches[-1].last_seq,
+                readings=sum(b.count for b in batches),
+                backlog=backlog,
+            )
         return None
+
+    async def _oversized(self, batch: Batch, payload_bytes: int, max_readings: int) -> bool:
+        """One poll's batch alone is more than a message may carry: split it in the buffer,
+        or move a single reading that can never go out aside. Returns whether it did either.
+        (A single reading over only the size learned from a broker that drops large messages
+        is sent anyway: learned limits are for batching, never a reason to give up.)"""
+        if batch.count > 1:
+            if batch.count <= max_readings and payload_bytes <= self._max_payload_bytes():
+                return False
+            # Into as many parts as the reading and byte limits need (with some margin).
+            parts = max(-(-batch.count // max_readings), 2 * payload_bytes // self._max_bytes() + 1)
+            return await self._outbox.split(
+                batch.first_seq, batch.last_seq, max(1, batch.count // parts)
+            )
+        if payload_bytes > self._max_payload_bytes(learned=False):
+            return await self._too_large(
+                batch.last_seq, f"{payload_bytes} bytes, over the broker's limit"
+            )
+        return False
 
     def _show_backlog(self, lanes: _Lanes) -> None:
         self.status.backlog_until_seq = lanes.boundary or None
@@ -562,8 +569,11 @@ class Forwarder:
 
     def _publish(
         self,
-        rows: Sequence[tuple[int, bytes]],
         payload: bytes,
+        *,
+        first_seq: int,
+        last_seq: int,
+        readings: int,
         backlog: bool,
         topic: str | None = None,
     ) -> _InFlight | None:
@@ -582,7 +592,7 @@ class Forwarder:
             # The PUBACK reaches the loop through call_soon_threadsafe, so it cannot be
             # processed before this registration, which runs in the same loop step.
             self._futures[info.mid] = future
-        return _InFlight(rows, future, backlog, len(payload))
+        return _InFlight(first_seq, last_seq, readings, payload, future, backlog)
 
     async def _settle(self, item: _InFlight) -> bool | None:
         """Ack a delivered batch. Returns True if refused, False if delivered, None if its
@@ -605,10 +615,10 @@ class Forwarder:
             return False
         self.status.rejected[str(reason)] += 1
         if reason.value in TOO_LARGE:
-            if len(item.rows) > 1:
-                self._split(item, f"refused by broker: {reason}")
+            if item.readings > 1:
+                await self._split(item, f"refused by broker: {reason}")
             else:
-                await self._too_large(item.rows, f"refused by broker: {reason}")
+                await self._too_large(item.last_seq, f"refused by broker: {reason}")
             return True
         log.error(
             "mqtt: broker refused seq %d-%d (%s); kept in the buffer and retried after a backoff",
@@ -625,8 +635,8 @@ class Forwarder:
         first, times = self._suspect
         times = times + 1 if first == item.first_seq else 1
         self._suspect = (item.first_seq, times)
-        if times >= SUSPECT_SPLIT_AFTER and len(item.rows) > 1:
-            self._split(item, f"connection lost {times} times before its acknowledgement")
+        if times >= SUSPECT_SPLIT_AFTER and item.readings > 1:
+            await self._split(item, f"connection lost {times} times before its acknowledgement")
             learned = max(LEARNED_MIN_BYTES, item.payload_bytes // 2)
             if learned < (self._learned_max_bytes or self._mqtt.max_message_bytes):
                 self._learned_max_bytes = learned
@@ -636,20 +646,22 @@ class Forwarder:
                     item.payload_bytes,
                     learned,
                 )
-        elif times >= SUSPECT_QUARANTINE_AFTER and len(item.rows) == 1:
-            await self._too_large(item.rows, f"connection lost {times} times while sending it")
+        elif times >= SUSPECT_QUARANTINE_AFTER and item.readings == 1:
+            await self._too_large(item.last_seq, f"connection lost {times} times while sending it")
 
-    async def _too_large(self, rows: Sequence[tuple[int, bytes]], why: str) -> None:
-        """Move a single reading that can never be delivered aside (counted, kept)."""
-        seq = rows[0][0]
+    async def _too_large(self, seq: int, why: str) -> bool:
+        """Move a single reading that can never be delivered aside (counted, kept). Returns
+        whether it was moved."""
         if not await self._outbox.quarantine(seq, why):
-            return
+            return False
         self.status.quarantined += 1
         self._suspect = (0, 0)
         log.error("mqtt: seq %d can never be delivered (%s): moved to quarantine", seq, why)
+        return True
 
-    def _split(self, item: _InFlight, why: str) -> None:
-        """Resend the batch one reading per message, so the bad one is isolated quickly."""
+    async def _split(self, item: _InFlight, why: str) -> None:
+        """Resend the message one reading per message, so the bad one is isolated quickly."""
+        await self._outbox.split(item.first_seq, item.last_seq, 1)
         self._row_cap = (1, item.last_seq)
         log.warning(
             "mqtt: seq %d-%d not accepted (%s); resending them one reading per message",
@@ -680,10 +692,10 @@ class Forwarder:
             self._row_cap = None  # the split range went through
         await self._outbox.ack(item.first_seq, item.last_seq)
         self.status.messages_accepted += 1
-        self.status.readings_delivered += len(item.rows)
+        self.status.readings_delivered += item.readings
         self.status.last_accepted_ts = time.time()
         if self._on_delivered is not None:
-            self._on_delivered(item.rows)
+            self._on_delivered(item.payload)
 
     async def _say_goodbye(self) -> None:
         """Publish the retained offline state (the Last Will covers a crash), then disconnect."""

@@ -1,9 +1,11 @@
 """One task per device: fixed-rate schedule, bounded reads, reconnect with backoff, statistics.
 
 A dead device only ever waits in its own task, so it never delays another device's schedule.
-Polls are planned on a fixed grid (start + k * interval): the next poll is scheduled from the
-planned time, not from when the last one ended; slots missed because a poll overran are
-skipped and counted, never bunched up.
+Polls are planned on a fixed grid (start + phase + k * interval): the next poll is scheduled
+from the planned time, not from when the last one ended; slots missed because a poll overran
+are skipped and counted, never bunched up. Each device gets its own phase (:func:`phase_s`),
+so that devices with the same interval do not all fall due at the same instant and queue
+behind each other on the event loop.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ def _percentiles_ms(samples: Iterable[float]) -> dict[str, float] | None:
 
 Sink = Callable[[str, Sequence[Reading]], None]
 
+# Phases are spread over at most this much: enough to take the bursts apart, and a slow device
+# does not wait long for its first poll.
+MAX_PHASE_S = 1.0
+
+
+def phase_s(index: int, devices: int, interval_s: float) -> float:
+    """The offset of device ``index`` of ``devices`` into its poll grid: evenly spread."""
+    return min(interval_s, MAX_PHASE_S) * index / max(devices, 1)
+
 
 class Poller:
     def __init__(
@@ -89,9 +100,11 @@ class Poller:
         sink: Sink,
         backoff: Backoff,
         *,
+        phase_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._driver = driver
+        self._phase = phase_s
         self.status = status
         self._interval = interval_s
         self._sink = sink
@@ -101,7 +114,7 @@ class Poller:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            next_at = loop.time()
+            next_at = loop.time() + self._phase
             first = True
             while True:
                 if not self.status.connected:

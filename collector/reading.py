@@ -1,9 +1,13 @@
-"""Readings: what a driver returns, and the tagged record that the buffer stores."""
+"""Readings: what a driver returns, the context they were taken in, and unit records.
+
+How they become the JSON that the buffer stores and the broker receives: collector.message.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from collector.errors import ErrorCode
 
@@ -17,9 +21,12 @@ class Quality(StrEnum):
     BAD = "bad"
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one tag, as a driver read it. ``ts`` is UTC epoch seconds at read time."""
+class Reading(NamedTuple):
+    """One value of one tag, as a driver read it. ``ts`` is UTC epoch seconds at read time.
+
+    A named tuple rather than a dataclass: a busy line makes 100,000 of these a second, and a
+    tuple is the cheapest Python object that still has names (bench/, docs/performance.md).
+    """
 
     ts: float
     tag: str
@@ -30,20 +37,17 @@ class Reading:
 
     @classmethod
     def bad(cls, ts: float, tag: str, error: ErrorCode, unit: str | None = None) -> Reading:
-        return cls(ts=ts, tag=tag, value=None, unit=unit, quality=Quality.BAD, error=error)
+        return cls(ts, tag, None, unit, Quality.BAD, error)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A reading with the context it was taken in: where, and for which unit and operation.
+class Context(NamedTuple):
+    """Where and for which unit and operation a reading was taken (collector.context decides).
 
-    This is what the buffer stores and the forwarder publishes (plus the ``seq`` the buffer
-    assigns). docs/messages.md documents its fields.
+    The readings of one poll share one Context object (or a few, if a unit changed within
+    the poll), so tagging costs a reference per reading, not an object.
     """
 
-    reading: Reading
     station: str | None
-    device: str
     unit_serial: str | None
     operation: str | None
     #: The attempt of this unit at this operation (1 = first pass); None without a unit.

@@ -23,7 +23,7 @@ from collector.driver import Driver
 from collector.errors import ConfigError
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
-from collector.poller import DeviceStatus, Poller
+from collector.poller import DeviceStatus, Poller, phase_s
 from collector.reading import Reading
 from drivers import create_driver
 
@@ -116,7 +116,7 @@ class Service:
         self.left_in_buffer = 0
 
     def _sink(self, device: str, readings: Sequence[Reading]) -> None:
-        self.writer.submit(self.context.tag(device, readings))
+        self.writer.submit(device, readings, self.context.tag(device, readings))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set. Raises StartupError if the buffer or the port is not to
@@ -139,17 +139,19 @@ class Service:
         finally:
             await self.outbox.close()
 
-    def _start_poller(self, group: asyncio.TaskGroup, device: DeviceConfig) -> None:
+    def _start_poller(self, group: asyncio.TaskGroup, device: DeviceConfig, index: int) -> None:
         self.devices[device.name] = status = DeviceStatus(
             device.name, device.protocol, device.station
         )
         self.drivers[device.name] = driver = create_driver(device)
+        interval = device.poll_interval_ms / 1000
         poller = Poller(
             driver,
             status,
-            device.poll_interval_ms / 1000,
+            interval,
             self._sink,
             Backoff(device.reconnect_min_ms / 1000, device.reconnect_max_ms / 1000),
+            phase_s=phase_s(index, len(self.config.devices), interval),
         )
         self._polling[device.name] = group.create_task(poller.run(), name=f"poll:{device.name}")
 
@@ -161,8 +163,8 @@ class Service:
             self._group = group
             writer = group.create_task(self.writer.run(), name="buffer-writer")
             forwarding = group.create_task(forwarder.run(forward_stop), name="forwarder")
-            for device in config.devices:
-                self._start_poller(group, device)
+            for index, device in enumerate(config.devices):
+                self._start_poller(group, device, index)
             pollers = list(self._polling.values())
             ticking = group.create_task(self._tick(), name="unit-timer")
             health = None
@@ -252,8 +254,9 @@ class Service:
             if new.stations != self.config.stations or restart or start:
                 await self._swap_context(new)
             self.config = new
+            index = {d.name: i for i, d in enumerate(new.devices)}
             for name in start:
-                self._start_poller(group, new_devices[name])
+                self._start_poller(group, new_devices[name], index[name])
             self.reload_state = {
                 "ts": time.time(),
                 "ok": True,

@@ -1,49 +1,81 @@
-"""The SQLite outbox on real files: order, seq that never repeats, the cap, persistence."""
+"""The SQLite outbox on real files: order, seq that never repeats, the cap, persistence, and
+the batches (one row per poll) split or moved aside when the broker will not take them."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
-from collector.buffer import SEQ_JUMP_AFTER_RESET, SPLICE_BYTES, Outbox, open_outbox
+import orjson
+
+from collector.buffer import SEQ_JUMP_AFTER_RESET, Batch, Outbox, make_batch, open_outbox
 from collector.config import Synchronous
 from collector.errors import ErrorCode
-from collector.forwarder import build_message
-from collector.reading import ContextChanges, Reading, Record, UnitRecord
+from collector.message import ReadingEncoder, build_message, with_seq
+from collector.reading import Context, ContextChanges, Reading, UnitRecord
+
+ENCODER = ReadingEncoder()
 
 
-def records(n: int, start: int = 0, serial: str | None = "SN1") -> list[Record]:
-    return [
-        Record(Reading(1_700_000_000.0 + i, f"t{i}", float(i), "V"), "st", "dev", serial, "op")
-        for i in range(start, start + n)
+def poll(box: Outbox, n: int, start: int = 0, serial: str | None = "SN1") -> list[Batch]:
+    """n readings as one poll: one batch, numbered on from the box (as BufferWriter does)."""
+    readings = [
+        Reading(1_700_000_000.0 + i, f"t{i}", float(i), "V") for i in range(start, start + n)
     ]
+    contexts = [Context("st", serial, "op")] * n
+    return [make_batch(ENCODER, box.last_seq + 1, "dev", readings, contexts)]
+
+
+def seqs(batches: list[Batch]) -> list[tuple[int, int]]:
+    return [(b.first_seq, b.last_seq) for b in batches]
+
+
+def objects(batches: list[Batch]) -> list[dict[str, object]]:
+    return [o for b in batches for o in orjson.loads(b"[" + b.body + b"]")]
 
 
 def test_append_take_ack_in_order(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "b.db", 10_000)
-    box.append(records(5))
-    box.append(records(3, start=5))
-    rows = box.take(0, 100, 1 << 20)
-    assert [seq for seq, _ in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert json.loads(rows[0][1])["tag"] == "t0"
+    box.append(poll(box, 5))
+    box.append(poll(box, 3, start=5))
+    batches = box.take(0, 100, 1 << 20)
+    assert seqs(batches) == [(1, 5), (6, 8)]
+    assert [o["seq"] for o in objects(batches)] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert objects(batches)[0]["tag"] == "t0"
     assert box.depth == 8
-    assert box.ack(1, 4) == 4
-    assert [seq for seq, _ in box.take(0, 100, 1 << 20)] == [5, 6, 7, 8]
-    assert [seq for seq, _ in box.take(6, 100, 1 << 20)] == [7, 8]
-    assert box.depth == 4
+    assert box.ack(1, 5) == 5
+    assert seqs(box.take(0, 100, 1 << 20)) == [(6, 8)]
+    assert box.take(8, 100, 1 << 20) == []
+    assert box.depth == 3
+    box.close()
+
+
+def test_take_stops_at_the_reading_and_byte_budgets_but_always_returns_one(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    for _ in range(10):
+        box.append(poll(box, 10))
+    assert seqs(box.take(0, 35, 1 << 20)) == [(1, 10), (11, 20), (21, 30)]
+    four = sum(len(b.body) + 1 for b in box.take(0, 40, 1 << 20))
+    assert len(box.take(0, 1000, four)) == 4
+    assert seqs(box.take(0, 1, 1)) == [(1, 10)]  # larger than both: the caller splits it
+    assert seqs(box.take(0, 100, 1 << 20, up_to=25)) == [(1, 10), (11, 20)]
     box.close()
 
 
 def test_seq_never_repeats_after_delete_and_restart(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     box = Outbox(path, 10_000)
-    box.append(records(10))
+    box.append(poll(box, 10))
     box.ack(1, 10)  # everything delivered: the table is empty
     box.close()
     box = Outbox(path, 10_000)
     assert box.depth == 0
-    box.append(records(2))
-    assert [seq for seq, _ in box.take(0, 10, 1 << 20)] == [11, 12]
+    assert box.last_seq == 10
+    box.append(poll(box, 2))
+    assert seqs(box.take(0, 10, 1 << 20)) == [(11, 12)]
     assert box.stats().last_seq == 12
     box.close()
 
@@ -51,53 +83,53 @@ def test_seq_never_repeats_after_delete_and_restart(tmp_path: Path) -> None:
 def test_rows_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     box = Outbox(path, 10_000, Synchronous.NORMAL)
-    box.append(records(7))
+    box.append(poll(box, 7))
     box.close()
     box = Outbox(path, 10_000)
     assert box.depth == 7
-    assert [seq for seq, _ in box.take(0, 100, 1 << 20)] == list(range(1, 8))
+    assert [o["seq"] for o in objects(box.take(0, 100, 1 << 20))] == list(range(1, 8))
     box.close()
 
 
-def test_cap_drops_the_oldest_and_counts_them_persistently(tmp_path: Path) -> None:
+def test_cap_drops_the_oldest_polls_and_counts_their_readings_persistently(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "b.db"
     box = Outbox(path, 1000)
-    assert box.append(records(900)) == 0
-    assert box.append(records(250, start=900)) == 150
-    assert box.depth == 1000
-    assert box.dropped_total == 150
-    assert box.take(0, 1, 1 << 20)[0][0] == 151  # seq 1..150 were the oldest
+    for _ in range(9):
+        assert box.append(poll(box, 100)) == 0
+    assert box.append(poll(box, 250)) == 200  # the two oldest polls make room for 150
+    assert box.depth == 950
+    assert box.dropped_total == 200
+    assert box.take(0, 1, 1 << 20)[0].first_seq == 201  # seq 1..200 were the oldest
     box.close()
     box = Outbox(path, 1000)
-    assert box.dropped_total == 150
-    assert box.stats().dropped_total == 150
-    box.close()
-
-
-def test_take_respects_the_byte_budget_but_always_returns_one(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "b.db", 10_000)
-    box.append(records(100))
-    one = len(box.take(0, 1, 1 << 20)[0][1]) + SPLICE_BYTES
-    assert len(box.take(0, 100, one * 10)) == 10
-    assert len(box.take(0, 100, 1)) == 1
+    assert box.dropped_total == 200
+    assert box.stats().dropped_total == 200
+    assert box.depth == 950
     box.close()
 
 
 def test_oldest_timestamp_for_the_unsent_age(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "b.db", 10_000)
     assert box.stats().oldest_ts is None
-    box.append(records(3))
+    box.append(poll(box, 3))
     assert box.stats().oldest_ts == 1_700_000_000.0
     box.close()
 
 
-def test_message_splices_seq_into_each_reading(tmp_path: Path) -> None:
+def test_message_joins_the_stored_readings_with_their_seq(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "b.db", 10_000)
-    bad = Record(
-        Reading.bad(1_700_000_000.5, "temp", ErrorCode.TIMEOUT, "degC"), "st", "dev", None, "op"
-    )
-    box.append([*records(2), bad])
-    message = json.loads(build_message("pc1", box.take(0, 10, 1 << 20)))
+    readings = [
+        Reading(1_700_000_000.0, "t0", 0.0, "V"),
+        Reading(1_700_000_001.0, "t1", 1.0, "V"),
+        Reading.bad(1_700_000_000.5, "temp", ErrorCode.TIMEOUT, "degC"),
+    ]
+    unit = Context("st", "SN1", "op")
+    contexts = [unit, unit, Context("st", None, "op")]
+    box.append([make_batch(ENCODER, 1, "dev", readings, contexts)])
+    body = b",".join(b.body for b in box.take(0, 10, 1 << 20))
+    message = json.loads(build_message("pc1", body))
     assert message["schema"] == 1
     assert message["collector"] == "pc1"
     assert message["readings"] == [
@@ -156,7 +188,8 @@ async def test_rows_awaiting_a_retried_delete_are_never_taken_again(tmp_path: Pa
 
     box = AsyncOutbox(tmp_path / "b.db", 10_000)
     await box.open()
-    await box.append(records(30))
+    for _ in range(30):
+        await box.append(poll(box.outbox, 1))
     real_ack = box.outbox.ack
 
     def full_disk(first: int, last: int) -> int:
@@ -165,10 +198,10 @@ async def test_rows_awaiting_a_retried_delete_are_never_taken_again(tmp_path: Pa
     box.outbox.ack = full_disk  # type: ignore[method-assign]
     await box.ack(1, 10)
     assert box.ack_error == "database or disk is full"
-    rows = await box.take(0, 10, 1 << 20)
-    assert [seq for seq, _ in rows] == list(range(11, 21))  # past the whole skipped batch
+    batches = await box.take(0, 10, 1 << 20)
+    assert [b.last_seq for b in batches] == list(range(11, 21))  # past the whole skipped take
     box.outbox.ack = real_ack  # type: ignore[method-assign]
-    assert [seq for seq, _ in await box.take(0, 5, 1 << 20)] == [11, 12, 13, 14, 15]
+    assert [b.last_seq for b in await box.take(0, 5, 1 << 20)] == [11, 12, 13, 14, 15]
     assert box.ack_error is None  # the retry went through on that take
     assert box.outbox.depth == 20
     await box.close()
@@ -193,12 +226,12 @@ def unit(serial: str, readings: int = 3) -> UnitRecord:
 def test_unit_records_and_station_state_go_in_with_the_readings(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "b.db", 10_000)
     changes = ContextChanges([unit("SN1"), unit("SN2")], {("op", "SN1"): 2}, {"ft-1": b"{}"})
-    box.append(records(3), changes)
+    box.append(poll(box, 3), changes)
     box.append([], ContextChanges([unit("SN3")], {}, {"ft-1": b'{"x":1}'}))
     assert (box.depth, box.units_depth) == (3, 3)
     rows = box.take_units(0, 10)
     assert [seq for seq, _ in rows] == [1, 2, 3]  # their own seq, not the readings'
-    message = json.loads(build_message("pc1", rows[:1], b"units"))
+    message = json.loads(build_message("pc1", with_seq(rows[:1]), b"units"))
     assert message["units"] == [
         {
             "seq": 1,
@@ -229,23 +262,99 @@ def test_unit_records_and_station_state_go_in_with_the_readings(tmp_path: Path) 
 def test_after_a_corrupt_file_unit_seqs_also_continue_above_the_old_ones(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     box = Outbox(path, 10_000)
-    box.append(records(2), ContextChanges([unit("SN1")] * 5, {}, {}))
+    box.append(poll(box, 2), ContextChanges([unit("SN1")] * 5, {}, {}))
     box.close()
     path.write_bytes(b"this is not a database" * 100)
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     box = open_outbox(path, 10_000)
-    box.append(records(1), ContextChanges([unit("SN2")], {}, {}))
-    assert box.take(0, 10, 1 << 20)[0][0] == 5 + SEQ_JUMP_AFTER_RESET + 1
+    box.append(poll(box, 1), ContextChanges([unit("SN2")], {}, {}))
+    assert box.take(0, 10, 1 << 20)[0].first_seq == 5 + SEQ_JUMP_AFTER_RESET + 1
     assert box.take_units(0, 10)[0][0] == 5 + SEQ_JUMP_AFTER_RESET + 1
     box.close()
 
 
-def test_one_batch_larger_than_the_room_left_still_keeps_the_cap(tmp_path: Path) -> None:
+def test_one_poll_larger_than_the_whole_buffer_is_dropped_and_counted(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "b.db", 1000)
-    assert box.append(records(1005)) == 5
-    rows = box.take(0, 5000, 1 << 30)
-    assert len(rows) == box.depth == 1000
-    assert rows[0][0] == 6  # the batch's own oldest five were dropped
-    assert box.dropped_total == 5
+    box.append(poll(box, 10))
+    assert box.append(poll(box, 1005)) == 1015  # the cap holds whatever the poll's size
+    assert box.depth == 0
+    assert box.dropped_total == 1015
+    box.append(poll(box, 5))
+    assert seqs(box.take(0, 100, 1 << 20)) == [(1016, 1020)]  # the gap shows the drop
+    box.close()
+
+
+def test_split_rewrites_a_batch_into_smaller_ones_with_the_same_readings(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    box.append(poll(box, 10))
+    box.append(poll(box, 3))
+    before = objects(box.take(0, 100, 1 << 20))
+    assert box.split(1, 13, 4) == 1  # the 3-reading batch is small enough already
+    assert seqs(box.take(0, 100, 1 << 20)) == [(1, 4), (5, 8), (9, 10), (11, 13)]
+    assert objects(box.take(0, 100, 1 << 20)) == before
+    assert box.depth == 13
+    assert box.split(1, 4, 1) == 1
+    assert seqs(box.take(0, 3, 1 << 20)) == [(1, 1), (2, 2), (3, 3)]
+    box.close()
+
+
+def test_quarantine_moves_a_reading_aside_with_its_seq_and_counts_it(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    box = Outbox(path, 10_000)
+    box.append(poll(box, 3))
+    box.split(1, 3, 1)
+    assert box.quarantine(2, "too large") == 1
+    assert box.quarantine(2, "too large") == 0  # gone already
+    assert seqs(box.take(0, 100, 1 << 20)) == [(1, 1), (3, 3)]
+    assert (box.depth, box.quarantined_total) == (2, 1)
+    box.close()
+    with sqlite3.connect(path) as db:
+        seq, body, reason = db.execute("SELECT seq, body, reason FROM quarantine").fetchone()
+    assert (seq, orjson.loads(body)["seq"], reason) == (2, 2, "too large")
+
+
+def test_a_buffer_of_the_one_row_per_reading_format_is_converted_with_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    """A line PC upgraded with readings still buffered: they are converted at start-up, keep
+    their seqs, and seq continues above the highest one the old version handed out."""
+    path = tmp_path / "b.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts FLOAT NOT NULL,
+                                   body BLOB NOT NULL);
+            CREATE TABLE quarantine (seq INTEGER PRIMARY KEY, ts FLOAT NOT NULL,
+                                     body BLOB NOT NULL, reason VARCHAR NOT NULL,
+                                     moved_ts FLOAT NOT NULL);
+            CREATE TABLE meta (key VARCHAR PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO meta VALUES ('dropped_total', 7);
+            """
+        )
+        for seq in (41, 42, 50):
+            body = orjson.dumps({"ts": "2023-11-14T22:13:20Z", "tag": f"t{seq}", "value": seq})
+            db.execute("INSERT INTO readings VALUES (?, 1.7e9, ?)", (seq, body))
+        db.execute(
+            "INSERT INTO quarantine VALUES (30, 1.7e9, ?, 'too large', 1.7e9)",
+            (orjson.dumps({"tag": "big"}),),
+        )
+        db.execute("UPDATE sqlite_sequence SET seq = 60 WHERE name = 'readings'")
+    box = Outbox(path, 10_000)
+    assert (box.depth, box.last_seq, box.dropped_total) == (3, 60, 7)
+    assert [(o["seq"], o["tag"]) for o in objects(box.take(0, 100, 1 << 20))] == [
+        (41, "t41"),
+        (42, "t42"),
+        (50, "t50"),
+    ]
+    box.append(poll(box, 2))
+    assert seqs(box.take(50, 100, 1 << 20)) == [(61, 62)]
+    box.close()
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        quarantined = db.execute("SELECT body FROM quarantine").fetchone()[0]
+    assert "readings" not in tables
+    assert orjson.loads(quarantined) == {"seq": 30, "tag": "big"}
+    box = Outbox(path, 10_000)  # a second start finds nothing to convert
+    assert (box.depth, box.last_seq) == (5, 62)
     box.close()

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.buffer import Outbox
+from collector.buffer import Outbox, make_batch
 from collector.cli import parse_since
-from collector.reading import ContextChanges, Reading, Record, UnitRecord
+from collector.message import ReadingEncoder
+from collector.reading import Context, ContextChanges, Reading, UnitRecord
 
 
 def collector(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,18 +29,31 @@ def collector(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def buffer(tmp_path: Path) -> Path:
-    """1,005 readings 10 s apart (ts 1,700,000,000 + 10 i) into a 1,000 cap: 5 dropped, 3
-    delivered, one quarantined; and one unit record."""
+    """1,005 readings 10 s apart (ts 1,700,000,000 + 10 i), 5 a poll, into a 1,000 cap: the
+    oldest poll (seq 1-5) dropped, the next one (6-10) delivered, seq 11 quarantined; and one
+    unit record."""
     path = tmp_path / "b.db"
     box = Outbox(path, 1000)
-    records = [
-        Record(Reading(1_700_000_000.0 + 10 * i, "v", float(i), "V"), "st", "dev", "SN1", "op", 1)
-        for i in range(1005)
+    encoder = ReadingEncoder()
+    context = Context("st", "SN1", "op", 1)
+    batches = [
+        make_batch(
+            encoder,
+            first + 1,
+            "dev",
+            [
+                Reading(1_700_000_000.0 + 10 * i, "v", float(i), "V")
+                for i in range(first, first + 5)
+            ],
+            [context] * 5,
+        )
+        for first in range(0, 1005, 5)
     ]
     unit = UnitRecord("SN1", "st", "op", 1, 1.7e9, 1.7e9 + 5, "verdict", "pass", None, 3, {})
-    box.append(records, ContextChanges([unit], {}, {}))
-    box.ack(6, 8)
-    box.quarantine(9, "too large")
+    box.append(batches, ContextChanges([unit], {}, {}))
+    box.ack(6, 10)
+    box.split(11, 15, 1)
+    box.quarantine(11, "too large")
     box.close()
     return path
 
@@ -49,10 +63,11 @@ def test_stats_show_counts_ranges_and_drops(buffer: Path) -> None:
     result = collector("buffer", "stats", "--path", str(buffer))
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
-    assert stats["readings"]["unsent"] == 1000 - 3 - 1
-    assert stats["readings"]["first_seq"] == 10
+    assert stats["readings"]["unsent"] == 1000 - 5 - 1
+    assert stats["readings"]["first_seq"] == 12
     assert stats["readings"]["last_seq"] == 1005
-    assert stats["readings"]["oldest_ts"] == "2023-11-14T22:14:50Z"
+    assert stats["readings"]["last_seq_ever"] == 1005
+    assert stats["readings"]["oldest_ts"] == "2023-11-14T22:15:10Z"
     assert stats["dropped_total"] == 5
     assert stats["quarantine"] == 1
     assert stats["units"]["unsent"] == 1
@@ -64,17 +79,23 @@ def test_export_since_a_time_as_json_lines(buffer: Path) -> None:
     result = collector("buffer", "export", "--path", str(buffer), "--since", since)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["seq"] for r in lines] == list(range(10, 1006))
-    assert lines[0]["ts"] == "2023-11-14T22:14:50Z"
-    assert lines[0]["unit_serial"] == "SN1"
+    assert [r["seq"] for r in lines] == list(range(12, 1006))
+    assert lines[0]["ts"] == "2023-11-14T22:15:10Z"
+    assert (lines[0]["unit_serial"], lines[0]["attempt"]) == ("SN1", 1)
+    # 01:00:00 is 10,000 s after the first reading: seq 1001 on, from the middle of a poll.
     later = collector(
         "buffer", "export", "--path", str(buffer), "--since", "2023-11-15T01:00:00+00:00"
     )
-    first = json.loads(later.stdout.splitlines()[0])
-    assert first["ts"] >= "2023-11-15T01:00:00Z"
+    assert [json.loads(line)["seq"] for line in later.stdout.splitlines()] == [
+        1001,
+        1002,
+        1003,
+        1004,
+        1005,
+    ]
     quarantine = collector("buffer", "export", "--path", str(buffer), "--table", "quarantine")
     (moved,) = [json.loads(line) for line in quarantine.stdout.splitlines()]
-    assert (moved["seq"], moved["quarantine_reason"]) == (9, "too large")
+    assert (moved["seq"], moved["tag"], moved["quarantine_reason"]) == (11, "v", "too large")
     units = collector("buffer", "export", "--path", str(buffer), "--table", "units")
     assert json.loads(units.stdout)["serial"] == "SN1"
 

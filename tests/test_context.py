@@ -10,7 +10,7 @@ import pytest
 from collector.config import Config, Verdict
 from collector.context import StationContext, map_verdict
 from collector.errors import ErrorCode
-from collector.reading import Reading, Record, UnitRecord, Value
+from collector.reading import Context, Reading, UnitRecord, Value
 
 
 def config(**station: Any) -> Config:
@@ -85,11 +85,13 @@ class Line:
         self.ctx = StationContext(self.cfg.stations, self.cfg.devices, clock=lambda: self.now)
         self.units: list[UnitRecord] = []
 
-    def scan(self, ts: float, serial: str) -> list[Record]:
-        return self.ctx.tag("scanner", [Reading(ts, "serial", serial)])
+    def scan(self, ts: float, serial: str) -> list[tuple[Reading, Context]]:
+        readings = [Reading(ts, "serial", serial)]
+        return list(zip(readings, self.ctx.tag("scanner", readings), strict=True))
 
-    def poll(self, ts: float, **values: Value) -> list[Record]:
-        return self.ctx.tag("tester", [Reading(ts, k, v) for k, v in values.items()])
+    def poll(self, ts: float, **values: Value) -> list[tuple[Reading, Context]]:
+        readings = [Reading(ts, k, v) for k, v in values.items()]
+        return list(zip(readings, self.ctx.tag("tester", readings), strict=True))
 
     def settle(self, now: float) -> list[UnitRecord]:
         self.now = now
@@ -98,8 +100,8 @@ class Line:
         return self.units
 
 
-def serials(records: list[Record]) -> list[tuple[str, str | None, int | None]]:
-    return [(r.reading.tag, r.unit_serial, r.attempt) for r in records]
+def serials(tagged: list[tuple[Reading, Context]]) -> list[tuple[str, str | None, int | None]]:
+    return [(r.tag, c.unit_serial, c.attempt) for r, c in tagged]
 
 
 def test_a_reading_read_before_the_serial_changed_keeps_the_old_serial() -> None:
@@ -211,8 +213,8 @@ def test_operation_from_a_tag_splits_the_unit_and_counts_attempts_per_operation(
     line.poll(0.5, program="flash", result=0)
     line.scan(1.0, "SN1")
     line.poll(2.0, program="calibrate", result=0)
-    records = line.poll(2.5, leak=1.0)
-    assert (records[0].operation, records[0].attempt) == ("calibrate", 1)
+    ((_, context),) = line.poll(2.5, leak=1.0)
+    assert (context.station, context.operation, context.attempt) == ("ft-1", "calibrate", 1)
     units = line.settle(10.0)
     assert [(u.operation, u.attempt, u.ended_by) for u in units] == [
         ("flash", 1, "operation_changed")

@@ -253,7 +253,9 @@ async def test_cap_reached_during_a_long_outage_drops_the_oldest_and_counts_exac
         state, reasons = service.health()
         assert state == "degraded"
         assert any("dropped since start (buffer full)" in r for r in reasons)
-        assert service.outbox.outbox.depth == 1000
+        # Whole polls are dropped: the cap holds, with less than a poll's room left.
+        poll = len(config.devices[0].tags)
+        assert 1000 - poll < service.outbox.outbox.depth <= 1000
         mosquitto.start()
         try:
             # Stop polling once the broker is back, so the count below is final.
@@ -299,6 +301,13 @@ async def test_backlog_drains_oldest_first_while_live_readings_keep_flowing(
     assert backlog == sorted(backlog)  # oldest first
     last_backlog_at = order.index(backlog[-1])
     live_before_end = [s for s in order[:last_backlog_at] if s > boundary]
-    # Live readings did not wait for the end of the drain.
-    assert len(live_before_end) > 100
+    # Live readings did not wait for the end of the drain: they went out as they were read,
+    # in messages between the backlog's (how many depends on how fast the drain is).
+    live_messages = [
+        seqs
+        for seqs in ([r["seq"] for r in json.loads(m[1]).get("readings", ())] for m in sub.messages)
+        if seqs and min(seqs) > boundary and max(seqs) <= max(live_before_end, default=0)
+    ]
+    assert len(live_messages) >= 2
+    assert live_before_end == list(range(boundary + 1, boundary + 1 + len(live_before_end)))
     assert json.loads(sub.messages[-1][1])  # messages are still well-formed JSON
