@@ -497,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             Workload(20, 125, 50),
             Workload(40, 125, 50),
             Workload(80, 125, 50),
+            Workload(120, 125, 50),
+            Workload(160, 125, 50),
         ],
     )
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]

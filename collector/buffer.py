@@ -277,15 +277,23 @@ class Outbox:
         self._conn.close()
         self._engine.dispose()
 
-    def append(self, batches: Sequence[Batch], changes: ContextChanges | None = None) -> int:
+    def append(
+        self,
+        batches: Sequence[Batch],
+        changes: ContextChanges | None = None,
+        acks: Sequence[tuple[int, int]] = (),
+    ) -> int:
         """Append in one transaction, with the station context's changes that go with these
-        batches; drop the oldest readings if over the cap. Returns how many were dropped."""
-        if not batches and not changes:
+        batches and the deletes of delivered ranges (``acks``, see :meth:`ack_ranges`); drop
+        the oldest readings if over the cap. Returns how many were dropped."""
+        if not batches and not changes and not acks:
             return 0
-        count = sum(b.count for b in batches)
-        over = self.depth + count - self.max_readings
         dropped = 0
         with self._conn.begin():
+            # The deletes first: the room they make counts against the cap.
+            self.depth -= self._delete_ranges(acks)
+            count = sum(b.count for b in batches)
+            over = self.depth + count - self.max_readings
             if changes:
                 self._store_changes(changes)
             if batches:
@@ -381,33 +389,27 @@ class Outbox:
         """The oldest batches with after_seq < last_seq (<= up_to), holding at most
         max_readings readings and max_bytes of body (always at least one batch, whatever its
         size: the caller splits one that is too large)."""
-        sql = "SELECT first_seq, last_seq, ts, body FROM batches WHERE last_seq > ?"
-        params: tuple[int, ...] = (after_seq,)
-        if up_to is not None:
-            sql += " AND last_seq <= ?"
-            params = (after_seq, up_to)
-        result = self._conn.exec_driver_sql(sql + " ORDER BY last_seq", params)
-        out: list[Batch] = []
-        readings = size = 0
-        for row in result:
-            batch = Batch(*row)
-            readings += batch.count
-            size += len(batch.body) + 1
-            if out and (readings > max_readings or size > max_bytes):
-                break
-            out.append(batch)
-        result.close()
-        self._conn.commit()  # end the read transaction so WAL checkpoints can proceed
-        return out
+        return take_batches(self._conn, after_seq, max_readings, max_bytes, up_to)
 
     def ack(self, first_seq: int, last_seq: int) -> int:
         """Delete the delivered batches in a range. Those dropped meanwhile are simply gone."""
-        where = "WHERE last_seq BETWEEN :first AND :last"
-        bounds = {"first": first_seq, "last": last_seq}
+        return self.ack_ranges([(first_seq, last_seq)])
+
+    def ack_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Delete the delivered batches of several ranges in one transaction (one fsync for
+        all the messages the broker acknowledged since the last time)."""
         with self._conn.begin():
-            deleted = self._count_readings(where, **bounds)
-            self._conn.execute(sa.text(f"DELETE FROM batches {where}"), bounds)  # noqa: S608
+            deleted = self._delete_ranges(ranges)
         self.depth -= deleted
+        return deleted
+
+    def _delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
+        where = "WHERE last_seq BETWEEN :first AND :last"
+        deleted = 0
+        for first_seq, last_seq in ranges:
+            bounds = {"first": first_seq, "last": last_seq}
+            deleted += self._count_readings(where, **bounds)
+            self._conn.execute(sa.text(f"DELETE FROM batches {where}"), bounds)  # noqa: S608
         return deleted
 
     def split(self, first_seq: int, last_seq: int, per_batch: int) -> int:
@@ -481,6 +483,30 @@ class Outbox:
             self.units_depth,
             self.last_unit_seq,
         )
+
+
+def take_batches(
+    conn: Connection, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None
+) -> list[Batch]:
+    """See :meth:`Outbox.take`."""
+    sql = "SELECT first_seq, last_seq, ts, body FROM batches WHERE last_seq > ?"
+    params: tuple[int, ...] = (after_seq,)
+    if up_to is not None:
+        sql += " AND last_seq <= ?"
+        params = (after_seq, up_to)
+    result = conn.exec_driver_sql(sql + " ORDER BY last_seq", params)
+    out: list[Batch] = []
+    readings = size = 0
+    for row in result:
+        batch = Batch(*row)
+        readings += batch.count
+        size += len(batch.body) + 1
+        if out and (readings > max_readings or size > max_bytes):
+            break
+        out.append(batch)
+    result.close()
+    conn.commit()  # end the read transaction so WAL checkpoints can proceed
+    return out
 
 
 def _migrate_reading_rows(conn: Connection) -> None:
@@ -559,7 +585,11 @@ def _read_hint(path: Path) -> int:
 
 
 class AsyncOutbox:
-    """The outbox driven from asyncio: every call runs on one dedicated worker thread."""
+    """The outbox driven from asyncio: every write runs on one dedicated worker thread (an
+    fsync never stalls the event loop). :meth:`take` reads on the event loop itself, through a
+    connection of its own: a WAL reader never waits for the writer, and a read of a few rows
+    is cheaper than the hand-over to a thread and back.
+    """
 
     def __init__(
         self, path: Path, max_readings: int, synchronous: Synchronous = Synchronous.FULL
@@ -567,12 +597,15 @@ class AsyncOutbox:
         self._args = (path, max_readings, synchronous)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._outbox: Outbox | None = None
+        self._reader: Connection | None = None
         #: Set whenever rows were appended; the forwarder waits on it.
         self.appended = asyncio.Event()
         self.units_appended = asyncio.Event()
         # Delivered ranges whose delete failed (e.g. a full disk): retried, and never taken
         # again meanwhile, so a delivered reading is not sent twice.
         self._pending_acks: deque[tuple[int, int]] = deque()
+        self._acks_since: float | None = None
+        self._acking = asyncio.Lock()
         self.ack_error: str | None = None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -582,6 +615,14 @@ class AsyncOutbox:
         path = self._args[0]
         try:
             self._outbox = await self._call(open_outbox, *self._args)
+            engine = sa.create_engine(
+                f"sqlite:///{path}",
+                poolclass=sa.pool.NullPool,
+                connect_args={"timeout": 5},  # a reader waits only while the WAL is reset
+            )
+            self._reader = engine.connect()
+            self._reader.exec_driver_sql("PRAGMA query_only=1")
+            self._reader.commit()
         except sa.exc.SQLAlchemyError as exc:
             cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
             raise StartupError(f"buffer {path}: cannot open: {cause}") from exc
@@ -592,13 +633,26 @@ class AsyncOutbox:
         return self._outbox
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader.engine.dispose()
+            self._reader = None
         if self._outbox is not None:
             await self._call(self._outbox.close)
             self._outbox = None
         self._executor.shutdown(wait=True)
 
     async def append(self, batches: Sequence[Batch], changes: ContextChanges | None = None) -> int:
-        dropped: int = await self._call(self.outbox.append, batches, changes)
+        """Append (see :meth:`Outbox.append`); the deletes of the ranges delivered so far go
+        in the same transaction (one fsync for both)."""
+        async with self._acking:
+            acks = list(self._pending_acks)
+            dropped: int = await self._call(self.outbox.append, batches, changes, acks)
+            for _ in acks:
+                self._pending_acks.popleft()
+            if acks:
+                self.ack_error = None
+                self._acks_since = None if not self._pending_acks else self._acks_since
         if batches:
             self.appended.set()
         if changes and changes.units:
@@ -630,11 +684,9 @@ class AsyncOutbox:
     async def take(
         self, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None = None
     ) -> list[Batch]:
-        await self._retry_acks()
+        assert self._reader is not None, "open() first"
         while True:
-            batches: list[Batch] = await self._call(
-                self.outbox.take, after_seq, max_readings, max_bytes, up_to
-            )
+            batches = take_batches(self._reader, after_seq, max_readings, max_bytes, up_to)
             if not self._pending_acks:
                 return batches
             kept = [
@@ -658,14 +710,30 @@ class AsyncOutbox:
 
     async def ack(self, first_seq: int, last_seq: int) -> None:
         """Delete a delivered range; if the delete fails it is kept and retried. Never raises."""
-        self._pending_acks.append((first_seq, last_seq))
-        await self._retry_acks()
+        self.delivered(first_seq, last_seq)
+        await self.flush_acks()
 
-    async def _retry_acks(self) -> None:
-        while self._pending_acks:
-            first_seq, last_seq = self._pending_acks[0]
+    def delivered(self, first_seq: int, last_seq: int) -> None:
+        """Note a delivered range, deleted with the next append or :meth:`flush_acks` (never
+        taken again meanwhile)."""
+        if not self._pending_acks:
+            self._acks_since = time.monotonic()
+        self._pending_acks.append((first_seq, last_seq))
+
+    @property
+    def acks_waiting_s(self) -> float | None:
+        """How long the oldest delivered range has waited for its delete (None: none)."""
+        return None if self._acks_since is None else time.monotonic() - self._acks_since
+
+    async def flush_acks(self) -> None:
+        """Delete every delivered range noted so far, in one transaction; if that fails they
+        are kept and retried at the next call. Never raises."""
+        async with self._acking:
+            if not self._pending_acks:
+                return
+            ranges = list(self._pending_acks)
             try:
-                await self._call(self.outbox.ack, first_seq, last_seq)
+                await self._call(self.outbox.ack_ranges, ranges)
             except sa.exc.OperationalError as exc:
                 message = str(exc.orig if exc.orig is not None else exc)
                 if self.ack_error != message:
@@ -674,8 +742,10 @@ class AsyncOutbox:
                     )
                 self.ack_error = message
                 return
-            self._pending_acks.popleft()
-        self.ack_error = None
+            for _ in ranges:
+                self._pending_acks.popleft()
+            self.ack_error = None
+            self._acks_since = None if not self._pending_acks else self._acks_since
 
     async def quarantine(self, last_seq: int, reason: str) -> int:
         """Move a batch aside; 0 if it could not be (it stays and will be tried again)."""
@@ -697,7 +767,10 @@ class BufferWriter:
 
     The only writer: it numbers the readings (``seq``) and encodes each poll into one
     :class:`Batch` as it is submitted, on the event loop, so the outbox thread only inserts
-    rows. Pollers call :meth:`submit` (never blocks). The queue is bounded in readings; if the
+    rows. Commits are at least ``commit_interval_s`` apart: each one is an fsync, and pollers
+    on spread phases would otherwise each get their own; a poll after a quiet spell is
+    committed at once. Pollers call :meth:`submit` (never blocks). The queue is bounded in
+    readings; if the
     outbox cannot keep up for long (e.g. the disk is full) and the queue overflows, the
     overflowing poll is dropped and counted in ``overflow_dropped`` rather than growing memory
     without bound. Its seqs are used up, so consumers see the drop as a gap.
@@ -710,8 +783,10 @@ class BufferWriter:
         outbox: AsyncOutbox,
         max_pending_readings: int = 200_000,
         changes: Callable[[], ContextChanges] | None = None,
+        commit_interval_s: float = 0.04,  # buffer.commit_interval_ms
     ) -> None:
         self._outbox = outbox
+        self._commit_interval = commit_interval_s
         self._queue: deque[Batch | None] = deque()
         self._queued = 0  # readings in the queue
         self._max_pending = max_pending_readings
@@ -759,12 +834,18 @@ class BufferWriter:
 
     async def run(self) -> None:
         """Commit until cancelled; on cancel, what is already queued is committed first."""
+        loop = asyncio.get_running_loop()
+        last_commit = -self._commit_interval
         try:
             while True:
                 await self._ready.wait()
+                wait = last_commit + self._commit_interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # more polls join this commit meanwhile
                 self._ready.clear()
                 while self._queue:
                     await self._commit(self._drain())
+                last_commit = loop.time()
         except asyncio.CancelledError:
             await self.flush()
             raise

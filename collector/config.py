@@ -73,6 +73,13 @@ class BufferConfig(_Model):
         description="SQLite synchronous mode: full survives power loss; normal (WAL) may lose "
         "the last commits on power loss but never corrupts.",
     )
+    commit_interval_ms: int = Field(
+        default=40,
+        ge=0,
+        le=1000,
+        description="Least time between two commits: the polls of that time go in one "
+        "transaction (one fsync) and one message. Lower: less latency; higher: less CPU.",
+    )
 
 
 # --------------------------------------------------------------------------- MQTT

@@ -60,6 +60,9 @@ MESSAGE_HEAD_BYTES = 64
 SUSPECT_SPLIT_AFTER = 2
 SUSPECT_QUARANTINE_AFTER = 3
 LEARNED_MIN_BYTES = 256
+# How long the deletes of delivered readings wait for the buffer writer's next commit to take
+# them along before they are committed on their own.
+ACK_LINGER_S = 0.1
 # A connection that lasted this long resets the reconnect backoff.
 STABLE_CONNECTION_S = 10.0
 # Reason codes after which the same message can never succeed: split it.
@@ -364,7 +367,10 @@ class Forwarder:
         connections = asyncio.create_task(self._connections(), name="mqtt-connections")
         units = asyncio.create_task(self._forward_units(stop, grace), name="mqtt-units")
         try:
-            await self._forward(stop, grace)
+            try:
+                await self._forward(stop, grace)
+            finally:
+                await self._outbox.flush_acks()  # what was acknowledged is not sent again
             await units
         finally:
             units.cancel()
@@ -399,6 +405,11 @@ class Forwarder:
                     self._lanes_stale = True
                 elif refused is False:
                     backoff.reset()
+            # The deletes of what the broker acknowledged ride along with the buffer writer's
+            # next commit (one transaction, one fsync); when none comes soon, they go alone.
+            waiting = self._outbox.acks_waiting_s
+            if waiting is not None and waiting >= ACK_LINGER_S:
+                await self._outbox.flush_acks()
             if retry_at is not None and loop.time() >= retry_at:
                 retry_at = None
             self.status.in_flight = len(in_flight)
@@ -423,7 +434,7 @@ class Forwarder:
                 sent = True
             if sent:
                 continue
-            limit = 1.0
+            limit = 1.0 if self._outbox.acks_waiting_s is None else ACK_LINGER_S
             for moment in (retry_at, deadline):
                 if moment is not None:
                     limit = max(0.0, min(limit, moment - loop.time()))
@@ -690,7 +701,7 @@ class Forwarder:
     async def _delivered(self, item: _InFlight) -> None:
         if self._row_cap is not None and item.last_seq >= self._row_cap[1]:
             self._row_cap = None  # the split range went through
-        await self._outbox.ack(item.first_seq, item.last_seq)
+        self._outbox.delivered(item.first_seq, item.last_seq)
         self.status.messages_accepted += 1
         self.status.readings_delivered += item.readings
         self.status.last_accepted_ts = time.time()

@@ -7,6 +7,7 @@ commit what they produced, give the forwarder its grace period, then close the b
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import stat
 import time
@@ -94,7 +95,11 @@ class Service:
         b = config.buffer
         self.outbox = AsyncOutbox(b.path, b.max_readings, b.synchronous)
         self.context = StationContext(config.stations, config.devices)
-        self.writer = BufferWriter(self.outbox, changes=self.context.take_changes)
+        self.writer = BufferWriter(
+            self.outbox,
+            changes=self.context.take_changes,
+            commit_interval_s=b.commit_interval_ms / 1000,
+        )
         self.mqtt = MqttStatus()
         self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
         self._on_delivered = on_delivered
@@ -181,6 +186,10 @@ class Service:
                 if self.health_server
                 else "",
             )
+            # Everything made at start-up (modules, config, FastAPI, SQLAlchemy) lives as long
+            # as the process: keep it out of the garbage collector's full passes, which
+            # otherwise walk it all every few seconds while readings churn the young ones.
+            gc.freeze()
             self.ready.set()
             watchdog = None
             interval = systemd.watchdog_interval()

@@ -190,19 +190,20 @@ async def test_rows_awaiting_a_retried_delete_are_never_taken_again(tmp_path: Pa
     await box.open()
     for _ in range(30):
         await box.append(poll(box.outbox, 1))
-    real_ack = box.outbox.ack
+    real_ack = box.outbox.ack_ranges
 
-    def full_disk(first: int, last: int) -> int:
+    def full_disk(ranges: object) -> int:
         raise sa.exc.OperationalError("DELETE", {}, Exception("database or disk is full"))
 
-    box.outbox.ack = full_disk  # type: ignore[method-assign]
+    box.outbox.ack_ranges = full_disk  # type: ignore[method-assign]
     await box.ack(1, 10)
     assert box.ack_error == "database or disk is full"
     batches = await box.take(0, 10, 1 << 20)
     assert [b.last_seq for b in batches] == list(range(11, 21))  # past the whole skipped take
-    box.outbox.ack = real_ack  # type: ignore[method-assign]
+    box.outbox.ack_ranges = real_ack  # type: ignore[method-assign]
+    await box.flush_acks()
+    assert box.ack_error is None  # the retry went through
     assert [b.last_seq for b in await box.take(0, 5, 1 << 20)] == [11, 12, 13, 14, 15]
-    assert box.ack_error is None  # the retry went through on that take
     assert box.outbox.depth == 20
     await box.close()
 
@@ -358,3 +359,19 @@ def test_a_buffer_of_the_one_row_per_reading_format_is_converted_with_nothing_lo
     box = Outbox(path, 10_000)  # a second start finds nothing to convert
     assert (box.depth, box.last_seq) == (5, 62)
     box.close()
+
+
+async def test_deletes_of_delivered_readings_go_in_with_the_next_commit(tmp_path: Path) -> None:
+    from collector.buffer import AsyncOutbox
+
+    box = AsyncOutbox(tmp_path / "b.db", 10_000)
+    await box.open()
+    await box.append(poll(box.outbox, 10))
+    box.delivered(1, 10)
+    assert box.acks_waiting_s is not None
+    assert await box.take(0, 100, 1 << 20) == []  # delivered: never taken again
+    await box.append(poll(box.outbox, 5))  # one transaction: the delete and the new poll
+    assert box.acks_waiting_s is None
+    assert box.outbox.depth == 5
+    assert seqs(box.outbox.take(0, 100, 1 << 20)) == [(11, 15)]
+    await box.close()
