@@ -770,7 +770,7 @@ class BufferWriter:
     rows. Commits are at least ``commit_interval_s`` apart: each one is an fsync, and pollers
     on spread phases would otherwise each get their own; a poll after a quiet spell is
     committed at once. Pollers call :meth:`submit` (never blocks). The queue is bounded in
-    readings; if the
+    bytes; if the
     outbox cannot keep up for long (e.g. the disk is full) and the queue overflows, the
     overflowing poll is dropped and counted in ``overflow_dropped`` rather than growing memory
     without bound. Its seqs are used up, so consumers see the drop as a gap.
@@ -781,15 +781,15 @@ class BufferWriter:
     def __init__(
         self,
         outbox: AsyncOutbox,
-        max_pending_readings: int = 200_000,
+        max_pending_bytes: int = 32 << 20,
         changes: Callable[[], ContextChanges] | None = None,
         commit_interval_s: float = 0.04,  # buffer.commit_interval_ms
     ) -> None:
         self._outbox = outbox
         self._commit_interval = commit_interval_s
         self._queue: deque[Batch | None] = deque()
-        self._queued = 0  # readings in the queue
-        self._max_pending = max_pending_readings
+        self._queued = 0  # bytes in the queue
+        self._max_pending = max_pending_bytes
         self._ready = asyncio.Event()
         self._encoder = ReadingEncoder()
         self._next_seq: int | None = None
@@ -811,11 +811,12 @@ class BufferWriter:
             self._next_seq = self._outbox.outbox.last_seq + 1
         first = self._next_seq
         self._next_seq += count
-        if self._queued + count > self._max_pending:
+        if self._queued > self._max_pending:
             self.overflow_dropped += count
             return
-        self._queue.append(make_batch(self._encoder, first, device, readings, contexts))
-        self._queued += count
+        batch = make_batch(self._encoder, first, device, readings, contexts)
+        self._queue.append(batch)
+        self._queued += len(batch.body)
         self._ready.set()
 
     def set_changes(self, changes: Callable[[], ContextChanges]) -> None:
@@ -867,7 +868,7 @@ class BufferWriter:
             if batch is not None:
                 batches.append(batch)
                 readings += batch.count
-        self._queued -= readings
+                self._queued -= len(batch.body)
         return batches
 
     async def _commit(self, batches: list[Batch], changes: ContextChanges | None = None) -> None:

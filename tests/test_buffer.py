@@ -375,3 +375,29 @@ async def test_deletes_of_delivered_readings_go_in_with_the_next_commit(tmp_path
     assert box.outbox.depth == 5
     assert seqs(box.outbox.take(0, 100, 1 << 20)) == [(11, 15)]
     await box.close()
+
+
+async def test_writer_numbers_polls_and_an_overflow_leaves_a_counted_gap(tmp_path: Path) -> None:
+    """The writer's queue is bounded; a poll that does not fit is dropped and counted, and its
+    seqs are used up, so consumers see the drop as a gap."""
+    from collector.buffer import AsyncOutbox, BufferWriter
+
+    box = AsyncOutbox(tmp_path / "b.db", 10_000)
+    await box.open()
+    writer = BufferWriter(box, max_pending_bytes=1)  # room for one poll while not committing
+    context = Context("st", None, "op")
+
+    def submit(ts: float) -> None:
+        readings = [Reading(ts, f"t{i}", i) for i in range(3)]
+        writer.submit("dev", readings, [context] * 3)
+
+    submit(1.0)
+    submit(2.0)  # the queue is over its bound: dropped
+    assert (writer.overflow_dropped, writer.collected, writer.pending) == (3, 6, 1)
+    await writer.flush()
+    submit(3.0)
+    await writer.flush()
+    stored = box.outbox.take(0, 100, 1 << 20)
+    assert seqs(stored) == [(1, 3), (7, 9)]
+    assert [o["ts"] for o in objects(stored)][-1] == "1970-01-01T00:00:03Z"
+    await box.close()
