@@ -289,11 +289,11 @@ class Outbox:
         if not batches and not changes and not acks:
             return 0
         dropped = 0
+        count = sum(b.count for b in batches)
         with self._conn.begin():
             # The deletes first: the room they make counts against the cap.
-            self.depth -= self._delete_ranges(acks)
-            count = sum(b.count for b in batches)
-            over = self.depth + count - self.max_readings
+            deleted = self._delete_ranges(acks)
+            over = self.depth - deleted + count - self.max_readings
             if changes:
                 self._store_changes(changes)
             if batches:
@@ -311,7 +311,8 @@ class Outbox:
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
-        self.depth += count - dropped
+        # Only now: a transaction that failed changed nothing.
+        self.depth += count - dropped - deleted
         if batches:
             self.last_seq = max(self.last_seq, batches[-1].last_seq)
         self._write_hint(force=False)

@@ -401,3 +401,24 @@ async def test_writer_numbers_polls_and_an_overflow_leaves_a_counted_gap(tmp_pat
     assert seqs(stored) == [(1, 3), (7, 9)]
     assert [o["ts"] for o in objects(stored)][-1] == "1970-01-01T00:00:03Z"
     await box.close()
+
+
+def test_a_failed_commit_with_deletes_changes_nothing(tmp_path: Path) -> None:
+    import pytest
+    import sqlalchemy as sa
+
+    box = Outbox(tmp_path / "b.db", 10_000)
+    box.append(poll(box, 5))
+    pages = box._conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+    box._conn.exec_driver_sql(f"PRAGMA max_page_count={pages}")  # a full disk
+    box._conn.commit()
+    big = poll(box, 2000)
+    with pytest.raises(sa.exc.OperationalError, match="full"):
+        box.append(big, acks=[(1, 5)])
+    assert (box.depth, box.last_seq) == (5, 5)
+    assert seqs(box.take(0, 100, 1 << 20)) == [(1, 5)]  # the delete was rolled back too
+    box._conn.exec_driver_sql("PRAGMA max_page_count=1000000")
+    box._conn.commit()
+    box.append(big, acks=[(1, 5)])
+    assert (box.depth, box.last_seq) == (2000, 2005)
+    box.close()
