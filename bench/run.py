@@ -39,6 +39,8 @@ from tests.helpers import Mosquitto, free_port, mosquitto_binary, wait_until
 TICKS = os.sysconf("SC_CLK_TCK")
 # --profile: run the collector under cProfile (stats in each run's folder, kept with --workdir).
 PROFILE = False
+# --commit-interval-ms: the collector's buffer.commit_interval_ms (None: its default).
+COMMIT_INTERVAL_MS: int | None = None
 
 
 # --------------------------------------------------------------------------- /proc
@@ -139,7 +141,13 @@ class Line:
         ]
         return {
             "collector": {"id": "bench", "site": "lab", "line": "bench"},
-            "buffer": {"path": str(self.work / "buffer.db"), "max_readings": self.max_readings},
+            "buffer": {
+                "path": str(self.work / "buffer.db"),
+                "max_readings": self.max_readings,
+                **(
+                    {} if COMMIT_INTERVAL_MS is None else {"commit_interval_ms": COMMIT_INTERVAL_MS}
+                ),
+            },
             "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "shutdown_grace_s": 2},
             "health": {"port": self.health_port},
             "devices": [
@@ -478,9 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="run the collector under cProfile (slower)"
     )
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        default=None,
+        help="the collector's buffer.commit_interval_ms (default: its own default)",
+    )
     args = parser.parse_args(argv)
-    global PROFILE  # noqa: PLW0603 - a switch for the whole command
+    global PROFILE, COMMIT_INTERVAL_MS  # noqa: PLW0603 - switches for the whole command
     PROFILE = args.profile
+    COMMIT_INTERVAL_MS = args.commit_interval_ms
     if mosquitto_binary() is None:
         print("bench: mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
         return 2

@@ -774,7 +774,9 @@ class BufferWriter:
     bytes; if the
     outbox cannot keep up for long (e.g. the disk is full) and the queue overflows, the
     overflowing poll is dropped and counted in ``overflow_dropped`` rather than growing memory
-    without bound. Its seqs are used up, so consumers see the drop as a gap.
+    without bound. Its seqs are used up, so consumers see the drop as a gap. Pollers ask
+    :meth:`can_take` first and skip a poll while the queue is full, so under sustained
+    overload readings are not read rather than read and dropped.
     """
 
     MAX_READINGS_PER_COMMIT = 50_000
@@ -782,7 +784,7 @@ class BufferWriter:
     def __init__(
         self,
         outbox: AsyncOutbox,
-        max_pending_bytes: int = 32 << 20,
+        max_pending_bytes: int = 16 << 20,
         changes: Callable[[], ContextChanges] | None = None,
         commit_interval_s: float = 0.04,  # buffer.commit_interval_ms
     ) -> None:
@@ -791,6 +793,7 @@ class BufferWriter:
         self._queue: deque[Batch | None] = deque()
         self._queued = 0  # bytes in the queue
         self._max_pending = max_pending_bytes
+        self._held_back = False
         self._ready = asyncio.Event()
         self._encoder = ReadingEncoder()
         self._next_seq: int | None = None
@@ -812,13 +815,27 @@ class BufferWriter:
             self._next_seq = self._outbox.outbox.last_seq + 1
         first = self._next_seq
         self._next_seq += count
-        if self._queued > self._max_pending:
+        if not self.can_take():
             self.overflow_dropped += count
             return
         batch = make_batch(self._encoder, first, device, readings, contexts)
         self._queue.append(batch)
         self._queued += len(batch.body)
         self._ready.set()
+
+    def can_take(self) -> bool:
+        """Whether the queue has room for another poll."""
+        room = self._queued <= self._max_pending
+        if room is self._held_back:  # a change of state: say it once
+            self._held_back = not room
+            if room:
+                log.info("buffer: keeping up again; polling resumed")
+            else:
+                log.warning(
+                    "buffer: more offered than it can store; polls are skipped until it "
+                    "catches up (skipped_polls on /status)"
+                )
+        return room
 
     def set_changes(self, changes: Callable[[], ContextChanges]) -> None:
         """Take the context's changes from here on (a new context after a reload)."""

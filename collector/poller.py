@@ -101,10 +101,12 @@ class Poller:
         backoff: Backoff,
         *,
         phase_s: float = 0.0,
+        can_take: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._driver = driver
         self._phase = phase_s
+        self._can_take = can_take
         self.status = status
         self._interval = interval_s
         self._sink = sink
@@ -134,7 +136,12 @@ class Poller:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 self.status.start_late_s.append(max(0.0, loop.time() - next_at))
-                await self._poll_once()
+                if self._can_take():
+                    await self._poll_once()
+                else:
+                    # More offered than the buffer can take (it says so, once): a reading not
+                    # read is better than one read and then dropped.
+                    self.status.skipped_polls += 1
                 next_at += self._interval
                 now = loop.time()
                 if next_at < now:

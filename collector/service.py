@@ -157,6 +157,7 @@ class Service:
             self._sink,
             Backoff(device.reconnect_min_ms / 1000, device.reconnect_max_ms / 1000),
             phase_s=phase_s(index, len(self.config.devices), interval),
+            can_take=self.writer.can_take,
         )
         self._polling[device.name] = group.create_task(poller.run(), name=f"poll:{device.name}")
 

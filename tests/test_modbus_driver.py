@@ -246,6 +246,38 @@ async def test_a_dead_device_never_delays_another_devices_schedule(
         await silent.stop()
 
 
+async def test_a_poller_skips_polls_while_the_buffer_cannot_take_more(
+    modbus_server: SimulatedModbusServer,
+) -> None:
+    """Back-pressure: under sustained overload a reading is not read rather than read and
+    dropped; the skipped slots are counted, and polling resumes when there is room."""
+    polls: list[Sequence[Reading]] = []
+    room = True
+    status = DeviceStatus("dev", "modbus_tcp", None)
+    poller = Poller(
+        ModbusTcpDriver(device(modbus_server.port, poll_interval_ms=20)),
+        status,
+        0.02,
+        lambda _name, readings: polls.append(readings),
+        Backoff(0.05, 0.1),
+        can_take=lambda: room,
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_until(lambda: len(polls) >= 3, timeout=5, what="3 polls")
+        room = False
+        held_at = len(polls)
+        await async_wait_until(lambda: status.skipped_polls >= 5, timeout=5, what="5 skips")
+        assert len(polls) <= held_at + 1  # at most the poll already under way
+        room = True
+        resumed_at = len(polls)
+        await async_wait_until(lambda: len(polls) >= resumed_at + 3, timeout=5, what="resumed")
+        assert status.polls == len(polls)  # skipped slots are not polls
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_poller_reconnects_after_the_device_comes_back() -> None:
     port = free_port()
     server = SimulatedModbusServer(unit_ids=[1], port=port)
