@@ -775,8 +775,9 @@ class BufferWriter:
     outbox cannot keep up for long (e.g. the disk is full) and the queue overflows, the
     overflowing poll is dropped and counted in ``overflow_dropped`` rather than growing memory
     without bound. Its seqs are used up, so consumers see the drop as a gap. Pollers ask
-    :meth:`can_take` first and skip a poll while the queue is full, so under sustained
-    overload readings are not read rather than read and dropped.
+    :meth:`can_take` first and skip a poll while the queue is at its bound, so under sustained
+    overload readings are not read rather than read and dropped; the polls already under way
+    then are still taken, up to twice the bound.
     """
 
     MAX_READINGS_PER_COMMIT = 50_000
@@ -786,7 +787,7 @@ class BufferWriter:
         outbox: AsyncOutbox,
         max_pending_bytes: int = 16 << 20,
         changes: Callable[[], ContextChanges] | None = None,
-        commit_interval_s: float = 0.04,  # buffer.commit_interval_ms
+        commit_interval_s: float = 0.02,  # buffer.commit_interval_ms
     ) -> None:
         self._outbox = outbox
         self._commit_interval = commit_interval_s
@@ -815,7 +816,9 @@ class BufferWriter:
             self._next_seq = self._outbox.outbox.last_seq + 1
         first = self._next_seq
         self._next_seq += count
-        if not self.can_take():
+        if self._queued > 2 * self._max_pending:
+            # Pollers stop at the bound (can_take); past twice that, polls that were already
+            # under way when it was reached have come in too, and something is stuck.
             self.overflow_dropped += count
             return
         batch = make_batch(self._encoder, first, device, readings, contexts)

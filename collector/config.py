@@ -74,7 +74,7 @@ class BufferConfig(_Model):
         "the last commits on power loss but never corrupts.",
     )
     commit_interval_ms: int = Field(
-        default=40,
+        default=20,
         ge=0,
         le=1000,
         description="Least time between two commits: the polls of that time go in one "

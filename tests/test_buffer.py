@@ -384,24 +384,32 @@ async def test_writer_numbers_polls_and_an_overflow_leaves_a_counted_gap(tmp_pat
 
     box = AsyncOutbox(tmp_path / "b.db", 10_000)
     await box.open()
-    writer = BufferWriter(box, max_pending_bytes=1)  # room for one poll while not committing
     context = Context("st", None, "op")
 
     def submit(ts: float) -> None:
         readings = [Reading(ts, f"t{i}", i) for i in range(3)]
         writer.submit("dev", readings, [context] * 3)
 
+    one = len(
+        ReadingEncoder().encode(
+            1, "dev", [Reading(1.0, f"t{i}", i) for i in range(3)], [context] * 3
+        )
+    )
+    writer = BufferWriter(box, max_pending_bytes=one)  # one poll while nothing is committed
     submit(1.0)
+    assert writer.can_take()
+    submit(2.0)
     assert not writer.can_take()  # pollers skip their polls now (back-pressure)
-    submit(2.0)  # one that came anyway is dropped
-    assert (writer.overflow_dropped, writer.collected, writer.pending) == (3, 6, 1)
+    submit(3.0)  # one already under way when the bound was reached is still taken
+    submit(4.0)  # past twice the bound: dropped
+    assert (writer.overflow_dropped, writer.collected, writer.pending) == (3, 12, 3)
     await writer.flush()
     assert writer.can_take()
-    submit(3.0)
+    submit(5.0)
     await writer.flush()
     stored = box.outbox.take(0, 100, 1 << 20)
-    assert seqs(stored) == [(1, 3), (7, 9)]
-    assert [o["ts"] for o in objects(stored)][-1] == "1970-01-01T00:00:03Z"
+    assert seqs(stored) == [(1, 3), (4, 6), (7, 9), (13, 15)]
+    assert [o["ts"] for o in objects(stored)][-1] == "1970-01-01T00:00:05Z"
     await box.close()
 
 
