@@ -66,7 +66,6 @@ class ReadingEncoder:
     """
 
     def __init__(self) -> None:
-        self._ts: dict[float, bytes] = {}
         self._device: dict[tuple[str | None, str], bytes] = {}
         self._tag: dict[str, bytes] = {}
         self._meta: dict[tuple[object, ...], bytes] = {}
@@ -84,9 +83,9 @@ class ReadingEncoder:
         last_context: Context | None = None
         ts = head = tail = b""
         for reading, context in zip(readings, contexts, strict=True):
-            if reading.ts != last_ts:
+            if reading.ts != last_ts:  # once per request, not per reading
                 last_ts = reading.ts
-                ts = self._ts_bytes(reading.ts)
+                ts = ts_text(reading.ts).encode()
             if context is not last_context:
                 last_context = context
                 head = self._device_bytes(context.station, device)
@@ -114,12 +113,6 @@ class ReadingEncoder:
             )
             seq += 1
         return b",".join(out)
-
-    def _ts_bytes(self, ts: float) -> bytes:
-        text = self._ts.get(ts)
-        if text is None:
-            text = _put(self._ts, ts, ts_text(ts).encode())
-        return text
 
     def _device_bytes(self, station: str | None, device: str) -> bytes:
         key = (station, device)
