@@ -257,6 +257,7 @@ def measure_steady(work: Path, load: Workload, s: Settings) -> dict[str, Any]:
         peak_rss = memory_mb(line.pid, "VmHWM")
         rss = memory_mb(line.pid)
     rows = arrivals(line.arrivals)
+    buffer = status.get("buffer") or {}
     window = [r for r in rows if t0 <= r[2] < t1]  # read in the window
     latencies = [(arrival - read) * 1000 for _, arrival, read in window]
     seqs = {r[0] for r in rows}
@@ -275,7 +276,14 @@ def measure_steady(work: Path, load: Workload, s: Settings) -> dict[str, Any]:
         "latency_ms_p50": percentile(latencies, 0.50),
         "latency_ms_p95": percentile(latencies, 0.95),
         "latency_ms_p99": percentile(latencies, 0.99),
+        # Not at the consumer when the run stopped: still buffered (an overloaded collector
+        # delivers late), or dropped; the collector's own counts tell which.
         "missing_seqs": missing,
+        "buffered_at_end": buffer.get("depth"),
+        "dropped_by_collector": sum(
+            buffer.get(k) or 0 for k in ("dropped_total", "overflow_dropped", "quarantined_total")
+        ),
+        "mqtt_connects": (status.get("mqtt") or {}).get("connects"),
         "skipped_polls": sum(d.get("skipped_polls", 0) for d in status.get("devices", {}).values()),
         "poll_late_ms_p50": statistics.median(x["p50"] for x in lateness) if lateness else None,
         "poll_late_ms_p99": max(x["p99"] for x in lateness) if lateness else None,
@@ -514,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             Workload(10, 100, 100),
             Workload(20, 125, 50),
             Workload(40, 125, 50),
+            Workload(60, 125, 50),
             Workload(80, 125, 50),
             Workload(120, 125, 50),
             Workload(160, 125, 50),
