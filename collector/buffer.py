@@ -826,6 +826,11 @@ class BufferWriter:
         self._queued += len(batch.body)
         self._ready.set()
 
+    @property
+    def keeping_up(self) -> bool:
+        """False while pollers are held back because the queue is at its bound."""
+        return not self._held_back
+
     def can_take(self) -> bool:
         """Whether the queue has room for another poll."""
         room = self._queued <= self._max_pending

@@ -340,6 +340,8 @@ class Service:
             reasons.append(f"mqtt not connected: {self.mqtt.last_connect_error or 'starting'}")
         if self.writer.last_error is not None:
             reasons.append(f"buffer cannot write: {self.writer.last_error}")
+        elif not self.writer.keeping_up:
+            reasons.append("buffer cannot keep up with what is polled: polls are being skipped")
         if self.outbox.ack_error is not None:
             reasons.append(f"buffer cannot delete delivered readings: {self.outbox.ack_error}")
         outbox = self.outbox.outbox

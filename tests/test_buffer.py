@@ -400,11 +400,13 @@ async def test_writer_numbers_polls_and_an_overflow_leaves_a_counted_gap(tmp_pat
     assert writer.can_take()
     submit(2.0)
     assert not writer.can_take()  # pollers skip their polls now (back-pressure)
+    assert not writer.keeping_up  # and /health says so
     submit(3.0)  # one already under way when the bound was reached is still taken
     submit(4.0)  # past twice the bound: dropped
     assert (writer.overflow_dropped, writer.collected, writer.pending) == (3, 12, 3)
     await writer.flush()
     assert writer.can_take()
+    assert writer.keeping_up
     submit(5.0)
     await writer.flush()
     stored = box.outbox.take(0, 100, 1 << 20)
