@@ -25,8 +25,9 @@
 - A buffer written by a version that stored one row per reading is converted at start-up, in
   one transaction, nothing lost (:func:`_migrate_reading_rows`).
 
-All SQLite work runs on one dedicated thread (:class:`AsyncOutbox`), so an fsync never stalls
-the event loop that polls devices.
+Every write runs on one dedicated thread (:class:`AsyncOutbox`), so an fsync never stalls the
+event loop that polls devices; reads for the forwarder run on the event loop through a WAL
+reader connection of their own.
 """
 
 from __future__ import annotations
@@ -427,7 +428,7 @@ class Outbox:
             ).all()
             for row in rows:
                 batch = Batch(*row)
-                items = orjson.loads(b"[" + batch.body + b"]")
+                items = _objects(batch.body)
                 parts = []
                 for i in range(0, len(items), per_batch):
                     chunk = items[i : i + per_batch]
@@ -457,7 +458,7 @@ class Outbox:
             ).one_or_none()
             if row is None:
                 return 0
-            count = int(row.last_seq - row.first_seq + 1)
+            count = Batch(row.first_seq, row.last_seq, row.ts, row.body).count
             self._conn.execute(
                 quarantine_table.insert().values(
                     seq=last_seq, ts=row.ts, body=row.body, reason=reason, moved_ts=time.time()
@@ -602,10 +603,10 @@ class AsyncOutbox:
         #: Set whenever rows were appended; the forwarder waits on it.
         self.appended = asyncio.Event()
         self.units_appended = asyncio.Event()
-        # Delivered ranges whose delete failed (e.g. a full disk): retried, and never taken
-        # again meanwhile, so a delivered reading is not sent twice.
-        self._pending_acks: deque[tuple[int, int]] = deque()
-        self._acks_since: float | None = None
+        # Delivered ranges not deleted yet, (first seq, last seq, when noted): they go with the
+        # next commit, or alone (and are retried if that fails, e.g. on a full disk); never
+        # taken again meanwhile, so a delivered reading is not sent twice.
+        self._pending_acks: deque[tuple[int, int, float]] = deque()
         self._acking = asyncio.Lock()
         self.ack_error: str | None = None
 
@@ -647,13 +648,9 @@ class AsyncOutbox:
         """Append (see :meth:`Outbox.append`); the deletes of the ranges delivered so far go
         in the same transaction (one fsync for both)."""
         async with self._acking:
-            acks = list(self._pending_acks)
+            acks = self._ack_ranges()
             dropped: int = await self._call(self.outbox.append, batches, changes, acks)
-            for _ in acks:
-                self._pending_acks.popleft()
-            if acks:
-                self.ack_error = None
-                self._acks_since = None if not self._pending_acks else self._acks_since
+            self._forget_acks(len(acks))
         if batches:
             self.appended.set()
         if changes and changes.units:
@@ -693,7 +690,7 @@ class AsyncOutbox:
             kept = [
                 b
                 for b in batches
-                if not any(lo <= b.last_seq <= hi for lo, hi in self._pending_acks)
+                if not any(lo <= b.last_seq <= hi for lo, hi, _ in self._pending_acks)
             ]
             if kept or not batches:
                 return kept
@@ -717,14 +714,22 @@ class AsyncOutbox:
     def delivered(self, first_seq: int, last_seq: int) -> None:
         """Note a delivered range, deleted with the next append or :meth:`flush_acks` (never
         taken again meanwhile)."""
-        if not self._pending_acks:
-            self._acks_since = time.monotonic()
-        self._pending_acks.append((first_seq, last_seq))
+        self._pending_acks.append((first_seq, last_seq, time.monotonic()))
 
     @property
     def acks_waiting_s(self) -> float | None:
         """How long the oldest delivered range has waited for its delete (None: none)."""
-        return None if self._acks_since is None else time.monotonic() - self._acks_since
+        return time.monotonic() - self._pending_acks[0][2] if self._pending_acks else None
+
+    def _ack_ranges(self) -> list[tuple[int, int]]:
+        return [(first, last) for first, last, _ in self._pending_acks]
+
+    def _forget_acks(self, deleted: int) -> None:
+        """The first ``deleted`` ranges are gone from the buffer."""
+        for _ in range(deleted):
+            self._pending_acks.popleft()
+        if deleted:
+            self.ack_error = None
 
     async def flush_acks(self) -> None:
         """Delete every delivered range noted so far, in one transaction; if that fails they
@@ -732,7 +737,7 @@ class AsyncOutbox:
         async with self._acking:
             if not self._pending_acks:
                 return
-            ranges = list(self._pending_acks)
+            ranges = self._ack_ranges()
             try:
                 await self._call(self.outbox.ack_ranges, ranges)
             except sa.exc.OperationalError as exc:
@@ -743,18 +748,14 @@ class AsyncOutbox:
                     )
                 self.ack_error = message
                 return
-            for _ in ranges:
-                self._pending_acks.popleft()
-            self.ack_error = None
-            self._acks_since = None if not self._pending_acks else self._acks_since
+            self._forget_acks(len(ranges))
 
     async def quarantine(self, last_seq: int, reason: str) -> int:
         """Move a batch aside; 0 if it could not be (it stays and will be tried again)."""
-        seq = last_seq
         try:
             moved: int = await self._call(self.outbox.quarantine, last_seq, reason)
         except sa.exc.OperationalError as exc:
-            log.error("buffer: cannot quarantine seq %d (%s)", seq, exc.orig)  # noqa: TRY400
+            log.error("buffer: cannot quarantine seq %d (%s)", last_seq, exc.orig)  # noqa: TRY400
             return 0
         return moved
 
@@ -771,13 +772,12 @@ class BufferWriter:
     rows. Commits are at least ``commit_interval_s`` apart: each one is an fsync, and pollers
     on spread phases would otherwise each get their own; a poll after a quiet spell is
     committed at once. Pollers call :meth:`submit` (never blocks). The queue is bounded in
-    bytes; if the
-    outbox cannot keep up for long (e.g. the disk is full) and the queue overflows, the
-    overflowing poll is dropped and counted in ``overflow_dropped`` rather than growing memory
-    without bound. Its seqs are used up, so consumers see the drop as a gap. Pollers ask
-    :meth:`can_take` first and skip a poll while the queue is at its bound, so under sustained
-    overload readings are not read rather than read and dropped; the polls already under way
-    then are still taken, up to twice the bound.
+    bytes; if the outbox cannot keep up for long (e.g. the disk is full) and the queue
+    overflows, the overflowing poll is dropped and counted in ``overflow_dropped`` rather than
+    growing memory without bound. Its seqs are used up, so consumers see the drop as a gap.
+    Pollers ask :meth:`can_take` first and skip a poll while the queue is at its bound, so under
+    sustained overload readings are not read rather than read and dropped; the polls already
+    under way then are still taken, up to twice the bound.
     """
 
     MAX_READINGS_PER_COMMIT = 50_000
@@ -1020,12 +1020,18 @@ def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[
         else:
             query = "SELECT ts, body, NULL FROM batches WHERE ts >= ? ORDER BY last_seq"
         for ts, body, reason in db.execute(query, (floor - _BATCH_SPAN_S,)):
-            for item in orjson.loads(b"[" + bytes(body) + b"]"):
+            for item in _objects(bytes(body)):
                 if ts < floor and _epoch(item["ts"]) < floor:
                     continue
                 if reason is not None:
                     item["quarantine_reason"] = reason
                 yield orjson.dumps(item)
+
+
+def _objects(body: bytes) -> list[dict[str, Any]]:
+    """The reading objects of a stored body, decoded (the rare paths: split, export)."""
+    items: list[dict[str, Any]] = orjson.loads(b"[" + body + b"]")
+    return items
 
 
 def _epoch(text: str) -> float:

@@ -202,7 +202,7 @@ class Forwarder:
         # A message that keeps dying with its connection: (first seq, times in a row).
         self._suspect: tuple[int, int] = (0, 0)
         # (max readings per message, until seq) after a split
-        self._row_cap: tuple[int, int] | None = None
+        self._readings_cap: tuple[int, int] | None = None
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
         self._learned_max_bytes: int | None = None
@@ -503,7 +503,7 @@ class Forwarder:
             if backlog and not lanes.backlog_active:
                 continue
             cursor = lanes.backlog_cursor if backlog else lanes.live_cursor
-            max_readings, max_bytes = self._max_rows(cursor), self._max_bytes()
+            max_readings, max_bytes = self._max_readings(cursor), self._max_bytes()
             batches = await self._outbox.take(
                 cursor, max_readings, max_bytes, up_to=lanes.boundary if backlog else None
             )
@@ -553,13 +553,13 @@ class Forwarder:
         self.status.backlog_until_seq = lanes.boundary or None
         self.status.backlog_next_seq = lanes.backlog_cursor + 1 if lanes.backlog_active else None
 
-    def _max_rows(self, cursor: int) -> int:
-        rows = self._mqtt.max_readings_per_message
-        if self._row_cap is not None:
-            cap, until = self._row_cap
+    def _max_readings(self, cursor: int) -> int:
+        readings = self._mqtt.max_readings_per_message
+        if self._readings_cap is not None:
+            cap, until = self._readings_cap
             if cursor < until:
-                return min(rows, cap)
-        return rows
+                return min(readings, cap)
+        return readings
 
     def _max_payload_bytes(self, learned: bool = True) -> int:
         """The largest message payload: ours, what fits the broker's Maximum Packet Size, and
@@ -673,7 +673,7 @@ class Forwarder:
     async def _split(self, item: _InFlight, why: str) -> None:
         """Resend the message one reading per message, so the bad one is isolated quickly."""
         await self._outbox.split(item.first_seq, item.last_seq, 1)
-        self._row_cap = (1, item.last_seq)
+        self._readings_cap = (1, item.last_seq)
         log.warning(
             "mqtt: seq %d-%d not accepted (%s); resending them one reading per message",
             item.first_seq,
@@ -699,8 +699,8 @@ class Forwarder:
                 waiter.cancel()
 
     async def _delivered(self, item: _InFlight) -> None:
-        if self._row_cap is not None and item.last_seq >= self._row_cap[1]:
-            self._row_cap = None  # the split range went through
+        if self._readings_cap is not None and item.last_seq >= self._readings_cap[1]:
+            self._readings_cap = None  # the split range went through
         self._outbox.delivered(item.first_seq, item.last_seq)
         self.status.messages_accepted += 1
         self.status.readings_delivered += item.readings
