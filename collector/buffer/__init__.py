@@ -29,7 +29,7 @@ from collector.buffer.schema import (
     batches_table,
 )
 from collector.buffer.store import Outbox, take_batches
-from collector.buffer.writer import BufferWriter, make_batch
+from collector.buffer.writer import BufferWriter, make_batch, make_batches
 
 __all__ = [
     "EXPORT_TABLES",
@@ -45,6 +45,7 @@ __all__ = [
     "export_rows",
     "inspect_stats",
     "make_batch",
+    "make_batches",
     "open_outbox",
     "take_batches",
 ]

@@ -23,6 +23,27 @@ from collector.reading import Context, ContextChanges, Reading
 log = logging.getLogger(__package__)
 
 
+def make_batches(
+    encoder: ReadingEncoder,
+    first_seq: int,
+    device: str,
+    readings: Sequence[Reading],
+    contexts: Sequence[Context],
+    *,
+    per_batch: int | None = None,
+) -> list[Batch]:
+    """One poll's readings, numbered from ``first_seq``, as the batches the outbox stores: one,
+    or as few parts of even size as keep each at most ``per_batch`` readings (a message never
+    carries more: mqtt.max_readings_per_message)."""
+    count = len(readings)
+    parts = 1 if per_batch is None or count <= per_batch else -(-count // per_batch)
+    size = -(-count // parts)
+    return [
+        make_batch(encoder, first_seq + i, device, readings[i : i + size], contexts[i : i + size])
+        for i in range(0, count, size)
+    ]
+
+
 def make_batch(
     encoder: ReadingEncoder,
     first_seq: int,
@@ -30,7 +51,7 @@ def make_batch(
     readings: Sequence[Reading],
     contexts: Sequence[Context],
 ) -> Batch:
-    """One poll's readings, numbered from ``first_seq``, as the batch the outbox stores."""
+    """Readings numbered from ``first_seq`` as one batch."""
     return Batch(
         first_seq,
         first_seq + len(readings) - 1,
@@ -42,9 +63,12 @@ def make_batch(
 class BufferWriter:
     """Moves the pollers' readings into the outbox, many polls per transaction.
 
-    The only writer: it numbers the readings (``seq``) and encodes each poll into one
-    :class:`Batch` as it is submitted, on the event loop, so the outbox thread only inserts
-    rows. Commits are at least ``commit_interval_s`` apart: each one is an fsync, and pollers
+    The only writer: it numbers the readings (``seq``) and encodes each poll as it is
+    submitted, on the event loop, so the outbox thread only inserts rows: one :class:`Batch`
+    per poll, or even parts of at most ``max_readings_per_batch`` readings for a poll larger
+    than a message may carry (so the forwarder never rewrites it in the buffer).
+
+    Commits are at least ``commit_interval_s`` apart: each one is an fsync, and pollers
     on spread phases would otherwise each get their own; a poll after a quiet spell is
     committed at once. Pollers call :meth:`submit` (never blocks). The queue is bounded in
     bytes; if the outbox cannot keep up for long (e.g. the disk is full) and the queue
@@ -63,7 +87,9 @@ class BufferWriter:
         max_pending_bytes: int = 16 << 20,
         changes: Callable[[], ContextChanges] | None = None,
         commit_interval_s: float = 0.02,  # buffer.commit_interval_ms
+        max_readings_per_batch: int | None = None,  # mqtt.max_readings_per_message
     ) -> None:
+        self._per_batch = max_readings_per_batch
         self._outbox = outbox
         self._commit_interval = commit_interval_s
         self._queue: deque[Batch | None] = deque()
@@ -96,9 +122,12 @@ class BufferWriter:
             # under way when it was reached have come in too, and something is stuck.
             self.overflow_dropped += count
             return
-        batch = make_batch(self._encoder, first, device, readings, contexts)
-        self._queue.append(batch)
-        self._queued += len(batch.body)
+        parts = make_batches(
+            self._encoder, first, device, readings, contexts, per_batch=self._per_batch
+        )
+        for batch in parts:
+            self._queue.append(batch)
+            self._queued += len(batch.body)
         self._ready.set()
 
     @property
