@@ -167,14 +167,21 @@ class Forwarder:
             UnitsStream(outbox, self.units_topic),
         ]
         self._deliveries: list[_Delivery] = []
+        self._connection_seen: tuple[bool, int] | None = None
         self._publisher.set_listener(self._changed)
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
         self._learned_max_bytes: int | None = None
 
     def _changed(self) -> None:
-        for delivery in self._deliveries:
-            delivery.wake.set()
+        """The publisher's news: a connect or disconnect wakes every stream. (An answer wakes
+        only the stream it belongs to, through its future: the unit records' loop need not
+        look for work at every PUBACK of the readings.)"""
+        state = (self._publisher.connected, self._publisher.connection)
+        if state != self._connection_seen:
+            self._connection_seen = state
+            for delivery in self._deliveries:
+                delivery.wake.set()
 
     async def run(self, stop: asyncio.Event, grace_s: float | None = None) -> None:
         """Forward until ``stop`` is set, then for at most ``grace_s`` while rows remain."""
@@ -284,12 +291,14 @@ class Forwarder:
                 lanes.live_cursor = batches[-1].last_seq
             lanes.turn_backlog = not backlog
             self._show_backlog(d)
+            future = self._publisher.publish(stream.topic, payload)
+            future.add_done_callback(lambda _: d.wake.set())
             return _InFlight(
                 batches[0].first_seq,
                 batches[-1].last_seq,
                 sum(b.count for b in batches),
                 payload,
-                self._publisher.publish(stream.topic, payload),
+                future,
                 backlog,
             )
         return None
