@@ -361,47 +361,76 @@ def _wrapped(tag: str, obj: dict[str, Any], path: str) -> PollValue:
     return (tag, _scalar(obj["value"], f"{path}value"), quality, _opt_str(obj, "error", path), None)
 
 
+_SCALARS = (bool, int, float, str, type(None))
+
+
 def _polls1(items: list[Any], ts_check: _TsCheck) -> list[Poll]:
+    """Schema-1 readings joined into polls. The fields that repeat from reading to reading
+    (ts, device and context) are checked when they change; the rest of each reading is
+    checked inline, and the slow path that names the field runs only for a bad reading."""
     polls: list[Poll] = []
     key: tuple[object, ...] | None = None
+    checked: tuple[object, ...] | None = None
     next_seq = -1
     values: list[PollValue] = []
-    for i, item in enumerate(items):
-        path = f"readings[{i}]."
-        reading = _obj(item, path)
-        seq = _seq(reading, path)
-        ts = ts_check(reading, path)
-        quality = reading.get("quality")
-        if quality not in QUALITIES:
-            raise ContractError(
-                f"{path}quality", f'must be "good", "uncertain" or "bad", got {_show(quality)}'
-            )
-        if "value" not in reading:
-            raise ContractError(f"{path}value", "missing")
-        value = (
-            _str(reading, "tag", path),
-            _scalar(reading["value"], f"{path}value"),
-            quality,
-            _opt_str(reading, "error", path),
-            _opt_str(reading, "unit", path),
-        )
-        new_key = (
-            ts,
-            _nonempty(reading, "device", path),
-            _opt_str(reading, "station", path),
-            _opt_str(reading, "unit_serial", path),
-            _opt_str(reading, "operation", path),
-            _opt_int(reading, "attempt", path),
-        )
+    scalars, qualities = _SCALARS, QUALITIES
+    for i, reading in enumerate(items):
+        if type(reading) is not dict:
+            _obj(reading, f"readings[{i}].")
+        get = reading.get
+        seq = get("seq")
+        tag, value, quality = get("tag"), get("value", _MISSING), get("quality")
+        error, unit = get("error"), get("unit")
+        if (
+            type(seq) is not int
+            or seq < 0
+            or type(tag) is not str
+            or type(value) not in scalars
+            or quality not in qualities
+            or (error is not None and type(error) is not str)
+            or (unit is not None and type(unit) is not str)
+        ):
+            _reading1(reading, f"readings[{i}].", ts_check)  # raises, naming the field
+        attempt = get("attempt")
+        raw = (
+            get("ts"), get("device"), get("station"), get("unit_serial"), get("operation"),
+            attempt, type(attempt),
+        )  # fmt: skip
+        if raw != checked:
+            _reading1(reading, f"readings[{i}].", ts_check)
+            checked = raw
+        new_key = raw[:6]
         if new_key != key or seq != next_seq:
             if key is not None:
                 polls.append(_poll1(next_seq - len(values), key, values))
             key, values = new_key, []
-        values.append(value)
+        values.append((tag, value, quality, error, unit))
         next_seq = seq + 1
     if key is not None:
         polls.append(_poll1(next_seq - len(values), key, values))
     return polls
+
+
+_MISSING = object()
+
+
+def _reading1(reading: dict[str, Any], path: str, ts_check: _TsCheck) -> None:
+    """Check one schema-1 reading field by field; raise ContractError naming the first bad."""
+    _seq(reading, path)
+    ts_check(reading, path)
+    _nonempty(reading, "device", path)
+    _str(reading, "tag", path)
+    if "value" not in reading:
+        raise ContractError(f"{path}value", "missing")
+    _scalar(reading["value"], f"{path}value")
+    quality = reading.get("quality")
+    if quality not in QUALITIES:
+        raise ContractError(
+            f"{path}quality", f'must be "good", "uncertain" or "bad", got {_show(quality)}'
+        )
+    for name in ("error", "unit", "station", "unit_serial", "operation"):
+        _opt_str(reading, name, path)
+    _opt_int(reading, "attempt", path)
 
 
 def _poll1(seq: int, key: tuple[Any, ...], values: list[PollValue]) -> Poll:
