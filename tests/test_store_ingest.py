@@ -199,3 +199,23 @@ def test_gap_audit_opens_shrinks_and_closes(engine: sa.Engine) -> None:
     (stream,) = gap_report(engine)
     assert (stream.missing, stream.high_water, stream.received) == ([], 40, 40)
     assert old_gaps(gap_report(engine), 600, later) == []
+
+
+def test_retention_prunes_old_readings_and_keeps_unit_records(engine: sa.Engine) -> None:
+    from store.retention import prune_readings
+
+    writer = Writer(engine)
+    writer.write(
+        [Incoming(R_TOPIC, schema1(seq, 1)) for seq in range(1, 11)]  # ts = T0 + seq
+        + [Incoming(U_TOPIC, unit_message(1, "PILOT-1", "pass", 1, T0))]
+    )
+    cutoff = datetime.fromtimestamp(T0 + 6, UTC)
+    assert prune_readings(engine, cutoff, chunk=2) == 5
+    found = unit_genealogy(engine, "PILOT-1")
+    assert found is not None
+    assert [r["seq"] for r in found["readings"]] == [6, 7, 8, 9, 10]
+    assert [o["seq"] for o in found["operations"]] == [1]
+    assert len(found["operations"][0]["characteristics"]) == 1
+    assert prune_readings(engine, cutoff) == 0
+    (stream, _units) = gap_report(engine)
+    assert stream.missing == []  # pruning is not a gap

@@ -196,3 +196,27 @@ def test_database_down_acknowledges_nothing_and_recovers(
     assert stored(engine) == (600, 600, 1, 600)
     wait_until(lambda: store.health()["status"] == "ok", 20, "healthy again")
     store.stop()
+
+
+def test_an_old_gap_is_flagged_on_health_and_metrics_until_it_closes(
+    mosquitto: Mosquitto, tmp_path: Path, stores: list[StoreProcess]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = StoreProcess(tmp_path / "s", mosquitto, url, gaps={"alert_after_s": 0.5})
+    stores.append(store)
+    store.start()
+    publisher = Publisher(mosquitto)
+    publisher.publish(TOPIC, message(1))
+    publisher.publish(TOPIC, message(2 * PER_MESSAGE + 1))  # seqs 21-40 never sent (yet)
+    wait_until(lambda: store.health()["status"] == "degraded", 20, "the gap flagged")
+    health = store.health()
+    assert health["old_gaps"][0].startswith("pc1/-/readings: seq 21-40 missing for ")
+    assert store.metric("store_missing_seqs") == 20
+    assert store.metric("store_missing_ranges") == 1
+    assert store.metric("store_high_water_seq") == 20
+    publisher.publish(TOPIC, message(PER_MESSAGE + 1))  # the late message closes it
+    wait_until(lambda: store.health()["status"] == "ok", 20, "the gap closed")
+    assert store.metric("store_missing_seqs") == 0
+    assert store.metric("store_high_water_seq") == 60
+    publisher.close()
+    store.stop()
