@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from collector import systemd
 from store.config import StoreConfig
 from store.db import connect, create_schema, error_reason
 from store.ingest import Incoming, Writer
@@ -94,15 +95,23 @@ class StoreService:
         if not stop.is_set():
             subscriber.start()
         pruning = asyncio.create_task(self._prune_loop(stop))
+        interval = systemd.watchdog_interval()
+        watchdog = (
+            None if interval is None else asyncio.create_task(systemd.feed_watchdog(interval))
+        )
+        systemd.notify("READY=1", "STATUS=storing")
         if ready is not None:
             ready.set()
         try:
             await self._ingest_loop(subscriber, stop)
         finally:
+            systemd.notify("STOPPING=1")
             subscriber.stop()
-            pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
+            for task in (pruning, watchdog):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if server is not None and serving is not None:
                 server.should_exit = True
                 await serving

@@ -82,3 +82,26 @@ def test_times_on_the_command_line() -> None:
     assert parse_time("2026-11-20T00:00:00Z", now) == datetime(2026, 11, 20, tzinfo=UTC)
     with pytest.raises(ValueError, match="neither an age"):
         parse_time("yesterday", now)
+
+
+def test_store_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    from tests.test_systemd import require_systemd_analyze
+
+    analyze = require_systemd_analyze()
+    unit = tmp_path / "collector-store.service"
+    text = (REPO / "systemd" / "collector-store.service").read_text()
+    collector = Path(sys.executable).with_name("collector")
+    unit.write_text(text.replace("/opt/collector/venv/bin/collector", str(collector)))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    for line in (
+        "ExecStartPre=/opt/collector/venv/bin/collector store check --config",
+        "ExecStart=/opt/collector/venv/bin/collector store run --config /etc/collector/store.yaml",
+        "Type=notify",
+        "User=collector-store",
+        "ProtectSystem=strict",
+    ):
+        assert line in text, line
