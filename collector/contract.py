@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -361,46 +362,52 @@ def _wrapped(tag: str, obj: dict[str, Any], path: str) -> PollValue:
     return (tag, _scalar(obj["value"], f"{path}value"), quality, _opt_str(obj, "error", path), None)
 
 
-_SCALARS = (bool, int, float, str, type(None))
+_SCALARS = frozenset({bool, int, float, str, type(None)})
+_OPT_STR = frozenset({str, type(None)})
+#: The twelve fields of a schema-1 reading in one C call (the collector writes all of them).
+_FIELDS1 = itemgetter(
+    "seq", "tag", "value", "quality", "error", "unit",
+    "ts", "device", "station", "unit_serial", "operation", "attempt",
+)  # fmt: skip
 
 
 def _polls1(items: list[Any], ts_check: _TsCheck) -> list[Poll]:
     """Schema-1 readings joined into polls. The fields that repeat from reading to reading
     (ts, device and context) are checked when they change; the rest of each reading is
-    checked inline, and the slow path that names the field runs only for a bad reading."""
+    checked inline, and the slow path that names the field runs only for a bad reading or
+    one that leaves a field out."""
     polls: list[Poll] = []
     key: tuple[object, ...] | None = None
     checked: tuple[object, ...] | None = None
     next_seq = -1
     values: list[PollValue] = []
-    scalars, qualities = _SCALARS, QUALITIES
+    scalars, qualities, opt_str, fields = _SCALARS, QUALITIES, _OPT_STR, _FIELDS1
     for i, reading in enumerate(items):
-        if type(reading) is not dict:
-            _obj(reading, f"readings[{i}].")
-        get = reading.get
-        seq = get("seq")
-        tag, value, quality = get("tag"), get("value", _MISSING), get("quality")
-        error, unit = get("error"), get("unit")
+        try:
+            (seq, tag, value, quality, error, unit,
+             ts, device, station, serial, operation, attempt) = fields(reading)  # fmt: skip
+        except (KeyError, TypeError):
+            _reading1(reading, f"readings[{i}].", ts_check)  # raises, or a field was left out
+            get = reading.get
+            seq, tag, value, quality = get("seq"), get("tag"), get("value"), get("quality")
+            error, unit, ts, device = get("error"), get("unit"), get("ts"), get("device")
+            station, serial = get("station"), get("unit_serial")
+            operation, attempt = get("operation"), get("attempt")
         if (
             type(seq) is not int
             or seq < 0
             or type(tag) is not str
             or type(value) not in scalars
             or quality not in qualities
-            or (error is not None and type(error) is not str)
-            or (unit is not None and type(unit) is not str)
+            or type(error) not in opt_str
+            or type(unit) not in opt_str
         ):
             _reading1(reading, f"readings[{i}].", ts_check)  # raises, naming the field
-        attempt = get("attempt")
-        raw = (
-            get("ts"), get("device"), get("station"), get("unit_serial"), get("operation"),
-            attempt, type(attempt),
-        )  # fmt: skip
-        if raw != checked:
-            _reading1(reading, f"readings[{i}].", ts_check)
-            checked = raw
-        new_key = raw[:6]
+        new_key = (ts, device, station, serial, operation, attempt)
         if new_key != key or seq != next_seq:
+            if new_key != checked or type(attempt) is not int:
+                _reading1(reading, f"readings[{i}].", ts_check)
+                checked = new_key
             if key is not None:
                 polls.append(_poll1(next_seq - len(values), key, values))
             key, values = new_key, []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from store.schema import (
     characteristics,
     context_spans,
     contexts,
+    from_micros,
     readings,
     series,
     streams,
@@ -106,55 +107,69 @@ def unit_genealogy(engine: sa.Engine, serial: str) -> dict[str, Any] | None:
 
 
 def _readings(conn: sa.Connection, serial: str) -> list[dict[str, Any]]:
-    r, c, sp, se, st = readings, contexts, context_spans, series, streams
-    query = (
+    """The unit's readings: one primary-key range scan per (context, stream) span, joined to
+    their series and streams in Python (both small, read once), in time order."""
+    c, sp, r = contexts, context_spans, readings
+    spans = conn.execute(
         sa.select(
-            r.c.ts,
-            st.c.collector,
-            st.c.outbox,
-            r.c.seq,
-            se.c.device,
-            se.c.tag,
-            r.c.flags,
-            r.c.num,
-            r.c.text,
-            se.c.unit,
-            r.c.error,
-            c.c.station,
-            c.c.slot,
-            c.c.operation,
-            c.c.attempt,
-            c.c.phase,
-            c.c.golden,
+            c.c.id, c.c.station, c.c.slot, c.c.operation, c.c.attempt, c.c.phase, c.c.golden,
+            sp.c.stream, sp.c.first_seq, sp.c.last_seq,
         )
-        .select_from(c)
         .join(sp, sp.c.context == c.c.id)
-        .join(
-            r,
-            sa.and_(
-                r.c.stream == sp.c.stream,
-                r.c.seq.between(sp.c.first_seq, sp.c.last_seq),
-                r.c.context == c.c.id,
-            ),
-        )
-        .join(se, se.c.id == r.c.series)
-        .join(st, st.c.id == r.c.stream)
         .where(c.c.unit_serial == serial)
-        .order_by(r.c.ts, st.c.collector, r.c.seq)
-    )
+    ).all()  # fmt: skip
+    if not spans:
+        return []
+    # The raw column value (microseconds on SQLite, a datetime on PostgreSQL), formatted
+    # once per distinct time below: the readings of a poll share theirs.
+    ts_raw = sa.type_coerce(r.c.ts, sa.BigInteger)
+    found: list[tuple[Any, ...]] = []
+    for ctx, station, slot, operation, attempt, phase, golden, stream, first, last in spans:
+        context = (station, slot, operation, attempt, phase, bool(golden))
+        rows = conn.execute(
+            sa.select(ts_raw, r.c.seq, r.c.series, r.c.flags, r.c.num, r.c.text, r.c.error).where(
+                r.c.stream == stream, r.c.seq.between(first, last), r.c.context == ctx
+            )
+        ).all()
+        found.extend((*row, stream, context) for row in rows)
+    series_ids = {row[2] for row in found}
+    names = {
+        sid: (device, tag, unit)
+        for sid, device, tag, unit in conn.execute(
+            sa.select(series.c.id, series.c.device, series.c.tag, series.c.unit).where(
+                series.c.id.in_(series_ids)
+            )
+        )
+    }
+    stream_ids = {row[7] for row in found}
+    stream_names = {
+        sid: (collector, outbox)
+        for sid, collector, outbox in conn.execute(
+            sa.select(streams.c.id, streams.c.collector, streams.c.outbox).where(
+                streams.c.id.in_(stream_ids)
+            )
+        )
+    }
+    texts: dict[Any, str] = {}
     out = []
-    for row in conn.execute(query):
-        (ts, collector, outbox, seq, device, tag, flags, num, text, unit, error, station,
-         slot, operation, attempt, phase, golden) = row  # fmt: skip
+    for raw, seq, sid, flags, num, text, error, stream, context in found:
+        ts = texts.get(raw)
+        if ts is None:
+            when = from_micros(raw) if isinstance(raw, int) else raw.astimezone(UTC)
+            ts = texts[raw] = _iso(when)
+        collector, outbox = stream_names[stream]
+        device, tag, unit = names[sid]
+        station, slot, operation, attempt, phase, golden = context
         out.append(
             {
-                "ts": _iso(ts), "collector": collector, "outbox": outbox, "seq": seq,
+                "ts": ts, "collector": collector, "outbox": outbox, "seq": seq,
                 "device": device, "tag": tag, "value": _value(flags, num, text), "unit": unit,
                 "quality": QUALITY_NAMES[flags % 4], "error": error, "station": station,
                 "slot": slot, "operation": operation, "attempt": attempt, "phase": phase,
-                "golden": bool(golden),
+                "golden": golden,
             }
         )  # fmt: skip
+    out.sort(key=lambda item: (item["ts"], item["collector"], item["seq"]))
     return out
 
 

@@ -113,7 +113,8 @@ class Writer:
         self.quarantine_max_bytes = quarantine_max_bytes
         self._raw: Any = None
         self._streams: dict[tuple[str, str, str], int] = {}
-        self._series: dict[tuple[str, str, str], int] = {}
+        #: (collector, device) -> tag -> series id: one look-up per poll, one per tag.
+        self._series: dict[tuple[str, str], dict[str, int]] = {}
         self._contexts: dict[_CtxKey, int] = {}
         self._ts_memo: dict[str, Any] = {}
         ignore = "INSERT OR IGNORE INTO" if self.sqlite else "INSERT INTO"
@@ -242,12 +243,13 @@ class Writer:
                 result.quarantined.append((exc.kind, str(exc)))
         conn = self._connection()
         try:
-            self._resolve(conn, readings_msgs, unit_lists)
             now = datetime.now(UTC)
-            ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
-            spans: dict[tuple[int, int], tuple[int, int]] = {}
-            simple, full = self._reading_rows(readings_msgs, ranges, spans)
-            unit_rows, char_rows = self._unit_rows(unit_lists, ranges)
+            try:
+                rows = self._rows(readings_msgs, unit_lists)
+            except KeyError:  # a stream, series or context the caches do not know yet
+                self._resolve(conn, readings_msgs, unit_lists)
+                rows = self._rows(readings_msgs, unit_lists)
+            ranges, spans, simple, full, unit_rows, char_rows = rows
             cur = self._begin(conn)
             # The gap audit first: on PostgreSQL it locks the batch's streams (in id order),
             # which serialises two store processes per stream before any other row.
@@ -271,6 +273,23 @@ class Writer:
             raise
         return result
 
+    def _rows(
+        self, readings_msgs: list[ReadingsMessage], unit_lists: list[list[FlatUnit]]
+    ) -> tuple[
+        dict[int, list[tuple[int, int]]],
+        dict[tuple[int, int], tuple[int, int]],
+        list[tuple[Any, ...]],
+        list[tuple[Any, ...]],
+        list[tuple[Any, ...]],
+        list[tuple[Any, ...]],
+    ]:
+        """Every row of the batch from the cached ids; KeyError when one is not cached."""
+        ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        spans: dict[tuple[int, int], tuple[int, int]] = {}
+        simple, full = self._reading_rows(readings_msgs, ranges, spans)
+        unit_rows, char_rows = self._unit_rows(unit_lists, ranges)
+        return ranges, spans, simple, full, unit_rows, char_rows
+
     def _resolve(
         self, conn: Any, readings_msgs: list[ReadingsMessage], unit_lists: list[list[FlatUnit]]
     ) -> None:
@@ -285,10 +304,10 @@ class Writer:
                 key = _ctx_key(p)
                 if key not in known_ctx:
                     contexts[key] = None
+                tags = known_series.get((msg.collector, p.device), {})
                 for tag, _v, _q, _e, unit in p.values:
-                    skey = (msg.collector, p.device, tag)
-                    if skey not in known_series:
-                        series.setdefault(skey, unit)
+                    if tag not in tags:
+                        series.setdefault((msg.collector, p.device, tag), unit)
         for units in unit_lists:
             for u in units:
                 streams.add((u.collector, u.outbox, UNITS))
@@ -307,7 +326,7 @@ class Writer:
             for sskey, unit in series.items():
                 cur.execute(self._sql["series_add"], (*sskey, unit))
                 cur.execute(self._sql["series_id"], sskey)
-                self._series[sskey] = cur.fetchone()[0]
+                self._series.setdefault(sskey[:2], {})[sskey[2]] = cur.fetchone()[0]
             for ckey in contexts:
                 text = orjson.dumps(ckey).decode()
                 slot = None if ckey[1] is None else str(ckey[1])
@@ -360,12 +379,12 @@ class Writer:
             for p in msg.polls:
                 ts = self._ts_value(p.ts)
                 ctx = contexts[_ctx_key(p)]
-                device = p.device
+                tags = series[(collector, p.device)]
                 seq = first = p.seq
                 value: Any
                 text: Any
                 for tag, value, quality, error, _unit in p.values:
-                    sid = series[(collector, device, tag)]
+                    sid = tags[tag]
                     kind = type(value)
                     if kind is float or (kind is int and -_FLOAT_INT <= value <= _FLOAT_INT):
                         flags = (KIND_FLOAT if kind is float else KIND_INT) * 4
@@ -414,9 +433,8 @@ class Writer:
             for row in full:
                 copy.write_row(row)
         cur.execute(_COPY_INSERT)
-        inserted = int(cur.rowcount)
-        cur.execute("TRUNCATE readings_in")
-        return inserted
+        # readings_in empties itself at the commit (ON COMMIT DELETE ROWS).
+        return int(cur.rowcount)
 
     def _unit_rows(
         self, unit_lists: list[list[FlatUnit]], ranges: dict[int, list[tuple[int, int]]]
