@@ -11,6 +11,8 @@
   today, whatever it emits tomorrow), ``--per-message`` readings a message and the default
   100 messages a transaction, into a fresh SQLite file and a fresh PostgreSQL database.
   Readings per second = readings committed / wall time of the writes (decode included).
+- ingest2: the same readings in schema-2 messages built by hand (the collector emits
+  schema 1 until issue 16 lands): what the store costs once it does.
 - genealogy: ``--stored`` readings written straight into the tables with bulk inserts
   (4 collectors, 50 tags a poll, two stations per collector whose polls interleave, a unit
   every 40 polls), then the genealogy of one unit (store.genealogy.unit_genealogy, what
@@ -38,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 import yaml
 
@@ -79,11 +82,45 @@ def collector_messages(total: int, per_message: int, collector: str = "pc1") -> 
     return out
 
 
+def schema2_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+    """The same readings as schema 2 (/work/spec/schema2.md) would carry them, built by hand
+    until the collector's encoder emits schema 2 (then ``collector_messages`` does)."""
+    from collector.message import ts_text  # noqa: PLC0415
+
+    out: list[bytes] = []
+    polls: list[dict[str, Any]] = []
+    seq, poll, in_message = 1, 0, 0
+    while seq <= total:
+        n = min(TAGS, total - seq + 1)
+        polls.append({
+            "seq": seq, "ts": ts_text(T0 + poll * 0.1), "device": "tester-1", "station": "ft-1",
+            "unit_serial": f"UNIT-{poll // 40:07d}", "operation": "functional-test",
+            "attempt": 1, "phase": "test",
+            "values": {f"tag{i:02d}": 12.0 + i * 0.01 + (poll % 7) * 0.001 for i in range(n)},
+        })  # fmt: skip
+        seq += n
+        in_message += n
+        poll += 1
+        if in_message >= per_message or seq > total:
+            doc = {
+                "schema": 2,
+                "collector": collector,
+                "outbox": "6f1d0c2a9b7e4e55",
+                "polls": polls,
+            }
+            out.append(orjson.dumps(doc))
+            polls, in_message = [], 0
+    return out
+
+
 # --------------------------------------------------------------------------- ingest
 
 
-def bench_ingest(url: str, total: int, per_message: int, batch: int) -> dict[str, Any]:
-    messages = collector_messages(total, per_message)
+def bench_ingest(
+    url: str, total: int, per_message: int, batch: int, schema2: bool = False
+) -> dict[str, Any]:
+    make = schema2_messages if schema2 else collector_messages
+    messages = make(total, per_message)
     engine = connect(url)
     create_schema(engine)
     writer = Writer(engine)
@@ -335,7 +372,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="ingest,genealogy,backlog")
+    parser.add_argument("--only", default="ingest,ingest2,genealogy,backlog")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--readings", type=int, default=1_000_000, help="ingest size")
     parser.add_argument("--per-message", type=int, default=500, help="readings per message")
@@ -374,6 +411,10 @@ def main() -> int:
                 r = bench_ingest(url(db), args.readings, args.per_message, args.batch)
                 results[f"ingest_{db}"] = r
                 print(f"ingest {db}: {r}", flush=True)
+            if "ingest2" in only:
+                r = bench_ingest(url(db), args.readings, args.per_message, args.batch, True)
+                results[f"ingest_schema2_{db}"] = r
+                print(f"ingest schema 2 {db}: {r}", flush=True)
             if "genealogy" in only:
                 r = bench_genealogy(url(db), args.stored)
                 results[f"genealogy_{db}"] = r
