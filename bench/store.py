@@ -136,8 +136,10 @@ def bench_ingest(
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu
     writer.close()
+    size = readings_bytes(engine)
     engine.dispose()
     return {
+        "readings_table_mb_per_million": round(size / (inserted + per_message) * 1e6 / 2**20, 1),
         "readings": inserted,
         "seconds": round(wall, 2),
         "readings_per_s": round(inserted / wall),
@@ -146,6 +148,25 @@ def bench_ingest(
         "readings_per_cpu_s": round(inserted / cpu),
         "message_bytes": round(sum(map(len, messages)) / len(messages)),
     }
+
+
+def readings_bytes(engine: sa.Engine) -> int:
+    """Disk used by the readings table and its indexes (SQLite: dbstat; PostgreSQL:
+    pg_total_relation_size)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            return int(
+                conn.exec_driver_sql("SELECT pg_total_relation_size('readings')").scalar_one()
+            )
+        try:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT sum(pgsize) FROM dbstat WHERE name = 'readings'"
+                ).scalar_one()
+            )
+        except sa.exc.OperationalError:  # SQLite built without dbstat: the whole file
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+            return int(pages) * int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
 
 
 # --------------------------------------------------------------------------- genealogy
