@@ -32,6 +32,7 @@ from collector.contract import (
     FlatUnit,
     Poll,
     ReadingsMessage,
+    decode_meta,
     decode_polls,
     decode_units,
 )
@@ -48,7 +49,7 @@ from store.schema import (
 
 log = logging.getLogger("store.ingest")
 
-READINGS, UNITS = "readings", "units"
+READINGS, UNITS, META = "readings", "units", "meta"
 _FLOAT_INT = 2**53  # integers beyond this lose digits as float64: kept as text
 _CACHE_LIMIT = 100_000
 
@@ -91,10 +92,21 @@ class BatchResult:
     def duplicates(self) -> int:
         return self.readings - self.readings_inserted + self.units - self.units_inserted
 
+    def add(self, other: BatchResult) -> None:
+        self.messages += other.messages
+        self.readings += other.readings
+        self.readings_inserted += other.readings_inserted
+        self.units += other.units
+        self.units_inserted += other.units_inserted
+        self.quarantined.extend(other.quarantined)
+
 
 def topic_kind(topic: str) -> str | None:
-    kind = topic.rsplit("/", 1)[-1]
-    return kind if kind in (READINGS, UNITS) else None
+    """readings, units or meta (``.../meta/{device}``), from the topic's last levels."""
+    levels = topic.rsplit("/", 2)
+    if len(levels) == 3 and levels[1] == META:
+        return META
+    return levels[-1] if levels[-1] in (READINGS, UNITS) else None
 
 
 _CtxKey = tuple[str | None, int | str | None, str | None, str | None, int | None, str | None, bool]
@@ -139,6 +151,8 @@ class Writer:
             "series_add": f"{ignore} series (collector, device, tag, unit) "
             f"VALUES (?, ?, ?, ?){tail}",
             "series_id": "SELECT id FROM series WHERE collector = ? AND device = ? AND tag = ?",
+            "series_unit": "UPDATE series SET unit = ? WHERE collector = ? AND device = ? "
+            "AND tag = ?",
             "ctx_add": f"{ignore} contexts (key, station, slot, unit_serial, operation, attempt, "
             f"phase, golden) VALUES (?, ?, ?, ?, ?, ?, ?, ?){tail}",
             "ctx_id": "SELECT id FROM contexts WHERE key = ?",
@@ -228,6 +242,7 @@ class Writer:
         result = BatchResult(messages=len(batch))
         readings_msgs: list[ReadingsMessage] = []
         unit_lists: list[list[FlatUnit]] = []
+        metas: list[dict[str, Any]] = []
         bad: list[tuple[Incoming, str, str]] = []
         for message in batch:
             kind = topic_kind(message.topic)
@@ -236,6 +251,8 @@ class Writer:
                     readings_msgs.append(decode_polls(message.payload))
                 elif kind == UNITS:
                     unit_lists.append(decode_units(message.payload))
+                elif kind == META:
+                    metas.append(decode_meta(message.payload))
                 else:
                     raise _bad_topic(message.topic)
             except ContractError as exc:
@@ -261,17 +278,70 @@ class Writer:
                     self._sql["span"], [(*key, *span) for key, span in sorted(spans.items())]
                 )
             result.units, result.units_inserted = self._insert_units(cur, unit_rows, char_rows)
+            for meta in metas:
+                self._meta(cur, meta)
             for message, kind, reason in bad:
-                payload = message.payload[: self.quarantine_max_bytes]
-                cur.execute(
-                    self._sql["quarantine"],
-                    (self._time(now), message.topic, kind, reason, payload, len(message.payload)),
-                )
+                self._quarantine(cur, message, kind, reason, now)
             self._commit(conn, cur)
         except BaseException:
             self._rollback(conn)
             raise
         return result
+
+    def _quarantine(
+        self, cur: Any, message: Incoming, kind: str, reason: str, now: datetime
+    ) -> None:
+        payload = message.payload[: self.quarantine_max_bytes]
+        cur.execute(
+            self._sql["quarantine"],
+            (self._time(now), message.topic, kind, reason, payload, len(message.payload)),
+        )
+
+    def _meta(self, cur: Any, meta: dict[str, Any]) -> None:
+        """Tag metadata (schema 2, retained per device): the engineering unit of each series
+        (a new series row when the metadata comes before the first reading)."""
+        collector, device = meta["collector"], meta["device"]
+        for tag, info in meta["tags"].items():
+            unit = info.get("unit")
+            cur.execute(self._sql["series_add"], (collector, device, tag, unit))
+            cur.execute(self._sql["series_unit"], (unit, collector, device, tag))
+
+    def write_isolating(self, batch: Sequence[Incoming]) -> BatchResult:
+        """:meth:`write`; when the database refuses the batch for its data (a value it cannot
+        store, such as a NUL character in a PostgreSQL text), write the messages one by one
+        and quarantine each one it refuses (kind ``database``), so one message cannot block
+        the stream. Other database errors are raised as by :meth:`write`."""
+        try:
+            return self.write(batch)
+        except Exception as exc:
+            if not self.is_data_error(exc):
+                raise
+            log.warning("the database refused a batch (%s); writing its messages one by one", exc)
+        total = BatchResult()
+        for message in batch:
+            try:
+                total.add(self.write([message]))
+            except Exception as exc:
+                if not self.is_data_error(exc):
+                    raise
+                reason = f"refused by the database: {str(exc).strip().splitlines()[0][:300]}"
+                total.add(self._quarantine_alone(message, reason))
+        return total
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        dbapi = self.engine.dialect.dbapi
+        return dbapi is not None and isinstance(exc, dbapi.DataError | dbapi.IntegrityError)
+
+    def _quarantine_alone(self, message: Incoming, reason: str) -> BatchResult:
+        conn = self._connection()
+        try:
+            cur = self._begin(conn)
+            self._quarantine(cur, message, "database", reason, datetime.now(UTC))
+            self._commit(conn, cur)
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return BatchResult(messages=1, quarantined=[("database", reason)])
 
     def _rows(
         self, readings_msgs: list[ReadingsMessage], unit_lists: list[list[FlatUnit]]

@@ -44,7 +44,7 @@ class StoreCollector(Collector):
         quarantined = CounterMetricFamily(
             "store_quarantined", "Messages quarantined, by kind.", labels=["kind"]
         )
-        for kind in ("json", "schema", "field", "topic"):
+        for kind in ("json", "schema", "field", "topic", "database"):
             quarantined.add_metric([kind], s.quarantined.get(kind, 0))
         yield quarantined
         errors = CounterMetricFamily(

@@ -43,7 +43,13 @@ class Delivery:
 def topic_filters(config: MqttConfig) -> list[str]:
     share = f"$share/{config.shared_group}/" if config.shared_group else ""
     prefix = config.topic_prefix.rstrip("/")
-    return [f"{share}{prefix}/+/+/+/readings", f"{share}{prefix}/+/+/+/units"]
+    return [
+        f"{share}{prefix}/+/+/+/readings",
+        f"{share}{prefix}/+/+/+/units",
+        # Retained tag metadata: brokers send no retained messages to shared subscriptions,
+        # and writing it twice is harmless, so every store process takes all of it.
+        f"{prefix}/+/+/+/meta/+",
+    ]
 
 
 class Subscriber:

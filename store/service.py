@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from collector import systemd
 from store.config import StoreConfig
 from store.db import connect, create_schema, error_reason
-from store.ingest import Incoming, Writer
+from store.ingest import Incoming, Writer, topic_kind
 from store.mqtt import Delivery, Subscriber
 from store.retention import prune_readings
 
@@ -180,7 +180,7 @@ class StoreService:
             while True:
                 started = time.perf_counter()
                 try:
-                    result = await asyncio.to_thread(self.writer.write, incoming)
+                    result = await asyncio.to_thread(self.writer.write_isolating, incoming)
                 except Exception as exc:  # every failure: retry, never ack
                     self._db_failed(exc)
                     await asyncio.to_thread(self.writer.reset)
@@ -196,7 +196,7 @@ class StoreService:
             s.batches += 1
             s.last_commit = time.time()
             for d in batch:
-                s.messages[d.topic.rsplit("/", 1)[-1]] += 1
+                s.messages[topic_kind(d.topic) or "other"] += 1
             s.readings_received += result.readings
             s.readings_inserted += result.readings_inserted
             s.units_received += result.units

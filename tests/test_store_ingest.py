@@ -219,3 +219,60 @@ def test_retention_prunes_old_readings_and_keeps_unit_records(engine: sa.Engine)
     assert prune_readings(engine, cutoff) == 0
     (stream, _units) = gap_report(engine)
     assert stream.missing == []  # pruning is not a gap
+
+
+def test_tag_metadata_gives_schema2_readings_their_engineering_unit(engine: sa.Engine) -> None:
+    meta = {
+        "schema": 2, "collector": "pc2", "device": "d", "meta": "a1b2c3d4",
+        "tags": {"v": {"unit": "V", "type": "float32", "scale": 1.0, "offset": 0.0}},
+    }  # fmt: skip
+    doc = {
+        "schema": 2, "collector": "pc2", "outbox": OUTBOX,
+        "polls": [{"seq": 1, "ts": "2026-11-21T10:15:02Z", "device": "d", "meta": "a1b2c3d4",
+                   "unit_serial": "S-1", "values": {"v": 12.5, "w": 1}}],
+    }  # fmt: skip
+    writer = Writer(engine)
+    result = writer.write(
+        [
+            Incoming("collector/s/l/pc2/meta/d", orjson.dumps(meta)),
+            Incoming("collector/s/l/pc2/readings", orjson.dumps(doc)),
+        ]
+    )
+    assert result.quarantined == []
+    found = unit_genealogy(engine, "S-1")
+    assert found is not None
+    assert [(r["tag"], r["value"], r["unit"]) for r in found["readings"]] == [
+        ("v", 12.5, "V"), ("w", 1, None),
+    ]  # fmt: skip
+    meta["tags"] = {"v": {"unit": "mV"}}  # a later metadata message changes the unit
+    writer.write([Incoming("collector/s/l/pc2/meta/d", orjson.dumps(meta))])
+    found = unit_genealogy(engine, "S-1")
+    assert found is not None
+    assert found["readings"][0]["unit"] == "mV"
+
+
+def test_a_message_the_database_refuses_is_quarantined_alone(engine: sa.Engine) -> None:
+    """PostgreSQL cannot store a NUL character in text: that message goes to quarantine and
+    the rest of its batch is stored. SQLite stores it."""
+    nul = {
+        "schema": 2, "collector": "pc2", "outbox": OUTBOX,
+        "polls": [{"seq": 1, "ts": "2026-11-21T10:15:02Z", "device": "d",
+                   "unit_serial": "S-2", "values": {"label": "a\u0000b"}}],
+    }  # fmt: skip
+    batch = [
+        Incoming(R_TOPIC, schema1(1, 3)),
+        Incoming("collector/s/l/pc2/readings", orjson.dumps(nul)),
+        Incoming(R_TOPIC, schema1(4, 3)),
+    ]
+    result = Writer(engine).write_isolating(batch)
+    if engine.dialect.name == "postgresql":
+        assert [kind for kind, _ in result.quarantined] == ["database"]
+        assert result.quarantined[0][1].startswith("refused by the database: ")
+        assert (result.messages, result.readings_inserted) == (3, 6)
+        assert count(engine, readings) == 6
+        assert count(engine, quarantine) == 1
+    else:
+        assert (result.quarantined, result.readings_inserted) == ([], 7)
+        found = unit_genealogy(engine, "S-2")
+        assert found is not None
+        assert found["readings"][0]["value"] == "a\u0000b"
