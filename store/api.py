@@ -16,6 +16,7 @@ from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -111,13 +112,14 @@ def create_app(service: StoreService) -> FastAPI:
         return search_units(service.engine, query)
 
     @app.get("/units/{serial}", response_model=None)
-    def get_unit(serial: str, request: Request) -> dict[str, Any] | HTMLResponse:
+    def get_unit(serial: str, request: Request) -> Response:
         found = unit_genealogy(service.engine, serial)
         if found is None:
             raise HTTPException(404, f"no unit {serial!r} in the store")
         if _wants_html(request.headers.get("accept", "")):
             return HTMLResponse(genealogy_page(found))
-        return found
+        # orjson directly: FastAPI's own encoder walks thousands of readings ten times slower.
+        return Response(orjson.dumps(found), media_type="application/json")
 
     return app
 

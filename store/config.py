@@ -103,11 +103,12 @@ class MqttConfig(_Secret):
         "store is away.",
     )
     receive_maximum: int = Field(
-        default=100,
+        default=200,
         ge=1,
         le=65_535,
         description="Messages the broker may send before the store acknowledges: bounds the "
-        "store's memory.",
+        "store's memory. Twice ingest.max_batch_messages lets the next batch arrive while "
+        "one is written.",
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive (s).")
     reconnect_min_ms: int = Field(default=500, ge=10, description="First reconnect delay.")

@@ -24,7 +24,7 @@ def test_example_config_loads_with_the_defaults_it_documents() -> None:
     assert config.http.host == "127.0.0.1"
     assert config.mqtt.shared_group is None
     assert parse_store_config("") == parse_store_config(
-        "mqtt: {receive_maximum: 100}\nhttp: {port: 8190}\n"
+        "mqtt: {receive_maximum: 200}\nhttp: {port: 8190}\n"
     )
 
 

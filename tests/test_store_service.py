@@ -220,3 +220,44 @@ def test_an_old_gap_is_flagged_on_health_and_metrics_until_it_closes(
     assert store.metric("store_high_water_seq") == 60
     publisher.close()
     store.stop()
+
+
+def test_read_only_database_is_reported_and_nothing_acknowledged(
+    mosquitto: Mosquitto, postgres: PostgresServer, tmp_path: Path, stores: list[StoreProcess]
+) -> None:
+    url = postgres.create_database("rotest")
+    engine = connect(url)
+    admin = connect(postgres.url("postgres"))
+
+    def set_read_only(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                f"ALTER DATABASE rotest SET default_transaction_read_only = {'on' if on else 'off'}"
+            )
+            # The setting applies to new sessions: end the store's.
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'rotest'"
+            )
+            conn.commit()
+
+    store = StoreProcess(tmp_path / "s", mosquitto, url)
+    stores.append(store)
+    store.start()
+    Feed(mosquitto, 5).join()
+    wait_until(lambda: rows(engine) == 5 * PER_MESSAGE, 30, "first messages")
+    acked = store.metric("store_acks_total")
+    set_read_only(True)
+    try:
+        Feed(mosquitto, 5, start=5).join()
+        wait_until(
+            lambda: store.health()["database"]["reason"] == "read-only", 30, "health: read-only"
+        )
+        assert store.health()["problems"][0].startswith("database read-only: ")
+        assert store.metric("store_acks_total") == acked
+    finally:
+        set_read_only(False)
+    engine.dispose()
+    wait_until(lambda: rows(engine) == 10 * PER_MESSAGE, 60, "every message afterwards")
+    assert stored(engine) == (200, 200, 1, 200)
+    admin.dispose()
+    store.stop()
