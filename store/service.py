@@ -12,6 +12,7 @@ HTTP server (store.api) reads state and the database and cannot stop ingest.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -72,8 +73,11 @@ class StoreService:
         self.stats = Stats()
         self.writer = Writer(self.engine, config.ingest.quarantine_max_bytes)
         self.http_port: int | None = None
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._logged_error = ""
+        # Bounded even if a broker ignores the Receive Maximum it was sent (mosquitto 2.0
+        # resends a resumed session's whole queue at once): when full, paho's thread waits,
+        # so it stops reading the socket and TCP holds the broker back.
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.mqtt.receive_maximum)
+        self._closing = False
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set; then finish the batch in hand and disconnect."""
@@ -88,9 +92,7 @@ class StoreService:
             serving = asyncio.create_task(server.run_until_exit())
         await self._create_schema(stop)
         subscriber = Subscriber(
-            self.config.mqtt,
-            lambda d: _ignore(loop.call_soon_threadsafe(self._queue.put_nowait, d)),
-            self._on_mqtt_state,
+            self.config.mqtt, lambda d: self._enqueue(loop, d), self._on_mqtt_state
         )
         if not stop.is_set():
             subscriber.start()
@@ -106,6 +108,7 @@ class StoreService:
             await self._ingest_loop(subscriber, stop)
         finally:
             systemd.notify("STOPPING=1")
+            self._closing = True  # a message waiting for room is dropped: the broker keeps it
             subscriber.stop()
             for task in (pruning, watchdog):
                 if task is not None:
@@ -117,6 +120,23 @@ class StoreService:
                 await serving
             await asyncio.to_thread(self.writer.close)
             log.info("stopped; messages not committed stay with the broker")
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, delivery: Delivery) -> None:
+        """Called in paho's thread: hand a message to the loop, waiting while the queue is
+        full (bounded: every 0.5 s it checks whether the service is stopping)."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._queue.put(delivery), loop)
+        except RuntimeError:  # the loop is closed: the message stays with the broker
+            return
+        while True:
+            try:
+                future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self._closing:
+                    future.cancel()
+                    return
+            else:
+                return
 
     def _on_mqtt_state(self, connected: bool, why: str) -> None:
         self.stats.mqtt_connected = connected
@@ -241,10 +261,6 @@ class StoreService:
                 if pruned:
                     log.info("pruned %d reading(s) older than %s", pruned, cutoff.isoformat())
             await _wait(stop, retention.prune_interval_s)
-
-
-def _ignore(_value: object) -> None:
-    return None
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
