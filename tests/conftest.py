@@ -9,6 +9,7 @@ import pytest
 
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import Mosquitto, mosquitto_binary
+from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of the store's tests
 
 REPO = Path(__file__).resolve().parent.parent
 
