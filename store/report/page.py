@@ -46,8 +46,11 @@ table.capability td, table.capability th, table.operations td, table.operations 
   padding: 0.8mm 1.1mm; }
 .top { display: grid; grid-template-columns: 64mm 1fr; gap: 4mm; align-items: center; }
 table.stats { font-size: 8.5pt; margin: 0; }
+table.violations, table.pareto-table { font-size: 8.5pt; }
+table.violations th:last-child { text-align: left; }
 table.stats th { background: none; font-weight: 400; color: #52606d; }
-.pareto-pair { display: grid; grid-template-columns: 1fr 62mm; gap: 4mm; align-items: start; }
+.pareto-pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 4mm;
+  align-items: start; }
 .decision { border-radius: 2mm; padding: 4mm 5mm; margin: 3mm 0 4mm; color: #fff; }
 .decision .verdict { font-size: 24pt; font-weight: 700; letter-spacing: 0.5px; }
 .decision.go { background: #1b7f3b; } .decision.no-go { background: #b3261e; }
@@ -362,26 +365,25 @@ def _characteristic(c: CharacteristicReport, base: str) -> str:
         stats.append(
             ("Criterion", f"≥ {_idx(c.criterion.limit)} {_badge(c.criterion.result.value)}")
         )
-    violations = ""
     if cap.violations:
+        by_rule: dict[int, list[str]] = {}
+        for v in cap.violations:
+            by_rule.setdefault(v.rule, []).append(unit_link(v.serial, base))
         items = "".join(
             _row(
                 [
-                    _cell(str(v.rule)),
-                    _cell(escape(RULES[v.rule])),
-                    _cell(str(v.index + 1), True),
-                    _cell(unit_link(v.serial, base)),
-                    _cell(_f(v.value, 5), True),
+                    _cell(str(rule)),
+                    _cell(escape(RULES[rule])),
+                    _cell(str(len(links)), True),
+                    _cell(", ".join(links[:12]) + (", …" if len(links) > 12 else "")),
                 ]
             )
-            for v in cap.violations[:50]
+            for rule, links in sorted(by_rule.items())
         )
-        more = len(cap.violations) - 50
         violations = (
             '<table class="violations">'
-            + _head("Rule", "Pattern", "Point", "Unit", "Value", numeric_from=2)
+            + _head("Rule", "Pattern", "Points", "Units (first 12; JSON lists all)", numeric_from=2)
             + f"<tbody>{items}</tbody></table>"
-            + (f'<p class="note">and {more} more (JSON lists all).</p>' if more > 0 else "")
         )
     else:
         violations = '<p class="note">No Western Electric rule 1–4 signal.</p>'

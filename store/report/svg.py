@@ -37,9 +37,9 @@ class _Scale:
         return self.start + (value - self.low) / (self.high - self.low) * (self.end - self.start)
 
 
-def _svg(height: int, body: list[str], label: str) -> str:
+def _svg(height: int, body: list[str], label: str, width: int = WIDTH) -> str:
     return (
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" '
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg" '
         f'font-family="Helvetica, Arial, sans-serif" font-size="10">' + "".join(body) + "</svg>"
     )
@@ -157,8 +157,8 @@ def histogram(cap: Capability, name: str, target: float | None) -> str:
     within (solid) and overall (dashed)."""
     if not cap.values or cap.mean is None:
         return ""
-    height = 150
-    left, right, top, bottom = 10.0, WIDTH - 10.0, 14.0, height - 18.0
+    height, chart_width = 170, 460
+    left, right, top, bottom = 10.0, chart_width - 10.0, 14.0, height - 18.0
     marks = [v for v in (cap.lsl, cap.usl, target) if v is not None]
     spread = max(cap.sd_overall or 0.0, cap.sd_within or 0.0)
     low = min([*cap.values, *marks, cap.mean - 3.5 * spread])
@@ -166,20 +166,20 @@ def histogram(cap: Capability, name: str, target: float | None) -> str:
     pad = (high - low) * 0.04
     x = _Scale(low - pad, high + pad, left, right)
     bins = max(5, min(40, round(math.sqrt(len(cap.values)))))
-    width = (x.high - x.low) / bins
+    bin_width = (x.high - x.low) / bins
     counts = [0] * bins
     for v in cap.values:
-        counts[min(bins - 1, int((v - x.low) / width))] += 1
+        counts[min(bins - 1, int((v - x.low) / bin_width))] += 1
     density_peak = max(
         [1.0 / (s * math.sqrt(2 * math.pi)) for s in (cap.sd_within, cap.sd_overall) if s] or [0.0]
     )
-    scale_count = max(*counts, density_peak * len(cap.values) * width)
+    scale_count = max(*counts, density_peak * len(cap.values) * bin_width)
     y = _Scale(0.0, scale_count * 1.08, bottom, top)
     body = [_hline(bottom, left, right, GRID)]
     for i, c in enumerate(counts):
         if c:
-            x0 = x(x.low + i * width)
-            x1 = x(x.low + (i + 1) * width)
+            x0 = x(x.low + i * bin_width)
+            x1 = x(x.low + (i + 1) * bin_width)
             body.append(
                 f'<rect x="{x0:.1f}" y="{y(c):.1f}" width="{max(x1 - x0 - 1, 0.5):.1f}" '
                 f'height="{bottom - y(c):.1f}" fill="#c9d7e6" stroke="#8fa9c4"/>'
@@ -192,7 +192,7 @@ def histogram(cap: Capability, name: str, target: float | None) -> str:
                 d = math.exp(-0.5 * ((v - cap.mean) / sigma) ** 2) / (
                     sigma * math.sqrt(2 * math.pi)
                 )
-                points.append(f"{x(v):.1f},{y(d * len(cap.values) * width):.1f}")
+                points.append(f"{x(v):.1f},{y(d * len(cap.values) * bin_width):.1f}")
             dashed = f' stroke-dasharray="{dash}"' if dash else ""
             body.append(
                 f'<polyline points="{" ".join(points)}" fill="none" stroke="{POINT}" '
@@ -210,7 +210,7 @@ def histogram(cap: Capability, name: str, target: float | None) -> str:
             body.append(_text(x(value), top - 3, f"{label} {_fmt(value)}", anchor, color))
     body.append(_text(left, height - 4, _fmt(x.low), "start", LIMIT))
     body.append(_text(right, height - 4, _fmt(x.high), "end", LIMIT))
-    return _svg(height, body, f"Capability histogram of {name}")
+    return _svg(height, body, f"Capability histogram of {name}", chart_width)
 
 
 def pareto_chart(bars: Sequence[ParetoBar], operation: str) -> str:
@@ -218,11 +218,11 @@ def pareto_chart(bars: Sequence[ParetoBar], operation: str) -> str:
     if not bars:
         return ""
     shown = list(bars[:15])
-    height = 170
-    left, right, top, bottom = 40.0, WIDTH - 40.0, 10.0, height - 34.0
+    height, width = 170, max(320, min(WIDTH, 90 + 70 * len(shown)))
+    left, right, top, bottom = 40.0, width - 46.0, 12.0, height - 34.0
     y = _Scale(0.0, float(max(b.count for b in shown)), bottom, top)
     pct = _Scale(0.0, 1.0, bottom, top)
-    slot = min((right - left) / len(shown), 90.0)
+    slot = (right - left) / len(shown)
     body = [_hline(bottom, left, right, GRID)]
     line = []
     for i, bar in enumerate(shown):
@@ -242,4 +242,4 @@ def pareto_chart(bars: Sequence[ParetoBar], operation: str) -> str:
     body.append(_text(right + 4, bottom, "0 %", "start", ALARM))
     body.append(_text(left - 4, top + 8, str(round(y.high)), "end", LIMIT))
     body.append(_text(left, height - 6, "failure code (cumulative share in red)", "start", LIMIT))
-    return _svg(height, body, f"Failure Pareto of {operation}")
+    return _svg(height, body, f"Failure Pareto of {operation}", width)
