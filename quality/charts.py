@@ -75,39 +75,43 @@ def chart_limits(values: Sequence[float], sigma_within: float | None) -> ChartLi
     )
 
 
-def _side_count(zs: Sequence[float], beyond: float) -> tuple[int, int]:
-    return sum(1 for z in zs if z > beyond), sum(1 for z in zs if z < -beyond)
-
-
 def western_electric(
     values: Sequence[float], serials: Sequence[str], limits: ChartLimits
 ) -> tuple[RuleViolation, ...]:
     """Every rule 1-4 violation of the individuals chart, in chart order then rule number.
 
-    Without spread (sigma 0) no zone is defined and nothing is flagged.
+    Without spread (sigma 0) no zone is defined and nothing is flagged. One pass: the point
+    that completes a pattern is itself beyond the zone, so rules 2 and 3 only look back when
+    it is (most points end the test at the first comparison).
     """
     if limits.sigma <= 0.0:
         return ()
     zs = [(v - limits.center) / limits.sigma for v in values]
+    up2 = [z > 2.0 for z in zs]
+    down2 = [z < -2.0 for z in zs]
+    up1 = [z > 1.0 for z in zs]
+    down1 = [z < -1.0 for z in zs]
     found: list[RuleViolation] = []
+    run = side = 0
     for i, z in enumerate(zs):
-
-        def flag(rule: int, index: int = i) -> None:
-            found.append(RuleViolation(rule, index, serials[index], values[index]))
-
-        if abs(z) > 3.0:
-            flag(1)
-        if i >= 2:
-            above, below = _side_count(zs[i - 2 : i + 1], 2.0)
-            # The point that completes the pattern must itself be one of the two.
-            if (above >= 2 and z > 2.0) or (below >= 2 and z < -2.0):
-                flag(2)
-        if i >= 4:
-            above, below = _side_count(zs[i - 4 : i + 1], 1.0)
-            if (above >= 4 and z > 1.0) or (below >= 4 and z < -1.0):
-                flag(3)
-        if i >= 7:
-            run = zs[i - 7 : i + 1]
-            if all(r > 0.0 for r in run) or all(r < 0.0 for r in run):
-                flag(4)
+        rules = []
+        if z > 3.0 or z < -3.0:
+            rules.append(1)
+        # Rule 2: this point and at least one of the two before beyond 2 sigma, same side.
+        if i >= 2 and (
+            (up2[i] and (up2[i - 1] or up2[i - 2])) or (down2[i] and (down2[i - 1] or down2[i - 2]))
+        ):
+            rules.append(2)
+        # Rule 3: this point and at least three of the four before beyond 1 sigma, same side.
+        if i >= 4 and (
+            (up1[i] and sum(up1[i - 4 : i]) >= 3) or (down1[i] and sum(down1[i - 4 : i]) >= 3)
+        ):
+            rules.append(3)
+        # Rule 4: the eighth (or later) point in a row strictly on one side of the centre.
+        this_side = 1 if z > 0.0 else -1 if z < 0.0 else 0
+        run = run + 1 if this_side != 0 and this_side == side else int(this_side != 0)
+        side = this_side
+        if run >= 8:
+            rules.append(4)
+        found.extend(RuleViolation(rule, i, serials[i], values[i]) for rule in rules)
     return tuple(found)

@@ -315,3 +315,17 @@ def test_cli_writes_the_report_and_reports_errors(
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["--protocol", str(protocol), "--db", empty]) == 1
     assert "cannot read the store at" in capsys.readouterr().err
+
+
+def test_the_benchmark_runs_on_a_tiny_run() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.report", "--units", "20", "--operations", "2",
+         "--characteristics", "2", "--repeat", "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert "20 units x 2 operations x 2 characteristics" in done.stdout
+    assert "render_report(html)" in done.stdout

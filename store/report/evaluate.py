@@ -170,15 +170,18 @@ def _characteristics(data: RunData, protocol: Protocol) -> list[CharacteristicRe
         by_characteristic[(value.operation, value.name)].append(value)
     reports = []
     sizes = protocol.sample_sizes
+    subgroups: dict[tuple[datetime, str | None], str] = {}  # many values share a unit's end
     for (operation, name), values in by_characteristic.items():
         latest = values[-1]  # limits as the latest record gives them
         # One value per unit: its first attempt at the operation (the process before rework);
         # golden samples with every re-measurement, for their drift check.
-        measurements = [
-            Measurement(v.serial, v.value, _subgroup(v, sizes.subgroup_by), v.golden)
-            for v in values
-            if v.attempt == 1 or v.golden
-        ]
+        measurements = []
+        for v in values:
+            if v.attempt == 1 or v.golden:
+                group = subgroups.get((v.end, v.work_order))
+                if group is None:
+                    group = subgroups[(v.end, v.work_order)] = _subgroup(v, sizes.subgroup_by)
+                measurements.append(Measurement(v.serial, v.value, group, v.golden))
         cap = capability(measurements, latest.lsl, latest.usl)
         critical = any(v.critical for v in values)
         wanted = protocol.criteria_for(operation)

@@ -167,26 +167,29 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
         records.append(record)
         by_key[key] = record
 
+    # Values grouped by their unit record, then emitted in the records' time order: no sort.
+    by_unit: dict[UnitKey, list[tuple[Any, ...]]] = defaultdict(list)
+    for collector, outbox, unit_seq, *rest in char_rows:
+        by_unit[(collector, outbox, unit_seq)].append(tuple(rest))
     values: list[CharacteristicValue] = []
-    for crow in char_rows:
-        unit = by_key.get((crow.collector, crow.outbox, crow.unit_seq))
-        if unit is None:
-            continue  # its unit is outside the run (serial pattern)
-        values.append(
-            CharacteristicValue(
-                serial=unit.attempt.serial,
-                operation=unit.attempt.operation,
-                name=crow.name,
-                value=_float(crow.last),
-                lsl=_float(crow.lsl),
-                usl=_float(crow.usl),
-                target=_float(crow.target),
-                critical=bool(crow.critical),
-                attempt=unit.attempt.attempt,
-                end=unit.end,
-                work_order=unit.work_order,
-                golden=unit.attempt.golden,
+    for _, _, key, _ in raw:
+        unit = by_key[key]
+        a = unit.attempt
+        for name, last, lsl, usl, target, critical in by_unit.get(key, ()):
+            values.append(
+                CharacteristicValue(
+                    a.serial,
+                    a.operation,
+                    name,
+                    None if last is None else float(last),
+                    None if lsl is None else float(lsl),
+                    None if usl is None else float(usl),
+                    None if target is None else float(target),
+                    bool(critical),
+                    a.attempt,
+                    unit.end,
+                    unit.work_order,
+                    a.golden,
+                )
             )
-        )
-    values.sort(key=lambda v: (v.end, v.serial, v.name))
     return RunData(units=tuple(records), characteristics=tuple(values))

@@ -36,6 +36,11 @@ class _Scale:
     def __call__(self, value: float) -> float:
         return self.start + (value - self.low) / (self.high - self.low) * (self.end - self.start)
 
+    def coefficients(self) -> tuple[float, float]:
+        """(a, b) with pixel = a * value + b: for long series, without a call per point."""
+        a = (self.end - self.start) / (self.high - self.low)
+        return a, self.start - a * self.low
+
 
 def _svg(height: int, body: list[str], label: str, width: int = WIDTH) -> str:
     return (
@@ -87,7 +92,11 @@ def _series_chart(
         body.append(_hline(y(value), left, right, color, dash=dash))
         body.append(_text(right + 4, y(value) + 3, f"{name} {_fmt(value)}", color=color))
     if len(values) > 1:
-        points = " ".join(f"{x(i + x_offset):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        (xa, xb), (ya, yb) = x.coefficients(), y.coefficients()
+        points = " ".join(
+            "%.1f,%.1f" % (xa * (i + x_offset) + xb, ya * v + yb)  # noqa: UP031 (2x faster)
+            for i, v in enumerate(values)
+        )
         body.append(
             f'<polyline points="{points}" fill="none" stroke="{POINT}" stroke-width="0.8"/>'
         )
