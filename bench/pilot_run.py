@@ -1,10 +1,12 @@
 """A synthetic pilot run in the store's two report tables, for the report's tests and benchmark.
 
-``metadata``/``units``/``characteristics`` declare the tables exactly as the store's schema
-fixes them (the spec the store and the report share); once the store package lands, its
-``store.schema`` declares them and its ingest fills them. ``fill_pilot_run`` writes a
-deterministic run: retests, rework, scrap, failure codes, cycle times around takt, two-sided
-and one-sided characteristics (one drifting mid-run, one not capable) and golden samples.
+``metadata``/``units``/``characteristics`` declare the tables as the store's schema fixes them
+(the spec the store and the report share: the columns the report reads, with station,
+operation, attempt, ended_by and readings nullable as the store keeps them); once the store
+package lands, its ``store.schema`` declares them and its ingest fills them.
+``fill_pilot_run`` writes a deterministic run: retests, rework, scrap, failure codes, cycle
+times around takt, two-sided and one-sided characteristics (one drifting mid-run) and golden
+samples.
 """
 
 from __future__ import annotations
@@ -25,18 +27,18 @@ units = sa.Table(
     sa.Column("outbox", sa.Text, primary_key=True),
     sa.Column("seq", sa.BigInteger, primary_key=True),
     sa.Column("serial", sa.Text, nullable=False),
-    sa.Column("station", sa.Text, nullable=False),
+    sa.Column("station", sa.Text),
     sa.Column("slot", sa.Text),
-    sa.Column("operation", sa.Text, nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("operation", sa.Text),
+    sa.Column("attempt", sa.Integer),
     sa.Column("start_ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("end_ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("cycle_time_s", sa.Float),
     sa.Column("takt_s", sa.Float),
     sa.Column("verdict", sa.Text, nullable=False),
     sa.Column("failure_code", sa.Text),
-    sa.Column("ended_by", sa.Text, nullable=False),
-    sa.Column("readings", sa.Integer, nullable=False),
+    sa.Column("ended_by", sa.Text),
+    sa.Column("readings", sa.Integer),
     sa.Column("golden", sa.Boolean, nullable=False),
     sa.Column("work_order", sa.Text),
     sa.Index("units_serial_operation", "serial", "operation"),

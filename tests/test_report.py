@@ -3,6 +3,7 @@ time range), the JSON shape and values (null where undefined), the HTML page, th
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 
 from bench.pilot_run import characteristics, fill_pilot_run, metadata, units
 from store.report import Protocol, render_report
-from store.report.cli import main
+from store.report.cli import connect, main
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 ISSUE_KEYS = {
@@ -54,9 +55,22 @@ CHARACTERISTIC_KEYS = {
 }
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The two report tables in a SQLite file, or in a database of the store's PostgreSQL
+    (the session fixture of tests/store_fixtures.py, once the store is in the tree)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        try:
+            server = request.getfixturevalue("postgres")
+        except pytest.FixtureLookupError:
+            pytest.skip("no PostgreSQL fixture in this tree (it comes with the store)")
+        url = server.create_database(f"report{next(_databases)}")
+    engine = connect(url)
     metadata.create_all(engine)
     yield engine
     engine.dispose()
@@ -222,6 +236,20 @@ def test_undefined_figures_are_null(engine: sa.Engine) -> None:
     assert char["n"] == 1
     for key in ("sd_within", "sd_overall", "cp", "cpk", "pp", "ppk", "cpk_lower_95"):
         assert char[key] is None, key
+
+
+def test_unit_records_without_operation_or_attempt(engine: sa.Engine) -> None:
+    rows = Rows()
+    rows.unit("A", "fail", minute=0)
+    rows.unit("A", "pass", minute=5)
+    rows.units[0]["attempt"] = rows.units[1]["attempt"] = None  # ordered by time instead
+    rows.unit("B", "pass", minute=6)
+    rows.units[2]["operation"] = None
+    rows.store(engine)
+    by_op = {op["operation"]: op for op in report(engine)["operations"]}
+    assert by_op["ft"]["first_pass_yield"] == 0.0
+    assert by_op["ft"]["final_yield"] == 1.0
+    assert by_op["(no operation)"]["units"] == 1
 
 
 def test_the_run_selection_filters_work_orders_serials_and_time(engine: sa.Engine) -> None:

@@ -20,6 +20,7 @@ from quality import Attempt
 from store.report.protocol import RunSelection
 
 UnitKey = tuple[str, str, int]  # (collector, outbox, seq): the store's key of a unit record
+NO_OPERATION = "(no operation)"  # a unit record of a station without an operation
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,7 @@ class UnitRecord:
     attempt: Attempt  # its attempt number is the order in time (see load_run)
     end: datetime
     work_order: str | None
-    station: str
+    station: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,21 +140,22 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
     for row in unit_rows:
         if pattern is not None and not pattern.fullmatch(row.serial):
             continue
-        raw.append(
-            (as_utc(row.end_ts), int(row.attempt), (row.collector, row.outbox, row.seq), row)
-        )
+        # A record without an attempt number sorts first among records of the same time.
+        key = (row.collector, row.outbox, row.seq)
+        raw.append((as_utc(row.end_ts), row.attempt or 0, key, row))
     raw.sort(key=lambda item: (item[0], item[1], item[2]))
 
     counters: dict[tuple[str, str], int] = defaultdict(int)
     records: list[UnitRecord] = []
     by_key: dict[UnitKey, UnitRecord] = {}
     for end, _, key, row in raw:
-        counters[(row.serial, row.operation)] += 1
+        operation = row.operation or NO_OPERATION
+        counters[(row.serial, operation)] += 1
         record = UnitRecord(
             attempt=Attempt(
                 serial=row.serial,
-                operation=row.operation,
-                attempt=counters[(row.serial, row.operation)],
+                operation=operation,
+                attempt=counters[(row.serial, operation)],
                 verdict=row.verdict,
                 cycle_time_s=_float(row.cycle_time_s),
                 takt_s=_float(row.takt_s),
