@@ -165,7 +165,11 @@ def fill_pilot_run(
             shift = 0.0
             if spec.drift_after is not None and index > spec.drift_after * n_units:
                 shift = 2.0 * spec.sigma
-            value = round(rng.gauss(spec.target + shift, spec.sigma), 4)
+            if golden:  # a reference part: its own true value, the gauge's small noise
+                true = spec.target + (0.5 if serial.endswith("1") else -0.5) * spec.sigma
+                value = round(rng.gauss(true, spec.sigma / 10), 4)
+            else:
+                value = round(rng.gauss(spec.target + shift, spec.sigma), 4)
             in_spec = (spec.lsl is None or value >= spec.lsl) and (
                 spec.usl is None or value <= spec.usl
             )

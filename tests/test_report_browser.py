@@ -125,7 +125,7 @@ def test_the_report_in_chromium(served: str, tmp_path: Path) -> None:
             if shot:
                 page.screenshot(path=shot, full_page=True)
 
-            link = page.locator("table.units-table a.unit").first
+            link = page.locator(".all-units a.unit").first
             serial = link.inner_text()
             assert link.get_attribute("href") == f"/units/{serial}"
             link.click()

@@ -46,7 +46,11 @@ table.capability td, table.capability th, table.operations td, table.operations 
   padding: 0.8mm 1.1mm; }
 .top { display: grid; grid-template-columns: 64mm 1fr; gap: 4mm; align-items: center; }
 table.stats { font-size: 8.5pt; margin: 0; }
-table.violations, table.pareto-table { font-size: 8.5pt; }
+table.violations, table.pareto-table, table.units-table { font-size: 8.5pt; }
+.all-units { font-size: 8pt; line-height: 1.6; }
+.all-units a { white-space: nowrap; }
+table.golden { font-size: 8.5pt; }
+table.golden td { white-space: nowrap; }
 table.violations th:last-child { text-align: left; }
 table.stats th { background: none; font-weight: 400; color: #52606d; }
 .pareto-pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 4mm;
@@ -401,6 +405,11 @@ def _characteristic(c: CharacteristicReport, base: str) -> str:
     )
 
 
+def _of_tolerance(drift: float, c: CharacteristicReport) -> float | None:
+    lsl, usl = c.capability.lsl, c.capability.usl
+    return abs(drift) / (usl - lsl) if lsl is not None and usl is not None and usl > lsl else None
+
+
 def _golden(report: Report, base: str) -> list[str]:
     rows = [
         _row(
@@ -411,6 +420,7 @@ def _golden(report: Report, base: str) -> list[str]:
                 _cell(_f(g.first, 5), True),
                 _cell(_f(g.last, 5), True),
                 _cell(_f(g.drift, 3), True),
+                _cell(_pct(_of_tolerance(g.drift, c)), True),
                 _cell(f"{_f(g.minimum, 5)} – {_f(g.maximum, 5)}", True),
                 _cell(str(g.out_of_spec), True),
             ]
@@ -436,8 +446,9 @@ def _golden(report: Report, base: str) -> list[str]:
             "First",
             "Last",
             "Drift",
+            "Drift / tolerance",
             "Range",
-            "Out",
+            "Out of spec",
             numeric_from=2,
         )
         + "<tbody>"
@@ -447,24 +458,43 @@ def _golden(report: Report, base: str) -> list[str]:
 
 
 def _units(report: Report, base: str) -> list[str]:
+    """Units that need a look (a retest, a verdict other than pass, an operation not reached)
+    in a table; then every unit of the run as a compact list of links."""
     operations = [op.figures.operation for op in report.operations]
     rows = []
     for serial, work_order, verdicts in report.unit_rows:
+        routine = all(
+            verdicts.get(operation, ("", 0))[0] == "pass" and verdicts[operation][1] == 1
+            for operation in operations
+        )
+        if routine:
+            continue
         cells = [_cell(unit_link(serial, base)), _cell(escape(work_order or "—"))]
         for operation in operations:
             verdict, attempts = verdicts.get(operation, ("", 0))
             shown = f"{verdict}" + (f" ({attempts})" if attempts > 1 else "")
             cells.append(f'<td class="v-{escape(verdict)}">{escape(shown) or "—"}</td>')
         rows.append(_row(cells))
+    table = '<p class="note">Every unit passed every operation at its first attempt.</p>'
+    if rows:
+        table = (
+            '<table class="units-table">'
+            + _head("Serial", "Work order", *operations, numeric_from=99)
+            + "<tbody>"
+            + "".join(rows)
+            + "</tbody></table>"
+        )
+    links = ", ".join(unit_link(serial, base) for serial, _, _ in report.unit_rows)
     return [
         '<h2 id="units" class="pagebreak">Units of the run</h2>',
-        '<p class="note">Final verdict per operation (number of attempts when retested). Each '
-        "serial links to its genealogy: every operation, attempt, characteristic and reading.</p>",
-        '<table class="units-table">'
-        + _head("Serial", "Work order", *operations, numeric_from=99)
-        + "<tbody>"
-        + "".join(rows)
-        + "</tbody></table>",
+        '<p class="note">Each serial links to its genealogy: every operation, attempt, '
+        "characteristic and reading of that unit.</p>",
+        f"<h3>Units with a retest, a failure or an open operation ({len(rows)})</h3>",
+        '<p class="note">Final verdict per operation, with the number of attempts when '
+        "retested; — : no record of that operation.</p>",
+        table,
+        f"<h3>All units ({len(report.unit_rows)})</h3>",
+        f'<p class="all-units">{links or "—"}</p>',
     ]
 
 
