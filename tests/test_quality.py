@@ -310,3 +310,21 @@ def test_rolled_throughput_yield() -> None:
     assert rolled_throughput_yield([0.9, 0.8, 0.5]) == pytest.approx(0.36)
     assert rolled_throughput_yield([0.9, None]) is None
     assert rolled_throughput_yield([]) is None
+
+
+def test_quality_imports_nothing_but_the_standard_library() -> None:
+    # The collector imports it for its live figures and the store for the report: no I/O or
+    # framework may come along.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, quality; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'pydantic', 'orjson', 'collector', 'store', 'socket', 'sqlite3')]; "
+        "print(bad)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

@@ -259,15 +259,21 @@ def test_the_run_selection_filters_work_orders_serials_and_time(engine: sa.Engin
     rows.unit("PILOT-0003", "fail", minute=120, work_order="WO-2")
     rows.unit("PROTO-0004", "pass", minute=130, work_order="WO-2")
     rows.unit("PILOT-0005", "pass", minute=180, work_order=None)
+    rows.unit("GOLD-1", "pass", minute=200, work_order=None, golden=True)
     rows.store(engine)
     assert report(engine)["units"] == 5
-    assert report(engine, {"run": {"work_orders": ["WO-2"]}})["units"] == 3
-    assert report(engine, {"run": {"serial_pattern": r"PILOT-\d{4}"}})["units"] == 4
+    work_orders = report(engine, {"run": {"work_orders": ["WO-2"]}})
+    assert work_orders["units"] == 3
+    assert work_orders["golden_units"] == ["GOLD-1"]  # a reference, whatever its work order
+    serials = report(engine, {"run": {"serial_pattern": r"PILOT-\d{4}"}})
+    assert serials["units"] == 4
+    assert serials["golden_units"] == ["GOLD-1"]
     assert report(engine, {"run": {"serial_pattern": "PILOT"}})["units"] == 0  # full match
     window = {"start": "2026-11-21T09:00:00Z", "end": "2026-11-21T11:00:00+01:00"}
     # 09:00 UTC inclusive to 10:00 UTC exclusive: only PILOT-0002 (at 09:00).
     result = report(engine, {"run": window})
     assert result["units"] == 1
+    assert result["golden_units"] == []  # outside the time range
     assert result["run"]["first_record"] == "2026-11-21T09:00:00Z"
 
 

@@ -76,6 +76,9 @@ def _float(value: Any) -> float | None:
 def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
     """The unit records and characteristic values of the run, in time order.
 
+    Work orders and the serial pattern select the run's units; golden samples measured in the
+    time range are kept whatever their serial and work order (the report shows them apart).
+
     Attempts of one serial at one operation are numbered by their end time (1, 2, ...), so a
     retest on another station of the same operation (which numbers its own attempts) still
     comes after the first attempt.
@@ -85,7 +88,8 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
     chars = sa.Table("characteristics", meta, autoload_with=engine)
     where: list[sa.ColumnElement[bool]] = []
     if run.work_orders:
-        where.append(units.c.work_order.in_(run.work_orders))
+        # Golden samples are references measured during the run, not built for a work order.
+        where.append(sa.or_(units.c.work_order.in_(run.work_orders), units.c.golden.is_(True)))
     if run.start is not None:
         where.append(units.c.end_ts >= _bound(run.start, units.c.end_ts))
     if run.end is not None:
@@ -138,7 +142,7 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
 
     raw: list[tuple[datetime, int, UnitKey, Any]] = []
     for row in unit_rows:
-        if pattern is not None and not pattern.fullmatch(row.serial):
+        if pattern is not None and not row.golden and not pattern.fullmatch(row.serial):
             continue
         # A record without an attempt number sorts first among records of the same time.
         key = (row.collector, row.outbox, row.seq)
