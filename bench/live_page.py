@@ -4,6 +4,7 @@ private mosquitto, the real `collector run`). Prints the RSS figures; asserts no
 
     python -m bench.live_page                      # 10 minutes, one page
     python -m bench.live_page --duration-s 60 --pages 8
+    python -m bench.live_page --pages 0            # the same collector with no page open
     python -m bench.live_page --duration-s 0 --screenshot docs/images/live-page.png
 
 ``--screenshot`` saves the page at 1366x768 after the warm-up (with a third device that is
@@ -17,6 +18,8 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+
+from playwright.async_api import Page
 
 from tests.helpers import Mosquitto
 from tests.livepage import browser, live_line, open_page, updates
@@ -39,11 +42,11 @@ async def run(duration_s: float, warmup_s: float, pages: int, screenshot: Path |
                 await asyncio.sleep(warmup_s)
                 if screenshot is not None:
                     screenshot.parent.mkdir(parents=True, exist_ok=True)
-                    await opened[0].screenshot(path=str(screenshot), type="png")
+                    await opened[0].screenshot(path=str(screenshot), type="png")  # needs a page
                     print(f"screenshot: {screenshot}")
                 first = line.collector.rss_kib()
                 print(f"{'t (s)':>8} {'RSS (MiB)':>10} {'page updates':>13}")
-                print(f"{0:8.0f} {first / 1024:10.1f} {await updates(opened[0]):13d}")
+                print(f"{0:8.0f} {first / 1024:10.1f} {await shown(opened):13d}")
                 samples = [first]
                 started = time.monotonic()
                 step = min(30.0, max(duration_s / 10, 1.0))
@@ -52,7 +55,7 @@ async def run(duration_s: float, warmup_s: float, pages: int, screenshot: Path |
                     samples.append(line.collector.rss_kib())
                     print(
                         f"{time.monotonic() - started:8.0f} {samples[-1] / 1024:10.1f} "
-                        f"{await updates(opened[0]):13d}",
+                        f"{await shown(opened):13d}",
                         flush=True,
                     )
                 status = await line.collector.status()
@@ -65,6 +68,11 @@ async def run(duration_s: float, warmup_s: float, pages: int, screenshot: Path |
         f"(change {(samples[-1] - first) / 1024:+.1f} MiB, max {max(samples) / 1024:.1f} MiB); "
         f"{live['events_sent_total']} events sent"
     )
+
+
+async def shown(pages: list[Page]) -> int:
+    """The first page's update count (0 with no page)."""
+    return await updates(pages[0]) if pages else 0
 
 
 def main() -> None:

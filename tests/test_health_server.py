@@ -284,6 +284,32 @@ async def test_live_events_are_bounded_in_rate_and_clients_and_end_with_their_cl
     await async_wait_until(lambda: feed.clients == 0, 10, "the last stream ended")
 
 
+async def test_an_open_live_stream_does_not_hold_up_the_stop(
+    mosquitto: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn waits for open connections when it stops; the feed ends its streams first
+    (uvicorn's graceful-shutdown timeout, the backstop, is never reached)."""
+    monkeypatch.setenv("TEST_HEALTH_TOKEN", TOKEN)
+    running = RunningService(unit_api_config(mosquitto, modbus_server, tmp_path))
+    async with running:
+        server = running.service.health_server
+        assert server is not None
+        client = EventClient(server.bound_port)
+        await client.open()
+        await async_wait_until(lambda: client.statuses, 10, "a first event")
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    assert client._task is not None
+    await asyncio.wait_for(client._task, 5)  # the stream ended: the server closed it
+    assert server.feed.clients == 0
+    assert "timeout graceful shutdown exceeded" not in caplog.text
+    print(f"stopped {took:.2f} s after the stop was asked, with a live stream open")
+
+
 async def test_the_page_and_its_files_are_served_from_the_package(
     running: tuple[RunningService, int],
 ) -> None:

@@ -44,6 +44,7 @@ async def test_the_page_shows_stations_devices_values_and_a_new_unit_without_rel
         )
         await expect(page.locator('[data-field="dropped"]')).to_have_text("none")
         await expect(page.locator("#collector-id")).to_have_text("Collector pc1")
+        await expect(page.locator("#summary")).to_have_text("✔ 2 of 2 devices connected")
 
         # A new unit arrives over the authenticated endpoint; the page shows it by itself.
         await page.evaluate("window.notReloaded = true")
@@ -86,6 +87,7 @@ async def test_a_device_taken_down_shows_not_connected_with_its_reason(
         await expect(page.locator('[data-device="fixture-1"]')).to_have_attribute(
             "data-connected", "yes"
         )
+        await expect(page.locator("#summary")).to_have_text("✖ 1 of 2 devices connected")
         await expect(page.locator("#health")).to_contain_text("Needs attention")
         await expect(page.locator("#reasons")).to_contain_text("tester-1")
         assert took < 15

@@ -87,16 +87,25 @@
     return head in advice ? head : null;
   }
 
+  // A current problem: what happened, what to check, the raw error. A past one: one line.
   function problem(code, raw, when, current) {
     const a = code ? advice[code] : null;
+    if (!current) {
+      return h("div", { class: "problem old", "data-problem": code || "unknown" },
+        h("p", {}, `Last problem ${when}: ${a ? a.what : raw}`, a ? h("span", { class: "mono muted" }, ` (${code})`) : null));
+    }
     return h(
       "div",
-      { class: current ? "problem" : "problem old", "data-problem": code || "unknown" },
-      h("p", {}, h("strong", {}, current ? "Problem: " : `Last problem (${when}): `),
-        a ? a.what : raw),
+      { class: "problem", "data-problem": code || "unknown" },
+      h("p", {}, h("strong", {}, "Problem: "), a ? a.what : raw),
       a ? h("p", {}, h("strong", {}, "Check: "), a.check) : null,
       a && raw ? h("p", { class: "mono muted" }, raw) : null,
     );
+  }
+
+  function ms(value) {
+    if (typeof value !== "number") return "–";
+    return value < 10 ? `${value.toFixed(1)} ms` : `${Math.round(value).toLocaleString()} ms`;
   }
 
   // ---------------------------------------------------------------- header
@@ -110,6 +119,11 @@
     const el = $("health");
     el.className = `badge ${ok ? "ok" : "warn"}`;
     el.textContent = ok ? `${MARK.ok} Collecting: all OK` : `${MARK.warn} Needs attention`;
+    const devices = Object.values(s.devices || {});
+    const up = devices.filter((d) => d.connected).length;
+    fill($("summary"), devices.length
+      ? badge(up === devices.length ? "ok" : "bad", `${up} of ${devices.length} devices connected`)
+      : null);
     const reasons = $("reasons");
     fill(reasons, ...(health.reasons || []).map((r) => h("li", {}, r)));
     reasons.hidden = !(health.reasons || []).length;
@@ -295,7 +309,7 @@
         h("dt", {}, "Polls"), h("dd", {}, `${number(d.good_polls)} good of ${number(d.polls)}`
           + (d.skipped_polls ? `, ${number(d.skipped_polls)} skipped` : "")),
         h("dt", {}, "Poll lateness"), h("dd", {}, lateness
-          ? `${number(lateness.p50)} ms typical, ${number(lateness.p99)} ms at worst (p99)` : "–"),
+          ? `${ms(lateness.p50)} typical, ${ms(lateness.p99)} at worst (p99)` : "–"),
       ),
       errorList(d.errors),
       tagTable(d.tags),
