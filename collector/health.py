@@ -18,7 +18,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Generator, Mapping
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 import orjson
 import uvicorn
@@ -27,10 +27,11 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from collector import __version__
 from collector.errors import StartupError
-from collector.live import LiveFeed, add_page_routes
+from collector.live import LiveFeed, add_page_routes, encode_status
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,8 @@ def create_app(
         return {"status": state, "reasons": reasons}
 
     @app.get("/status")
-    async def status() -> dict[str, Any]:
-        return await source.status()
+    async def status() -> Response:
+        return Response(encode_status(await source.status()), media_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -191,10 +192,19 @@ def create_app(
     return app
 
 
+class _Connection(Protocol):
+    def close_if_idle(self) -> bool:
+        """Close the connection if it has not sent a request yet; whether it did."""
+        ...
+
+
 class ConnectionGuard:
-    """Counts the health server's connections against :data:`MAX_CONNECTIONS` and logs each
-    overload once per episode (an episode ends after :data:`EPISODE_QUIET_S` without a
-    refusal: a flood's connections arrive in waves as the client's kernel retries them).
+    """Keeps the health server's connections at :data:`MAX_CONNECTIONS`. At the bound, a new
+    connection takes the place of the oldest one that has not sent a request (so idle clients
+    cannot lock out a technician or a monitoring probe); when every connection is busy, the new
+    one is closed. Each overload is logged once per episode (it ends after
+    :data:`EPISODE_QUIET_S` without one: a flood's connections arrive in waves as the client's
+    kernel retries them).
 
     Also takes the event loop's "socket.accept() out of system resource" reports: asyncio
     logs one with a traceback per pending connection per loop turn when the process is out of
@@ -204,44 +214,61 @@ class ConnectionGuard:
         self.limit = limit
         self.open = 0
         self.refused_total = 0
+        self.closed_idle_total = 0
         self.accept_failures_total = 0
         self._clock = clock
-        self._episode_refused = 0
-        self._last_refused = 0.0
+        # Connections that have not sent a request (yet), oldest first.
+        self._fresh: dict[_Connection, None] = {}
+        self._episode = 0
+        self._last_overload = 0.0
         self._accept_failing = False
 
-    def admit(self, open_now: int) -> bool:
-        self.open = open_now
+    def admit(self, open_before: int) -> bool:
+        """Whether a new connection may be served, ``open_before`` being open already."""
+        self.open = open_before
         if self._accept_failing:
             self._accept_failing = False
             log.warning("health: accepting connections again")
-        if open_now <= self.limit:
+        if open_before < self.limit:
             self._end_episode()
             return True
-        self.refused_total += 1
-        self._episode_refused += 1
-        self._last_refused = self._clock()
-        if self._episode_refused == 1:
+        self._episode += 1
+        self._last_overload = self._clock()
+        if self._episode == 1:
             log.warning(
-                "health: %d connections open, the limit; new ones are closed at once until "
-                "fewer are open (idle ones close after %.0f s)",
+                "health: %d connections open, the limit: each new one replaces the oldest that "
+                "has sent no request, or is closed when all are busy (idle ones close after "
+                "%.0f s); logged once until none for %.0f s",
                 self.limit,
                 REQUEST_HEAD_TIMEOUT_S,
+                EPISODE_QUIET_S,
             )
+        while self._fresh:
+            oldest = next(iter(self._fresh))
+            del self._fresh[oldest]
+            if oldest.close_if_idle():
+                self.closed_idle_total += 1
+                return True
+        self.refused_total += 1
         return False
 
-    def left(self, open_now: int) -> None:
+    def opened(self, connection: _Connection, open_now: int) -> None:
         self.open = open_now
+        self._fresh[connection] = None
+
+    def closed(self, connection: _Connection, open_now: int) -> None:
+        self.open = open_now
+        self._fresh.pop(connection, None)
         self._end_episode()
 
     def _end_episode(self) -> None:
-        if self._episode_refused and self._clock() - self._last_refused > EPISODE_QUIET_S:
+        if self._episode and self._clock() - self._last_overload > EPISODE_QUIET_S:
             log.info(
-                "health: no connection refused for %.0f s; %d were refused before",
+                "health: no overload for %.0f s; %d connection(s) were closed or refused before",
                 EPISODE_QUIET_S,
-                self._episode_refused,
+                self._episode,
             )
-            self._episode_refused = 0
+            self._episode = 0
 
     def accept_failed(self, exc: BaseException | None) -> None:
         self.accept_failures_total += 1
@@ -257,36 +284,54 @@ class ConnectionGuard:
         return {
             "connections": self.open,
             "max_connections": self.limit,
+            "closed_idle_total": self.closed_idle_total,
             "refused_total": self.refused_total,
             "accept_failures_total": self.accept_failures_total,
         }
 
 
-def _bounded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
+class _Refused(asyncio.Protocol):
+    """A connection past the bound: closed as soon as it is made, before uvicorn builds its
+    (much larger) HTTP state for it; a flood of connections costs little of the loop's time."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
+def _bounded_protocol(guard: ConnectionGuard) -> Callable[..., asyncio.Protocol]:
     """uvicorn's HTTP/1.1 protocol with a connection bound and a deadline for the first
-    request (uvicorn times out idle keep-alive connections, but not fresh ones)."""
+    request (uvicorn times out idle keep-alive connections, but not fresh ones). uvicorn takes
+    any callable as its protocol "class"."""
 
     class BoundedH11Protocol(H11Protocol):
         _head_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if not guard.admit(len(self.connections)):
-                transport.abort()
-                return
-            self._head_deadline = self.loop.call_later(REQUEST_HEAD_TIMEOUT_S, self._no_request_yet)
+            guard.opened(self, len(self.connections))
+            self._head_deadline = self.loop.call_later(REQUEST_HEAD_TIMEOUT_S, self.close_if_idle)
 
-        def _no_request_yet(self) -> None:
+        def close_if_idle(self) -> bool:
             if self.cycle is None and not self.transport.is_closing():
                 self.transport.abort()
+                return True
+            return False
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._head_deadline is not None:
                 self._head_deadline.cancel()
             super().connection_lost(exc)
-            guard.left(len(self.connections))
+            guard.closed(self, len(self.connections))
 
-    return BoundedH11Protocol
+    def protocol(*, server_state: ServerState, **kwargs: Any) -> asyncio.Protocol:
+        # Decided before anything is built. (Connections accepted in the same loop turn, at
+        # most the listen backlog, are counted once their connection_made has run: the bound
+        # can be passed by that many at most, for a moment.)
+        if not guard.admit(len(server_state.connections)):
+            return _Refused()
+        return BoundedH11Protocol(server_state=server_state, **kwargs)
+
+    return protocol
 
 
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
@@ -309,7 +354,8 @@ class HealthServer(uvicorn.Server):
         super().__init__(
             uvicorn.Config(
                 create_app(source, token, self.feed),
-                http=_bounded_protocol(self.guard),
+                # uvicorn calls it like a class; it is a factory (see _bounded_protocol).
+                http=cast("type[asyncio.Protocol]", _bounded_protocol(self.guard)),
                 log_level="warning",
                 access_log=False,
                 lifespan="off",

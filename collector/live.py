@@ -46,6 +46,13 @@ RETRY_MS = 2000
 KEEPALIVE_S = 15.0
 
 
+def encode_status(status: dict[str, Any]) -> bytes:
+    """/status as JSON. orjson, not FastAPI's encoder: with a few thousand tags that one takes
+    a few hundred milliseconds of the event loop (the polls' loop), orjson about one. Enums are
+    their values; anything unexpected becomes its text rather than an error."""
+    return orjson.dumps(status, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
 class LiveFeed:
     """The newest /status snapshot as an SSE event, shared by every open page."""
 
@@ -106,7 +113,7 @@ class LiveFeed:
                 # pages keep their last picture and show its age.
                 log.exception("live page: the status snapshot failed")
             else:
-                self._latest = b"event: status\ndata: " + orjson.dumps(snapshot) + b"\n\n"
+                self._latest = b"event: status\ndata: " + encode_status(snapshot) + b"\n\n"
                 fresh, self._fresh = self._fresh, asyncio.Event()
                 fresh.set()
             await asyncio.sleep(max(0.0, self.period_s - (loop.time() - started)))

@@ -73,24 +73,22 @@ class DeviceStatus:
             "connects": self.connects,
             "state_since_ts": self.state_since_ts,
             "poll_start_late_ms": _percentiles_ms(self.start_late_s),
+            # Unpacked rather than read by name, and the enums left as they are (they are
+            # strings): a big line has thousands of tags, and this runs every second while a
+            # live page is open. NaN and infinities become text: JSON has no such numbers.
             "tags": {
-                r.tag: {
-                    "value": _json_value(r.value),
-                    "unit": r.unit,
-                    "quality": r.quality.value,
-                    "error": None if r.error is None else r.error.value,
-                    "ts": r.ts,
+                tag: {
+                    "value": value
+                    if type(value) is not float or math.isfinite(value)
+                    else str(value),
+                    "unit": unit,
+                    "quality": quality,
+                    "error": error,
+                    "ts": ts,
                 }
-                for r in self.last_readings.values()
+                for ts, tag, value, unit, quality, error in self.last_readings.values()
             },
         }
-
-
-def _json_value(value: Any) -> Any:
-    """NaN and infinities as text: JSON has no such numbers (a browser's parser rejects them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def _percentiles_ms(samples: Iterable[float]) -> dict[str, float] | None:
