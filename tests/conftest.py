@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import Mosquitto, mosquitto_binary
 
 REPO = Path(__file__).resolve().parent.parent
