@@ -16,7 +16,8 @@ import httpx
 from playwright.async_api import Browser, Page, async_playwright
 
 from collector.config import Config
-from drivers.modbus import SimulatedModbusServer, TagCodec
+from drivers.modbus.codec import TagCodec
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.collector_process import CollectorProcess
 from tests.helpers import Mosquitto, free_port
 

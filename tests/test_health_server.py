@@ -19,7 +19,7 @@ from collector.advice import ADVICE
 from collector.config import Config
 from collector.errors import ErrorCode
 from collector.health import MAX_CONNECTIONS, MAX_UNIT_BODY_BYTES
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.collector_process import CollectorProcess
 from tests.helpers import Mosquitto, async_wait_until, free_port
 from tests.test_end_to_end import RunningService, config_dict
