@@ -397,4 +397,5 @@ class Service:
                 "write_error": self.writer.last_error,
             },
             "mqtt": self.mqtt.snapshot(),
+            "http": None if self.health_server is None else self.health_server.stats(),
         }
