@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from collector.backoff import Backoff
-from collector.config import ModbusTable, ModbusTcpDevice
 from collector.errors import ErrorCode, NotConnectedError
 from collector.poller import DeviceStatus, Poller
 from collector.reading import Quality, Reading
-from drivers.modbus import ModbusTcpDriver, SimulatedModbusServer, TagCodec
+from drivers.modbus.codec import TagCodec
+from drivers.modbus.config import ModbusTable, ModbusTcpDevice
+from drivers.modbus.driver import ModbusTcpDriver
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import async_wait_until, free_port
 
 
