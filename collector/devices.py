@@ -19,11 +19,27 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, NamedTuple, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+def _not_an_integer(name: str) -> str:
+    # Tag names are the keys of a poll's values (docs/messages.md): JavaScript puts keys that
+    # are canonical integers ("0", "17") before the others, which would reorder the values
+    # and so change the seq a consumer derives from their position.
+    if name == "0" or (name[:1] in "123456789" and name.isdigit()):
+        raise ValueError(
+            f"tag name {name!r} is a whole number, which JSON consumers reorder; give it a "
+            "letter, e.g. 'r" + name + "'"
+        )
+    return name
+
+
+#: A tag's name: a Name that is not a canonical integer.
+TagName = Annotated[Name, AfterValidator(_not_an_integer)]
 
 #: A field's place in the config, e.g. ("devices", 2, "user", "password_file").
 FieldPath = tuple[str | int, ...]
@@ -123,6 +139,26 @@ class DeviceBase(Model):
         """Whether each reading is an event (a scan, a line sent unprompted) rather than a
         polled value that repeats every poll (collector.context treats them differently)."""
         return False
+
+    def tag_meta(self) -> dict[str, dict[str, object]]:
+        """Each tag's metadata for the retained ``meta/{device}`` message (docs/messages.md):
+        engineering unit, value type, scale, offset and station, from the tag's declaration
+        (a ``tags`` list of models or a ``fields`` mapping, whichever the protocol has);
+        null where the protocol does not say. A protocol may override it."""
+        declared: dict[str, object] = {t.name: t for t in getattr(self, "tags", None) or ()}
+        declared.update(getattr(self, "fields", None) or {})
+        meta: dict[str, dict[str, object]] = {}
+        for name in sorted(self.tag_names):
+            tag = declared.get(name)
+            kind = getattr(tag, "type", None)
+            meta[name] = {
+                "unit": getattr(tag, "unit", None),
+                "type": None if kind is None else str(kind),
+                "scale": float(getattr(tag, "scale", 1.0)),
+                "offset": float(getattr(tag, "offset", 0.0)),
+                "station": self.station,
+            }
+        return meta
 
     def secret_files(self) -> list[SecretFile]:
         """The files this device's secure link needs, relative to the device's own fields."""

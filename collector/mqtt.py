@@ -84,10 +84,7 @@ class MqttPublisher:
     def set_listener(self, listener: Callable[[], None]) -> None:
         self._listener = listener
 
-    def publish(self, topic: str, payload: bytes) -> asyncio.Future[Ack]:
-        return self._publish(topic, payload)
-
-    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         client = self._client
         if client is None:
@@ -146,7 +143,7 @@ class MqttPublisher:
         client = self._client
         if client is not None and self.status.connected:
             offline = status_message(self._id, "offline")
-            future = self._publish(self._status_topic, offline, retain=True)
+            future = self.publish(self._status_topic, offline, retain=True)
             with contextlib.suppress(TimeoutError, ConnectionLost):
                 await asyncio.wait_for(future, timeout=2.0)
             self._closing.set()

@@ -71,7 +71,7 @@ class Publisher(Protocol):
         """Call ``listener`` (on the loop) on each connect, disconnect and answer."""
         ...
 
-    def publish(self, topic: str, payload: bytes) -> asyncio.Future[Ack]:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
         """Publish with QoS 1; the future holds the broker's answer."""
         ...
 

@@ -25,6 +25,7 @@ from collector.driver import Driver
 from collector.errors import ConfigError
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
+from collector.message import device_metas
 from collector.poller import DeviceStatus, Poller, phase_s
 from collector.reading import Reading
 from drivers.registry import create_driver
@@ -87,6 +88,8 @@ class Service:
             commit_interval_s=b.commit_interval_ms / 1000,
             max_readings_per_batch=config.mqtt.max_readings_per_message,
         )
+        self.forwarder: Forwarder | None = None
+        self._set_meta(config)
         self.mqtt = MqttStatus()
         self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
         self._on_delivered = on_delivered
@@ -150,7 +153,8 @@ class Service:
 
     async def _run(self, stop: asyncio.Event) -> None:
         config = self.config
-        forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        forwarder = self.forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        forwarder.set_meta(self.writer.metas)
         forward_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             self._group = group
@@ -251,6 +255,7 @@ class Service:
             if new.stations != self.config.stations or restart or start:
                 await self._swap_context(new)
             self.config = new
+            self._set_meta(new)
             index = {d.name: i for i, d in enumerate(new.devices)}
             for name in start:
                 self._start_poller(group, new_devices[name], index[name])
@@ -273,6 +278,12 @@ class Service:
             )
             systemd.notify("READY=1", f"STATUS=collecting from {len(self._polling)} device(s)")
             return True
+
+    def _set_meta(self, config: Config) -> None:
+        """The devices' tag metadata: what polls refer to, and the retained messages."""
+        self.writer.set_meta(device_metas(config.devices))
+        if self.forwarder is not None:
+            self.forwarder.set_meta(self.writer.metas)
 
     async def _swap_context(self, new: Config) -> None:
         """A station context for the new config, with the current units carried over."""

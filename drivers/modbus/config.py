@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import DeviceBase, Name, SharedLine
+from collector.devices import DeviceBase, SharedLine, TagName
 from collector.devices import Model as _Model
 from collector.devices import reject_duplicates as _reject_duplicates
 from drivers.serial.config import Parity, SerialPort
@@ -68,7 +68,7 @@ class WordOrder(StrEnum):
 
 
 class ModbusTag(_Model):
-    name: Name = Field(description="Tag name, unique within the device.")
+    name: TagName = Field(description="Tag name, unique within the device.")
     table: ModbusTable = Field(description="Which of the four Modbus tables.")
     address: int = Field(ge=0, le=65535, description="0-based address in that table.")
     type: ModbusType = Field(default=ModbusType.UINT16, description="Value type.")

@@ -9,7 +9,7 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import DeviceBase, Name
+from collector.devices import DeviceBase, Name, TagName
 from collector.devices import Model as _Model
 
 
@@ -125,7 +125,7 @@ class SerialAsciiDevice(DeviceBase, SerialPort):
 class ScanRoute(_Model):
     """Scans that match ``pattern`` become readings of tag ``tag`` (e.g. a work order)."""
 
-    tag: Name
+    tag: TagName
     pattern: str
 
     @field_validator("pattern")

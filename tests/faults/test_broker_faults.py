@@ -15,6 +15,7 @@ from typing import Any
 
 from collector.buffer import Outbox
 from collector.config import Config
+from collector.contract import decode_readings
 from drivers.modbus.config import ModbusTable
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.faults.conftest import SilentProxy
@@ -308,7 +309,11 @@ async def test_backlog_drains_oldest_first_while_live_readings_keep_flowing(
     # in messages between the backlog's (how many depends on how fast the drain is).
     live_messages = [
         seqs
-        for seqs in ([r["seq"] for r in json.loads(m[1]).get("readings", ())] for m in sub.messages)
+        for seqs in (
+            [r.seq for r in decode_readings(payload)]
+            for topic, payload, _ in sub.messages
+            if topic.endswith("/readings")
+        )
         if seqs and min(seqs) > boundary and max(seqs) <= max(live_before_end, default=0)
     ]
     assert len(live_messages) >= 2
