@@ -14,10 +14,12 @@ after a checkpoint, per buffered reading. No broker, no network: the bytes are t
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from collector.buffer import Batch, Outbox
 from collector.buffer.writer import make_batch
+from collector.contract import decode_readings
 from collector.forwarder import PACKET_OVERHEAD_BYTES
 from collector.message import (
     DeviceMeta,
@@ -103,6 +105,20 @@ def disk(batches: list[Batch], work: Path) -> float:
     return size / readings
 
 
+def decode_rate(batches: list[Batch], schema: int) -> float:
+    """Readings per second the reference decoder (collector.contract.decode_readings) turns
+    back into one record each, on messages of the reference load, on this machine."""
+    group = batches[: PER_MESSAGE // REGISTERS]
+    items = b",".join(b.body for b in group)
+    payload = build_message("bench", items) if schema == 1 else envelope("bench", OUTBOX, items)
+    readings = sum(b.count for b in group)
+    rounds = 200
+    started = time.perf_counter()
+    for _ in range(rounds):
+        decode_readings(payload)
+    return rounds * readings / (time.perf_counter() - started)
+
+
 def main() -> None:
     work = polls()
     print(f"{DEVICES} devices x {REGISTERS} uint16 registers, {POLLS} polls each")
@@ -112,7 +128,8 @@ def main() -> None:
         body = sum(len(b.body) for b in batches) / sum(b.count for b in batches)
         print(
             f"schema {schema}: {wire(batches, schema):6.1f} B/reading on the wire, "
-            f"{on_disk:6.1f} B/reading on disk (stored body {body:.1f} B)"
+            f"{on_disk:6.1f} B/reading on disk (stored body {body:.1f} B), reference decoder "
+            f"{decode_rate(batches, schema):,.0f} readings/s"
         )
 
 
