@@ -274,7 +274,9 @@ async def test_a_poller_skips_polls_while_the_buffer_cannot_take_more(
         room = True
         resumed_at = len(polls)
         await async_wait_until(lambda: len(polls) >= resumed_at + 3, timeout=5, what="resumed")
-        assert status.polls == len(polls)  # skipped slots are not polls
+        # Skipped slots are not polls; a poll is counted when it starts, so the one under way
+        # now may not have reached the sink yet.
+        assert len(polls) <= status.polls <= len(polls) + 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
