@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from drivers.modbus.sim import SimulatedModbusServer
-from tests.helpers import Mosquitto, mosquitto_binary
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import (
+    REPO,  # noqa: F401 - test modules import it from here
+    Mosquitto,
+    mosquitto_binary,
+)
 
 
 def require_mosquitto() -> None:
