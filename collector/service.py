@@ -85,6 +85,7 @@ class Service:
             self.outbox,
             changes=self.context.take_changes,
             commit_interval_s=b.commit_interval_ms / 1000,
+            max_readings_per_batch=config.mqtt.max_readings_per_message,
         )
         self.mqtt = MqttStatus()
         self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
@@ -396,4 +397,5 @@ class Service:
                 "write_error": self.writer.last_error,
             },
             "mqtt": self.mqtt.snapshot(),
+            "http": None if self.health_server is None else self.health_server.stats(),
         }

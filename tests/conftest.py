@@ -13,6 +13,7 @@ from tests.helpers import (
     Mosquitto,
     mosquitto_binary,
 )
+from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of the store's tests
 
 
 def require_mosquitto() -> None:

@@ -352,3 +352,53 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
+
+
+def require_systemd_analyze() -> str:
+    """systemd-analyze's path: fail on CI, skip (saying why) elsewhere."""
+    import pytest  # a test dependency: bench/ uses these helpers without it
+
+    found = shutil.which("systemd-analyze")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is not installed; .ci/run must install systemd")
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    return found
+
+
+class EventClient:
+    """One server-sent-events stream over its own connection, recording what arrives."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.statuses: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []
+        self.code: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self._task = asyncio.create_task(self._read())
+        await async_wait_until(lambda: self.code is not None, 10, "the stream's answer")
+
+    async def _read(self) -> None:
+        import httpx  # a test dependency: bench/ uses these helpers without it
+
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("GET", f"http://127.0.0.1:{self.port}/events") as answer,
+        ):
+            self.code = answer.status_code
+            if answer.status_code != 200:
+                return
+            event = None
+            async for line in answer.aiter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "status":
+                    self.statuses.append(json.loads(line[6:]))
+                    self.arrivals.append(time.monotonic())
+
+    async def close(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -12,7 +12,9 @@ from collector.errors import ConfigError
 from tests.helpers import REPO, run_cli
 
 # Every example under config/ is validated here, so the examples cannot rot.
-EXAMPLES = sorted((REPO / "config").glob("*.yaml"))
+# config/ also holds example files of other kinds, each loaded by its own test.
+NOT_COLLECTOR = {"pilot-protocol.yaml", "store.yaml"}
+EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in NOT_COLLECTOR)
 
 BASE = """\
 collector:
