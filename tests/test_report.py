@@ -3,6 +3,7 @@ time range), the JSON shape and values (null where undefined), the HTML page, th
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import statistics
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from bench.pilot_run import characteristics, fill_pilot_run, metadata, units
 from store.report import Protocol, render_report
-from store.report.cli import connect, main
+from store.report.cli import add_arguments, connect, main, run
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 ISSUE_KEYS = {
@@ -344,6 +345,18 @@ def test_cli_writes_the_report_and_reports_errors(
     assert main(["--protocol", str(protocol), "--db", db]) == 2
     err = capsys.readouterr().err
     assert f"{protocol}:3: operations[0].min_first_pass_yeld: unknown key" in err
+
+    # Wired into a CLI that owns --db and the engine (the store's `collector store report`).
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db")
+    add_arguments(parser, db=False)
+    protocol.write_text("operations:\n  - name: ft\n")
+    args = parser.parse_args(["--protocol", str(protocol), "--format", "json", "--out", str(out)])
+    assert run(args, engine) == 0
+    assert json.loads(out.read_bytes())["operations"][0]["operation"] == "ft"
+    with engine.connect() as conn:  # the caller's engine is still usable
+        assert conn.execute(sa.select(sa.func.count()).select_from(units)).scalar_one() == 9
+    capsys.readouterr()
 
     protocol.write_text("run: {}\n")
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
