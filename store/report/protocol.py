@@ -17,7 +17,8 @@ from typing import Annotated, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from collector.config import Name, _line_map, _locate, _message
+from collector.config.loader import _line_map, _locate, _message
+from collector.devices import Name
 from collector.errors import ConfigError
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
