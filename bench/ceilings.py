@@ -27,8 +27,8 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.buffer import batches_table
-from collector.config import ModbusTcpDevice
-from drivers.modbus import ModbusTcpDriver
+from drivers.modbus.config import ModbusTcpDevice
+from drivers.modbus.driver import ModbusTcpDriver
 
 BODY = b'{"ts":"2026-11-21T10:15:02.250113Z","station":"ft-1","device":"tester-1",' + b"x" * 130
 READINGS_PER_MESSAGE = 500

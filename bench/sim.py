@@ -12,7 +12,7 @@ import asyncio
 import json
 import signal
 
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 
 
 async def serve(servers: int, units: int) -> None:

@@ -20,12 +20,9 @@ from pathlib import Path
 
 from collector import __version__
 from collector.config import Config, load_config
-from collector.errors import ConfigError, StartupError
+from collector.errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, StartupError
 
 log = logging.getLogger("collector")
-
-EXIT_STARTUP = 1
-EXIT_CONFIG = 2
 
 
 class JsonFormatter(logging.Formatter):
@@ -182,13 +179,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         return run_service(config, args.config)
     if args.command == "probe" and args.url.startswith("modbus://"):
-        return _probe_modbus(args)
+        from drivers.modbus.tools import probe_command  # noqa: PLC0415 - only probe needs it
+
+        return probe_command(args)
     if args.command == "probe":
-        return _probe(args.url, args.query, args.pattern, args.seconds)
+        from drivers.serial.tools import probe_command as serial_probe  # noqa: PLC0415
+
+        return serial_probe(args.url, args.query, args.pattern, args.seconds)
     if args.command == "scan":
-        return _scan(args)
+        from drivers.modbus.tools import scan_command  # noqa: PLC0415
+
+        return scan_command(args)
     if args.command == "browse":
-        return _browse(args)
+        from drivers.opcua.tools import browse_command  # noqa: PLC0415 - loads asyncua
+
+        return browse_command(args)
     if args.command == "buffer":
         return _buffer(args)
     if args.command == "schema":
@@ -199,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return store_main([*extra, *args.store_args])
     if args.command == "opcua-cert":
-        return _opcua_cert(args.cert, args.key)
+        from drivers.opcua.tools import opcua_cert_command  # noqa: PLC0415 - loads asyncua
+
+        return opcua_cert_command(args.cert, args.key)
     if args.command == "demo":
         from collector.demo import run_demo  # noqa: PLC0415 - only the demo needs the simulator
 
@@ -214,32 +221,12 @@ def _check(path: Path) -> int:
         for problem in exc.problems:
             print(problem)
         return EXIT_CONFIG
-    from drivers import create_driver  # noqa: PLC0415 - keep `check` light until it is valid
+    from drivers.registry import create_driver  # noqa: PLC0415 - light until it is valid
 
     print(f"{path}: OK ({len(config.devices)} device(s), {len(config.stations)} station(s))")
     for device in config.devices:
         print(f"  {device.name}: {create_driver(device).describe()}")
     return 0
-
-
-def _probe(url: str, query: str | None, pattern: str | None, seconds: float) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    from collector.errors import NotConnectedError  # noqa: PLC0415
-    from drivers.serial import probe, probe_device  # noqa: PLC0415
-
-    try:
-        device = probe_device(url, query, pattern)
-    except (ValueError, ValidationError) as exc:
-        print(f"probe: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        return asyncio.run(probe(device, seconds, lambda line: print(line, flush=True)))
-    except NotConnectedError as exc:
-        print(f"probe: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    except KeyboardInterrupt:
-        return 0
 
 
 def run_service(config: Config, path: Path | None = None) -> int:
@@ -269,73 +256,6 @@ def run_service(config: Config, path: Path | None = None) -> int:
     except StartupError as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - a clear line, not a traceback
         return EXIT_STARTUP
-    return 0
-
-
-def _browse(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    from collector.config import OpcUaSecurity  # noqa: PLC0415
-    from collector.errors import NotConnectedError  # noqa: PLC0415
-    from drivers.opcua import browse  # noqa: PLC0415 - only browse needs asyncua here
-
-    policy, _, mode = args.security.partition(",")
-    try:
-        security = OpcUaSecurity.model_validate(
-            {
-                "policy": policy,
-                "mode": mode or "None",
-                "certificate_file": args.cert,
-                "private_key_file": args.key,
-                "server_certificate_file": args.server_cert,
-                "trust_any_server_certificate": args.trust_any_server,
-            }
-        )
-    except ValidationError as exc:
-        for error in exc.errors():
-            print(
-                f"browse: --security: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr
-            )
-        return EXIT_CONFIG
-    try:
-        nodes = asyncio.run(
-            browse(
-                args.endpoint,
-                security,
-                args.user,
-                os.environ.get("OPCUA_PASSWORD"),
-                max_depth=args.depth,
-                max_nodes=args.max_nodes,
-                standard=args.all,
-            )
-        )
-    except NotConnectedError as exc:
-        print(f"browse: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    for node in nodes:
-        print(node.line())
-    uris = sorted({n.namespace_uri for n in nodes if n.namespace_uri})
-    if uris:
-        print("\nNamespace URIs (namespace_uri + id survive a server restart; ns=N may not):")
-        for uri in uris:
-            print(f"  {uri}")
-    if len(nodes) >= args.max_nodes:
-        print(f"(stopped after {args.max_nodes} nodes: --max-nodes)")
-    return 0
-
-
-def _opcua_cert(cert: Path, key: Path) -> int:
-    from drivers.opcua import application_uri_for, make_certificate  # noqa: PLC0415
-
-    if cert.exists() or key.exists():
-        print(f"opcua-cert: {cert} or {key} exists already; not overwritten", file=sys.stderr)
-        return EXIT_CONFIG
-    asyncio.run(make_certificate(cert, key))
-    os.chmod(key, 0o600)
-    print(
-        f"wrote {cert} (application URI {application_uri_for()}) and {key} (mode 600).\n"
-        "Copy the certificate to the server's trusted clients (e.g. its pki/trusted folder)."
-    )
     return 0
 
 
@@ -377,92 +297,4 @@ def _buffer(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"buffer: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    return 0
-
-
-def _probe_modbus(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    from collector.config import ModbusTable  # noqa: PLC0415
-    from collector.errors import DeviceError  # noqa: PLC0415
-    from drivers.modbus import interpretations, read_raw, tcp_device_from_url  # noqa: PLC0415
-
-    table = ModbusTable(args.table)
-    limit = 2000 if table.is_bit_table else 125
-    if not 1 <= args.count <= limit:
-        print(f"probe: --count must be 1..{limit} for {table.value}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        device = tcp_device_from_url(args.url, args.timeout_ms)
-    except (ValueError, ValidationError) as exc:
-        print(f"probe: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    where = f"{device.host}:{device.port} unit {device.unit_id}"
-    span = f"{table.value}[{args.address}..{args.address + args.count - 1}]"
-    try:
-        values = asyncio.run(read_raw(device, table, args.address, args.count))
-    except DeviceError as exc:
-        print(f"probe: {where} {span}: {exc.code.value}: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    print(f"{where} {span}")
-    if table.is_bit_table:
-        print("bits: " + " ".join("1" if v else "0" for v in values))
-        return 0
-    words = [int(v) for v in values]
-    print(
-        "words: "
-        + " ".join(f"0x{w:04X}" for w in words)
-        + "   ("
-        + " ".join(str(w) for w in words)
-        + ")"
-    )
-    print(
-        f"\nThe value at address {args.address}, read as each type and byte/word order; "
-        "pick the one the device's display shows:"
-    )
-    print(f"{'type':<24}{'ABCD':>16}{'CDAB':>16}{'BADC':>16}{'DCBA':>16}")
-    for name, cells in interpretations(words, args.address):
-        print(f"{name:<24}" + "".join(f"{c:>16}" for c in cells))
-    print(
-        "\nIn the config: ABCD = byte_order big, word_order big; CDAB = big, little; "
-        "BADC = little, big; DCBA = little, little."
-    )
-    return 0
-
-
-def _scan(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    from drivers.modbus import scan_units, tcp_device_from_url  # noqa: PLC0415
-
-    low, _, high = args.units.partition("-")
-    high = high or low
-    if not (low.isdigit() and high.isdigit() and 0 <= int(low) <= int(high) <= 247):
-        print(
-            f"scan: --units {args.units!r}: expected a range within 0-247, e.g. 1-32",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    first, last = int(low), int(high)
-    try:
-        device = tcp_device_from_url(args.url, args.timeout_ms)
-    except (ValueError, ValidationError) as exc:
-        print(f"scan: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    count = last - first + 1
-    print(
-        f"scanning {device.host}:{device.port} units {first}-{last} "
-        f"(at most {count * args.timeout_ms / 1000:.0f} s)...",
-        flush=True,
-    )
-    found = asyncio.run(scan_units(device, range(first, last + 1), address=args.address))
-    normal = [(unit, what) for unit, what in found if "exception" not in what]
-    for unit, what in normal:
-        print(f"unit {unit}: {what}")
-    odd = [unit for unit, what in found if "exception" in what]
-    if odd:
-        # Some gateways (and simulators) answer for every unit id, with an exception for the
-        # ones that are not there; a real unit may also refuse this address.
-        print(f"answered only with an exception: units {', '.join(map(str, odd))}")
-    print(f"{len(normal)} unit(s) answered a read; {len(odd)} with an exception only")
     return 0

@@ -44,15 +44,7 @@ from typing import Any
 
 import orjson
 
-from collector.config import (
-    BarcodeScannerDevice,
-    DeviceConfig,
-    SerialAsciiDevice,
-    StationConfig,
-    UnitEnd,
-    Verdict,
-    verdict_key,
-)
+from collector.config import DeviceConfig, StationConfig, UnitEnd, Verdict, verdict_key
 from collector.reading import Context, ContextChanges, Quality, Reading, UnitRecord, Value
 
 log = logging.getLogger(__name__)
@@ -63,13 +55,6 @@ HISTORY = 32
 # must exist before its verdict), the failure code before the verdict that reads it.
 _SIGNAL_ORDER = ("operation", "serial", "failure_code", "verdict", "cycle_complete")
 _MISSING = object()
-
-
-def is_event_source(device: DeviceConfig) -> bool:
-    """Whether each reading of the device is an event (rather than a polled, repeated value)."""
-    return isinstance(device, BarcodeScannerDevice) or (
-        isinstance(device, SerialAsciiDevice) and device.mode == "listen"
-    )
 
 
 def _text(value: Value) -> str | None:
@@ -192,7 +177,7 @@ class StationContext:
     ) -> None:
         self._clock = clock
         self._station_of = {d.name: d.station for d in devices}
-        self._events = {d.name for d in devices if is_event_source(d)}
+        self._events = {d.name for d in devices if d.emits_events}
         self._stations: dict[str, _Station] = {}
         # device -> tag -> the signals it carries, and device -> its key characteristic tags
         # (most devices have neither: no search per reading).

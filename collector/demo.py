@@ -17,22 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import random
 import signal
 import sys
 import tempfile
 import time
-import tty
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from collector.config import Config, ModbusTcpDevice
+from collector.config import Config
 from collector.service import Service
-from drivers.modbus import SimulatedModbusServer, TagCodec
-from drivers.opcua import RACK_NAMESPACE, SimulatedBurnInRack, rack_tags
+from drivers.modbus.sim import SimulatedModbusServer, codecs
+from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_tags
+from drivers.serial.sim import SimulatedScanner
 
 UNIT_SECONDS = 4.0
 RESULT_RUNNING, RESULT_PASS, RESULT_FAIL = 0, 1, 2
@@ -163,22 +162,6 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
     )
 
 
-class SimulatedScanner:
-    """A barcode scanner on a pseudo-terminal: the collector opens ``port``; ``scan`` types."""
-
-    def __init__(self) -> None:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.port = os.ttyname(self._slave)
-
-    def scan(self, code: str) -> None:
-        os.write(self._master, f"]C1{code}\r".encode())  # AIM prefix, CR suffix, as shipped
-
-    def close(self) -> None:
-        os.close(self._master)
-        os.close(self._slave)
-
-
 class SimulatedTester:
     """Drives the tester's registers: drifting measurements, a new unit every few seconds,
     each unit scanned at the station before its test starts."""
@@ -188,9 +171,7 @@ class SimulatedTester:
     ) -> None:
         self._server = server
         self._scanner = scanner
-        device = next(d for d in config.devices if d.name == "tester-1")
-        assert isinstance(device, ModbusTcpDevice)
-        self._codecs = {t.name: TagCodec.for_device(t, device) for t in device.tags}
+        self._codecs = codecs(next(d for d in config.devices if d.name == "tester-1"))
         self._rng = random.Random(7)
 
     async def _set(self, name: str, value: Any) -> None:

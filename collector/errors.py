@@ -73,3 +73,8 @@ class NotConnectedError(DeviceError):
 
 class RequestError(DeviceError):
     """A single request failed; the connection is still usable."""
+
+
+# Exit codes of the command line (collector.cli and the protocols' technician tools).
+EXIT_STARTUP = 1  # a start-up failure, e.g. the buffer cannot be opened or a device not reached
+EXIT_CONFIG = 2  # an invalid config or command line

@@ -7,9 +7,9 @@ docs/metrics.md lists them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -21,10 +21,30 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from collector import __version__
+from collector.buffer import AsyncOutbox, BufferWriter
+from collector.config import Config
 from collector.histogram import Histogram
+from collector.poller import DeviceStatus
+from collector.publisher import MqttStatus
 
-if TYPE_CHECKING:
-    from collector.service import Service
+
+class MetricsSource(Protocol):
+    """What a scrape reads (the service provides it; read-only here)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def devices(self) -> Mapping[str, DeviceStatus]: ...
+
+    @property
+    def writer(self) -> BufferWriter: ...
+
+    @property
+    def outbox(self) -> AsyncOutbox: ...
+
+    @property
+    def mqtt(self) -> MqttStatus: ...
 
 
 @dataclass
@@ -45,7 +65,7 @@ def _histogram(
 
 
 class ServiceCollector(Collector):
-    def __init__(self, service: Service, figures: BufferFigures) -> None:
+    def __init__(self, service: MetricsSource, figures: BufferFigures) -> None:
         self._service = service
         self._figures = figures
 
@@ -147,7 +167,7 @@ class ServiceCollector(Collector):
         )
 
 
-def registry_for(service: Service, figures: BufferFigures) -> CollectorRegistry:
+def registry_for(service: MetricsSource, figures: BufferFigures) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service, figures))
     return registry

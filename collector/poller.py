@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -41,8 +42,14 @@ class DeviceStatus:
     last_good_poll_ts: float | None = None
     errors: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
+    last_error_ts: float | None = None
     skipped_polls: int = 0
     connects: int = 0
+    #: When ``connected`` last changed (at first: when the poller was made), for "since when".
+    state_since_ts: float = field(default_factory=time.time)
+    #: Each tag's last reading (good or bad), so a technician sees every value and its quality.
+    #: Bounded by the device's tags; replaced in place, never accumulated.
+    last_readings: dict[str, Reading] = field(default_factory=dict)
     #: How late the last polls started against their schedule (seconds), for /status.
     start_late_s: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     #: How long polls took (seconds), for /metrics.
@@ -61,9 +68,26 @@ class DeviceStatus:
             "last_good_poll_ts": self.last_good_poll_ts,
             "errors": dict(self.errors),
             "last_error": self.last_error,
+            "last_error_ts": self.last_error_ts,
             "skipped_polls": self.skipped_polls,
             "connects": self.connects,
+            "state_since_ts": self.state_since_ts,
             "poll_start_late_ms": _percentiles_ms(self.start_late_s),
+            # Unpacked rather than read by name, and the enums left as they are (they are
+            # strings): a big line has thousands of tags, and this runs every second while a
+            # live page is open. NaN and infinities become text: JSON has no such numbers.
+            "tags": {
+                tag: {
+                    "value": value
+                    if type(value) is not float or math.isfinite(value)
+                    else str(value),
+                    "unit": unit,
+                    "quality": quality,
+                    "error": error,
+                    "ts": ts,
+                }
+                for ts, tag, value, unit, quality, error in self.last_readings.values()
+            },
         }
 
 
@@ -168,6 +192,7 @@ class Poller:
             await self._driver.close()
             return False
         self.status.connected = True
+        self.status.state_since_ts = self._clock()
         if self.status.connects:
             log.warning("device %s: connected again", self.status.name)
         else:
@@ -190,6 +215,9 @@ class Poller:
             await self._driver.close()
             return
         status.poll_seconds.observe(time.perf_counter() - started)
+        last = status.last_readings
+        for reading in readings:
+            last[reading.tag] = reading
         bad = Counter(r.error.value for r in readings if r.quality is Quality.BAD and r.error)
         if bad:
             status.errors.update(bad)
@@ -202,6 +230,7 @@ class Poller:
                 )
             status._logged_codes.update(bad)
             status.last_error = ", ".join(sorted(bad))
+            status.last_error_ts = status.last_poll_ts
         else:
             if status._logged_codes:
                 log.info("device %s: all tags good again", status.name)
@@ -221,6 +250,7 @@ class Poller:
         status = self.status
         status.errors[code.value] += 1
         status.last_error = f"{code.value}: {message}"
+        status.last_error_ts = self._clock()
         if status.connected or code.value not in status._logged_codes:
             # Log the state change (or a new kind of failure), not every retry.
             log.error(
@@ -231,4 +261,6 @@ class Poller:
                 exc_info=exc if code is ErrorCode.INTERNAL else None,
             )
             status._logged_codes = {code.value}
+        if status.connected:
+            status.state_since_ts = self._clock()
         status.connected = False

@@ -18,15 +18,16 @@ from typing import Any
 from collector import __version__, metrics, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
-from collector.config import Config, DeviceConfig, OpcUaDevice, load_config
+from collector.config import Config, DeviceConfig, load_config
 from collector.context import StationContext
+from collector.devices import FileKind, dotted
 from collector.driver import Driver
 from collector.errors import ConfigError
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
 from collector.poller import DeviceStatus, Poller, phase_s
 from collector.reading import Reading
-from drivers import create_driver
+from drivers.registry import create_driver
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +55,8 @@ async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], limit_s: float = 1
 
 def warn_about_secret_files(config: Config) -> None:
     """Warn (once, at start-up) when a file holding a secret can be read by other users."""
-    m = config.mqtt
-    secrets = [
-        ("mqtt.password_file", m.password_file),
-        ("health.token_file", config.health.token_file),
-    ]
-    if m.tls is not None:
-        secrets.append(("mqtt.tls.key_file", m.tls.key_file))
-    for index, device in enumerate(config.devices):
-        if isinstance(device, OpcUaDevice):
-            where = f"devices[{index}]"
-            secrets += [
-                (f"{where}.security.private_key_file", device.security.private_key_file),
-                (f"{where}.user.password_file", device.user.password_file),
-                (f"{where}.user.private_key_file", device.user.private_key_file),
-            ]
-    for field, path in secrets:
-        if path is None:
+    for field, path, kind in config.secret_files():
+        if path is None or kind is not FileKind.SECRET:
             continue
         try:
             mode = path.stat().st_mode
@@ -79,7 +65,7 @@ def warn_about_secret_files(config: Config) -> None:
         if mode & stat.S_IROTH:
             log.warning(
                 "%s %s is readable by every user (mode %s): chmod o-r it",
-                field,
+                dotted(field),
                 path,
                 oct(stat.S_IMODE(mode)),
             )
@@ -99,6 +85,7 @@ class Service:
             self.outbox,
             changes=self.context.take_changes,
             commit_interval_s=b.commit_interval_ms / 1000,
+            max_readings_per_batch=config.mqtt.max_readings_per_message,
         )
         self.mqtt = MqttStatus()
         self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
@@ -410,4 +397,5 @@ class Service:
                 "write_error": self.writer.last_error,
             },
             "mqtt": self.mqtt.snapshot(),
+            "http": None if self.health_server is None else self.health_server.stats(),
         }

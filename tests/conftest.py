@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import Mosquitto, mosquitto_binary
 from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of the store's tests
 

@@ -415,6 +415,28 @@ async def test_writer_numbers_polls_and_an_overflow_leaves_a_counted_gap(tmp_pat
     await box.close()
 
 
+async def test_a_poll_larger_than_a_message_is_cut_when_it_is_encoded(tmp_path: Path) -> None:
+    """A poll with more readings than a message carries is stored as even parts, each one
+    message's worth, with the same readings and seqs as one batch would have had: the
+    forwarder then never has to decode, split and rewrite it in the buffer."""
+    from collector.buffer import AsyncOutbox, BufferWriter
+
+    box = AsyncOutbox(tmp_path / "b.db", 10_000)
+    await box.open()
+    writer = BufferWriter(box, max_readings_per_batch=500)
+    readings = [Reading(1_700_000_000.0 + i % 7, f"t{i}", i, "V") for i in range(1201)]
+    contexts = [Context("st", "SN1", "op")] * 1201
+    writer.submit("dev", readings, contexts)
+    writer.submit("dev", readings[:500], contexts[:500])  # exactly a message: one batch
+    await writer.flush()
+    stored = box.outbox.take(0, 10_000, 1 << 30)
+    assert seqs(stored) == [(1, 401), (402, 802), (803, 1201), (1202, 1701)]
+    assert [b.ts for b in stored][:3] == [1_700_000_000.0] * 3  # each part's oldest reading
+    whole = objects([make_batch(ENCODER, 1, "dev", readings, contexts)])
+    assert objects(stored[:3]) == whole
+    await box.close()
+
+
 def test_a_failed_commit_with_deletes_changes_nothing(tmp_path: Path) -> None:
     import pytest
     import sqlalchemy as sa

@@ -15,7 +15,9 @@ from collector.errors import ConfigError
 from tests.conftest import REPO
 
 # Every example under config/ is validated here, so the examples cannot rot.
-EXAMPLES = sorted((REPO / "config").glob("*.yaml"))
+# config/ also holds example files of other kinds, each loaded by its own test.
+NOT_COLLECTOR = {"pilot-protocol.yaml"}
+EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in NOT_COLLECTOR)
 
 BASE = """\
 collector:

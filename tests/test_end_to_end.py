@@ -16,9 +16,11 @@ import httpx
 import pytest
 import yaml
 
-from collector.config import Config, ModbusTable
+from collector.config import Config
 from collector.service import Service
-from drivers.modbus import SimulatedModbusServer, TagCodec
+from drivers.modbus.codec import TagCodec
+from drivers.modbus.config import ModbusTable
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import (
     Mosquitto,
     Subscriber,

@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from collector.config import ByteOrder, ModbusTable, ModbusTag, WordOrder
-from drivers.modbus import TagCodec, decode, encode
+from drivers.modbus.codec import TagCodec, decode, encode
+from drivers.modbus.config import ByteOrder, ModbusTable, ModbusTag, WordOrder
 
 B, L = ByteOrder.BIG, ByteOrder.LITTLE
 WB, WL = WordOrder.BIG, WordOrder.LITTLE
@@ -126,7 +126,7 @@ def test_unscaled_integers_stay_integers() -> None:
 def test_the_fast_path_decodes_exactly_as_the_general_one(
     type_: str, scale: float, offset: float, byte_order: str
 ) -> None:
-    from drivers.modbus import Request, readings_from_reply
+    from drivers.modbus.plan import Request, readings_from_reply
 
     tag = ModbusTag.model_validate(
         {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.config import ByteOrder, ModbusTag, WordOrder
-from drivers.modbus import TagCodec, plan_requests
+from drivers.modbus.codec import TagCodec
+from drivers.modbus.config import ByteOrder, ModbusTag, WordOrder
+from drivers.modbus.plan import plan_requests
 
 
 def tags(

@@ -10,9 +10,10 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from collector.config import ByteOrder, ModbusTable, ModbusTag, WordOrder
 from collector.errors import ErrorCode, RequestError
-from drivers.modbus import Request, TagCodec, check_reply
+from drivers.modbus.codec import TagCodec
+from drivers.modbus.config import ByteOrder, ModbusTable, ModbusTag, WordOrder
+from drivers.modbus.plan import Request, check_reply
 
 
 def request(table: ModbusTable, count: int) -> Request:

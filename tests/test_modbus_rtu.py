@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from collector.backoff import Backoff
-from collector.config import ModbusRtuDevice, ModbusTable
 from collector.errors import ErrorCode
 from collector.poller import DeviceStatus, Poller
 from collector.reading import Quality, Reading
-from drivers.modbus import ModbusRtuDriver, SimulatedModbusServer
+from drivers.modbus.config import ModbusRtuDevice, ModbusTable
+from drivers.modbus.driver import ModbusRtuDriver
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import PtyLink, async_wait_until
 
 

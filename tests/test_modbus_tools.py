@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from collector.config import ByteOrder, ModbusTable, ModbusTag, ModbusType, WordOrder
-from drivers.modbus import SimulatedModbusServer, TagCodec, interpretations
+from drivers.modbus.codec import TagCodec, interpretations
+from drivers.modbus.config import ByteOrder, ModbusTable, ModbusTag, ModbusType, WordOrder
+from drivers.modbus.sim import SimulatedModbusServer
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import Config
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.conftest import require_mosquitto
 from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
 from tests.test_end_to_end import TOPIC, RunningService, config_dict, set_tester

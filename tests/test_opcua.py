@@ -1,4 +1,4 @@
-"""OPC-UA against a real asyncua server in-process (drivers/opcua.py's simulated burn-in rack):
+"""OPC-UA against a real asyncua server in-process (drivers/opcua/sim.py's simulated burn-in rack):
 batched polling, subscriptions with a deadband, status codes, recovery after a server restart
 that changes the namespace index, secure sessions, and the errors a technician sees."""
 
@@ -15,18 +15,14 @@ from typing import Any
 import pytest
 
 from collector.backoff import Backoff
-from collector.config import OpcUaDevice, OpcUaSecurity, parse_config
+from collector.config import parse_config
 from collector.errors import ErrorCode, NotConnectedError
 from collector.poller import DeviceStatus, Poller
 from collector.reading import Quality, Reading
-from drivers.opcua import (
-    RACK_NAMESPACE,
-    OpcUaDriver,
-    SimulatedBurnInRack,
-    browse,
-    make_certificate,
-    rack_tags,
-)
+from drivers.opcua.config import OpcUaDevice, OpcUaSecurity
+from drivers.opcua.driver import OpcUaDriver, make_certificate
+from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_tags
+from drivers.opcua.tools import browse
 from tests.helpers import async_wait_until
 
 # StatusCode values the simulated server can set (OPC-UA Part 6).
@@ -124,11 +120,15 @@ async def test_subscription_reports_changes_beyond_the_deadband_with_source_time
 
     await changes_until(25.0)  # the initial value
     before = time.time()
-    for value in (25.5, 25.9, 24.2, 27.0):  # 25.5, 25.9 within 1.0 of 25.0; 24.2 is not
+    # OPC-UA Part 4 (7.22.2, DataChangeFilter): a change is reported when it differs from the
+    # last *reported* value by more than the deadband. Each step below is on the same side of
+    # the deadband whether a server compares with the last reported or the last sampled value
+    # (asyncua's server does the latter), so the test pins the semantics, not a server.
+    for value in (25.5, 27.0, 26.6, 24.0):  # 0.5: no; 2.0: yes; 0.4: no; 3.0: yes
         await rack.set("Slot01.Temp", value)
         await asyncio.sleep(0.1)  # let the server sample each one (sampling is 10 ms)
-    await changes_until(27.0)
-    assert [r.value for r in received] == [25.0, 24.2, 27.0]
+    await changes_until(24.0)
+    assert [r.value for r in received] == [25.0, 27.0, 24.0]
     assert all(r.tag == "temp" and r.unit == "degC" for r in received)
     assert received[-1].ts >= before - 1  # the server's source timestamp, not ours
 
@@ -289,6 +289,37 @@ async def test_an_untrusted_server_or_a_wrong_password_is_a_clear_error_and_retr
     assert status.snapshot()["errors"]["security"] >= 3
     logged = [r.getMessage() for r in caplog.records if "user rejected" in r.getMessage()]
     assert len(logged) == 1, logged  # once per episode, not at every retry
+
+
+async def test_a_subscription_ended_by_the_server_is_lost_and_made_again(
+    rack: SimulatedBurnInRack,
+) -> None:
+    temp = {"name": "temp", "namespace_uri": RACK_NAMESPACE, "id": "s=Rack1.Slot01.Temp"}
+    status = DeviceStatus("rack-1", "opcua", None)
+    readings: list[Reading] = []
+    poller = Poller(
+        OpcUaDriver(device(rack, collect="subscribe", tags=[temp])),
+        status,
+        0.05,
+        lambda _device, polled: readings.extend(polled),
+        Backoff(0.05, 0.2),
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_until(lambda: any(r.value == 25.0 for r in readings), 10, "first value")
+        # The session stays up, only the subscription ends: nothing but the server's status
+        # change says that no data will come any more.
+        assert await rack.end_subscriptions() == 1
+        await async_wait_until(lambda: status.connects >= 2, 10, "a new subscription")
+        assert status.errors == {"connection": 1}
+        assert "subscription ended by the server: BadTimeout" in (status.last_error or "")
+        await rack.set("Slot01.Temp", 31.5)
+        await async_wait_until(
+            lambda: any(r.value == 31.5 for r in readings), 10, "a change on the new subscription"
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_browse_lists_the_rack_with_stable_node_ids(rack: SimulatedBurnInRack) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from collector.config import Config, load_config
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
 from tests.test_end_to_end import (
     TOPIC,

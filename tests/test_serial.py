@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 
 from collector.backoff import Backoff
-from collector.config import BarcodeScannerDevice, LineField, SerialAsciiDevice, StationConfig
+from collector.config import StationConfig
 from collector.context import StationContext
 from collector.errors import ErrorCode
 from collector.poller import DeviceStatus, Poller
 from collector.reading import Quality, Reading
-from drivers.serial import BarcodeScannerDriver, LineAssembler, LineParser, SerialAsciiDriver
+from drivers.serial.config import BarcodeScannerDevice, LineField, SerialAsciiDevice
+from drivers.serial.driver import BarcodeScannerDriver, SerialAsciiDriver
+from drivers.serial.lines import LineAssembler, LineParser
 from tests.helpers import PtyPort, async_wait_until
 
 # --------------------------------------------------------------------------- pure logic
@@ -236,7 +238,7 @@ async def test_scanner_sets_the_station_serial_through_the_serial_source_seam(
 
 
 def _tester_in(station: str) -> Any:
-    from collector.config import ModbusTcpDevice
+    from drivers.modbus.config import ModbusTcpDevice
 
     return ModbusTcpDevice.model_validate(
         {
@@ -312,7 +314,7 @@ async def test_probe_command_shows_lines_and_what_the_pattern_makes_of_them(
 
 
 def test_probe_url_errors_are_clear() -> None:
-    from drivers.serial import probe_device
+    from drivers.serial.tools import probe_device
 
     with pytest.raises(ValueError, match="expected serial:///dev/PORT"):
         probe_device("modbus://1.2.3.4", None, None)

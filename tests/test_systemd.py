@@ -56,6 +56,7 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
+        "LimitNOFILE=65536",  # not systemd's default 1024 (tests/test_health_server.py)
     ):
         assert line in text, line
 

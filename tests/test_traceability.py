@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from collector.config import Config
-from drivers.modbus import SimulatedModbusServer, TagCodec
+from drivers.modbus.codec import TagCodec
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import Mosquitto, PtyPort, Subscriber, assert_no_gaps, async_wait_until
 from tests.test_end_to_end import TOPIC, RunningService, start_collector
 

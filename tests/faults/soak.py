@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from collector.buffer import Outbox
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import Mosquitto, Subscriber, wait_until
 from tests.test_end_to_end import TOPIC, start_collector, write_config
 

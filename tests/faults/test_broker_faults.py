@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from collector.buffer import Outbox
-from collector.config import Config, ModbusTable
-from drivers.modbus import SimulatedModbusServer
+from collector.config import Config
+from drivers.modbus.config import ModbusTable
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.faults.conftest import SilentProxy
 from tests.helpers import (
     Mosquitto,

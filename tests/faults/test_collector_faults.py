@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from collector.config import Config
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.faults.conftest import SmallDisk
 from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
 from tests.test_end_to_end import (

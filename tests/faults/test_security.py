@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import Config
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from tests.conftest import require_mosquitto
 from tests.faults.conftest import TlsFiles
 from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until

@@ -1,6 +1,7 @@
 """OPC-UA driver (asyncua): batched polling, subscriptions, secure sessions, recovery.
 
-The only module that imports asyncua. Choices that shape it:
+The only module of the collector that imports asyncua (the simulator, drivers.opcua.sim, is
+the other one). Certificates are pure (drivers.opcua.certificates). Choices that shape it:
 
 - **A fresh client per connection, and we own recovery.** asyncua's own reconnect
   (``auto_reconnect``) re-creates subscriptions with the NodeIds it had; after a server
@@ -28,40 +29,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from asyncua import Client, Server, ua
+from asyncua import Client, ua
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen, security_policies
-from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from collector.config import (
+from collector.errors import ErrorCode, NotConnectedError
+from collector.reading import Quality, Reading, Value
+from drivers.opcua.certificates import (
+    application_uri_for,
+    application_uri_of,
+    fingerprint,
+    trusted_certificates,
+)
+from drivers.opcua.config import (
     Deadband,
     OpcUaCollect,
     OpcUaDevice,
     OpcUaMode,
     OpcUaPolicy,
-    OpcUaSecurity,
     OpcUaTag,
 )
-from collector.errors import ErrorCode, NotConnectedError
-from collector.reading import Quality, Reading, Value
 
 log = logging.getLogger(__name__)
 # asyncua warns at every connect about things we decide on purpose (a revised session
@@ -90,46 +93,6 @@ _SECURITY_STATUS = {
     "trusted by the server?)",
     ua.StatusCodes.BadSecurityPolicyRejected: "security policy rejected by the server",
 }
-
-
-def fingerprint(der: bytes) -> str:
-    return hashlib.sha256(der).hexdigest()
-
-
-def _load_der(path: Path) -> bytes:
-    data = path.read_bytes()
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
-    return data
-
-
-def trusted_certificates(security: OpcUaSecurity) -> set[bytes]:
-    """The DER bytes of every server certificate the config trusts."""
-    trusted: set[bytes] = set()
-    if security.server_certificate_file is not None:
-        trusted.add(_load_der(security.server_certificate_file))
-    folder = security.trusted_certificates_dir
-    if folder is not None and folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in (".der", ".pem", ".crt", ".cer"):
-                with contextlib.suppress(ValueError, OSError):
-                    trusted.add(_load_der(path))
-    return trusted
-
-
-def _application_uri(certificate: Path) -> str | None:
-    """The URI in the certificate's subjectAltName: the client must announce the same."""
-    cert = x509.load_der_x509_certificate(_load_der(certificate))
-    with contextlib.suppress(x509.ExtensionNotFound):
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
-        if uris:
-            return str(uris[0])
-    return None
-
-
-def application_uri_for(host: str | None = None) -> str:
-    return f"urn:{host or socket.gethostname()}:shopfloor-collector"
 
 
 async def make_certificate(
@@ -205,6 +168,28 @@ def _deadband_filter(deadband: Deadband | None) -> ua.DataChangeFilter | None:
     )
     flt.DeadbandValue = deadband.value
     return flt
+
+
+@dataclass(frozen=True, slots=True)
+class BrowsedNode:
+    depth: int
+    path: str
+    node_id: str  # as the config's `node:` takes it
+    namespace_uri: str | None  # with `id`, the form that survives a namespace index change
+    id: str
+    node_class: str
+    data_type: str | None
+    value: str | None
+
+    def line(self) -> str:
+        """One line of the browse tree."""
+        name = self.path.rsplit("/", 1)[-1]
+        text = f"{'  ' * self.depth}{name}  [{self.node_class}] {self.node_id}"
+        if self.data_type is not None:
+            text += f"  {self.data_type}"
+        if self.value is not None:
+            text += f" = {self.value}"
+        return text
 
 
 # --------------------------------------------------------------------------- the driver
@@ -367,6 +352,55 @@ class OpcUaDriver:
         if client is not None:
             await self._discard(client)
 
+    async def browse(
+        self, max_depth: int = 6, max_nodes: int = 5000, standard: bool = False
+    ) -> list[BrowsedNode]:
+        """The address space under Objects, depth first, bounded in depth and node count;
+        ``standard`` includes the OPC-UA standard's own objects (Server, ...). For the browse
+        tool (drivers.opcua.tools), on a connected driver."""
+        client = self._client
+        if client is None:
+            raise NotConnectedError(f"{self.device.endpoint}: not connected")
+        out: list[BrowsedNode] = []
+        array = await client.get_namespace_array()
+
+        async def visit(node: Node, path: str, depth: int) -> None:
+            for child in await node.get_children():
+                if len(out) >= max_nodes:
+                    return
+                if depth == 0 and child.nodeid.NamespaceIndex == 0 and not standard:
+                    continue  # Server, Aliases, ...: the standard's own objects, not a machine's
+                name = (await child.read_browse_name()).Name
+                node_class = await child.read_node_class()
+                child_path = f"{path}/{name}"
+                data_type = value = None
+                if node_class is ua.NodeClass.Variable:
+                    with contextlib.suppress(Exception):
+                        type_id = await child.read_data_type()
+                        data_type = (await client.get_node(type_id).read_browse_name()).Name
+                    with contextlib.suppress(Exception):
+                        value = repr(await child.read_value())[:60]
+                node_id: str = child.nodeid.to_string()
+                index = child.nodeid.NamespaceIndex
+                uri = array[index] if 0 < index < len(array) else None
+                out.append(
+                    BrowsedNode(
+                        depth,
+                        child_path,
+                        node_id,
+                        uri,
+                        node_id.split(";", 1)[-1],
+                        node_class.name,
+                        data_type,
+                        value,
+                    )
+                )
+                if node_class is ua.NodeClass.Object and depth < max_depth:
+                    await visit(child, child_path, depth + 1)
+
+        await visit(client.nodes.objects, "", 0)
+        return out
+
     # ------------------------------------------------------------------ connect steps
 
     async def _secure(self, client: Client) -> None:
@@ -375,7 +409,7 @@ class OpcUaDriver:
             return
         assert security.certificate_file is not None
         assert security.private_key_file is not None
-        uri = _application_uri(security.certificate_file)
+        uri = application_uri_of(security.certificate_file)
         if uri is not None:
             client.application_uri = uri
         trusted = trusted_certificates(security)
@@ -504,263 +538,3 @@ class OpcUaDriver:
             await asyncio.wait_for(client.disconnect(), 2.0)
         with contextlib.suppress(Exception):
             client.disconnect_socket()
-
-
-# --------------------------------------------------------------------------- browse
-
-
-@dataclass(frozen=True, slots=True)
-class BrowsedNode:
-    depth: int
-    path: str
-    node_id: str  # as the config's `node:` takes it
-    namespace_uri: str | None  # with `id`, the form that survives a namespace index change
-    id: str
-    node_class: str
-    data_type: str | None
-    value: str | None
-
-    def line(self) -> str:
-        """One line of the browse tree."""
-        name = self.path.rsplit("/", 1)[-1]
-        text = f"{'  ' * self.depth}{name}  [{self.node_class}] {self.node_id}"
-        if self.data_type is not None:
-            text += f"  {self.data_type}"
-        if self.value is not None:
-            text += f" = {self.value}"
-        return text
-
-
-async def browse(  # noqa: PLR0917 - mirrors the command line's options
-    endpoint: str,
-    security: OpcUaSecurity,
-    username: str | None = None,
-    password: str | None = None,
-    max_depth: int = 6,
-    max_nodes: int = 5000,
-    timeout_s: float = 5.0,
-    standard: bool = False,
-) -> list[BrowsedNode]:
-    """The address space under Objects, depth first, bounded in depth and node count;
-    ``standard`` includes the OPC-UA standard's own objects (Server, ...)."""
-    device = OpcUaDevice.model_validate(
-        {
-            "name": "browse",
-            "protocol": "opcua",
-            "endpoint": endpoint,
-            "timeout_ms": int(timeout_s * 1000),
-            "security": security.model_dump(),
-            "tags": [{"name": "x", "node": "i=2258"}],
-        }
-    )
-    driver = OpcUaDriver(device)
-    if username is not None:
-        driver.device = device.model_copy(
-            update={"user": device.user.model_copy(update={"username": username})}
-        )
-    client = Client(endpoint, timeout=timeout_s)
-    client.application_uri = application_uri_for()
-    try:
-        await driver._secure(client)
-        if username is not None:
-            client.set_user(username)
-            if password is not None:
-                client.set_password(password)
-        await client.connect()
-    except ServiceError as exc:
-        raise NotConnectedError(driver._security_message(exc), ErrorCode.SECURITY) from exc
-    except ua.UaStatusCodeError as exc:
-        raise driver._status_error(exc) from exc
-    except _LINK_ERRORS as exc:
-        raise NotConnectedError(f"{endpoint}: cannot connect: {exc!r}") from exc
-    try:
-        return await _walk(client, max_depth, max_nodes, standard)
-    finally:
-        await OpcUaDriver._discard(client)
-
-
-async def _walk(
-    client: Client, max_depth: int, max_nodes: int, standard: bool
-) -> list[BrowsedNode]:
-    out: list[BrowsedNode] = []
-    array = await client.get_namespace_array()
-
-    async def visit(node: Node, path: str, depth: int) -> None:
-        for child in await node.get_children():
-            if len(out) >= max_nodes:
-                return
-            if depth == 0 and child.nodeid.NamespaceIndex == 0 and not standard:
-                continue  # Server, Aliases, ...: the standard's own objects, not a machine's
-            name = (await child.read_browse_name()).Name
-            node_class = await child.read_node_class()
-            child_path = f"{path}/{name}"
-            data_type = value = None
-            if node_class is ua.NodeClass.Variable:
-                with contextlib.suppress(Exception):
-                    type_id = await child.read_data_type()
-                    data_type = (await client.get_node(type_id).read_browse_name()).Name
-                with contextlib.suppress(Exception):
-                    value = repr(await child.read_value())[:60]
-            node_id: str = child.nodeid.to_string()
-            index = child.nodeid.NamespaceIndex
-            uri = array[index] if 0 < index < len(array) else None
-            out.append(
-                BrowsedNode(
-                    depth,
-                    child_path,
-                    node_id,
-                    uri,
-                    node_id.split(";", 1)[-1],
-                    node_class.name,
-                    data_type,
-                    value,
-                )
-            )
-            if node_class is ua.NodeClass.Object and depth < max_depth:
-                await visit(child, child_path, depth + 1)
-
-    await visit(client.nodes.objects, "", 0)
-    return out
-
-
-# --------------------------------------------------------------------------- simulated rack
-
-
-RACK_NAMESPACE = "urn:shopfloor-collector:demo:burn-in-rack"
-
-
-class _PasswordUsers(UserManager):
-    def __init__(self, users: dict[str, str]) -> None:
-        self.users = users
-
-    def get_user(
-        self,
-        iserver: Any,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: Any = None,
-    ) -> User | None:
-        if username is None:
-            return None
-        if self.users.get(username) == password:
-            return User(role=UserRole.User)
-        return None
-
-
-class SimulatedBurnInRack:
-    """A real asyncua server: a burn-in rack with ``slots`` slots, each with Temp, Voltage,
-    Current and Serial, under namespace :data:`RACK_NAMESPACE` (for the demo and the tests).
-
-    ``filler_namespaces`` registers other namespaces first, so that the rack's namespace index
-    can be made to change between two starts on the same port, as it can after a real server
-    restart. With ``certificate`` and ``key`` it offers Basic256Sha256 SignAndEncrypt only;
-    with ``users`` it takes only those user names and passwords."""
-
-    def __init__(
-        self,
-        slots: int = 4,
-        *,
-        port: int = 0,
-        filler_namespaces: int = 0,
-        certificate: Path | None = None,
-        key: Path | None = None,
-        users: dict[str, str] | None = None,
-    ) -> None:
-        self.slots = slots
-        self.port = port
-        self.filler_namespaces = filler_namespaces
-        self.certificate, self.key, self.users = certificate, key, users
-        self.server: Server | None = None
-        self.namespace_index = 0
-        self._nodes: dict[str, Node] = {}
-
-    @property
-    def endpoint(self) -> str:
-        return f"opc.tcp://127.0.0.1:{self.port}/rack"
-
-    async def start(self) -> None:
-        if not self.port:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                self.port = int(s.getsockname()[1])
-        server = Server(user_manager=_PasswordUsers(self.users) if self.users else None)
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_server_name("Simulated burn-in rack")
-        if self.certificate is not None and self.key is not None:
-            await server.load_certificate(str(self.certificate))
-            await server.load_private_key(str(self.key))
-            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-        if self.users:
-            server.set_identity_tokens([ua.UserNameIdentityToken])
-        for i in range(self.filler_namespaces):
-            await server.register_namespace(f"urn:shopfloor-collector:demo:filler:{i}")
-        ns = self.namespace_index = await server.register_namespace(RACK_NAMESPACE)
-        rack = await server.nodes.objects.add_object(
-            _sid(ns, "Rack1"), ua.QualifiedName("Rack1", ns)
-        )
-        for slot in range(1, self.slots + 1):
-            name = f"Slot{slot:02d}"
-            obj = await rack.add_object(_sid(ns, f"Rack1.{name}"), ua.QualifiedName(name, ns))
-            for variable, initial, variant in (
-                ("Temp", 25.0, ua.VariantType.Double),
-                ("Voltage", 12.0, ua.VariantType.Double),
-                ("Current", 0.5, ua.VariantType.Double),
-                ("Serial", "", ua.VariantType.String),
-            ):
-                node = await obj.add_variable(
-                    _sid(ns, f"Rack1.{name}.{variable}"),
-                    ua.QualifiedName(variable, ns),
-                    ua.Variant(initial, variant),
-                )
-                self._nodes[f"{name}.{variable}"] = node
-        state = await rack.add_variable(
-            _sid(ns, "Rack1.DoorOpen"), ua.QualifiedName("DoorOpen", ns), False
-        )
-        self._nodes["DoorOpen"] = state
-        await server.start()
-        self.server = server
-
-    async def set(self, name: str, value: Any, status: int | None = None) -> None:
-        """Set e.g. ``Slot03.Temp``; ``status`` (a StatusCode value) marks it bad/uncertain."""
-        node = self._nodes[name]
-        variant = await node.read_data_type_as_variant_type()
-        now: Any = datetime.now(UTC)  # ua.DateTime is datetime, typed as a class of its own
-        data = ua.DataValue(
-            ua.Variant(value, variant),
-            StatusCode=ua.StatusCode(ua.UInt32(status or 0)),
-            SourceTimestamp=now,
-            ServerTimestamp=now,
-        )
-        await node.write_value(data)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
-
-
-def _sid(ns: int, name: str) -> ua.NodeId:
-    return ua.NodeId.from_string(f"ns={ns};s={name}")
-
-
-def rack_tags(slots: Iterable[int]) -> list[dict[str, Any]]:
-    """Config tags for the simulated rack's slots, addressed by namespace URI."""
-    tags = []
-    for slot in slots:
-        name = f"Slot{slot:02d}"
-        for variable, unit in (
-            ("Temp", "degC"),
-            ("Voltage", "V"),
-            ("Current", "A"),
-            ("Serial", None),
-        ):
-            tags.append(
-                {
-                    "name": f"slot{slot:02d}_{variable.lower()}",
-                    "namespace_uri": RACK_NAMESPACE,
-                    "id": f"s=Rack1.{name}.{variable}",
-                    **({"unit": unit} if unit else {}),
-                }
-            )
-    return tags

@@ -1,8 +1,7 @@
 """Serial ASCII instruments and barcode scanners. The only module that imports pyserial.
 
-- :class:`LineAssembler` (pure): bytes in, complete lines out, each stamped when its terminator
-  arrived. Lines split across reads are joined; a line longer than ``max_line_bytes`` is
-  discarded up to its terminator and counted; garbage never stops the lines after it.
+The line logic is pure (drivers.serial.lines); here:
+
 - :class:`SerialLines`: an ``asyncio.Protocol`` on pyserial-asyncio-fast that feeds the
   assembler from ``data_received``, so a line's timestamp is when it arrived, not when the
   poller collected it. No task of its own: the core's poller calls ``read``.
@@ -29,23 +28,15 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import serial
 import serial_asyncio_fast
 
-from collector.config import (
-    BarcodeScannerDevice,
-    FieldType,
-    FlowControl,
-    LineField,
-    Parity,
-    SerialAsciiDevice,
-)
 from collector.errors import ErrorCode, NotConnectedError
-from collector.reading import Reading, Value
+from collector.reading import Reading
+from drivers.serial.config import BarcodeScannerDevice, FlowControl, Parity, SerialAsciiDevice
+from drivers.serial.lines import LineAssembler, LineParser
 
 log = logging.getLogger(__name__)
 
@@ -57,95 +48,6 @@ _PARITY = {
     Parity.MARK: serial.PARITY_MARK,
     Parity.SPACE: serial.PARITY_SPACE,
 }
-
-
-# --------------------------------------------------------------------------- pure logic
-
-
-@dataclass
-class LineAssembler:
-    """Splits a byte stream into lines on ``terminator``; bounded memory whatever arrives."""
-
-    terminator: bytes
-    max_line_bytes: int
-    overlong: int = 0
-    _buffer: bytearray = field(default_factory=bytearray)
-    _discarding: bool = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Lines completed by ``data``, without their terminators (CR/LF around are stripped)."""
-        # Split on the terminator's last byte, so CRLF, LF and stray CRs are all tolerated.
-        end = self.terminator[-1:]
-        lines: list[bytes] = []
-        parts = data.split(end)
-        for index, part in enumerate(parts):
-            complete = index < len(parts) - 1
-            if not self._discarding:
-                self._buffer += part
-                if len(self._buffer) > self.max_line_bytes:
-                    # Too long to be a real line (noise, a wrong baud rate): drop it to its end.
-                    self.overlong += 1
-                    self._buffer.clear()
-                    self._discarding = True
-            if complete:
-                if not self._discarding:
-                    line = bytes(self._buffer).strip(b"\r\n")
-                    if line:
-                        lines.append(line)
-                self._buffer.clear()
-                self._discarding = False
-        return lines
-
-
-def convert(text: str, spec: LineField) -> Value:
-    """One matched group to a value, per its field spec. Raises ValueError if it does not fit."""
-    if spec.type is FieldType.STRING:
-        return text
-    if spec.type is FieldType.BOOL:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "on", "yes", "ok", "pass"):
-            return True
-        if lowered in ("0", "false", "off", "no", "nok", "fail"):
-            return False
-        raise ValueError(f"not a boolean: {text!r}")
-    number = float(text.replace(" ", "")) if spec.type is FieldType.FLOAT else int(text.strip())
-    if spec.scale != 1.0 or spec.offset != 0.0:
-        return float(number * spec.scale + spec.offset)
-    return number
-
-
-@dataclass(frozen=True, slots=True)
-class LineParser:
-    """A named-group pattern: a line becomes one reading per group."""
-
-    pattern: re.Pattern[str]
-    fields: dict[str, LineField]
-
-    @classmethod
-    def for_device(cls, device: SerialAsciiDevice) -> LineParser:
-        return cls(re.compile(device.pattern), dict(device.fields))
-
-    def parse(self, line: str, ts: float) -> list[Reading] | None:
-        """Readings of a matching line; None if the line does not match."""
-        match = self.pattern.search(line)
-        if match is None:
-            return None
-        readings = []
-        for name, text in match.groupdict().items():
-            spec = self.fields.get(name, LineField())
-            if text is None:
-                readings.append(Reading.bad(ts, name, ErrorCode.BAD_INPUT, spec.unit))
-                continue
-            try:
-                value = convert(text, spec)
-            except ValueError:
-                readings.append(Reading.bad(ts, name, ErrorCode.DECODE, spec.unit))
-            else:
-                readings.append(Reading(ts, name, value, spec.unit))
-        return readings
-
-
-# --------------------------------------------------------------------------- the port
 
 
 class SerialLines(asyncio.Protocol):
@@ -229,6 +131,19 @@ class _SerialDriver:
         if self._lines is not None and self._lines.transport is not None:
             self._lines.transport.close()
         self._lines = None
+
+    async def lines(self, wait_s: float, send: str | None = None) -> list[tuple[float, str]]:
+        """The lines received so far or within ``wait_s``, after sending ``send`` (with the line
+        end) if given: one exchange, for the probe tool (drivers.serial.tools). Raises
+        NotConnectedError when the port is gone."""
+        lines = self._open_lines()
+        if send is not None:
+            assert lines.transport is not None
+            d = self._device
+            lines.transport.write(send.encode(d.encoding) + d.terminator.bytes)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lines.arrived.wait(), wait_s)
+        return self._received()
 
     def _open_lines(self) -> SerialLines:
         lines = self._lines
@@ -352,77 +267,3 @@ class BarcodeScannerDriver(_SerialDriver):
             if pattern.fullmatch(code):
                 return tag
         return "serial" if self._serial.fullmatch(code) else None
-
-
-# --------------------------------------------------------------------------- probe
-
-
-def probe_device(url: str, query: str | None, pattern: str | None) -> SerialAsciiDevice:
-    """A device config from ``serial:///dev/ttyUSB0?baud=9600&parity=even&terminator=crlf``."""
-    parts = urlsplit(url)
-    if parts.scheme != "serial" or not parts.path:
-        raise ValueError(f"expected serial:///dev/PORT?baud=N, got {url!r}")
-    params = dict(parse_qsl(parts.query))
-    unknown = set(params) - {"baud", "parity", "bytesize", "stopbits", "terminator", "encoding"}
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {sorted(unknown)}; allowed: baud, parity, "
-            "bytesize, stopbits, terminator, encoding"
-        )
-    spec: dict[str, Any] = {
-        "name": "probe",
-        "protocol": "serial_ascii",
-        "port": parts.path,
-        "mode": "query" if query else "listen",
-        "command": query,
-        "pattern": pattern or r"(?P<line>.*)",
-        "timeout_ms": 2000,
-        "baudrate": int(params.get("baud", 9600)),
-        "parity": params.get("parity", "none"),
-        "bytesize": int(params.get("bytesize", 8)),
-        "stopbits": int(params.get("stopbits", 1)),
-        "terminator": params.get("terminator", "crlf"),
-        "encoding": params.get("encoding", "ascii"),
-    }
-    if pattern is None:
-        spec["fields"] = {"line": {"type": "string"}}
-    return SerialAsciiDevice.model_validate(spec)
-
-
-async def probe(device: SerialAsciiDevice, seconds: float, out: Callable[[str], None]) -> int:
-    """Show each line as it arrives and what the pattern makes of it, for ``seconds``."""
-    driver = SerialAsciiDriver(device)
-    await driver.connect()
-    parser = LineParser.for_device(device)
-    out(
-        f"probing {device.port} at {device.baudrate} baud"
-        + (f", sending {device.command!r} every second" if device.command else "")
-        + f", for {seconds:g} s; Ctrl-C stops"
-    )
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    try:
-        while loop.time() < end:
-            lines = driver._open_lines()
-            if device.command:
-                assert lines.transport is not None
-                lines.transport.write(
-                    device.command.encode(device.encoding) + device.terminator.bytes
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lines.arrived.wait(), min(1.0, end - loop.time()))
-            for ts, text in driver._received():
-                readings = parser.parse(text, ts)
-                if readings is None:
-                    out(f"{text!r}  -> does not match the pattern")
-                else:
-                    shown = ", ".join(
-                        f"{r.tag}={r.value!r}" if r.error is None else f"{r.tag}: {r.error}"
-                        for r in readings
-                    )
-                    out(f"{text!r}  -> {shown}")
-            if device.command:
-                await asyncio.sleep(max(0.0, min(1.0, end - loop.time())))
-    finally:
-        await driver.close()
-    return 0

@@ -1,0 +1,208 @@
+"""The asynchronous hand-over: the outbox driven from asyncio.
+
+Every write runs on one dedicated thread, so an fsync never stalls the event loop that polls
+devices; reads for the forwarder run on the event loop through a WAL reader connection of
+their own. Deletes of delivered readings wait here to ride along with the writer's next
+commit (one transaction, one fsync for both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from collector.buffer.recovery import open_outbox
+from collector.buffer.schema import Batch, BufferStats
+from collector.buffer.store import Outbox, take_batches
+from collector.config import Synchronous
+from collector.errors import StartupError
+from collector.reading import ContextChanges
+
+log = logging.getLogger(__package__)
+
+
+class AsyncOutbox:
+    """The outbox driven from asyncio: every write runs on one dedicated worker thread (an
+    fsync never stalls the event loop). :meth:`take` reads on the event loop itself, through a
+    connection of its own: a WAL reader never waits for the writer, and a read of a few rows
+    is cheaper than the hand-over to a thread and back.
+    """
+
+    def __init__(
+        self, path: Path, max_readings: int, synchronous: Synchronous = Synchronous.FULL
+    ) -> None:
+        self._args = (path, max_readings, synchronous)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._outbox: Outbox | None = None
+        self._reader: Connection | None = None
+        #: Set whenever rows were appended; the forwarder waits on it.
+        self.appended = asyncio.Event()
+        self.units_appended = asyncio.Event()
+        # Delivered ranges not deleted yet, (first seq, last seq, when noted): they go with the
+        # next commit, or alone (and are retried if that fails, e.g. on a full disk); never
+        # taken again meanwhile, so a delivered reading is not sent twice.
+        self._pending_acks: deque[tuple[int, int, float]] = deque()
+        self._acking = asyncio.Lock()
+        self.ack_error: str | None = None
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        path = self._args[0]
+        try:
+            self._outbox = await self._call(open_outbox, *self._args)
+            engine = sa.create_engine(
+                f"sqlite:///{path}",
+                poolclass=sa.pool.NullPool,
+                connect_args={"timeout": 5},  # a reader waits only while the WAL is reset
+            )
+            self._reader = engine.connect()
+            self._reader.exec_driver_sql("PRAGMA query_only=1")
+            self._reader.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+            raise StartupError(f"buffer {path}: cannot open: {cause}") from exc
+
+    @property
+    def outbox(self) -> Outbox:
+        assert self._outbox is not None, "open() first"
+        return self._outbox
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader.engine.dispose()
+            self._reader = None
+        if self._outbox is not None:
+            await self._call(self._outbox.close)
+            self._outbox = None
+        self._executor.shutdown(wait=True)
+
+    async def append(self, batches: Sequence[Batch], changes: ContextChanges | None = None) -> int:
+        """Append (see :meth:`Outbox.append`); the deletes of the ranges delivered so far go
+        in the same transaction (one fsync for both)."""
+        async with self._acking:
+            acks = self._ack_ranges()
+            dropped: int = await self._call(self.outbox.append, batches, changes, acks)
+            self._forget_acks(len(acks))
+        if batches:
+            self.appended.set()
+        if changes and changes.units:
+            self.units_appended.set()
+        return dropped
+
+    async def load_context(self) -> tuple[dict[str, bytes], dict[tuple[str, str], int]]:
+        loaded: tuple[dict[str, bytes], dict[tuple[str, str], int]] = await self._call(
+            self.outbox.load_context
+        )
+        return loaded
+
+    async def take_units(self, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
+        rows: list[tuple[int, bytes]] = await self._call(
+            self.outbox.take_units, after_seq, max_rows
+        )
+        return rows
+
+    async def ack_units(self, first_seq: int, last_seq: int) -> bool:
+        """Delete delivered unit records; False if that failed (they are taken again later
+        only by a restart: the forwarder's cursor moves past them)."""
+        try:
+            await self._call(self.outbox.ack_units, first_seq, last_seq)
+        except sa.exc.OperationalError as exc:
+            log.error("buffer: cannot delete delivered unit records (%s)", exc.orig)  # noqa: TRY400
+            return False
+        return True
+
+    async def take(
+        self, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None = None
+    ) -> list[Batch]:
+        assert self._reader is not None, "open() first"
+        while True:
+            batches = take_batches(self._reader, after_seq, max_readings, max_bytes, up_to)
+            if not self._pending_acks:
+                return batches
+            kept = [
+                b
+                for b in batches
+                if not any(lo <= b.last_seq <= hi for lo, hi, _ in self._pending_acks)
+            ]
+            if kept or not batches:
+                return kept
+            after_seq = batches[-1].last_seq  # all delivered, awaiting their delete: look further
+
+    async def split(self, first_seq: int, last_seq: int, per_batch: int) -> bool:
+        """Split the batches of a range into batches of at most ``per_batch`` readings; False
+        if that failed (they stay as they are and will be tried again)."""
+        try:
+            await self._call(self.outbox.split, first_seq, last_seq, per_batch)
+        except sa.exc.OperationalError as exc:
+            log.error("buffer: cannot split seq %d-%d (%s)", first_seq, last_seq, exc.orig)  # noqa: TRY400
+            return False
+        return True
+
+    async def ack(self, first_seq: int, last_seq: int) -> None:
+        """Delete a delivered range; if the delete fails it is kept and retried. Never raises."""
+        self.delivered(first_seq, last_seq)
+        await self.flush_acks()
+
+    def delivered(self, first_seq: int, last_seq: int) -> None:
+        """Note a delivered range, deleted with the next append or :meth:`flush_acks` (never
+        taken again meanwhile)."""
+        self._pending_acks.append((first_seq, last_seq, time.monotonic()))
+
+    @property
+    def acks_waiting_s(self) -> float | None:
+        """How long the oldest delivered range has waited for its delete (None: none)."""
+        return time.monotonic() - self._pending_acks[0][2] if self._pending_acks else None
+
+    def _ack_ranges(self) -> list[tuple[int, int]]:
+        return [(first, last) for first, last, _ in self._pending_acks]
+
+    def _forget_acks(self, deleted: int) -> None:
+        """The first ``deleted`` ranges are gone from the buffer."""
+        for _ in range(deleted):
+            self._pending_acks.popleft()
+        if deleted:
+            self.ack_error = None
+
+    async def flush_acks(self) -> None:
+        """Delete every delivered range noted so far, in one transaction; if that fails they
+        are kept and retried at the next call. Never raises."""
+        async with self._acking:
+            if not self._pending_acks:
+                return
+            ranges = self._ack_ranges()
+            try:
+                await self._call(self.outbox.ack_ranges, ranges)
+            except sa.exc.OperationalError as exc:
+                message = str(exc.orig if exc.orig is not None else exc)
+                if self.ack_error != message:
+                    log.error(  # noqa: TRY400 - one line; retried, nothing lost
+                        "buffer: cannot delete delivered readings (%s); retrying", message
+                    )
+                self.ack_error = message
+                return
+            self._forget_acks(len(ranges))
+
+    async def quarantine(self, last_seq: int, reason: str) -> int:
+        """Move a batch aside; 0 if it could not be (it stays and will be tried again)."""
+        try:
+            moved: int = await self._call(self.outbox.quarantine, last_seq, reason)
+        except sa.exc.OperationalError as exc:
+            log.error("buffer: cannot quarantine seq %d (%s)", last_seq, exc.orig)  # noqa: TRY400
+            return 0
+        return moved
+
+    async def stats(self) -> BufferStats:
+        stats: BufferStats = await self._call(self.outbox.stats)
+        return stats

@@ -1,0 +1,383 @@
+"""The outbox itself (SQLAlchemy Core on one SQLite connection): append -> take -> ack.
+
+- Readings are stored a poll at a time: one row (a *batch*) holds a poll's readings (or a part
+  of one: collector.buffer.writer cuts polls larger than a message), numbered
+  ``first_seq..last_seq``, as the comma-separated JSON objects that a message carries
+  (collector.message), ``seq`` included. One row per poll, not per reading, is what lets one
+  core carry 100,000 readings a second (docs/performance.md): SQLite's cost is per row.
+- The batch's key is its ``last_seq``, an ``INTEGER PRIMARY KEY AUTOINCREMENT``: SQLite keeps
+  the highest key ever inserted in ``sqlite_sequence``, even after the row is deleted, in the
+  same transaction as the row. So ``seq`` strictly increases and never repeats, across
+  restarts and crashes, with no counter of our own to keep in step; seqs of a transaction that
+  never committed were never published.
+- The station context's state (open units, attempts) and the unit records are written in the
+  same transaction as the readings they go with (:meth:`Outbox.append`).
+- When the cap is reached, the oldest batches are deleted in the same transaction that appends
+  the new ones, and their readings counted (persistently, in ``meta``).
+- A batch that cannot go out whole (larger than the broker takes) is split into smaller
+  batches in place (:meth:`Outbox.split`); a single reading that can never be delivered is
+  moved to the quarantine table.
+
+Use an :class:`Outbox` from one thread only (collector.buffer.handover runs it on its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateTable
+
+from collector.buffer.migrations import migrate
+from collector.buffer.schema import (
+    COUNT_SQL,
+    DROPPED_KEY,
+    INSERT_BATCHES,
+    QUARANTINED_KEY,
+    Batch,
+    BufferReset,
+    BufferStats,
+    SeqHint,
+    attempts_table,
+    batches_table,
+    decode_body,
+    epoch,
+    meta_table,
+    metadata,
+    quarantine_table,
+    stations_table,
+    units_table,
+)
+from collector.config import Synchronous
+from collector.message import encode_unit
+from collector.reading import ContextChanges
+
+
+class Outbox:
+    """Synchronous outbox on one SQLite connection. Use it from one thread only."""
+
+    def __init__(
+        self,
+        path: Path,
+        max_readings: int,
+        synchronous: Synchronous = Synchronous.FULL,
+        seq_floor: int = 0,
+    ) -> None:
+        self.path = path
+        self.reset: BufferReset | None = None
+        self.hint = SeqHint(path)
+        self.max_readings = max_readings
+        self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+        self._conn: Connection = self._engine.connect()
+        try:
+            self._open(synchronous, seq_floor)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, synchronous: Synchronous, seq_floor: int) -> None:
+        # WAL lets a reader (status) run beside the writer; synchronous=FULL fsyncs every commit
+        # so a committed reading survives a power cut (NORMAL risks the last commits, not the file).
+        self._conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        self._conn.exec_driver_sql(f"PRAGMA synchronous={synchronous.value.upper()}")
+        self._conn.commit()
+        with self._conn.begin():
+            # IF NOT EXISTS, not create_all's check-then-create: another process (a
+            # `buffer stats` reader, say) may be opening the same new file at the same moment.
+            for table in metadata.sorted_tables:
+                self._conn.execute(CreateTable(table, if_not_exists=True))
+            migrate(self._conn)
+            if seq_floor:
+                for stream in ("batches", "units"):
+                    self._conn.execute(
+                        sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :s)"),
+                        {"t": stream, "s": seq_floor},
+                    )
+        # Counting the rows reads every page of the table: a malformed page shows up here, at
+        # start-up, not in the middle of a shift.
+        self.depth = self._count_readings()
+        self.dropped_total = self._meta(DROPPED_KEY)
+        self.quarantined_total = self._meta(QUARANTINED_KEY)
+        self.units_depth = self._conn.execute(
+            sa.select(sa.func.count()).select_from(units_table)
+        ).scalar_one()
+        self.last_seq = self._last_seq("batches")
+        self.last_unit_seq = self._last_seq("units")
+        self._conn.commit()
+        self._write_hint()
+
+    def _count_readings(self, where: str = "", **params: int) -> int:
+        return int(
+            self._conn.execute(
+                sa.text(f"SELECT coalesce(sum({COUNT_SQL}), 0) FROM batches {where}"),  # noqa: S608
+                params,
+            ).scalar_one()
+        )
+
+    def _last_seq(self, table: str) -> int:
+        value = self._conn.execute(
+            sa.text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": table}
+        ).scalar_one_or_none()
+        return int(value or 0)
+
+    def _write_hint(self, force: bool = True) -> None:
+        self.hint.write(max(self.last_seq, self.last_unit_seq), force)
+
+    def _meta(self, key: str) -> int:
+        value = self._conn.execute(
+            sa.select(meta_table.c.value).where(meta_table.c.key == key)
+        ).scalar_one_or_none()
+        return value or 0
+
+    def _add_meta(self, key: str, count: int) -> None:
+        updated = self._conn.execute(
+            meta_table.update()
+            .where(meta_table.c.key == key)
+            .values(value=meta_table.c.value + count)
+        ).rowcount
+        if not updated:
+            self._conn.execute(meta_table.insert().values(key=key, value=count))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._write_hint()
+        self._conn.close()
+        self._engine.dispose()
+
+    def append(
+        self,
+        batches: Sequence[Batch],
+        changes: ContextChanges | None = None,
+        acks: Sequence[tuple[int, int]] = (),
+    ) -> int:
+        """Append in one transaction, with the station context's changes that go with these
+        batches and the deletes of delivered ranges (``acks``, see :meth:`ack_ranges`); drop
+        the oldest readings if over the cap. Returns how many were dropped."""
+        if not batches and not changes and not acks:
+            return 0
+        dropped = 0
+        count = sum(b.count for b in batches)
+        with self._conn.begin():
+            # The deletes first: the room they make counts against the cap.
+            deleted = self._delete_ranges(acks)
+            over = self.depth - deleted + count - self.max_readings
+            if changes:
+                self._store_changes(changes)
+            if batches:
+                # The driver's own executemany: SQLAlchemy's per-row parameter processing costs
+                # more than the insert (bench/, docs/performance.md).
+                self._conn.exec_driver_sql(
+                    INSERT_BATCHES, [(b.last_seq, b.first_seq, b.ts, b.body) for b in batches]
+                )
+            if over > 0:
+                # After the insert: a batch larger than the room left drops its own oldest
+                # readings too, so the cap holds whatever the batch size. Whole batches go:
+                # the oldest ones that hold at least ``over`` readings.
+                dropped = self._drop_oldest(over)
+                self._add_meta(DROPPED_KEY, dropped)
+        if changes and changes.units:
+            self.units_depth += len(changes.units)
+            self.last_unit_seq += len(changes.units)
+        # Only now: a transaction that failed changed nothing.
+        self.depth += count - dropped - deleted
+        if batches:
+            self.last_seq = max(self.last_seq, batches[-1].last_seq)
+        self._write_hint(force=False)
+        self.dropped_total += dropped
+        return dropped
+
+    def _drop_oldest(self, at_least: int) -> int:
+        dropped, through = 0, None
+        rows = self._conn.exec_driver_sql(
+            f"SELECT last_seq, {COUNT_SQL} FROM batches ORDER BY last_seq"  # noqa: S608 - constants
+        )
+        for last_seq, count in rows:
+            dropped += count
+            through = last_seq
+            if dropped >= at_least:
+                break
+        rows.close()
+        if through is not None:
+            self._conn.exec_driver_sql("DELETE FROM batches WHERE last_seq <= ?", (through,))
+        return dropped
+
+    def _store_changes(self, changes: ContextChanges) -> None:
+        if changes.units:
+            self._conn.execute(
+                units_table.insert(),
+                [{"ts": u.end_ts, "body": encode_unit(u)} for u in changes.units],
+            )
+        for (operation, serial), attempts in changes.attempts.items():
+            self._conn.execute(
+                sqlite_insert(attempts_table)
+                .values(operation=operation, serial=serial, attempts=attempts)
+                .on_conflict_do_update(
+                    index_elements=["operation", "serial"], set_={"attempts": attempts}
+                )
+            )
+        for name, state in changes.stations.items():
+            self._conn.execute(
+                sqlite_insert(stations_table)
+                .values(name=name, state=state)
+                .on_conflict_do_update(index_elements=["name"], set_={"state": state})
+            )
+
+    def load_context(self) -> tuple[dict[str, bytes], dict[tuple[str, str], int]]:
+        """The station context's stored state: (station -> state, (operation, serial) ->
+        attempts)."""
+        stations = {row.name: row.state for row in self._conn.execute(sa.select(stations_table))}
+        attempts = {
+            (row.operation, row.serial): row.attempts
+            for row in self._conn.execute(sa.select(attempts_table))
+        }
+        self._conn.commit()
+        return stations, attempts
+
+    def take_units(self, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
+        rows = self._conn.execute(
+            sa.select(units_table.c.seq, units_table.c.body)
+            .where(units_table.c.seq > after_seq)
+            .order_by(units_table.c.seq)
+            .limit(max_rows)
+        ).all()
+        self._conn.commit()
+        return [(seq, body) for seq, body in rows]
+
+    def ack_units(self, first_seq: int, last_seq: int) -> int:
+        with self._conn.begin():
+            deleted = self._conn.execute(
+                units_table.delete().where(units_table.c.seq.between(first_seq, last_seq))
+            ).rowcount
+        self.units_depth -= deleted
+        return deleted
+
+    def take(
+        self, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None = None
+    ) -> list[Batch]:
+        """The oldest batches with after_seq < last_seq (<= up_to), holding at most
+        max_readings readings and max_bytes of body (always at least one batch, whatever its
+        size: the caller splits one that is too large)."""
+        return take_batches(self._conn, after_seq, max_readings, max_bytes, up_to)
+
+    def ack(self, first_seq: int, last_seq: int) -> int:
+        """Delete the delivered batches in a range. Those dropped meanwhile are simply gone."""
+        return self.ack_ranges([(first_seq, last_seq)])
+
+    def ack_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Delete the delivered batches of several ranges in one transaction (one fsync for
+        all the messages the broker acknowledged since the last time)."""
+        with self._conn.begin():
+            deleted = self._delete_ranges(ranges)
+        self.depth -= deleted
+        return deleted
+
+    def _delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
+        where = "WHERE last_seq BETWEEN :first AND :last"
+        deleted = 0
+        for first_seq, last_seq in ranges:
+            bounds = {"first": first_seq, "last": last_seq}
+            deleted += self._count_readings(where, **bounds)
+            self._conn.execute(sa.text(f"DELETE FROM batches {where}"), bounds)  # noqa: S608
+        return deleted
+
+    def split(self, first_seq: int, last_seq: int, per_batch: int) -> int:
+        """Rewrite the batches in a range that hold more than ``per_batch`` readings as
+        batches of at most that many (same seqs, same bytes in the end). Returns how many
+        batches were split. For a message the broker will not take whole; rare, so it may
+        decode."""
+        split = 0
+        with self._conn.begin():
+            rows = self._conn.exec_driver_sql(
+                f"SELECT first_seq, last_seq, ts, body FROM batches "  # noqa: S608 - constants
+                f"WHERE last_seq BETWEEN ? AND ? AND {COUNT_SQL} > ? ORDER BY last_seq",
+                (first_seq, last_seq, per_batch),
+            ).all()
+            for row in rows:
+                batch = Batch(*row)
+                items = decode_body(batch.body)
+                parts = []
+                for i in range(0, len(items), per_batch):
+                    chunk = items[i : i + per_batch]
+                    parts.append(
+                        Batch(
+                            batch.first_seq + i,
+                            batch.first_seq + i + len(chunk) - 1,
+                            min(epoch(item["ts"]) for item in chunk),
+                            b",".join(orjson.dumps(item) for item in chunk),
+                        )
+                    )
+                self._conn.exec_driver_sql(
+                    "DELETE FROM batches WHERE last_seq = ?", (batch.last_seq,)
+                )
+                self._conn.exec_driver_sql(
+                    INSERT_BATCHES, [(b.last_seq, b.first_seq, b.ts, b.body) for b in parts]
+                )
+                split += 1
+        return split
+
+    def quarantine(self, last_seq: int, reason: str) -> int:
+        """Move one batch aside (it can never be delivered). Returns how many readings moved
+        (0 if it was no longer there)."""
+        with self._conn.begin():
+            row = self._conn.execute(
+                sa.select(batches_table).where(batches_table.c.last_seq == last_seq)
+            ).one_or_none()
+            if row is None:
+                return 0
+            count = Batch(row.first_seq, row.last_seq, row.ts, row.body).count
+            self._conn.execute(
+                quarantine_table.insert().values(
+                    seq=last_seq, ts=row.ts, body=row.body, reason=reason, moved_ts=time.time()
+                )
+            )
+            self._conn.execute(batches_table.delete().where(batches_table.c.last_seq == last_seq))
+            self._add_meta(QUARANTINED_KEY, count)
+        self.depth -= count
+        self.quarantined_total += count
+        return count
+
+    def stats(self) -> BufferStats:
+        oldest = self._conn.execute(
+            sa.select(batches_table.c.ts).order_by(batches_table.c.last_seq).limit(1)
+        ).scalar_one_or_none()
+        self._conn.commit()
+        return BufferStats(
+            self.depth,
+            self.max_readings,
+            oldest,
+            self.dropped_total,
+            self.quarantined_total,
+            self.last_seq,
+            self.units_depth,
+            self.last_unit_seq,
+        )
+
+
+def take_batches(
+    conn: Connection, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None
+) -> list[Batch]:
+    """See :meth:`Outbox.take`."""
+    sql = "SELECT first_seq, last_seq, ts, body FROM batches WHERE last_seq > ?"
+    params: tuple[int, ...] = (after_seq,)
+    if up_to is not None:
+        sql += " AND last_seq <= ?"
+        params = (after_seq, up_to)
+    result = conn.exec_driver_sql(sql + " ORDER BY last_seq", params)
+    out: list[Batch] = []
+    readings = size = 0
+    for row in result:
+        batch = Batch(*row)
+        readings += batch.count
+        size += len(batch.body) + 1
+        if out and (readings > max_readings or size > max_bytes):
+            break
+        out.append(batch)
+    result.close()
+    conn.commit()  # end the read transaction so WAL checkpoints can proceed
+    return out

@@ -1,0 +1,227 @@
+"""The writer stage: pollers' readings -> numbered, encoded batches -> one commit per interval.
+
+The only writer of readings: it hands out ``seq`` (counting on from the highest ever stored)
+and encodes each poll as it is submitted, on the event loop, so the outbox thread only inserts
+rows. A poll with more readings than a message may carry is cut into parts here, at encode
+time, so the forwarder never has to split it in the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import sqlalchemy as sa
+
+from collector.buffer.handover import AsyncOutbox
+from collector.buffer.schema import Batch
+from collector.message import ReadingEncoder
+from collector.reading import Context, ContextChanges, Reading
+
+log = logging.getLogger(__package__)
+
+
+def make_batches(
+    encoder: ReadingEncoder,
+    first_seq: int,
+    device: str,
+    readings: Sequence[Reading],
+    contexts: Sequence[Context],
+    *,
+    per_batch: int | None = None,
+) -> list[Batch]:
+    """One poll's readings, numbered from ``first_seq``, as the batches the outbox stores: one,
+    or as few parts of even size as keep each at most ``per_batch`` readings (a message never
+    carries more: mqtt.max_readings_per_message)."""
+    count = len(readings)
+    parts = 1 if per_batch is None or count <= per_batch else -(-count // per_batch)
+    size = -(-count // parts)
+    return [
+        make_batch(encoder, first_seq + i, device, readings[i : i + size], contexts[i : i + size])
+        for i in range(0, count, size)
+    ]
+
+
+def make_batch(
+    encoder: ReadingEncoder,
+    first_seq: int,
+    device: str,
+    readings: Sequence[Reading],
+    contexts: Sequence[Context],
+) -> Batch:
+    """Readings numbered from ``first_seq`` as one batch."""
+    return Batch(
+        first_seq,
+        first_seq + len(readings) - 1,
+        min(r.ts for r in readings),
+        encoder.encode(first_seq, device, readings, contexts),
+    )
+
+
+class BufferWriter:
+    """Moves the pollers' readings into the outbox, many polls per transaction.
+
+    The only writer: it numbers the readings (``seq``) and encodes each poll as it is
+    submitted, on the event loop, so the outbox thread only inserts rows: one :class:`Batch`
+    per poll, or even parts of at most ``max_readings_per_batch`` readings for a poll larger
+    than a message may carry (so the forwarder never rewrites it in the buffer).
+
+    Commits are at least ``commit_interval_s`` apart: each one is an fsync, and pollers
+    on spread phases would otherwise each get their own; a poll after a quiet spell is
+    committed at once. Pollers call :meth:`submit` (never blocks). The queue is bounded in
+    bytes; if the outbox cannot keep up for long (e.g. the disk is full) and the queue
+    overflows, the overflowing poll is dropped and counted in ``overflow_dropped`` rather than
+    growing memory without bound. Its seqs are used up, so consumers see the drop as a gap.
+    Pollers ask :meth:`can_take` first and skip a poll while the queue is at its bound, so under
+    sustained overload readings are not read rather than read and dropped; the polls already
+    under way then are still taken, up to twice the bound.
+    """
+
+    MAX_READINGS_PER_COMMIT = 50_000
+
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        max_pending_bytes: int = 16 << 20,
+        changes: Callable[[], ContextChanges] | None = None,
+        commit_interval_s: float = 0.02,  # buffer.commit_interval_ms
+        max_readings_per_batch: int | None = None,  # mqtt.max_readings_per_message
+    ) -> None:
+        self._per_batch = max_readings_per_batch
+        self._outbox = outbox
+        self._commit_interval = commit_interval_s
+        self._queue: deque[Batch | None] = deque()
+        self._queued = 0  # bytes in the queue
+        self._max_pending = max_pending_bytes
+        self._held_back = False
+        self._ready = asyncio.Event()
+        self._encoder = ReadingEncoder()
+        self._next_seq: int | None = None
+        # What the station context wants stored along with the readings it tagged.
+        self._changes = changes
+        self.overflow_dropped = 0
+        #: Readings handed to the writer since start (for /metrics).
+        self.collected = 0
+        self.last_error: str | None = None
+
+    def submit(self, device: str, readings: Sequence[Reading], contexts: Sequence[Context]) -> None:
+        """Number and encode one poll's readings (``contexts[i]`` is that of ``readings[i]``)
+        and queue them for the next commit."""
+        count = len(readings)
+        if not count:
+            return
+        self.collected += count
+        if self._next_seq is None:
+            self._next_seq = self._outbox.outbox.last_seq + 1
+        first = self._next_seq
+        self._next_seq += count
+        if self._queued > 2 * self._max_pending:
+            # Pollers stop at the bound (can_take); past twice that, polls that were already
+            # under way when it was reached have come in too, and something is stuck.
+            self.overflow_dropped += count
+            return
+        parts = make_batches(
+            self._encoder, first, device, readings, contexts, per_batch=self._per_batch
+        )
+        for batch in parts:
+            self._queue.append(batch)
+            self._queued += len(batch.body)
+        self._ready.set()
+
+    @property
+    def keeping_up(self) -> bool:
+        """False while pollers are held back because the queue is at its bound."""
+        return not self._held_back
+
+    def can_take(self) -> bool:
+        """Whether the queue has room for another poll."""
+        room = self._queued <= self._max_pending
+        if room is self._held_back:  # a change of state: say it once
+            self._held_back = not room
+            if room:
+                log.info("buffer: keeping up again; polling resumed")
+            else:
+                log.warning(
+                    "buffer: more offered than it can store; polls are skipped until it "
+                    "catches up (skipped_polls on /status)"
+                )
+        return room
+
+    def set_changes(self, changes: Callable[[], ContextChanges]) -> None:
+        """Take the context's changes from here on (a new context after a reload)."""
+        self._changes = changes
+
+    def poke(self) -> None:
+        """Commit soon even without new readings (the context has changes to store)."""
+        self._queue.append(None)
+        self._ready.set()
+
+    @property
+    def pending(self) -> int:
+        """Polls waiting for their commit."""
+        return len(self._queue)
+
+    async def run(self) -> None:
+        """Commit until cancelled; on cancel, what is already queued is committed first."""
+        loop = asyncio.get_running_loop()
+        last_commit = -self._commit_interval
+        try:
+            while True:
+                await self._ready.wait()
+                wait = last_commit + self._commit_interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # more polls join this commit meanwhile
+                self._ready.clear()
+                while self._queue:
+                    await self._commit(self._drain())
+                last_commit = loop.time()
+        except asyncio.CancelledError:
+            await self.flush()
+            raise
+
+    async def flush(self) -> None:
+        """Commit everything queued so far, and the context's changes."""
+        while True:
+            batches = self._drain()
+            changes = self._changes() if self._changes is not None else None
+            if not batches and not changes:
+                return
+            await self._commit(batches, changes)
+
+    def _drain(self) -> list[Batch]:
+        batches: list[Batch] = []
+        readings = 0
+        while self._queue and readings < self.MAX_READINGS_PER_COMMIT:
+            batch = self._queue.popleft()
+            if batch is not None:
+                batches.append(batch)
+                readings += batch.count
+                self._queued -= len(batch.body)
+        return batches
+
+    async def _commit(self, batches: list[Batch], changes: ContextChanges | None = None) -> None:
+        if changes is None and self._changes is not None and not self._queue:
+            # Taken only once every queued poll is in this commit: the stored state then
+            # describes exactly the readings stored with it.
+            changes = self._changes()
+        delay = 0.1
+        while True:
+            try:
+                await self._outbox.append(batches, changes)
+            except sa.exc.OperationalError as exc:
+                # e.g. "database or disk is full": keep the batches, retry, say so once.
+                message = str(exc.orig) if exc.orig is not None else str(exc)
+                if self.last_error != message:
+                    log.error(  # noqa: TRY400 - one clear line; the cause is in the message
+                        "buffer: cannot write (%s); retrying, readings kept in memory", message
+                    )
+                self.last_error = message
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self.last_error is not None:
+                log.warning("buffer: writing again after: %s", self.last_error)
+                self.last_error = None
+            return

@@ -1,0 +1,155 @@
+"""The collector's own sections: ``collector`` (identity), ``buffer``, ``mqtt`` and ``health``.
+
+One declaration per option (type, default, description); docs/configuration.md documents each.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from collector.devices import Model as _Model
+from collector.devices import secret as _secret
+
+# MQTT topic levels must not contain wildcards or separators.
+TOPIC_LEVEL_PATTERN = r"^[^/#+\s]+$"
+
+
+class Identity(_Model):
+    id: Annotated[str, Field(pattern=TOPIC_LEVEL_PATTERN, max_length=64)] = Field(
+        description="Collector id: unique per collector; part of the MQTT topic and the dedupe key."
+    )
+    site: Annotated[str, Field(pattern=TOPIC_LEVEL_PATTERN, max_length=64)] = Field(
+        description="Site (plant) name, part of the MQTT topic."
+    )
+    line: Annotated[str, Field(pattern=TOPIC_LEVEL_PATTERN, max_length=64)] = Field(
+        description="Production line name, part of the MQTT topic."
+    )
+
+
+class Synchronous(StrEnum):
+    FULL = "full"
+    NORMAL = "normal"
+
+
+class BufferConfig(_Model):
+    path: Path = Field(description="SQLite file of the outbox; its folder must be writable.")
+    max_readings: int = Field(
+        default=5_000_000,
+        ge=1000,
+        description="Cap on buffered readings; when full, the oldest are dropped and counted.",
+    )
+    synchronous: Synchronous = Field(
+        default=Synchronous.FULL,
+        description="SQLite synchronous mode: full survives power loss; normal (WAL) may lose "
+        "the last commits on power loss but never corrupts.",
+    )
+    commit_interval_ms: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Least time between two commits: the polls of that time go in one "
+        "transaction (one fsync) and one message. Lower: less latency; higher: less CPU.",
+    )
+
+
+# --------------------------------------------------------------------------- MQTT
+
+
+class TlsConfig(_Model):
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="Client private key (PEM).")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttVersion(StrEnum):
+    V5 = "5"
+    V311 = "3.1.1"
+
+
+class MqttConfig(_Model):
+    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    client_id: str | None = Field(
+        default=None, max_length=128, description="MQTT client id; default: the collector id."
+    )
+    version: MqttVersion = Field(default=MqttVersion.V5, description="MQTT protocol version.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive (s).")
+    topic_prefix: str = Field(
+        default="collector",
+        pattern=r"^[^#+\s]+$",
+        description="First topic level(s); see docs/messages.md.",
+    )
+    username: str | None = Field(default=None, description="MQTT user name.")
+    password_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the password."
+    )
+    password_file: Path | None = Field(default=None, description="File holding the password.")
+    tls: TlsConfig | None = Field(default=None, description="Enable TLS (and set its files).")
+    max_message_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=256 * 1024 * 1024, description="Cap on one message."
+    )
+    max_readings_per_message: int = Field(
+        default=500, ge=1, le=100_000, description="Cap on readings in one message."
+    )
+    max_inflight_messages: int = Field(
+        default=8, ge=1, le=100, description="Messages published and not yet acknowledged."
+    )
+    shutdown_grace_s: float = Field(
+        default=5.0, ge=0, le=300, description="On SIGTERM, time given to deliver the buffer."
+    )
+    reconnect_min_ms: int = Field(default=1000, ge=10, description="First reconnect delay.")
+    reconnect_max_ms: int = Field(default=30_000, ge=10, description="Longest reconnect delay.")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Self:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
+        return self
+
+    def password(self) -> SecretStr | None:
+        """Resolve the password from its environment variable or file (read at start-up)."""
+        return _secret(self.password_env, self.password_file)
+
+
+# --------------------------------------------------------------------------- health
+
+
+class HealthConfig(_Model):
+    enabled: bool = Field(default=True, description="Serve /health and /status.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Bind address; loopback by default. Set 0.0.0.0 only on a trusted network.",
+    )
+    port: int = Field(default=8180, ge=0, le=65535, description="HTTP port (0: any free port).")
+    token_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the bearer token for the endpoints that "
+        "change state (POST /stations/{name}/unit). No token: those endpoints are off.",
+    )
+    token_file: Path | None = Field(default=None, description="File holding that token.")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Self:
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("give token_env or token_file, not both")
+        return self
+
+    @property
+    def unit_api_enabled(self) -> bool:
+        return self.enabled and (self.token_env is not None or self.token_file is not None)
+
+    def token(self) -> SecretStr | None:
+        """The bearer token, resolved at start-up; None when the state-changing API is off."""
+        return _secret(self.token_env, self.token_file)

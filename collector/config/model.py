@@ -1,0 +1,146 @@
+"""The whole file: :class:`Config`, its device union and the checks across sections.
+
+The device union is built from the protocol registry (drivers.registry), so a protocol is
+added there and nowhere here; tests/test_registry.py ties the two together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Self, Union
+
+from pydantic import Field, model_validator
+
+from collector.config.base import BufferConfig, HealthConfig, Identity, MqttConfig
+from collector.config.stations import StationConfig, TagRef
+from collector.devices import DeviceBase, FieldPath, FileKind, SecretEnv, SecretFile, SharedLine
+from collector.devices import Model as _Model
+from collector.devices import reject_duplicates as _reject_duplicates
+from drivers.registry import REGISTRY
+
+if TYPE_CHECKING:
+    # The core sees every device as what DeviceBase offers; it never names a protocol's class.
+    DeviceConfig = DeviceBase
+else:
+    DeviceConfig = Annotated[
+        Union[tuple(p.model for p in REGISTRY.values())],  # noqa: UP007 - built at run time
+        Field(discriminator="protocol"),
+    ]
+
+
+# --------------------------------------------------------------------------- the whole file
+
+
+class Config(_Model):
+    collector: Identity
+    buffer: BufferConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    stations: list[StationConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        _reject_duplicates((s.name for s in self.stations), "station name")
+        _reject_duplicates((d.name for d in self.devices), "device name")
+        stations = {s.name for s in self.stations}
+        devices = {d.name: d for d in self.devices}
+        for index, device in enumerate(self.devices):
+            if device.station is not None and device.station not in stations:
+                raise FieldError(
+                    ("devices", index, "station"),
+                    f"station {device.station!r} is not defined; defined: {_listing(stations)}",
+                )
+        lines: dict[str, tuple[str, SharedLine]] = {}
+        for device in self.devices:
+            line = device.shared_line()
+            if line is None:
+                continue
+            first, first_line = lines.setdefault(line.key, (device.name, line))
+            if first_line.settings != line.settings:
+                raise ValueError(
+                    f"devices {first!r} and {device.name!r} share port {line.port} "
+                    f"but not its settings ({', '.join(line.settings)})"
+                )
+        for index, station in enumerate(self.stations):
+            for field, ref in station.tag_refs():
+                _check_station_ref(index, station.name, field, ref, devices)
+            if station.serial_source == "http" and not self.health.unit_api_enabled:
+                raise FieldError(
+                    ("stations", index, "serial_source"),
+                    "'http' needs health.token_env "
+                    "or health.token_file (the unit endpoint is off without a token)",
+                )
+        return self
+
+    def secret_files(self) -> list[SecretFile]:
+        """Every file (and folder) holding or guarding a secret, where the config names it:
+        the one list both the start-up checks (collector.config.loader) and the permission
+        warning (collector.service) read."""
+        m, h = self.mqtt, self.health
+        files = [
+            SecretFile(("mqtt", "password_file"), m.password_file, FileKind.SECRET),
+            SecretFile(("health", "token_file"), h.token_file, FileKind.SECRET),
+        ]
+        if m.tls is not None:
+            files += [
+                SecretFile(("mqtt", "tls", "ca_file"), m.tls.ca_file, FileKind.FILE),
+                SecretFile(("mqtt", "tls", "cert_file"), m.tls.cert_file, FileKind.FILE),
+                SecretFile(("mqtt", "tls", "key_file"), m.tls.key_file, FileKind.SECRET),
+            ]
+        for index, device in enumerate(self.devices):
+            files += [f._replace(field=("devices", index, *f.field)) for f in device.secret_files()]
+        return files
+
+    def secret_envs(self) -> list[SecretEnv]:
+        """Every environment variable holding a secret, where the config names it."""
+        envs = [
+            SecretEnv(("mqtt", "password_env"), self.mqtt.password_env),
+            SecretEnv(("health", "token_env"), self.health.token_env),
+        ]
+        for index, device in enumerate(self.devices):
+            envs += [e._replace(field=("devices", index, *e.field)) for e in device.secret_envs()]
+        return envs
+
+
+def _check_station_ref(
+    index: int, station: str, field: str, ref: TagRef, devices: dict[str, DeviceConfig]
+) -> None:
+    loc: list[str | int] = ["stations", index]
+    loc += [int(p) if p.isdigit() else p for p in field.replace("[", ".").rstrip("]").split(".")]
+    if ref.device not in devices:
+        raise FieldError(
+            (*loc, "device"), f"device {ref.device!r} is not defined; defined: {_listing(devices)}"
+        )
+    device = devices[ref.device]
+    if ref.tag not in device.tag_names:
+        raise FieldError(
+            (*loc, "tag"),
+            f"{ref.tag!r} is not a tag of device "
+            f"{ref.device!r}; its tags: {_listing(device.tag_names)}",
+        )
+    if device.station != station:
+        raise FieldError(
+            (*loc, "device"),
+            f"device {ref.device!r} belongs to station "
+            f"{device.station!r}; it must belong to this station",
+        )
+
+
+def _listing(names: Iterable[str]) -> str:
+    items = sorted(names)
+    return ", ".join(items) if items else "(none)"
+
+
+class FieldError(ValueError):
+    """A cross-reference problem that belongs to a field deeper than the validator that found
+    it, so that the error points at that field's line."""
+
+    def __init__(self, loc: Sequence[str | int] | FieldPath, message: str) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+
+
+def device_models() -> tuple[type[DeviceBase], ...]:
+    """The models of the device union, in registry order (for tests and tools)."""
+    return tuple(p.model for p in REGISTRY.values())

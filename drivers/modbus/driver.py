@@ -1,0 +1,307 @@
+"""Modbus TCP and RTU drivers: the only module that imports pymodbus's client.
+
+:class:`ModbusTcpDriver` and :class:`ModbusRtuDriver` fulfil the driver contract (connect /
+read / close) on pymodbus's async clients, translating its exceptions and exception replies
+into :mod:`collector.errors`; the request plan and the decoding are pure (drivers.modbus.plan,
+drivers.modbus.codec). :meth:`request` is the one-request method the technician tools use
+(drivers.modbus.tools).
+
+pymodbus renamed its unit keyword twice (``unit=`` -> ``slave=`` -> ``device_id=``); keeping it
+here means API churn touches one file (and the simulator, drivers.modbus.sim).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from collector.errors import ErrorCode, NotConnectedError, RequestError
+from collector.reading import Reading
+from drivers.modbus.config import ModbusRtuDevice, ModbusTable, ModbusTcpDevice
+from drivers.modbus.plan import Request, check_reply, plan_for_device, readings_from_reply
+
+# pymodbus logs every failed connect and every timeout itself; the collector counts those and
+# logs once per episode, so the library's own log would only be a flood.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+ModbusDevice = ModbusTcpDevice | ModbusRtuDevice
+
+# Polls in a row in which every request timed out before a unit counts as down (and the core
+# backs it off): on a shared RS-485 bus a silent unit then costs its timeout only now and then.
+SILENT_POLLS_BEFORE_DOWN = 3
+
+
+class _ModbusDriver:
+    """The request plan, reads and reply checks shared by TCP and RTU."""
+
+    def __init__(self, device: ModbusDevice, clock: Callable[[], float] = time.time) -> None:
+        self._device = device
+        self._clock = clock
+        self._plan = plan_for_device(device)
+        self._silent_polls = 0
+
+    @property
+    def plan(self) -> list[Request]:
+        return list(self._plan)
+
+    @property
+    def max_read_seconds(self) -> float:
+        # Each request waits at most timeout_ms; one more timeout is margin for the event loop.
+        return self._device.timeout_ms / 1000 * (len(self._plan) + 1)
+
+    def _describe(self, where: str) -> str:
+        d = self._device
+        spans = ", ".join(str(r) for r in self._plan)
+        return (
+            f"{d.protocol} {where} unit {d.unit_id}: {len(d.tags)} tags -> "
+            f"{len(self._plan)} request(s) per poll: {spans}"
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {"requests": [str(r) for r in self._plan]}
+
+    def _client(self) -> Any:
+        raise NotImplementedError
+
+    def _garbled_since(self, mark: int) -> bool:
+        """Whether bytes arrived since ``mark`` that made no valid frame (RTU CRC errors)."""
+        return False
+
+    def _received_mark(self) -> int:
+        return 0
+
+    async def read(self) -> list[Reading]:
+        readings: list[Reading] = []
+        timeouts = 0
+        for request in self._plan:
+            mark = self._received_mark()
+            try:
+                values = await self._execute(request)
+            except RequestError as exc:
+                code = exc.code
+                if code is ErrorCode.TIMEOUT:
+                    timeouts += 1
+                    if self._garbled_since(mark):
+                        code = ErrorCode.BAD_FRAME
+                ts = self._clock()
+                readings.extend(Reading.bad(ts, c.tag.name, code, c.tag.unit) for c in request.tags)
+                continue
+            readings.extend(readings_from_reply(request, values, self._clock()))
+        self._silent_polls = self._silent_polls + 1 if timeouts == len(self._plan) else 0
+        if self._silent_polls >= SILENT_POLLS_BEFORE_DOWN:
+            self._silent_polls = 0
+            raise NotConnectedError(
+                f"unit {self._device.unit_id} did not answer {SILENT_POLLS_BEFORE_DOWN} polls "
+                "in a row",
+                ErrorCode.TIMEOUT,
+            )
+        return readings
+
+    @property
+    def connected(self) -> bool:
+        client = self._client()
+        return client is not None and bool(client.connected)
+
+    async def request(
+        self, table: ModbusTable, address: int, count: int, unit_id: int | None = None
+    ) -> list[int] | list[bool]:
+        """One read of ``count`` registers or bits, as the device answers it (for the
+        technician tools: probe, scan). ``unit_id`` overrides the device's, for a scan behind
+        a gateway. Raises NotConnectedError or RequestError."""
+        return list(await self._execute(Request(table, address, count, ()), unit_id))
+
+    async def _execute(
+        self, request: Request, unit_id: int | None = None
+    ) -> Sequence[int] | Sequence[bool]:
+        client = self._client()
+        if client is None or not client.connected:
+            raise NotConnectedError("not connected")
+        unit = self._device.unit_id if unit_id is None else unit_id
+        read: Callable[..., Any] = {
+            ModbusTable.COIL: client.read_coils,
+            ModbusTable.DISCRETE_INPUT: client.read_discrete_inputs,
+            ModbusTable.HOLDING_REGISTER: client.read_holding_registers,
+            ModbusTable.INPUT_REGISTER: client.read_input_registers,
+        }[request.table]
+        try:
+            reply = await read(request.address, count=request.count, device_id=unit)
+        except ConnectionException as exc:
+            raise NotConnectedError(f"connection lost: {exc}") from exc
+        except ModbusIOException as exc:
+            # pymodbus closes a TCP link itself after several unanswered requests in a row.
+            if not client.connected:
+                raise NotConnectedError(
+                    f"no answer, link closed: {exc}", ErrorCode.TIMEOUT
+                ) from exc
+            raise RequestError(ErrorCode.TIMEOUT, f"{request}: no answer") from exc
+        except ModbusException as exc:
+            raise RequestError(ErrorCode.BAD_REPLY, f"{request}: {exc}") from exc
+        except OSError as exc:
+            raise NotConnectedError(f"connection lost: {exc}") from exc
+        return check_reply(request, reply)
+
+
+class ModbusTcpDriver(_ModbusDriver):
+    """One Modbus TCP device (or one unit id behind a TCP gateway), on its own connection."""
+
+    def __init__(self, device: ModbusTcpDevice, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(device, clock)
+        self._tcp = device
+        self._connection: AsyncModbusTcpClient | None = None
+
+    def describe(self) -> str:
+        return self._describe(f"{self._tcp.host}:{self._tcp.port}")
+
+    def _client(self) -> Any:
+        return self._connection
+
+    async def connect(self) -> None:
+        d = self._tcp
+        # retries=0 and reconnect_delay=0: the core owns retries, backoff and reconnects.
+        client = AsyncModbusTcpClient(
+            d.host, port=d.port, timeout=d.timeout_ms / 1000, retries=0, reconnect_delay=0
+        )
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}: {exc}") from exc
+        if not ok:
+            client.close()
+            raise NotConnectedError(f"cannot connect to {d.host}:{d.port}")
+        self._connection = client
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+_SERIAL_PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+
+
+class _RtuBus:
+    """One RS-485 port, shared by the units on it; pymodbus sends one request at a time."""
+
+    def __init__(self, device: ModbusRtuDevice) -> None:
+        self.port = device.port
+        self.received_bytes = 0
+        self.frames = 0
+        self.users = 0
+        self.client = AsyncModbusSerialClient(
+            device.port,
+            framer=FramerType.RTU,
+            baudrate=device.baudrate,
+            bytesize=device.bytesize,
+            parity=_SERIAL_PARITY[device.parity.value],
+            stopbits=device.stopbits,
+            timeout=device.timeout_ms / 1000,
+            retries=0,
+            reconnect_delay=0,
+            trace_packet=self._trace_packet,
+            trace_pdu=self._trace_pdu,
+        )
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.received_bytes += len(data)
+        return data
+
+    def _trace_pdu(self, sending: bool, pdu: Any) -> Any:
+        if not sending:
+            self.frames += 1
+        return pdu
+
+
+# Buses by (event loop, port): the devices on one port share one client.
+@dataclass
+class _LoopBuses:
+    """The buses of one event loop (keyed by the loop object itself: an id() can be reused by
+    a later loop, and an asyncio.Lock must not outlive the loop it is bound to)."""
+
+    by_port: dict[str, _RtuBus] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBuses] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loop_buses() -> _LoopBuses:
+    loop = asyncio.get_running_loop()
+    buses = _loops.get(loop)
+    if buses is None:
+        buses = _loops[loop] = _LoopBuses()
+    return buses
+
+
+class ModbusRtuDriver(_ModbusDriver):
+    """One unit on a Modbus RTU bus; units with the same port share it."""
+
+    def __init__(self, device: ModbusRtuDevice, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(device, clock)
+        self._rtu = device
+        self._bus: _RtuBus | None = None
+        self._frames_at_mark = 0
+
+    def describe(self) -> str:
+        d = self._rtu
+        return self._describe(
+            f"{d.port} {d.baudrate} {d.bytesize}{d.parity.value[0].upper()}{d.stopbits}"
+        )
+
+    def _client(self) -> Any:
+        return None if self._bus is None else self._bus.client
+
+    def _received_mark(self) -> int:
+        assert self._bus is not None
+        self._frames_at_mark = self._bus.frames
+        return self._bus.received_bytes
+
+    def _garbled_since(self, mark: int) -> bool:
+        # Bytes arrived but no frame did: the reply failed its CRC (noise, a wrong baud rate,
+        # two units answering at once).
+        bus = self._bus
+        return bus is not None and bus.received_bytes > mark and bus.frames == self._frames_at_mark
+
+    async def connect(self) -> None:
+        buses = _loop_buses()
+        port = self._rtu.port
+        async with buses.lock:
+            bus = buses.by_port.get(port)
+            if bus is None:
+                bus = buses.by_port[port] = _RtuBus(self._rtu)
+            if not bus.client.connected:
+                try:
+                    ok = await bus.client.connect()
+                except (OSError, ModbusException) as exc:
+                    ok = False
+                    error = str(exc)
+                else:
+                    error = "port did not open"
+                if not ok:
+                    if bus.users == 0:
+                        bus.client.close()
+                        del buses.by_port[port]
+                    raise NotConnectedError(f"cannot open {self._rtu.port}: {error}")
+            bus.users += 1
+            self._bus = bus
+
+    async def close(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is None:
+            return
+        bus.users -= 1
+        if bus.users <= 0:
+            bus.client.close()
+            _loop_buses().by_port.pop(bus.port, None)

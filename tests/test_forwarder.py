@@ -1,0 +1,321 @@
+"""The forwarder's delivery policy against a fake publisher (collector.publisher.Publisher): the
+in-flight window, the lanes, splitting, quarantine, the message sizes learned from a broker,
+retries, and unit records through the same loop. A real SQLite buffer; no broker, so each test
+runs in milliseconds. The same rules against a real mosquitto are in tests/faults/ and
+tests/test_mqtt_broker_rules.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collector.buffer import AsyncOutbox, make_batch
+from collector.config import Config
+from collector.forwarder import Forwarder
+from collector.message import ReadingEncoder
+from collector.publisher import Ack, ConnectionLost, MqttStatus
+from collector.reading import Context, ContextChanges, Reading, UnitRecord
+from tests.helpers import async_wait_until
+
+ENCODER = ReadingEncoder()
+HOLD = -1  # the fake keeps the message unanswered until the test answers it
+DROP = -2  # the connection dies with the message in flight
+ACCEPT = 0x00
+NOT_AUTHORIZED = 0x87
+TOO_LARGE = 0x95
+NAMES = {ACCEPT: "Success", NOT_AUTHORIZED: "Not authorized", TOO_LARGE: "Packet too large"}
+
+Answer = Callable[[str, bytes], int]
+
+
+class FakePublisher:
+    """Answers each publish as ``answer(topic, payload)`` says, on a later loop step (as a
+    PUBACK would arrive); reconnects at once after a dropped connection."""
+
+    def __init__(self, answer: Answer = lambda _t, _p: ACCEPT) -> None:
+        self.answer = answer
+        self.connected = True
+        self.connection = 0
+        self.max_packet_bytes: int | None = None
+        self.sent: list[tuple[str, bytes]] = []
+        self.held: list[asyncio.Future[Ack]] = []
+        self.outstanding = 0
+        self.most_outstanding = 0
+        self._listener: Callable[[], None] = lambda: None
+        self._closed = asyncio.Event()
+        self._in_flight: list[asyncio.Future[Ack]] = []
+
+    def set_listener(self, listener: Callable[[], None]) -> None:
+        self._listener = listener
+
+    def publish(self, topic: str, payload: bytes) -> asyncio.Future[Ack]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Ack] = loop.create_future()
+        self.sent.append((topic, payload))
+        self._in_flight.append(future)
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        verdict = self.answer(topic, payload)
+        if verdict == HOLD:
+            self.held.append(future)
+        elif verdict == DROP:
+            loop.call_soon(self.drop)
+        else:
+            loop.call_soon(self.resolve, future, verdict)
+        return future
+
+    def resolve(self, future: asyncio.Future[Ack], code: int = ACCEPT) -> None:
+        if not future.done():
+            self.outstanding -= 1
+            self._in_flight.remove(future)
+            future.set_result(Ack(code, NAMES[code]))
+        self._listener()
+
+    def drop(self) -> None:
+        """The connection ends: what is in flight fails; connected again at once."""
+        self.connection += 1
+        for future in self._in_flight:
+            if not future.done():
+                future.set_exception(ConnectionLost(self.connection))
+        self._in_flight.clear()
+        self.held.clear()
+        self.outstanding = 0
+        self._listener()
+
+    async def run(self) -> None:
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        self._closed.set()
+
+    # ------------------------------------------------------------------ what arrived
+
+    def payloads(self, topic_end: str = "/readings") -> list[dict[str, Any]]:
+        return [orjson.loads(p) for t, p in self.sent if t.endswith(topic_end)]
+
+
+def config(tmp_path: Path, **mqtt: Any) -> Config:
+    return Config.model_validate(
+        {
+            "collector": {"id": "pc1", "site": "s", "line": "l"},
+            "buffer": {"path": str(tmp_path / "b.db")},
+            "mqtt": mqtt,
+            "devices": [
+                {
+                    "name": "dev",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "tags": [{"name": "t", "table": "holding_register", "address": 0}],
+                }
+            ],
+        }
+    )
+
+
+async def store_polls(box: AsyncOutbox, polls: int, per_poll: int, tag: str = "t") -> None:
+    """``polls`` polls of ``per_poll`` readings each, stored as the writer stores them."""
+    context = Context("st", "SN1", "op")
+    batches = []
+    seq = box.outbox.last_seq + 1
+    for p in range(polls):
+        readings = [Reading(1_700_000_000.0 + p, f"{tag}{i}", i, "V") for i in range(per_poll)]
+        batches.append(make_batch(ENCODER, seq, "dev", readings, [context] * per_poll))
+        seq += per_poll
+    await box.append(batches)
+
+
+class Running:
+    def __init__(self, box: AsyncOutbox, forwarder: Forwarder, fake: FakePublisher) -> None:
+        self.box, self.forwarder, self.fake = box, forwarder, fake
+        self.accepted: list[dict[str, Any]] = []
+
+    def delivered_seqs(self, key: str = "readings") -> list[int]:
+        return [item["seq"] for message in self.accepted for item in message.get(key, [])]
+
+
+@asynccontextmanager
+async def forwarding(
+    tmp_path: Path, fake: FakePublisher, before: int = 0, per_poll: int = 5, **mqtt: Any
+) -> AsyncIterator[Running]:
+    """A real buffer with ``before`` polls stored, and the forwarder running on the fake."""
+    box = AsyncOutbox(tmp_path / "b.db", 100_000)
+    await box.open()
+    if before:
+        await store_polls(box, before, per_poll)
+    forwarder = Forwarder(
+        config(tmp_path, **mqtt),
+        box,
+        MqttStatus(),
+        publisher=fake,
+        refusal_backoff_s=(0.001, 0.01),
+    )
+    running = Running(box, forwarder, fake)
+    forwarder._on_delivered = lambda payload: running.accepted.append(orjson.loads(payload))
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop, grace_s=5))
+    try:
+        yield running
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await box.close()
+
+
+async def test_window_of_messages_in_flight_is_filled_and_never_exceeded(tmp_path: Path) -> None:
+    fake = FakePublisher(lambda _t, _p: HOLD)
+    async with forwarding(
+        tmp_path, fake, before=20, max_readings_per_message=5, max_inflight_messages=3
+    ) as run:
+        await async_wait_until(lambda: len(fake.held) == 3, 5, "the window filled")
+        assert len(fake.sent) == 3  # none beyond it while nothing is answered
+        fake.answer = lambda _t, _p: ACCEPT
+        for future in list(fake.held):
+            fake.resolve(future)
+        await async_wait_until(lambda: len(run.delivered_seqs()) == 100, 5, "all delivered")
+        await async_wait_until(lambda: run.box.outbox.depth == 0, 5, "all deleted")
+    assert fake.most_outstanding == 3
+    assert run.delivered_seqs() == list(range(1, 101))
+
+
+async def test_backlog_and_live_readings_take_turns(tmp_path: Path) -> None:
+    fake = FakePublisher(lambda _t, _p: HOLD)
+    async with forwarding(
+        tmp_path, fake, before=4, max_readings_per_message=5, max_inflight_messages=1
+    ) as run:
+        await async_wait_until(lambda: len(fake.held) == 1, 5, "the first backlog message")
+        await store_polls(run.box, 2, 5)  # live readings arrive meanwhile: seq 21-30
+        for _ in range(6):
+            await async_wait_until(lambda: fake.held, 5, "a message to answer")
+            fake.resolve(fake.held.pop(0))
+        await async_wait_until(lambda: len(run.delivered_seqs()) == 30, 5, "all delivered")
+    firsts = [m["readings"][0]["seq"] for m in fake.payloads()]
+    assert firsts == [1, 21, 6, 26, 11, 16]  # backlog, live, backlog, live, then the rest
+
+
+async def test_refused_as_too_large_is_resent_one_per_message_and_the_bad_one_quarantined(
+    tmp_path: Path,
+) -> None:
+    def answer(_topic: str, payload: bytes) -> int:
+        return TOO_LARGE if b'"huge0"' in payload else ACCEPT
+
+    fake = FakePublisher(answer)
+    async with forwarding(tmp_path, fake, max_readings_per_message=100) as run:
+        await store_polls(run.box, 2, 3)  # seq 1-6
+        await store_polls(run.box, 1, 3, tag="huge")  # seq 7-9, huge0 is seq 7
+        await store_polls(run.box, 1, 3)  # seq 10-12
+        await async_wait_until(lambda: run.forwarder.status.quarantined == 1, 5, "quarantine")
+        await async_wait_until(lambda: len(set(run.delivered_seqs())) == 11, 5, "the others")
+        assert run.box.outbox.quarantined_total == 1
+    assert sorted(set(run.delivered_seqs())) == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
+    assert run.forwarder.status.rejected["Packet too large"] >= 2  # whole, then alone
+    sent = [[r["seq"] for r in m["readings"]] for m in fake.payloads()]
+    assert [7] in sent  # the bad one alone (refused again, then moved aside)
+    assert [8] in sent  # its neighbours resent one by one meanwhile
+
+
+async def test_the_packet_size_a_broker_announces_is_applied(tmp_path: Path) -> None:
+    """Every message fits the broker's Maximum Packet Size (its CONNACK's), topic and header
+    included, while polls are still batched together up to it."""
+    limit = 1600  # about 8 readings of 181 bytes
+
+    def answer(topic: str, payload: bytes) -> int:
+        return TOO_LARGE if len(payload) + len(topic) + 16 > limit else ACCEPT
+
+    fake = FakePublisher(answer)
+    fake.max_packet_bytes = limit
+    async with forwarding(tmp_path, fake, before=30, per_poll=2) as run:
+        await async_wait_until(lambda: len(run.delivered_seqs()) == 60, 5, "all delivered")
+    sizes = [len(p) + len(t) + 16 for t, p in fake.sent]
+    assert max(sizes) <= limit
+    assert run.forwarder.status.rejected == {}
+    assert max(len(m["readings"]) for m in fake.payloads()) > 2  # polls still go together
+    assert run.delivered_seqs() == list(range(1, 61))
+
+
+async def test_the_size_learned_from_a_broker_that_drops_large_messages_is_applied(
+    tmp_path: Path,
+) -> None:
+    """A broker that drops the connection on a large message, without saying why: after two
+    drops the message is resent one reading per message, and from then on no message is
+    larger than half the one that was dropped."""
+    first: list[int] = []
+
+    def answer(_topic: str, payload: bytes) -> int:
+        if not first:
+            first.append(len(payload))
+        return DROP if len(payload) > first[0] * 3 // 4 else ACCEPT
+
+    fake = FakePublisher(answer)
+    async with forwarding(tmp_path, fake, before=40) as run:
+        await async_wait_until(lambda: len(run.delivered_seqs()) == 200, 5, "the first 200")
+        learned_at = len(fake.sent)
+        await store_polls(run.box, 40, 5)  # as many again, all waiting at once
+        await async_wait_until(lambda: len(set(run.delivered_seqs())) == 400, 5, "all")
+    learned = first[0] // 2
+    later = [len(p) for _t, p in fake.sent[learned_at:]]
+    assert max(later) <= learned
+    assert sorted(set(run.delivered_seqs())) == list(range(1, 401))
+    # A limit for batching, not one reading per message for ever:
+    assert max(len(m["readings"]) for m in fake.payloads()[learned_at:]) > 1
+
+
+async def test_a_poll_stored_larger_than_a_message_is_split_in_the_buffer(tmp_path: Path) -> None:
+    """A buffer written before polls were cut at encode time (or with a larger
+    max_readings_per_message) still goes out in messages of the configured size."""
+    fake = FakePublisher()
+    async with forwarding(tmp_path, fake, before=1, per_poll=12, max_readings_per_message=5) as run:
+        await async_wait_until(lambda: len(run.delivered_seqs()) == 12, 5, "all delivered")
+    assert [len(m["readings"]) for m in fake.payloads()] == [4, 4, 4]
+    assert run.delivered_seqs() == list(range(1, 13))
+
+
+async def test_lost_connection_resends_what_was_in_flight_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    drops = [2]  # the 2nd publish loses the connection
+
+    def answer(_topic: str, _payload: bytes) -> int:
+        drops[0] -= 1
+        return DROP if drops[0] == 0 else ACCEPT
+
+    fake = FakePublisher(answer)
+    async with forwarding(
+        tmp_path, fake, before=10, max_readings_per_message=5, max_inflight_messages=2
+    ) as run:
+        await async_wait_until(lambda: set(run.delivered_seqs()) == set(range(1, 51)), 5, "all")
+        await async_wait_until(lambda: run.box.outbox.depth == 0, 5, "all deleted")
+    assert fake.connection == 1
+    assert len(run.delivered_seqs()) - 50 <= 2 * 5  # duplicates within the window
+
+
+def unit(serial: str) -> UnitRecord:
+    return UnitRecord(
+        serial, "st", "op", 1, 1_700_000_000.0, 1_700_000_010.0, "verdict", "pass", None, 2, {}
+    )
+
+
+async def test_unit_records_go_through_the_same_loop_refused_ones_retried(tmp_path: Path) -> None:
+    refusals = [1]
+
+    def answer(topic: str, _payload: bytes) -> int:
+        if topic.endswith("/units") and refusals[0]:
+            refusals[0] -= 1
+            return NOT_AUTHORIZED
+        return ACCEPT
+
+    fake = FakePublisher(answer)
+    async with forwarding(tmp_path, fake, before=2) as run:
+        await run.box.append([], ContextChanges([unit("SN1"), unit("SN2")], {}, {}))
+        await async_wait_until(lambda: len(run.delivered_seqs("units")) == 2, 5, "units")
+        await async_wait_until(lambda: len(run.delivered_seqs()) == 10, 5, "readings")
+        await async_wait_until(lambda: run.box.outbox.units_depth == 0, 5, "units deleted")
+    units = [u for m in run.accepted for u in m.get("units", [])]
+    assert [(u["seq"], u["serial"]) for u in units] == [(1, "SN1"), (2, "SN2")]
+    assert run.forwarder.status.rejected == {"Not authorized": 1}
+    assert run.forwarder.status.units_delivered == 2
+    assert [t.rsplit("/", 1)[1] for t, _p in fake.sent].count("units") == 2  # refused, resent
