@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from collector.config import Config
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from store.db import connect
 from tests.helpers import (
     Mosquitto,
