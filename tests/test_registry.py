@@ -133,3 +133,21 @@ def test_no_import_cycle_at_module_level() -> None:
     for name in graph:
         if name not in state:
             visit(name)
+
+
+def test_each_protocol_library_has_one_importer_and_its_simulator() -> None:
+    """pymodbus, asyncua and pyserial are imported by their package's driver.py (and the
+    simulator, sim.py, which is not a driver) and nowhere else in the product."""
+    libraries = {
+        "pymodbus": "drivers.modbus",
+        "asyncua": "drivers.opcua",
+        "serial": "drivers.serial",
+        "serial_asyncio_fast": "drivers.serial",
+    }
+    allowed = {pkg: {f"{pkg}.driver", f"{pkg}.sim"} for pkg in libraries.values()}
+    for root in ("collector", "drivers", "store", "quality"):
+        for name, path in _modules(root).items():
+            for module in _imports(path, False):
+                package = libraries.get(module.split(".")[0])
+                if package is not None:
+                    assert name in allowed[package], f"{name} imports {module}"
