@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the config's JSON Schema (for editor completion)")
 
+    store = sub.add_parser("store", add_help=False, help="the central store (docs/store.md)")
+    store.add_argument("store_args", nargs=argparse.REMAINDER)
+
     demo = sub.add_parser("demo", help="run a simulated line and a collector for it")
     demo.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
@@ -160,7 +163,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # "collector store --help": options before the store's own command are the store's.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "store":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.log_level, json_lines=args.log_format == "json")
     if args.command == "check":
         return _check(args.config)
@@ -192,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(Config.model_json_schema(), indent=2))
         return 0
+    if args.command == "store":
+        from store.cli import main as store_main  # noqa: PLC0415 - the store is its own package
+
+        return store_main([*extra, *args.store_args])
     if args.command == "opcua-cert":
         from drivers.opcua.tools import opcua_cert_command  # noqa: PLC0415 - loads asyncua
 

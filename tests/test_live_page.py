@@ -14,9 +14,8 @@ from playwright.async_api import expect
 
 from collector.advice import ADVICE
 from collector.errors import ErrorCode
-from tests.helpers import Mosquitto, async_wait_until
+from tests.helpers import EventClient, Mosquitto, async_wait_until
 from tests.livepage import browser, live_line, open_page, updates
-from tests.test_health_server import EventClient
 
 
 async def test_the_page_shows_stations_devices_values_and_a_new_unit_without_reloading(

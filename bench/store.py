@@ -1,0 +1,496 @@
+"""Benchmarks of the central store (docs/performance.md, "The central store"):
+
+    .venv/bin/python -m bench.store                        # all three, default sizes
+    .venv/bin/python -m bench.store --only ingest --readings 1000000
+    .venv/bin/python -m bench.store --only genealogy --stored 10000000
+    .venv/bin/python -m bench.store --only backlog --backlog 1000000
+    .venv/bin/python -m bench.store --quick                # tiny sizes (a smoke test)
+
+- ingest: the store's batch writer (store.ingest.Writer, what one store process runs per
+  batch) fed with messages made by the collector's own encoder (collector.message: schema 1
+  today, whatever it emits tomorrow), ``--per-message`` readings a message and the default
+  100 messages a transaction, into a fresh SQLite file and a fresh PostgreSQL database.
+  Readings per second = readings committed / wall time of the writes (decode included).
+- ingest2: the same readings in schema-2 messages built by hand (the collector emits
+  schema 1 until issue 16 lands): what the store costs once it does.
+- genealogy: ``--stored`` readings written straight into the tables with bulk inserts
+  (4 collectors, 50 tags a poll, two stations per collector whose polls interleave, a unit
+  every 40 polls), then the genealogy of one unit (store.genealogy.unit_genealogy, what
+  GET /units/{serial} runs): median and maximum of 20 look-ups of different units.
+- backlog: ``collector store run`` (a subprocess) away while ``--backlog`` readings are
+  published to a private mosquitto (the store's persistent session queues them), then
+  started: drain rate and the store's RSS sampled every 0.5 s from /proc.
+
+PostgreSQL is a private cluster started from Debian's binaries (tests/postgres.py).
+Figures are printed (and written as JSON with --json FILE), never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import yaml
+
+from collector.message import ReadingEncoder, build_message
+from collector.reading import Context, Reading
+from store.db import connect, create_schema
+from store.genealogy import unit_genealogy
+from store.ingest import Incoming, Writer
+from store.schema import KIND_FLOAT, units
+from tests.helpers import Mosquitto, free_port, port_open, wait_until
+from tests.postgres import PostgresServer
+
+T0 = 1_795_000_000.0
+TAGS = 50
+
+
+def collector_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+    """``total`` readings as the collector publishes them: polls of 50 tags through its own
+    encoder, ``per_message`` readings a message."""
+    encoder = ReadingEncoder()
+    out: list[bytes] = []
+    seq = 1
+    items: list[bytes] = []
+    in_message = 0
+    poll = 0
+    while seq <= total:
+        ctx = Context("ft-1", f"UNIT-{poll // 40:07d}", "functional-test", 1)
+        ts = T0 + poll * 0.1
+        n = min(TAGS, total - seq + 1)
+        readings = [Reading(ts, f"tag{i:02d}", 12.0 + i * 0.01 + (poll % 7) * 0.001, "V")
+                    for i in range(n)]  # fmt: skip
+        items.append(encoder.encode(seq, "tester-1", readings, [ctx] * n))
+        seq += n
+        in_message += n
+        poll += 1
+        if in_message >= per_message or seq > total:
+            out.append(build_message(collector, b",".join(items)))
+            items, in_message = [], 0
+    return out
+
+
+def schema2_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+    """The same readings as schema 2 (/work/spec/schema2.md) would carry them, built by hand
+    until the collector's encoder emits schema 2 (then ``collector_messages`` does)."""
+    from collector.message import ts_text  # noqa: PLC0415
+
+    out: list[bytes] = []
+    polls: list[dict[str, Any]] = []
+    seq, poll, in_message = 1, 0, 0
+    while seq <= total:
+        n = min(TAGS, total - seq + 1)
+        polls.append({
+            "seq": seq, "ts": ts_text(T0 + poll * 0.1), "device": "tester-1", "station": "ft-1",
+            "unit_serial": f"UNIT-{poll // 40:07d}", "operation": "functional-test",
+            "attempt": 1, "phase": "test",
+            "values": {f"tag{i:02d}": 12.0 + i * 0.01 + (poll % 7) * 0.001 for i in range(n)},
+        })  # fmt: skip
+        seq += n
+        in_message += n
+        poll += 1
+        if in_message >= per_message or seq > total:
+            doc = {
+                "schema": 2,
+                "collector": collector,
+                "outbox": "6f1d0c2a9b7e4e55",
+                "polls": polls,
+            }
+            out.append(orjson.dumps(doc))
+            polls, in_message = [], 0
+    return out
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def server_cpu_seconds(pg: PostgresServer | None) -> float:
+    """CPU time of the PostgreSQL server so far: the postmaster and its live children."""
+    if pg is None:
+        return 0.0
+    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def bench_ingest(
+    url: str,
+    total: int,
+    per_message: int,
+    batch: int,
+    *,
+    schema2: bool = False,
+    pg: PostgresServer | None = None,
+) -> dict[str, Any]:
+    make = schema2_messages if schema2 else collector_messages
+    messages = make(total, per_message)
+    engine = connect(url)
+    create_schema(engine)
+    writer = Writer(engine)
+    topic = "collector/plant/line/pc1/readings"
+    incoming = [Incoming(topic, m) for m in messages]
+    writer.write(incoming[:1])  # the dimension rows and the connection: not what is measured
+    rest = incoming[1:]
+    started = time.perf_counter()
+    cpu = time.process_time()
+    server = server_cpu_seconds(pg)
+    inserted = 0
+    for i in range(0, len(rest), batch):
+        inserted += writer.write(rest[i : i + batch]).readings_inserted
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    server = server_cpu_seconds(pg) - server
+    writer.close()
+    size = readings_bytes(engine)
+    engine.dispose()
+    return {
+        "readings_table_mb_per_million": round(size / (inserted + per_message) * 1e6 / 2**20, 1),
+        "readings": inserted,
+        "seconds": round(wall, 2),
+        "readings_per_s": round(inserted / wall),
+        "store_cpu_share": round(cpu / wall, 2),
+        # What one core would do if this process had it to itself (the machine is shared).
+        "readings_per_cpu_s": round(inserted / cpu),
+        # PostgreSQL's own work (its processes' CPU); 0 for SQLite, which runs in the store.
+        "db_server_cpu_s": round(server, 1),
+        "message_bytes": round(sum(map(len, messages)) / len(messages)),
+    }
+
+
+def readings_bytes(engine: sa.Engine) -> int:
+    """Disk used by the readings table and its indexes (SQLite: dbstat; PostgreSQL:
+    pg_total_relation_size)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            return int(
+                conn.exec_driver_sql("SELECT pg_total_relation_size('readings')").scalar_one()
+            )
+        try:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT sum(pgsize) FROM dbstat WHERE name = 'readings'"
+                ).scalar_one()
+            )
+        except sa.exc.OperationalError:  # SQLite built without dbstat: the whole file
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+            return int(pages) * int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+
+
+# --------------------------------------------------------------------------- genealogy
+
+COLLECTORS = 4
+POLLS_PER_UNIT = 40
+
+
+def _bulk_rows(collector: int, polls: int) -> Iterator[tuple[Any, ...]]:
+    """(stream, seq, ts, series, context, flags, num) rows of one collector: two stations
+    whose polls alternate; each station has a new unit every POLLS_PER_UNIT of its polls."""
+    seq = 1
+    stream = collector + 1
+    for poll in range(polls):
+        station = poll % 2
+        unit = (poll // 2) // POLLS_PER_UNIT
+        context = (collector * 2 + station) * 1_000_000 + unit + 1
+        ts = to_micros_fast(T0 + poll * 0.1)
+        series = collector * TAGS + 1
+        for tag in range(TAGS):
+            yield (stream, seq, ts, series + tag, context, KIND_FLOAT * 4, 12.0 + tag * 0.01)
+            seq += 1
+
+
+def to_micros_fast(ts: float) -> int:
+    return round(ts * 1_000_000)
+
+
+def fill(engine: sa.Engine, stored: int) -> list[str]:
+    """Write ``stored`` readings (and their streams, series, contexts, spans and unit
+    records) with bulk inserts; returns some serials to look up."""
+    create_schema(engine)
+    polls = stored // (TAGS * COLLECTORS)
+    serials: list[str] = []
+    pg = engine.dialect.name == "postgresql"
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    def ts_value(seconds: float) -> datetime:
+        return datetime.fromtimestamp(seconds, UTC)
+
+    with engine.begin() as conn:
+        for c in range(COLLECTORS):
+            conn.execute(sa.text(
+                "INSERT INTO streams (id, collector, outbox, kind, low_seq, high_seq, received) "
+                "VALUES (:id, :c, '', 'readings', 1, :h, :h)"
+            ), {"id": c + 1, "c": f"pc{c + 1}", "h": polls * TAGS})  # fmt: skip
+            conn.execute(
+                sa.text("INSERT INTO series (id, collector, device, tag, unit) VALUES "
+                        "(:id, :c, 'tester', :t, 'V')"),
+                [{"id": c * TAGS + t + 1, "c": f"pc{c + 1}", "t": f"tag{t:02d}"}
+                 for t in range(TAGS)],
+            )  # fmt: skip
+            units_per_station = (polls // 2) // POLLS_PER_UNIT + 1
+            ctx_rows, span_rows, unit_rows = [], [], []
+            for station in range(2):
+                for u in range(units_per_station):
+                    cid = (c * 2 + station) * 1_000_000 + u + 1
+                    serial = f"U{c}{station}-{u:07d}"
+                    ctx_rows.append({"id": cid, "key": serial, "station": f"st-{c}-{station}",
+                                     "serial": serial})  # fmt: skip
+                    first_poll = u * POLLS_PER_UNIT * 2 + station
+                    last_poll = min(first_poll + (POLLS_PER_UNIT - 1) * 2, polls - 1)
+                    if first_poll >= polls:
+                        continue
+                    span_rows.append({"ctx": cid, "stream": c + 1, "a": first_poll * TAGS + 1,
+                                      "b": (last_poll + 1) * TAGS})  # fmt: skip
+                    unit_rows.append({"collector": f"pc{c + 1}", "outbox": "",
+                                      "seq": len(unit_rows) + 1, "serial": serial,
+                                      "station": f"st-{c}-{station}",
+                                      "operation": "functional-test", "attempt": 1,
+                                      "start_ts": ts_value(T0 + first_poll * 0.1),
+                                      "end_ts": ts_value(T0 + last_poll * 0.1),
+                                      "verdict": "pass", "golden": False})  # fmt: skip
+                    if u % 97 == 3 and len(serials) < 20 * COLLECTORS:
+                        serials.append(serial)
+            conn.execute(sa.text(
+                "INSERT INTO contexts (id, key, station, unit_serial, operation, attempt, golden) "
+                "VALUES (:id, :key, :station, :serial, 'functional-test', 1, false)"
+            ), ctx_rows)  # fmt: skip
+            conn.execute(sa.text(
+                "INSERT INTO context_spans (context, stream, first_seq, last_seq) "
+                "VALUES (:ctx, :stream, :a, :b)"
+            ), span_rows)  # fmt: skip
+            conn.execute(sa.insert(units), unit_rows)
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        for c in range(COLLECTORS):
+            if pg:
+                with (
+                    driver.cursor() as cur,
+                    cur.copy(
+                        "COPY readings (stream, seq, ts, series, context, flags, num) FROM STDIN"
+                    ) as copy,
+                ):
+                    for row in _bulk_rows(c, polls):
+                        copy.write_row((*row[:2], _pg_ts(row[2]), *row[3:]))
+                driver.commit()
+            else:
+                driver.execute("BEGIN")
+                driver.executemany(
+                    "INSERT INTO readings (stream, seq, ts, series, context, flags, num) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _bulk_rows(c, polls),
+                )
+                driver.execute("COMMIT")
+    finally:
+        raw.close()
+    if pg:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+    return serials
+
+
+def _pg_ts(micros: int) -> str:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat()
+
+
+def bench_genealogy(url: str, stored: int, pg: PostgresServer | None = None) -> dict[str, Any]:
+    engine = connect(url)
+    started = time.perf_counter()
+    serials = fill(engine, stored)
+    filled = time.perf_counter() - started
+    with engine.connect() as conn:
+        count = conn.exec_driver_sql("SELECT count(*) FROM readings").scalar_one()
+    times = []
+    readings = 0
+    unit_genealogy(engine, serials[0])  # warm the connection pool
+    cpu, server = time.process_time(), server_cpu_seconds(pg)
+    for serial in serials[:20]:
+        t = time.perf_counter()
+        found = unit_genealogy(engine, serial)
+        times.append((time.perf_counter() - t) * 1000)
+        assert found is not None
+        readings = len(found["readings"])
+    cpu, server = time.process_time() - cpu, server_cpu_seconds(pg) - server
+    engine.dispose()
+    return {
+        "stored_readings": count,
+        "fill_seconds": round(filled, 1),
+        "unit_readings": readings,
+        "genealogy_ms_median": round(statistics.median(times), 1),
+        "genealogy_ms_max": round(max(times), 1),
+        # CPU per look-up: the store's process, and PostgreSQL's (0 for SQLite): what the
+        # look-up costs on a machine that is not shared.
+        "cpu_ms_per_lookup": round(cpu / len(times) * 1000, 1),
+        "db_server_cpu_ms_per_lookup": round(server / len(times) * 1000, 1),
+    }
+
+
+# --------------------------------------------------------------------------- backlog
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict[str, Any]:
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    broker = Mosquitto(workdir / "mosquitto")
+    broker.start()
+    http = free_port()
+    config = workdir / "store.yaml"
+    config.write_text(yaml.safe_dump({
+        "database": {"url": url, "sqlite_synchronous": "full"},
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "bench-store"},
+        "http": {"port": http},
+    }))  # fmt: skip
+    command = [sys.executable, "-m", "collector", "store", "run", "--config", str(config)]
+    log = (workdir / "store.log").open("ab")
+    try:
+        store = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: port_open(http), 30, "store")
+        time.sleep(1)  # subscribed: the session exists on the broker
+        store.terminate()
+        store.wait(30)
+        messages = collector_messages(total, per_message)
+        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub",
+                                protocol=mqtt.MQTTv5)  # fmt: skip
+        publisher.connect(broker.host, broker.port)
+        publisher.loop_start()
+        for payload in messages:
+            publisher.publish("collector/plant/line/pc1/readings", payload, qos=1).wait_for_publish(
+                30
+            )
+        publisher.loop_stop()
+        publisher.disconnect()
+        engine = connect(url)
+        started = time.perf_counter()
+        store = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        rss = []
+        done = 0
+        while time.perf_counter() - started < 1800:
+            rss.append(_rss_mb(store.pid))
+            with engine.connect() as conn:
+                done = conn.exec_driver_sql("SELECT count(*) FROM readings").scalar_one()
+            if done >= total:
+                break
+            time.sleep(0.5)
+        wall = time.perf_counter() - started
+        store.terminate()
+        store.wait(30)
+        engine.dispose()
+    finally:
+        log.close()
+        broker.stop()
+    return {
+        "readings": done,
+        "drain_seconds": round(wall, 1),
+        "readings_per_s": round(done / wall),
+        "rss_mb_first": round(rss[1] if len(rss) > 1 else rss[0], 1),
+        "rss_mb_max": round(max(rss), 1),
+        "rss_mb_last": round(rss[-1], 1),
+        "rss_samples": len(rss),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default="ingest,ingest2,genealogy,backlog")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--readings", type=int, default=1_000_000, help="ingest size")
+    parser.add_argument("--per-message", type=int, default=500, help="readings per message")
+    parser.add_argument("--batch", type=int, default=100, help="messages per transaction")
+    parser.add_argument("--stored", type=int, default=10_000_000, help="genealogy table size")
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="backlog size")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.readings, args.stored, args.backlog = 20_000, 200_000, 20_000
+    only = args.only.split(",")
+    databases = args.databases.split(",")
+    results: dict[str, Any] = {
+        "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_average": os.getloadavg(),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    pg = None
+    try:
+        if "postgresql" in databases:
+            pg = PostgresServer()
+            pg.init()
+            pg.start()
+        names = iter(range(1, 1000))
+
+        def url(db: str) -> str:
+            n = next(names)
+            if db == "sqlite":
+                return f"sqlite:///{workdir / f'store{n}.db'}"
+            assert pg is not None
+            return pg.create_database(f"bench{n}")
+
+        for db in databases:
+            if "ingest" in only:
+                server = pg if db == "postgresql" else None
+                r = bench_ingest(url(db), args.readings, args.per_message, args.batch, pg=server)
+                results[f"ingest_{db}"] = r
+                print(f"ingest {db}: {r}", flush=True)
+            if "ingest2" in only:
+                server = pg if db == "postgresql" else None
+                r = bench_ingest(
+                    url(db), args.readings, args.per_message, args.batch, schema2=True, pg=server
+                )
+                results[f"ingest_schema2_{db}"] = r
+                print(f"ingest schema 2 {db}: {r}", flush=True)
+            if "genealogy" in only:
+                r = bench_genealogy(url(db), args.stored, pg if db == "postgresql" else None)
+                results[f"genealogy_{db}"] = r
+                print(f"genealogy {db}: {r}", flush=True)
+            if "backlog" in only:
+                r = bench_backlog(url(db), args.backlog, args.per_message, workdir / f"b-{db}")
+                results[f"backlog_{db}"] = r
+                print(f"backlog {db}: {r}", flush=True)
+    finally:
+        if pg is not None:
+            pg.cleanup()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

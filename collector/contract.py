@@ -1,0 +1,565 @@
+"""The reference decoder of the MQTT message contract (schema 1 and 2, docs/messages.md).
+
+Pure and dependent on orjson only, so consumers (the central store in ``store/``, a plant's own
+tools) import it without the collector's runtime. It checks every field's type and raises
+:class:`ContractError` naming the field path (``polls[3].values.temp.quality: ...``).
+
+Two levels:
+
+- :func:`decode_polls` keeps a message's structure: one :class:`Poll` per run of readings that
+  share a timestamp, device and context, with the readings as small tuples. A consumer that
+  writes many readings a second (the store) resolves the context once per poll from this.
+- :func:`decode_readings` flattens that into one :class:`FlatReading` per reading, whatever
+  the schema: the simple API.
+
+Schema 1 has no ``outbox``: its readings decode with ``outbox == ""``, ``slot``/``phase`` None
+and ``golden`` False; consecutive schema-1 readings with the same ts, device and context and
+consecutive seqs are joined into one :class:`Poll`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from operator import itemgetter
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSIONS = (1, 2)
+
+Value = bool | int | float | str | None
+
+QUALITIES = frozenset({"good", "uncertain", "bad"})
+#: Qualities allowed in a schema-2 value wrapper (good values are written bare).
+WRAPPED_QUALITIES = frozenset({"bad", "uncertain"})
+VERDICTS = frozenset({"pass", "fail", "rework", "scrap", "incomplete"})
+PHASES = frozenset({None, "test", "after"})
+_HEX = frozenset("0123456789abcdef")
+
+
+class ContractError(ValueError):
+    """A message that does not follow the contract. ``str()`` is ``"path: problem"``.
+
+    ``kind`` sorts the failures into a small fixed set for counting: ``json`` (not JSON or
+    not an object), ``schema`` (missing or unknown schema version), ``field`` (a missing field
+    or a field of the wrong type or value).
+    """
+
+    def __init__(self, path: str, problem: str, kind: str = "field") -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class FlatReading:
+    """One reading, whatever the schema."""
+
+    collector: str
+    outbox: str
+    seq: int
+    ts: str  # RFC 3339 text as sent
+    device: str
+    tag: str
+    value: Value
+    quality: str
+    error: str | None
+    station: str | None
+    slot: int | str | None
+    unit_serial: str | None
+    operation: str | None
+    attempt: int | None
+    phase: str | None
+    golden: bool
+    unit: str | None  # engineering unit: only schema 1 carries it per reading
+
+
+#: One reading inside a poll: (tag, value, quality, error, engineering unit or None).
+PollValue = tuple[str, Value, str, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """Readings that share ts, device and context; reading i has seq ``seq + i``."""
+
+    seq: int
+    ts: str
+    device: str
+    meta: str | None
+    station: str | None
+    slot: int | str | None
+    unit_serial: str | None
+    operation: str | None
+    attempt: int | None
+    phase: str | None
+    golden: bool
+    values: list[PollValue]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsMessage:
+    schema: int
+    collector: str
+    outbox: str
+    polls: list[Poll]
+
+    @property
+    def count(self) -> int:
+        return sum(len(p.values) for p in self.polls)
+
+
+@dataclass(frozen=True, slots=True)
+class FlatUnit:
+    """One unit record (a unit's pass through one operation at one station)."""
+
+    collector: str
+    outbox: str
+    seq: int
+    serial: str
+    station: str | None
+    slot: int | str | None
+    operation: str | None
+    attempt: int | None
+    start: str
+    end: str
+    cycle_time_s: float | None
+    takt_s: float | None
+    verdict: str
+    failure_code: Value
+    ended_by: str | None
+    readings: int | None
+    golden: bool
+    work_order: str | None
+    #: name -> {last, min, max, lsl, usl, target (float or None), critical (bool),
+    #: in_spec (bool or None)}: every key present.
+    characteristics: dict[str, dict[str, object]]
+
+
+# --- field checks --------------------------------------------------------------------------
+
+
+def _load(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError("", f"not JSON ({exc})", "json") from None
+    if type(doc) is not dict:
+        raise ContractError("", "not a JSON object", "json")
+    return doc
+
+
+def _schema(doc: dict[str, Any]) -> int:
+    schema = doc.get("schema")
+    if type(schema) is not int or schema not in SCHEMA_VERSIONS:
+        what = "missing" if schema is None else f"unsupported version {_show(schema)}"
+        raise ContractError("schema", f"{what} (known: 1, 2)", "schema")
+    return schema
+
+
+def _show(value: object) -> str:
+    text = orjson.dumps(value).decode() if _is_json(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_json(value: object) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _str(obj: dict[str, Any], key: str, path: str) -> str:
+    value = obj.get(key)
+    if type(value) is not str:
+        raise ContractError(f"{path}{key}", _wanted("a string", key in obj, value))
+    return value
+
+
+def _nonempty(obj: dict[str, Any], key: str, path: str) -> str:
+    value = _str(obj, key, path)
+    if not value:
+        raise ContractError(f"{path}{key}", "must not be empty")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str, path: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not str:
+        raise ContractError(f"{path}{key}", _wanted("a string or null", True, value))
+    return value
+
+
+def _opt_int(obj: dict[str, Any], key: str, path: str) -> int | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not int:
+        raise ContractError(f"{path}{key}", _wanted("an integer or null", True, value))
+    return value
+
+
+def _opt_num(obj: dict[str, Any], key: str, path: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is int:
+        return float(value)
+    if type(value) is not float:
+        raise ContractError(f"{path}{key}", _wanted("a number or null", True, value))
+    return value
+
+
+def _bool(obj: dict[str, Any], key: str, path: str) -> bool:
+    value = obj.get(key, False)
+    if type(value) is not bool:
+        raise ContractError(f"{path}{key}", _wanted("true or false", True, value))
+    return value
+
+
+def _opt_bool(obj: dict[str, Any], key: str, path: str) -> bool | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not bool:
+        raise ContractError(f"{path}{key}", _wanted("true, false or null", True, value))
+    return value
+
+
+def _slot(obj: dict[str, Any], path: str) -> int | str | None:
+    value = obj.get("slot")
+    if value is not None and type(value) is not int and type(value) is not str:
+        raise ContractError(f"{path}slot", _wanted("an integer, a string or null", True, value))
+    return value
+
+
+def _seq(obj: dict[str, Any], path: str) -> int:
+    value = obj.get("seq")
+    if type(value) is not int or value < 0:
+        raise ContractError(f"{path}seq", _wanted("an integer >= 0", "seq" in obj, value))
+    return value
+
+
+def _scalar(value: Any, path: str) -> Value:
+    if value is None or type(value) in (bool, int, float, str):
+        return value  # type: ignore[no-any-return]
+    raise ContractError(path, _wanted("a number, boolean, string or null", True, value))
+
+
+def _wanted(what: str, present: bool, value: object) -> str:
+    return f"must be {what}, got {_show(value)}" if present else f"missing (must be {what})"
+
+
+class _TsCheck:
+    """RFC 3339 check with a one-entry memory: the readings of a poll share their ts."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, obj: dict[str, Any], path: str, key: str = "ts") -> str:
+        value = obj.get(key)
+        if value == self.last and type(value) is str:
+            return value
+        if type(value) is not str:
+            raise ContractError(f"{path}{key}", _wanted("an RFC 3339 string", key in obj, value))
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None or "T" not in value:
+            raise ContractError(
+                f"{path}{key}", f"must be an RFC 3339 time with offset, got {_show(value)}"
+            )
+        self.last = value
+        return value
+
+
+def _header(doc: dict[str, Any], schema: int) -> tuple[str, str]:
+    collector = _nonempty(doc, "collector", "")
+    if schema == 1:
+        return collector, ""
+    outbox = _str(doc, "outbox", "")
+    if len(outbox) != 16 or not set(outbox) <= _HEX:
+        raise ContractError("outbox", f"must be 16 lowercase hex characters, got {_show(outbox)}")
+    return collector, outbox
+
+
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    items = doc.get(key)
+    if type(items) is not list:
+        raise ContractError(key, _wanted("an array", key in doc, items))
+    return items
+
+
+def _obj(item: Any, path: str) -> dict[str, Any]:
+    if type(item) is not dict:
+        raise ContractError(path.rstrip("."), _wanted("an object", True, item))
+    return item
+
+
+# --- readings ------------------------------------------------------------------------------
+
+
+def decode_polls(payload: bytes) -> ReadingsMessage:
+    """A readings message (schema 1 or 2), its polls in message order."""
+    doc = _load(payload)
+    schema = _schema(doc)
+    collector, outbox = _header(doc, schema)
+    ts_check = _TsCheck()
+    if schema == 2:
+        polls = [
+            _poll2(item, f"polls[{i}].", ts_check) for i, item in enumerate(_list(doc, "polls"))
+        ]
+    else:
+        polls = _polls1(_list(doc, "readings"), ts_check)
+    return ReadingsMessage(schema, collector, outbox, polls)
+
+
+def _poll2(item: object, path: str, ts_check: _TsCheck) -> Poll:
+    poll = _obj(item, path)
+    phase = _opt_str(poll, "phase", path)
+    if phase not in PHASES:
+        raise ContractError(f"{path}phase", f'must be "test", "after" or null, got {_show(phase)}')
+    meta = poll.get("meta")
+    if meta is not None and type(meta) is not str:
+        raise ContractError(f"{path}meta", _wanted("a string", True, meta))
+    raw = poll.get("values")
+    if type(raw) is not dict:
+        raise ContractError(f"{path}values", _wanted("an object", "values" in poll, raw))
+    values: list[PollValue] = []
+    for tag, value in raw.items():
+        if type(value) is dict:
+            values.append(_wrapped(tag, value, f"{path}values.{tag}."))
+        elif value is None or type(value) in (bool, int, float, str):
+            values.append((tag, value, "good", None, None))
+        else:
+            raise ContractError(
+                f"{path}values.{tag}",
+                _wanted("a number, boolean, string, null or object", True, value),
+            )
+    return Poll(
+        seq=_seq(poll, path),
+        ts=ts_check(poll, path),
+        device=_nonempty(poll, "device", path),
+        meta=meta,
+        station=_opt_str(poll, "station", path),
+        slot=_slot(poll, path),
+        unit_serial=_opt_str(poll, "unit_serial", path),
+        operation=_opt_str(poll, "operation", path),
+        attempt=_opt_int(poll, "attempt", path),
+        phase=phase,
+        golden=_bool(poll, "golden", path),
+        values=values,
+    )
+
+
+def _wrapped(tag: str, obj: dict[str, Any], path: str) -> PollValue:
+    quality = obj.get("quality")
+    if quality not in WRAPPED_QUALITIES:
+        raise ContractError(f"{path}quality", f'must be "bad" or "uncertain", got {_show(quality)}')
+    if "value" not in obj:
+        raise ContractError(f"{path}value", "missing")
+    return (tag, _scalar(obj["value"], f"{path}value"), quality, _opt_str(obj, "error", path), None)
+
+
+_SCALARS = frozenset({bool, int, float, str, type(None)})
+_OPT_STR = frozenset({str, type(None)})
+#: The twelve fields of a schema-1 reading in one C call (the collector writes all of them).
+_FIELDS1 = itemgetter(
+    "seq", "tag", "value", "quality", "error", "unit",
+    "ts", "device", "station", "unit_serial", "operation", "attempt",
+)  # fmt: skip
+
+
+def _polls1(items: list[Any], ts_check: _TsCheck) -> list[Poll]:
+    """Schema-1 readings joined into polls. The fields that repeat from reading to reading
+    (ts, device and context) are checked when they change; the rest of each reading is
+    checked inline, and the slow path that names the field runs only for a bad reading or
+    one that leaves a field out."""
+    polls: list[Poll] = []
+    key: tuple[object, ...] | None = None
+    checked: tuple[object, ...] | None = None
+    next_seq = -1
+    values: list[PollValue] = []
+    scalars, qualities, opt_str, fields = _SCALARS, QUALITIES, _OPT_STR, _FIELDS1
+    for i, reading in enumerate(items):
+        try:
+            (seq, tag, value, quality, error, unit,
+             ts, device, station, serial, operation, attempt) = fields(reading)  # fmt: skip
+        except (KeyError, TypeError):
+            _reading1(reading, f"readings[{i}].", ts_check)  # raises, or a field was left out
+            get = reading.get
+            seq, tag, value, quality = get("seq"), get("tag"), get("value"), get("quality")
+            error, unit, ts, device = get("error"), get("unit"), get("ts"), get("device")
+            station, serial = get("station"), get("unit_serial")
+            operation, attempt = get("operation"), get("attempt")
+        if (
+            type(seq) is not int
+            or seq < 0
+            or type(tag) is not str
+            or type(value) not in scalars
+            or quality not in qualities
+            or type(error) not in opt_str
+            or type(unit) not in opt_str
+        ):
+            _reading1(reading, f"readings[{i}].", ts_check)  # raises, naming the field
+        new_key = (ts, device, station, serial, operation, attempt)
+        if new_key != key or seq != next_seq:
+            if new_key != checked or type(attempt) is not int:
+                _reading1(reading, f"readings[{i}].", ts_check)
+                checked = new_key
+            if key is not None:
+                polls.append(_poll1(next_seq - len(values), key, values))
+            key, values = new_key, []
+        values.append((tag, value, quality, error, unit))
+        next_seq = seq + 1
+    if key is not None:
+        polls.append(_poll1(next_seq - len(values), key, values))
+    return polls
+
+
+_MISSING = object()
+
+
+def _reading1(reading: dict[str, Any], path: str, ts_check: _TsCheck) -> None:
+    """Check one schema-1 reading field by field; raise ContractError naming the first bad."""
+    _seq(reading, path)
+    ts_check(reading, path)
+    _nonempty(reading, "device", path)
+    _str(reading, "tag", path)
+    if "value" not in reading:
+        raise ContractError(f"{path}value", "missing")
+    _scalar(reading["value"], f"{path}value")
+    quality = reading.get("quality")
+    if quality not in QUALITIES:
+        raise ContractError(
+            f"{path}quality", f'must be "good", "uncertain" or "bad", got {_show(quality)}'
+        )
+    for name in ("error", "unit", "station", "unit_serial", "operation"):
+        _opt_str(reading, name, path)
+    _opt_int(reading, "attempt", path)
+
+
+def _poll1(seq: int, key: tuple[Any, ...], values: list[PollValue]) -> Poll:
+    ts, device, station, unit_serial, operation, attempt = key
+    return Poll(
+        seq, ts, device, None, station, None, unit_serial, operation, attempt, None, False, values
+    )
+
+
+def flatten(message: ReadingsMessage) -> list[FlatReading]:
+    out: list[FlatReading] = []
+    collector, outbox = message.collector, message.outbox
+    for p in message.polls:
+        for i, (tag, value, quality, error, unit) in enumerate(p.values):
+            out.append(
+                FlatReading(
+                    collector, outbox, p.seq + i, p.ts, p.device, tag, value, quality, error,
+                    p.station, p.slot, p.unit_serial, p.operation, p.attempt, p.phase,
+                    p.golden, unit,
+                )
+            )  # fmt: skip
+    return out
+
+
+def decode_readings(payload: bytes) -> list[FlatReading]:
+    """Every reading of a readings message, in message order. Raises ContractError."""
+    return flatten(decode_polls(payload))
+
+
+# --- unit records --------------------------------------------------------------------------
+
+_CHAR_NUMBERS = ("last", "min", "max", "lsl", "usl", "target")
+
+
+def decode_units(payload: bytes) -> list[FlatUnit]:
+    """Every unit record of a units message. Raises ContractError."""
+    doc = _load(payload)
+    schema = _schema(doc)
+    collector, outbox = _header(doc, schema)
+    ts_check = _TsCheck()
+    units = []
+    for i, item in enumerate(_list(doc, "units")):
+        path = f"units[{i}]."
+        unit = _obj(item, path)
+        verdict = unit.get("verdict")
+        if verdict not in VERDICTS:
+            raise ContractError(
+                f"{path}verdict",
+                f"must be one of {', '.join(sorted(VERDICTS))}, got {_show(verdict)}",
+            )
+        start = ts_check(unit, path, "start")
+        end = ts_check(unit, path, "end")
+        units.append(
+            FlatUnit(
+                collector=collector,
+                outbox=outbox,
+                seq=_seq(unit, path),
+                serial=_nonempty(unit, "serial", path),
+                station=_opt_str(unit, "station", path),
+                slot=_slot(unit, path),
+                operation=_opt_str(unit, "operation", path),
+                attempt=_opt_int(unit, "attempt", path),
+                start=start,
+                end=end,
+                cycle_time_s=_opt_num(unit, "cycle_time_s", path),
+                takt_s=_opt_num(unit, "takt_s", path),
+                verdict=verdict,
+                failure_code=_scalar(unit.get("failure_code"), f"{path}failure_code"),
+                ended_by=_opt_str(unit, "ended_by", path),
+                readings=_opt_int(unit, "readings", path),
+                golden=_bool(unit, "golden", path),
+                work_order=_opt_str(unit, "work_order", path),
+                characteristics=_characteristics(unit, path),
+            )
+        )
+    return units
+
+
+def _characteristics(unit: dict[str, Any], path: str) -> dict[str, dict[str, object]]:
+    raw = unit.get("characteristics", {})
+    if raw is None:
+        return {}
+    if type(raw) is not dict:
+        raise ContractError(f"{path}characteristics", _wanted("an object", True, raw))
+    out: dict[str, dict[str, object]] = {}
+    for name, item in raw.items():
+        cpath = f"{path}characteristics.{name}."
+        obj = _obj(item, cpath)
+        char: dict[str, object] = {key: _opt_num(obj, key, cpath) for key in _CHAR_NUMBERS}
+        char["critical"] = _bool(obj, "critical", cpath)
+        char["in_spec"] = _opt_bool(obj, "in_spec", cpath)
+        out[name] = char
+    return out
+
+
+# --- tag metadata --------------------------------------------------------------------------
+
+
+def decode_meta(payload: bytes) -> dict[str, Any]:
+    """A tag-metadata message (schema 2, retained on ``.../meta/{device}``), checked.
+
+    Returns ``{"schema", "collector", "device", "meta", "tags"}`` with ``tags`` mapping each
+    tag to its object (``unit``, ``type``, ``scale``, ``offset``, ``station``... as sent).
+    """
+    doc = _load(payload)
+    schema = _schema(doc)
+    if schema != 2:
+        raise ContractError("schema", "tag metadata exists from schema 2 on", "schema")
+    collector = _nonempty(doc, "collector", "")
+    device = _nonempty(doc, "device", "")
+    meta = _str(doc, "meta", "")
+    if len(meta) != 8 or not set(meta) <= _HEX:
+        raise ContractError("meta", f"must be 8 lowercase hex characters, got {_show(meta)}")
+    tags = doc.get("tags")
+    if type(tags) is not dict:
+        raise ContractError("tags", _wanted("an object", "tags" in doc, tags))
+    for tag, item in tags.items():
+        path = f"tags.{tag}."
+        obj = _obj(item, path)
+        _opt_str(obj, "unit", path)
+        _opt_str(obj, "type", path)
+        _opt_str(obj, "station", path)
+        _opt_num(obj, "scale", path)
+        _opt_num(obj, "offset", path)
+    return {"schema": schema, "collector": collector, "device": device, "meta": meta, "tags": tags}

@@ -1,0 +1,234 @@
+"""``collector store run | check | gaps | unit | units | prune | report`` (docs/store.md;
+the report: docs/report.md, ``store/report/``).
+
+Exit codes as the collector's: 0 success, 1 start-up failure (e.g. the database cannot be
+reached for a query), 2 invalid configuration; ``gaps`` exits 3 when something is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from collector.errors import ConfigError, StartupError
+from store.config import StoreConfig, load_store_config
+
+log = logging.getLogger("store")
+
+EXIT_STARTUP, EXIT_CONFIG, EXIT_GAPS = 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collector store", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, text: str, db: bool = True) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", type=Path, default=None, help="store.yaml")
+        if db:
+            cmd.add_argument("--db", default=None, help="database URL (instead of the config's)")
+        return cmd
+
+    run = command("run", "subscribe and store until SIGINT/SIGTERM", db=False)
+    run.add_argument("--client-id", default=None, help="MQTT client id (instead of the config's)")
+    command("check", "validate store.yaml without touching the network", db=False)
+    gaps = command("gaps", "per collector and outbox: high-water mark and missing seq ranges")
+    gaps.add_argument("--json", action="store_true", help="JSON instead of a table")
+    unit = command("unit", "a unit's genealogy as JSON (or CSV files)")
+    unit.add_argument("serial")
+    unit.add_argument("--csv", type=Path, default=None, metavar="DIR", help="write CSV files")
+    units = command("units", "search unit records (JSON lines)")
+    units.add_argument("--serial", default=None, help="serial, * as a wildcard")
+    units.add_argument("--operation", default=None)
+    units.add_argument("--verdict", default=None)
+    units.add_argument("--work-order", default=None)
+    units.add_argument("--golden", choices=["true", "false"], default=None)
+    units.add_argument("--since", default=None, help="an age (36h, 7d) or an RFC 3339 time")
+    units.add_argument("--until", default=None, help="an RFC 3339 time")
+    units.add_argument("--limit", type=int, default=1000)
+    prune = command("prune", "delete readings older than --older-than (unit records stay)")
+    prune.add_argument("--older-than", default=None, help="an age such as 90d (default: config)")
+    from store.report import cli as report_cli  # noqa: PLC0415 - its own options
+
+    report = command("report", "the pilot-run report (docs/report.md)", db=False)
+    report_cli.add_arguments(report)  # --db (default $STORE_DB_URL) and the report's options
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    try:
+        config = load_store_config(args.config) if args.config else StoreConfig()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(f"{args.config or '(defaults)'}: OK, database {_shown_url(config)}")
+        return 0
+    if args.command == "report":
+        from store.report import cli as report_cli  # noqa: PLC0415
+
+        if not args.db and args.config:
+            args.db = config.database.url
+        return report_cli.run(args)
+    if args.command == "run":
+        if args.client_id:
+            config = config.model_copy(
+                update={"mqtt": config.mqtt.model_copy(update={"client_id": args.client_id})}
+            )
+        return run_store(config)
+    try:
+        engine = _engine(config, args.db)
+        if args.command == "gaps":
+            return _gaps(engine, args.json)
+        if args.command == "unit":
+            return _unit(engine, args.serial, args.csv)
+        if args.command == "units":
+            return _units(engine, args)
+        if args.command == "prune":
+            return _prune(engine, config, args.older_than)
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"database error: {getattr(exc, 'orig', None) or exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands
+
+
+def _shown_url(config: StoreConfig) -> str:
+    return sa.engine.make_url(config.database.url).render_as_string(hide_password=True)
+
+
+def _engine(config: StoreConfig, url: str | None) -> sa.Engine:
+    from store.db import connect, create_schema  # noqa: PLC0415
+    from store.service import database_engine  # noqa: PLC0415
+
+    engine = connect(url) if url else database_engine(config)
+    create_schema(engine, timescaledb=False)  # a query on a new file finds empty tables
+    return engine
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _gaps(engine: sa.Engine, as_json: bool) -> int:
+    from store.status import gap_report  # noqa: PLC0415
+
+    report = gap_report(engine)
+    if as_json:
+        print(json.dumps([g.as_dict() for g in report], indent=2, default=str))
+    else:
+        print(f"{'collector':<20} {'outbox':<17} {'kind':<9} {'high water':>11} "
+              f"{'highest':>11} {'missing':>9}  ranges")  # fmt: skip
+        for g in report:
+            shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b, _ in g.missing[:10])
+            if len(g.missing) > 10:
+                shown += f", ... ({len(g.missing)} ranges)"
+            figures = f"{_text(g.high_water):>11} {_text(g.high):>11} {g.missing_count:>9}"
+            print(f"{g.collector:<20} {g.outbox or '-':<17} {g.kind:<9} {figures}  {shown}")
+    return EXIT_GAPS if any(g.missing for g in report) else 0
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _unit(engine: sa.Engine, serial: str, csv_dir: Path | None) -> int:
+    from store.genealogy import unit_genealogy, write_csv  # noqa: PLC0415
+
+    found = unit_genealogy(engine, serial)
+    if found is None:
+        print(f"no unit {serial!r} in the store", file=sys.stderr)
+        return EXIT_STARTUP
+    if csv_dir is not None:
+        for path in write_csv(found, csv_dir):
+            print(path)
+        return 0
+    print(json.dumps(found, indent=2, default=str, ensure_ascii=False))
+    return 0
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An age (``90d``, ``36h``, ``15m``, ``30s``) back from now, or an RFC 3339 time."""
+    now = now or datetime.now(UTC)
+    units = {"d": 86_400, "h": 3600, "m": 60, "s": 1}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an age (90d, 36h, 15m) nor an RFC 3339 time"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _units(engine: sa.Engine, args: argparse.Namespace) -> int:
+    from store.genealogy import UnitQuery, search_units  # noqa: PLC0415
+
+    query = UnitQuery(
+        serial=args.serial,
+        operation=args.operation,
+        verdict=args.verdict,
+        work_order=args.work_order,
+        golden=None if args.golden is None else args.golden == "true",
+        since=None if args.since is None else parse_time(args.since),
+        until=None if args.until is None else parse_time(args.until),
+        limit=args.limit,
+    )
+    for unit in search_units(engine, query):
+        print(_json(unit))
+    return 0
+
+
+def _prune(engine: sa.Engine, config: StoreConfig, older_than: str | None) -> int:
+    from store.retention import prune_readings  # noqa: PLC0415
+
+    if older_than is not None:
+        cutoff = parse_time(older_than)
+    elif config.retention.readings_max_age_days is not None:
+        cutoff = datetime.now(UTC) - timedelta(days=config.retention.readings_max_age_days)
+    else:
+        print("nothing to prune: give --older-than or retention.readings_max_age_days",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    print(f"deleted {prune_readings(engine, cutoff)} reading(s) older than {cutoff.isoformat()}")
+    return 0
+
+
+def run_store(config: StoreConfig) -> int:
+    from store.service import StoreService  # noqa: PLC0415
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        service = StoreService(config)
+        log.info(
+            "store: database %s, broker %s:%d, http %s",
+            _shown_url(config),
+            config.mqtt.host,
+            config.mqtt.port,
+            f"{config.http.host}:{config.http.port}" if config.http.enabled else "off",
+        )
+        await service.run(stop)
+
+    try:
+        asyncio.run(main_loop())
+    except StartupError as exc:
+        log.error("%s", exc)  # noqa: TRY400 - an expected start-up failure: no traceback
+        return EXIT_STARTUP
+    return 0

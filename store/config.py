@@ -1,0 +1,263 @@
+"""The store's configuration (store.yaml): one declaration per option, validated at load.
+
+``load_store_config(path)`` returns a frozen :class:`StoreConfig` or raises
+:class:`~collector.errors.ConfigError` whose problems read ``FILE:LINE: field.path: problem``;
+unknown keys are rejected. Nothing here touches the network or the database.
+config/store.yaml is the commented example (loaded by a test); docs/store.md lists the options.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from collector.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret(env: str | None, file: Path | None) -> SecretStr | None:
+    if env is not None:
+        value = os.environ.get(env)
+        return None if value is None else SecretStr(value)
+    if file is not None:
+        return SecretStr(file.read_text(encoding="utf-8").rstrip("\r\n"))
+    return None
+
+
+class _Secret(_Model):
+    password_env: str | None = Field(
+        default=None, description="Environment variable holding the password."
+    )
+    password_file: Path | None = Field(default=None, description="File holding the password.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+    def password(self) -> SecretStr | None:
+        return _secret(self.password_env, self.password_file)
+
+
+class DatabaseConfig(_Secret):
+    url: str = Field(
+        default="sqlite:///store.db",
+        pattern=r"^(sqlite:///.+|postgresql(\+psycopg)?://.*)$",
+        description="sqlite:///PATH (no server) or postgresql://USER@HOST:PORT/DB (psycopg 3). "
+        "Put no password here: use password_env or password_file.",
+    )
+    sqlite_synchronous: str = Field(
+        default="full",
+        pattern="^(full|normal)$",
+        description="SQLite only: full survives a power cut after the acknowledgement; normal "
+        "survives a crash of the store but may lose the last commits on a power cut.",
+    )
+    timescaledb: bool = Field(
+        default=True,
+        description="PostgreSQL only: make readings a hypertable when the timescaledb "
+        "extension is installed in the database (nothing happens without it).",
+    )
+
+
+class TlsConfig(_Model):
+    ca_file: Path = Field(description="CA certificate(s) that signed the broker's certificate.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (optional).")
+    key_file: Path | None = Field(default=None, description="Client key (with cert_file).")
+
+
+class MqttConfig(_Secret):
+    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    client_id: str = Field(
+        default="collector-store",
+        min_length=1,
+        max_length=128,
+        description="MQTT client id: stable (it names the persistent session), and different "
+        "for each store process of a shared subscription.",
+    )
+    username: str | None = Field(default=None, description="MQTT user name.")
+    tls: TlsConfig | None = Field(default=None, description="Enable TLS (and set its files).")
+    topic_prefix: str = Field(
+        default="collector", pattern=r"^[^#+\s]+$", description="The collectors' topic prefix."
+    )
+    shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[^/#+\s]+$",
+        description="Subscribe as $share/GROUP/...: the store processes of one group split "
+        "the messages between them.",
+    )
+    session_expiry_s: int = Field(
+        default=7 * 86_400,
+        ge=60,
+        le=0xFFFFFFFE,
+        description="How long the broker keeps the session (and queues messages) while this "
+        "store is away.",
+    )
+    receive_maximum: int = Field(
+        default=200,
+        ge=1,
+        le=65_535,
+        description="Messages the broker may send before the store acknowledges: bounds the "
+        "store's memory. Twice ingest.max_batch_messages lets the next batch arrive while "
+        "one is written.",
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive (s).")
+    reconnect_min_ms: int = Field(default=500, ge=10, description="First reconnect delay.")
+    reconnect_max_ms: int = Field(default=30_000, ge=10, description="Longest reconnect delay.")
+
+
+class IngestConfig(_Model):
+    max_batch_messages: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Messages written in one transaction, at most (and acknowledged after it).",
+    )
+    max_batch_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description="How long the first message of a batch waits for more.",
+    )
+    retry_min_ms: int = Field(default=500, ge=10, description="First retry after a DB error.")
+    retry_max_ms: int = Field(default=30_000, ge=10, description="Longest retry delay.")
+    quarantine_max_bytes: int = Field(
+        default=65_536,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="A quarantined payload is kept up to this many bytes (the size is noted).",
+    )
+
+
+class GapsConfig(_Model):
+    alert_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A missing seq range still open after this long is flagged on /health.",
+    )
+
+
+class RetentionConfig(_Model):
+    readings_max_age_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Prune raw readings older than this (unit records and characteristics "
+        "are kept). None: keep everything.",
+    )
+    prune_interval_s: float = Field(
+        default=3600.0, ge=10, description="How often the service prunes."
+    )
+
+
+class HttpConfig(_Model):
+    enabled: bool = Field(default=True, description="Serve /health, /metrics and /units.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Bind address; loopback by default. Set 0.0.0.0 only on a trusted network.",
+    )
+    port: int = Field(default=8190, ge=0, le=65535, description="HTTP port (0: any free port).")
+
+
+class StoreConfig(_Model):
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    gaps: GapsConfig = Field(default_factory=GapsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        if self.mqtt.reconnect_max_ms < self.mqtt.reconnect_min_ms:
+            raise ValueError("mqtt.reconnect_max_ms must be >= mqtt.reconnect_min_ms")
+        if self.ingest.retry_max_ms < self.ingest.retry_min_ms:
+            raise ValueError("ingest.retry_max_ms must be >= ingest.retry_min_ms")
+        return self
+
+
+# --- loading with FILE:LINE ----------------------------------------------------------------
+
+_Key = tuple[str | int, ...]
+
+
+def _lines(node: yaml.Node, path: _Key = (), out: dict[_Key, int] | None = None) -> dict[_Key, int]:
+    """Each field path of the document -> the 1-based line of its key."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _lines(value, (*path, key.value), out)
+            out[(*path, key.value)] = key.start_mark.line + 1
+    return out
+
+
+def parse_store_config(text: str, filename: str = "<store config>") -> StoreConfig:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise ConfigError(
+            [f"{filename}:{mark.line + 1 if mark else 1}: (yaml): {exc.problem or exc}"]
+        ) from None
+    if data is None:
+        data, node = {}, None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1: (top level): the file must be a YAML mapping"])
+    lines = _lines(node) if node is not None else {}
+    try:
+        return StoreConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc: _Key = tuple(error["loc"])
+            known = loc
+            while known and known not in lines:
+                known = known[:-1]
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            problems.append(f"{filename}:{lines.get(known, 1)}: {field}: {_problem(error)}")
+        raise ConfigError(problems) from None
+
+
+def _problem(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (not ignored: check its spelling against docs/store.md)"
+    if error["type"] == "missing":
+        return "required field is missing"
+    msg = re.sub(r"^Value error, ", "", str(error["msg"]))
+    if error["type"] == "value_error" or "input" not in error:
+        return msg
+    return f"{msg}; got {error['input']!r}"
+
+
+def load_store_config(path: Path | str) -> StoreConfig:
+    """Read and validate store.yaml, and check that its secrets can be resolved."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}:0: (file): cannot read: {exc.strerror}"]) from None
+    config = parse_store_config(text, str(path))
+    problems = []
+    for section, owner in (("database", config.database), ("mqtt", config.mqtt)):
+        try:
+            owner.password()
+        except OSError as exc:
+            problems.append(f"{path}:1: {section}.password_file: cannot read: {exc.strerror}")
+        if owner.password_env is not None and owner.password_env not in os.environ:
+            problems.append(
+                f"{path}:1: {section}.password_env: environment variable "
+                f"{owner.password_env} is not set"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return config

@@ -1,0 +1,83 @@
+"""Prometheus metrics of the store (``store_*``), read at scrape time from the service's
+counters and, for the gap audit, from the database (so every store process of a shared
+subscription shows the same, complete picture). docs/store.md lists them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from store.status import StreamGaps
+
+if TYPE_CHECKING:
+    from store.service import StoreService
+
+
+class StoreCollector(Collector):
+    def __init__(self, service: StoreService, gaps: list[StreamGaps]) -> None:
+        self._service = service
+        self._gaps = gaps
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._service.stats
+        messages = CounterMetricFamily(
+            "store_messages", "MQTT messages committed, by topic kind.", labels=["kind"]
+        )
+        for kind, n in sorted(s.messages.items()):
+            messages.add_metric([kind], n)
+        yield messages
+        for name, doc, value in (
+            ("store_readings_received", "Readings received (duplicates included).",
+             s.readings_received),
+            ("store_readings_inserted", "Readings stored (new rows).", s.readings_inserted),
+            ("store_units_received", "Unit records received.", s.units_received),
+            ("store_units_inserted", "Unit records stored (new rows).", s.units_inserted),
+            ("store_batches", "Transactions committed.", s.batches),
+            ("store_acks", "PUBACKs sent after a commit.", s.acked),
+            ("store_readings_pruned", "Readings deleted by retention.", s.pruned),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=value)
+        quarantined = CounterMetricFamily(
+            "store_quarantined", "Messages quarantined, by kind.", labels=["kind"]
+        )
+        for kind in ("json", "schema", "field", "topic", "database"):
+            quarantined.add_metric([kind], s.quarantined.get(kind, 0))
+        yield quarantined
+        errors = CounterMetricFamily(
+            "store_db_errors", "Failed database writes, by reason.", labels=["reason"]
+        )
+        for reason in ("down", "full", "read-only", "other"):
+            errors.add_metric([reason], s.db_errors.get(reason, 0))
+        yield errors
+        yield GaugeMetricFamily("store_db_up", "1 while the database takes writes.", int(s.db_ok))
+        yield GaugeMetricFamily(
+            "store_mqtt_connected", "1 while connected to the broker.", int(s.mqtt_connected)
+        )
+        yield GaugeMetricFamily("store_queued_messages", "Received, not yet written.", s.queued)
+        labels = ["collector", "outbox", "kind"]
+        high = GaugeMetricFamily(
+            "store_high_water_seq", "Contiguous high-water mark per stream.", labels=labels
+        )
+        missing = GaugeMetricFamily("store_missing_seqs", "Seqs missing per stream.", labels=labels)
+        ranges = GaugeMetricFamily(
+            "store_missing_ranges", "Missing seq ranges per stream.", labels=labels
+        )
+        for g in self._gaps:
+            key = [g.collector, g.outbox, g.kind]
+            if g.high_water is not None:
+                high.add_metric(key, g.high_water)
+            missing.add_metric(key, g.missing_count)
+            ranges.add_metric(key, len(g.missing))
+        yield high
+        yield missing
+        yield ranges
+
+
+def render(service: StoreService, gaps: list[StreamGaps]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(service, gaps))
+    return generate_latest(registry)

@@ -1,0 +1,151 @@
+"""The report as JSON: the shape documented in docs/report.md, ``null`` where a figure is
+undefined (one-sided limits, n < 2, zero spread, nothing to divide by)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from quality import Capability, OperationFigures
+from store.report.evaluate import CharacteristicReport, Criterion, Report
+
+REPORT_VERSION = 1
+
+
+def _num(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _criterion(c: Criterion) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "result": c.result.value,
+        "value": _num(c.value),
+        "limit": _num(c.limit),
+        "note": c.note or None,
+    }
+
+
+def _operation(f: OperationFigures, criteria: tuple[Criterion, ...]) -> dict[str, Any]:
+    return {
+        "operation": f.operation,
+        "units": f.units,
+        "attempts": f.attempts,
+        "first_pass_yield": _num(f.first_pass_yield),
+        "final_yield": _num(f.final_yield),
+        "scrap_rate": _num(f.scrap_rate),
+        "rework_rate": _num(f.rework_rate),
+        "retests": f.retests,
+        "retest_pass_rate": _num(f.retest_pass_rate),
+        "cycle_time_s": {
+            "n": f.cycle_time.n,
+            "mean": _num(f.cycle_time.mean),
+            "p50": _num(f.cycle_time.p50),
+            "p95": _num(f.cycle_time.p95),
+            "within_takt": _num(f.cycle_time.within_takt),
+        },
+        "takt_s": _num(f.takt_s),
+        "pareto": [
+            {"code": b.code, "count": b.count, "share": b.share, "cumulative": b.cumulative}
+            for b in f.pareto
+        ],
+        "golden_units": f.golden_units,
+        "criteria": [_criterion(c) for c in criteria],
+    }
+
+
+def _chart(cap: Capability) -> dict[str, Any] | None:
+    if cap.chart is None:
+        return None
+    return {
+        "center": _num(cap.chart.center),
+        "ucl": _num(cap.chart.ucl) if cap.chart.sigma > 0 else None,
+        "lcl": _num(cap.chart.lcl) if cap.chart.sigma > 0 else None,
+        "mr_center": _num(cap.chart.mr_center),
+        "mr_ucl": _num(cap.chart.mr_ucl),
+        "serials": list(cap.serials),
+        "values": list(cap.values),
+    }
+
+
+def _characteristic(c: CharacteristicReport) -> dict[str, Any]:
+    cap = c.capability
+    return {
+        "operation": c.operation,
+        "name": c.name,
+        "critical": c.critical,
+        "n": cap.n,
+        "missing": cap.missing,
+        "subgroups": cap.subgroups,
+        "mean": _num(cap.mean),
+        "sd_within": _num(cap.sd_within),
+        "sd_overall": _num(cap.sd_overall),
+        "cp": _num(cap.cp),
+        "cpk": _num(cap.cpk),
+        "pp": _num(cap.pp),
+        "ppk": _num(cap.ppk),
+        "cpk_lower_95": _num(cap.cpk_lower_95),
+        "ppk_lower_95": _num(cap.ppk_lower_95),
+        "lsl": _num(cap.lsl),
+        "usl": _num(cap.usl),
+        "target": _num(c.target),
+        "out_of_spec": _num(cap.out_of_spec),
+        "out_of_spec_count": cap.out_of_spec_count,
+        "rule_violations": [
+            {"rule": v.rule, "serial": v.serial, "index": v.index, "value": v.value}
+            for v in cap.violations
+        ],
+        "criterion": _criterion(c.criterion) if c.criterion is not None else None,
+        "chart": _chart(cap),
+        "golden": [
+            {
+                "serial": g.serial,
+                "n": g.n,
+                "first": g.first,
+                "last": g.last,
+                "min": g.minimum,
+                "max": g.maximum,
+                "drift": g.drift,
+                "out_of_spec": g.out_of_spec,
+            }
+            for g in c.golden
+        ],
+    }
+
+
+def report_dict(report: Report, generated_at: datetime) -> dict[str, Any]:
+    run = report.protocol.run
+    results = [c.result.value for op in report.operations for c in op.criteria]
+    return {
+        "report_version": REPORT_VERSION,
+        "title": run.name,
+        "product": run.product,
+        "generated_at": _time(generated_at),
+        "decision": report.decision.value,
+        "criteria_count": {r: results.count(r) for r in ("pass", "fail", "insufficient")},
+        "units": report.units,
+        "golden_units": list(report.golden_serials),
+        "rolled_throughput_yield": _num(report.rolled_throughput_yield),
+        "run": {
+            "work_orders": list(run.work_orders),
+            "serial_pattern": run.serial_pattern,
+            "start": _time(run.start),
+            "end": _time(run.end),
+            "first_record": _time(report.first_record),
+            "last_record": _time(report.last_record),
+        },
+        "sample_sizes": report.protocol.sample_sizes.model_dump(mode="json"),
+        "operations": [_operation(op.figures, op.criteria) for op in report.operations],
+        "characteristics": [_characteristic(c) for c in report.characteristics],
+    }
+
+
+def render_json(report: Report, generated_at: datetime) -> bytes:
+    return orjson.dumps(report_dict(report, generated_at), option=orjson.OPT_INDENT_2)

@@ -1,0 +1,263 @@
+"""Judge a run against its protocol: compute the figures with quality/ and evaluate each exit
+criterion to pass, fail or insufficient, and the run to go, no-go or insufficient.
+
+Pure: works on loaded :class:`~store.report.load.RunData`, no database, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from quality import (
+    Capability,
+    GoldenCheck,
+    Measurement,
+    OperationFigures,
+    capability,
+    golden_checks,
+    operation_figures,
+    rolled_throughput_yield,
+)
+from store.report.load import CharacteristicValue, RunData
+from store.report.protocol import OperationCriteria, Protocol, SampleSizes, SubgroupBy
+
+
+class Result(StrEnum):
+    PASS = "pass"  # noqa: S105 (a result, not a secret)
+    FAIL = "fail"
+    INSUFFICIENT = "insufficient"
+
+
+class Decision(StrEnum):
+    GO = "go"
+    NO_GO = "no-go"
+    INSUFFICIENT = "insufficient"
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    name: str
+    result: Result
+    value: float | None
+    limit: float | None
+    note: str = ""  # why insufficient, or what was compared
+
+
+@dataclass(frozen=True, slots=True)
+class CharacteristicReport:
+    operation: str
+    name: str
+    critical: bool
+    target: float | None
+    capability: Capability
+    golden: tuple[GoldenCheck, ...]
+    criterion: Criterion | None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationReport:
+    figures: OperationFigures
+    criteria: tuple[Criterion, ...]  # the operation's own, then its characteristics'
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    protocol: Protocol
+    decision: Decision
+    units: int  # distinct serials of the run, golden samples left out
+    golden_serials: tuple[str, ...]
+    rolled_throughput_yield: float | None
+    operations: tuple[OperationReport, ...]
+    characteristics: tuple[CharacteristicReport, ...]
+    first_record: datetime | None
+    last_record: datetime | None
+    unit_rows: tuple[tuple[str, str | None, dict[str, tuple[str, int]]], ...]
+    """Per serial (time order of first record): work order, {operation: (final verdict,
+    attempts)}; the HTML's appendix of units with their genealogy links."""
+
+
+def _decide(results: Sequence[Result]) -> Decision:
+    if Result.FAIL in results:
+        return Decision.NO_GO
+    if not results or Result.INSUFFICIENT in results:
+        return Decision.INSUFFICIENT
+    return Decision.GO
+
+
+def _min_criterion(
+    name: str, value: float | None, limit: float, enough: bool, why: str
+) -> Criterion:
+    if not enough or value is None:
+        return Criterion(name, Result.INSUFFICIENT, value, limit, why)
+    return Criterion(name, Result.PASS if value >= limit else Result.FAIL, value, limit)
+
+
+def _max_criterion(
+    name: str, value: float | None, limit: float, enough: bool, why: str
+) -> Criterion:
+    if not enough or value is None:
+        return Criterion(name, Result.INSUFFICIENT, value, limit, why)
+    return Criterion(name, Result.PASS if value <= limit else Result.FAIL, value, limit)
+
+
+def _operation_criteria(
+    figures: OperationFigures, wanted: OperationCriteria, sizes: SampleSizes
+) -> list[Criterion]:
+    enough = figures.units >= sizes.min_units
+    why = f"{figures.units} units < {sizes.min_units}"
+    found: list[Criterion] = []
+    if wanted.min_first_pass_yield is not None:
+        found.append(
+            _min_criterion(
+                "first_pass_yield",
+                figures.first_pass_yield,
+                wanted.min_first_pass_yield,
+                enough,
+                why,
+            )
+        )
+    if wanted.max_scrap_rate is not None:
+        found.append(
+            _max_criterion("scrap_rate", figures.scrap_rate, wanted.max_scrap_rate, enough, why)
+        )
+    if wanted.max_rework_rate is not None:
+        found.append(
+            _max_criterion("rework_rate", figures.rework_rate, wanted.max_rework_rate, enough, why)
+        )
+    if wanted.cycle_time_p95_within_takt:
+        p95 = figures.cycle_time.p95
+        if figures.takt_s is None:
+            found.append(
+                Criterion("cycle_time_p95", Result.INSUFFICIENT, p95, None, "no takt known")
+            )
+        else:
+            found.append(_max_criterion("cycle_time_p95", p95, figures.takt_s, enough, why))
+    return found
+
+
+def _subgroup(value: CharacteristicValue, by: SubgroupBy) -> str:
+    if by is SubgroupBy.WORK_ORDER:
+        return value.work_order or ""
+    if by is SubgroupBy.DAY:
+        return value.end.strftime("%Y-%m-%d")
+    return value.end.strftime("%Y-%m-%dT%H")
+
+
+def _cpk_criterion(name: str, cap: Capability, min_cpk: float, sizes: SampleSizes) -> Criterion:
+    label = f"cpk_lower_95 {name}"
+    bound = cap.cpk_lower_95
+    if cap.lsl is None and cap.usl is None:
+        return Criterion(label, Result.INSUFFICIENT, bound, min_cpk, "no spec limit")
+    if cap.n < sizes.min_pieces:
+        return Criterion(
+            label, Result.INSUFFICIENT, bound, min_cpk, f"{cap.n} pieces < {sizes.min_pieces}"
+        )
+    if cap.subgroups < sizes.min_subgroups:
+        why = f"{cap.subgroups} subgroups ({sizes.subgroup_by.value}) < {sizes.min_subgroups}"
+        return Criterion(label, Result.INSUFFICIENT, bound, min_cpk, why)
+    if bound is None:
+        return Criterion(label, Result.INSUFFICIENT, bound, min_cpk, "no spread: Cpk undefined")
+    return Criterion(label, Result.PASS if bound >= min_cpk else Result.FAIL, bound, min_cpk)
+
+
+def _characteristics(data: RunData, protocol: Protocol) -> list[CharacteristicReport]:
+    by_characteristic: dict[tuple[str, str], list[CharacteristicValue]] = defaultdict(list)
+    for value in data.characteristics:
+        by_characteristic[(value.operation, value.name)].append(value)
+    reports = []
+    sizes = protocol.sample_sizes
+    subgroups: dict[tuple[datetime, str | None], str] = {}  # many values share a unit's end
+    for (operation, name), values in by_characteristic.items():
+        latest = values[-1]  # limits as the latest record gives them
+        # One value per unit: its first attempt at the operation (the process before rework);
+        # golden samples with every re-measurement, for their drift check.
+        measurements = []
+        for v in values:
+            if v.attempt == 1 or v.golden:
+                group = subgroups.get((v.end, v.work_order))
+                if group is None:
+                    group = subgroups[(v.end, v.work_order)] = _subgroup(v, sizes.subgroup_by)
+                measurements.append(Measurement(v.serial, v.value, group, v.golden))
+        cap = capability(measurements, latest.lsl, latest.usl)
+        critical = any(v.critical for v in values)
+        wanted = protocol.criteria_for(operation)
+        min_cpk = None
+        if wanted is not None:
+            if name in wanted.characteristics:
+                min_cpk = wanted.characteristics[name].min_cpk
+            elif critical:
+                min_cpk = wanted.min_cpk_critical
+        reports.append(
+            CharacteristicReport(
+                operation=operation,
+                name=name,
+                critical=critical,
+                target=latest.target,
+                capability=cap,
+                golden=golden_checks(measurements, latest.lsl, latest.usl),
+                criterion=_cpk_criterion(name, cap, min_cpk, sizes) if min_cpk else None,
+            )
+        )
+    return reports
+
+
+def evaluate(data: RunData, protocol: Protocol) -> Report:
+    """The whole report of the run: figures, criteria and the decision."""
+    attempts = [u.attempt for u in data.units]
+    seen_operations = list(dict.fromkeys(a.operation for a in attempts))
+    ordered = [o.name for o in protocol.operations]
+    ordered += [o for o in seen_operations if o not in ordered]
+    characteristics = _characteristics(data, protocol)
+    # Protocol characteristics with no value at all still get a criterion: insufficient.
+    present = {(c.operation, c.name) for c in characteristics}
+    missing_criteria: dict[str, list[Criterion]] = defaultdict(list)
+    for listed in protocol.operations:
+        for name, crit in listed.characteristics.items():
+            if (listed.name, name) not in present:
+                missing_criteria[listed.name].append(
+                    Criterion(
+                        f"cpk_lower_95 {name}", Result.INSUFFICIENT, None, crit.min_cpk, "no values"
+                    )
+                )
+    operations = []
+    for operation in ordered:
+        wanted = protocol.criteria_for(operation)
+        figures = operation_figures(operation, attempts, wanted.takt_s if wanted else None)
+        criteria = _operation_criteria(figures, wanted, protocol.sample_sizes) if wanted else []
+        criteria += [
+            c.criterion
+            for c in characteristics
+            if c.operation == operation and c.criterion is not None
+        ]
+        criteria += missing_criteria.get(operation, [])
+        operations.append(OperationReport(figures, tuple(criteria)))
+    order = {name: index for index, name in enumerate(ordered)}
+    characteristics.sort(key=lambda c: (order.get(c.operation, len(order)), c.operation, c.name))
+
+    golden = tuple(dict.fromkeys(a.serial for a in attempts if a.golden))
+    units: dict[str, tuple[str | None, dict[str, tuple[str, int]]]] = {}
+    for record in data.units:
+        a = record.attempt
+        if a.golden:
+            continue
+        _, verdicts = units.setdefault(a.serial, (record.work_order, {}))
+        verdicts[a.operation] = (a.verdict, a.attempt)  # time order: the last one stays
+    results = [c.result for op in operations for c in op.criteria]
+    return Report(
+        protocol=protocol,
+        decision=_decide(results),
+        units=len(units),
+        golden_serials=golden,
+        rolled_throughput_yield=rolled_throughput_yield(
+            op.figures.first_pass_yield for op in operations
+        ),
+        operations=tuple(operations),
+        characteristics=tuple(characteristics),
+        first_record=data.units[0].end if data.units else None,
+        last_record=data.units[-1].end if data.units else None,
+        unit_rows=tuple((serial, wo, verdicts) for serial, (wo, verdicts) in units.items()),
+    )

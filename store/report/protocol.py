@@ -1,0 +1,177 @@
+"""The pilot protocol file: which units form the run, the exit criteria per operation and the
+minimum sample sizes, fixed before the run (docs/report.md documents every option).
+
+``load_protocol(path)`` validates the whole file and returns a frozen :class:`Protocol` or
+raises :class:`~collector.errors.ConfigError` whose problems read ``FILE:LINE: path: problem``,
+like the collector's config (the same YAML line map and pydantic error wording are reused).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from collector.config.loader import _line_map, _locate, _message
+from collector.devices import Name
+from collector.errors import ConfigError
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubgroupBy(StrEnum):
+    """What makes a rational subgroup of a characteristic's values, for the minimum count."""
+
+    HOUR = "hour"  # the clock hour (UTC) the unit's record ended in
+    DAY = "day"  # the day (UTC)
+    WORK_ORDER = "work_order"
+
+
+class RunSelection(_Model):
+    """Which unit records form the run. Every given condition must hold; none given: all."""
+
+    name: str = Field(default="Pilot run", max_length=200, description="Title of the report.")
+    product: str | None = Field(default=None, max_length=200, description="Product and revision.")
+    work_orders: tuple[str, ...] = Field(
+        default=(), description="Work orders of the run; empty: any (also records without one)."
+    )
+    serial_pattern: str | None = Field(
+        default=None, description="Regular expression a serial must match in full."
+    )
+    start: datetime | None = Field(
+        default=None, description="Records that ended at or after this time (with a zone)."
+    )
+    end: datetime | None = Field(
+        default=None, description="Records that ended before this time (with a zone)."
+    )
+
+    @field_validator("serial_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _zoned(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{value.isoformat()} has no time zone: add Z or +01:00")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+
+class SampleSizes(_Model):
+    """Below these, a criterion is `insufficient` (too few data to decide), never a guess."""
+
+    min_units: int = Field(default=30, ge=1, description="Units per operation for yields.")
+    min_pieces: int = Field(default=50, ge=2, description="Values per characteristic for Cpk.")
+    min_subgroups: int = Field(
+        default=5, ge=1, description="Distinct subgroups per characteristic for Cpk."
+    )
+    subgroup_by: SubgroupBy = Field(
+        default=SubgroupBy.HOUR, description="What makes a subgroup: hour, day or work_order."
+    )
+
+
+class CharacteristicCriterion(_Model):
+    min_cpk: float = Field(gt=0.0, description="Minimum Cpk, judged on its lower 95 % bound.")
+
+
+class OperationCriteria(_Model):
+    """The exit criteria of one operation. A criterion left out is not judged."""
+
+    name: Name = Field(description="The operation, as in the unit records.")
+    takt_s: float | None = Field(
+        default=None, gt=0.0, description="Takt; default: the takt the unit records carry."
+    )
+    min_first_pass_yield: Rate | None = Field(default=None, description="Minimum FPY, 0..1.")
+    max_scrap_rate: Rate | None = Field(default=None, description="Maximum scrap rate, 0..1.")
+    max_rework_rate: Rate | None = Field(default=None, description="Maximum rework rate, 0..1.")
+    cycle_time_p95_within_takt: bool = Field(
+        default=False, description="Require the 95th percentile of cycle time <= takt."
+    )
+    min_cpk_critical: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Minimum Cpk (lower 95 % bound) of every characteristic the unit records "
+        "flag critical.",
+    )
+    characteristics: dict[str, CharacteristicCriterion] = Field(
+        default_factory=dict,
+        description="Per characteristic name: its own minimum Cpk (critical or not).",
+    )
+
+
+class Protocol(_Model):
+    run: RunSelection = Field(default_factory=RunSelection)
+    sample_sizes: SampleSizes = Field(default_factory=SampleSizes)
+    operations: tuple[OperationCriteria, ...] = Field(
+        default=(), description="Exit criteria per operation, in line order."
+    )
+    signoff: tuple[str, ...] = Field(
+        default=("Quality", "Production", "Engineering"),
+        description="The functions that sign the gate (signature lines in the HTML report).",
+    )
+
+    @field_validator("operations")
+    @classmethod
+    def _unique(cls, value: tuple[OperationCriteria, ...]) -> tuple[OperationCriteria, ...]:
+        seen: set[str] = set()
+        for operation in value:
+            if operation.name in seen:
+                raise ValueError(f"duplicate operation {operation.name!r}")
+            seen.add(operation.name)
+        return value
+
+    def criteria_for(self, operation: str) -> OperationCriteria | None:
+        return next((o for o in self.operations if o.name == operation), None)
+
+
+def parse_protocol(text: str, filename: str = "<protocol>") -> Protocol:
+    """Validate a protocol document; raise ConfigError listing every problem."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError([f"{filename}:{line}: (yaml): {exc.problem or exc}"]) from exc
+    if node is None or not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1: (top level): the file must be a YAML mapping"])
+    lines = _line_map(node)
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        problems: list[tuple[int, str]] = []
+        for error in exc.errors():
+            field, line = _locate(error["loc"], lines)
+            problems.append((line, f"{filename}:{line}: {field}: {_message(error)}"))
+        problems.sort(key=lambda item: item[0])  # in the order of the file
+        raise ConfigError([text for _, text in problems]) from None
+
+
+def load_protocol(path: Path | str) -> Protocol:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}:1: (file): cannot read: {exc.strerror or exc}"]) from None
+    return parse_protocol(text, str(path))

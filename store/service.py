@@ -1,0 +1,268 @@
+"""The store service: MQTT subscriber -> batches -> one transaction each -> PUBACKs.
+
+One asyncio loop. paho's network thread hands each message to the loop (a queue that the
+broker's Receive Maximum bounds); the ingest task takes up to ``ingest.max_batch_messages``
+(waiting at most ``ingest.max_batch_wait_ms`` for more), writes them in a worker thread in one
+transaction, and only then acknowledges them to the broker. A database error acknowledges
+nothing: the batch is retried with exponential backoff until the database takes it, and
+/health says why meanwhile. The prune task deletes raw readings past the retention age; the
+HTTP server (store.api) reads state and the database and cannot stop ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from collector import systemd
+from store.config import StoreConfig
+from store.db import connect, create_schema, error_reason
+from store.ingest import Incoming, Writer, topic_kind
+from store.mqtt import Delivery, Subscriber
+from store.retention import prune_readings
+
+log = logging.getLogger("store")
+
+
+@dataclass
+class Stats:
+    """Counters and states that /health and /metrics show (this process's)."""
+
+    messages: Counter[str] = field(default_factory=Counter)  # by topic kind
+    readings_received: int = 0
+    readings_inserted: int = 0
+    units_received: int = 0
+    units_inserted: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)  # by kind
+    batches: int = 0
+    acked: int = 0
+    last_commit: float | None = None
+    batch_seconds: float = 0.0
+    db_ok: bool = True
+    db_error: str = ""
+    db_reason: str = ""
+    db_error_since: float | None = None
+    db_errors: Counter[str] = field(default_factory=Counter)  # by reason
+    mqtt_connected: bool = False
+    mqtt_state: str = "not connected yet"
+    pruned: int = 0
+    queued: int = 0
+
+
+def database_engine(config: StoreConfig) -> sa.Engine:
+    password = config.database.password()
+    return connect(
+        config.database.url,
+        None if password is None else password.get_secret_value(),
+        config.database.sqlite_synchronous,
+    )
+
+
+class StoreService:
+    def __init__(self, config: StoreConfig, engine: sa.Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or database_engine(config)
+        self.stats = Stats()
+        self.writer = Writer(self.engine, config.ingest.quarantine_max_bytes)
+        self.http_port: int | None = None
+        # Bounded even if a broker ignores the Receive Maximum it was sent (mosquitto 2.0
+        # resends a resumed session's whole queue at once): when full, paho's thread waits,
+        # so it stops reading the socket and TCP holds the broker back.
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.mqtt.receive_maximum)
+        self._closing = False
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set; then finish the batch in hand and disconnect."""
+        from store.api import StoreHttpServer  # noqa: PLC0415 - FastAPI only when serving
+
+        loop = asyncio.get_running_loop()
+        server = None
+        serving = None
+        if self.config.http.enabled:
+            server = StoreHttpServer(self, self.config.http.host, self.config.http.port)
+            self.http_port = server.bound_port
+            serving = asyncio.create_task(server.run_until_exit())
+        await self._create_schema(stop)
+        subscriber = Subscriber(
+            self.config.mqtt, lambda d: self._enqueue(loop, d), self._on_mqtt_state
+        )
+        if not stop.is_set():
+            subscriber.start()
+        pruning = asyncio.create_task(self._prune_loop(stop))
+        interval = systemd.watchdog_interval()
+        watchdog = (
+            None if interval is None else asyncio.create_task(systemd.feed_watchdog(interval))
+        )
+        systemd.notify("READY=1", "STATUS=storing")
+        if ready is not None:
+            ready.set()
+        try:
+            await self._ingest_loop(subscriber, stop)
+        finally:
+            systemd.notify("STOPPING=1")
+            self._closing = True  # a message waiting for room is dropped: the broker keeps it
+            subscriber.stop()
+            for task in (pruning, watchdog):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if server is not None and serving is not None:
+                server.should_exit = True
+                await serving
+            await asyncio.to_thread(self.writer.close)
+            log.info("stopped; messages not committed stay with the broker")
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, delivery: Delivery) -> None:
+        """Called in paho's thread: hand a message to the loop, waiting while the queue is
+        full (bounded: every 0.5 s it checks whether the service is stopping)."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._queue.put(delivery), loop)
+        except RuntimeError:  # the loop is closed: the message stays with the broker
+            return
+        while True:
+            try:
+                future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self._closing:
+                    future.cancel()
+                    return
+            else:
+                return
+
+    def _on_mqtt_state(self, connected: bool, why: str) -> None:
+        self.stats.mqtt_connected = connected
+        self.stats.mqtt_state = why or "connected"
+
+    async def _create_schema(self, stop: asyncio.Event) -> None:
+        """Create the tables; a database that is down at start-up is waited for."""
+        delay = self.config.ingest.retry_min_ms / 1000
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(
+                    create_schema, self.engine, self.config.database.timescaledb
+                )
+            except sa.exc.SQLAlchemyError as exc:
+                self._db_failed(exc)
+                await _wait(stop, delay)
+                delay = min(delay * 2, self.config.ingest.retry_max_ms / 1000)
+            else:
+                self._db_recovered()
+                return
+
+    async def _next_batch(self, stop: asyncio.Event) -> list[Delivery]:
+        queue = self._queue
+        getting = asyncio.ensure_future(queue.get())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([getting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not getting.done():
+            getting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await getting
+            if not getting.cancelled():  # it completed while being cancelled: keep it
+                return [getting.result()]
+            return []
+        batch = [getting.result()]
+        limit = self.config.ingest.max_batch_messages
+        deadline = time.monotonic() + self.config.ingest.max_batch_wait_ms / 1000
+        while len(batch) < limit:
+            try:
+                batch.append(queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), left))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _ingest_loop(self, subscriber: Subscriber, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batch = await self._next_batch(stop)
+            if not batch:
+                continue
+            self.stats.queued = self._queue.qsize()
+            incoming = [Incoming(d.topic, d.payload) for d in batch]
+            delay = self.config.ingest.retry_min_ms / 1000
+            while True:
+                started = time.perf_counter()
+                try:
+                    result = await asyncio.to_thread(self.writer.write_isolating, incoming)
+                except Exception as exc:  # every failure: retry, never ack
+                    self._db_failed(exc)
+                    await asyncio.to_thread(self.writer.reset)
+                    if stop.is_set():
+                        return  # nothing acknowledged: the broker redelivers after restart
+                    await _wait(stop, delay)
+                    delay = min(delay * 2, self.config.ingest.retry_max_ms / 1000)
+                    continue
+                break
+            self._db_recovered()
+            s = self.stats
+            s.batch_seconds = time.perf_counter() - started
+            s.batches += 1
+            s.last_commit = time.time()
+            for d in batch:
+                s.messages[topic_kind(d.topic) or "other"] += 1
+            s.readings_received += result.readings
+            s.readings_inserted += result.readings_inserted
+            s.units_received += result.units
+            s.units_inserted += result.units_inserted
+            for kind, reason in result.quarantined:
+                s.quarantined[kind] += 1
+                log.warning("quarantined a message (%s): %s", kind, reason)
+            s.acked += subscriber.ack(batch)
+
+    def _db_failed(self, exc: BaseException) -> None:
+        s = self.stats
+        reason = error_reason(exc)
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        s.db_errors[reason] += 1
+        if s.db_ok or s.db_reason != reason:
+            if reason == "other" and not isinstance(exc, sa.exc.SQLAlchemyError):
+                log.error("writing a batch failed; retrying", exc_info=exc)
+            else:
+                log.error("database %s: %s; nothing acknowledged, retrying", reason, text)
+            s.db_error_since = time.time()
+        s.db_ok, s.db_reason, s.db_error = False, reason, text
+
+    def _db_recovered(self) -> None:
+        s = self.stats
+        if not s.db_ok:
+            down = time.time() - (s.db_error_since or time.time())
+            log.info("database back after %.1f s (%s)", down, s.db_reason)
+        s.db_ok, s.db_reason, s.db_error, s.db_error_since = True, "", "", None
+
+    async def _prune_loop(self, stop: asyncio.Event) -> None:
+        retention = self.config.retention
+        if retention.readings_max_age_days is None:
+            return
+        while not stop.is_set():
+            cutoff = datetime.now(UTC) - timedelta(days=retention.readings_max_age_days)
+            try:
+                pruned = await asyncio.to_thread(prune_readings, self.engine, cutoff)
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("pruning failed, trying again later: %s", exc)
+            else:
+                self.stats.pruned += pruned
+                if pruned:
+                    log.info("pruned %d reading(s) older than %s", pruned, cutoff.isoformat())
+            await _wait(stop, retention.prune_interval_s)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

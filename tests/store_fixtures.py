@@ -1,0 +1,147 @@
+"""Fixtures and helpers of the central store's tests: a real PostgreSQL for the session
+(tests/postgres.py), a fresh database per test on SQLite or PostgreSQL (``db_url`` is
+parametrised), the store as a subprocess, and a QoS 1 publisher."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.helpers import Mosquitto, free_port, port_open, wait_until
+from tests.postgres import PostgresServer, require_postgres
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    require_postgres()
+    server = PostgresServer()
+    server.init()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database: a SQLite file, or a database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"t{next(_names)}")
+
+
+class StoreProcess:
+    """``collector store run`` in a subprocess (so a test can SIGKILL it), with its config
+    written to a file and its HTTP API on a free loopback port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        broker: Mosquitto,
+        db_url: str,
+        client_id: str = "store-1",
+        **sections: dict[str, Any],
+    ) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {
+            "database": {"url": db_url},
+            "mqtt": {
+                "host": broker.host, "port": broker.port, "client_id": client_id,
+                "keepalive_s": 5, "reconnect_min_ms": 100, "reconnect_max_ms": 1000,
+            },
+            "ingest": {"retry_min_ms": 100, "retry_max_ms": 1000},
+            "http": {"port": self.port},
+        }  # fmt: skip
+        for name, values in sections.items():
+            config[name] = {**config.get(name, {}), **values}
+        self.config = workdir / "store.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.log = workdir / "store.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "collector", "store", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: port_open(self.port), 20, f"store HTTP on {self.port}")
+        wait_until(lambda: self.health()["mqtt"]["connected"], 20, "store connected to broker")
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=10, **kwargs)
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.get("/health").json()
+        return body
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on /metrics (0 when absent)."""
+        total = 0.0
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith(name) and line[len(name)] in " {":
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                assert self.process.wait(20) == 0, self.log.read_text()[-2000:]
+            finally:
+                if self.process.poll() is None:
+                    self.process.kill()
+                self.process = None
+
+
+class Publisher:
+    """Publishes messages at QoS 1 like a collector: each is sent until the broker
+    acknowledged it (again after a broker restart), so a redelivery may happen."""
+
+    def __init__(self, broker: Mosquitto, client_id: str = "test-publisher") -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        self.client.connect(broker.host, broker.port, keepalive=5)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.client.publish(topic, payload, qos=1)
+            try:
+                info.wait_for_publish(2)
+            except (RuntimeError, ValueError):
+                time.sleep(0.1)  # not connected: the broker is restarting
+                continue
+            if info.is_published():
+                return
+        raise AssertionError(f"could not publish to {topic} within {timeout} s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
