@@ -217,8 +217,13 @@ async def test_a_lost_server_is_one_line_per_episode_without_a_traceback(
     await server.start()
     status = DeviceStatus("rack-1", "opcua", None)
     readings: list[Reading] = []
+    # A subscription too: asyncua's publish loop logged a traceback at each server loss.
+    tags = [
+        {"name": "t", "node": "i=2258"},
+        {"name": "s", "node": "i=2258", "collect": "subscribe"},
+    ]
     poller = Poller(
-        OpcUaDriver(device(server, tags=[{"name": "t", "node": "i=2258"}])),
+        OpcUaDriver(device(server, tags=tags)),
         status,
         0.1,
         lambda _d, polled: readings.extend(polled),
