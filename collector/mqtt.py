@@ -384,6 +384,10 @@ _TLS_ADVICE = (
 )
 
 
+# Not alerts from the broker: what our side found wrong with the broker or its port.
+_LOCAL_TLS_ERRORS = {"certificate_verify_failed", "wrong version number"}
+
+
 def explain_failure(
     detail: str, tls: bool, tls_config: TlsConfig | None, before_connack: bool = False
 ) -> str:
@@ -395,7 +399,9 @@ def explain_failure(
             text = advice
             if alert == "certificate required" and tls_config and tls_config.cert_file:
                 text = "the broker did not accept mqtt.tls.cert_file as a client certificate"
-            return f"TLS alert '{alert.replace('_', ' ')}': {text} ({_short(detail)})"
+            # The broker's alert, or our own verdict on the broker's certificate.
+            kind = "TLS" if alert in _LOCAL_TLS_ERRORS else "TLS alert"
+            return f"{kind} '{alert.replace('_', ' ')}': {text} ({_short(detail)})"
     if before_connack and not tls:
         return (
             "the broker closed the connection before answering CONNECT: a TLS port? (set "
