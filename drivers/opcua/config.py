@@ -160,7 +160,7 @@ class OpcUaDevice(DeviceBase):
         "server reports changes (monitored items).",
     )
     publishing_interval_ms: int = Field(
-        default=500, ge=10, le=3_600_000, description="Subscription publishing interval."
+        default=50, ge=10, le=3_600_000, description="Subscription publishing interval."
     )
     sampling_interval_ms: int = Field(
         default=250, ge=0, le=3_600_000, description="Monitored items' sampling interval."
