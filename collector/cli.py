@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(path: Path) -> int:
     try:
-        config = load_config(path)
+        config = load_config(path, starting=True)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)

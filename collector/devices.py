@@ -14,16 +14,55 @@ protocol packages, so the packages must not import it).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, NamedTuple, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+def _not_an_index(name: str) -> str:
+    # Schema-2 messages key values by tag name, and JavaScript (a browser, Node-RED) moves
+    # integer-like keys to the front of an object: "17" would silently reorder the tags.
+    if re.fullmatch(r"0|[1-9][0-9]*", name):
+        raise ValueError(f"tag name {name!r} is a whole number: give it a letter, e.g. 't{name}'")
+    return name
+
+
+#: A tag's name: a Name that is not a canonical whole number.
+TagName = Annotated[Name, AfterValidator(_not_an_index)]
+
+
+def _host(value: str) -> str:
+    if not value.strip() or value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a host: give an IP address or a host name")
+    return value
+
+
+#: A host name or address: not empty, no spaces.
+Host = Annotated[str, Field(max_length=253), AfterValidator(_host)]
+
+#: Longest regular expression a config may give (a real one is a line).
+MAX_PATTERN_CHARS = 1000
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A config's regular expression, or ValueError saying why not (a huge repeat count, e.g.
+    ``a{99999999999}``, raises OverflowError in ``re``: reported, not a traceback)."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"regular expression longer than {MAX_PATTERN_CHARS} characters")
+    try:
+        return re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        shown = repr(pattern) if len(pattern) <= 60 else f"{pattern[:60]!r}..."
+        raise ValueError(f"{shown} is not a regular expression: {exc}") from None
+
 
 #: A field's place in the config, e.g. ("devices", 2, "user", "password_file").
 FieldPath = tuple[str | int, ...]

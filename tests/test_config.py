@@ -16,7 +16,7 @@ from tests.conftest import REPO
 
 # Every example under config/ is validated here, so the examples cannot rot.
 # config/ also holds example files of other kinds, each loaded by its own test.
-NOT_COLLECTOR = {"pilot-protocol.yaml"}
+NOT_COLLECTOR = {"pilot-protocol.yaml", "store.yaml"}
 EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in NOT_COLLECTOR)
 
 BASE = """\
@@ -106,8 +106,8 @@ def test_base_is_valid() -> None:
                 "        table: holding_register\n        address: 0\n",
                 "        table: coil\n        address: 0\n",
             ),
-            "line.yaml:17: devices[0].tags[0]: type float32 needs a register table "
-            "(holding_register or input_register); a coil holds bool only",
+            "line.yaml:17: devices[0].tags[0]: a coil holds one bit: give it type: bool (type "
+            "float32 needs a register table: holding_register or input_register)",
         ),
         (
             edit("        type: float32\n", "        type: bool\n"),
@@ -288,7 +288,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_check_command_ok_prints_the_request_plan(tmp_path: Path) -> None:
-    result = run_cli("check", "--config", str(REPO / "config" / "minimal.yaml"))
+    text = (REPO / "config" / "minimal.yaml").read_text()
+    path = tmp_path / "minimal.yaml"
+    path.write_text(text.replace("/var/lib/collector/buffer.db", str(tmp_path / "b.db")))
+    result = run_cli("check", "--config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tester-1: modbus_tcp 192.0.2.10:502 unit 1: 1 tags -> 1 request(s) per poll" in (
         result.stdout
