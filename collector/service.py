@@ -222,7 +222,9 @@ class Service:
                 return False  # stopping
             systemd.notify("RELOADING=1")
             try:
-                new = load_config(path)
+                # Parsed on a worker thread: whatever the file holds (it is bounded in size,
+                # depth and alias expansion), the loop goes on polling meanwhile.
+                new = await asyncio.to_thread(load_config, path)
             except ConfigError as exc:
                 problems = exc.problems
                 log.error(  # noqa: TRY400 - the problems are the message

@@ -141,12 +141,20 @@ def control_problems(text: str, filename: str) -> list[str]:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader whose composition refuses nesting deeper than MAX_DEPTH (the composer
-    recurses: a deep document would otherwise end in RecursionError)."""
+    """SafeLoader that refuses nesting deeper than MAX_DEPTH: in the composer (it recurses: a
+    deep document would end in RecursionError) and, for ``[[[[...`` flow collections, already
+    in the scanner (it looks ahead over a whole flow collection, in quadratic time)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark()
+            )
+        super().fetch_flow_collection_start(TokenClass)
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
@@ -162,24 +170,18 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 class _Walk:
-    """The field paths' lines, duplicate keys, cycles and the expanded size, in one walk."""
+    """The field paths' lines, duplicate keys and cycles, in one walk over the distinct nodes
+    (an alias is not walked into: its paths take the alias's line)."""
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.lines: dict[FieldPath, int] = {}
         self.problems: list[str] = []
-        self.nodes = 0
         self._open: set[int] = set()
+        self._done: set[int] = set()
 
     def walk(self, node: yaml.Node, path: FieldPath) -> bool:
-        """False once a bound is hit (the walk stops: the problem is said once)."""
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            self.problems.append(
-                f"{self.filename}:{node.start_mark.line + 1}: {_dotted(path)}: more than "
-                f"{MAX_NODES} values once anchors and aliases are expanded (an alias bomb?)"
-            )
-            return False
+        """False once a cycle is found (the walk stops: the problem is said once)."""
         if id(node) in self._open:
             self.problems.append(
                 f"{self.filename}:{node.start_mark.line + 1}: {_dotted(path)}: an alias "
@@ -187,8 +189,10 @@ class _Walk:
             )
             return False
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in self._done:
+            return True
+        self._open.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            self._open.add(id(node))
             seen: dict[object, int] = {}
             for key_node, value_node in node.value:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
@@ -204,14 +208,45 @@ class _Walk:
                 if not self.walk(value_node, child):
                     return False
                 self.lines[child] = line  # errors about a field point at its key
-            self._open.discard(id(node))
         elif isinstance(node, yaml.SequenceNode):
-            self._open.add(id(node))
             for index, item in enumerate(node.value):
                 if not self.walk(item, (*path, index)):
                     return False
-            self._open.discard(id(node))
+        self._open.discard(id(node))
+        self._done.add(id(node))
         return True
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` is once every alias is expanded (each distinct node counted
+    once per use, computed once: a "billion laughs" costs its few distinct nodes here, not its
+    billion). Call it on an acyclic graph only; recursion is bounded by MAX_DEPTH."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded(k, sizes) + _expanded(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded(item, sizes) for item in node.value)
+    sizes[id(node)] = size
+    return size
+
+
+def _too_big(node: yaml.Node, filename: str) -> str | None:
+    sizes: dict[int, int] = {}
+    if _expanded(node, sizes) <= MAX_NODES:
+        return None
+    where, line = "(top level)", node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if sizes[id(value_node)] > MAX_NODES:
+                where, line = str(key_node.value), key_node.start_mark.line + 1
+                break
+    return (
+        f"{filename}:{line}: {where}: more than {MAX_NODES} values once anchors and aliases "
+        "are expanded (an alias bomb?)"
+    )
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -235,6 +270,9 @@ def parse_yaml(text: str, filename: str, *, empty_ok: bool = False) -> YamlDocum
         walk.walk(node, ())
         if walk.problems:
             raise ConfigError(walk.problems)
+        too_big = _too_big(node, filename)
+        if too_big is not None:
+            raise ConfigError([too_big])
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
