@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from collector import __version__, metrics, systemd
+from collector import __version__, metrics, serials, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config, DeviceConfig, load_config
@@ -377,6 +377,8 @@ class Service:
                 for name, d in self.devices.items()
             },
             "stations": self.context.status(),
+            # Serials refused for control or format characters, per station (collector.serials).
+            "rejected_serials": dict(serials.rejected),
             "buffer": {
                 "path": str(self.config.buffer.path),
                 "depth": stats.depth,
