@@ -1,4 +1,5 @@
-"""Command line: ``collector run | check | probe | browse | opcua-cert | buffer | schema | demo``.
+"""Command line: ``collector run | check | probe | scan | browse | opcua-cert | buffer | schema |
+store | demo`` (``--help`` lists them from the parser itself).
 
 Exit codes: 0 success, 1 start-up failure (e.g. the buffer cannot be opened), 2 invalid config.
 """
@@ -58,7 +59,7 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="collector", description=__doc__)
+    parser = argparse.ArgumentParser(prog="collector")
     parser.add_argument("--version", action="version", version=f"collector {__version__}")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -159,10 +160,26 @@ def _parser() -> argparse.ArgumentParser:
         "--buffer", type=Path, default=None, help="buffer file (default: in the temp folder)"
     )
     demo.add_argument("--quiet", action="store_true", help="no live view")
+    # The description names every command from the parser itself, so none can be left out.
+    parser.description = (
+        f"Commands: {' | '.join(sub.choices)}. Exit codes: 0 success, 1 start-up failure "
+        "(e.g. the buffer cannot be opened), 2 invalid config."
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``collector buffer export | head -1``): end quietly, as cat
+        # does. stdout is pointed at /dev/null so that the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     # "collector store --help": options before the store's own command are the store's.
     args, extra = parser.parse_known_args(argv)
