@@ -21,6 +21,7 @@ from pathlib import Path
 
 from collector import __version__
 from collector.config import Config, load_config
+from collector.config.loader import config_warnings
 from collector.errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, StartupError
 
 log = logging.getLogger("collector")
@@ -194,6 +195,8 @@ def _main(argv: Sequence[str] | None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
+        for warning in config_warnings(config, args.config):
+            log.warning("%s", warning)
         return run_service(config, args.config)
     if args.command == "probe" and args.url.startswith("modbus://"):
         from drivers.modbus.tools import probe_command  # noqa: PLC0415 - only probe needs it
@@ -241,6 +244,8 @@ def _check(path: Path) -> int:
     from drivers.registry import create_driver  # noqa: PLC0415 - light until it is valid
 
     print(f"{path}: OK ({len(config.devices)} device(s), {len(config.stations)} station(s))")
+    for warning in config_warnings(config, path):
+        print(warning)
     for device in config.devices:
         print(f"  {device.name}: {create_driver(device).describe()}")
     return 0

@@ -174,3 +174,8 @@ class DeviceBase(Model):
     def shared_line(self) -> SharedLine | None:
         """The line this device shares with others of its kind, if any."""
         return None
+
+    def warnings(self) -> list[tuple[FieldPath, str]]:
+        """Likely mistakes that are still valid config (``collector check`` prints them, the
+        service logs them at start): (field path relative to the device, what to check)."""
+        return []

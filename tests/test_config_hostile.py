@@ -224,3 +224,16 @@ def test_the_store_config_and_the_protocol_use_the_same_loader(tmp_path: Path) -
     with pytest.raises(ConfigError) as info:
         load_protocol(protocol)
     assert info.value.problems[0].startswith(f"{protocol}:2: (file): not UTF-8: byte 0xE9")
+
+
+def test_a_modicon_address_is_a_warning_of_check(tmp_path: Path) -> None:
+    path = tmp_path / "line.yaml"
+    text = edit("  path: /tmp/buffer.db\n", f"  path: {tmp_path / 'b.db'}\n")
+    path.write_text(text.replace("        address: 0\n", "        address: 40001\n", 1))
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"{path}:19: devices[0].tags[0].address: warning: 40001 looks like a Modicon reference "
+        "number: that is table: holding_register, address: 0 (0-based); if the manual really "
+        "means holding_register 40001, leave it"
+    ) in result.stdout.splitlines()

@@ -277,3 +277,20 @@ def _environment_problems(config: Config, filename: str, lines: dict[Path_, int]
                 f"file {str(file.path)!r} does not exist or is not readable"
             )
     return problems
+
+
+def config_warnings(config: Config, path: Path | str) -> list[str]:
+    """Likely mistakes in a valid config, as ``FILE:LINE: path: warning: ...`` lines."""
+    found = [
+        (("devices", index, *field), text)
+        for index, device in enumerate(config.devices)
+        for field, text in device.warnings()
+    ]
+    if not found:
+        return []
+    lines = parse_yaml(read_text(Path(path)), str(path)).lines
+    out = []
+    for field, text in found:
+        shown_field, line = _locate(field, lines)
+        out.append(f"{path}:{line}: {shown_field}: warning: {text}")
+    return out

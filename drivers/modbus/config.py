@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import DeviceBase, Host, SharedLine, TagName
+from collector.devices import DeviceBase, FieldPath, Host, SharedLine, TagName
 from collector.devices import Model as _Model
 from collector.devices import reject_duplicates as _reject_duplicates
 from drivers.serial.config import Parity, SerialPort
@@ -133,6 +133,19 @@ class ModbusWorkarounds(_Model):
     )
 
 
+def _modicon_reading(address: int) -> tuple[ModbusTable, int] | None:
+    """(table, 0-based address) when ``address`` reads like a Modicon 5-digit reference
+    (1xxxx discrete input, 3xxxx input register, 4xxxx holding register; 1-based)."""
+    for first, table in (
+        (10001, ModbusTable.DISCRETE_INPUT),
+        (30001, ModbusTable.INPUT_REGISTER),
+        (40001, ModbusTable.HOLDING_REGISTER),
+    ):
+        if first <= address <= first + 9998:
+            return table, address - first
+    return None
+
+
 class _ModbusDevice(DeviceBase):
     csv_tag_model: ClassVar[type[_Model] | None] = ModbusTag
 
@@ -153,6 +166,22 @@ class _ModbusDevice(DeviceBase):
         "bit, byte_order, word_order, scale, offset, unit), relative to the config file; its "
         "rows are added to tags.",
     )
+
+    def warnings(self) -> list[tuple[FieldPath, str]]:
+        found: list[tuple[FieldPath, str]] = []
+        for index, tag in enumerate(self.tags):
+            modicon = _modicon_reading(tag.address)
+            if modicon is not None:
+                table, address = modicon
+                found.append(
+                    (
+                        ("tags", index, "address"),
+                        f"{tag.address} looks like a Modicon reference number: that is "
+                        f"table: {table.value}, address: {address} (0-based); if the manual "
+                        f"really means {table.value} {tag.address}, leave it",
+                    )
+                )
+        return found
 
     @field_validator("tags")
     @classmethod
