@@ -32,8 +32,9 @@ from collector.errors import ConfigError
 MAX_FILE_BYTES = 2 * 1024 * 1024
 #: Nesting deeper than this is refused (a real config nests about 6 levels).
 MAX_DEPTH = 40
-#: Nodes after expanding every alias; far above any real file, far below a freeze.
-MAX_NODES = 200_000
+#: Values (nodes) in a file, and after expanding every alias: a line of 5,000 tags is about
+#: 65,000; far below a freeze.
+MAX_NODES = 100_000
 #: A value is shown in a message up to this many characters.
 SHOWN_CHARS = 60
 #: At most this many problems of one kind (characters, duplicates) are listed.
@@ -148,6 +149,7 @@ class _BoundedLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def fetch_flow_collection_start(self, TokenClass: type) -> None:
         if self.flow_level >= MAX_DEPTH:
@@ -158,7 +160,11 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
+        self._nodes += 1
         try:
+            if self._nodes > MAX_NODES:  # bounds the parse time of a big flat file, too
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES} values", mark)
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise yaml.composer.ComposerError(
