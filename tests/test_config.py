@@ -9,40 +9,16 @@ import pytest
 
 from collector.config import load_config, parse_config
 from collector.errors import ConfigError
-from tests.helpers import REPO, run_cli
+from tests.helpers import CASES, REPO, run_cli
 
 # Every example under config/ is validated here, so the examples cannot rot.
 # config/ also holds example files of other kinds, each loaded by its own test.
 NOT_COLLECTOR = {"pilot-protocol.yaml", "store.yaml"}
 EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in NOT_COLLECTOR)
 
-BASE = """\
-collector:
-  id: pc1
-  site: plant-a
-  line: line-1
-buffer:
-  path: /tmp/buffer.db
-stations:
-  - name: ft-1
-    operation: functional-test
-    serial_source: {device: tester-1, tag: serial}
-devices:
-  - name: tester-1
-    protocol: modbus_tcp
-    station: ft-1
-    host: 127.0.0.1
-    tags:
-      - name: voltage
-        table: holding_register
-        address: 0
-        type: float32
-      - name: serial
-        table: holding_register
-        address: 10
-        type: string
-        count: 8
-"""
+# One tester at one station: the config most checks edit (tests/cases/small-line.yaml; its
+# line numbers are part of the expected messages).
+BASE = (CASES / "small-line.yaml").read_text()
 
 
 def problems(text: str) -> list[str]:

@@ -13,19 +13,18 @@ from collector.errors import ConfigError
 from collector.yamlmodel import MAX_DEPTH, MAX_FILE_BYTES
 from store.config import load_store_config
 from store.report.protocol import load_protocol
-from tests.test_config import BASE, CSV_BASE, edit, run_cli
+from tests.helpers import CASES, run_cli
 
-BILLION_LAUGHS = """\
-a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-"""
+BASE = (CASES / "small-line.yaml").read_text()  # the config tests/test_config.py edits too
+CSV_BASE = BASE.replace("    tags:\n", "    tags_csv: map.csv\n    tags:\n", 1)
+
+
+def edit(old: str, new: str) -> str:
+    assert old in BASE
+    return BASE.replace(old, new, 1)
+
+
+BILLION_LAUGHS = (CASES / "billion-laughs.yaml").read_text()
 
 
 def check(tmp_path: Path, content: str | bytes, name: str = "line.yaml") -> list[str]:

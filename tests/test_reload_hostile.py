@@ -13,9 +13,9 @@ import yaml
 
 from collector.config import load_config
 from drivers.modbus.sim import SimulatedModbusServer
-from tests.helpers import Mosquitto, async_wait_until
-from tests.test_config_hostile import BILLION_LAUGHS
-from tests.test_end_to_end import RunningService, config_dict
+from tests.helpers import CASES, Mosquitto, RunningService, async_wait_until, config_dict
+
+BILLION_LAUGHS = (CASES / "billion-laughs.yaml").read_text()
 
 
 async def test_a_billion_laughs_reload_is_refused_and_polling_keeps_its_schedule(

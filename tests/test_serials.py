@@ -21,8 +21,14 @@ from drivers.modbus.sim import SimulatedModbusServer
 from drivers.serial.config import BarcodeScannerDevice, SerialAsciiDevice
 from drivers.serial.driver import BarcodeScannerDriver, SerialAsciiDriver, SerialLines
 from drivers.serial.lines import LineAssembler
-from tests.helpers import Mosquitto, PtyPort, async_wait_until
-from tests.test_end_to_end import RunningService, config_dict, set_tester
+from tests.helpers import (
+    Mosquitto,
+    PtyPort,
+    RunningService,
+    async_wait_until,
+    config_dict,
+    set_tester,
+)
 
 TOKEN = "t0ken-for-serials"
 HOSTILE = ["SN\x001", "SN\x1b[2J1", "\u202eSN1", "SN\u200b1", "SN\u2066X\u2069", "\x85SN"]
