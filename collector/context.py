@@ -46,6 +46,7 @@ import orjson
 
 from collector.config import DeviceConfig, StationConfig, UnitEnd, Verdict, verdict_key
 from collector.reading import Context, ContextChanges, Quality, Reading, UnitRecord, Value
+from collector.serials import accepted
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ class StationContext:
         if not event and previous == value:
             return
         first = previous is _MISSING and not event
-        if kind == "serial":
+        if kind == "serial" and accepted(value, station.config.name):
             self._on_serial(station, ts, _text(value))
         elif kind == "operation":
             self._on_operation(station, ts, _text(value) or station.config.operation)

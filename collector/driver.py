@@ -6,6 +6,7 @@ forwarding all live in the core (collector.poller and friends), never in a drive
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,3 +59,14 @@ class Pushes(Protocol):
     def set_on_change(self, callback: Callable[[], None]) -> None: ...
 
     def take_changes(self) -> Sequence[Reading]: ...
+
+
+@runtime_checkable
+class CountsInputErrors(Protocol):
+    """A driver that also meets input no reading stands for (a serial line that matches no
+    pattern, or is too long, or did not fit the pending bound): the core adds these counts,
+    by error code, to the device's error counts after each read (/status, /metrics)."""
+
+    def take_input_errors(self) -> Counter[str]:
+        """The counts since the last call (and reset them)."""
+        ...

@@ -32,13 +32,11 @@ from uvicorn.server import ServerState
 from collector import __version__
 from collector.errors import StartupError
 from collector.live import LiveFeed, add_page_routes, encode_status
+from collector.serials import MAX_SERIAL_CHARS, accepted, serial_problem
 
 log = logging.getLogger(__name__)
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# A serial: no control characters, at most 128 characters ("" and null: the unit left).
-SERIAL_PATTERN = r"^[^\x00-\x1f\x7f]{0,128}$"
 
 
 class StatusSource(Protocol):
@@ -72,7 +70,8 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 class UnitIn(BaseModel):
-    serial: Annotated[str, Field(pattern=SERIAL_PATTERN)] | None = Field(
+    # Control and format characters are checked by collector.serials (and counted there).
+    serial: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         description="The unit now at the station; null or empty: the unit left."
     )
 
@@ -169,6 +168,9 @@ def create_app(
             raise HTTPException(
                 409, f"station {station!r} takes its serial from {sources[station]}, not http"
             )
+        if not accepted(unit.serial, station):
+            problem = serial_problem(unit.serial or "")
+            return _unprocessable([{"type": "serial", "loc": ["body", "serial"], "msg": problem}])
         source.set_unit(station, unit.serial or None)
         return source.station_unit(station)
 

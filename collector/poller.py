@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.backoff import Backoff, Probe, tcp_reachable, wait_or_back
-from collector.driver import Driver, Pushes, Reachable
+from collector.driver import CountsInputErrors, Driver, Pushes, Reachable
 from collector.errors import DeviceError, ErrorCode
 from collector.histogram import Histogram
 from collector.reading import Quality, Reading
@@ -253,6 +253,8 @@ class Poller:
             await self._driver.close()
             return
         status.poll_seconds.observe(time.perf_counter() - started)
+        if isinstance(self._driver, CountsInputErrors):  # e.g. serial lines matching nothing
+            status.errors.update(self._driver.take_input_errors())
         last = status.last_readings
         for reading in readings:
             last[reading.tag] = reading

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from collector import __version__, metrics, systemd
+from collector import __version__, metrics, serials, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config, DeviceConfig, load_config
@@ -228,7 +228,9 @@ class Service:
                 return False  # stopping
             systemd.notify("RELOADING=1")
             try:
-                new = load_config(path)
+                # Parsed on a worker thread: whatever the file holds (it is bounded in size,
+                # depth and alias expansion), the loop goes on polling meanwhile.
+                new = await asyncio.to_thread(load_config, path)
             except ConfigError as exc:
                 problems = exc.problems
                 log.error(  # noqa: TRY400 - the problems are the message
@@ -418,6 +420,8 @@ class Service:
                 for name, d in self.devices.items()
             },
             "stations": self.context.status(),
+            # Serials refused for control or format characters, per station (collector.serials).
+            "rejected_serials": dict(serials.rejected),
             "buffer": {
                 "path": str(self.config.buffer.path),
                 "depth": stats.depth,
