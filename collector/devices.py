@@ -31,7 +31,10 @@ def _not_an_index(name: str) -> str:
     # Schema-2 messages key values by tag name, and JavaScript (a browser, Node-RED) moves
     # integer-like keys to the front of an object: "17" would silently reorder the tags.
     if re.fullmatch(r"0|[1-9][0-9]*", name):
-        raise ValueError(f"tag name {name!r} is a whole number: give it a letter, e.g. 't{name}'")
+        raise ValueError(
+            f"tag name {name!r} is a whole number, which JSON consumers reorder; give it a "
+            f"letter, e.g. 'r{name}'"
+        )
     return name
 
 
