@@ -62,7 +62,8 @@ class ReadingEncoder:
     """Encodes the readings of one poll into the JSON objects of docs/messages.md.
 
     The field order is the documented one: seq, ts, station, device, tag, value, unit,
-    quality, error, unit_serial, operation, attempt.
+    quality, error, unit_serial, operation, attempt, slot, phase, golden (the last three
+    added within schema 1 for issue 15).
     """
 
     def __init__(self) -> None:
@@ -140,8 +141,15 @@ class ReadingEncoder:
             tail = _put(
                 self._context,
                 context,
-                b'"unit_serial":%b,"operation":%b,"attempt":%b}'
-                % (_json(context.unit_serial), _json(context.operation), _json(context.attempt)),
+                b'"unit_serial":%b,"operation":%b,"attempt":%b,"slot":%b,"phase":%b,"golden":%b}'
+                % (
+                    _json(context.unit_serial),
+                    _json(context.operation),
+                    _json(context.attempt),
+                    _json(context.slot),
+                    _json(context.phase),
+                    b"true" if context.golden else b"false",
+                ),
             )
         return tail
 
@@ -162,12 +170,29 @@ def encode_unit(unit: UnitRecord) -> bytes:
             "ended_by": unit.ended_by,
             "readings": unit.readings,
             "characteristics": {
-                name: {"last": last, "min": low, "max": high}
+                name: {"last": last, "min": low, "max": high, **_spec(unit, name)}
                 for name, (last, low, high) in unit.characteristics.items()
             },
+            "slot": unit.slot,
+            "takt_s": unit.takt_s,
+            "golden": unit.golden,
+            "work_order": unit.work_order,
         },
         option=orjson.OPT_UTC_Z,
     )
+
+
+def _spec(unit: UnitRecord, name: str) -> dict[str, object]:
+    spec = unit.specs.get(name)
+    if spec is None:
+        return {}
+    return {
+        "lsl": spec.lsl,
+        "usl": spec.usl,
+        "target": spec.target,
+        "critical": spec.critical,
+        "in_spec": spec.in_spec,
+    }
 
 
 def with_seq(rows: Iterable[tuple[int, bytes]]) -> bytes:

@@ -23,6 +23,9 @@ FIELDS = (
     "unit_serial",
     "operation",
     "attempt",
+    "slot",
+    "phase",
+    "golden",
 )
 
 
@@ -42,6 +45,9 @@ def reference(seq: int, device: str, reading: Reading, context: Context) -> byte
             "unit_serial": context.unit_serial,
             "operation": context.operation,
             "attempt": context.attempt,
+            "slot": context.slot,
+            "phase": context.phase,
+            "golden": context.golden,
         }
     )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Self, Union
 from pydantic import Field, model_validator
 
 from collector.config.base import BufferConfig, HealthConfig, Identity, MqttConfig
-from collector.config.stations import StationConfig, TagRef
+from collector.config.stations import StationConfig, TagRef, expand_slots
 from collector.devices import DeviceBase, FieldPath, FileKind, SecretEnv, SecretFile, SharedLine
 from collector.devices import Model as _Model
 from collector.devices import reject_duplicates as _reject_duplicates
@@ -39,11 +39,18 @@ class Config(_Model):
     stations: list[StationConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_slots(cls, data: object) -> object:
+        return expand_slots(data)
+
     @model_validator(mode="after")
     def _references(self) -> Self:
         _reject_duplicates((s.name for s in self.stations), "station name")
         _reject_duplicates((d.name for d in self.devices), "device name")
-        stations = {s.name for s in self.stations}
+        stations = {s.name for s in self.stations} | {
+            s.group for s in self.stations if s.group is not None
+        }
         devices = {d.name: d for d in self.devices}
         for index, device in enumerate(self.devices):
             if device.station is not None and device.station not in stations:
@@ -64,7 +71,7 @@ class Config(_Model):
                 )
         for index, station in enumerate(self.stations):
             for field, ref in station.tag_refs():
-                _check_station_ref(index, station.name, field, ref, devices)
+                _check_station_ref(index, station.group or station.name, field, ref, devices)
             if station.serial_source == "http" and not self.health.unit_api_enabled:
                 raise FieldError(
                     ("stations", index, "serial_source"),

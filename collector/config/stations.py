@@ -1,8 +1,9 @@
 """The ``stations`` section: which unit, operation and verdict a station's readings belong to
-(collector.context applies it)."""
+(collector.context applies it), and the slot expansion of racks (:func:`expand_slots`)."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Literal, Self
 
@@ -65,6 +66,42 @@ def verdict_key(value: object) -> str:
     return str(value).strip()
 
 
+class KeyCharacteristic(TagRef):
+    """A key characteristic, optionally with its specification. The collector only reports
+    whether a unit's values were within the limits; the tester's verdict is never changed."""
+
+    lsl: float | None = Field(default=None, description="Lower specification limit.")
+    usl: float | None = Field(default=None, description="Upper specification limit.")
+    target: float | None = Field(default=None, description="Nominal value.")
+    critical: bool = Field(default=False, description="A critical characteristic (CTQ).")
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Self:
+        if self.lsl is not None and self.usl is not None and self.lsl > self.usl:
+            raise ValueError(f"lsl {self.lsl} is above usl {self.usl}")
+        return self
+
+    def in_spec(self, low: float, high: float) -> bool | None:
+        """Whether every value (their minimum and maximum) was within the limits; None
+        without limits."""
+        if self.lsl is None and self.usl is None:
+            return None
+        return (self.lsl is None or low >= self.lsl) and (self.usl is None or high <= self.usl)
+
+
+class SlotRange(_Model):
+    first: int = Field(ge=0, le=9999, description="First slot number.")
+    last: int = Field(ge=0, le=9999, description="Last slot number (inclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.last < self.first:
+            raise ValueError("last must be >= first")
+        if self.last - self.first >= 1024:
+            raise ValueError("at most 1024 slots")
+        return self
+
+
 class UnitEnd(StrEnum):
     VERDICT = "verdict"
     CYCLE_COMPLETE = "cycle_complete"
@@ -106,10 +143,43 @@ class StationConfig(_Model):
         description="A unit still open this long after it started ends with its verdict so "
         "far, or `incomplete`.",
     )
-    key_characteristics: list[TagRef] = Field(
+    key_characteristics: list[KeyCharacteristic] = Field(
         default_factory=list,
-        description="Tags whose last, minimum and maximum values go into each unit record.",
+        description="Tags whose last, minimum and maximum values go into each unit record, "
+        "optionally with lsl, usl, target and critical.",
     )
+    start: TagRef | None = Field(
+        default=None,
+        description="A tester tag that signals a test start: a bool turning true, or a test "
+        "counter that changes. A start while the present unit's last attempt has ended "
+        "starts the next attempt. Without it, a verdict going back to 'no verdict' does.",
+    )
+    takt_s: float | None = Field(
+        default=None, gt=0, description="The planned cycle time; unit records carry it."
+    )
+    golden_pattern: str | None = Field(
+        default=None,
+        description="Regular expression: serials that match it (whole) are golden samples.",
+    )
+    slots: SlotRange | None = Field(
+        default=None,
+        description="A rack or multi-nest fixture: one station per slot, named "
+        "NAME.slotNN, with '{slot}' (e.g. '{slot:02d}') in tag names filled in.",
+    )
+    group: Name | None = Field(
+        default=None, description="Set by the slot expansion: the rack's station name."
+    )
+    slot: int | None = Field(default=None, description="Set by the slot expansion.")
+
+    @field_validator("golden_pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @property
     def end(self) -> UnitEnd:
@@ -139,6 +209,98 @@ class StationConfig(_Model):
             ("verdict", self.verdict),
             ("failure_code", self.failure_code),
             ("cycle_complete", self.cycle_complete),
+            ("start", self.start),
         ]
         refs += [(f"key_characteristics[{i}]", k) for i, k in enumerate(self.key_characteristics)]
         return [(f, r) for f, r in refs if r is not None]
+
+
+# --------------------------------------------------------------------------- slot expansion
+
+
+def _fill(value: Any, slot: int, where: str) -> Any:
+    """``value`` with ``{slot}`` placeholders in its strings filled in (dicts and lists too)."""
+    if isinstance(value, str):
+        if "{slot" not in value:
+            return value
+        try:
+            return value.format(slot=slot)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise ValueError(f"{where}: cannot fill in {value!r}: {exc}") from None
+    if isinstance(value, dict):
+        return {k: _fill(v, slot, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, slot, where) for v in value]
+    return value
+
+
+def _slot_numbers(raw: Any) -> range:
+    slots = SlotRange.model_validate(raw)
+    return range(slots.first, slots.last + 1)
+
+
+def slot_station_name(group: str, slot: int, last: int) -> str:
+    """The name of a slot's station: ``rack-a.slot07`` (at least two digits)."""
+    return f"{group}.slot{slot:0{max(2, len(str(last)))}d}"
+
+
+def expand_slots(data: Any) -> Any:
+    """The raw config with every slotted station and device tag expanded (before validation).
+
+    A station with ``slots`` becomes one station per slot (``group`` and ``slot`` set, its
+    ``{slot}`` placeholders filled in); a device tag with ``slots`` becomes one tag per slot
+    (``slot`` set, placeholders filled in, ``address`` moved by ``stride`` per slot: the
+    first slot's block at ``address``). Expansion happens here, once, so the context only ever
+    sees plain stations and tags with a slot number.
+    """
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    stations = data.get("stations")
+    if isinstance(stations, list) and any(
+        isinstance(s, dict) and s.get("slots") is not None for s in stations
+    ):
+        expanded: list[Any] = []
+        for index, station in enumerate(stations):
+            if not isinstance(station, dict) or station.get("slots") is None:
+                expanded.append(station)
+                continue
+            numbers = _slot_numbers(station["slots"])
+            template = {k: v for k, v in station.items() if k != "slots"}
+            group = str(station.get("name"))
+            for slot in numbers:
+                one = _fill(template, slot, f"stations[{index}]")
+                one["name"] = slot_station_name(group, slot, numbers[-1])
+                one["group"], one["slot"] = group, slot
+                expanded.append(one)
+        out["stations"] = expanded
+    devices = data.get("devices")
+    if isinstance(devices, list):
+        out["devices"] = [_expand_device(d, i) for i, d in enumerate(devices)]
+    return out
+
+
+def _expand_device(device: Any, index: int) -> Any:
+    tags = device.get("tags") if isinstance(device, dict) else None
+    if not isinstance(tags, list) or not any(
+        isinstance(t, dict) and t.get("slots") is not None for t in tags
+    ):
+        return device
+    expanded: list[Any] = []
+    for t_index, tag in enumerate(tags):
+        if not isinstance(tag, dict) or tag.get("slots") is None:
+            expanded.append(tag)
+            continue
+        where = f"devices[{index}].tags[{t_index}]"
+        numbers = _slot_numbers(tag["slots"])
+        template = {k: v for k, v in tag.items() if k not in ("slots", "stride")}
+        stride = tag.get("stride", 0)
+        if not isinstance(stride, int) or stride < 0:
+            raise ValueError(f"{where}.stride: must be a whole number >= 0")
+        for slot in numbers:
+            one = _fill(template, slot, where)
+            one["slot"] = slot
+            if stride and isinstance(one.get("address"), int):
+                one["address"] += (slot - numbers[0]) * stride
+            expanded.append(one)
+    return {**device, "tags": expanded}

@@ -1,0 +1,259 @@
+"""Station shapes in the context (pure logic, no I/O): retests on a serial that stays in the
+tester's register, readings after the verdict, long runs past the timeout, spec limits, takt,
+golden samples, rack slots expanded at load, and the live figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from collector.config import Config
+from collector.context import StationContext
+from collector.message import encode_unit
+from collector.reading import Reading, UnitRecord, Value
+
+
+def station_config(**station: Any) -> Config:
+    """A tester whose serial, verdict and test counter are registers it polls."""
+    return Config.model_validate(
+        {
+            "collector": {"id": "pc1", "site": "s", "line": "l"},
+            "buffer": {"path": "/tmp/unused.db"},
+            "stations": [
+                {
+                    "name": "ft-1",
+                    "operation": "functional-test",
+                    "serial_source": {"device": "tester", "tag": "serial"},
+                    "verdict": {"device": "tester", "tag": "result", "map": {1: "pass", 2: "fail"}},
+                    "key_characteristics": [
+                        {"device": "tester", "tag": "leak", "usl": 15.0, "critical": True}
+                    ],
+                    **station,
+                }
+            ],
+            "devices": [
+                {
+                    "name": "tester",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "station": "ft-1",
+                    "tags": [
+                        {"name": "leak", "table": "holding_register", "address": 0},
+                        {"name": "result", "table": "holding_register", "address": 2},
+                        {"name": "count", "table": "holding_register", "address": 3},
+                        {
+                            "name": "serial",
+                            "table": "holding_register",
+                            "address": 4,
+                            "type": "string",
+                            "count": 4,
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+
+
+class _Tester:
+    def __init__(self, cfg: Config) -> None:
+        self.now = 1000.0
+        self.ctx = StationContext(cfg.stations, cfg.devices, clock=lambda: self.now)
+        self.records: list[UnitRecord] = []
+        self.contexts: list[tuple[Value, Any]] = []
+
+    def poll(self, **values: Value) -> None:
+        """One poll of the tester's registers, 1 s after the last."""
+        self.now += 1
+        readings = [Reading(self.now, tag, value) for tag, value in values.items()]
+        for reading, context in zip(readings, self.ctx.tag("tester", readings), strict=True):
+            self.contexts.append((reading.value if reading.tag == "leak" else None, context))
+        self.ctx.tick(self.now)
+        self.records += self.ctx.take_changes().units
+
+    def last(self) -> Any:
+        return self.contexts[-1][1]
+
+    def settle(self) -> None:
+        self.now += 60
+        self.ctx.tick(self.now, final=True)
+        self.records += self.ctx.take_changes().units
+
+
+def test_verdict_cleared_on_the_same_serial_is_the_next_attempt_and_after_is_tagged() -> None:
+    t = _Tester(station_config())
+    t.poll(serial="", result=1, leak=0.0)  # baseline: the last shift's verdict
+    t.poll(serial="SN1", result=1, leak=1.0)
+    assert t.last()[1:4] == ("SN1", "functional-test", 1)
+    assert t.last().phase == "test"
+    t.poll(serial="SN1", result=0, leak=20.0)  # test starts: the verdict clears
+    t.poll(serial="SN1", result=2, leak=20.0)  # fail
+    t.poll(serial="SN1", result=2, leak=20.5)  # unclamping: still the unit, after its test
+    assert (t.last().unit_serial, t.last().attempt, t.last().phase) == ("SN1", 1, "after")
+    t.poll(serial="SN1", result=0, leak=12.0)  # retest: verdict back to "no verdict"
+    assert (t.last().attempt, t.last().phase) == (2, "test")
+    t.poll(serial="SN1", result=1, leak=12.0)
+    t.poll(serial="SN1", result=1, leak=12.0)
+    assert (t.last().attempt, t.last().phase) == (2, "after")
+    t.poll(serial="", result=1, leak=0.0)  # the unit leaves
+    assert (t.last().unit_serial, t.last().phase) == (None, None)
+    t.settle()
+    assert [(r.serial, r.attempt, r.verdict, r.ended_by) for r in t.records] == [
+        ("SN1", 1, "fail", "verdict"),
+        ("SN1", 2, "pass", "verdict"),
+    ]
+    # The record counts the test phase only (its readings up to and including the verdict).
+    test_readings = [c for _, c in t.contexts if c.phase == "test"]
+    assert [r.readings for r in t.records] == [
+        sum(1 for c in test_readings if c.attempt == a) for a in (1, 2)
+    ]
+    fail, passed = t.records
+    assert fail.characteristics["leak"] == (20.0, 1.0, 20.0)
+    assert fail.specs["leak"].in_spec is False
+    assert passed.specs["leak"].in_spec is True
+    assert (passed.specs["leak"].usl, passed.specs["leak"].critical) == (15.0, True)
+
+
+def test_with_a_start_counter_only_the_counter_starts_a_retest() -> None:
+    t = _Tester(station_config(start={"device": "tester", "tag": "count"}))
+    t.poll(serial="", result=0, count=7)
+    t.poll(serial="SN1", result=0, count=8)
+    t.poll(serial="SN1", result=1, count=8)
+    t.poll(serial="SN1", result=0, count=8)  # the tester clears its verdict: not a start here
+    assert (t.last().attempt, t.last().phase) == (1, "after")
+    t.poll(serial="SN1", result=0, count=9)
+    assert (t.last().attempt, t.last().phase) == (2, "test")
+    t.poll(serial="SN1", result=0, count=10)  # a start during the open attempt: the same test
+    assert t.last().attempt == 2
+
+
+def test_a_timeout_ends_the_test_but_keeps_the_present_serial() -> None:
+    t = _Tester(station_config(unit_timeout_s=5))
+    t.poll(serial="", result=0)
+    t.poll(serial="SN9", result=0)
+    for _ in range(10):
+        t.poll(serial="SN9", result=0, leak=3.0)
+    assert (t.last().unit_serial, t.last().attempt, t.last().phase) == ("SN9", 1, "after")
+    t.settle()
+    assert [(r.serial, r.verdict, r.ended_by) for r in t.records] == [
+        ("SN9", "incomplete", "timeout")
+    ]
+    assert t.ctx.present_serial("ft-1") == "SN9"
+    assert t.ctx.current_serial("ft-1") is None
+
+
+def test_golden_pattern_takt_and_figures() -> None:
+    t = _Tester(station_config(golden_pattern=r"GOLD-\d+", takt_s=45))
+    t.poll(serial="", result=0)
+    for serial, verdicts in (("SN1", [1]), ("GOLD-1", [1]), ("SN2", [2, 1]), ("SN3", [2])):
+        t.poll(serial=serial, result=0)
+        for verdict in verdicts:
+            t.poll(serial=serial, result=0)
+            t.poll(serial=serial, result=verdict)
+            assert t.last().golden is (serial == "GOLD-1")
+    t.poll(serial="", result=0)
+    t.settle()
+    assert [(r.serial, r.attempt, r.golden, r.takt_s) for r in t.records] == [
+        ("SN1", 1, False, 45),
+        ("GOLD-1", 1, True, 45),
+        ("SN2", 1, False, 45),
+        ("SN2", 2, False, 45),
+        ("SN3", 1, False, 45),
+    ]
+    figures = t.ctx.status()["ft-1"]["figures"]
+    assert figures["units"] == 4  # the golden sample is not production
+    assert figures["golden"] == 1
+    assert (figures["passes"], figures["fails"], figures["retests"]) == (2, 2, 1)
+    assert figures["first_pass_passes"] == 1
+    assert figures["first_pass_yield"] == pytest.approx(1 / 3)
+    assert figures["last_cycle_time_s"] == pytest.approx(2.0)
+    body = encode_unit(t.records[1])
+    assert b'"golden":true' in body
+    assert b'"takt_s":45' in body
+
+
+def rack_config(**extra: Any) -> Config:
+    return Config.model_validate(
+        {
+            "collector": {"id": "pc1", "site": "s", "line": "l"},
+            "buffer": {"path": "/tmp/unused.db"},
+            "stations": [
+                {
+                    "name": "rack-a",
+                    "operation": "burn-in",
+                    "slots": {"first": 1, "last": 32},
+                    "serial_source": {"device": "rack", "tag": "slot{slot:02d}.serial"},
+                    "key_characteristics": [{"device": "rack", "tag": "slot{slot:02d}.temp"}],
+                    **extra,
+                }
+            ],
+            "devices": [
+                {
+                    "name": "rack",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "station": "rack-a",
+                    "tags": [
+                        {"name": "ambient", "table": "input_register", "address": 0},
+                        {
+                            "name": "slot{slot:02d}.temp",
+                            "slots": {"first": 1, "last": 32},
+                            "table": "input_register",
+                            "address": 100,
+                            "stride": 10,
+                        },
+                        {
+                            "name": "slot{slot:02d}.serial",
+                            "slots": {"first": 1, "last": 32},
+                            "table": "input_register",
+                            "address": 102,
+                            "stride": 10,
+                            "type": "string",
+                            "count": 4,
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+
+
+def test_a_rack_is_expanded_at_load_and_each_slot_tags_its_own_readings() -> None:
+    cfg = rack_config()
+    assert [s.name for s in cfg.stations][:2] == ["rack-a.slot01", "rack-a.slot02"]
+    assert len(cfg.stations) == 32
+    device = cfg.devices[0]
+    tags = {t.name: t for t in device.tags}  # type: ignore[attr-defined]
+    assert (tags["slot07.temp"].address, tags["slot07.temp"].slot) == (160, 7)
+    assert tags["slot07.serial"].address == 162
+    ctx = StationContext(cfg.stations, cfg.devices, clock=lambda: 0.0)
+    poll = [Reading(1.0, "ambient", 21)]
+    for slot in range(1, 33):
+        poll += [Reading(1.0, f"slot{slot:02d}.serial", f"SN{slot}" if slot != 5 else "")]
+        poll += [Reading(1.0, f"slot{slot:02d}.temp", 40 + slot)]
+    contexts = ctx.tag("rack", poll)
+    assert contexts[0][:3] == ("rack-a", None, "burn-in")
+    for reading, context in zip(poll[1:], contexts[1:], strict=True):
+        slot = int(reading.tag[4:6])
+        assert (context.station, context.slot) == ("rack-a", slot)
+        assert context.unit_serial == (f"SN{slot}" if slot != 5 else None)
+    status = ctx.status()
+    assert status["rack-a.slot07"]["slot"] == 7
+    assert status["rack-a.slot07"]["unit_serial"] == "SN7"
+    assert status["rack-a.slot07"]["unit_readings"] == 2
+    ctx.tag("rack", [Reading(2.0, "slot07.serial", "")])
+    ctx.tick(100.0, final=True)
+    (record,) = ctx.take_changes().units
+    assert (record.serial, record.station, record.slot) == ("SN7", "rack-a", 7)
+    assert record.characteristics["slot07.temp"] == (47, 47, 47)
+
+
+def test_a_slot_placeholder_that_cannot_be_filled_is_a_clear_error() -> None:
+    with pytest.raises(ValidationError, match="cannot fill in"):
+        rack_config(serial_source={"device": "rack", "tag": "slot{slot:02x.serial"})
+    with pytest.raises(ValidationError, match=r"lsl 5\.0 is above usl 1\.0"):
+        station_config(
+            key_characteristics=[{"device": "tester", "tag": "leak", "lsl": 5, "usl": 1}]
+        )
