@@ -298,6 +298,17 @@ class StationContext:
             unit.golden = unit.golden or golden
             unit.work_order = work_order or unit.work_order
 
+    def mark_golden(self, station: str, serial: str) -> bool:
+        """Mark the unit present at the station as a golden sample (its readings from now on
+        and its record); False if ``serial`` is not the unit there."""
+        target = self._stations[station]
+        present = target.present
+        if present is None or present.serial != serial.strip():
+            return False
+        present.golden = True
+        self._dirty.add(station)
+        return True
+
     def _signal(self, station: Station, kind: str, ts: float, value: Value, event: bool) -> None:
         previous = station.last.get(kind, _MISSING)
         station.last[kind] = value

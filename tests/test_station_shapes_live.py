@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -47,12 +48,13 @@ async def subscriber(mosquitto: Mosquitto) -> AsyncIterator[Subscriber]:
 # --------------------------------------------------------------------------- the tester
 
 
-def modbus_tester_config(broker: Mosquitto, port: int, tmp_path: Path) -> Config:
+def modbus_tester_config(broker: Mosquitto, port: int, tmp_path: Path, **health: Any) -> Config:
     """A libmodbus-style tester: serial in string registers, a verdict it clears to 0 when a
     test starts, a leakage measurement with an upper limit."""
     return Config.model_validate(
         {
             **base(broker, tmp_path),
+            "health": {"port": 0, **health},
             "stations": [
                 {
                     "name": "ft-1",
@@ -312,3 +314,45 @@ async def test_a_crash_in_the_middle_of_a_slot_unit_keeps_it(
     # The count was stored with the readings it counts: the crash lost neither.
     assert records[0]["readings"] == len(tagged_3())
     assert_no_gaps(sub.seqs())
+
+
+async def test_a_unit_marked_golden_over_http_is_golden_in_its_readings_and_record(
+    mosquitto: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    subscriber: Subscriber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_UNIT_TOKEN", "line-token-1")
+    config = modbus_tester_config(
+        mosquitto, modbus_server.port, tmp_path, token_env="TEST_UNIT_TOKEN"
+    )
+    device = config.devices[0]
+    codecs = {t.name: TagCodec.for_device(t, device) for t in device.tags}  # type: ignore[attr-defined,arg-type]
+    for name, value in (("serial", "SN-M1"), ("result", 0), ("leak", 4.0)):
+        await modbus_server.set_value(1, codecs[name], value)
+    sub = subscriber
+    auth = {"Authorization": "Bearer line-token-1"}
+    async with RunningService(config) as running:
+        ctx = running.service.context
+        await async_wait_until(lambda: ctx.current_serial("ft-1") == "SN-M1", 10, "SN-M1")
+        port = running.service.health_server.bound_port  # type: ignore[union-attr]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            url = "/stations/ft-1/unit"
+            wrong = await http.post(url, json={"serial": "SN-X", "golden": True}, headers=auth)
+            plain = await http.post(url, json={"serial": "SN-M1"}, headers=auth)
+            marked = await http.post(url, json={"serial": "SN-M1", "golden": True}, headers=auth)
+        await async_wait_until(
+            lambda: any(r["golden"] and r["unit_serial"] == "SN-M1" for r in sub.readings()),
+            10,
+            "golden readings",
+        )
+        await modbus_server.set_value(1, codecs["result"], 1)
+        await async_wait_until(lambda: units(sub), 20, "the record")
+    assert wrong.status_code == plain.status_code == 409
+    assert "not the unit at station" in wrong.json()["detail"]
+    assert marked.status_code == 200
+    assert marked.json()["golden"] is True
+    (record,) = units(sub)
+    assert (record["serial"], record["golden"]) == ("SN-M1", True)
+    assert running.service.context.status()["ft-1"]["figures"]["golden"] == 1
