@@ -4,13 +4,15 @@ golden samples, rack slots expanded at load, and the live figures."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from collector.config import Config
+from collector.config.loader import parse_config
 from collector.context import StationContext
+from collector.errors import ConfigError
 from collector.message import encode_unit
 from collector.reading import Reading, UnitRecord, Value
 
@@ -250,10 +252,51 @@ def test_a_rack_is_expanded_at_load_and_each_slot_tags_its_own_readings() -> Non
     assert record.characteristics["slot07.temp"] == (47, 47, 47)
 
 
-def test_a_slot_placeholder_that_cannot_be_filled_is_a_clear_error() -> None:
-    with pytest.raises(ValidationError, match="cannot fill in"):
-        rack_config(serial_source={"device": "rack", "tag": "slot{slot:02x.serial"})
-    with pytest.raises(ValidationError, match=r"lsl 5\.0 is above usl 1\.0"):
-        station_config(
-            key_characteristics=[{"device": "tester", "tag": "leak", "lsl": 5, "usl": 1}]
-        )
+RACK_EXAMPLE = Path(__file__).parent.parent / "config" / "burn-in-rack.yaml"
+
+
+def test_the_burn_in_example_is_one_rack_of_32_slots_in_a_few_lines() -> None:
+    text = RACK_EXAMPLE.read_text()
+    cfg = parse_config(text, "burn-in-rack.yaml")
+    slots = [s for s in cfg.stations if s.group == "rack-a"]
+    assert [s.slot for s in slots] == list(range(1, 33))
+    assert {s.unit_timeout_s for s in slots} == {180000}
+    rack = next(d for d in cfg.devices if d.name == "rack-a")
+    assert len(rack.tags) == 5 * 32 + 1  # type: ignore[attr-defined]
+    assert rack.tag_slots()["slot32.serial"] == 32
+    # The rack's station and device, as written: at most about 40 lines.
+    station = text[text.index("  - name: rack-a\n") : text.index("  - name: ft-2")]
+    device = text[text.index("devices:\n") : text.index("  - name: tester-2")]
+    assert len(station.splitlines()) + len(device.splitlines()) <= 40
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "slots: {first: 1, last: 32}\n    serial",
+            "slots: {first: 3, last: 1}\n    serial",
+            "burn-in-rack.yaml:24: stations[0].slots: last must be >= first",
+        ),
+        (
+            "tag: 'slot{slot:02d}.serial'}",
+            "tag: 'slot{slot:02d}.serail'}",
+            "burn-in-rack.yaml:25: stations[0].serial_source.tag: 'slot01.serail' is not a tag",
+        ),
+        (
+            "usl: 90.0, target",
+            "usl: 90.0, lsl: 100, target",
+            "burn-in-rack.yaml:28: stations[0].key_characteristics[0]: lsl 100.0 is above usl 90.0",
+        ),
+    ],
+)
+def test_errors_in_a_slotted_station_point_at_its_line_once(
+    old: str, new: str, expected: str
+) -> None:
+    text = RACK_EXAMPLE.read_text()
+    assert old in text
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.replace(old, new), "burn-in-rack.yaml")
+    problems = str(caught.value).splitlines()
+    assert problems[0].startswith(expected)
+    assert len(problems) == 1, problems

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Literal, Self
 
@@ -218,7 +219,11 @@ class StationConfig(_Model):
 # --------------------------------------------------------------------------- slot expansion
 
 
-def _fill(value: Any, slot: int, where: str) -> Any:
+class _Unfilled(ValueError):
+    pass
+
+
+def _fill(value: Any, slot: int) -> Any:
     """``value`` with ``{slot}`` placeholders in its strings filled in (dicts and lists too)."""
     if isinstance(value, str):
         if "{slot" not in value:
@@ -226,16 +231,19 @@ def _fill(value: Any, slot: int, where: str) -> Any:
         try:
             return value.format(slot=slot)
         except (ValueError, KeyError, IndexError) as exc:
-            raise ValueError(f"{where}: cannot fill in {value!r}: {exc}") from None
+            raise _Unfilled(str(exc)) from None
     if isinstance(value, dict):
-        return {k: _fill(v, slot, where) for k, v in value.items()}
+        return {k: _fill(v, slot) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill(v, slot, where) for v in value]
+        return [_fill(v, slot) for v in value]
     return value
 
 
-def _slot_numbers(raw: Any) -> range:
-    slots = SlotRange.model_validate(raw)
+def _slot_numbers(raw: Any) -> range | None:
+    try:
+        slots = SlotRange.model_validate(raw)
+    except ValueError:
+        return None  # left unexpanded: validation then says what is wrong, at its line
     return range(slots.first, slots.last + 1)
 
 
@@ -244,63 +252,93 @@ def slot_station_name(group: str, slot: int, last: int) -> str:
     return f"{group}.slot{slot:0{max(2, len(str(last)))}d}"
 
 
+def _expand_list(
+    items: list[Any],
+    one: Callable[[dict[str, Any], int, int], dict[str, Any]],
+    check: Callable[[dict[str, Any]], object] | None = None,
+) -> list[Any]:
+    """Each item with ``slots`` expanded by ``one(template, slot, last)``. The first slot
+    takes the item's place and the others go to the end, so that every item written in the
+    file keeps its index and a config error points at its line; an item that does not expand
+    (a bad range or placeholder), or whose first slot is invalid, stays as it is and is
+    reported once."""
+    out: list[Any] = []
+    extra: list[Any] = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("slots") is None:
+            out.append(item)
+            continue
+        numbers = _slot_numbers(item["slots"])
+        if numbers is None:
+            # A bad range: validate one slot with the range as written, so that the range
+            # is the one error reported.
+            first = item["slots"].get("first") if isinstance(item["slots"], dict) else None
+            try:
+                out.append(
+                    {**one(item, first if isinstance(first, int) else 0, 0), "slots": item["slots"]}
+                )
+            except (_Unfilled, KeyError, TypeError):
+                out.append(item)
+            continue
+        try:
+            expanded = [one(item, slot, numbers[-1]) for slot in numbers]
+        except _Unfilled:
+            out.append({k: v for k, v in item.items() if k != "slots"})
+            continue
+        if check is not None:
+            try:
+                check(expanded[0])
+            except ValueError:
+                out.append(expanded[0])  # its errors once, not once per slot
+                continue
+        out.append(expanded[0])
+        extra += expanded[1:]
+    return out + extra
+
+
+def _station(template: dict[str, Any], slot: int, last: int) -> dict[str, Any]:
+    one: dict[str, Any] = _fill({k: v for k, v in template.items() if k != "slots"}, slot)
+    group = str(template.get("name"))
+    one["name"], one["group"], one["slot"] = slot_station_name(group, slot, last), group, slot
+    return one
+
+
+def _tag(template: dict[str, Any], slot: int, last: int) -> dict[str, Any]:
+    del last
+    one: dict[str, Any] = _fill(
+        {k: v for k, v in template.items() if k not in ("slots", "stride")}, slot
+    )
+    one["slot"] = slot
+    stride = template.get("stride", 0)
+    first = template["slots"].get("first", slot) if isinstance(template["slots"], dict) else slot
+    if isinstance(stride, int) and isinstance(one.get("address"), int):
+        one["address"] += (slot - first) * stride
+    elif "stride" in template:
+        one["stride"] = stride  # not a whole number, or no address: reported as unknown key
+    return one
+
+
 def expand_slots(data: Any) -> Any:
     """The raw config with every slotted station and device tag expanded (before validation).
 
     A station with ``slots`` becomes one station per slot (``group`` and ``slot`` set, its
-    ``{slot}`` placeholders filled in); a device tag with ``slots`` becomes one tag per slot
-    (``slot`` set, placeholders filled in, ``address`` moved by ``stride`` per slot: the
-    first slot's block at ``address``). Expansion happens here, once, so the context only ever
-    sees plain stations and tags with a slot number.
+    ``{slot}`` placeholders filled in, named ``NAME.slotNN``); a device tag with ``slots``
+    becomes one tag per slot (``slot`` set, placeholders filled in, ``address`` moved by
+    ``stride`` per slot: the first slot's block at ``address``). Expansion happens here, once,
+    so the context only ever sees plain stations and tags with a slot number.
     """
     if not isinstance(data, dict):
         return data
     out = dict(data)
     stations = data.get("stations")
-    if isinstance(stations, list) and any(
-        isinstance(s, dict) and s.get("slots") is not None for s in stations
-    ):
-        expanded: list[Any] = []
-        for index, station in enumerate(stations):
-            if not isinstance(station, dict) or station.get("slots") is None:
-                expanded.append(station)
-                continue
-            numbers = _slot_numbers(station["slots"])
-            template = {k: v for k, v in station.items() if k != "slots"}
-            group = str(station.get("name"))
-            for slot in numbers:
-                one = _fill(template, slot, f"stations[{index}]")
-                one["name"] = slot_station_name(group, slot, numbers[-1])
-                one["group"], one["slot"] = group, slot
-                expanded.append(one)
-        out["stations"] = expanded
+    if isinstance(stations, list):
+        out["stations"] = _expand_list(stations, _station, StationConfig.model_validate)
     devices = data.get("devices")
     if isinstance(devices, list):
-        out["devices"] = [_expand_device(d, i) for i, d in enumerate(devices)]
+        out["devices"] = [
+            {**d, "tags": _expand_list(d["tags"], _tag)}
+            if isinstance(d, dict) and isinstance(d.get("tags"), list)
+            else d
+            for d in devices
+        ]
     return out
-
-
-def _expand_device(device: Any, index: int) -> Any:
-    tags = device.get("tags") if isinstance(device, dict) else None
-    if not isinstance(tags, list) or not any(
-        isinstance(t, dict) and t.get("slots") is not None for t in tags
-    ):
-        return device
-    expanded: list[Any] = []
-    for t_index, tag in enumerate(tags):
-        if not isinstance(tag, dict) or tag.get("slots") is None:
-            expanded.append(tag)
-            continue
-        where = f"devices[{index}].tags[{t_index}]"
-        numbers = _slot_numbers(tag["slots"])
-        template = {k: v for k, v in tag.items() if k not in ("slots", "stride")}
-        stride = tag.get("stride", 0)
-        if not isinstance(stride, int) or stride < 0:
-            raise ValueError(f"{where}.stride: must be a whole number >= 0")
-        for slot in numbers:
-            one = _fill(template, slot, where)
-            one["slot"] = slot
-            if stride and isinstance(one.get("address"), int):
-                one["address"] += (slot - numbers[0]) * stride
-            expanded.append(one)
-    return {**device, "tags": expanded}
