@@ -53,7 +53,7 @@ from typing import Any
 
 from collector.config import DeviceConfig, StationConfig, UnitEnd, Verdict, verdict_key
 from collector.reading import Context, ContextChanges, Quality, Reading, UnitRecord, Value
-from collector.units import TEST, Station, Unit
+from collector.units import TEST, Figures, Station, Unit
 
 log = logging.getLogger(__name__)
 
@@ -492,6 +492,10 @@ class StationContext:
         """The serial of the unit under test at the station (None once its test ended)."""
         current = self._stations[station].current
         return None if current is None else current.serial
+
+    def figures(self) -> dict[str, Figures]:
+        """Each station's live figures (this run)."""
+        return {name: station.figures for name, station in self._stations.items()}
 
     def present_serial(self, station: str) -> str | None:
         """The serial at the station, its test running or over."""

@@ -27,6 +27,8 @@ HISTORY = 32
 RECENT_UNITS = 20
 
 TEST, AFTER = "test", "after"
+#: The /status key of the mean cycle time over the last RECENT_UNITS units.
+RECENT_KEY = f"mean_cycle_time_last_{RECENT_UNITS}_s"
 
 
 @dataclass
@@ -139,7 +141,7 @@ class Figures:
             "mean_cycle_time_s": self.cycle_time_sum_s / self.cycle_time_count
             if self.cycle_time_count
             else None,
-            f"mean_cycle_time_last_{RECENT_UNITS}_s": sum(self.recent) / len(self.recent)
+            RECENT_KEY: sum(self.recent) / len(self.recent)
             if self.recent
             else None,
         }

@@ -145,6 +145,9 @@ async def test_a_tester_that_keeps_the_serial_retests_it_and_tags_readings_after
         await readings(unit_serial=None, attempt=None, phase=None, tag="leak")
         await async_wait_until(lambda: len(units(sub)) >= 3, 20, "three unit records")
         status = await running.service.status()
+        port = running.service.health_server.bound_port  # type: ignore[union-attr]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            metrics = (await http.get("/metrics")).text
     records = units(sub)
     assert [(u["serial"], u["attempt"], u["verdict"], u["golden"]) for u in records] == [
         ("SN-R1", 1, "fail", False),
@@ -162,6 +165,14 @@ async def test_a_tester_that_keeps_the_serial_retests_it_and_tags_readings_after
         assert u["readings"] == seen(unit_serial=u["serial"], attempt=u["attempt"], phase="test")
     # While a serial was in the register, no reading went out without one.
     assert_no_gaps(sub.seqs())
+    for line in (
+        'collector_station_units_total{station="ft-1"} 2.0',
+        'collector_station_fails_total{station="ft-1"} 1.0',
+        'collector_station_retests_total{station="ft-1"} 1.0',
+        'collector_station_golden_total{station="ft-1"} 1.0',
+        'collector_station_first_pass_passes_total{station="ft-1"} 0.0',
+    ):
+        assert line in metrics.splitlines(), line
     figures = status["stations"]["ft-1"]["figures"]
     assert (figures["units"], figures["fails"], figures["retests"], figures["golden"]) == (
         2,
