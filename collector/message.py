@@ -62,8 +62,8 @@ class ReadingEncoder:
     """Encodes the readings of one poll into the JSON objects of docs/messages.md.
 
     The field order is the documented one: seq, ts, station, device, tag, value, unit,
-    quality, error, unit_serial, operation, attempt, slot, phase, golden (the last three
-    added within schema 1 for issue 15).
+    quality, error, unit_serial, operation, attempt, then slot, phase and golden only when set
+    (added within schema 1 for issue 15).
     """
 
     def __init__(self) -> None:
@@ -141,17 +141,28 @@ class ReadingEncoder:
             tail = _put(
                 self._context,
                 context,
-                b'"unit_serial":%b,"operation":%b,"attempt":%b,"slot":%b,"phase":%b,"golden":%b}'
+                b'"unit_serial":%b,"operation":%b,"attempt":%b%b}'
                 % (
                     _json(context.unit_serial),
                     _json(context.operation),
                     _json(context.attempt),
-                    _json(context.slot),
-                    _json(context.phase),
-                    b"true" if context.golden else b"false",
+                    _extra_context(context),
                 ),
             )
         return tail
+
+
+def _extra_context(context: Context) -> bytes:
+    """slot, phase and golden (issue 15), only when set: a reading without a unit or rack
+    costs no extra bytes, and a consumer takes a missing field as null/false."""
+    out = b""
+    if context.slot is not None:
+        out += b',"slot":%b' % _json(context.slot)
+    if context.phase is not None:
+        out += b',"phase":%b' % _json(context.phase)
+    if context.golden:
+        out += b',"golden":true'
+    return out
 
 
 def encode_unit(unit: UnitRecord) -> bytes:

@@ -119,7 +119,11 @@ async def test_a_tester_that_keeps_the_serial_retests_it_and_tags_readings_after
     sub = subscriber
 
     def seen(**want: Any) -> int:
-        return sum(1 for r in sub.readings() if all(r[k] == v for k, v in want.items()))
+        return sum(
+            1
+            for r in sub.readings()
+            if all(r.get(k, False if k == "golden" else None) == v for k, v in want.items())
+        )
 
     async def readings(n: int = 3, **want: Any) -> None:
         await async_wait_until(lambda: seen(**want) >= n, 10, f"readings {want}")
@@ -242,13 +246,13 @@ async def test_a_32_slot_rack_on_one_session_tags_each_slot_with_its_own_unit(
     def slot_readings() -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {}
         for r in sub.readings():
-            out.setdefault(r["slot"], []).append(r)
+            out.setdefault(r.get("slot"), []).append(r)
         return out
 
     async with RunningService(config) as running:
         await async_wait_until(
             lambda: all(
-                any(r["phase"] == "after" for r in slot_readings().get(s, []))
+                any(r.get("phase") == "after" for r in slot_readings().get(s, []))
                 for s in range(1, SLOTS + 1)
                 if serial_of(s)
             ),
@@ -257,7 +261,7 @@ async def test_a_32_slot_rack_on_one_session_tags_each_slot_with_its_own_unit(
         )
         await rack.set("Slot07.Serial", "")  # slot 7's unit leaves the rack
         await async_wait_until(
-            lambda: any(r["slot"] == 7 and r["unit_serial"] is None for r in sub.readings()),
+            lambda: any(r.get("slot") == 7 and r["unit_serial"] is None for r in sub.readings()),
             10,
             "slot 7 empty",
         )
@@ -299,7 +303,9 @@ async def test_a_crash_in_the_middle_of_a_slot_unit_keeps_it(
     sub = subscriber
 
     def tagged_3() -> set[int]:
-        return {r["seq"] for r in sub.readings() if r["slot"] == 3 and r["unit_serial"] == "BI-03"}
+        return {
+            r["seq"] for r in sub.readings() if r.get("slot") == 3 and r["unit_serial"] == "BI-03"
+        }
 
     process = await start_collector(path)
     try:
@@ -354,7 +360,9 @@ async def test_a_unit_marked_golden_over_http_is_golden_in_its_readings_and_reco
             plain = await http.post(url, json={"serial": "SN-M1"}, headers=auth)
             marked = await http.post(url, json={"serial": "SN-M1", "golden": True}, headers=auth)
         await async_wait_until(
-            lambda: any(r["golden"] and r["unit_serial"] == "SN-M1" for r in sub.readings()),
+            lambda: any(
+                r.get("golden", False) and r["unit_serial"] == "SN-M1" for r in sub.readings()
+            ),
             10,
             "golden readings",
         )
