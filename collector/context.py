@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 # must exist before its verdict), the start before the verdict it clears, the failure code
 # before the verdict that reads it.
 _SIGNAL_ORDER = ("operation", "serial", "start", "failure_code", "verdict", "cycle_complete")
+_ORDER = {kind: i for i, kind in enumerate(_SIGNAL_ORDER)}
 _MISSING = object()
 _ENDS_PRESENCE = ("next_serial", "serial_cleared", "operation_changed")
 
@@ -200,12 +201,12 @@ class StationContext:
             return [self._no_station] * len(readings)
         kinds = self._signal_tags.get(device)
         if kinds:
-            signals = [
-                (r.ts, _SIGNAL_ORDER.index(kind), kind, target, r)
-                for r in readings
-                if r.quality is Quality.GOOD
-                for kind, target in kinds.get(r.tag, ())
-            ]
+            signals = []
+            get, good = kinds.get, Quality.GOOD
+            for r in readings:
+                carried = get(r.tag)  # one look-up per reading; most carry no signal
+                if carried is not None and r.quality is good:
+                    signals += [(r.ts, _ORDER[kind], kind, target, r) for kind, target in carried]
             if signals:
                 event = device in self._events
                 signals.sort(key=lambda s: s[:2])
@@ -311,10 +312,10 @@ class StationContext:
 
     def _signal(self, station: Station, kind: str, ts: float, value: Value, event: bool) -> None:
         previous = station.last.get(kind, _MISSING)
+        if not event and previous == value:
+            return  # a polled value repeating: nothing new to store either
         station.last[kind] = value
         self._dirty.add(station.name)
-        if not event and previous == value:
-            return
         first = previous is _MISSING and not event
         if kind == "serial":
             self._on_serial(station, ts, _text(value))

@@ -141,9 +141,7 @@ class Figures:
             "mean_cycle_time_s": self.cycle_time_sum_s / self.cycle_time_count
             if self.cycle_time_count
             else None,
-            RECENT_KEY: sum(self.recent) / len(self.recent)
-            if self.recent
-            else None,
+            RECENT_KEY: sum(self.recent) / len(self.recent) if self.recent else None,
         }
 
 
@@ -165,6 +163,7 @@ class Station:
         self.specs = {k.tag: k for k in config.key_characteristics}
         self.figures = Figures()
         self.no_unit = Context(self.out_name, None, self.operation, None, config.slot)
+        self._context: tuple[Unit, str, Context] | None = None
 
     @property
     def current(self) -> Unit | None:
@@ -191,7 +190,14 @@ class Station:
         return None, None
 
     def context(self, unit: Unit, phase: str) -> Context:
-        return Context(
+        """The unit's Context in that phase; the last one is kept, so that the polls of one
+        unit share one object (a rack asks once per slot and poll)."""
+        cached = self._context
+        if cached is not None and cached[0] is unit and cached[1] is phase:
+            context = cached[2]
+            if context.golden is unit.golden:
+                return context
+        context = Context(
             self.out_name,
             unit.serial,
             unit.operation,
@@ -200,6 +206,8 @@ class Station:
             phase,
             unit.golden,
         )
+        self._context = (unit, phase, context)
+        return context
 
     def is_golden(self, serial: str) -> bool:
         return self.golden is not None and self.golden.fullmatch(serial) is not None
