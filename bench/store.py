@@ -317,7 +317,7 @@ def _pg_ts(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat()
 
 
-def bench_genealogy(url: str, stored: int) -> dict[str, Any]:
+def bench_genealogy(url: str, stored: int, pg: PostgresServer | None = None) -> dict[str, Any]:
     engine = connect(url)
     started = time.perf_counter()
     serials = fill(engine, stored)
@@ -327,12 +327,14 @@ def bench_genealogy(url: str, stored: int) -> dict[str, Any]:
     times = []
     readings = 0
     unit_genealogy(engine, serials[0])  # warm the connection pool
+    cpu, server = time.process_time(), server_cpu_seconds(pg)
     for serial in serials[:20]:
         t = time.perf_counter()
         found = unit_genealogy(engine, serial)
         times.append((time.perf_counter() - t) * 1000)
         assert found is not None
         readings = len(found["readings"])
+    cpu, server = time.process_time() - cpu, server_cpu_seconds(pg) - server
     engine.dispose()
     return {
         "stored_readings": count,
@@ -340,6 +342,10 @@ def bench_genealogy(url: str, stored: int) -> dict[str, Any]:
         "unit_readings": readings,
         "genealogy_ms_median": round(statistics.median(times), 1),
         "genealogy_ms_max": round(max(times), 1),
+        # CPU per look-up: the store's process, and PostgreSQL's (0 for SQLite): what the
+        # look-up costs on a machine that is not shared.
+        "cpu_ms_per_lookup": round(cpu / len(times) * 1000, 1),
+        "db_server_cpu_ms_per_lookup": round(server / len(times) * 1000, 1),
     }
 
 
@@ -470,7 +476,7 @@ def main() -> int:
                 results[f"ingest_schema2_{db}"] = r
                 print(f"ingest schema 2 {db}: {r}", flush=True)
             if "genealogy" in only:
-                r = bench_genealogy(url(db), args.stored)
+                r = bench_genealogy(url(db), args.stored, pg if db == "postgresql" else None)
                 results[f"genealogy_{db}"] = r
                 print(f"genealogy {db}: {r}", flush=True)
             if "backlog" in only:

@@ -73,6 +73,7 @@ class LiveFeed:
         self._fresh = asyncio.Event()
         self._closed = asyncio.Event()
         self._producer: asyncio.Task[None] | None = None
+        self._failing = False
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -109,10 +110,13 @@ class LiveFeed:
             try:
                 snapshot = await self._status()
             except Exception:
-                # A broken snapshot must not end the feed (nor the service): log it, and the
-                # pages keep their last picture and show its age.
-                log.exception("live page: the status snapshot failed")
+                # A broken snapshot must not end the feed (nor the service): log it once until
+                # one succeeds, and the pages keep their last picture and show its age.
+                if not self._failing:
+                    log.exception("live page: the status snapshot failed")
+                self._failing = True
             else:
+                self._failing = False
                 self._latest = b"event: status\ndata: " + encode_status(snapshot) + b"\n\n"
                 fresh, self._fresh = self._fresh, asyncio.Event()
                 fresh.set()

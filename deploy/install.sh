@@ -78,14 +78,13 @@ else
   say "--prefix: no user created"
 fi
 
-# 2. The software: reinstalled only when the source changed (a hash of its tracked files).
-if [ -d "$source_dir/.git" ] && command -v git >/dev/null; then
-  stamp="$(cd "$source_dir" && git ls-files -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
-else
-  stamp="$(cd "$source_dir" && find . -path ./.venv -prune -o -path ./.git -prune -o \
-    -type f \( -name '*.py' -o -name '*.toml' \) -print0 | sort -z | xargs -0 sha256sum \
-    | sha256sum | cut -d' ' -f1)"
-fi
+# 2. The software: reinstalled only when the package's sources changed: a hash of what it is
+# built from (pyproject.toml, README.md, collector/ and drivers/), the same from a git checkout
+# or an unpacked release. Not of the whole folder: pip builds in it (build/, *.egg-info), and
+# those outputs would make every run look like a change.
+stamp="$(cd "$source_dir" && find pyproject.toml README.md collector drivers \
+  -name __pycache__ -prune -o -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z \
+  | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$opt/venv/bin/python" ]; then
   mkdir -p "$opt"
   "$python" -m venv "$opt/venv"

@@ -1,4 +1,5 @@
-"""``collector store run | check | gaps | unit | units | prune`` (docs/store.md).
+"""``collector store run | check | gaps | unit | units | prune | report`` (docs/store.md;
+the report: docs/report.md, ``store/report/``).
 
 Exit codes as the collector's: 0 success, 1 start-up failure (e.g. the database cannot be
 reached for a query), 2 invalid configuration; ``gaps`` exits 3 when something is missing.
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     units.add_argument("--limit", type=int, default=1000)
     prune = command("prune", "delete readings older than --older-than (unit records stay)")
     prune.add_argument("--older-than", default=None, help="an age such as 90d (default: config)")
+    from store.report import cli as report_cli  # noqa: PLC0415 - its own options
+
+    report = command("report", "the pilot-run report (docs/report.md)", db=False)
+    report_cli.add_arguments(report)  # --db (default $STORE_DB_URL) and the report's options
     return parser
 
 
@@ -70,6 +75,12 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "check":
         print(f"{args.config or '(defaults)'}: OK, database {_shown_url(config)}")
         return 0
+    if args.command == "report":
+        from store.report import cli as report_cli  # noqa: PLC0415
+
+        if not args.db and args.config:
+            args.db = config.database.url
+        return report_cli.run(args)
     if args.command == "run":
         if args.client_id:
             config = config.model_copy(

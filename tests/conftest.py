@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from drivers.modbus.sim import SimulatedModbusServer
-from tests.helpers import Mosquitto, mosquitto_binary
+from tests.helpers import (
+    REPO,  # noqa: F401 - test modules import it from here
+    Mosquitto,
+    mosquitto_binary,
+)
 from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of the store's tests
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def require_mosquitto() -> None:

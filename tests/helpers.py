@@ -1,5 +1,6 @@
-"""Test helpers: a real mosquitto process, an MQTT subscriber that records what arrives, and
-bounded waits on conditions (never sleep-and-hope)."""
+"""Test helpers: a real mosquitto process, an MQTT subscriber that records what arrives,
+bounded waits on conditions (never sleep-and-hope), and the collector under test (the shared
+line config from tests/cases/, the service in-process or as a process, the command line)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,27 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import tty
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.service import Service
+from drivers.modbus.sim import codecs
+
+if TYPE_CHECKING:
+    from collector.config import Config
+    from drivers.modbus.sim import SimulatedModbusServer
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = REPO / "tests" / "cases"
 
 
 def free_port() -> int:
@@ -263,3 +276,129 @@ class PtyLink:
         for port in (self.a, self.b):
             self._loop.remove_reader(port.master)
             port.close()
+
+
+# ------------------------------------------------------------------ the collector under test
+
+#: Every topic the line of tests/cases/line.yaml publishes to.
+TOPIC = "collector/plant-a/line-1/pc1/#"
+
+
+def config_dict(broker: Mosquitto, modbus_port: int, buffer: Path, **mqtt: Any) -> dict[str, Any]:
+    """tests/cases/line.yaml for this run: the broker, the Modbus server, the buffer file and
+    any ``mqtt`` options to override."""
+    config: dict[str, Any] = yaml.safe_load((CASES / "line.yaml").read_text(encoding="utf-8"))
+    config["buffer"]["path"] = str(buffer)
+    config["mqtt"] |= {"host": broker.host, "port": broker.port, **mqtt}
+    for device in config["devices"]:
+        device["port"] = modbus_port
+    return config
+
+
+def write_config(path: Path, broker: Mosquitto, modbus_port: int, buffer: Path) -> Path:
+    path.write_text(yaml.safe_dump(config_dict(broker, modbus_port, buffer)))
+    return path
+
+
+async def set_tester(server: SimulatedModbusServer, config: Config, **values: Any) -> None:
+    """Set the tester's tags (by name) in the simulated Modbus server."""
+    tags = codecs(config.devices[0])
+    for name, value in values.items():
+        await server.set_value(1, tags[name], value)
+
+
+class RunningService:
+    """The service in this process, as ``async with``: started and ready, then stopped."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.service = Service(config)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RunningService:
+        self.task = asyncio.create_task(self.service.run(self.stop))
+        await asyncio.wait_for(self.service.ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 20)
+
+
+async def start_collector(config: Path) -> asyncio.subprocess.Process:
+    """``collector run`` as a process of its own (stderr piped)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collector",
+        "run",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``collector ARGS`` in the repository, bounded to a minute."""
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
+def require_systemd_analyze() -> str:
+    """systemd-analyze's path: fail on CI, skip (saying why) elsewhere."""
+    import pytest  # a test dependency: bench/ uses these helpers without it
+
+    found = shutil.which("systemd-analyze")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is not installed; .ci/run must install systemd")
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    return found
+
+
+class EventClient:
+    """One server-sent-events stream over its own connection, recording what arrives."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.statuses: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []
+        self.code: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self._task = asyncio.create_task(self._read())
+        await async_wait_until(lambda: self.code is not None, 10, "the stream's answer")
+
+    async def _read(self) -> None:
+        import httpx  # a test dependency: bench/ uses these helpers without it
+
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("GET", f"http://127.0.0.1:{self.port}/events") as answer,
+        ):
+            self.code = answer.status_code
+            if answer.status_code != 200:
+                return
+            event = None
+            async for line in answer.aiter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "status":
+                    self.statuses.append(json.loads(line[6:]))
+                    self.arrivals.append(time.monotonic())
+
+    async def close(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,11 +9,11 @@ import pytest
 
 from collector.config import load_config, parse_config
 from collector.errors import ConfigError
-from tests.conftest import REPO
+from tests.helpers import REPO, run_cli
 
 # Every example under config/ is validated here, so the examples cannot rot.
 # config/ also holds example files of other kinds, each loaded by its own test.
-NOT_COLLECTOR = {"pilot-protocol.yaml"}
+NOT_COLLECTOR = {"pilot-protocol.yaml", "store.yaml"}
 EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in NOT_COLLECTOR)
 
 BASE = """\
@@ -273,18 +270,6 @@ def test_password_file(tmp_path: Path) -> None:
 def test_unreadable_file() -> None:
     with pytest.raises(ConfigError, match=r"nope.yaml:0: \(file\): cannot read"):
         load_config("/nonexistent/nope.yaml")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **(env or {})},
-        cwd=REPO,
-    )
 
 
 def test_check_command_ok_prints_the_request_plan(tmp_path: Path) -> None:

@@ -149,6 +149,25 @@ def test_verdict_ends_the_unit_and_a_rescan_is_a_retest() -> None:
     assert first.operation == "functional-test"
 
 
+def test_a_failure_code_written_just_after_the_verdict_counts_for_that_unit() -> None:
+    """Testers often write the failure code a moment after the verdict: the code still belongs
+    to the unit that just failed (its record is not out yet), not to the next one."""
+    line = Line()
+    line.poll(0.5, result=0, code=0)  # baselines
+    line.scan(1.0, "SN1")
+    line.poll(2.0, result=2, code=0)  # fail; the code is not there yet
+    assert line.ctx.current_serial("ft-1") is None
+    line.poll(2.5, result=2, code=317)  # one poll later
+    line.scan(3.0, "SN2")
+    line.poll(3.5, result=0, code=0)  # the next test clears the code
+    line.poll(4.0, result=1, code=0)
+    units = line.settle(20.0)
+    assert [(u.serial, u.verdict, u.failure_code) for u in units] == [
+        ("SN1", "fail", 317),
+        ("SN2", "pass", None),
+    ]
+
+
 def test_the_same_serial_scanned_twice_while_its_unit_is_open_changes_nothing() -> None:
     line = Line()
     line.scan(1.0, "SN1")

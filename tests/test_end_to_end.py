@@ -4,123 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from collector.config import Config
-from collector.service import Service
-from drivers.modbus.codec import TagCodec
 from drivers.modbus.config import ModbusTable
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import (
+    TOPIC,
     Mosquitto,
+    RunningService,
     Subscriber,
     assert_no_gaps,
     async_wait_until,
+    config_dict,
     first_arrival_order,
+    set_tester,
+    start_collector,
+    write_config,
 )
-
-TOPIC = "collector/plant-a/line-1/pc1/#"
-
-
-def config_dict(broker: Mosquitto, modbus_port: int, buffer: Path, **mqtt: Any) -> dict[str, Any]:
-    return {
-        "collector": {"id": "pc1", "site": "plant-a", "line": "line-1"},
-        "buffer": {"path": str(buffer)},
-        "mqtt": {
-            "host": broker.host,
-            "port": broker.port,
-            "keepalive_s": 5,
-            "max_readings_per_message": 50,
-            "shutdown_grace_s": 5,
-            **mqtt,
-        },
-        "health": {"port": 0},
-        "stations": [
-            {
-                "name": "ft-1",
-                "operation": "functional-test",
-                "serial_source": {"device": "tester-1", "tag": "serial"},
-            }
-        ],
-        "devices": [
-            {
-                "name": "tester-1",
-                "protocol": "modbus_tcp",
-                "station": "ft-1",
-                "host": "127.0.0.1",
-                "port": modbus_port,
-                "unit_id": 1,
-                "poll_interval_ms": 50,
-                "timeout_ms": 500,
-                "tags": [
-                    {
-                        "name": "voltage",
-                        "table": "holding_register",
-                        "address": 0,
-                        "type": "float32",
-                        "unit": "V",
-                    },
-                    {
-                        "name": "serial",
-                        "table": "holding_register",
-                        "address": 10,
-                        "type": "string",
-                        "count": 6,
-                    },
-                    {
-                        "name": "result",
-                        "table": "holding_register",
-                        "address": 20,
-                        "type": "uint16",
-                    },
-                ],
-            },
-            {
-                "name": "fixture-1",
-                "protocol": "modbus_tcp",
-                "host": "127.0.0.1",
-                "port": modbus_port,
-                "unit_id": 2,
-                "poll_interval_ms": 100,
-                "tags": [{"name": "clamp", "table": "coil", "address": 0, "type": "bool"}],
-            },
-        ],
-    }
-
-
-async def set_tester(server: SimulatedModbusServer, config: Config, **values: Any) -> None:
-    device = config.devices[0]
-    for tag in device.tags:
-        if tag.name in values:
-            await server.set_value(1, TagCodec.for_device(tag, device), values[tag.name])
-
-
-class RunningService:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.service = Service(config)
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> RunningService:
-        self.task = asyncio.create_task(self.service.run(self.stop))
-        await asyncio.wait_for(self.service.ready.wait(), 10)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 20)
 
 
 @pytest.fixture
@@ -225,24 +132,6 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
     # Duplicates can only come from the in-flight window at the moment the broker died.
     window = config.mqtt.max_inflight_messages * config.mqtt.max_readings_per_message
     assert len(seqs) - len(set(seqs)) <= window
-
-
-def write_config(path: Path, broker: Mosquitto, modbus_port: int, buffer: Path) -> Path:
-    path.write_text(yaml.safe_dump(config_dict(broker, modbus_port, buffer)))
-    return path
-
-
-async def start_collector(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "collector",
-        "run",
-        "--config",
-        str(config),
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 async def test_sigkill_mid_stream_then_restart_leaves_no_gap(

@@ -21,8 +21,14 @@ from collector.errors import ErrorCode
 from collector.health import MAX_CONNECTIONS, MAX_UNIT_BODY_BYTES
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.collector_process import CollectorProcess
-from tests.helpers import Mosquitto, async_wait_until, free_port
-from tests.test_end_to_end import RunningService, config_dict
+from tests.helpers import (
+    EventClient,
+    Mosquitto,
+    RunningService,
+    async_wait_until,
+    config_dict,
+    free_port,
+)
 
 TOKEN = "t0ken-for-tests"
 
@@ -243,42 +249,6 @@ async def health_answers(url: str) -> bool:
 
 
 # ------------------------------------------------------------------ GET /events
-
-
-class EventClient:
-    """One server-sent-events stream over its own connection, recording what arrives."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.statuses: list[dict[str, Any]] = []
-        self.arrivals: list[float] = []
-        self.code: int | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def open(self) -> None:
-        self._task = asyncio.create_task(self._read())
-        await async_wait_until(lambda: self.code is not None, 10, "the stream's answer")
-
-    async def _read(self) -> None:
-        async with (
-            httpx.AsyncClient(timeout=30) as http,
-            http.stream("GET", f"http://127.0.0.1:{self.port}/events") as answer,
-        ):
-            self.code = answer.status_code
-            if answer.status_code != 200:
-                return
-            event = None
-            async for line in answer.aiter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event == "status":
-                    self.statuses.append(json.loads(line[6:]))
-                    self.arrivals.append(time.monotonic())
-
-    async def close(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def test_live_events_are_bounded_in_rate_and_clients_and_end_with_their_client(

@@ -8,6 +8,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 SCRIPT = REPO / "deploy" / "install.sh"
@@ -34,6 +36,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.timeout(600)  # a pip install, on a busy machine
 def test_install_twice_then_uninstall_and_purge(tmp_path: Path) -> None:
     root = tmp_path / "root"
     first = install("--prefix", str(root))
@@ -83,3 +86,44 @@ def test_purge_alone_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "--purge goes with --uninstall" in result.stderr
+
+
+def release_copy(dest: Path) -> Path:
+    """The repository's files as an unpacked release has them: no .git, no venv."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    return dest
+
+
+@pytest.mark.timeout(600)  # three pip installs, on a busy machine
+def test_install_from_a_release_twice_changes_nothing(tmp_path: Path) -> None:
+    """From a folder without .git (an unpacked release tarball), a second run reinstalls
+    nothing, though pip's build left files (build/, *.egg-info) in that folder; a change to
+    the package's sources is installed."""
+    source = release_copy(tmp_path / "shopfloor-collector-0.1.0")
+    root = tmp_path / "root"
+    first = install("--prefix", str(root), "--source", str(source))
+    assert any(
+        line.startswith("install: installed collector ") for line in first.stdout.splitlines()
+    )
+    before = snapshot(root)
+    second = install("--prefix", str(root), "--source", str(source))
+    assert second.stdout.splitlines() == ["install: --prefix: no user created", "install: done"]
+    assert snapshot(root) == before
+    reading = source / "collector" / "reading.py"
+    reading.write_text(reading.read_text() + "\n# a fix in the next release\n")
+    third = install("--prefix", str(root), "--source", str(source))
+    assert any(
+        line.startswith("install: installed collector ") for line in third.stdout.splitlines()
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -13,9 +14,8 @@ from playwright.async_api import expect
 
 from collector.advice import ADVICE
 from collector.errors import ErrorCode
-from tests.helpers import Mosquitto, async_wait_until
+from tests.helpers import EventClient, Mosquitto, async_wait_until
 from tests.livepage import browser, live_line, open_page, updates
-from tests.test_health_server import EventClient
 
 
 async def test_the_page_shows_stations_devices_values_and_a_new_unit_without_reloading(
@@ -145,3 +145,34 @@ async def test_a_page_left_open_does_not_grow_the_collectors_memory(
 
 async def updates_at_least(page: object, count: int) -> bool:
     return await updates(page) >= count  # type: ignore[arg-type]
+
+
+async def test_the_live_page_benchmark_runs(tmp_path: Path) -> None:
+    """`python -m bench.live_page` (10 minutes by default) on a few seconds: it prints its
+    figures. Figures are not asserted (docs/performance.md has them)."""
+    from tests.conftest import REPO, require_mosquitto
+    from tests.livepage import chromium_or_skip
+
+    require_mosquitto()
+    chromium_or_skip()
+    shot = tmp_path / "page.png"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.live_page",
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        "2",
+        "--screenshot",
+        str(shot),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    text = out.decode()
+    assert process.returncode == 0, text
+    assert "RSS (MiB)" in text
+    assert re.search(r"pages 1, 2 s after a 2 s warm-up: RSS [\d.]+ MiB -> [\d.]+ MiB", text), text
+    assert shot.read_bytes().startswith(b"\x89PNG")

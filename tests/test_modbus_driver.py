@@ -12,6 +12,7 @@ from collector.backoff import Backoff
 from collector.errors import ErrorCode, NotConnectedError
 from collector.poller import DeviceStatus, Poller
 from collector.reading import Quality, Reading
+from collector.service import cancel_and_wait
 from drivers.modbus.codec import TagCodec
 from drivers.modbus.config import ModbusTable, ModbusTcpDevice
 from drivers.modbus.driver import ModbusTcpDriver
@@ -242,9 +243,7 @@ async def test_a_dead_device_never_delays_another_devices_schedule(
         assert good.status.connected
         assert good.status.good_polls >= 20
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await silent.stop()
 
 
@@ -274,10 +273,12 @@ async def test_a_poller_skips_polls_while_the_buffer_cannot_take_more(
         room = True
         resumed_at = len(polls)
         await async_wait_until(lambda: len(polls) >= resumed_at + 3, timeout=5, what="resumed")
-        assert status.polls == len(polls)  # skipped slots are not polls
+        # Skipped slots are not polls; a poll is counted when it starts, so the one under way
+        # now may not have reached the sink yet.
+        assert len(polls) <= status.polls <= len(polls) + 1
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # Python 3.11's wait_for (inside pymodbus) can swallow one cancel: cancel until it stops.
+        await cancel_and_wait([task])
 
 
 async def test_poller_reconnects_after_the_device_comes_back() -> None:
@@ -308,8 +309,8 @@ async def test_poller_reconnects_after_the_device_comes_back() -> None:
         assert status.connected
         assert status.connects == 2
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # Python 3.11's wait_for (inside pymodbus) can swallow one cancel: cancel until it stops.
+        await cancel_and_wait([task])
         await server.stop()
 
 
@@ -336,8 +337,8 @@ async def test_polls_keep_a_fixed_grid(modbus_server: SimulatedModbusServer) -> 
     )
     task = asyncio.create_task(poller.run())
     await async_wait_until(lambda: len(times) >= 11, 10, "11 polls")
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    # Python 3.11's wait_for (inside pymodbus) can swallow one cancel: cancel until it stops.
+    await cancel_and_wait([task])
     # 10 periods on the grid span 1.0 s; drifting by 60 ms a poll would span >= 1.6 s.
     span = times[10] - times[0]
     assert 0.9 < span < 1.4, span

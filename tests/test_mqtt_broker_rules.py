@@ -11,8 +11,16 @@ import pytest
 from collector.config import Config
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.conftest import require_mosquitto
-from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
-from tests.test_end_to_end import TOPIC, RunningService, config_dict, set_tester
+from tests.helpers import (
+    TOPIC,
+    Mosquitto,
+    RunningService,
+    Subscriber,
+    assert_no_gaps,
+    async_wait_until,
+    config_dict,
+    set_tester,
+)
 
 STATUS = "collector/plant-a/line-1/pc1/status"
 READINGS = "collector/plant-a/line-1/pc1/readings"

@@ -1,11 +1,23 @@
-"""The poll schedule's phases (pure logic; the poller itself is tested against real devices in
-test_modbus_driver.py and test_modbus_rtu.py)."""
+"""The poller's own rules, with a scripted driver (no protocol, no network): the poll schedule's
+phases, how a failure is counted, and when the reconnect backoff starts again. The poller is
+also tested against real devices in test_modbus_driver.py, test_modbus_rtu.py, test_opcua.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
-from collector.poller import phase_s
+from collector.backoff import Backoff
+from collector.errors import NotConnectedError
+from collector.poller import DeviceStatus, Poller, phase_s
+from collector.reading import Reading
+from tests.helpers import async_wait_until
 
 
 def test_poll_phases_group_devices_and_spread_the_groups() -> None:
@@ -17,3 +29,97 @@ def test_poll_phases_group_devices_and_spread_the_groups() -> None:
     assert phases.count(0.0) == 10
     assert max(phase_s(i, 25, 60.0) for i in range(25)) == pytest.approx(2 / 3)
     assert phase_s(0, 0, 1.0) == 0.0
+
+
+Outcome = Exception | None
+
+
+class ScriptedDriver:
+    """A driver whose connects and reads fail as scripted (an exception each), then succeed."""
+
+    max_read_seconds = 1.0
+
+    def __init__(self, connects: Sequence[Outcome] = (), reads: Sequence[Outcome] = ()) -> None:
+        self.connects, self.reads = list(connects), list(reads)
+        self.good_reads = 0
+
+    async def connect(self) -> None:
+        outcome = self.connects.pop(0) if self.connects else None
+        if outcome is not None:
+            raise outcome
+
+    async def read(self) -> Sequence[Reading]:
+        outcome = self.reads.pop(0) if self.reads else None
+        if outcome is not None:
+            raise outcome
+        self.good_reads += 1
+        return [Reading(time.time(), "x", self.good_reads)]
+
+    async def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "scripted"
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+
+class RecordedBackoff(Backoff):
+    """The real backoff, recording each delay it hands out."""
+
+    def __init__(self, minimum_s: float, maximum_s: float) -> None:
+        super().__init__(minimum_s, maximum_s, random.Random(1))
+        self.delays: list[float] = []
+
+    def next_delay(self) -> float:
+        delay = super().next_delay()
+        self.delays.append(delay)
+        return delay
+
+
+async def run_until(poller: Poller, done: Any, what: str) -> None:
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_until(done, 10, what)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("connects", "reads", "code", "text"),
+    [
+        ([], [ValueError("a bug in the driver")], "internal", "ValueError('a bug in the driver')"),
+        ([KeyError("slot")], [], "internal", "KeyError('slot')"),
+        ([], [NotConnectedError("link gone")], "connection", "link gone"),
+        ([NotConnectedError("refused")], [], "connection", "refused"),
+    ],
+)
+async def test_a_failure_is_counted_by_its_kind(
+    connects: list[Outcome], reads: list[Outcome], code: str, text: str
+) -> None:
+    """A DeviceError counts under its own code; anything else a driver raises is a bug in the
+    driver, counted as `internal` (never as a connection problem)."""
+    driver = ScriptedDriver(connects, reads)
+    status = DeviceStatus("d", "scripted", None)
+    poller = Poller(driver, status, 0.01, lambda *_: None, Backoff(0.01, 0.02))
+    await run_until(poller, lambda: driver.good_reads >= 1, "a good poll after the failure")
+    assert status.errors == {code: 1}
+    assert status.last_error == f"{code}: {text}"
+
+
+async def test_a_good_poll_starts_the_backoff_again() -> None:
+    """Failed connects make the delay grow; a good poll resets it, so the next failure waits
+    the shortest delay again, not the grown one."""
+    failures = [NotConnectedError("refused")] * 4
+    driver = ScriptedDriver(connects=failures, reads=[None, NotConnectedError("gone")])
+    backoff = RecordedBackoff(0.01, 10.0)
+    status = DeviceStatus("d", "scripted", None)
+    poller = Poller(driver, status, 0.01, lambda *_: None, backoff)
+    await run_until(poller, lambda: driver.good_reads >= 2, "polls after the second failure")
+    # Four failed connects: delays up to 0.01, 0.02, 0.04, 0.08 s (each in the upper half).
+    assert len(backoff.delays) == 5
+    assert backoff.delays[3] > 0.04
+    # After the good poll, the read failure waits at most the minimum again.
+    assert backoff.delays[4] <= 0.01

@@ -95,12 +95,26 @@ def test_the_core_names_no_protocol_device_class() -> None:
         assert not found, f"{name} names {sorted(set(found))}"
 
 
+def _edges(path: Path, modules: set[str]) -> set[str]:
+    """The project modules a module imports at its top level. ``from pkg import mod`` of a
+    submodule is an edge to the submodule only."""
+    edges: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            edges |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & modules
+            edges |= submodules or {node.module}
+    return edges & modules
+
+
 def test_no_import_cycle_at_module_level() -> None:
-    modules = _modules("collector") | _modules("drivers")
-    graph = {
-        name: {m for m in _imports(path, True) if m in modules and m != name}
-        for name, path in modules.items()
+    modules = {
+        k: v
+        for root in ("collector", "drivers", "store", "quality")
+        for k, v in _modules(root).items()
     }
+    graph = {name: _edges(path, set(modules)) - {name} for name, path in modules.items()}
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -119,3 +133,21 @@ def test_no_import_cycle_at_module_level() -> None:
     for name in graph:
         if name not in state:
             visit(name)
+
+
+def test_each_protocol_library_has_one_importer_and_its_simulator() -> None:
+    """pymodbus, asyncua and pyserial are imported by their package's driver.py (and the
+    simulator, sim.py, which is not a driver) and nowhere else in the product."""
+    libraries = {
+        "pymodbus": "drivers.modbus",
+        "asyncua": "drivers.opcua",
+        "serial": "drivers.serial",
+        "serial_asyncio_fast": "drivers.serial",
+    }
+    allowed = {pkg: {f"{pkg}.driver", f"{pkg}.sim"} for pkg in libraries.values()}
+    for root in ("collector", "drivers", "store", "quality"):
+        for name, path in _modules(root).items():
+            for module in _imports(path, False):
+                package = libraries.get(module.split(".")[0])
+                if package is not None:
+                    assert name in allowed[package], f"{name} imports {module}"

@@ -13,10 +13,13 @@ import yaml
 
 from collector.config import Config, load_config
 from drivers.modbus.sim import SimulatedModbusServer
-from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
-from tests.test_end_to_end import (
+from tests.helpers import (
     TOPIC,
+    Mosquitto,
     RunningService,
+    Subscriber,
+    assert_no_gaps,
+    async_wait_until,
     config_dict,
     set_tester,
     start_collector,

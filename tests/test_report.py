@@ -3,6 +3,7 @@ time range), the JSON shape and values (null where undefined), the HTML page, th
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import statistics
@@ -10,12 +11,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
 from bench.pilot_run import characteristics, fill_pilot_run, metadata, units
 from store.report import Protocol, render_report
-from store.report.cli import connect, main
+from store.report.cli import add_arguments, connect, main, run
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 ISSUE_KEYS = {
@@ -345,6 +347,18 @@ def test_cli_writes_the_report_and_reports_errors(
     err = capsys.readouterr().err
     assert f"{protocol}:3: operations[0].min_first_pass_yeld: unknown key" in err
 
+    # Wired into a CLI that owns --db and the engine (the store's `collector store report`).
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db")
+    add_arguments(parser, db=False)
+    protocol.write_text("operations:\n  - name: ft\n")
+    args = parser.parse_args(["--protocol", str(protocol), "--format", "json", "--out", str(out)])
+    assert run(args, engine) == 0
+    assert json.loads(out.read_bytes())["operations"][0]["operation"] == "ft"
+    with engine.connect() as conn:  # the caller's engine is still usable
+        assert conn.execute(sa.select(sa.func.count()).select_from(units)).scalar_one() == 9
+    capsys.readouterr()
+
     protocol.write_text("run: {}\n")
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["--protocol", str(protocol), "--db", empty]) == 1
@@ -363,3 +377,104 @@ def test_the_benchmark_runs_on_a_tiny_run() -> None:
     )  # fmt: skip
     assert "20 units x 2 operations x 2 characteristics" in done.stdout
     assert "render_report(html)" in done.stdout
+
+
+def _units_message(seq: int, unit: dict[str, Any]) -> bytes:
+    """A schema-2 units message as a collector sends it (docs/messages.md)."""
+    return orjson.dumps(
+        {
+            "schema": 2,
+            "collector": "line1-pc1",
+            "outbox": "6f1d0c2a9b7e4e55",
+            "units": [{"seq": seq, **unit}],
+        }
+    )
+
+
+def test_the_report_reads_what_the_store_ingests(db_url: str) -> None:
+    """Unit records through the store's own ingest (store.ingest.Writer into store.schema),
+    on SQLite and PostgreSQL: the report reads the tables the store really writes."""
+    from store.db import connect as store_connect
+    from store.db import create_schema
+    from store.ingest import Incoming, Writer
+
+    engine = store_connect(db_url)
+    create_schema(engine)
+    topic = "collector/site/line1/line1-pc1/units"
+    messages = []
+    first_values = []
+    for i in range(40):
+        start = T0 + timedelta(minutes=3 * i)
+        verdicts = ["fail", "pass"] if i % 10 == 3 else ["pass"]
+        for attempt, verdict in enumerate(verdicts, start=1):
+            value = 12.0 + 0.1 * ((i * 7) % 5) + (0.5 if attempt > 1 else 0.0)
+            if attempt == 1:
+                first_values.append(value)
+            end = start + timedelta(seconds=40 + attempt * 60)
+            messages.append(
+                {
+                    "serial": f"PILOT-{i:04d}",
+                    "station": "ft-1",
+                    "slot": None,
+                    "operation": "functional-test",
+                    "attempt": attempt,
+                    "start": (end - timedelta(seconds=40)).isoformat().replace("+00:00", "Z"),
+                    "end": end.isoformat().replace("+00:00", "Z"),
+                    "cycle_time_s": 40.0,
+                    "takt_s": 45.0,
+                    "verdict": verdict,
+                    "failure_code": 317 if verdict == "fail" else None,
+                    "ended_by": "verdict",
+                    "readings": 12,
+                    "golden": False,
+                    "work_order": "WO-1",
+                    "characteristics": {
+                        "leakage_current": {
+                            "last": value, "min": value, "max": value, "lsl": 10.0,
+                            "usl": 15.0, "target": 12.5, "critical": True, "in_spec": True,
+                        }
+                    },
+                }
+            )  # fmt: skip
+    golden = {**messages[0], "serial": "GOLD-1", "golden": True, "work_order": None}
+    messages.append(golden)
+    try:
+        Writer(engine).write(
+            [Incoming(topic, _units_message(seq, m)) for seq, m in enumerate(messages, 1)]
+        )
+        protocol = {
+            "run": {"work_orders": ["WO-1"]},
+            "sample_sizes": {"min_units": 30, "min_pieces": 30, "min_subgroups": 2},
+            "operations": [
+                {
+                    "name": "functional-test",
+                    "min_first_pass_yield": 0.95,
+                    "cycle_time_p95_within_takt": True,
+                    "min_cpk_critical": 1.0,
+                }
+            ],
+        }
+        result = report(engine, protocol)
+    finally:
+        engine.dispose()
+    (op,) = result["operations"]
+    assert (result["units"], result["golden_units"]) == (40, ["GOLD-1"])
+    assert op["first_pass_yield"] == pytest.approx(36 / 40)
+    assert op["final_yield"] == 1.0
+    assert op["retest_pass_rate"] == 1.0
+    assert [(b["code"], b["count"]) for b in op["pareto"]] == [("317", 4)]
+    assert (op["takt_s"], op["cycle_time_s"]["p95"]) == (45.0, 40.0)
+    (char,) = result["characteristics"]
+    assert char["n"] == 40
+    assert char["mean"] == pytest.approx(statistics.fmean(first_values))
+    assert char["sd_overall"] == pytest.approx(statistics.stdev(first_values))
+    assert (char["lsl"], char["usl"], char["target"]) == (10.0, 15.0, 12.5)
+    assert char["chart"]["serials"][:2] == ["PILOT-0000", "PILOT-0001"]
+    assert [g["serial"] for g in char["golden"]] == ["GOLD-1"]
+    results = {c["name"]: c["result"] for c in op["criteria"]}
+    assert results == {
+        "first_pass_yield": "fail",
+        "cycle_time_p95": "pass",
+        "cpk_lower_95 leakage_current": "pass",
+    }
+    assert result["decision"] == "no-go"

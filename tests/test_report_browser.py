@@ -120,6 +120,15 @@ def test_the_report_in_chromium(served: str, tmp_path: Path) -> None:
             assert page.locator("svg.chart circle.alarm").count() > 0  # the drifting force
             assert page.locator("svg.chart rect.bar").count() > 0  # Pareto bars
 
+            # The capability table links to each characteristic's section.
+            anchor = page.locator("table.capability a").nth(3)
+            target = anchor.get_attribute("href")
+            assert target is not None
+            assert target.startswith("#c-")
+            anchor.click()
+            assert page.locator(f"section[id='{target[1:]}']").is_visible()
+            assert page.evaluate("location.hash") == target
+
             page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
             shot = os.environ.get("REPORT_SCREENSHOT")
             if shot:

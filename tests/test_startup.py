@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from tests.conftest import REPO
-from tests.test_config import run_cli
+from tests.helpers import run_cli
 
 
 def config_with(tmp_path: Path, buffer: str, health_port: int) -> Path:

@@ -86,7 +86,7 @@ def test_times_on_the_command_line() -> None:
 
 
 def test_store_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    from tests.test_systemd import require_systemd_analyze
+    from tests.helpers import require_systemd_analyze
 
     analyze = require_systemd_analyze()
     unit = tmp_path / "collector-store.service"

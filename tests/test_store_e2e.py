@@ -18,11 +18,17 @@ import pytest
 import sqlalchemy as sa
 
 from collector.config import Config
-from drivers.modbus import SimulatedModbusServer
+from drivers.modbus.sim import SimulatedModbusServer
 from store.db import connect
-from tests.helpers import Mosquitto, Subscriber, async_wait_until
+from tests.helpers import (
+    Mosquitto,
+    RunningService,
+    Subscriber,
+    async_wait_until,
+    config_dict,
+    set_tester,
+)
 from tests.store_fixtures import StoreProcess
-from tests.test_end_to_end import RunningService, config_dict, set_tester
 
 
 def stored_count(engine: sa.Engine) -> int:

@@ -276,3 +276,37 @@ def test_a_message_the_database_refuses_is_quarantined_alone(engine: sa.Engine) 
         found = unit_genealogy(engine, "S-2")
         assert found is not None
         assert found["readings"][0]["value"] == "a\u0000b"
+
+
+def test_the_report_reads_what_the_store_wrote(db_url: str, tmp_path: Any) -> None:
+    """`collector store report` (store/report/) over unit records the store ingested from
+    the collector's own encoder."""
+    import json
+    import subprocess
+    import sys
+
+    engine = connect(db_url)
+    create_schema(engine)
+    start = 1_795_255_200.0  # 2026-11-21T10:00:00Z
+    Writer(engine).write(
+        [
+            Incoming(U_TOPIC, unit_message(i, f"PILOT-{i:04d}", "pass" if i % 5 else "fail", 1,
+                                           start + 60 * i))
+            for i in range(1, 11)
+        ]
+    )  # fmt: skip
+    protocol = tmp_path / "pilot.yaml"
+    protocol.write_text(
+        "run:\n  name: P\n  product: board\n  serial_pattern: 'PILOT-\\d{4}'\n"
+        "  start: 2026-11-21T00:00:00Z\n  end: 2026-11-22T00:00:00Z\n"
+        "operations:\n  - name: functional-test\n    min_first_pass_yield: 0.5\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "collector", "store", "report", "--protocol", str(protocol),
+         "--db", db_url, "--format", "json"],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    (operation,) = json.loads(done.stdout)["operations"]
+    assert (operation["operation"], operation["units"]) == ("functional-test", 10)
+    assert operation["first_pass_yield"] == 0.8

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,18 +18,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import free_port
+from tests.helpers import free_port, require_systemd_analyze
 
 UNIT = REPO / "systemd" / "collector.service"
-
-
-def require_systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze is not installed; .ci/run must install systemd")
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
-    return found
 
 
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:

@@ -19,8 +19,16 @@ import yaml
 from collector.config import Config
 from drivers.modbus.codec import TagCodec
 from drivers.modbus.sim import SimulatedModbusServer
-from tests.helpers import Mosquitto, PtyPort, Subscriber, assert_no_gaps, async_wait_until
-from tests.test_end_to_end import TOPIC, RunningService, start_collector
+from tests.helpers import (
+    TOPIC,
+    Mosquitto,
+    PtyPort,
+    RunningService,
+    Subscriber,
+    assert_no_gaps,
+    async_wait_until,
+    start_collector,
+)
 
 TOKEN = "s3cret-line-token"
 

@@ -1,8 +1,9 @@
 """`collector store report`: the pilot-run report as a file or on stdout.
 
 The store's CLI adds the subcommand with ``add_arguments(parser)`` and calls ``run(args)``;
-``python -m store.report.cli`` runs it alone. Exit codes: 0 written, 1 the database cannot be
-read, 2 the protocol is invalid.
+a CLI that already has a ``--db`` option and an engine passes ``add_arguments(parser,
+db=False)`` and ``run(args, engine)``. ``python -m store.report.cli`` runs it alone. Exit
+codes: 0 written, 1 the database cannot be read, 2 the protocol is invalid.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ from store.report.render import Format, render_report
 DB_ENV = "STORE_DB_URL"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, db: bool = True) -> None:
     parser.add_argument("--protocol", required=True, type=Path, help="the pilot protocol file")
     parser.add_argument(
         "--format", choices=[f.value for f in Format], default="html", help="default: html"
     )
     parser.add_argument("--out", type=Path, help="write here instead of stdout")
-    parser.add_argument(
-        "--db",
-        default=os.environ.get(DB_ENV),
-        help=f"the store's database URL (sqlite:///PATH or postgresql://...); default ${DB_ENV}",
-    )
+    if db:
+        parser.add_argument(
+            "--db",
+            default=os.environ.get(DB_ENV),
+            help=f"the database URL (sqlite:///PATH or postgresql://...); default ${DB_ENV}",
+        )
     parser.add_argument(
         "--unit-base",
         default="",
@@ -54,17 +56,20 @@ def connect(url: str) -> sa.Engine:
     return cast(Callable[[str], sa.Engine], db.connect)(url)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, engine: sa.Engine | None = None) -> int:
+    """Write the report; ``engine``: the caller's (kept open), else one for ``args.db``."""
     try:
         protocol = load_protocol(args.protocol)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    if not args.db:
-        print(f"no database: give --db URL or set ${DB_ENV}", file=sys.stderr)
-        return 2
-    engine = connect(args.db)
+    own = engine is None
+    if engine is None:
+        if not args.db:
+            print(f"no database: give --db URL or set ${DB_ENV}", file=sys.stderr)
+            return 2
+        engine = connect(args.db)
     try:
         body = render_report(
             engine,
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cannot read the store at {engine.url!r}: {reason}", file=sys.stderr)
         return 1
     finally:
-        engine.dispose()
+        if own:
+            engine.dispose()
     if args.out is None:
         sys.stdout.buffer.write(body)
     else:

@@ -125,6 +125,11 @@ def unit_link(serial: str, base: str) -> str:
     return f'<a class="unit" href="{escape(href)}">{escape(serial)}</a>'
 
 
+def _anchor(c: CharacteristicReport) -> str:
+    """A valid, unique fragment id for a characteristic (names may hold spaces or quotes)."""
+    return "c-" + quote(f"{c.operation}/{c.name}", safe="")
+
+
 def _criterion_value(c: Criterion) -> tuple[str, str]:
     if c.name in ("first_pass_yield", "scrap_rate", "rework_rate"):
         return _pct(c.value), _pct(c.limit)
@@ -301,7 +306,7 @@ def _capability_summary(report: Report) -> list[str]:
                 [
                     _cell(escape(c.operation)),
                     _cell(
-                        f'<a href="#c-{escape(c.operation)}-{escape(c.name)}">{escape(c.name)}</a>'
+                        f'<a href="#{_anchor(c)}">{escape(c.name)}</a>'
                         + (" ◆" if c.critical else "")
                     ),
                     _cell(str(cap.n), True),
@@ -392,7 +397,7 @@ def _characteristic(c: CharacteristicReport, base: str) -> str:
     else:
         violations = '<p class="note">No Western Electric rule 1–4 signal.</p>'
     return (
-        f'<section class="block characteristic" id="c-{escape(c.operation)}-{escape(c.name)}">'
+        f'<section class="block characteristic" id="{_anchor(c)}">'
         f"<h3>{escape(label)}{' ◆ critical' if c.critical else ''}</h3>"
         '<div class="top"><table class="stats">'
         + "".join(f"<tr><th>{k}</th><td class='num'>{v}</td></tr>" for k, v in stats)

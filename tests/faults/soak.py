@@ -20,8 +20,7 @@ from pathlib import Path
 
 from collector.buffer import Outbox
 from drivers.modbus.sim import SimulatedModbusServer
-from tests.helpers import Mosquitto, Subscriber, wait_until
-from tests.test_end_to_end import TOPIC, start_collector, write_config
+from tests.helpers import TOPIC, Mosquitto, Subscriber, start_collector, wait_until, write_config
 
 
 async def soak(minutes: float, seed: int) -> int:

@@ -19,13 +19,16 @@ from drivers.modbus.config import ModbusTable
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.faults.conftest import SilentProxy
 from tests.helpers import (
+    TOPIC,
     Mosquitto,
+    RunningService,
     Subscriber,
     assert_no_gaps,
     async_wait_until,
+    config_dict,
     first_arrival_order,
+    set_tester,
 )
-from tests.test_end_to_end import TOPIC, RunningService, config_dict, set_tester
 
 
 def stored_counts(path: Path) -> dict[str, int]:

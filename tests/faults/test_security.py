@@ -11,8 +11,16 @@ from collector.config import Config
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.conftest import require_mosquitto
 from tests.faults.conftest import TlsFiles
-from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
-from tests.test_end_to_end import TOPIC, RunningService, config_dict, set_tester
+from tests.helpers import (
+    TOPIC,
+    Mosquitto,
+    RunningService,
+    Subscriber,
+    assert_no_gaps,
+    async_wait_until,
+    config_dict,
+    set_tester,
+)
 
 
 @pytest.fixture

@@ -1,0 +1,30 @@
+"""The store's benchmark runs end to end on tiny sizes (figures are printed by bench/, never
+asserted): every part ran and wrote its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, require_mosquitto
+from tests.postgres import require_postgres
+
+
+def test_store_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
+    require_mosquitto()
+    require_postgres()
+    out = tmp_path / "store.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.store", "--quick", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for db in ("sqlite", "postgresql"):
+        assert figures[f"ingest_{db}"]["readings"] == 19_500  # the first message warms up
+        assert figures[f"ingest_schema2_{db}"]["readings"] == 19_500
+        assert figures[f"genealogy_{db}"]["stored_readings"] == 200_000
+        assert figures[f"genealogy_{db}"]["unit_readings"] == 2000
+        assert figures[f"backlog_{db}"]["readings"] == 20_000
