@@ -257,6 +257,9 @@ class Station:
         self.last = state["last"]
         for raw in state["units"]:
             unit = Unit(**raw)
+            if "gone_ts" not in raw:
+                # Stored before presence was followed: an ended unit had left with its end.
+                unit.gone_ts = unit.end_ts
             if unit.verdict is not None:
                 unit.verdict = Verdict(unit.verdict)
             self.units.append(unit)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from collector.config import Config
@@ -300,3 +301,32 @@ def test_errors_in_a_slotted_station_point_at_its_line_once(
     problems = str(caught.value).splitlines()
     assert problems[0].startswith(expected)
     assert len(problems) == 1, problems
+
+
+def test_a_state_stored_before_presence_keeps_ended_units_gone() -> None:
+    """A buffer file from the previous version: its ended unit must not become present."""
+    t = _Tester(station_config())
+    old = {
+        "operation": "functional-test",
+        "last": {"serial": "SN1", "verdict": 1},
+        "units": [
+            {
+                "serial": "SN1",
+                "operation": "functional-test",
+                "attempt": 1,
+                "start_ts": 900.0,
+                "end_ts": 950.0,
+                "ended_by": "verdict",
+                "verdict": "pass",
+                "failure_code": None,
+                "readings": 5,
+                "characteristics": {},
+                "emit_at": 2000.0,
+                "emitted": False,
+            }
+        ],
+    }
+    t.ctx.restore({"ft-1": orjson.dumps(old)}, {("functional-test", "SN1"): 1})
+    t.poll(serial="SN1", result=1, leak=1.0)
+    assert (t.last().unit_serial, t.last().phase) == (None, None)
+    assert t.ctx.present_serial("ft-1") is None
