@@ -235,7 +235,7 @@ class Station:
             readings=unit.readings,
             characteristics={k: (v[0], v[1], v[2]) for k, v in unit.characteristics.items()},
             slot=self.config.slot,
-            takt_s=self.config.takt_s,
+            takt_s=self.config.takt_for(unit.operation),
             golden=unit.golden,
             work_order=unit.work_order,
             specs=specs,

@@ -330,3 +330,15 @@ def test_a_state_stored_before_presence_keeps_ended_units_gone() -> None:
     t.poll(serial="SN1", result=1, leak=1.0)
     assert (t.last().unit_serial, t.last().phase) == (None, None)
     assert t.ctx.present_serial("ft-1") is None
+
+
+def test_takt_per_operation_and_a_bad_takt() -> None:
+    t = _Tester(station_config(takt_s={"functional-test": 40, "retest": 60}))
+    t.poll(serial="", result=0)
+    t.poll(serial="SN1", result=0)
+    t.poll(serial="SN1", result=1)
+    t.settle()
+    assert [r.takt_s for r in t.records] == [40]
+    text = RACK_EXAMPLE.read_text().replace("takt_s: 172800", "takt_s: 0")
+    with pytest.raises(ConfigError, match=r"burn-in-rack\.yaml:30: stations\[0\]\.takt_s: .*> 0"):
+        parse_config(text, "burn-in-rack.yaml")

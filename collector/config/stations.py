@@ -155,9 +155,26 @@ class StationConfig(_Model):
         "counter that changes. A start while the present unit's last attempt has ended "
         "starts the next attempt. Without it, a verdict going back to 'no verdict' does.",
     )
-    takt_s: float | None = Field(
-        default=None, gt=0, description="The planned cycle time; unit records carry it."
+    takt_s: float | dict[Name, float] | None = Field(
+        default=None,
+        description="The planned cycle time in seconds; unit records carry it. For a station "
+        "that runs several operations, a map operation -> seconds.",
     )
+
+    @field_validator("takt_s")
+    @classmethod
+    def _positive_takt(cls, value: float | dict[str, float] | None) -> Any:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v is not None and v <= 0 for v in values):
+            raise ValueError("takt_s must be > 0")
+        return value
+
+    def takt_for(self, operation: str) -> float | None:
+        """The takt time of ``operation`` at this station, if set."""
+        if isinstance(self.takt_s, dict):
+            return self.takt_s.get(operation)
+        return self.takt_s
+
     golden_pattern: str | None = Field(
         default=None,
         description="Regular expression: serials that match it (whole) are golden samples.",
