@@ -19,8 +19,15 @@ from collector.config import Config
 from drivers.modbus.codec import TagCodec
 from drivers.modbus.sim import SimulatedModbusServer
 from drivers.opcua.sim import SimulatedBurnInRack, rack_slot_tags
-from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, async_wait_until
-from tests.test_end_to_end import TOPIC, RunningService, start_collector
+from tests.helpers import (
+    TOPIC,
+    Mosquitto,
+    RunningService,
+    Subscriber,
+    assert_no_gaps,
+    async_wait_until,
+    start_collector,
+)
 
 SLOTS = 32
 
