@@ -382,3 +382,80 @@ async def test_a_unit_marked_golden_over_http_is_golden_in_its_readings_and_reco
     (record,) = units(sub)
     assert (record["serial"], record["golden"]) == ("SN-M1", True)
     assert running.service.context.status()["ft-1"]["figures"]["golden"] == 1
+
+
+async def test_a_modbus_rack_with_a_register_block_per_slot_tags_each_slot(
+    mosquitto: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    subscriber: Subscriber,
+) -> None:
+    slots = {"first": 1, "last": 4}
+    config = Config.model_validate(
+        {
+            **base(mosquitto, tmp_path),
+            "stations": [
+                {
+                    "name": "nest",
+                    "operation": "flash",
+                    "slots": slots,
+                    "serial_source": {"device": "plc", "tag": "n{slot}.serial"},
+                }
+            ],
+            "devices": [
+                {
+                    "name": "plc",
+                    "protocol": "modbus_tcp",
+                    "station": "nest",
+                    "host": "127.0.0.1",
+                    "port": modbus_server.port,
+                    "poll_interval_ms": 50,
+                    "tags": [
+                        {
+                            "name": "n{slot}.current",
+                            "slots": slots,
+                            "table": "holding_register",
+                            "address": 100,
+                            "stride": 10,
+                        },
+                        {
+                            "name": "n{slot}.serial",
+                            "slots": slots,
+                            "table": "holding_register",
+                            "address": 102,
+                            "stride": 10,
+                            "type": "string",
+                            "count": 4,
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+    device = config.devices[0]
+    for tag in device.tags:  # type: ignore[attr-defined]
+        codec = TagCodec.for_device(tag, device)  # type: ignore[arg-type]
+        slot = tag.slot
+        await modbus_server.set_value(
+            1, codec, f"N-{slot}" if tag.name.endswith("serial") else 100 + slot
+        )
+    sub = subscriber
+
+    def currents() -> set[tuple[Any, Any, Any]]:
+        return {
+            (r.get("slot"), r["unit_serial"], r["value"])
+            for r in sub.readings()
+            if r["tag"].endswith(".current")
+        }
+
+    async with RunningService(config):
+        await async_wait_until(
+            lambda: {(s, f"N-{s}", 100 + s) for s in range(1, 5)} <= currents(),
+            15,
+            "each nest's current with its own serial",
+        )
+    # Register block per slot: nest n's current is at 100 + (n - 1) * 10, its serial 2 later.
+    assert {r for r in currents() if r[1] is not None} == {
+        (s, f"N-{s}", 100 + s) for s in range(1, 5)
+    }
+    assert {r["station"] for r in sub.readings()} == {"nest"}
