@@ -250,8 +250,8 @@ async def test_a_32_slot_rack_on_one_session_tags_each_slot_with_its_own_unit(
     config = Config.model_validate(raw)
     sub = subscriber
 
-    def slot_readings() -> dict[int, list[dict[str, Any]]]:
-        out: dict[int, list[dict[str, Any]]] = {}
+    def slot_readings() -> dict[int | None, list[dict[str, Any]]]:
+        out: dict[int | None, list[dict[str, Any]]] = {}
         for r in sub.readings():
             out.setdefault(r.get("slot"), []).append(r)
         return out
