@@ -277,6 +277,7 @@ async def test_a_32_slot_rack_on_one_session_tags_each_slot_with_its_own_unit(
     by_slot = slot_readings()
     assert set(by_slot) == set(range(1, SLOTS + 1))
     for slot, readings in by_slot.items():
+        assert slot is not None
         serials = {r["unit_serial"] for r in readings}
         # Each slot's readings carry its own serial (none another's); slot 7 also none at the end.
         assert serials <= {serial_of(slot) or None, None}, (slot, serials)
