@@ -160,6 +160,12 @@ class DeviceBase(Model):
     def tag_names(self) -> set[str]:
         raise NotImplementedError
 
+    def tag_slots(self) -> dict[str, int]:
+        """Tag -> rack slot, for tags that belong to one slot of a rack (collector.context
+        routes their readings to that slot's station)."""
+        tags = getattr(self, "tags", None) or []
+        return {t.name: t.slot for t in tags if getattr(t, "slot", None) is not None}
+
     @property
     def emits_events(self) -> bool:
         """Whether each reading is an event (a scan, a line sent unprompted) rather than a

@@ -314,9 +314,20 @@ class Service:
             self._oldest_unsent_ts = (await self.outbox.stats()).oldest_ts
             await asyncio.sleep(1.0)
 
-    def set_unit(self, station: str, serial: str | None) -> None:
-        """The HTTP unit endpoint: a serial arrives (None: the unit left)."""
-        self.context.set_serial(station, serial)
+    def set_unit(
+        self,
+        station: str,
+        serial: str | None,
+        golden: bool = False,
+        work_order: str | None = None,
+    ) -> None:
+        """The HTTP unit endpoint: a serial arrives (None: the unit left), or, at a station
+        that reads its serial from a device, the unit there is marked golden."""
+        if self.serial_sources().get(station) != "http":
+            if serial is None or not self.context.mark_golden(station, serial):
+                raise ValueError(f"{serial!r} is not the unit at station {station!r}")
+        else:
+            self.context.set_serial(station, serial, golden=golden, work_order=work_order)
         self.writer.poke()
 
     def station_unit(self, station: str) -> dict[str, Any]:

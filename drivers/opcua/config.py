@@ -130,6 +130,10 @@ class OpcUaTag(_Model):
     unit: str | None = Field(default=None, description="Engineering unit.")
     scale: float = Field(default=1.0, description="value * scale + offset (numbers only).")
     offset: float = Field(default=0.0)
+    slot: int | None = Field(
+        default=None,
+        description="The rack slot this tag belongs to (set by `slots` expansion, or by hand).",
+    )
 
     @model_validator(mode="after")
     def _one_address(self) -> Self:
