@@ -150,7 +150,9 @@ class MqttPublisher:
                 )
             except (OSError, ValueError) as exc:
                 reason = explain_failure(f"{exc}", m.tls is not None, m.tls)
-                self._connected_changed(False, f"cannot connect to {m.host}:{m.port}: {reason}")
+                self._connected_changed(
+                    False, self._episode_reason(f"cannot connect to {m.host}:{m.port}: {reason}")
+                )
                 await self._pause(backoff.next_delay(), probe)
                 continue
             self._client = client
@@ -320,10 +322,22 @@ class MqttPublisher:
         elif not self._acked_connect:
             # Ended before the CONNACK: a TLS alert, or a TLS port that took plaintext.
             detail = self._last_error_line or reason
-            reason = f"cannot connect to {m.host}:{m.port}: " + explain_failure(
-                detail, m.tls is not None, m.tls, before_connack=True
+            reason = self._episode_reason(
+                f"cannot connect to {m.host}:{m.port}: "
+                + explain_failure(detail, m.tls is not None, m.tls, before_connack=True)
             )
         self._connected_changed(False, reason)
+
+    def _episode_reason(self, reason: str) -> str:
+        """A refused TLS connection does not always show its alert (the broker may close the
+        socket before we read it: "EOF occurred in violation of protocol"). Until a connect
+        succeeds, such an attempt keeps the alert an earlier one showed, so that the reason
+        (and the log line, once per episode) does not flap."""
+        last = self.status.last_connect_error
+        vague = "before answering CONNECT" in reason or "EOF occurred" in reason
+        if vague and "TLS" not in reason and last is not None and "TLS" in last:
+            return last
+        return reason
 
     def _acknowledged(self, mid: int, ack: Ack) -> None:
         self._sent_at.pop(mid, None)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from asyncua import ua
+from asyncua.server.internal_session import InternalSession
 from asyncua.ua.ua_binary import uatcp_to_binary
 
 from collector.backoff import Backoff
@@ -276,3 +277,17 @@ async def test_subscribed_changes_are_handed_over_as_they_arrive(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_server_at_its_session_limit_is_named_as_such(
+    rack: SimulatedBurnInRack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncua's server answers ActivateSession with BadMaxConnectionsReached at its limit."""
+    monkeypatch.setattr(InternalSession, "max_connections", 0)
+    driver = OpcUaDriver(device(rack, tags=[{"name": "t", "node": "i=2258"}]))
+    with pytest.raises(NotConnectedError) as info:
+        await driver.connect()
+    await driver.close()
+    message = str(info.value)
+    assert "the server has reached its connection limit (BadMaxConnectionsReached)" in message
+    assert "firewall" not in message
