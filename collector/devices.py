@@ -14,6 +14,7 @@ protocol packages, so the packages must not import it).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -26,20 +27,45 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
 
-def _not_an_integer(name: str) -> str:
-    # Tag names are the keys of a poll's values (docs/messages.md): JavaScript puts keys that
-    # are canonical integers ("0", "17") before the others, which would reorder the values
-    # and so change the seq a consumer derives from their position.
-    if name == "0" or (name[:1] in "123456789" and name.isdigit()):
+def _not_an_index(name: str) -> str:
+    # Schema-2 messages key values by tag name, and JavaScript (a browser, Node-RED) moves
+    # integer-like keys to the front of an object: "17" would silently reorder the tags.
+    if re.fullmatch(r"0|[1-9][0-9]*", name):
         raise ValueError(
             f"tag name {name!r} is a whole number, which JSON consumers reorder; give it a "
-            "letter, e.g. 'r" + name + "'"
+            f"letter, e.g. 'r{name}'"
         )
     return name
 
 
-#: A tag's name: a Name that is not a canonical integer.
-TagName = Annotated[Name, AfterValidator(_not_an_integer)]
+#: A tag's name: a Name that is not a canonical whole number.
+TagName = Annotated[Name, AfterValidator(_not_an_index)]
+
+
+def _host(value: str) -> str:
+    if not value.strip() or value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a host: give an IP address or a host name")
+    return value
+
+
+#: A host name or address: not empty, no spaces.
+Host = Annotated[str, Field(max_length=253), AfterValidator(_host)]
+
+#: Longest regular expression a config may give (a real one is a line).
+MAX_PATTERN_CHARS = 1000
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A config's regular expression, or ValueError saying why not (a huge repeat count, e.g.
+    ``a{99999999999}``, raises OverflowError in ``re``: reported, not a traceback)."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"regular expression longer than {MAX_PATTERN_CHARS} characters")
+    try:
+        return re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        shown = repr(pattern) if len(pattern) <= 60 else f"{pattern[:60]!r}..."
+        raise ValueError(f"{shown} is not a regular expression: {exc}") from None
+
 
 #: A field's place in the config, e.g. ("devices", 2, "user", "password_file").
 FieldPath = tuple[str | int, ...]
@@ -134,6 +160,12 @@ class DeviceBase(Model):
     def tag_names(self) -> set[str]:
         raise NotImplementedError
 
+    def tag_slots(self) -> dict[str, int]:
+        """Tag -> rack slot, for tags that belong to one slot of a rack (collector.context
+        routes their readings to that slot's station)."""
+        tags = getattr(self, "tags", None) or []
+        return {t.name: t.slot for t in tags if getattr(t, "slot", None) is not None}
+
     @property
     def emits_events(self) -> bool:
         """Whether each reading is an event (a scan, a line sent unprompted) rather than a
@@ -171,3 +203,8 @@ class DeviceBase(Model):
     def shared_line(self) -> SharedLine | None:
         """The line this device shares with others of its kind, if any."""
         return None
+
+    def warnings(self) -> list[tuple[FieldPath, str]]:
+        """Likely mistakes that are still valid config (``collector check`` prints them, the
+        service logs them at start): (field path relative to the device, what to check)."""
+        return []

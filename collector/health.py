@@ -32,13 +32,11 @@ from uvicorn.server import ServerState
 from collector import __version__
 from collector.errors import StartupError
 from collector.live import LiveFeed, add_page_routes, encode_status
+from collector.serials import MAX_SERIAL_CHARS, accepted, serial_problem
 
 log = logging.getLogger(__name__)
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# A serial: no control characters, at most 128 characters ("" and null: the unit left).
-SERIAL_PATTERN = r"^[^\x00-\x1f\x7f]{0,128}$"
 
 
 class StatusSource(Protocol):
@@ -48,8 +46,16 @@ class StatusSource(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
-    def set_unit(self, station: str, serial: str | None) -> None:
-        """A unit serial for a station whose serial_source is http (None: the unit left)."""
+    def set_unit(
+        self,
+        station: str,
+        serial: str | None,
+        golden: bool = False,
+        work_order: str | None = None,
+    ) -> None:
+        """A unit serial for a station whose serial_source is http (None: the unit left);
+        ``golden``: a golden sample. At another station, only ``golden`` for the serial
+        present there; ValueError if it is not."""
         ...
 
     def station_unit(self, station: str) -> dict[str, Any]:
@@ -72,8 +78,17 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 class UnitIn(BaseModel):
-    serial: Annotated[str, Field(pattern=SERIAL_PATTERN)] | None = Field(
+    # Control and format characters are checked by collector.serials (and counted there).
+    serial: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         description="The unit now at the station; null or empty: the unit left."
+    )
+    golden: bool = Field(
+        default=False,
+        description="The unit is a golden sample. At a station that reads its serial from a "
+        "device, this marks the unit present there (serial must match).",
+    )
+    work_order: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
+        default=None, description="The work order of the unit (goes into its unit record)."
     )
 
 
@@ -165,11 +180,21 @@ def create_app(
         sources = source.serial_sources()
         if station not in sources:
             raise HTTPException(404, f"no station {station!r}; stations: {sorted(sources)}")
-        if sources[station] != "http":
+        if sources[station] != "http" and not (unit.golden and unit.serial):
             raise HTTPException(
                 409, f"station {station!r} takes its serial from {sources[station]}, not http"
             )
-        source.set_unit(station, unit.serial or None)
+        if not accepted(unit.serial, station):
+            problem = serial_problem(unit.serial or "")
+            return _unprocessable([{"type": "serial", "loc": ["body", "serial"], "msg": problem}])
+        if unit.work_order is not None and (problem := serial_problem(unit.work_order)):
+            return _unprocessable(
+                [{"type": "serial", "loc": ["body", "work_order"], "msg": problem}]
+            )
+        try:
+            source.set_unit(station, unit.serial or None, unit.golden, unit.work_order)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
         return source.station_unit(station)
 
     @app.get("/health")

@@ -71,7 +71,8 @@ class ReadingEncoder:
     """Schema 1: encodes the readings of one poll into one JSON object per reading.
 
     The field order is the documented one: seq, ts, station, device, tag, value, unit,
-    quality, error, unit_serial, operation, attempt.
+    quality, error, unit_serial, operation, attempt, then slot, phase and golden only when set
+    (added within schema 1 for issue 15).
     """
 
     def __init__(self) -> None:
@@ -149,8 +150,13 @@ class ReadingEncoder:
             tail = _put(
                 self._context,
                 context,
-                b'"unit_serial":%b,"operation":%b,"attempt":%b}'
-                % (_json(context.unit_serial), _json(context.operation), _json(context.attempt)),
+                b'"unit_serial":%b,"operation":%b,"attempt":%b%b}'
+                % (
+                    _json(context.unit_serial),
+                    _json(context.operation),
+                    _json(context.attempt),
+                    _extra_context(context),
+                ),
             )
         return tail
 
@@ -299,6 +305,9 @@ class PollEncoder:
                 "unit_serial": context.unit_serial,
                 "operation": context.operation,
                 "attempt": context.attempt,
+                "slot": context.slot,
+                "phase": context.phase,
+                "golden": context.golden or None,  # false is the default: left out
             }
             part = b"".join(
                 b'"%b":%b,' % (k.encode(), _json(v)) for k, v in members.items() if v is not None
@@ -352,6 +361,19 @@ def split_polls(body: bytes, per_part: int) -> list[tuple[int, int, float, bytes
     return parts
 
 
+def _extra_context(context: Context) -> bytes:
+    """slot, phase and golden (issue 15), only when set: a reading without a unit or rack
+    costs no extra bytes, and a consumer takes a missing field as null/false."""
+    out = b""
+    if context.slot is not None:
+        out += b',"slot":%b' % _json(context.slot)
+    if context.phase is not None:
+        out += b',"phase":%b' % _json(context.phase)
+    if context.golden:
+        out += b',"golden":true'
+    return out
+
+
 def encode_unit(unit: UnitRecord) -> bytes:
     """The JSON object of one unit record, without ``seq`` (see docs/traceability.md)."""
     return orjson.dumps(
@@ -368,12 +390,29 @@ def encode_unit(unit: UnitRecord) -> bytes:
             "ended_by": unit.ended_by,
             "readings": unit.readings,
             "characteristics": {
-                name: {"last": last, "min": low, "max": high}
+                name: {"last": last, "min": low, "max": high, **_spec(unit, name)}
                 for name, (last, low, high) in unit.characteristics.items()
             },
+            "slot": unit.slot,
+            "takt_s": unit.takt_s,
+            "golden": unit.golden,
+            "work_order": unit.work_order,
         },
         option=orjson.OPT_UTC_Z,
     )
+
+
+def _spec(unit: UnitRecord, name: str) -> dict[str, object]:
+    spec = unit.specs.get(name)
+    if spec is None:
+        return {}
+    return {
+        "lsl": spec.lsl,
+        "usl": spec.usl,
+        "target": spec.target,
+        "critical": spec.critical,
+        "in_spec": spec.in_spec,
+    }
 
 
 def with_seq(rows: Iterable[tuple[int, bytes]]) -> bytes:

@@ -42,6 +42,10 @@ def reference(seq: int, device: str, reading: Reading, context: Context) -> byte
             "unit_serial": context.unit_serial,
             "operation": context.operation,
             "attempt": context.attempt,
+            # Added in schema 1 by issue 15, present only when set.
+            **({"slot": context.slot} if context.slot is not None else {}),
+            **({"phase": context.phase} if context.phase is not None else {}),
+            **({"golden": True} if context.golden else {}),
         }
     )
 
@@ -70,6 +74,7 @@ CONTEXTS = [
     Context(None, None, None),
     Context("ft-1", None, "functional-test"),
     Context("ft-1", 'SN-"1"', "op ü", 3),
+    Context("rack-a", "SN-7", "burn-in", 2, 7, "after", True),
 ]
 
 
@@ -86,7 +91,9 @@ def test_each_value_and_context_encodes_like_the_reference(context: Context) -> 
     expected = b",".join(reference(100 + i, 'dev "x"', r, context) for i, r in enumerate(readings))
     assert body == expected
     items = orjson.loads(b"[" + body + b"]")
-    assert [tuple(item) for item in items] == [FIELDS] * len(readings)  # documented order
+    # slot, phase and golden follow, each only when set.
+    extra = tuple(k for k, v in zip(("slot", "phase", "golden"), context[4:], strict=True) if v)
+    assert [tuple(item) for item in items] == [FIELDS + extra] * len(readings)  # documented order
 
 
 def test_cached_pieces_follow_changes_between_readings_and_polls() -> None:
