@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept whatever certificate the server shows (prints its fingerprint)",
     )
+    browse.add_argument(
+        "--save-server-cert",
+        type=Path,
+        metavar="FILE",
+        help="write the certificate the server shows to FILE (DER), to trust it in the config",
+    )
     browse.add_argument("--user", help="user name; the password is read from $OPCUA_PASSWORD")
     browse.add_argument("--depth", type=int, default=6, help="how deep (default 6)")
     browse.add_argument("--max-nodes", type=int, default=5000, help="stop after N nodes")

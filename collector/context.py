@@ -5,7 +5,10 @@ device tags named in the station's config (or, for the serial, from POST /statio
 
 - **serial**: a new serial starts a unit (ending the one before, ``next_serial``); an empty one
   ends it (``serial_cleared``). The same serial again while its unit is open changes nothing;
-  after that unit ended, it starts the next attempt (a retest).
+  after that unit ended, a scan or POST of it starts the next attempt (a retest).
+- **start** (or, without a start tag, the verdict going back to "no verdict"): while the
+  serial is still present and its last attempt has ended, the next attempt starts (a retest
+  on a tester that keeps the serial in its register).
 - **verdict**: the tag *changing* to a value that maps to a verdict gives the unit at that
   moment its verdict, and ends it when ``unit_end`` is ``verdict``. The first value seen after
   start-up is a baseline, not a change: a tester still showing the last unit's result must not
@@ -15,6 +18,15 @@ device tags named in the station's config (or, for the serial, from POST /statio
 - **operation**: for a station that runs several operations, the tag names the current one; a
   change ends the open unit and starts the same serial at the new operation.
 - **timeout**: a unit open for ``unit_timeout_s`` ends with ``timeout``.
+
+**Presence.** A polled serial tag and the HTTP endpoint show the unit for as long as it is at
+the station. Readings after its test ended (verdict, timeout) and before the serial changes or
+clears keep its serial and attempt with ``phase: "after"``; during the test ``phase: "test"``.
+A scanned serial (an event) says nothing about presence: its unit's readings end at the end.
+
+**Slots.** A rack's tags carry a slot number (config expansion, collector.config.stations);
+their readings go to that slot's station through a (device, tag) -> station map built here,
+once; readings of the rack's other tags get the rack's name and no unit.
 
 **Time decides, not arrival.** Pollers deliver concurrently, so a tester poll read just before
 a scan can arrive just after it. Each unit therefore has an interval [start, end] on the
@@ -35,27 +47,24 @@ SQLite transaction as the readings it tagged, so the two never disagree after a 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import orjson
 
 from collector.config import DeviceConfig, StationConfig, UnitEnd, Verdict, verdict_key
 from collector.reading import Context, ContextChanges, Quality, Reading, UnitRecord, Value
 from collector.serials import accepted
+from collector.units import TEST, Figures, Station, Unit
 
 log = logging.getLogger(__name__)
 
-# Units kept per station to tag late readings (their intervals); older ones are long settled.
-HISTORY = 32
 # Signals of one poll are applied in this order: the operation and the serial first (a unit
-# must exist before its verdict), the failure code before the verdict that reads it.
-_SIGNAL_ORDER = ("operation", "serial", "failure_code", "verdict", "cycle_complete")
+# must exist before its verdict), the start before the verdict it clears, the failure code
+# before the verdict that reads it.
+_SIGNAL_ORDER = ("operation", "serial", "start", "failure_code", "verdict", "cycle_complete")
+_ORDER = {kind: i for i, kind in enumerate(_SIGNAL_ORDER)}
 _MISSING = object()
+_ENDS_PRESENCE = ("next_serial", "serial_cleared", "operation_changed")
 
 
 def _text(value: Value) -> str | None:
@@ -83,90 +92,6 @@ def map_verdict(station: StationConfig, value: Value) -> Verdict | None:
     return None
 
 
-@dataclass
-class _Unit:
-    serial: str
-    operation: str
-    attempt: int
-    start_ts: float
-    end_ts: float | None = None
-    ended_by: str | None = None
-    verdict: Verdict | None = None
-    failure_code: Value = None
-    readings: int = 0
-    #: key characteristic -> [last, min, max]
-    characteristics: dict[str, list[float]] = field(default_factory=dict)
-    emit_at: float | None = None
-    emitted: bool = False
-
-    def holds(self, ts: float) -> bool:
-        return self.start_ts <= ts and (self.end_ts is None or ts <= self.end_ts)
-
-    def context(self, station: str) -> Context:
-        return Context(station, self.serial, self.operation, self.attempt)
-
-    def characteristic(self, reading: Reading) -> None:
-        """Take a key characteristic's value into its last/min/max (good numbers only)."""
-        name, value = reading.tag, reading.value
-        if reading.quality is not Quality.GOOD:
-            return
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            return
-        stats = self.characteristics.get(name)
-        if stats is None:
-            self.characteristics[name] = [value, value, value]
-        else:
-            stats[0], stats[1], stats[2] = value, min(stats[1], value), max(stats[2], value)
-
-
-class _Station:
-    def __init__(self, config: StationConfig, settle_s: float) -> None:
-        self.config = config
-        self.settle_s = settle_s
-        self.operation = config.operation
-        self.units: deque[_Unit] = deque(maxlen=HISTORY)
-        #: The last good value of each signal tag, for change detection.
-        self.last: dict[str, Value] = {}
-
-    @property
-    def current(self) -> _Unit | None:
-        if self.units and self.units[-1].end_ts is None:
-            return self.units[-1]
-        return None
-
-    def context_without_unit(self) -> Context:
-        return Context(self.config.name, None, self.operation)
-
-    def unit_at(self, ts: float) -> _Unit | None:
-        for unit in reversed(self.units):
-            if unit.start_ts <= ts:
-                return unit if unit.holds(ts) else None
-        return None
-
-    def snapshot(self) -> bytes:
-        return orjson.dumps(
-            {
-                "operation": self.operation,
-                "last": self.last,
-                "units": [asdict(u) for u in self.units if not u.emitted],
-            }
-        )
-
-    def restore(self, blob: bytes) -> None:
-        state = orjson.loads(blob)
-        self.operation = state["operation"]
-        self.last = state["last"]
-        for raw in state["units"]:
-            unit = _Unit(**raw)
-            if unit.verdict is not None:
-                unit.verdict = Verdict(unit.verdict)
-            self.units.append(unit)
-
-
 class StationContext:
     """Tags readings with their unit and turns unit lifecycles into unit records."""
 
@@ -177,28 +102,60 @@ class StationContext:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
-        self._station_of = {d.name: d.station for d in devices}
         self._events = {d.name for d in devices if d.emits_events}
-        self._stations: dict[str, _Station] = {}
-        # device -> tag -> the signals it carries, and device -> its key characteristic tags
-        # (most devices have neither: no search per reading).
-        self._signal_tags: dict[str, dict[str, list[str]]] = {}
+        self._stations: dict[str, Station] = {}
+        # device -> tag -> the (signal, station) pairs it carries, and device -> its key
+        # characteristic tags (most devices have neither: no search per reading).
+        self._signal_tags: dict[str, dict[str, list[tuple[str, Station]]]] = {}
         self._characteristics: dict[str, set[str]] = {}
         self._no_station = Context(None, None, None)
+        by_name: dict[str, StationConfig] = {s.name: s for s in stations}
+        slots: dict[tuple[str, int], Station] = {}
         for station in stations:
-            timeouts = [d.timeout_ms for d in devices if d.station == station.name]
+            group = station.group or station.name
+            timeouts = [d.timeout_ms for d in devices if d.station == group]
             # A poll's readings reach us at most about a poll later than they were read.
             settle = 1.0 + 2 * max(timeouts, default=1000) / 1000
-            self._stations[station.name] = _Station(station, settle)
+            source = station.serial_source
+            presence = source == "http" or (
+                source is not None
+                and not isinstance(source, str)
+                and source.device not in self._events
+            )
+            state = self._stations[station.name] = Station(station, settle, presence)
+            if station.slot is not None:
+                slots[(group, station.slot)] = state
             for kind in _SIGNAL_ORDER:
                 ref = getattr(
                     station, f"{kind}_source" if kind in ("operation", "serial") else kind
                 )
                 if ref is not None and ref != "http":
                     tags = self._signal_tags.setdefault(ref.device, {})
-                    tags.setdefault(ref.tag, []).append(kind)
+                    tags.setdefault(ref.tag, []).append((kind, state))
             for ref in station.key_characteristics:
                 self._characteristics.setdefault(ref.device, set()).add(ref.tag)
+        # device -> its station (plain devices), or device -> tag -> slot station (racks):
+        # the precomputed map that tags each reading with one dictionary look-up.
+        self._station_of: dict[str, Station] = {}
+        self._route: dict[str, dict[str, Station]] = {}
+        self._rack_context: dict[str, Context] = {}
+        for device in devices:
+            if device.station is None:
+                continue
+            plain = self._stations.get(device.station)
+            if plain is not None and plain.config.slot is None:
+                self._station_of[device.name] = plain
+                continue
+            route = {
+                tag: slots[(device.station, slot)]
+                for tag, slot in device.tag_slots().items()
+                if (device.station, slot) in slots
+            }
+            self._route[device.name] = route
+            operation = next(
+                (s.operation for s in by_name.values() if s.group == device.station), None
+            )
+            self._rack_context[device.name] = Context(device.station, None, operation)
         self._attempts: dict[tuple[str, str], int] = {}
         self._changed_attempts: dict[tuple[str, str], int] = {}
         self._dirty: set[str] = set()
@@ -239,26 +196,27 @@ class StationContext:
         signals among them. Readings read at the same moment share one Context object: the
         work here is per distinct ``ts`` (one per request for a polled device), not per
         reading."""
-        name = self._station_of.get(device)
-        if name is None:
+        station = self._station_of.get(device)
+        route = None if station is not None else self._route.get(device)
+        if station is None and route is None:
             return [self._no_station] * len(readings)
-        station = self._stations[name]
         kinds = self._signal_tags.get(device)
-        signals = (
-            [
-                (r.ts, _SIGNAL_ORDER.index(kind), kind, r)
-                for r in readings
-                if r.quality is Quality.GOOD
-                for kind in kinds.get(r.tag, ())
-            ]
-            if kinds
-            else None
-        )
-        if signals:
-            event = device in self._events
-            for ts, _, kind, reading in sorted(signals, key=lambda s: s[:2]):
-                self._signal(station, kind, ts, reading.value, event)
+        if kinds:
+            signals = []
+            get, good = kinds.get, Quality.GOOD
+            for r in readings:
+                carried = get(r.tag)  # one look-up per reading; most carry no signal
+                if carried is not None and r.quality is good:
+                    signals += [(r.ts, _ORDER[kind], kind, target, r) for kind, target in carried]
+            if signals:
+                event = device in self._events
+                signals.sort(key=lambda s: s[:2])
+                for ts, _, kind, target, reading in signals:
+                    self._signal(target, kind, ts, reading.value, event)
         characteristics = self._characteristics.get(device)
+        if station is None:
+            assert route is not None
+            return self._tag_rack(device, route, readings, characteristics)
         contexts: list[Context] = []
         counted = False
         start, count = 0, len(readings)
@@ -268,12 +226,12 @@ class StationContext:
             end = start + 1
             while end < count and readings[end].ts == ts:
                 end += 1
-            unit = station.unit_at(ts)
-            if unit is None:
-                contexts += [station.context_without_unit()] * (end - start)
+            unit, phase = station.unit_at(ts)
+            if unit is None or phase is None:
+                contexts += [station.no_unit] * (end - start)
             else:
-                contexts += [unit.context(name)] * (end - start)
-                if not unit.emitted:
+                contexts += [station.context(unit, phase)] * (end - start)
+                if phase == TEST and not unit.emitted:
                     unit.readings += end - start
                     if characteristics:
                         for reading in readings[start:end]:
@@ -282,68 +240,149 @@ class StationContext:
                     counted = True
             start = end
         if counted:
-            self._dirty.add(name)
+            self._dirty.add(station.name)
         return contexts
 
-    def set_serial(self, station: str, serial: str | None, ts: float | None = None) -> None:
-        """A serial from outside the devices (the HTTP endpoint): always an event."""
-        self._signal(
-            self._stations[station], "serial", self._clock() if ts is None else ts, serial, True
-        )
+    def _tag_rack(
+        self,
+        device: str,
+        route: dict[str, Station],
+        readings: Sequence[Reading],
+        characteristics: set[str] | None,
+    ) -> list[Context]:
+        """Readings of a rack: each goes to its tag's slot station (one look-up), and the
+        unit look-up is made once per slot and ``ts``."""
+        rack = self._rack_context[device]
+        contexts: list[Context] = []
+        append = contexts.append
+        # slot station -> (ts, its unit if the reading counts for it, the Context)
+        seen: dict[Station, tuple[float, Unit | None, Context]] = {}
+        dirty = self._dirty
+        chars = characteristics or ()
+        for reading in readings:
+            station = route.get(reading.tag)
+            if station is None:
+                append(rack)
+                continue
+            known = seen.get(station)
+            if known is None or known[0] != reading.ts:
+                unit, phase = station.unit_at(reading.ts)
+                if unit is None or phase is None:
+                    known = (reading.ts, None, station.no_unit)
+                else:
+                    counts = phase == TEST and not unit.emitted
+                    known = (reading.ts, unit if counts else None, station.context(unit, phase))
+                    if counts:
+                        dirty.add(station.name)
+                seen[station] = known
+            append(known[2])
+            unit = known[1]
+            if unit is not None:
+                unit.readings += 1
+                if reading.tag in chars:
+                    unit.characteristic(reading)
+        return contexts
 
-    def _signal(self, station: _Station, kind: str, ts: float, value: Value, event: bool) -> None:
+    def set_serial(
+        self,
+        station: str,
+        serial: str | None,
+        ts: float | None = None,
+        golden: bool = False,
+        work_order: str | None = None,
+    ) -> None:
+        """A serial from outside the devices (the HTTP endpoint): always an event.
+        ``golden``: the unit is a golden sample (whatever the pattern says)."""
+        target = self._stations[station]
+        self._signal(target, "serial", self._clock() if ts is None else ts, serial, True)
+        unit = target.current
+        if serial and unit is not None and unit.serial == serial.strip():
+            unit.golden = unit.golden or golden
+            unit.work_order = work_order or unit.work_order
+
+    def mark_golden(self, station: str, serial: str) -> bool:
+        """Mark the unit present at the station as a golden sample (its readings from now on
+        and its record); False if ``serial`` is not the unit there."""
+        target = self._stations[station]
+        present = target.present
+        if present is None or present.serial != serial.strip():
+            return False
+        present.golden = True
+        self._dirty.add(station)
+        return True
+
+    def _signal(self, station: Station, kind: str, ts: float, value: Value, event: bool) -> None:
         previous = station.last.get(kind, _MISSING)
-        station.last[kind] = value
-        self._dirty.add(station.config.name)
         if not event and previous == value:
-            return
+            return  # a polled value repeating: nothing new to store either
+        station.last[kind] = value
+        self._dirty.add(station.name)
         first = previous is _MISSING and not event
         if kind == "serial" and accepted(value, station.config.name):
             self._on_serial(station, ts, _text(value))
         elif kind == "operation":
             self._on_operation(station, ts, _text(value) or station.config.operation)
         elif kind == "verdict" and not first:
-            self._on_verdict(station, ts, map_verdict(station.config, value))
+            verdict = map_verdict(station.config, value)
+            if verdict is None:
+                if station.config.start is None:
+                    self._next_attempt(station, ts, "verdict cleared")
+            else:
+                self._on_verdict(station, ts, verdict)
+        elif kind == "start" and not first:
+            # A flag starts on its rising edge; a counter on any change.
+            if not isinstance(value, bool) or (value and not previous):
+                self._next_attempt(station, ts, "start signal")
         elif kind == "cycle_complete" and not first and value and not previous:
             self._on_cycle_complete(station, ts)
         elif kind == "failure_code":
             self._on_failure_code(station, ts, value)
 
-    def _on_serial(self, station: _Station, ts: float, serial: str | None) -> None:
+    def _on_serial(self, station: Station, ts: float, serial: str | None) -> None:
         current = station.current
         if current is not None and current.serial == serial:
             return
         if current is not None:
             self._end(station, current, ts, "next_serial" if serial else "serial_cleared")
+        self._leave(station, ts)
         if serial is not None:
             self._start(station, serial, ts)
 
-    def _on_operation(self, station: _Station, ts: float, operation: str) -> None:
+    def _leave(self, station: Station, ts: float) -> None:
+        """The present unit's serial left the station (its after phase ends at ``ts``)."""
+        present = station.present
+        if present is not None and present.end_ts is not None:
+            present.gone_ts = max(ts, present.end_ts)
+
+    def _next_attempt(self, station: Station, ts: float, why: str) -> None:
+        """A test starts: the present serial's next attempt, if its last one has ended."""
+        present = station.present
+        if present is None or present.end_ts is None:
+            return  # no unit, or its test is the one starting: nothing new
+        log.info("station %s: %s: %s is tested again", station.name, why, present.serial)
+        self._leave(station, ts)
+        self._start(station, present.serial, ts, present.golden, present.work_order)
+
+    def _on_operation(self, station: Station, ts: float, operation: str) -> None:
         if operation == station.operation:
             return
-        log.info(
-            "station %s: operation %s -> %s", station.config.name, station.operation, operation
-        )
-        station.operation = operation
+        log.info("station %s: operation %s -> %s", station.name, station.operation, operation)
+        station.set_operation(operation)
         current = station.current
         if current is not None:
             self._end(station, current, ts, "operation_changed")
-            self._start(station, current.serial, ts)
+            self._start(station, current.serial, ts, current.golden, current.work_order)
 
-    def _on_verdict(self, station: _Station, ts: float, verdict: Verdict | None) -> None:
-        if verdict is None:
-            return
-        unit = station.unit_at(ts)
-        if unit is None or unit.emitted:
-            log.debug(
-                "station %s: verdict %s with no unit at the station", station.config.name, verdict
-            )
+    def _on_verdict(self, station: Station, ts: float, verdict: Verdict) -> None:
+        unit, phase = station.unit_at(ts)
+        if unit is None or phase != TEST or unit.emitted:
+            log.debug("station %s: verdict %s with no unit under test", station.name, verdict)
             return
         self._give_verdict(station, unit, verdict)
         if unit is station.current and station.config.end is UnitEnd.VERDICT:
             self._end(station, unit, ts, "verdict")
 
-    def _on_cycle_complete(self, station: _Station, ts: float) -> None:
+    def _on_cycle_complete(self, station: Station, ts: float) -> None:
         current = station.current
         if current is None or station.config.end is not UnitEnd.CYCLE_COMPLETE:
             return
@@ -353,7 +392,7 @@ class StationContext:
             self._give_verdict(station, current, verdict)
         self._end(station, current, ts, "cycle_complete")
 
-    def _on_failure_code(self, station: _Station, ts: float, code: Value) -> None:
+    def _on_failure_code(self, station: Station, ts: float, code: Value) -> None:
         # A tester may write the code a moment after the verdict: it still counts for the
         # unit that just failed, as long as its record is not out yet.
         for unit in reversed(station.units):
@@ -363,29 +402,42 @@ class StationContext:
                 unit.failure_code = code
             return
 
-    def _give_verdict(self, station: _Station, unit: _Unit, verdict: Verdict) -> None:
+    def _give_verdict(self, station: Station, unit: Unit, verdict: Verdict) -> None:
         unit.verdict = verdict
         unit.failure_code = None if verdict is Verdict.PASS else station.last.get("failure_code")
 
-    def _start(self, station: _Station, serial: str, ts: float) -> None:
+    def _start(
+        self,
+        station: Station,
+        serial: str,
+        ts: float,
+        golden: bool = False,
+        work_order: str | None = None,
+    ) -> None:
         key = (station.operation, serial)
         attempt = self._attempts.get(key, 0) + 1
         self._attempts[key] = self._changed_attempts[key] = attempt
-        station.units.append(_Unit(serial, station.operation, attempt, ts))
+        golden = golden or station.is_golden(serial)
+        station.units.append(
+            Unit(serial, station.operation, attempt, ts, golden=golden, work_order=work_order)
+        )
         log.info(
-            "station %s: unit %s arrived (operation %s, attempt %d)",
-            station.config.name,
+            "station %s: unit %s arrived (operation %s, attempt %d%s)",
+            station.name,
             serial,
             station.operation,
             attempt,
+            ", golden sample" if golden else "",
         )
 
-    def _end(self, station: _Station, unit: _Unit, ts: float, why: str) -> None:
+    def _end(self, station: Station, unit: Unit, ts: float, why: str) -> None:
         unit.end_ts, unit.ended_by = max(ts, unit.start_ts), why
         unit.emit_at = unit.end_ts + station.settle_s
+        if not station.presence or why in _ENDS_PRESENCE:
+            unit.gone_ts = unit.end_ts
         log.info(
             "station %s: unit %s ended by %s after %.1f s, verdict %s",
-            station.config.name,
+            station.name,
             unit.serial,
             why,
             unit.end_ts - unit.start_ts,
@@ -397,7 +449,10 @@ class StationContext:
     def tick(self, now: float | None = None, final: bool = False) -> bool:
         """End units that timed out and finish units whose late readings are in (``final``:
         all ended units, as no reading can come any more once polling stopped). Returns
-        whether anything changed (the caller then has the buffer store it)."""
+        whether anything changed (the caller then has the buffer store it).
+
+        A timeout ends the unit's test, not its presence: a serial still shown keeps tagging
+        its readings (phase "after") until it changes or clears."""
         now = self._clock() if now is None else now
         changed = False
         for station in self._stations.values():
@@ -408,28 +463,13 @@ class StationContext:
             for unit in station.units:
                 if unit.emit_at is not None and not unit.emitted and (final or unit.emit_at <= now):
                     unit.emitted = True
-                    self._finished.append(self._record(station, unit))
+                    record = station.record(unit)
+                    station.figures.add(record)
+                    self._finished.append(record)
                     changed = True
             if changed:
-                self._dirty.add(station.config.name)
+                self._dirty.add(station.name)
         return changed
-
-    def _record(self, station: _Station, unit: _Unit) -> UnitRecord:
-        assert unit.end_ts is not None
-        assert unit.ended_by is not None
-        return UnitRecord(
-            serial=unit.serial,
-            station=station.config.name,
-            operation=unit.operation,
-            attempt=unit.attempt,
-            start_ts=unit.start_ts,
-            end_ts=unit.end_ts,
-            ended_by=unit.ended_by,
-            verdict=(unit.verdict or Verdict.INCOMPLETE).value,
-            failure_code=unit.failure_code,
-            readings=unit.readings,
-            characteristics={k: (v[0], v[1], v[2]) for k, v in unit.characteristics.items()},
-        )
 
     # ------------------------------------------------------------------ persistence & status
 
@@ -451,23 +491,39 @@ class StationContext:
         return changes
 
     def current_serial(self, station: str) -> str | None:
+        """The serial of the unit under test at the station (None once its test ended)."""
         current = self._stations[station].current
         return None if current is None else current.serial
+
+    def figures(self) -> dict[str, Figures]:
+        """Each station's live figures (this run)."""
+        return {name: station.figures for name, station in self._stations.items()}
+
+    def present_serial(self, station: str) -> str | None:
+        """The serial at the station, its test running or over."""
+        present = self._stations[station].present
+        return None if present is None else present.serial
 
     def status(self, now: float | None = None) -> dict[str, dict[str, Any]]:
         now = self._clock() if now is None else now
         out: dict[str, dict[str, Any]] = {}
         for name, station in self._stations.items():
             current = station.current
+            present = station.present
             ended = [u for u in station.units if u.end_ts is not None]
             last = ended[-1] if ended else None
             out[name] = {
+                "station": station.out_name,
+                "slot": station.config.slot,
                 "operation": station.operation,
                 "unit_serial": None if current is None else current.serial,
                 "attempt": None if current is None else current.attempt,
                 "unit_start_ts": None if current is None else current.start_ts,
                 "time_at_station_s": None if current is None else max(0.0, now - current.start_ts),
                 "unit_readings": None if current is None else current.readings,
+                "present_serial": None if present is None else present.serial,
+                "phase": None if present is None else ("test" if current else "after"),
+                "golden": None if present is None else present.golden,
                 "last_unit": None
                 if last is None
                 else {
@@ -476,6 +532,8 @@ class StationContext:
                     "verdict": (last.verdict or Verdict.INCOMPLETE).value,
                     "ended_by": last.ended_by,
                     "end_ts": last.end_ts,
+                    "cycle_time_s": None if last.end_ts is None else last.end_ts - last.start_ts,
                 },
+                "figures": station.figures.as_dict(),
             }
         return out

@@ -6,8 +6,9 @@ voltage, current and temperature drift over time, with the unit serial also in i
 registers and a result register that goes running -> pass/fail per unit, with a failure code.
 The station takes its unit serial from the scanner and its verdict from the result register;
 a failed unit is reworked and tested again (attempt 2). Each unit's record is printed too.
-A burn-in rack (a real asyncua OPC-UA server on 127.0.0.1, 4 slots) warms up and cools
-down; its temperatures are subscribed (deadband 0.5 degC), the rest polled.
+A burn-in rack (a real asyncua OPC-UA server on 127.0.0.1, 4 slots, one session) warms up and
+cools down; its temperatures are subscribed (deadband 0.5 degC), the rest polled. The rack is
+one station with a slot range: each slot's readings carry the serial in that slot.
 The collector polls it, buffers to SQLite and forwards to the broker; the live view prints
 what the broker accepted. With no broker it keeps collecting and says so.
 """
@@ -28,9 +29,10 @@ from typing import Any
 import orjson
 
 from collector.config import Config
+from collector.contract import decode_readings
 from collector.service import Service
 from drivers.modbus.sim import SimulatedModbusServer, codecs
-from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_tags
+from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_slot_tags
 from drivers.serial.sim import SimulatedScanner
 
 UNIT_SECONDS = 4.0
@@ -41,9 +43,9 @@ RACK_SLOTS = 4
 
 
 def _rack_device(endpoint: str) -> dict[str, Any]:
-    tags = rack_tags(range(1, RACK_SLOTS + 1))
+    tags = rack_slot_tags(1, RACK_SLOTS)  # one entry per variable, expanded per slot at load
     for tag in tags:
-        if tag["name"].endswith("_temp"):
+        if tag["name"].endswith(".temp"):
             tag["collect"] = "subscribe"
     tags.append({"name": "door_open", "namespace_uri": RACK_NAMESPACE, "id": "s=Rack1.DoorOpen"})
     return {
@@ -90,7 +92,16 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
                     ],
                     "unit_timeout_s": 60,
                 },
-                {"name": "burn-in-1", "operation": "burn-in"},
+                {
+                    "name": "burn-in-1",
+                    "operation": "burn-in",
+                    "slots": {"first": 1, "last": RACK_SLOTS},
+                    "serial_source": {"device": "rack-1", "tag": "slot{slot:02d}.serial"},
+                    "key_characteristics": [
+                        {"device": "rack-1", "tag": "slot{slot:02d}.temp", "usl": 90.0}
+                    ],
+                    "unit_timeout_s": 48 * 3600,
+                },
             ],
             "devices": [
                 {
@@ -216,12 +227,16 @@ class SimulatedTester:
             await asyncio.sleep(1.0)
 
 
+async def load_rack(rack: SimulatedBurnInRack) -> None:
+    """A unit in every slot (serials in the slots' Serial nodes) before the burn-in starts."""
+    for slot in range(1, RACK_SLOTS + 1):
+        await rack.set(f"Slot{slot:02d}.Serial", f"PILOT-{900 + slot:04d}")
+
+
 async def run_rack(rack: SimulatedBurnInRack) -> None:
     """Each slot warms up to about 85 degC and cools down (in seconds, not the hours of a real
     burn-in), out of phase with the others."""
     rng = random.Random(11)
-    for slot in range(1, RACK_SLOTS + 1):
-        await rack.set(f"Slot{slot:02d}.Serial", f"PILOT-{900 + slot:04d}")
     started = time.monotonic()
     while True:
         t = time.monotonic() - started
@@ -241,30 +256,27 @@ class LiveView:
         self.delivered = 0
 
     def on_message(self, payload: bytes) -> None:
-        message = orjson.loads(payload)
-        if "units" in message:
-            self._units(message["units"])
+        if b'"units":' in payload:
+            self._units(orjson.loads(payload)["units"])
             return
-        records = message["readings"]
+        # The reference decoder: one record per reading, whatever the schema.
+        records = decode_readings(payload)
         self.delivered += len(records)
         if self.quiet:
             return
-        values: dict[str, dict[str, str]] = {}
-        units: dict[str, str | None] = {}
+        values: dict[str | None, dict[str, str]] = {}
+        units: dict[str | None, str | None] = {}
         for r in records:
-            value = r["value"]
+            value = r.value
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
-            values.setdefault(r["station"], {})[r["tag"]] = (
-                f"{text}{' ' + r['unit'] if r['unit'] else ''}"
-            )
-            units[r["station"]] = r["unit_serial"]
+            values.setdefault(r.station, {})[r.tag] = f"{text}{' ' + r.unit if r.unit else ''}"
+            units[r.station] = r.unit_serial
         shown = " | ".join(
             f"{station} unit {units[station]}: " + " ".join(f"{k}={v}" for k, v in tags.items())
             for station, tags in values.items()
         )
         print(
-            f"published seq {records[0]['seq']}-{records[-1]['seq']} ({len(records)} readings) "
-            f"{shown}",
+            f"published seq {records[0].seq}-{records[-1].seq} ({len(records)} readings) {shown}",
             flush=True,
         )
 
@@ -298,6 +310,7 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
     await server.start()
     rack = SimulatedBurnInRack(slots=RACK_SLOTS)
     await rack.start()
+    await load_rack(rack)
     scanner = SimulatedScanner()
     config = demo_config(host, port, server.port, buffer, scanner.port, rack.endpoint)
     view = LiveView(quiet)

@@ -31,7 +31,10 @@ def _not_an_index(name: str) -> str:
     # Schema-2 messages key values by tag name, and JavaScript (a browser, Node-RED) moves
     # integer-like keys to the front of an object: "17" would silently reorder the tags.
     if re.fullmatch(r"0|[1-9][0-9]*", name):
-        raise ValueError(f"tag name {name!r} is a whole number: give it a letter, e.g. 't{name}'")
+        raise ValueError(
+            f"tag name {name!r} is a whole number, which JSON consumers reorder; give it a "
+            f"letter, e.g. 'r{name}'"
+        )
     return name
 
 
@@ -157,11 +160,37 @@ class DeviceBase(Model):
     def tag_names(self) -> set[str]:
         raise NotImplementedError
 
+    def tag_slots(self) -> dict[str, int]:
+        """Tag -> rack slot, for tags that belong to one slot of a rack (collector.context
+        routes their readings to that slot's station)."""
+        tags = getattr(self, "tags", None) or []
+        return {t.name: t.slot for t in tags if getattr(t, "slot", None) is not None}
+
     @property
     def emits_events(self) -> bool:
         """Whether each reading is an event (a scan, a line sent unprompted) rather than a
         polled value that repeats every poll (collector.context treats them differently)."""
         return False
+
+    def tag_meta(self) -> dict[str, dict[str, object]]:
+        """Each tag's metadata for the retained ``meta/{device}`` message (docs/messages.md):
+        engineering unit, value type, scale, offset and station, from the tag's declaration
+        (a ``tags`` list of models or a ``fields`` mapping, whichever the protocol has);
+        null where the protocol does not say. A protocol may override it."""
+        declared: dict[str, object] = {t.name: t for t in getattr(self, "tags", None) or ()}
+        declared.update(getattr(self, "fields", None) or {})
+        meta: dict[str, dict[str, object]] = {}
+        for name in sorted(self.tag_names):
+            tag = declared.get(name)
+            kind = getattr(tag, "type", None)
+            meta[name] = {
+                "unit": getattr(tag, "unit", None),
+                "type": None if kind is None else str(kind),
+                "scale": float(getattr(tag, "scale", 1.0)),
+                "offset": float(getattr(tag, "offset", 0.0)),
+                "station": self.station,
+            }
+        return meta
 
     def secret_files(self) -> list[SecretFile]:
         """The files this device's secure link needs, relative to the device's own fields."""

@@ -46,8 +46,16 @@ class StatusSource(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
-    def set_unit(self, station: str, serial: str | None) -> None:
-        """A unit serial for a station whose serial_source is http (None: the unit left)."""
+    def set_unit(
+        self,
+        station: str,
+        serial: str | None,
+        golden: bool = False,
+        work_order: str | None = None,
+    ) -> None:
+        """A unit serial for a station whose serial_source is http (None: the unit left);
+        ``golden``: a golden sample. At another station, only ``golden`` for the serial
+        present there; ValueError if it is not."""
         ...
 
     def station_unit(self, station: str) -> dict[str, Any]:
@@ -73,6 +81,14 @@ class UnitIn(BaseModel):
     # Control and format characters are checked by collector.serials (and counted there).
     serial: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         description="The unit now at the station; null or empty: the unit left."
+    )
+    golden: bool = Field(
+        default=False,
+        description="The unit is a golden sample. At a station that reads its serial from a "
+        "device, this marks the unit present there (serial must match).",
+    )
+    work_order: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
+        default=None, description="The work order of the unit (goes into its unit record)."
     )
 
 
@@ -164,14 +180,21 @@ def create_app(
         sources = source.serial_sources()
         if station not in sources:
             raise HTTPException(404, f"no station {station!r}; stations: {sorted(sources)}")
-        if sources[station] != "http":
+        if sources[station] != "http" and not (unit.golden and unit.serial):
             raise HTTPException(
                 409, f"station {station!r} takes its serial from {sources[station]}, not http"
             )
         if not accepted(unit.serial, station):
             problem = serial_problem(unit.serial or "")
             return _unprocessable([{"type": "serial", "loc": ["body", "serial"], "msg": problem}])
-        source.set_unit(station, unit.serial or None)
+        if unit.work_order is not None and (problem := serial_problem(unit.work_order)):
+            return _unprocessable(
+                [{"type": "serial", "loc": ["body", "work_order"], "msg": problem}]
+            )
+        try:
+            source.set_unit(station, unit.serial or None, unit.golden, unit.work_order)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
         return source.station_unit(station)
 
     @app.get("/health")

@@ -23,9 +23,11 @@ from prometheus_client.registry import Collector
 from collector import __version__, serials
 from collector.buffer import AsyncOutbox, BufferWriter
 from collector.config import Config
+from collector.context import StationContext
 from collector.histogram import Histogram
 from collector.poller import DeviceStatus
 from collector.publisher import MqttStatus
+from collector.units import RECENT_KEY
 
 
 class MetricsSource(Protocol):
@@ -45,6 +47,9 @@ class MetricsSource(Protocol):
 
     @property
     def mqtt(self) -> MqttStatus: ...
+
+    @property
+    def context(self) -> StationContext: ...
 
 
 @dataclass
@@ -106,6 +111,8 @@ class ServiceCollector(Collector):
             ["device"],
             (([d.name], d.poll_seconds) for d in devices),
         )
+
+        yield from _station_figures(service.context)
 
         writer, outbox, mqtt = service.writer, service.outbox.outbox, service.mqtt
         yield CounterMetricFamily(
@@ -173,6 +180,49 @@ class ServiceCollector(Collector):
             [],
             [([], mqtt.publish_rtt)],
         )
+
+
+#: Station counters: (metric suffix, Figures attribute, help).
+_STATION_COUNTS = (
+    ("units", "units", "Unit records (attempts) finished, golden samples excluded."),
+    ("first_pass_passes", "first_pass_passes", "Units that passed on their first attempt."),
+    ("passes", "passes", "Attempts that passed."),
+    ("fails", "fails", "Attempts that failed."),
+    ("rework", "rework", "Attempts with the verdict rework."),
+    ("scrap", "scrap", "Attempts with the verdict scrap."),
+    ("incomplete", "incomplete", "Attempts that ended without a verdict."),
+    ("retests", "retests", "Attempts after the first (retests)."),
+    ("golden", "golden", "Golden-sample attempts (not in the other counts)."),
+)
+
+
+def _station_figures(context: StationContext) -> Iterator[Metric]:
+    """Per station (this run): unit counts by verdict, and cycle times."""
+    figures = context.figures()
+    for suffix, attribute, doc in _STATION_COUNTS:
+        family = CounterMetricFamily(f"collector_station_{suffix}", doc, labels=["station"])
+        for name, f in figures.items():
+            family.add_metric([name], getattr(f, attribute))
+        yield family
+    last = GaugeMetricFamily(
+        "collector_station_last_cycle_time_seconds",
+        "Cycle time of the last attempt with a verdict.",
+        labels=["station"],
+    )
+    mean = GaugeMetricFamily(
+        "collector_station_mean_cycle_time_seconds",
+        "Mean cycle time since start (window=all) and over the last units (window=recent).",
+        labels=["station", "window"],
+    )
+    for name, f in figures.items():
+        shown = f.as_dict()
+        if f.last_cycle_time_s is not None:
+            last.add_metric([name], f.last_cycle_time_s)
+        for window, key in (("all", "mean_cycle_time_s"), ("recent", RECENT_KEY)):
+            if shown[key] is not None:
+                mean.add_metric([name, window], shown[key])
+    yield last
+    yield mean
 
 
 def registry_for(service: MetricsSource, figures: BufferFigures) -> CollectorRegistry:

@@ -5,7 +5,7 @@ How they become the JSON that the buffer stores and the broker receives: collect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -52,6 +52,13 @@ class Context(NamedTuple):
     operation: str | None
     #: The attempt of this unit at this operation (1 = first pass); None without a unit.
     attempt: int | None = None
+    #: The rack slot of the station (None: not a rack).
+    slot: int | None = None
+    #: "test" while the unit's test runs, "after" while the unit is still present after its
+    #: verdict or timeout, None without a unit.
+    phase: str | None = None
+    #: The unit is a golden sample (a reference part, left out of yield and capability).
+    golden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,24 @@ class UnitRecord:
     readings: int
     #: Key characteristic tag -> (last, minimum, maximum) of its good numeric values.
     characteristics: dict[str, tuple[float, float, float]]
+    slot: int | None = None
+    takt_s: float | None = None
+    golden: bool = False
+    work_order: str | None = None
+    #: Key characteristic tag -> its specification and whether the unit's values met it
+    #: (only characteristics that have values).
+    specs: dict[str, Spec] = field(default_factory=dict)
+
+
+class Spec(NamedTuple):
+    """A key characteristic's specification as a unit record carries it."""
+
+    lsl: float | None
+    usl: float | None
+    target: float | None
+    critical: bool
+    #: Whether every value (minimum and maximum) was within the limits; None without limits.
+    in_spec: bool | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from collector.driver import Driver
 from collector.errors import ConfigError
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
+from collector.message import device_metas
 from collector.poller import DeviceStatus, Poller, phase_s
 from collector.reading import Reading
 from drivers.registry import create_driver
@@ -87,11 +88,14 @@ class Service:
             commit_interval_s=b.commit_interval_ms / 1000,
             max_readings_per_batch=config.mqtt.max_readings_per_message,
         )
+        self.forwarder: Forwarder | None = None
+        self._set_meta(config)
         self.mqtt = MqttStatus()
         self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
         self._on_delivered = on_delivered
         self._started = time.time()
         self._dropped_at_start = 0
+        self._oldest_unsent_ts: float | None = None
         self._quarantined_at_start = 0
         self.ready = asyncio.Event()
         self._metric_figures = metrics.BufferFigures()
@@ -150,7 +154,8 @@ class Service:
 
     async def _run(self, stop: asyncio.Event) -> None:
         config = self.config
-        forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        forwarder = self.forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        forwarder.set_meta(self.writer.metas)
         forward_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             self._group = group
@@ -160,6 +165,7 @@ class Service:
                 self._start_poller(group, device, index)
             pollers = list(self._polling.values())
             ticking = group.create_task(self._tick(), name="unit-timer")
+            watching = group.create_task(self._watch_unsent_age(), name="unsent-age")
             health = None
             if self.health_server is not None:
                 health = group.create_task(self.health_server.run_until_exit(), name="health")
@@ -190,7 +196,7 @@ class Service:
             log.info("stopping: polling stopped, delivering what is buffered")
             async with self._reload_lock:  # a reload in progress finishes first
                 self._group = None
-                await cancel_and_wait([*self._polling.values(), ticking])
+                await cancel_and_wait([*self._polling.values(), ticking, watching])
             self.context.tick(final=True)  # no late reading can come now: finish ended units
             await self.writer.flush()
             writer.cancel()
@@ -253,6 +259,7 @@ class Service:
             if new.stations != self.config.stations or restart or start:
                 await self._swap_context(new)
             self.config = new
+            self._set_meta(new)
             index = {d.name: i for i, d in enumerate(new.devices)}
             for name in start:
                 self._start_poller(group, new_devices[name], index[name])
@@ -276,6 +283,12 @@ class Service:
             systemd.notify("READY=1", f"STATUS=collecting from {len(self._polling)} device(s)")
             return True
 
+    def _set_meta(self, config: Config) -> None:
+        """The devices' tag metadata: what polls refer to, and the retained messages."""
+        self.writer.set_meta(device_metas(config.devices))
+        if self.forwarder is not None:
+            self.forwarder.set_meta(self.writer.metas)
+
     async def _swap_context(self, new: Config) -> None:
         """A station context for the new config, with the current units carried over."""
         old = self.context
@@ -295,9 +308,26 @@ class Service:
             if self.context.tick():
                 self.writer.poke()
 
-    def set_unit(self, station: str, serial: str | None) -> None:
-        """The HTTP unit endpoint: a serial arrives (None: the unit left)."""
-        self.context.set_serial(station, serial)
+    async def _watch_unsent_age(self) -> None:
+        """The oldest unsent reading's time, for health() (which cannot wait for the buffer)."""
+        while True:
+            self._oldest_unsent_ts = (await self.outbox.stats()).oldest_ts
+            await asyncio.sleep(1.0)
+
+    def set_unit(
+        self,
+        station: str,
+        serial: str | None,
+        golden: bool = False,
+        work_order: str | None = None,
+    ) -> None:
+        """The HTTP unit endpoint: a serial arrives (None: the unit left), or, at a station
+        that reads its serial from a device, the unit there is marked golden."""
+        if self.serial_sources().get(station) != "http":
+            if serial is None or not self.context.mark_golden(station, serial):
+                raise ValueError(f"{serial!r} is not the unit at station {station!r}")
+        else:
+            self.context.set_serial(station, serial, golden=golden, work_order=work_order)
         self.writer.poke()
 
     def station_unit(self, station: str) -> dict[str, Any]:
@@ -325,8 +355,7 @@ class Service:
         for name, device in self.devices.items():
             if not device.connected:
                 reasons.append(f"device {name} not connected: {device.last_error or 'starting'}")
-        if not self.mqtt.connected:
-            reasons.append(f"mqtt not connected: {self.mqtt.last_connect_error or 'starting'}")
+        reasons += self._mqtt_reasons()
         if self.writer.last_error is not None:
             reasons.append(f"buffer cannot write: {self.writer.last_error}")
         elif not self.writer.keeping_up:
@@ -351,6 +380,31 @@ class Service:
                 f"{outbox.reset.moved_to}; seq continues at {outbox.reset.first_seq}"
             )
         return ("degraded" if reasons else "ok"), reasons
+
+    def _mqtt_reasons(self) -> list[str]:
+        """MQTT not connected, or connected and not taking readings."""
+        mqtt, reasons = self.mqtt, []
+        if not mqtt.connected:
+            reasons.append(f"mqtt not connected: {mqtt.last_connect_error or 'starting'}")
+        if mqtt.refused_since_success:
+            reasons.append(
+                f"mqtt: the broker refused {mqtt.refused_since_success} publish(es) since the "
+                "last one it accepted"
+            )
+        now = time.time()
+        waiting = mqtt.unacknowledged_since
+        if waiting is not None and now - waiting > 2 * self.config.mqtt.keepalive_s:
+            reasons.append(
+                f"mqtt: no acknowledgement from the broker for {now - waiting:.0f} s "
+                "(over 2 x mqtt.keepalive_s)"
+            )
+        limit, oldest = self.config.health.max_unsent_age_s, self._oldest_unsent_ts
+        if limit is not None and oldest is not None and now - oldest > limit:
+            reasons.append(
+                f"oldest unsent reading is {now - oldest:.0f} s old (over "
+                f"health.max_unsent_age_s = {limit:g})"
+            )
+        return reasons
 
     async def status(self) -> dict[str, Any]:
         stats = await self.outbox.stats()

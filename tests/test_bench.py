@@ -43,3 +43,20 @@ def test_benchmark_command_runs_end_to_end_on_a_tiny_scenario(tmp_path: Path) ->
     assert reference["latency_ms_p50"] is not None
     assert data["runs"]["drain"][0]["buffered_readings"] >= 2000
     assert data["machine"]["cores"]
+
+
+def test_tagging_benchmark_runs() -> None:
+    """bench/tagging.py on a tiny run: it prints its three figures (not asserted)."""
+    import io
+    from contextlib import redirect_stdout
+
+    from bench import tagging
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert tagging.main(["--polls", "3", "--repeat", "1"]) == 0
+    assert set(json.loads(out.getvalue())) == {
+        "plain_ns_per_reading",
+        "rack_ns_per_reading",
+        "rack_signals_ns_per_reading",
+    }

@@ -13,7 +13,7 @@ import pytest
 
 from collector.buffer import Outbox, make_batch
 from collector.cli import parse_since
-from collector.message import ReadingEncoder
+from collector.message import PollEncoder
 from collector.reading import Context, ContextChanges, Reading, UnitRecord
 
 
@@ -34,7 +34,7 @@ def buffer(tmp_path: Path) -> Path:
     unit record."""
     path = tmp_path / "b.db"
     box = Outbox(path, 1000)
-    encoder = ReadingEncoder()
+    encoder = PollEncoder()
     context = Context("st", "SN1", "op", 1)
     batches = [
         make_batch(

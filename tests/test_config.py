@@ -96,6 +96,11 @@ def test_base_is_valid() -> None:
             "65535; got 70000",
         ),
         (
+            edit("      - name: voltage\n", "      - name: '17'\n"),
+            "line.yaml:17: devices[0].tags[0].name: tag name '17' is a whole number, which "
+            "JSON consumers reorder; give it a letter, e.g. 'r17'",
+        ),
+        (
             edit("        address: 0\n", "        address: -1\n"),
             "line.yaml:19: devices[0].tags[0].address: Input should be greater than or equal to 0",
         ),

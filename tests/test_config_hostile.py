@@ -180,7 +180,7 @@ def test_integer_like_tag_names_are_refused(tmp_path: Path) -> None:
     lines = check(tmp_path, edit("      - name: voltage\n", "      - name: '17'\n"))
     assert lines == [
         f"{tmp_path / 'line.yaml'}:17: devices[0].tags[0].name: tag name '17' is a whole "
-        "number: give it a letter, e.g. 't17'"
+        "number, which JSON consumers reorder; give it a letter, e.g. 'r17'"
     ]
 
 

@@ -66,8 +66,17 @@ async def test_demo_publishes_a_changing_line_to_the_broker(
     # The OPC-UA burn-in rack: subscribed temperatures that move, polled slot serials.
     rack = [r for r in readings if r["device"] == "rack-1"]
     assert {r["station"] for r in rack} == {"burn-in-1"}
-    assert len({r["value"] for r in rack if r["tag"] == "slot01_temp"}) >= 2
-    assert {r["value"] for r in rack if r["tag"] == "slot02_serial"} == {"PILOT-0902"}
+    assert len({r["value"] for r in rack if r["tag"] == "slot01.temp"}) >= 2
+    assert {r["value"] for r in rack if r["tag"] == "slot02.serial"} == {"PILOT-0902"}
+    # Every slot's readings carry the serial in that slot (the rack's door: no slot, no unit).
+    slotted = [r for r in rack if r.get("slot") is not None]
+    assert {r.get("slot") for r in slotted} == {1, 2, 3, 4}
+    for slot in (1, 2, 3, 4):
+        serials = {r["unit_serial"] for r in slotted if r.get("slot") == slot}
+        # (A subscribed value stamped before the first poll read the serial has none.)
+        assert f"PILOT-{900 + slot:04d}" in serials
+        assert serials <= {f"PILOT-{900 + slot:04d}", None}
+    assert {r["unit_serial"] for r in rack if r["tag"] == "door_open"} == {None}
     assert all(r["quality"] == "good" for r in rack)
     assert_no_gaps(sub.seqs())
     # The first unit's record: its verdict, and the readings it counted.

@@ -140,6 +140,12 @@ class HealthConfig(_Model):
         "change state (POST /stations/{name}/unit). No token: those endpoints are off.",
     )
     token_file: Path | None = Field(default=None, description="File holding that token.")
+    max_unsent_age_s: float | None = Field(
+        default=300.0,
+        gt=0,
+        description="/health degrades when the oldest reading not yet delivered is older than "
+        "this (seconds): a broker that is connected but does not take the backlog. null: off.",
+    )
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Self:

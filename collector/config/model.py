@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Self, Union
 from pydantic import Field, model_validator
 
 from collector.config.base import BufferConfig, HealthConfig, Identity, MqttConfig
-from collector.config.stations import StationConfig, TagRef
+from collector.config.stations import StationConfig, TagRef, expand_slots
 from collector.devices import DeviceBase, FieldPath, FileKind, SecretEnv, SecretFile, SharedLine
 from collector.devices import Model as _Model
 from collector.devices import reject_duplicates as _reject_duplicates
@@ -38,6 +38,11 @@ class Config(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     stations: list[StationConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_slots(cls, data: object) -> object:
+        return expand_slots(data)
 
     @model_validator(mode="after")
     def _references(self) -> Self:
@@ -107,7 +112,10 @@ def reference_problems(
             _reject_duplicates(names, what)
         except ValueError as exc:
             problems.append(exc)
-    station_names = {s.name for _, s in stations}
+    # A rack's devices name the station group; its slots expand to stations of that group.
+    station_names = {s.name for _, s in stations} | {
+        s.group for _, s in stations if s.group is not None
+    }
     by_name = {d.name: d for _, d in devices}
     unknown_ok = set(other_devices)
     for index, device in devices:
@@ -139,7 +147,7 @@ def reference_problems(
             if ref.device in unknown_ok and ref.device not in by_name:
                 continue
             problem = _check_station_ref(
-                index, station.name, field, ref, by_name, invalid=unknown_ok
+                index, station.group or station.name, field, ref, by_name, invalid=unknown_ok
             )
             if problem is not None:
                 problems.append(problem)

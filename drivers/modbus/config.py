@@ -83,6 +83,10 @@ class ModbusTag(_Model):
     scale: float = Field(default=1.0, description="value = raw * scale + offset.")
     offset: float = Field(default=0.0, description="value = raw * scale + offset.")
     unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
+    slot: int | None = Field(
+        default=None,
+        description="The rack slot this tag belongs to (set by `slots` expansion, or by hand).",
+    )
 
     @model_validator(mode="after")
     def _type_fits_table(self) -> Self:

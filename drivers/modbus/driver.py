@@ -207,6 +207,10 @@ class ModbusTcpDriver(_ModbusDriver):
     def describe(self) -> str:
         return self._describe(f"{self._tcp.host}:{self._tcp.port}")
 
+    def peer_address(self) -> tuple[str, int]:
+        """Probed while the device is down (collector.driver.Reachable)."""
+        return self._tcp.host, self._tcp.port
+
     def _client(self) -> Any:
         return self._connection
 

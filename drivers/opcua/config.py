@@ -130,6 +130,10 @@ class OpcUaTag(_Model):
     unit: str | None = Field(default=None, description="Engineering unit.")
     scale: float = Field(default=1.0, description="value * scale + offset (numbers only).")
     offset: float = Field(default=0.0)
+    slot: int | None = Field(
+        default=None,
+        description="The rack slot this tag belongs to (set by `slots` expansion, or by hand).",
+    )
 
     @model_validator(mode="after")
     def _one_address(self) -> Self:
@@ -160,7 +164,7 @@ class OpcUaDevice(DeviceBase):
         "server reports changes (monitored items).",
     )
     publishing_interval_ms: int = Field(
-        default=500, ge=10, le=3_600_000, description="Subscription publishing interval."
+        default=50, ge=10, le=3_600_000, description="Subscription publishing interval."
     )
     sampling_interval_ms: int = Field(
         default=250, ge=0, le=3_600_000, description="Monitored items' sampling interval."

@@ -46,7 +46,9 @@ class SimulatedBurnInRack:
     ``filler_namespaces`` registers other namespaces first, so that the rack's namespace index
     can be made to change between two starts on the same port, as it can after a real server
     restart. With ``certificate`` and ``key`` it offers Basic256Sha256 SignAndEncrypt only;
-    with ``users`` it takes only those user names and passwords."""
+    with ``users`` it takes only those user names and passwords. ``max_sessions`` makes it
+    refuse sessions beyond that many at once (node-opcua's default is 10), as a small rack
+    controller does; ``sessions_created`` counts the sessions clients opened."""
 
     def __init__(
         self,
@@ -57,8 +59,11 @@ class SimulatedBurnInRack:
         certificate: Path | None = None,
         key: Path | None = None,
         users: dict[str, str] | None = None,
+        max_sessions: int | None = None,
     ) -> None:
         self.slots = slots
+        self.max_sessions = max_sessions
+        self.sessions_created = 0
         self.port = port
         self.filler_namespaces = filler_namespaces
         self.certificate, self.key, self.users = certificate, key, users
@@ -77,6 +82,7 @@ class SimulatedBurnInRack:
                 self.port = int(s.getsockname()[1])
         server = Server(user_manager=_PasswordUsers(self.users) if self.users else None)
         await server.init()
+        self._count_sessions(server)
         server.set_endpoint(self.endpoint)
         server.set_server_name("Simulated burn-in rack")
         if self.certificate is not None and self.key is not None:
@@ -113,6 +119,19 @@ class SimulatedBurnInRack:
         await server.start()
         self.server = server
 
+    def _count_sessions(self, server: Server) -> None:
+        iserver = server.iserver
+        create = iserver.create_session
+
+        def create_session(name: str, *args: Any, **kwargs: Any) -> Any:
+            open_now = len(getattr(iserver, "_external_sessions", {}))
+            if self.max_sessions is not None and open_now >= self.max_sessions:
+                raise ua.UaStatusCodeError(ua.StatusCodes.BadTooManySessions)  # type: ignore[no-untyped-call]
+            self.sessions_created += 1
+            return create(name, *args, **kwargs)
+
+        iserver.create_session = create_session  # type: ignore[method-assign]
+
     async def set(self, name: str, value: Any, status: int | None = None) -> None:
         """Set e.g. ``Slot03.Temp``; ``status`` (a StatusCode value) marks it bad/uncertain."""
         node = self._nodes[name]
@@ -148,6 +167,27 @@ class SimulatedBurnInRack:
 
 def _sid(ns: int, name: str) -> ua.NodeId:
     return ua.NodeId.from_string(f"ns={ns};s={name}")
+
+
+def rack_slot_tags(first: int, last: int) -> list[dict[str, Any]]:
+    """The same tags declared once for a slot range (expanded at config load): tag names
+    ``slot07.temp``, each with its slot number."""
+    slots = {"first": first, "last": last}
+    return [
+        {
+            "name": f"slot{{slot:02d}}.{variable.lower()}",
+            "slots": slots,
+            "namespace_uri": RACK_NAMESPACE,
+            "id": f"s=Rack1.Slot{{slot:02d}}.{variable}",
+            **({"unit": unit} if unit else {}),
+        }
+        for variable, unit in (
+            ("Temp", "degC"),
+            ("Voltage", "V"),
+            ("Current", "A"),
+            ("Serial", None),
+        )
+    ]
 
 
 def rack_tags(slots: Iterable[int]) -> list[dict[str, Any]]:
