@@ -248,6 +248,10 @@ def test_unit_records_and_station_state_go_in_with_the_readings(tmp_path: Path) 
             "ended_by": "verdict",
             "readings": 3,
             "characteristics": {"leak": {"last": 1.0, "min": 0.5, "max": 2.0}},
+            "slot": None,
+            "takt_s": None,
+            "golden": False,
+            "work_order": None,
         }
     ]
     box.ack_units(1, 2)
