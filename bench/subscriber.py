@@ -45,7 +45,14 @@ def main() -> None:
     def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
         body = orjson.loads(msg.payload)
-        lines = [f"{r['seq']} {now:.6f} {read_ts(r['ts']):.6f}\n" for r in body["readings"]]
+        if "polls" in body:  # schema 2: value i of a poll has seq poll.seq + i
+            lines = [
+                f"{p['seq'] + i} {now:.6f} {read_ts(p['ts']):.6f}\n"
+                for p in body["polls"]
+                for i in range(len(p["values"]))
+            ]
+        else:
+            lines = [f"{r['seq']} {now:.6f} {read_ts(r['ts']):.6f}\n" for r in body["readings"]]
         out.write("".join(lines))
 
     def on_connect(client: mqtt.Client, *_: Any) -> None:

@@ -40,6 +40,16 @@ ADVICE: dict[ErrorCode, Advice] = {
         "Look at the recent lines on /status (details.recent_lines) and compare them with the "
         "pattern; is the instrument in the right output mode?",
     ),
+    ErrorCode.OVERLONG_LINES: Advice(
+        "A line from the serial device was longer than max_line_bytes and was discarded.",
+        "Is the baud rate right (noise makes endless lines) and the terminator the one the "
+        "device sends? A device with long lines needs a larger max_line_bytes.",
+    ),
+    ErrorCode.DROPPED_LINES: Advice(
+        "The serial device sent more lines between two polls than the collector keeps.",
+        "Is the device in a streaming mode it should not be in? Poll it more often "
+        "(poll_interval_ms) or set it to send less.",
+    ),
     ErrorCode.BAD_FRAME: Advice(
         "Bytes arrived, but garbled (a checksum or framing error).",
         "Check the serial cable, termination and grounding, and that baud rate, parity and "

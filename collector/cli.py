@@ -1,4 +1,5 @@
-"""Command line: ``collector run | check | probe | browse | opcua-cert | buffer | schema | demo``.
+"""Command line: ``collector run | check | probe | scan | browse | opcua-cert | buffer | schema |
+store | demo`` (``--help`` lists them from the parser itself).
 
 Exit codes: 0 success, 1 start-up failure (e.g. the buffer cannot be opened), 2 invalid config.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from collector import __version__
 from collector.config import Config, load_config
+from collector.config.loader import config_warnings
 from collector.errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, StartupError
 
 log = logging.getLogger("collector")
@@ -58,7 +60,7 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="collector", description=__doc__)
+    parser = argparse.ArgumentParser(prog="collector")
     parser.add_argument("--version", action="version", version=f"collector {__version__}")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -119,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept whatever certificate the server shows (prints its fingerprint)",
     )
+    browse.add_argument(
+        "--save-server-cert",
+        type=Path,
+        metavar="FILE",
+        help="write the certificate the server shows to FILE (DER), to trust it in the config",
+    )
     browse.add_argument("--user", help="user name; the password is read from $OPCUA_PASSWORD")
     browse.add_argument("--depth", type=int, default=6, help="how deep (default 6)")
     browse.add_argument("--max-nodes", type=int, default=5000, help="stop after N nodes")
@@ -159,10 +167,26 @@ def _parser() -> argparse.ArgumentParser:
         "--buffer", type=Path, default=None, help="buffer file (default: in the temp folder)"
     )
     demo.add_argument("--quiet", action="store_true", help="no live view")
+    # The description names every command from the parser itself, so none can be left out.
+    parser.description = (
+        f"Commands: {' | '.join(sub.choices)}. Exit codes: 0 success, 1 start-up failure "
+        "(e.g. the buffer cannot be opened), 2 invalid config."
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``collector buffer export | head -1``): end quietly, as cat
+        # does. stdout is pointed at /dev/null so that the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     # "collector store --help": options before the store's own command are the store's.
     args, extra = parser.parse_known_args(argv)
@@ -177,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
+        for warning in config_warnings(config, args.config):
+            log.warning("%s", warning)
         return run_service(config, args.config)
     if args.command == "probe" and args.url.startswith("modbus://"):
         from drivers.modbus.tools import probe_command  # noqa: PLC0415 - only probe needs it
@@ -216,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(path: Path) -> int:
     try:
-        config = load_config(path)
+        config = load_config(path, starting=True)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)
@@ -224,6 +250,8 @@ def _check(path: Path) -> int:
     from drivers.registry import create_driver  # noqa: PLC0415 - light until it is valid
 
     print(f"{path}: OK ({len(config.devices)} device(s), {len(config.stations)} station(s))")
+    for warning in config_warnings(config, path):
+        print(warning)
     for device in config.devices:
         print(f"  {device.name}: {create_driver(device).describe()}")
     return 0

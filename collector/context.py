@@ -53,6 +53,7 @@ from typing import Any
 
 from collector.config import DeviceConfig, StationConfig, UnitEnd, Verdict, verdict_key
 from collector.reading import Context, ContextChanges, Quality, Reading, UnitRecord, Value
+from collector.serials import accepted
 from collector.units import TEST, Figures, Station, Unit
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ class StationContext:
         station.last[kind] = value
         self._dirty.add(station.name)
         first = previous is _MISSING and not event
-        if kind == "serial":
+        if kind == "serial" and accepted(value, station.config.name):
             self._on_serial(station, ts, _text(value))
         elif kind == "operation":
             self._on_operation(station, ts, _text(value) or station.config.operation)

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from collector.config import Config
+from collector.contract import decode_readings
 from collector.service import Service
 from drivers.modbus.sim import SimulatedModbusServer, codecs
 from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_slot_tags
@@ -255,30 +256,27 @@ class LiveView:
         self.delivered = 0
 
     def on_message(self, payload: bytes) -> None:
-        message = orjson.loads(payload)
-        if "units" in message:
-            self._units(message["units"])
+        if b'"units":' in payload:
+            self._units(orjson.loads(payload)["units"])
             return
-        records = message["readings"]
+        # The reference decoder: one record per reading, whatever the schema.
+        records = decode_readings(payload)
         self.delivered += len(records)
         if self.quiet:
             return
-        values: dict[str, dict[str, str]] = {}
-        units: dict[str, str | None] = {}
+        values: dict[str | None, dict[str, str]] = {}
+        units: dict[str | None, str | None] = {}
         for r in records:
-            value = r["value"]
+            value = r.value
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
-            values.setdefault(r["station"], {})[r["tag"]] = (
-                f"{text}{' ' + r['unit'] if r['unit'] else ''}"
-            )
-            units[r["station"]] = r["unit_serial"]
+            values.setdefault(r.station, {})[r.tag] = f"{text}{' ' + r.unit if r.unit else ''}"
+            units[r.station] = r.unit_serial
         shown = " | ".join(
             f"{station} unit {units[station]}: " + " ".join(f"{k}={v}" for k, v in tags.items())
             for station, tags in values.items()
         )
         print(
-            f"published seq {records[0]['seq']}-{records[-1]['seq']} ({len(records)} readings) "
-            f"{shown}",
+            f"published seq {records[0].seq}-{records[-1].seq} ({len(records)} readings) {shown}",
             flush=True,
         )
 

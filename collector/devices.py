@@ -14,16 +14,58 @@ protocol packages, so the packages must not import it).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, NamedTuple, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+def _not_an_index(name: str) -> str:
+    # Schema-2 messages key values by tag name, and JavaScript (a browser, Node-RED) moves
+    # integer-like keys to the front of an object: "17" would silently reorder the tags.
+    if re.fullmatch(r"0|[1-9][0-9]*", name):
+        raise ValueError(
+            f"tag name {name!r} is a whole number, which JSON consumers reorder; give it a "
+            f"letter, e.g. 'r{name}'"
+        )
+    return name
+
+
+#: A tag's name: a Name that is not a canonical whole number.
+TagName = Annotated[Name, AfterValidator(_not_an_index)]
+
+
+def _host(value: str) -> str:
+    if not value.strip() or value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a host: give an IP address or a host name")
+    return value
+
+
+#: A host name or address: not empty, no spaces.
+Host = Annotated[str, Field(max_length=253), AfterValidator(_host)]
+
+#: Longest regular expression a config may give (a real one is a line).
+MAX_PATTERN_CHARS = 1000
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A config's regular expression, or ValueError saying why not (a huge repeat count, e.g.
+    ``a{99999999999}``, raises OverflowError in ``re``: reported, not a traceback)."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"regular expression longer than {MAX_PATTERN_CHARS} characters")
+    try:
+        return re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        shown = repr(pattern) if len(pattern) <= 60 else f"{pattern[:60]!r}..."
+        raise ValueError(f"{shown} is not a regular expression: {exc}") from None
+
 
 #: A field's place in the config, e.g. ("devices", 2, "user", "password_file").
 FieldPath = tuple[str | int, ...]
@@ -130,6 +172,26 @@ class DeviceBase(Model):
         polled value that repeats every poll (collector.context treats them differently)."""
         return False
 
+    def tag_meta(self) -> dict[str, dict[str, object]]:
+        """Each tag's metadata for the retained ``meta/{device}`` message (docs/messages.md):
+        engineering unit, value type, scale, offset and station, from the tag's declaration
+        (a ``tags`` list of models or a ``fields`` mapping, whichever the protocol has);
+        null where the protocol does not say. A protocol may override it."""
+        declared: dict[str, object] = {t.name: t for t in getattr(self, "tags", None) or ()}
+        declared.update(getattr(self, "fields", None) or {})
+        meta: dict[str, dict[str, object]] = {}
+        for name in sorted(self.tag_names):
+            tag = declared.get(name)
+            kind = getattr(tag, "type", None)
+            meta[name] = {
+                "unit": getattr(tag, "unit", None),
+                "type": None if kind is None else str(kind),
+                "scale": float(getattr(tag, "scale", 1.0)),
+                "offset": float(getattr(tag, "offset", 0.0)),
+                "station": self.station,
+            }
+        return meta
+
     def secret_files(self) -> list[SecretFile]:
         """The files this device's secure link needs, relative to the device's own fields."""
         return []
@@ -141,3 +203,8 @@ class DeviceBase(Model):
     def shared_line(self) -> SharedLine | None:
         """The line this device shares with others of its kind, if any."""
         return None
+
+    def warnings(self) -> list[tuple[FieldPath, str]]:
+        """Likely mistakes that are still valid config (``collector check`` prints them, the
+        service logs them at start): (field path relative to the device, what to check)."""
+        return []

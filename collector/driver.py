@@ -6,8 +6,9 @@ forwarding all live in the core (collector.poller and friends), never in a drive
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from collector.reading import Reading
 
@@ -38,3 +39,34 @@ class Driver(Protocol):
     def describe(self) -> str: ...
 
     def details(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Reachable(Protocol):
+    """A driver whose peer listens on TCP: while it is down, the poller probes that address
+    on a short period and reconnects as soon as it answers (collector.backoff), instead of
+    waiting out a long backoff."""
+
+    def peer_address(self) -> tuple[str, int]: ...
+
+
+@runtime_checkable
+class Pushes(Protocol):
+    """A driver that receives data between polls (OPC-UA subscriptions): it calls the
+    callback given to ``set_on_change`` when data arrived, and the poller then takes it with
+    ``take_changes`` at once instead of at the next poll."""
+
+    def set_on_change(self, callback: Callable[[], None]) -> None: ...
+
+    def take_changes(self) -> Sequence[Reading]: ...
+
+
+@runtime_checkable
+class CountsInputErrors(Protocol):
+    """A driver that also meets input no reading stands for (a serial line that matches no
+    pattern, or is too long, or did not fit the pending bound): the core adds these counts,
+    by error code, to the device's error counts after each read (/status, /metrics)."""
+
+    def take_input_errors(self) -> Counter[str]:
+        """The counts since the last call (and reset them)."""
+        ...

@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     BAD_REPLY = "bad_reply"
     BAD_INPUT = "bad_input"  # a serial line that does not match the configured pattern
     BAD_FRAME = "bad_frame"  # bytes arrived but no valid frame: a CRC error on a serial line
+    OVERLONG_LINES = "overlong_lines"  # a serial line longer than max_line_bytes, discarded
+    DROPPED_LINES = "dropped_lines"  # lines beyond the driver's pending bound (a burst)
     DECODE = "decode"
     ILLEGAL_FUNCTION = "illegal_function"
     ILLEGAL_DATA_ADDRESS = "illegal_data_address"

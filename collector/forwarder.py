@@ -29,13 +29,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, Batch
 from collector.config import Config
-from collector.message import build_message
+from collector.message import DeviceMeta, envelope
 from collector.mqtt import MqttPublisher
 from collector.publisher import PACKET_TOO_LARGE, Ack, ConnectionLost, MqttStatus, Publisher
 from collector.streams import ReadingsStream, Stream, UnitsStream
@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 # PUBLISH packet bytes besides the payload and the topic: fixed header (<= 5), topic length
 # (2), packet id (2), properties length (1), with room to spare.
 PACKET_OVERHEAD_BYTES = 16
-# Message bytes besides the readings: {"schema":1,"collector":"<id>","readings":[...]}.
-MESSAGE_HEAD_BYTES = 64
+# Message bytes besides the polls: {"schema":2,"collector":"<id>","outbox":"<16 hex>",
+# "polls":[...]}, with room to spare.
+MESSAGE_HEAD_BYTES = 96
 # A batch whose connection died this many times in a row before its PUBACK is resent one
 # reading per message; a single reading that still kills the connection is quarantined.
 SUSPECT_SPLIT_AFTER = 2
@@ -149,6 +150,7 @@ class Forwarder:
     ) -> None:
         self._config = config
         self._mqtt = config.mqtt
+        self._outbox = outbox
         self.status = status or MqttStatus()
         self._on_delivered = on_delivered
         self.readings_topic, self.status_topic = topics(config)
@@ -168,6 +170,9 @@ class Forwarder:
         ]
         self._deliveries: list[_Delivery] = []
         self._connection_seen: tuple[bool, int] | None = None
+        # device -> its retained tag metadata message (set_meta); those the broker refused.
+        self._meta: dict[str, bytes] = {}
+        self._meta_refused: set[str] = set()
         self._publisher.set_listener(self._changed)
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
@@ -180,8 +185,58 @@ class Forwarder:
         state = (self._publisher.connected, self._publisher.connection)
         if state != self._connection_seen:
             self._connection_seen = state
+            if self._publisher.connected:
+                for device, message in self._meta.items():
+                    if device not in self._meta_refused:
+                        self._publish_meta(device, message)
             for delivery in self._deliveries:
                 delivery.wake.set()
+
+    def meta_topic(self, device: str) -> str:
+        return f"{topic_base(self._config)}/meta/{device}"
+
+    def set_meta(self, metas: Mapping[str, DeviceMeta]) -> None:
+        """The devices' tag metadata, retained on ``meta/{device}``: published on every
+        connect, and at once for the devices whose metadata changed (a reload); a device no
+        longer configured has its retained message cleared."""
+        collector_id = self._config.collector.id
+        new = {device: meta.message(collector_id) for device, meta in metas.items()}
+        changed = {d: m for d, m in new.items() if self._meta.get(d) != m}
+        gone = {d: b"" for d in self._meta if d not in new}
+        self._meta = new
+        self._meta_refused -= set(changed) | set(gone)  # a new version is tried again
+        if self._publisher.connected:
+            for device, message in {**changed, **gone}.items():
+                self._publish_meta(device, message)
+
+    def _publish_meta(self, device: str, message: bytes) -> None:
+        """Not awaited: one lost with its connection goes again on the next connect. One the
+        broker refuses (its ACL, its packet size) is not sent again until it changes, so that
+        a broker that drops the connection on a refusal cannot keep the readings from flowing:
+        consumers then lack the metadata, not the readings (said once in the log)."""
+        limit = self._publisher.max_packet_bytes
+        topic = self.meta_topic(device)
+        if limit and len(message) + len(topic) + PACKET_OVERHEAD_BYTES > limit:
+            self._meta_refused_as(device, f"{len(message)} bytes, over the broker's limit")
+            return
+        future = self._publisher.publish(topic, message, retain=True)
+
+        def answered(f: asyncio.Future[Ack]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result().is_failure:
+                self._meta_refused_as(device, str(f.result()))
+
+        future.add_done_callback(answered)
+
+    def _meta_refused_as(self, device: str, why: str) -> None:
+        if device not in self._meta_refused:
+            self._meta_refused.add(device)
+            log.warning(
+                "mqtt: tag metadata of %s not published (%s); readings go on without it: "
+                "allow the collector to publish on %s",
+                device,
+                why,
+                self.meta_topic(device),
+            )
 
     async def run(self, stop: asyncio.Event, grace_s: float | None = None) -> None:
         """Forward until ``stop`` is set, then for at most ``grace_s`` while rows remain."""
@@ -280,8 +335,11 @@ class Forwarder:
                     lanes.backlog_cursor = lanes.boundary  # the backlog is drained
                     self._show_backlog(d)
                 continue
-            payload = build_message(
-                self._config.collector.id, b",".join(b.body for b in batches), stream.key
+            payload = envelope(
+                self._config.collector.id,
+                self._outbox.outbox.outbox_id,
+                b",".join(b.body for b in batches),
+                stream.key,
             )
             if len(batches) == 1 and await self._oversized(d, batches[0], len(payload), max_items):
                 return await self._publish_next(d)  # split or moved aside: look again

@@ -32,13 +32,11 @@ from uvicorn.server import ServerState
 from collector import __version__
 from collector.errors import StartupError
 from collector.live import LiveFeed, add_page_routes, encode_status
+from collector.serials import MAX_SERIAL_CHARS, accepted, serial_problem
 
 log = logging.getLogger(__name__)
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# A serial: no control characters, at most 128 characters ("" and null: the unit left).
-SERIAL_PATTERN = r"^[^\x00-\x1f\x7f]{0,128}$"
 
 
 class StatusSource(Protocol):
@@ -80,7 +78,8 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 class UnitIn(BaseModel):
-    serial: Annotated[str, Field(pattern=SERIAL_PATTERN)] | None = Field(
+    # Control and format characters are checked by collector.serials (and counted there).
+    serial: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         description="The unit now at the station; null or empty: the unit left."
     )
     golden: bool = Field(
@@ -88,7 +87,7 @@ class UnitIn(BaseModel):
         description="The unit is a golden sample. At a station that reads its serial from a "
         "device, this marks the unit present there (serial must match).",
     )
-    work_order: Annotated[str, Field(pattern=SERIAL_PATTERN)] | None = Field(
+    work_order: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         default=None, description="The work order of the unit (goes into its unit record)."
     )
 
@@ -184,6 +183,13 @@ def create_app(
         if sources[station] != "http" and not (unit.golden and unit.serial):
             raise HTTPException(
                 409, f"station {station!r} takes its serial from {sources[station]}, not http"
+            )
+        if not accepted(unit.serial, station):
+            problem = serial_problem(unit.serial or "")
+            return _unprocessable([{"type": "serial", "loc": ["body", "serial"], "msg": problem}])
+        if unit.work_order is not None and (problem := serial_problem(unit.work_order)):
+            return _unprocessable(
+                [{"type": "serial", "loc": ["body", "work_order"], "msg": problem}]
             )
         try:
             source.set_unit(station, unit.serial or None, unit.golden, unit.work_order)

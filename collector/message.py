@@ -11,16 +11,25 @@ that runs per reading, and it is kept to a dictionary look-up or two and one for
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import itertools
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from collector import __version__
-from collector.reading import Context, Reading, UnitRecord
+from collector.reading import Context, Quality, Reading, UnitRecord
 
-SCHEMA_VERSION = 1
+#: The readings and units messages the collector emits (docs/messages.md).
+SCHEMA_VERSION = 2
+#: The previous contract: one object per reading. Still encoded here for converting a buffer of
+#: that format and for consumers' tests; the collector no longer publishes it.
+SCHEMA_1 = 1
 
 # Caches are cleared when they reach this many entries: tags and contexts are few; timestamps
 # are many, but the readings of one poll share theirs.
@@ -59,7 +68,7 @@ def _put(cache: dict[K, bytes], key: K, value: bytes) -> bytes:
 
 
 class ReadingEncoder:
-    """Encodes the readings of one poll into the JSON objects of docs/messages.md.
+    """Schema 1: encodes the readings of one poll into one JSON object per reading.
 
     The field order is the documented one: seq, ts, station, device, tag, value, unit,
     quality, error, unit_serial, operation, attempt, then slot, phase and golden only when set
@@ -152,6 +161,206 @@ class ReadingEncoder:
         return tail
 
 
+_F32 = struct.Struct("<f")
+
+
+def float32_text(value: float) -> bytes:
+    """The shortest decimal text that reads back as the same float32 (354.315, not
+    354.3149719238281): a float32 carries about 7 significant digits, and the float64 it was
+    widened to would print 17. Not finite: null (JSON has no NaN)."""
+    if not math.isfinite(value):
+        return b"null"
+    target = _F32.pack(value)
+    for digits in range(6, 10):  # 9 significant digits always read back (IEEE 754)
+        text = b"%.*g" % (digits, value)
+        if _F32.pack(float(text)) == target:
+            return text
+    return b"%r" % value  # pragma: no cover - 9 digits always suffice
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMeta:
+    """A device's tag metadata (the retained ``meta/{device}`` message) and what the encoder
+    takes from it: the version id a poll refers to, and which tags are float32."""
+
+    device: str
+    #: tag -> {"unit", "type", "scale", "offset", "station"} (docs/messages.md).
+    tags: Mapping[str, Mapping[str, Any]]
+    meta: str = field(init=False)
+    float32: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        canonical = orjson.dumps(self.tags, option=orjson.OPT_SORT_KEYS)
+        object.__setattr__(self, "meta", hashlib.sha256(canonical).hexdigest()[:8])
+        object.__setattr__(
+            self,
+            "float32",
+            frozenset(t for t, m in self.tags.items() if m.get("type") == "float32"),
+        )
+
+    def message(self, collector_id: str) -> bytes:
+        return orjson.dumps(
+            {
+                "schema": SCHEMA_VERSION,
+                "collector": collector_id,
+                "device": self.device,
+                "meta": self.meta,
+                "tags": self.tags,
+            }
+        )
+
+
+class _Described(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def tag_meta(self) -> dict[str, dict[str, object]]: ...
+
+
+def device_metas(devices: Iterable[_Described]) -> dict[str, DeviceMeta]:
+    """Each configured device's tag metadata (collector.devices.DeviceBase.tag_meta)."""
+    return {d.name: DeviceMeta(d.name, d.tag_meta()) for d in devices}
+
+
+class PollEncoder:
+    """Schema 2: encodes the readings of one poll into poll objects (docs/messages.md).
+
+    One object per run of readings that share their ``ts`` and context, with the shared fields
+    once and the values keyed by tag; value i has seq ``seq + i``. A good value is written
+    bare; a bad or uncertain one as ``{"value", "quality", "error"}``. Members whose value is
+    the default (null) are left out. The pieces that repeat (timestamp, device head, context,
+    tag keys) are encoded once and cached; per reading it is a look-up and one format.
+    """
+
+    def __init__(self) -> None:
+        self._device: dict[tuple[str, str | None], bytes] = {}
+        self._tag: dict[str, bytes] = {}
+        self._context: dict[Context, bytes] = {}
+        self._wrap: dict[tuple[object, ...], bytes] = {}
+
+    def encode(
+        self,
+        first_seq: int,
+        device: str,
+        readings: Sequence[Reading],
+        contexts: Sequence[Context],
+        meta: DeviceMeta | None = None,
+    ) -> bytes:
+        """The readings as comma-separated poll objects, numbered from ``first_seq``;
+        ``contexts[i]`` is the context of ``readings[i]``."""
+        tags = self._tag
+        float32 = meta.float32 if meta is not None else frozenset()
+        head = self._device_bytes(device, meta.meta if meta is not None else None)
+        polls: list[bytes] = []
+        values: list[bytes] = []
+        last_ts: float | None = None
+        last_context: Context | None = None
+        start = b""
+        seq = first_seq
+        for reading, context in zip(readings, contexts, strict=True):
+            if reading.ts != last_ts or context is not last_context:
+                if values:
+                    polls.append(start + b",".join(values) + b"}}")
+                    values = []
+                last_ts, last_context = reading.ts, context
+                start = b'{"seq":%d,"ts":"%b",%b%b"values":{' % (
+                    seq,
+                    ts_text(reading.ts).encode(),
+                    head,
+                    self._context_bytes(context),
+                )
+            tag = tags.get(reading.tag)
+            if tag is None:
+                tag = _put(tags, reading.tag, _json(reading.tag) + b":")
+            value = reading.value
+            if type(value) is int:  # most values: no call into orjson
+                text = b"%d" % value
+            elif type(value) is float and reading.tag in float32:
+                text = float32_text(value)
+            else:
+                text = orjson.dumps(value)
+            if reading.quality is not Quality.GOOD:
+                text = self._wrapped(reading, text)
+            values.append(tag + text)
+            seq += 1
+        if values:
+            polls.append(start + b",".join(values) + b"}}")
+        return b",".join(polls)
+
+    def _device_bytes(self, device: str, meta: str | None) -> bytes:
+        key = (device, meta)
+        head = self._device.get(key)
+        if head is None:
+            head = b'"device":%b,' % _json(device)
+            if meta is not None:
+                head += b'"meta":"%b",' % meta.encode()
+            head = _put(self._device, key, head)
+        return head
+
+    def _context_bytes(self, context: Context) -> bytes:
+        part = self._context.get(context)
+        if part is None:
+            members = {
+                "station": context.station,
+                "unit_serial": context.unit_serial,
+                "operation": context.operation,
+                "attempt": context.attempt,
+                "slot": context.slot,
+                "phase": context.phase,
+                "golden": context.golden or None,  # false is the default: left out
+            }
+            part = b"".join(
+                b'"%b":%b,' % (k.encode(), _json(v)) for k, v in members.items() if v is not None
+            )
+            part = _put(self._context, context, part)
+        return part
+
+    def _wrapped(self, reading: Reading, value: bytes) -> bytes:
+        key = (reading.quality, reading.error)
+        tail = self._wrap.get(key)
+        if tail is None:
+            error = None if reading.error is None else reading.error.value
+            tail = _put(
+                self._wrap,
+                key,
+                b',"quality":"%b","error":%b}' % (reading.quality.value.encode(), _json(error)),
+            )
+        return b'{"value":' + value + tail
+
+
+def split_polls(body: bytes, per_part: int) -> list[tuple[int, int, float, bytes]]:
+    """A stored body of poll objects cut into parts of at most ``per_part`` values each:
+    (first seq, last seq, oldest ts, body). Same values, same seqs, same members; for the rare
+    message the broker will not take whole, so it may decode."""
+    polls: list[dict[str, Any]] = orjson.loads(b"[" + body + b"]")
+    # (poll, position in it, tag, value) for every value, in seq order
+    entries = [
+        (p, i, tag, value)
+        for p, poll in enumerate(polls)
+        for i, (tag, value) in enumerate(poll["values"].items())
+    ]
+    parts = []
+    for start in range(0, len(entries), per_part):
+        group = entries[start : start + per_part]
+        objects = []
+        for p, run in itertools.groupby(group, key=lambda e: e[0]):
+            values = list(run)
+            poll = polls[p]
+            objects.append(
+                orjson.dumps(
+                    {
+                        **poll,
+                        "seq": poll["seq"] + values[0][1],
+                        "values": {tag: value for _, _, tag, value in values},
+                    }
+                )
+            )
+        first = polls[group[0][0]]["seq"] + group[0][1]
+        oldest = min(datetime.fromisoformat(polls[p]["ts"]).timestamp() for p, *_ in group)
+        parts.append((first, first + len(group) - 1, oldest, b",".join(objects)))
+    return parts
+
+
 def _extra_context(context: Context) -> bytes:
     """slot, phase and golden (issue 15), only when set: a reading without a unit or rack
     costs no extra bytes, and a consumer takes a missing field as null/false."""
@@ -212,8 +421,15 @@ def with_seq(rows: Iterable[tuple[int, bytes]]) -> bytes:
 
 
 def build_message(collector_id: str, items: bytes, key: bytes = b"readings") -> bytes:
-    """A readings (or units) message around comma-separated JSON objects."""
-    head = orjson.dumps({"schema": SCHEMA_VERSION, "collector": collector_id})
+    """A schema-1 readings (or units) message around comma-separated JSON objects."""
+    head = orjson.dumps({"schema": SCHEMA_1, "collector": collector_id})
+    return head[:-1] + b',"' + key + b'":[' + items + b"]}"
+
+
+def envelope(collector_id: str, outbox: str, items: bytes, key: bytes = b"polls") -> bytes:
+    """A schema-2 message around comma-separated JSON objects: ``polls`` (stored poll
+    objects, joined as stored) or ``units``."""
+    head = orjson.dumps({"schema": SCHEMA_VERSION, "collector": collector_id, "outbox": outbox})
     return head[:-1] + b',"' + key + b'":[' + items + b"]}"
 
 

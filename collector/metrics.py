@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from collector import __version__
+from collector import __version__, serials
 from collector.buffer import AsyncOutbox, BufferWriter
 from collector.config import Config
 from collector.context import StationContext
@@ -157,6 +157,14 @@ class ServiceCollector(Collector):
             "Readings the broker can never accept, moved aside.",
             value=outbox.quarantined_total,
         )
+        bad_serials = CounterMetricFamily(
+            "collector_rejected_serials",
+            "Unit serials refused for control or format characters (or length), by station.",
+            labels=["station"],
+        )
+        for station, count in sorted(serials.rejected.items()):
+            bad_serials.add_metric([station], count)
+        yield bad_serials
         yield GaugeMetricFamily(
             "collector_mqtt_connected", "1 while connected to the broker.", value=mqtt.connected
         )

@@ -14,6 +14,15 @@ paho.
   the same message on every reconnect.)
 - The collector's state is retained on the status topic: ``online`` after each connect,
   ``offline`` on a clean stop, and as the Last Will after a crash or a lost network.
+- **A broker that is back is used at once.** While the reconnect backs off (up to
+  ``mqtt.reconnect_max_ms``), the broker's port is probed every half second
+  (collector.backoff); when it answers again after having been down, the reconnect runs at once.
+- **A broker that takes messages but never acknowledges them is left.** A message without its
+  PUBACK for ``mqtt.keepalive_s`` ends the connection (its readings go again on the next one);
+  :attr:`MqttStatus.unacknowledged_since` lets /health say so, also across reconnects.
+- **A refused connection says why, and what to set**: the TLS alert the broker sent (``certificate
+  required``, ``unknown ca``: paho only says "Unspecified error"), a certificate the broker's
+  does not verify against, a plaintext client at a TLS port (:func:`explain_failure`).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from collector.backoff import Backoff
-from collector.config import MqttConfig, MqttVersion
+from collector.backoff import Backoff, Probe, tcp_reachable, wait_or_back
+from collector.config import MqttConfig, MqttVersion, TlsConfig
 from collector.message import status_message
 from collector.publisher import PACKET_TOO_LARGE, Ack, ConnectionLost, MqttStatus
 
@@ -61,6 +71,13 @@ class MqttPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._futures: dict[int, asyncio.Future[Ack]] = {}
+        # When each in-flight message was published (loop time), for the PUBACK timeout.
+        self._sent_at: dict[int, float] = {}
+        # This connection: whether its CONNACK came, paho's last error line (the TLS alert),
+        # and why we ended it ourselves.
+        self._acked_connect = False
+        self._last_error_line: str | None = None
+        self._ended_by_us: str | None = None
         self._lost = asyncio.Event()
         self._closing = asyncio.Event()
         self._refused = False
@@ -84,10 +101,7 @@ class MqttPublisher:
     def set_listener(self, listener: Callable[[], None]) -> None:
         self._listener = listener
 
-    def publish(self, topic: str, payload: bytes) -> asyncio.Future[Ack]:
-        return self._publish(topic, payload)
-
-    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         client = self._client
         if client is None:
@@ -103,6 +117,10 @@ class MqttPublisher:
             # The PUBACK reaches the loop through call_soon_threadsafe, so it cannot be
             # processed before this registration, which runs in the same loop step.
             self._futures[info.mid] = future
+            now = asyncio.get_running_loop().time()
+            self._sent_at[info.mid] = now
+            if self.status.unacknowledged_since is None:
+                self.status.unacknowledged_since = time.time()
         return future
 
     async def run(self) -> None:
@@ -110,8 +128,13 @@ class MqttPublisher:
         self._loop = loop = asyncio.get_running_loop()
         m = self._mqtt
         backoff = Backoff(m.reconnect_min_ms / 1000, m.reconnect_max_ms / 1000)
+
+        async def probe() -> bool:
+            return await tcp_reachable(m.host, m.port)
+
         while not self._closing.is_set():
             self._lost.clear()
+            self._acked_connect, self._last_error_line, self._ended_by_us = False, None, None
             try:
                 # A TLS file can go missing while running: that is a failed attempt, too.
                 client = self._make_client()
@@ -126,27 +149,28 @@ class MqttPublisher:
                     ),
                 )
             except (OSError, ValueError) as exc:
-                self._connected_changed(False, f"cannot connect to {m.host}:{m.port}: {exc}")
-                await self._pause(backoff.next_delay())
+                reason = explain_failure(f"{exc}", m.tls is not None, m.tls)
+                self._connected_changed(False, f"cannot connect to {m.host}:{m.port}: {reason}")
+                await self._pause(backoff.next_delay(), probe)
                 continue
             self._client = client
             started = loop.time()
             client.loop_start()
-            await self._lost.wait()
+            await self._watch_acks(client, m.keepalive_s)
             await asyncio.to_thread(client.loop_stop)
             self._client = None
             self._fail_in_flight()
             if loop.time() - started >= STABLE_CONNECTION_S:
                 backoff.reset()
             if not self._closing.is_set():
-                await self._pause(backoff.next_delay())
+                await self._pause(backoff.next_delay(), probe)
 
     async def close(self) -> None:
         """Publish the retained offline state (the Last Will covers a crash), disconnect."""
         client = self._client
         if client is not None and self.status.connected:
             offline = status_message(self._id, "offline")
-            future = self._publish(self._status_topic, offline, retain=True)
+            future = self.publish(self._status_topic, offline, retain=True)
             with contextlib.suppress(TimeoutError, ConnectionLost):
                 await asyncio.wait_for(future, timeout=2.0)
             self._closing.set()
@@ -185,14 +209,35 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_log = self._on_log
         return client
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), seconds)
+    async def _pause(self, seconds: float, probe: Probe) -> None:
+        """The backoff, cut short when the broker, down until now, answers again."""
+        if await wait_or_back(seconds, probe, stop=self._closing):
+            log.info("mqtt: broker reachable again; reconnecting")
+
+    async def _watch_acks(self, client: mqtt.Client, timeout_s: float) -> None:
+        """Wait for the connection to end; end it when a message waits longer than
+        ``timeout_s`` for its PUBACK (a broker that takes messages and never answers)."""
+        loop = asyncio.get_running_loop()
+        while not self._lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), min(1.0, timeout_s / 4))
+            oldest = min(self._sent_at.values(), default=None)
+            if self._lost.is_set() or oldest is None or loop.time() - oldest < timeout_s:
+                continue
+            self._ended_by_us = (
+                f"no PUBACK within {timeout_s:g} s (mqtt.keepalive_s): the broker takes "
+                "messages but does not acknowledge them; connecting again"
+            )
+            self._connected_changed(False, self._ended_by_us)
+            client.disconnect()
+            self._lost.set()
 
     def _fail_in_flight(self) -> None:
         self._connection += 1
+        self._sent_at.clear()
         for future in self._futures.values():
             if not future.done():
                 future.set_exception(ConnectionLost(self._connection))
@@ -221,8 +266,15 @@ class MqttPublisher:
         self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connected_changed, False, str(reason))
+        self._loop.call_soon_threadsafe(self._disconnected, str(reason))
         self._loop.call_soon_threadsafe(self._lost.set)
+
+    def _on_log(self, _c: Any, _u: Any, level: int, line: str) -> None:
+        # paho's own words for a failed read or write ("failed to receive on socket: [SSL:
+        # TLSV13_ALERT_CERTIFICATE_REQUIRED] ..."): its on_disconnect says only "Unspecified
+        # error". A plain assignment: read on the loop after the disconnect it precedes.
+        if level == mqtt.MQTT_LOG_ERR:
+            self._last_error_line = line
 
     def _on_publish(
         self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
@@ -242,6 +294,7 @@ class MqttPublisher:
         self._refused = refused
         self.status.connected = connected
         if connected:
+            self._acked_connect = True
             self.status.connects += 1
             self.status.last_connect_error = None
             self.status.max_packet_bytes = max_packet
@@ -259,8 +312,104 @@ class MqttPublisher:
             self.status.last_connect_error = reason
         self._listener()
 
+    def _disconnected(self, reason: str) -> None:
+        """A connection ended: say why in a technician's words, when paho's are not."""
+        m = self._mqtt
+        if self._ended_by_us is not None:
+            reason = self._ended_by_us
+        elif not self._acked_connect:
+            # Ended before the CONNACK: a TLS alert, or a TLS port that took plaintext.
+            detail = self._last_error_line or reason
+            reason = f"cannot connect to {m.host}:{m.port}: " + explain_failure(
+                detail, m.tls is not None, m.tls, before_connack=True
+            )
+        self._connected_changed(False, reason)
+
     def _acknowledged(self, mid: int, ack: Ack) -> None:
+        self._sent_at.pop(mid, None)
+        status = self.status
+        if not ack.is_failure:
+            # Something got through: the wait for an acknowledgement starts again.
+            status.unacknowledged_since = time.time() if self._sent_at else None
+            status.refused_since_success = 0
+        else:
+            status.refused_since_success += 1
         future = self._futures.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(ack)
         self._listener()
+
+
+# TLS alerts a broker sends (OpenSSL's names, lower case) -> what to set.
+_TLS_ADVICE = (
+    (
+        "certificate required",
+        "the broker requires a client certificate: set mqtt.tls.cert_file and mqtt.tls.key_file",
+    ),
+    (
+        "unknown ca",
+        "the broker does not trust the CA that signed our client certificate: use a "
+        "certificate (mqtt.tls.cert_file) signed by a CA in the broker's cafile",
+    ),
+    (
+        "bad certificate",
+        "the broker rejected our client certificate (mqtt.tls.cert_file): expired, or not "
+        "meant for a client?",
+    ),
+    (
+        "certificate unknown",
+        "the broker rejected our client certificate (mqtt.tls.cert_file)",
+    ),
+    (
+        "certificate expired",
+        "our client certificate (mqtt.tls.cert_file) has expired",
+    ),
+    (
+        "certificate revoked",
+        "our client certificate (mqtt.tls.cert_file) has been revoked",
+    ),
+    (
+        "certificate_verify_failed",
+        "the broker's certificate does not verify against mqtt.tls.ca_file (or its host name "
+        "is not mqtt.host): set ca_file to the CA that signed the broker's certificate",
+    ),
+    (
+        "wrong version number",
+        "the broker's port does not speak TLS: a plaintext port? (remove mqtt.tls or use the "
+        "broker's TLS port, often 8883)",
+    ),
+)
+
+
+# Not alerts from the broker: what our side found wrong with the broker or its port.
+_LOCAL_TLS_ERRORS = {"certificate_verify_failed", "wrong version number"}
+
+
+def explain_failure(
+    detail: str, tls: bool, tls_config: TlsConfig | None, before_connack: bool = False
+) -> str:
+    """A connect failure in a technician's words: the TLS alert and what to set. ``detail`` is
+    what Python or paho said."""
+    lowered = detail.lower().replace("_", " ")
+    for alert, advice in _TLS_ADVICE:
+        if alert.replace("_", " ") in lowered:
+            text = advice
+            if alert == "certificate required" and tls_config and tls_config.cert_file:
+                text = "the broker did not accept mqtt.tls.cert_file as a client certificate"
+            # The broker's alert, or our own verdict on the broker's certificate.
+            kind = "TLS" if alert in _LOCAL_TLS_ERRORS else "TLS alert"
+            return f"{kind} '{alert.replace('_', ' ')}': {text} ({_short(detail)})"
+    if before_connack and not tls:
+        return (
+            "the broker closed the connection before answering CONNECT: a TLS port? (set "
+            f"mqtt.tls with ca_file, and client certificates if it asks) ({_short(detail)})"
+        )
+    if before_connack:
+        return f"the broker closed the connection before answering CONNECT ({_short(detail)})"
+    return detail
+
+
+def _short(detail: str) -> str:
+    return detail.removeprefix("failed to receive on socket: ").removeprefix(
+        "failed to send on socket: "
+    )

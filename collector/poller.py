@@ -1,6 +1,10 @@
 """One task per device: fixed-rate schedule, bounded reads, reconnect with backoff, statistics.
 
 A dead device only ever waits in its own task, so it never delays another device's schedule.
+While it is down, a device with a TCP address is probed on a short period and reconnected as
+soon as it answers again (collector.backoff), whatever the backoff has grown to. Data a driver
+receives between polls (OPC-UA subscriptions, collector.driver.Pushes) is handed over as it
+arrives, not at the next poll.
 Polls are planned on a fixed grid (start + phase + k * interval): the next poll is scheduled
 from the planned time, not from when the last one ended; slots missed because a poll overran
 are skipped and counted, never bunched up. Devices get phases (:func:`phase_s`) in small
@@ -11,6 +15,7 @@ and queue behind each other on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -19,8 +24,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.backoff import Backoff
-from collector.driver import Driver
+from collector.backoff import Backoff, Probe, tcp_reachable, wait_or_back
+from collector.driver import CountsInputErrors, Driver, Pushes, Reachable
 from collector.errors import DeviceError, ErrorCode
 from collector.histogram import Histogram
 from collector.reading import Quality, Reading
@@ -144,6 +149,15 @@ class Poller:
         self._sink = sink
         self._backoff = backoff
         self._clock = clock
+        self._probe: Probe | None = None
+        if isinstance(driver, Reachable):
+            host, port = driver.peer_address()
+            self._probe = lambda: tcp_reachable(host, port)
+        # Set by a driver that received data between polls.
+        self._changed: asyncio.Event | None = None
+        if isinstance(driver, Pushes):
+            self._changed = asyncio.Event()
+            driver.set_on_change(self._changed.set)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -152,11 +166,12 @@ class Poller:
             first = True
             while True:
                 if not self.status.connected:
-                    if not first:
-                        # After any failure (connect, or a read that found the device gone),
-                        # wait; the delay grows until a poll succeeds. Reconnecting can be
-                        # instant (a shared RS-485 bus), so success of connect proves nothing.
-                        await asyncio.sleep(self._backoff.next_delay())
+                    # After any failure (connect, or a read that found the device gone),
+                    # wait; the delay grows until a poll succeeds. Reconnecting can be instant
+                    # (a shared RS-485 bus), so success of connect proves nothing. A dead peer
+                    # is probed meanwhile: once it is back, the wait ends.
+                    if not first and await wait_or_back(self._backoff.next_delay(), self._probe):
+                        log.info("device %s: reachable again; reconnecting", self.status.name)
                     first = False
                     if not await self._connect():
                         continue
@@ -164,9 +179,7 @@ class Poller:
                     now = loop.time()
                     if next_at < now:
                         next_at += -((next_at - now) // self._interval) * self._interval
-                delay = next_at - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await self._wait_for(next_at)
                 self.status.start_late_s.append(max(0.0, loop.time() - next_at))
                 if self._can_take():
                     await self._poll_once()
@@ -182,6 +195,31 @@ class Poller:
                     next_at += missed * self._interval
         finally:
             await self._driver.close()
+
+    async def _wait_for(self, moment: float) -> None:
+        """Sleep until ``moment`` (loop time), handing over pushed data as it arrives."""
+        loop = asyncio.get_running_loop()
+        changed = self._changed
+        while (delay := moment - loop.time()) > 0:
+            if changed is None:
+                await asyncio.sleep(delay)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), delay)
+            if changed.is_set():
+                changed.clear()
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Pass on what the driver received since the last poll (not counted as a poll)."""
+        assert isinstance(self._driver, Pushes)
+        readings = self._driver.take_changes()
+        if not readings:
+            return
+        last = self.status.last_readings
+        for reading in readings:
+            last[reading.tag] = reading
+        self._sink(self.status.name, readings)
 
     async def _connect(self) -> bool:
         try:
@@ -215,6 +253,8 @@ class Poller:
             await self._driver.close()
             return
         status.poll_seconds.observe(time.perf_counter() - started)
+        if isinstance(self._driver, CountsInputErrors):  # e.g. serial lines matching nothing
+            status.errors.update(self._driver.take_input_errors())
         last = status.last_readings
         for reading in readings:
             last[reading.tag] = reading

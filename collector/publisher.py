@@ -71,7 +71,7 @@ class Publisher(Protocol):
         """Call ``listener`` (on the loop) on each connect, disconnect and answer."""
         ...
 
-    def publish(self, topic: str, payload: bytes) -> asyncio.Future[Ack]:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
         """Publish with QoS 1; the future holds the broker's answer."""
         ...
 
@@ -106,6 +106,11 @@ class MqttStatus:
     #: None once it is drained.
     backlog_until_seq: int | None = None
     backlog_next_seq: int | None = None
+    #: Since when (epoch s) a published message has waited for its PUBACK with none accepted
+    #: meanwhile, across reconnects (None: nothing waits). Kept by the publisher.
+    unacknowledged_since: float | None = None
+    #: Publishes the broker refused since the last one it accepted.
+    refused_since_success: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -122,4 +127,6 @@ class MqttStatus:
             "max_packet_bytes": self.max_packet_bytes,
             "backlog_until_seq": self.backlog_until_seq,
             "backlog_next_seq": self.backlog_next_seq,
+            "unacknowledged_since": self.unacknowledged_since,
+            "refused_since_success": self.refused_since_success,
         }

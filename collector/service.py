@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from collector import __version__, metrics, systemd
+from collector import __version__, metrics, serials, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config, DeviceConfig, load_config
@@ -25,6 +25,7 @@ from collector.driver import Driver
 from collector.errors import ConfigError
 from collector.forwarder import Delivered, Forwarder, MqttStatus
 from collector.health import HealthServer
+from collector.message import device_metas
 from collector.poller import DeviceStatus, Poller, phase_s
 from collector.reading import Reading
 from drivers.registry import create_driver
@@ -87,11 +88,14 @@ class Service:
             commit_interval_s=b.commit_interval_ms / 1000,
             max_readings_per_batch=config.mqtt.max_readings_per_message,
         )
+        self.forwarder: Forwarder | None = None
+        self._set_meta(config)
         self.mqtt = MqttStatus()
         self.devices = {d.name: DeviceStatus(d.name, d.protocol, d.station) for d in config.devices}
         self._on_delivered = on_delivered
         self._started = time.time()
         self._dropped_at_start = 0
+        self._oldest_unsent_ts: float | None = None
         self._quarantined_at_start = 0
         self.ready = asyncio.Event()
         self._metric_figures = metrics.BufferFigures()
@@ -150,7 +154,8 @@ class Service:
 
     async def _run(self, stop: asyncio.Event) -> None:
         config = self.config
-        forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        forwarder = self.forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
+        forwarder.set_meta(self.writer.metas)
         forward_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             self._group = group
@@ -160,6 +165,7 @@ class Service:
                 self._start_poller(group, device, index)
             pollers = list(self._polling.values())
             ticking = group.create_task(self._tick(), name="unit-timer")
+            watching = group.create_task(self._watch_unsent_age(), name="unsent-age")
             health = None
             if self.health_server is not None:
                 health = group.create_task(self.health_server.run_until_exit(), name="health")
@@ -190,7 +196,7 @@ class Service:
             log.info("stopping: polling stopped, delivering what is buffered")
             async with self._reload_lock:  # a reload in progress finishes first
                 self._group = None
-                await cancel_and_wait([*self._polling.values(), ticking])
+                await cancel_and_wait([*self._polling.values(), ticking, watching])
             self.context.tick(final=True)  # no late reading can come now: finish ended units
             await self.writer.flush()
             writer.cancel()
@@ -222,7 +228,9 @@ class Service:
                 return False  # stopping
             systemd.notify("RELOADING=1")
             try:
-                new = load_config(path)
+                # Parsed on a worker thread: whatever the file holds (it is bounded in size,
+                # depth and alias expansion), the loop goes on polling meanwhile.
+                new = await asyncio.to_thread(load_config, path)
             except ConfigError as exc:
                 problems = exc.problems
                 log.error(  # noqa: TRY400 - the problems are the message
@@ -251,6 +259,7 @@ class Service:
             if new.stations != self.config.stations or restart or start:
                 await self._swap_context(new)
             self.config = new
+            self._set_meta(new)
             index = {d.name: i for i, d in enumerate(new.devices)}
             for name in start:
                 self._start_poller(group, new_devices[name], index[name])
@@ -274,6 +283,12 @@ class Service:
             systemd.notify("READY=1", f"STATUS=collecting from {len(self._polling)} device(s)")
             return True
 
+    def _set_meta(self, config: Config) -> None:
+        """The devices' tag metadata: what polls refer to, and the retained messages."""
+        self.writer.set_meta(device_metas(config.devices))
+        if self.forwarder is not None:
+            self.forwarder.set_meta(self.writer.metas)
+
     async def _swap_context(self, new: Config) -> None:
         """A station context for the new config, with the current units carried over."""
         old = self.context
@@ -292,6 +307,12 @@ class Service:
             await asyncio.sleep(0.5)
             if self.context.tick():
                 self.writer.poke()
+
+    async def _watch_unsent_age(self) -> None:
+        """The oldest unsent reading's time, for health() (which cannot wait for the buffer)."""
+        while True:
+            self._oldest_unsent_ts = (await self.outbox.stats()).oldest_ts
+            await asyncio.sleep(1.0)
 
     def set_unit(
         self,
@@ -334,8 +355,7 @@ class Service:
         for name, device in self.devices.items():
             if not device.connected:
                 reasons.append(f"device {name} not connected: {device.last_error or 'starting'}")
-        if not self.mqtt.connected:
-            reasons.append(f"mqtt not connected: {self.mqtt.last_connect_error or 'starting'}")
+        reasons += self._mqtt_reasons()
         if self.writer.last_error is not None:
             reasons.append(f"buffer cannot write: {self.writer.last_error}")
         elif not self.writer.keeping_up:
@@ -360,6 +380,31 @@ class Service:
                 f"{outbox.reset.moved_to}; seq continues at {outbox.reset.first_seq}"
             )
         return ("degraded" if reasons else "ok"), reasons
+
+    def _mqtt_reasons(self) -> list[str]:
+        """MQTT not connected, or connected and not taking readings."""
+        mqtt, reasons = self.mqtt, []
+        if not mqtt.connected:
+            reasons.append(f"mqtt not connected: {mqtt.last_connect_error or 'starting'}")
+        if mqtt.refused_since_success:
+            reasons.append(
+                f"mqtt: the broker refused {mqtt.refused_since_success} publish(es) since the "
+                "last one it accepted"
+            )
+        now = time.time()
+        waiting = mqtt.unacknowledged_since
+        if waiting is not None and now - waiting > 2 * self.config.mqtt.keepalive_s:
+            reasons.append(
+                f"mqtt: no acknowledgement from the broker for {now - waiting:.0f} s "
+                "(over 2 x mqtt.keepalive_s)"
+            )
+        limit, oldest = self.config.health.max_unsent_age_s, self._oldest_unsent_ts
+        if limit is not None and oldest is not None and now - oldest > limit:
+            reasons.append(
+                f"oldest unsent reading is {now - oldest:.0f} s old (over "
+                f"health.max_unsent_age_s = {limit:g})"
+            )
+        return reasons
 
     async def status(self) -> dict[str, Any]:
         stats = await self.outbox.stats()
@@ -386,6 +431,8 @@ class Service:
                 for name, d in self.devices.items()
             },
             "stations": self.context.status(),
+            # Serials refused for control or format characters, per station (collector.serials).
+            "rejected_serials": dict(serials.rejected),
             "buffer": {
                 "path": str(self.config.buffer.path),
                 "depth": stats.depth,

@@ -30,7 +30,7 @@ class Stream(Protocol):
     #: For log lines: "readings", "unit records".
     name: str
     topic: str
-    #: The message's array key: ``readings`` or ``units`` (docs/messages.md).
+    #: The message's array key: ``polls`` or ``units`` (docs/messages.md).
     key: bytes
     #: Messages in flight at most.
     window: int
@@ -74,7 +74,7 @@ class Stream(Protocol):
 
 class ReadingsStream:
     name = "readings"
-    key = b"readings"
+    key = b"polls"
     shown = True
 
     def __init__(self, outbox: AsyncOutbox, topic: str, window: int, max_items: int) -> None:

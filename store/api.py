@@ -111,7 +111,8 @@ def create_app(service: StoreService) -> FastAPI:
         )
         return search_units(service.engine, query)
 
-    @app.get("/units/{serial}", response_model=None)
+    # :path: a serial may hold a "/" (the report links it percent-encoded).
+    @app.get("/units/{serial:path}", response_model=None)
     def get_unit(serial: str, request: Request) -> Response:
         found = unit_genealogy(service.engine, serial)
         if found is None:

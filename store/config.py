@@ -9,14 +9,13 @@ config/store.yaml is the commented example (loaded by a test); docs/store.md lis
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from collector.errors import ConfigError
+from collector.yamlmodel import parse_yaml_model, read_text
 
 
 class _Model(BaseModel):
@@ -184,69 +183,17 @@ class StoreConfig(_Model):
         return self
 
 
-# --- loading with FILE:LINE ----------------------------------------------------------------
-
-_Key = tuple[str | int, ...]
-
-
-def _lines(node: yaml.Node, path: _Key = (), out: dict[_Key, int] | None = None) -> dict[_Key, int]:
-    """Each field path of the document -> the 1-based line of its key."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            _lines(value, (*path, key.value), out)
-            out[(*path, key.value)] = key.start_mark.line + 1
-    return out
+# --- loading with FILE:LINE (collector.yamlmodel: bounded, UTF-8, no duplicate keys) -----
 
 
 def parse_store_config(text: str, filename: str = "<store config>") -> StoreConfig:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise ConfigError(
-            [f"{filename}:{mark.line + 1 if mark else 1}: (yaml): {exc.problem or exc}"]
-        ) from None
-    if data is None:
-        data, node = {}, None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{filename}:1: (top level): the file must be a YAML mapping"])
-    lines = _lines(node) if node is not None else {}
-    try:
-        return StoreConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc: _Key = tuple(error["loc"])
-            known = loc
-            while known and known not in lines:
-                known = known[:-1]
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{filename}:{lines.get(known, 1)}: {field}: {_problem(error)}")
-        raise ConfigError(problems) from None
-
-
-def _problem(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key (not ignored: check its spelling against docs/store.md)"
-    if error["type"] == "missing":
-        return "required field is missing"
-    msg = re.sub(r"^Value error, ", "", str(error["msg"]))
-    if error["type"] == "value_error" or "input" not in error:
-        return msg
-    return f"{msg}; got {error['input']!r}"
+    return parse_yaml_model(text, StoreConfig, filename, docs="docs/store.md", empty_ok=True)
 
 
 def load_store_config(path: Path | str) -> StoreConfig:
     """Read and validate store.yaml, and check that its secrets can be resolved."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}:0: (file): cannot read: {exc.strerror}"]) from None
-    config = parse_store_config(text, str(path))
+    config = parse_store_config(read_text(path), str(path))
     problems = []
     for section, owner in (("database", config.database), ("mqtt", config.mqtt)):
         try:

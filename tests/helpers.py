@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.contract import FlatReading, decode_readings
 from collector.service import Service
 from drivers.modbus.sim import codecs
 
@@ -174,7 +175,15 @@ class Subscriber:
             return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
 
     def readings(self) -> list[dict[str, Any]]:
-        return [r for p in self.payloads() for r in p["readings"]]
+        """One dict per reading (collector.contract.FlatReading's fields), whatever the
+        schema, read with the reference decoder."""
+        with self._lock:
+            payloads = [p for t, p, _ in self.messages if t.endswith("/readings")]
+        return [
+            {name: getattr(r, name) for name in FlatReading.__slots__}
+            for payload in payloads
+            for r in decode_readings(payload)
+        ]
 
     def seqs(self) -> list[int]:
         return [r["seq"] for r in self.readings()]
@@ -187,6 +196,19 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+SCHEMAS = REPO / "docs" / "schema"
+
+
+def assert_valid(payload: bytes, schema: str) -> None:
+    """The message is valid against docs/schema/<schema> (the file consumers are given)."""
+    import jsonschema
+
+    document = json.loads((SCHEMAS / schema).read_text())
+    jsonschema.Draft202012Validator(
+        document, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    ).validate(json.loads(payload))
 
 
 def assert_no_gaps(seqs: list[int], start: int = 1) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 import orjson
 
 from collector.buffer import SEQ_JUMP_AFTER_RESET, Batch, Outbox, make_batch, open_outbox
+from collector.buffer.inspection import readings_of
 from collector.config import Synchronous
 from collector.errors import ErrorCode
-from collector.message import ReadingEncoder, build_message, with_seq
+from collector.message import PollEncoder, ReadingEncoder, build_message, envelope, with_seq
 from collector.reading import Context, ContextChanges, Reading, UnitRecord
 
-ENCODER = ReadingEncoder()
+ENCODER = PollEncoder()
 
 
 def poll(box: Outbox, n: int, start: int = 0, serial: str | None = "SN1") -> list[Batch]:
@@ -32,7 +33,8 @@ def seqs(batches: list[Batch]) -> list[tuple[int, int]]:
 
 
 def objects(batches: list[Batch]) -> list[dict[str, object]]:
-    return [o for b in batches for o in orjson.loads(b"[" + b.body + b"]")]
+    """One dict per reading of the batches (the stored poll objects, flattened)."""
+    return [o for b in batches for o in readings_of(b.body)]
 
 
 def test_append_take_ack_in_order(tmp_path: Path) -> None:
@@ -129,53 +131,128 @@ def test_message_joins_the_stored_readings_with_their_seq(tmp_path: Path) -> Non
     contexts = [unit, unit, Context("st", None, "op")]
     box.append([make_batch(ENCODER, 1, "dev", readings, contexts)])
     body = b",".join(b.body for b in box.take(0, 10, 1 << 20))
-    message = json.loads(build_message("pc1", body))
-    assert message["schema"] == 1
+    message = json.loads(envelope("pc1", box.outbox_id, body))
+    assert message["schema"] == 2
     assert message["collector"] == "pc1"
-    assert message["readings"] == [
+    assert message["outbox"] == box.outbox_id
+    assert len(box.outbox_id) == 16
+    # One object per run of readings sharing ts and context; null members left out.
+    assert message["polls"] == [
         {
             "seq": 1,
             "ts": "2023-11-14T22:13:20Z",
-            "station": "st",
             "device": "dev",
-            "tag": "t0",
-            "value": 0.0,
-            "unit": "V",
-            "quality": "good",
-            "error": None,
+            "station": "st",
             "unit_serial": "SN1",
             "operation": "op",
-            "attempt": None,
+            "values": {"t0": 0.0},
         },
         {
             "seq": 2,
             "ts": "2023-11-14T22:13:21Z",
-            "station": "st",
             "device": "dev",
-            "tag": "t1",
-            "value": 1.0,
-            "unit": "V",
-            "quality": "good",
-            "error": None,
+            "station": "st",
             "unit_serial": "SN1",
             "operation": "op",
-            "attempt": None,
+            "values": {"t1": 1.0},
         },
         {
             "seq": 3,
             "ts": "2023-11-14T22:13:20.500000Z",
-            "station": "st",
             "device": "dev",
-            "tag": "temp",
-            "value": None,
-            "unit": "degC",
-            "quality": "bad",
-            "error": "timeout",
-            "unit_serial": None,
+            "station": "st",
             "operation": "op",
-            "attempt": None,
+            "values": {"temp": {"value": None, "quality": "bad", "error": "timeout"}},
         },
     ]
+    box.close()
+
+
+def test_the_outbox_id_is_made_with_the_file_and_kept(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "b.db", 10_000)
+    made = box.outbox_id
+    box.close()
+    box = Outbox(tmp_path / "b.db", 10_000)
+    assert box.outbox_id == made
+    box.close()
+    other = Outbox(tmp_path / "other.db", 10_000)
+    assert other.outbox_id != made
+    assert all(c in "0123456789abcdef" for c in other.outbox_id)
+    other.close()
+
+
+def test_seq_is_never_reused_after_a_power_cut_loses_published_commits(tmp_path: Path) -> None:
+    """buffer.synchronous normal: a power cut can take commits whose readings were already
+    published. The seqs they used are reserved in the fsynced hint, read at every open, so
+    the restarted collector never hands them out again."""
+    path = tmp_path / "b.db"
+    box = Outbox(path, 10_000, Synchronous.NORMAL)
+    box.append(poll(box, 5))
+    with sqlite3.connect(path) as live, sqlite3.connect(tmp_path / "snapshot.db") as snapshot:
+        live.backup(snapshot)  # the file as the disk kept it
+    box.append(poll(box, 5))  # seqs 6-10: committed, published, then lost
+    box._conn.close()  # the power cut: no clean close
+    box._engine.dispose()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    (tmp_path / "snapshot.db").replace(path)
+    box = Outbox(path, 10_000, Synchronous.NORMAL)
+    assert box.depth == 5  # the commit of seqs 6-10 is gone...
+    box.append(poll(box, 1))
+    assert box.last_seq > 10  # ...but its seqs are not handed out again
+    box.close()
+    box = Outbox(path, 10_000, Synchronous.NORMAL)  # a clean restart leaves no gap
+    last = box.last_seq
+    box.append(poll(box, 1))
+    assert box.last_seq == last + 1
+    box.close()
+
+
+def test_a_buffer_of_schema_1_batches_is_converted_to_poll_objects(tmp_path: Path) -> None:
+    """Batches stored by the version before schema 2 (one object per reading) are rewritten
+    as poll objects at start-up: same readings, same seqs; the quarantine too."""
+    path = tmp_path / "b.db"
+    box = Outbox(path, 10_000)
+    old = ReadingEncoder()
+    readings = [Reading(1_700_000_000.0, f"t{i}", i * 1.5, "V") for i in range(3)]
+    readings.append(Reading.bad(1_700_000_000.0, "temp", ErrorCode.TIMEOUT, "degC"))
+    contexts = [Context("st", "SN1", "op", 2)] * 4
+    body = old.encode(1, "dev", readings, contexts)
+    box._conn.exec_driver_sql("INSERT INTO batches VALUES (4, 1, 1.7e9, ?)", (body,))
+    box._conn.exec_driver_sql(
+        "INSERT INTO quarantine VALUES (9, 1.7e9, ?, 'too large', 1.7e9)",
+        (old.encode(9, "dev", readings[:1], contexts[:1]),),
+    )
+    box._conn.exec_driver_sql("UPDATE meta SET value = 1 WHERE key = 'body_schema'")
+    box._conn.commit()
+    box.close()
+    before = json.loads(build_message("pc1", body))["readings"]
+    box = Outbox(path, 10_000)
+    (batch,) = box.take(0, 100, 1 << 20)
+    polls = orjson.loads(b"[" + batch.body + b"]")
+    assert polls == [
+        {
+            "seq": 1,
+            "ts": "2023-11-14T22:13:20Z",
+            "device": "dev",
+            "station": "st",
+            "unit_serial": "SN1",
+            "operation": "op",
+            "attempt": 2,
+            "values": {
+                "t0": 0.0,
+                "t1": 1.5,
+                "t2": 3.0,
+                "temp": {"value": None, "quality": "bad", "error": "timeout"},
+            },
+        }
+    ]
+    after = objects([batch])
+    assert [(r["seq"], r["tag"], r["value"], r["quality"]) for r in after] == [
+        (r["seq"], r["tag"], r["value"], r["quality"]) for r in before
+    ]
+    quarantined = box._conn.exec_driver_sql("SELECT body FROM quarantine").scalar_one()
+    assert orjson.loads(quarantined)["values"] == {"t0": 0.0}
     box.close()
 
 
@@ -337,12 +414,18 @@ def test_a_buffer_of_the_one_row_per_reading_format_is_converted_with_nothing_lo
             INSERT INTO meta VALUES ('dropped_total', 7);
             """
         )
+
+        def old_body(tag: str) -> bytes:
+            """A reading object as that version stored it: without its seq."""
+            reading = ReadingEncoder().encode(
+                1, "dev", [Reading(1.7e9, tag, 1.5, "V")], [Context("st", None, "op")]
+            )
+            return b"{" + reading[reading.index(b",") + 1 :]
+
         for seq in (41, 42, 50):
-            body = orjson.dumps({"ts": "2023-11-14T22:13:20Z", "tag": f"t{seq}", "value": seq})
-            db.execute("INSERT INTO readings VALUES (?, 1.7e9, ?)", (seq, body))
+            db.execute("INSERT INTO readings VALUES (?, 1.7e9, ?)", (seq, old_body(f"t{seq}")))
         db.execute(
-            "INSERT INTO quarantine VALUES (30, 1.7e9, ?, 'too large', 1.7e9)",
-            (orjson.dumps({"tag": "big"}),),
+            "INSERT INTO quarantine VALUES (30, 1.7e9, ?, 'too large', 1.7e9)", (old_body("big"),)
         )
         db.execute("UPDATE sqlite_sequence SET seq = 60 WHERE name = 'readings'")
     box = Outbox(path, 10_000)
@@ -359,7 +442,8 @@ def test_a_buffer_of_the_one_row_per_reading_format_is_converted_with_nothing_lo
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         quarantined = db.execute("SELECT body FROM quarantine").fetchone()[0]
     assert "readings" not in tables
-    assert orjson.loads(quarantined) == {"seq": 30, "tag": "big"}
+    assert orjson.loads(quarantined)["seq"] == 30
+    assert orjson.loads(quarantined)["values"] == {"big": 1.5}
     box = Outbox(path, 10_000)  # a second start finds nothing to convert
     assert (box.depth, box.last_seq) == (5, 62)
     box.close()
@@ -395,9 +479,7 @@ async def test_writer_numbers_polls_and_an_overflow_leaves_a_counted_gap(tmp_pat
         writer.submit("dev", readings, [context] * 3)
 
     one = len(
-        ReadingEncoder().encode(
-            1, "dev", [Reading(1.0, f"t{i}", i) for i in range(3)], [context] * 3
-        )
+        PollEncoder().encode(1, "dev", [Reading(1.0, f"t{i}", i) for i in range(3)], [context] * 3)
     )
     writer = BufferWriter(box, max_pending_bytes=one)  # one poll while nothing is committed
     submit(1.0)

@@ -13,7 +13,7 @@ import pytest
 
 from collector.buffer import Outbox, make_batch
 from collector.cli import parse_since
-from collector.message import ReadingEncoder
+from collector.message import PollEncoder
 from collector.reading import Context, ContextChanges, Reading, UnitRecord
 
 
@@ -34,7 +34,7 @@ def buffer(tmp_path: Path) -> Path:
     unit record."""
     path = tmp_path / "b.db"
     box = Outbox(path, 1000)
-    encoder = ReadingEncoder()
+    encoder = PollEncoder()
     context = Context("st", "SN1", "op", 1)
     batches = [
         make_batch(
@@ -124,3 +124,26 @@ def test_schema_is_the_configs_json_schema() -> None:
     assert set(schema["required"]) >= {"collector", "buffer", "devices"}
     assert "opcua" in json.dumps(schema["$defs"]["OpcUaDevice"])
     assert schema["$defs"]["StationConfig"]["properties"]["unit_timeout_s"]["default"] == 3600
+
+
+def test_help_names_every_command() -> None:
+    result = collector("--help")
+    assert result.returncode == 0
+    described = result.stdout.split("Commands:")[1].split(".")[0]
+    assert described.replace("|", " ").split() == [
+        "run", "check", "probe", "scan", "browse", "opcua-cert", "buffer", "schema", "store",
+        "demo",
+    ]  # fmt: skip
+
+
+def test_a_closed_pipe_ends_quietly(buffer: Path) -> None:
+    command = f"{sys.executable} -m collector buffer export --path {buffer} | head -1"
+    result = subprocess.run(
+        ["bash", "-c", f'{command}; echo "exit=${{PIPESTATUS[0]}}" >&2'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert json.loads(result.stdout)  # one whole line, then a quiet end
+    assert result.stderr == "exit=0\n"

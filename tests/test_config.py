@@ -9,40 +9,16 @@ import pytest
 
 from collector.config import load_config, parse_config
 from collector.errors import ConfigError
-from tests.helpers import REPO, run_cli
+from tests.helpers import CASES, REPO, run_cli
 
 # Every example under config/ is validated here, so the examples cannot rot.
 # config/ also holds example files of other kinds, each loaded by its own test.
 NOT_COLLECTOR = {"pilot-protocol.yaml", "store.yaml"}
 EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in NOT_COLLECTOR)
 
-BASE = """\
-collector:
-  id: pc1
-  site: plant-a
-  line: line-1
-buffer:
-  path: /tmp/buffer.db
-stations:
-  - name: ft-1
-    operation: functional-test
-    serial_source: {device: tester-1, tag: serial}
-devices:
-  - name: tester-1
-    protocol: modbus_tcp
-    station: ft-1
-    host: 127.0.0.1
-    tags:
-      - name: voltage
-        table: holding_register
-        address: 0
-        type: float32
-      - name: serial
-        table: holding_register
-        address: 10
-        type: string
-        count: 8
-"""
+# One tester at one station: the config most checks edit (tests/cases/small-line.yaml; its
+# line numbers are part of the expected messages).
+BASE = (CASES / "small-line.yaml").read_text()
 
 
 def problems(text: str) -> list[str]:
@@ -103,8 +79,8 @@ def test_base_is_valid() -> None:
                 "        table: holding_register\n        address: 0\n",
                 "        table: coil\n        address: 0\n",
             ),
-            "line.yaml:17: devices[0].tags[0]: type float32 needs a register table "
-            "(holding_register or input_register); a coil holds bool only",
+            "line.yaml:17: devices[0].tags[0]: a coil holds one bit: give it type: bool (type "
+            "float32 needs a register table: holding_register or input_register)",
         ),
         (
             edit("        type: float32\n", "        type: bool\n"),
@@ -118,6 +94,11 @@ def test_base_is_valid() -> None:
             edit("        address: 0\n", "        address: 70000\n"),
             "line.yaml:19: devices[0].tags[0].address: Input should be less than or equal to "
             "65535; got 70000",
+        ),
+        (
+            edit("      - name: voltage\n", "      - name: '17'\n"),
+            "line.yaml:17: devices[0].tags[0].name: tag name '17' is a whole number, which "
+            "JSON consumers reorder; give it a letter, e.g. 'r17'",
         ),
         (
             edit("        address: 0\n", "        address: -1\n"),
@@ -273,7 +254,10 @@ def test_unreadable_file() -> None:
 
 
 def test_check_command_ok_prints_the_request_plan(tmp_path: Path) -> None:
-    result = run_cli("check", "--config", str(REPO / "config" / "minimal.yaml"))
+    text = (REPO / "config" / "minimal.yaml").read_text()
+    path = tmp_path / "minimal.yaml"
+    path.write_text(text.replace("/var/lib/collector/buffer.db", str(tmp_path / "b.db")))
+    result = run_cli("check", "--config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tester-1: modbus_tcp 192.0.2.10:502 unit 1: 1 tags -> 1 request(s) per poll" in (
         result.stdout

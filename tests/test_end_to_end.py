@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.helpers import (
     RunningService,
     Subscriber,
     assert_no_gaps,
+    assert_valid,
     async_wait_until,
     config_dict,
     first_arrival_order,
@@ -56,11 +58,30 @@ async def test_values_and_tags_arrive_at_a_real_subscriber(
             health = (await http.get("/health")).json()
             status = (await http.get("/status")).json()
     message = sub.payloads()[0]
-    assert message["schema"] == 1
+    assert message["schema"] == 2
     assert message["collector"] == "pc1"
-    first = {r["tag"]: r for r in message["readings"] if r["device"] == "tester-1"}
+    assert re.fullmatch("[0-9a-f]{16}", message["outbox"])
+    with sub._lock:
+        sent = list(sub.messages)
+    for topic, payload, _ in sent:  # every real message against the published JSON Schema
+        if topic.endswith("/readings"):
+            assert_valid(payload, "readings-2.json")
+        elif "/meta/" in topic:
+            assert_valid(payload, "meta-2.json")
+    metas = {t.rsplit("/", 1)[1]: json.loads(p) for t, p, retained in sent if "/meta/" in t}
+    assert set(metas) == {"tester-1", "fixture-1"}
+    assert metas["tester-1"]["tags"]["voltage"] == {
+        "unit": "V",
+        "type": "float32",
+        "scale": 1.0,
+        "offset": 0.0,
+        "station": "ft-1",
+    }
+    poll = next(p for p in message["polls"] if p["device"] == "tester-1")
+    assert poll["meta"] == metas["tester-1"]["meta"]
+    readings = [r for r in sub.readings() if r["device"] == "tester-1"]
+    first = {r["tag"]: r for r in readings if r["seq"] < readings[0]["seq"] + 3}
     assert first["voltage"]["value"] == 12.25
-    assert first["voltage"]["unit"] == "V"
     assert first["voltage"]["quality"] == "good"
     assert first["voltage"]["error"] is None
     assert first["voltage"]["station"] == "ft-1"

@@ -12,17 +12,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from collector.buffer import AsyncOutbox, make_batch
 from collector.config import Config
+from collector.contract import decode_readings, decode_units
 from collector.forwarder import Forwarder
-from collector.message import ReadingEncoder
+from collector.message import PollEncoder
 from collector.publisher import Ack, ConnectionLost, MqttStatus
 from collector.reading import Context, ContextChanges, Reading, UnitRecord
 from tests.helpers import async_wait_until
 
-ENCODER = ReadingEncoder()
+ENCODER = PollEncoder()
 HOLD = -1  # the fake keeps the message unanswered until the test answers it
 DROP = -2  # the connection dies with the message in flight
 ACCEPT = 0x00
@@ -53,7 +52,7 @@ class FakePublisher:
     def set_listener(self, listener: Callable[[], None]) -> None:
         self._listener = listener
 
-    def publish(self, topic: str, payload: bytes) -> asyncio.Future[Ack]:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Ack] = loop.create_future()
         self.sent.append((topic, payload))
@@ -95,8 +94,11 @@ class FakePublisher:
 
     # ------------------------------------------------------------------ what arrived
 
-    def payloads(self, topic_end: str = "/readings") -> list[dict[str, Any]]:
-        return [orjson.loads(p) for t, p in self.sent if t.endswith(topic_end)]
+    def payloads(self) -> list[list[int]]:
+        """The seqs of each readings message sent."""
+        return [
+            [r.seq for r in decode_readings(p)] for t, p in self.sent if t.endswith("/readings")
+        ]
 
 
 def config(tmp_path: Path, **mqtt: Any) -> Config:
@@ -132,10 +134,16 @@ async def store_polls(box: AsyncOutbox, polls: int, per_poll: int, tag: str = "t
 class Running:
     def __init__(self, box: AsyncOutbox, forwarder: Forwarder, fake: FakePublisher) -> None:
         self.box, self.forwarder, self.fake = box, forwarder, fake
-        self.accepted: list[dict[str, Any]] = []
+        self.accepted: list[bytes] = []
 
     def delivered_seqs(self, key: str = "readings") -> list[int]:
-        return [item["seq"] for message in self.accepted for item in message.get(key, [])]
+        decode = decode_units if key == "units" else decode_readings
+        return [
+            item.seq
+            for message in self.accepted
+            if (b'"units":' in message) == (key == "units")
+            for item in decode(message)
+        ]
 
 
 @asynccontextmanager
@@ -155,7 +163,7 @@ async def forwarding(
         refusal_backoff_s=(0.001, 0.01),
     )
     running = Running(box, forwarder, fake)
-    forwarder._on_delivered = lambda payload: running.accepted.append(orjson.loads(payload))
+    forwarder._on_delivered = running.accepted.append
     stop = asyncio.Event()
     task = asyncio.create_task(forwarder.run(stop, grace_s=5))
     try:
@@ -193,7 +201,7 @@ async def test_backlog_and_live_readings_take_turns(tmp_path: Path) -> None:
             await async_wait_until(lambda: fake.held, 5, "a message to answer")
             fake.resolve(fake.held.pop(0))
         await async_wait_until(lambda: len(run.delivered_seqs()) == 30, 5, "all delivered")
-    firsts = [m["readings"][0]["seq"] for m in fake.payloads()]
+    firsts = [m[0] for m in fake.payloads()]
     assert firsts == [1, 21, 6, 26, 11, 16]  # backlog, live, backlog, live, then the rest
 
 
@@ -213,7 +221,7 @@ async def test_refused_as_too_large_is_resent_one_per_message_and_the_bad_one_qu
         assert run.box.outbox.quarantined_total == 1
     assert sorted(set(run.delivered_seqs())) == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
     assert run.forwarder.status.rejected["Packet too large"] >= 2  # whole, then alone
-    sent = [[r["seq"] for r in m["readings"]] for m in fake.payloads()]
+    sent = fake.payloads()
     assert [7] in sent  # the bad one alone (refused again, then moved aside)
     assert [8] in sent  # its neighbours resent one by one meanwhile
 
@@ -233,7 +241,7 @@ async def test_the_packet_size_a_broker_announces_is_applied(tmp_path: Path) -> 
     sizes = [len(p) + len(t) + 16 for t, p in fake.sent]
     assert max(sizes) <= limit
     assert run.forwarder.status.rejected == {}
-    assert max(len(m["readings"]) for m in fake.payloads()) > 2  # polls still go together
+    assert max(len(m) for m in fake.payloads()) > 2  # polls still go together
     assert run.delivered_seqs() == list(range(1, 61))
 
 
@@ -261,7 +269,7 @@ async def test_the_size_learned_from_a_broker_that_drops_large_messages_is_appli
     assert max(later) <= learned
     assert sorted(set(run.delivered_seqs())) == list(range(1, 401))
     # A limit for batching, not one reading per message for ever:
-    assert max(len(m["readings"]) for m in fake.payloads()[learned_at:]) > 1
+    assert max(len(m) for m in fake.payloads()[learned_at:]) > 1
 
 
 async def test_a_poll_stored_larger_than_a_message_is_split_in_the_buffer(tmp_path: Path) -> None:
@@ -270,7 +278,7 @@ async def test_a_poll_stored_larger_than_a_message_is_split_in_the_buffer(tmp_pa
     fake = FakePublisher()
     async with forwarding(tmp_path, fake, before=1, per_poll=12, max_readings_per_message=5) as run:
         await async_wait_until(lambda: len(run.delivered_seqs()) == 12, 5, "all delivered")
-    assert [len(m["readings"]) for m in fake.payloads()] == [4, 4, 4]
+    assert [len(m) for m in fake.payloads()] == [4, 4, 4]
     assert run.delivered_seqs() == list(range(1, 13))
 
 
@@ -314,8 +322,8 @@ async def test_unit_records_go_through_the_same_loop_refused_ones_retried(tmp_pa
         await async_wait_until(lambda: len(run.delivered_seqs("units")) == 2, 5, "units")
         await async_wait_until(lambda: len(run.delivered_seqs()) == 10, 5, "readings")
         await async_wait_until(lambda: run.box.outbox.units_depth == 0, 5, "units deleted")
-    units = [u for m in run.accepted for u in m.get("units", [])]
-    assert [(u["seq"], u["serial"]) for u in units] == [(1, "SN1"), (2, "SN2")]
+    units = [u for m in run.accepted if b'"units":' in m for u in decode_units(m)]
+    assert [(u.seq, u.serial) for u in units] == [(1, "SN1"), (2, "SN2")]
     assert run.forwarder.status.rejected == {"Not authorized": 1}
     assert run.forwarder.status.units_delivered == 2
     assert [t.rsplit("/", 1)[1] for t, _p in fake.sent].count("units") == 2  # refused, resent

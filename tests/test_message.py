@@ -117,3 +117,89 @@ def test_the_message_wraps_the_stored_readings() -> None:
     assert message["schema"] == 1
     assert message["collector"] == "pc1"
     assert [r["seq"] for r in message["readings"]] == [7]
+
+
+# --------------------------------------------------------------------------- schema 2
+
+
+def test_float32_values_are_written_at_float32_precision() -> None:
+    import struct
+
+    from collector.message import float32_text
+
+    def widened(x: float) -> float:  # what a driver decoding a float32 register returns
+        return float(struct.unpack("<f", struct.pack("<f", x))[0])
+
+    assert widened(354.315) == 354.31500244140625
+    assert float32_text(widened(354.315)) == b"354.315"
+    assert float32_text(widened(0.1)) == b"0.1"
+    assert float32_text(widened(12.5)) == b"12.5"
+    assert float32_text(widened(-1.0e-7)) == b"-1e-07"
+    assert float32_text(widened(3.4028234663852886e38)) == b"3.4028235e+38"
+    assert float32_text(float("nan")) == b"null"
+    for x in (1 / 3, 2.718281828, 123456.789, 1e-30, 16777217.0):
+        text = float32_text(widened(x))
+        assert widened(float(text)) == widened(x)  # reads back as the same float32
+        assert len(text) <= len(repr(widened(x)))
+
+
+def test_poll_objects_carry_the_shared_fields_once_and_the_values_by_tag() -> None:
+    from collector.contract import decode_readings
+    from collector.errors import ErrorCode
+    from collector.message import DeviceMeta, PollEncoder, envelope
+
+    meta = DeviceMeta(
+        "dev",
+        {
+            "v": {"unit": "V", "type": "float32", "scale": 1.0, "offset": 0.0, "station": "st"},
+            "n": {"unit": None, "type": "uint16", "scale": 1.0, "offset": 0.0, "station": "st"},
+        },
+    )
+    unit = Context("st", "SN1", "op", 1)
+    readings = [
+        Reading(1.0, "v", 354.31500244140625),  # a float32 register holding 354.315
+        Reading(1.0, "n", 7),
+        Reading.bad(1.0, "t", ErrorCode.TIMEOUT),
+        Reading(2.0, "n", 8, quality=Quality.UNCERTAIN),
+    ]
+    body = PollEncoder().encode(5, "dev", readings, [unit] * 4, meta)
+    assert body == (
+        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","station":"st",'
+        b'"unit_serial":"SN1","operation":"op","attempt":1,"values":{"v":354.315,"n":7,'
+        b'"t":{"value":null,"quality":"bad","error":"timeout"}}},'
+        b'{"seq":8,"ts":"1970-01-01T00:00:02Z","device":"dev","meta":"%b","station":"st",'
+        b'"unit_serial":"SN1","operation":"op","attempt":1,'
+        b'"values":{"n":{"value":8,"quality":"uncertain","error":null}}}'
+    ) % (meta.meta.encode(), meta.meta.encode())
+    flat = decode_readings(envelope("pc1", "0123456789abcdef", body))
+    assert [(r.seq, r.tag, r.value, r.quality) for r in flat] == [
+        (5, "v", 354.315, "good"),
+        (6, "n", 7, "good"),
+        (7, "t", None, "bad"),
+        (8, "n", 8, "uncertain"),
+    ]
+    assert {r.outbox for r in flat} == {"0123456789abcdef"}
+
+
+def test_split_polls_keeps_every_value_its_seq_and_its_poll_fields() -> None:
+    from collector.contract import decode_readings
+    from collector.message import PollEncoder, envelope, split_polls
+
+    readings = [Reading(1.0 + i // 3, f"t{i}", i) for i in range(7)]
+    body = PollEncoder().encode(11, "dev", readings, [Context("st", "SN", "op")] * 7)
+    parts = split_polls(body, 2)
+    assert [(first, last) for first, last, _, _ in parts] == [
+        (11, 12),
+        (13, 14),
+        (15, 16),
+        (17, 17),
+    ]
+    assert [ts for _, _, ts, _ in parts] == [1.0, 1.0, 2.0, 3.0]
+
+    def flat(b: bytes) -> list[tuple[int, str, object, str | None]]:
+        return [
+            (r.seq, r.tag, r.value, r.unit_serial)
+            for r in decode_readings(envelope("pc1", "0" * 16, b))
+        ]
+
+    assert [x for _, _, _, b in parts for x in flat(b)] == flat(body)

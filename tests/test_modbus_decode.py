@@ -145,3 +145,31 @@ def test_the_fast_path_decodes_exactly_as_the_general_one(
         expected = decode(codec, [word])
         assert reading.value == expected
         assert type(reading.value) is type(expected)
+
+
+def test_float32_is_published_at_float32_precision() -> None:
+    import random
+    import struct
+
+    from drivers.modbus.codec import float32_value
+
+    c = codec("float32")
+    value = decode(c, encode(c, 354.315))
+    assert value == 354.315  # not the double 354.3149719238281 the float32 widens to
+    assert repr(value) == "354.315"
+    assert repr(decode(c, encode(c, 0.1))) == "0.1"
+    scaled = codec("float32", scale=10.0)
+    assert decode(scaled, encode(c, 1.5)) == 15.0
+    rng = random.Random(7)
+    for _ in range(5000):
+        raw = struct.pack(">I", rng.getrandbits(32))
+        (wide,) = struct.unpack(">f", raw)
+        if not math.isfinite(wide):
+            continue
+        short = float32_value(wide)
+        assert struct.pack(">f", short) == raw or wide == 0.0  # the same float32 (-0.0 == 0.0)
+        # the shortest such decimal: one digit fewer does not read back
+        digits = len(f"{short:.9g}".lstrip("-").replace(".", "").split("e")[0].strip("0"))
+        if digits > 1:
+            fewer = float(f"{wide:.{digits - 1}g}")
+            assert struct.pack(">f", fewer) != raw

@@ -343,3 +343,13 @@ async def test_polls_keep_a_fixed_grid(modbus_server: SimulatedModbusServer) -> 
     span = times[10] - times[0]
     assert 0.9 < span < 1.4, span
     assert poller.status.skipped_polls == 0
+
+
+async def test_a_float32_reads_at_float32_precision(
+    modbus_server: SimulatedModbusServer, driver_for: Any
+) -> None:
+    cfg = device(modbus_server.port)
+    await fill(modbus_server, cfg, {"voltage": 354.315})
+    driver = await driver_for(cfg)
+    value = by_tag(await driver.read())["voltage"].value
+    assert repr(value) == "354.315"  # what every encoder then publishes

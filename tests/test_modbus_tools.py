@@ -88,3 +88,21 @@ def test_interpretations_cover_16_32_and_64_bit_types() -> None:
     text = dict(interpretations([0x4142, 0x4300]))
     assert text["string"] == ["'ABC'"]
     assert text["string (bytes swapped)"] == ["'BA\\x00C'"]
+
+
+async def test_probe_keeps_64_bit_columns_apart(gateway: SimulatedModbusServer) -> None:
+    tag = ModbusTag(
+        name="n", table=ModbusTable.HOLDING_REGISTER, address=200, type=ModbusType.INT64
+    )
+    await gateway.set_value(7, TagCodec(tag, ByteOrder.BIG, WordOrder.BIG), -(2**63) + 1)
+    code, out, err = await collector(
+        "probe", f"modbus://127.0.0.1:{gateway.port}?unit=7", "--address", "200", "--count", "4"
+    )
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:1].isalpha()}
+    assert rows["int64"][0] == str(-(2**63) + 1)
+    assert rows["uint64"][0] == str(2**63 + 1)
+    for name in ("int64", "uint64", "float64"):
+        assert len(rows[name]) == 4, rows[name]  # four columns, none run together
+        for cell in rows[name]:
+            float(cell)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from collector.backoff import Backoff
+from collector.backoff import Backoff, Probe, wait_or_back
 from collector.errors import NotConnectedError
 from collector.poller import DeviceStatus, Poller, phase_s
 from collector.reading import Reading
@@ -123,3 +123,40 @@ async def test_a_good_poll_starts_the_backoff_again() -> None:
     assert backoff.delays[3] > 0.04
     # After the good poll, the read failure waits at most the minimum again.
     assert backoff.delays[4] <= 0.01
+
+
+def probe_answering(*answers: bool) -> tuple[list[bool], Probe]:
+    """A reachability probe that answers as given, then keeps the last answer."""
+    asked: list[bool] = []
+
+    async def probe() -> bool:
+        answer = answers[min(len(asked), len(answers) - 1)]
+        asked.append(answer)
+        return answer
+
+    return asked, probe
+
+
+async def test_the_backoff_ends_when_a_peer_that_was_down_answers_again() -> None:
+    asked, probe = probe_answering(False, False, True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await wait_or_back(60.0, probe, period_s=0.01)
+    assert asked == [False, False, True]
+    assert loop.time() - started < 60.0
+
+
+async def test_a_peer_reachable_all_along_keeps_the_backoff() -> None:
+    """A peer that answers TCP but refused the session (a password, a certificate): the
+    probe's success proves nothing, so the whole delay is waited."""
+    asked, probe = probe_answering(True)
+    assert not await wait_or_back(0.1, probe, period_s=0.01)
+    assert len(asked) >= 3
+    assert set(asked) == {True}
+
+
+async def test_without_a_probe_the_backoff_is_a_plain_wait() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    assert not await wait_or_back(60.0, None, stop=stop)  # ends at once when stopped
+    assert not await wait_or_back(0.01, None)

@@ -5,6 +5,7 @@ running config stays. Real parts: pymodbus server, mosquitto, SQLite, the collec
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,13 @@ def with_changes(raw: dict[str, Any]) -> dict[str, Any]:
     return changed
 
 
+def meta_messages(sub: Subscriber, device: str, count: int) -> list[dict[str, Any]] | None:
+    """The retained metadata messages of a device received so far, once there are ``count``."""
+    with sub._lock:
+        found = [json.loads(p) for t, p, _ in sub.messages if t.endswith(f"/meta/{device}")]
+    return found if len(found) >= count else None
+
+
 async def test_reload_restarts_only_what_changed_and_refuses_a_broken_config(
     mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
 ) -> None:
@@ -69,6 +77,22 @@ async def test_reload_restarts_only_what_changed_and_refuses_a_broken_config(
                 lambda: {"clamp2", "door"} <= {r["tag"] for r in sub.readings()},
                 10,
                 "readings of the changed and the new device",
+            )
+            # Tag metadata: republished (retained) for the changed and the new device, and
+            # the changed device's polls refer to its new version.
+            metas = await async_wait_until(lambda: meta_messages(sub, "fixture-1", 2), 10, "meta")
+            assert [set(m["tags"]) for m in metas] == [{"clamp"}, {"clamp", "clamp2"}]
+            assert metas[0]["meta"] != metas[1]["meta"]
+            assert await async_wait_until(lambda: meta_messages(sub, "fixture-2", 1), 10, "new")
+            await async_wait_until(
+                lambda: any(
+                    p.get("meta") == metas[1]["meta"]
+                    for m in sub.payloads()
+                    for p in m["polls"]
+                    if p["device"] == "fixture-1"
+                ),
+                10,
+                "polls with the new metadata",
             )
             # 2. A broken config: refused, the running one stays and keeps polling.
             path.write_text(path.read_text().replace("poll_interval_ms", "poll_intervall_ms", 1))

@@ -57,7 +57,7 @@ def test_errors_name_file_line_and_field() -> None:
     assert "less than or equal to 1" in found[2]
     assert found[3] == (
         "pilot.yaml:7: operations[0].max_scarp_rate: unknown key (not ignored: check its "
-        "spelling against docs/configuration.md)"
+        "spelling against docs/report.md)"
     )
     assert found[4].startswith("pilot.yaml:10: sample_sizes.subgroup_by: ")
     assert len(found) == 5  # the duplicate is reported once the items themselves are valid

@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 
-from collector.buffer.schema import COUNT_SQL, DROPPED_KEY, QUARANTINED_KEY, decode_body, epoch
+from collector.buffer.schema import COUNT_SQL, DROPPED_KEY, QUARANTINED_KEY, epoch
+from collector.contract import decode_readings
 from collector.errors import StartupError
-from collector.message import ts_text, with_seq
+from collector.message import envelope, ts_text, with_seq
 
 EXPORT_TABLES = ("readings", "units", "quarantine")
 
@@ -105,9 +106,32 @@ def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[
         else:
             query = "SELECT ts, body, NULL FROM batches WHERE ts >= ? ORDER BY last_seq"
         for ts, body, reason in db.execute(query, (floor - _BATCH_SPAN_S,)):
-            for item in decode_body(bytes(body)):
+            for item in readings_of(bytes(body)):
                 if ts < floor and epoch(item["ts"]) < floor:
                     continue
                 if reason is not None:
                     item["quarantine_reason"] = reason
                 yield orjson.dumps(item)
+
+
+# The fields of an exported reading, in this order (one object per reading, as schema 1 had).
+_EXPORTED = (
+    "seq",
+    "ts",
+    "station",
+    "device",
+    "tag",
+    "value",
+    "quality",
+    "error",
+    "unit_serial",
+    "operation",
+    "attempt",
+)
+
+
+def readings_of(body: bytes) -> list[dict[str, Any]]:
+    """A stored body's poll objects as one object per reading, read with the reference
+    decoder (collector.contract)."""
+    flat = decode_readings(envelope("buffer", "0" * 16, body))
+    return [{name: getattr(r, name) for name in _EXPORTED} for r in flat]

@@ -40,7 +40,7 @@ def open_outbox(
         ):
             raise
         error = str(exc.orig)
-    floor = max(_salvage_last_seq(path), SeqHint(path).read()) + SEQ_JUMP_AFTER_RESET
+    floor = max(_salvage_last_seq(path), *SeqHint(path).read()) + SEQ_JUMP_AFTER_RESET
     moved = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")

@@ -24,11 +24,11 @@ Use an :class:`Outbox` from one thread only (collector.buffer.handover runs it o
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -38,7 +38,10 @@ from collector.buffer.migrations import migrate
 from collector.buffer.schema import (
     COUNT_SQL,
     DROPPED_KEY,
+    HINT_RESERVE,
+    HINT_RESERVE_UNITS,
     INSERT_BATCHES,
+    OUTBOX_KEY,
     QUARANTINED_KEY,
     Batch,
     BufferReset,
@@ -46,8 +49,6 @@ from collector.buffer.schema import (
     SeqHint,
     attempts_table,
     batches_table,
-    decode_body,
-    epoch,
     meta_table,
     metadata,
     quarantine_table,
@@ -55,7 +56,7 @@ from collector.buffer.schema import (
     units_table,
 )
 from collector.config import Synchronous
-from collector.message import encode_unit
+from collector.message import encode_unit, split_polls
 from collector.reading import ContextChanges
 
 
@@ -72,6 +73,9 @@ class Outbox:
         self.path = path
         self.reset: BufferReset | None = None
         self.hint = SeqHint(path)
+        self._durable = synchronous is Synchronous.FULL
+        # Seqs reserved in the hint (not durable commits only): (readings, units).
+        self._reserved = (0, 0)
         self.max_readings = max_readings
         self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
         self._conn: Connection = self._engine.connect()
@@ -93,12 +97,13 @@ class Outbox:
             for table in metadata.sorted_tables:
                 self._conn.execute(CreateTable(table, if_not_exists=True))
             migrate(self._conn)
-            if seq_floor:
-                for stream in ("batches", "units"):
-                    self._conn.execute(
-                        sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :s)"),
-                        {"t": stream, "s": seq_floor},
-                    )
+            # Above every seq ever handed out, even by commits this file lost (the hint).
+            hinted = self.hint.read()
+            for stream, floor in zip(("batches", "units"), hinted, strict=True):
+                self._raise_seq(stream, max(seq_floor, floor))
+            if not self._meta(OUTBOX_KEY):
+                outbox_id = int.from_bytes(secrets.token_bytes(8), "big", signed=True) or 1
+                self._conn.execute(meta_table.insert().values(key=OUTBOX_KEY, value=outbox_id))
         # Counting the rows reads every page of the table: a malformed page shows up here, at
         # start-up, not in the middle of a shift.
         self.depth = self._count_readings()
@@ -109,8 +114,23 @@ class Outbox:
         ).scalar_one()
         self.last_seq = self._last_seq("batches")
         self.last_unit_seq = self._last_seq("units")
+        #: 16 hex digits, the same for the file's whole life (docs/messages.md).
+        self.outbox_id = (self._meta(OUTBOX_KEY) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big").hex()
         self._conn.commit()
         self._write_hint()
+
+    def _raise_seq(self, table: str, floor: int) -> None:
+        """The next seq of ``table`` is above ``floor``."""
+        if floor <= self._last_seq(table):
+            return
+        params = {"t": table, "s": floor}
+        updated = self._conn.execute(
+            sa.text("UPDATE sqlite_sequence SET seq = :s WHERE name = :t"), params
+        ).rowcount
+        if not updated:
+            self._conn.execute(
+                sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :s)"), params
+            )
 
     def _count_readings(self, where: str = "", **params: int) -> int:
         return int(
@@ -127,7 +147,18 @@ class Outbox:
         return int(value or 0)
 
     def _write_hint(self, force: bool = True) -> None:
-        self.hint.write(max(self.last_seq, self.last_unit_seq), force)
+        readings, units = self._reserved
+        self.hint.write(max(self.last_seq, readings), max(self.last_unit_seq, units), force)
+
+    def _reserve(self, last_seq: int, last_unit_seq: int) -> None:
+        """Without fsynced commits (buffer.synchronous normal/off), seqs are reserved in the
+        fsynced hint before they are committed: a power cut that loses published commits
+        cannot make them be handed out again."""
+        readings, units = self._reserved
+        if last_seq <= readings and last_unit_seq <= units:
+            return
+        self._reserved = (last_seq + HINT_RESERVE, last_unit_seq + HINT_RESERVE_UNITS)
+        self.hint.write(*self._reserved, sync=True)
 
     def _meta(self, key: str) -> int:
         value = self._conn.execute(
@@ -146,7 +177,9 @@ class Outbox:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._write_hint()
+            # Everything is committed: the exact values, so a clean restart leaves no gap.
+            self._reserved = (0, 0)
+            self.hint.write(self.last_seq, self.last_unit_seq, sync=not self._durable)
         self._conn.close()
         self._engine.dispose()
 
@@ -163,6 +196,9 @@ class Outbox:
             return 0
         dropped = 0
         count = sum(b.count for b in batches)
+        if not self._durable:
+            units = len(changes.units) if changes else 0
+            self._reserve(batches[-1].last_seq if batches else 0, self.last_unit_seq + units)
         with self._conn.begin():
             # The deletes first: the room they make counts against the cap.
             deleted = self._delete_ranges(acks)
@@ -300,18 +336,7 @@ class Outbox:
             ).all()
             for row in rows:
                 batch = Batch(*row)
-                items = decode_body(batch.body)
-                parts = []
-                for i in range(0, len(items), per_batch):
-                    chunk = items[i : i + per_batch]
-                    parts.append(
-                        Batch(
-                            batch.first_seq + i,
-                            batch.first_seq + i + len(chunk) - 1,
-                            min(epoch(item["ts"]) for item in chunk),
-                            b",".join(orjson.dumps(item) for item in chunk),
-                        )
-                    )
+                parts = [Batch(*part) for part in split_polls(batch.body, per_batch)]
                 self._conn.exec_driver_sql(
                     "DELETE FROM batches WHERE last_seq = ?", (batch.last_seq,)
                 )

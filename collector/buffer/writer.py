@@ -11,26 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 
 from collector.buffer.handover import AsyncOutbox
 from collector.buffer.schema import Batch
-from collector.message import ReadingEncoder
+from collector.message import DeviceMeta, PollEncoder
 from collector.reading import Context, ContextChanges, Reading
 
 log = logging.getLogger(__package__)
 
 
 def make_batches(
-    encoder: ReadingEncoder,
+    encoder: PollEncoder,
     first_seq: int,
     device: str,
     readings: Sequence[Reading],
     contexts: Sequence[Context],
     *,
     per_batch: int | None = None,
+    meta: DeviceMeta | None = None,
 ) -> list[Batch]:
     """One poll's readings, numbered from ``first_seq``, as the batches the outbox stores: one,
     or as few parts of even size as keep each at most ``per_batch`` readings (a message never
@@ -39,24 +40,33 @@ def make_batches(
     parts = 1 if per_batch is None or count <= per_batch else -(-count // per_batch)
     size = -(-count // parts)
     return [
-        make_batch(encoder, first_seq + i, device, readings[i : i + size], contexts[i : i + size])
+        make_batch(
+            encoder,
+            first_seq + i,
+            device,
+            readings[i : i + size],
+            contexts[i : i + size],
+            meta=meta,
+        )
         for i in range(0, count, size)
     ]
 
 
 def make_batch(
-    encoder: ReadingEncoder,
+    encoder: PollEncoder,
     first_seq: int,
     device: str,
     readings: Sequence[Reading],
     contexts: Sequence[Context],
+    *,
+    meta: DeviceMeta | None = None,
 ) -> Batch:
     """Readings numbered from ``first_seq`` as one batch."""
     return Batch(
         first_seq,
         first_seq + len(readings) - 1,
         min(r.ts for r in readings),
-        encoder.encode(first_seq, device, readings, contexts),
+        encoder.encode(first_seq, device, readings, contexts, meta),
     )
 
 
@@ -97,7 +107,9 @@ class BufferWriter:
         self._max_pending = max_pending_bytes
         self._held_back = False
         self._ready = asyncio.Event()
-        self._encoder = ReadingEncoder()
+        self._encoder = PollEncoder()
+        #: Each device's tag metadata: the id polls refer to, float32 tags (set_meta).
+        self.metas: Mapping[str, DeviceMeta] = {}
         self._next_seq: int | None = None
         # What the station context wants stored along with the readings it tagged.
         self._changes = changes
@@ -123,7 +135,13 @@ class BufferWriter:
             self.overflow_dropped += count
             return
         parts = make_batches(
-            self._encoder, first, device, readings, contexts, per_batch=self._per_batch
+            self._encoder,
+            first,
+            device,
+            readings,
+            contexts,
+            per_batch=self._per_batch,
+            meta=self.metas.get(device),
         )
         for batch in parts:
             self._queue.append(batch)
@@ -148,6 +166,10 @@ class BufferWriter:
                     "catches up (skipped_polls on /status)"
                 )
         return room
+
+    def set_meta(self, metas: Mapping[str, DeviceMeta]) -> None:
+        """The devices' tag metadata (at start and after a reload)."""
+        self.metas = metas
 
     def set_changes(self, changes: Callable[[], ContextChanges]) -> None:
         """Take the context's changes from here on (a new context after a reload)."""

@@ -11,6 +11,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, model_validator
 
+from collector.devices import Host
 from collector.devices import Model as _Model
 from collector.devices import secret as _secret
 
@@ -77,7 +78,7 @@ class MqttVersion(StrEnum):
 
 
 class MqttConfig(_Model):
-    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    host: Host = Field(default="127.0.0.1", description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
     client_id: str | None = Field(
         default=None, max_length=128, description="MQTT client id; default: the collector id."
@@ -139,6 +140,12 @@ class HealthConfig(_Model):
         "change state (POST /stations/{name}/unit). No token: those endpoints are off.",
     )
     token_file: Path | None = Field(default=None, description="File holding that token.")
+    max_unsent_age_s: float | None = Field(
+        default=300.0,
+        gt=0,
+        description="/health degrades when the oldest reading not yet delivered is older than "
+        "this (seconds): a broker that is connected but does not take the backlog. null: off.",
+    )
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Self:

@@ -15,35 +15,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from collector.config.base import TOPIC_LEVEL_PATTERN
-from collector.config.model import Config, FieldError
-from collector.devices import NAME_PATTERN, FieldPath, FileKind, dotted
+from collector.config.base import TOPIC_LEVEL_PATTERN, HealthConfig
+from collector.config.model import (
+    Config,
+    DeviceConfig,
+    FieldError,
+    FieldErrors,
+    reference_problems,
+)
+from collector.config.stations import StationConfig
+from collector.devices import NAME_PATTERN, DeviceBase, FieldPath, FileKind, dotted
 from collector.errors import ConfigError
+from collector.yamlmodel import message, parse_yaml, read_text, shown
 from drivers.registry import REGISTRY
 
 Path_ = FieldPath
-
-
-def _line_map(
-    node: yaml.Node, path: Path_ = (), out: dict[Path_, int] | None = None
-) -> dict[Path_, int]:
-    """Map every field path in the YAML document to the 1-based line that gives it."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _line_map(value_node, (*path, key), out)
-            # Keep the key's own line for the field itself (errors about the key, e.g. unknown).
-            out[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _line_map(item, (*path, index), out)
-    return out
 
 
 def _locate(loc: Sequence[str | int], lines: dict[Path_, int]) -> tuple[str, int]:
@@ -68,61 +56,103 @@ def _locate(loc: Sequence[str | int], lines: dict[Path_, int]) -> tuple[str, int
 
 def _message(error: Any) -> str:
     kind = error["type"]
-    msg: str = error["msg"]
-    if kind == "extra_forbidden":
-        return "unknown key (not ignored: check its spelling against docs/configuration.md)"
-    if kind == "missing":
-        return "required field is missing"
     if kind == "union_tag_invalid":
         allowed = error["ctx"]["expected_tags"].replace("'", "")
-        return f"{error['ctx']['tag']!r} is not a protocol; allowed: {allowed}"
+        return f"{shown(error['ctx']['tag'])} is not a protocol; allowed: {allowed}"
     if kind == "union_tag_not_found":
         return "required field is missing (it selects the kind of device)"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
     if kind == "string_pattern_mismatch":
         pattern = error.get("ctx", {}).get("pattern", "")
         if pattern == NAME_PATTERN:
             return (
-                f"{error['input']!r} is not a valid name: use letters, digits, '_', '.', '-' "
-                "and start with a letter or digit"
+                f"{shown(error['input'])} is not a valid name: use letters, digits, '_', '.', "
+                "'-' and start with a letter or digit"
             )
         if pattern == TOPIC_LEVEL_PATTERN:
-            return f"{error['input']!r} must not contain '/', '#', '+' or spaces (MQTT topic level)"
-    if kind == "value_error" or "input" not in error:
-        return msg  # our own validators already name the bad value
-    return f"{msg}; got {error['input']!r}"
+            return (
+                f"{shown(error['input'])} must not contain '/', '#', '+' or spaces "
+                "(MQTT topic level)"
+            )
+    return message(error, "docs/configuration.md")
 
 
 def parse_config(text: str, filename: str = "<config>") -> Config:
-    """Validate a YAML document; raise ConfigError listing every problem."""
+    """Validate a YAML document; raise ConfigError listing every problem (the YAML's, the
+    register maps', the schema's and the cross-references', in one pass)."""
+    return _parse(text, filename)[0]
+
+
+def _parse(text: str, filename: str) -> tuple[Config, dict[Path_, int]]:
+    doc = parse_yaml(text, filename)
+    data, lines = doc.data, doc.lines
+    problems = _load_csv_tags(data, filename, lines)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        raise ConfigError([f"{filename}:{line}: (yaml): {exc.problem or exc}"]) from exc
-    if node is None or not isinstance(data, dict):
-        raise ConfigError([f"{filename}:1: (top level): the file must be a YAML mapping"])
-    lines = _line_map(node)
-    csv_problems = _load_csv_tags(data, filename, lines)
-    if csv_problems:
-        raise ConfigError(csv_problems)
-    try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = error["loc"]
-            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                loc = (*loc, error["ctx"]["discriminator"].strip("'"))
-            cause = error.get("ctx", {}).get("error")
-            if isinstance(cause, FieldError):
-                loc = (*loc, *cause.loc)
-            field, line = _locate(loc, lines)
-            problems.append(f"{filename}:{line}: {field}: {_message(error)}")
-        raise ConfigError(problems) from None
+        errors = exc.errors()
+        found = [p for error in errors for p in _problems(error, filename, lines)]
+        if not any(error["loc"] == () for error in errors):
+            # The schema failed, so Config's cross-section checks did not run: run them on
+            # the parts that did validate, so that one pass shows every problem.
+            found += _partial_references(data, filename, lines)
+        found.sort(key=lambda item: item[0])
+        raise ConfigError(problems + [text for _, text in found]) from None
+    if problems:
+        raise ConfigError(problems)
+    return config, lines
+
+
+def _problems(error: Any, filename: str, lines: dict[Path_, int]) -> list[tuple[int, str]]:
+    loc = error["loc"]
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, error["ctx"]["discriminator"].strip("'"))
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldErrors):
+        out = []
+        for one in cause.problems:
+            field, line = _locate((*loc, *one.loc) if isinstance(one, FieldError) else loc, lines)
+            out.append((line, f"{filename}:{line}: {field}: {one}"))
+        return out
+    if isinstance(cause, FieldError):
+        loc = (*loc, *cause.loc)
+    field, line = _locate(loc, lines)
+    return [(line, f"{filename}:{line}: {field}: {_message(error)}")]
+
+
+def _partial_references(
+    data: dict[str, Any], filename: str, lines: dict[Path_, int]
+) -> list[tuple[int, str]]:
+    stations: list[tuple[int, StationConfig]] = []
+    devices: list[tuple[int, DeviceBase]] = []
+    invalid: set[str] = set()
+    invalid_stations: set[str] = set()
+    raw_stations = data.get("stations")
+    for index, raw in enumerate(raw_stations if isinstance(raw_stations, list) else []):
+        try:
+            stations.append((index, StationConfig.model_validate(raw)))
+        except ValidationError:
+            if isinstance(raw, dict):
+                invalid_stations.add(str(raw.get("name")))
+    raw_devices = data.get("devices")
+    adapter: TypeAdapter[DeviceBase] = TypeAdapter(DeviceConfig)
+    for index, raw in enumerate(raw_devices if isinstance(raw_devices, list) else []):
+        try:
+            devices.append((index, adapter.validate_python(raw)))
+        except ValidationError:
+            if isinstance(raw, dict):
+                invalid.add(str(raw.get("name")))
+    try:
+        unit_api = HealthConfig.model_validate(data.get("health") or {}).unit_api_enabled
+    except ValidationError:
+        unit_api = True  # its own problem is reported; do not add a guess
+    out = []
+    for problem in reference_problems(
+        stations, devices, unit_api=unit_api, other_devices=invalid, other_stations=invalid_stations
+    ):
+        loc = problem.loc if isinstance(problem, FieldError) else ()
+        field, line = _locate(loc, lines)
+        out.append((line, f"{filename}:{line}: {field}: {problem}"))
+    return out
 
 
 def _load_csv_tags(data: dict[str, Any], filename: str, lines: dict[Path_, int]) -> list[str]:
@@ -141,15 +171,15 @@ def _load_csv_tags(data: dict[str, Any], filename: str, lines: dict[Path_, int])
         if tag_model is None:
             continue  # validation says that this protocol takes no tags_csv
         columns = tuple(tag_model.model_fields)
-        where = f"{filename}:{lines.get(('devices', index, 'tags_csv'), 1)}"
         path = Path(str(device["tags_csv"]))
         path = path if path.is_absolute() else base / path
         try:
-            text = path.read_text(encoding="utf-8-sig")  # spreadsheets often write a BOM
-        except OSError as exc:
-            problems.append(
-                f"{where}: devices[{index}].tags_csv: cannot read {str(path)!r}: {exc.strerror}"
-            )
+            where = f"{filename}:{lines.get(('devices', index, 'tags_csv'), 1)}"
+            cited = f"{where}: devices[{index}].tags_csv"
+            # A BOM (spreadsheets write one) is fine; Windows-1252 is said as such.
+            text = read_text(path, "register map", cited=cited)
+        except ConfigError as exc:
+            problems += exc.problems
             continue
         reader = csv.DictReader(io.StringIO(text))
         header = [h.strip() for h in reader.fieldnames or []]
@@ -190,24 +220,41 @@ def _load_csv_tags(data: dict[str, Any], filename: str, lines: dict[Path_, int])
     return problems
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate a config file, and check that its secrets can be resolved."""
+def load_config(path: Path | str, *, starting: bool = False) -> Config:
+    """Read and validate a config file, and check that its secrets can be resolved.
+    ``starting`` (run and check, not a reload): also what the start needs of the machine (the
+    buffer's folder), so that ``collector check`` catches what ``run`` would fail on."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}:0: (file): cannot read: {exc.strerror}"]) from exc
-    config = parse_config(text, str(path))
-    problems = _environment_problems(config, str(path), text)
+    config, lines = _parse(read_text(path), str(path))
+    problems = _environment_problems(config, str(path), lines)
+    if starting:
+        problems += _buffer_problems(config, str(path), lines)
     if problems:
         raise ConfigError(problems)
     return config
 
 
-def _environment_problems(config: Config, filename: str, text: str) -> list[str]:
+def _buffer_problems(config: Config, filename: str, lines: dict[Path_, int]) -> list[str]:
+    buffer = config.buffer.path
+    folder = buffer.parent
+    where = f"{filename}:{lines.get(('buffer', 'path'), 1)}: buffer.path"
+    if not folder.is_dir():
+        return [
+            f"{where}: folder {str(folder)!r} does not exist (create it, writable by the "
+            "service's user, or change buffer.path)"
+        ]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [
+            f"{where}: folder {str(folder)!r} is not writable by this user (SQLite needs "
+            "to create its journal files next to the buffer)"
+        ]
+    if buffer.exists() and not os.access(buffer, os.R_OK | os.W_OK):
+        return [f"{where}: file {str(buffer)!r} is not readable and writable by this user"]
+    return []
+
+
+def _environment_problems(config: Config, filename: str, lines: dict[Path_, int]) -> list[str]:
     """Checks that depend on the machine, not the file: secrets that must exist."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    lines = _line_map(node) if node is not None else {}
     problems: list[str] = []
     for env in config.secret_envs():
         if env.name is not None and env.name not in os.environ:
@@ -230,3 +277,20 @@ def _environment_problems(config: Config, filename: str, text: str) -> list[str]
                 f"file {str(file.path)!r} does not exist or is not readable"
             )
     return problems
+
+
+def config_warnings(config: Config, path: Path | str) -> list[str]:
+    """Likely mistakes in a valid config, as ``FILE:LINE: path: warning: ...`` lines."""
+    found = [
+        (("devices", index, *field), text)
+        for index, device in enumerate(config.devices)
+        for field, text in device.warnings()
+    ]
+    if not found:
+        return []
+    lines = parse_yaml(read_text(Path(path)), str(path)).lines
+    out = []
+    for field, text in found:
+        shown_field, line = _locate(field, lines)
+        out.append(f"{path}:{line}: {shown_field}: warning: {text}")
+    return out

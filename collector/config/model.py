@@ -46,38 +46,15 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Self:
-        _reject_duplicates((s.name for s in self.stations), "station name")
-        _reject_duplicates((d.name for d in self.devices), "device name")
-        stations = {s.name for s in self.stations} | {
-            s.group for s in self.stations if s.group is not None
-        }
-        devices = {d.name: d for d in self.devices}
-        for index, device in enumerate(self.devices):
-            if device.station is not None and device.station not in stations:
-                raise FieldError(
-                    ("devices", index, "station"),
-                    f"station {device.station!r} is not defined; defined: {_listing(stations)}",
-                )
-        lines: dict[str, tuple[str, SharedLine]] = {}
-        for device in self.devices:
-            line = device.shared_line()
-            if line is None:
-                continue
-            first, first_line = lines.setdefault(line.key, (device.name, line))
-            if first_line.settings != line.settings:
-                raise ValueError(
-                    f"devices {first!r} and {device.name!r} share port {line.port} "
-                    f"but not its settings ({', '.join(line.settings)})"
-                )
-        for index, station in enumerate(self.stations):
-            for field, ref in station.tag_refs():
-                _check_station_ref(index, station.group or station.name, field, ref, devices)
-            if station.serial_source == "http" and not self.health.unit_api_enabled:
-                raise FieldError(
-                    ("stations", index, "serial_source"),
-                    "'http' needs health.token_env "
-                    "or health.token_file (the unit endpoint is off without a token)",
-                )
+        problems = reference_problems(
+            list(enumerate(self.stations)),
+            list(enumerate(self.devices)),
+            unit_api=self.health.unit_api_enabled,
+        )
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise FieldErrors(problems)
         return self
 
     def secret_files(self) -> list[SecretFile]:
@@ -110,28 +87,111 @@ class Config(_Model):
         return envs
 
 
+def reference_problems(
+    stations: Sequence[tuple[int, StationConfig]],
+    devices: Sequence[tuple[int, DeviceBase]],
+    *,
+    unit_api: bool,
+    other_devices: Iterable[str] = (),
+    other_stations: Iterable[str] = (),
+) -> list[ValueError]:
+    """Every problem across sections (names, station references, shared lines), all at once.
+
+    ``stations`` and ``devices`` are (index in the file, model) pairs: the loader also calls
+    this with only the entries that validated, so that schema and reference problems are
+    reported in one pass; ``other_names`` are the names of devices that did not validate
+    and ``other_stations`` those of stations that did not (a reference to one of them is not
+    reported as undefined: its own problem is).
+    """
+    problems: list[ValueError] = []
+    for names, what in (
+        ([s.name for _, s in stations], "station name"),
+        ([d.name for _, d in devices], "device name"),
+    ):
+        try:
+            _reject_duplicates(names, what)
+        except ValueError as exc:
+            problems.append(exc)
+    # A rack's devices name the station group; its slots expand to stations of that group.
+    station_names = {s.name for _, s in stations} | {
+        s.group for _, s in stations if s.group is not None
+    }
+    by_name = {d.name: d for _, d in devices}
+    unknown_ok = set(other_devices)
+    for index, device in devices:
+        if device.station in set(other_stations):
+            continue
+        if device.station is not None and device.station not in station_names:
+            problems.append(
+                FieldError(
+                    ("devices", index, "station"),
+                    f"station {device.station!r} is not defined; "
+                    f"defined: {_listing(station_names)}",
+                )
+            )
+    lines: dict[str, tuple[str, SharedLine]] = {}
+    for _, device in devices:
+        line = device.shared_line()
+        if line is None:
+            continue
+        first, first_line = lines.setdefault(line.key, (device.name, line))
+        if first_line.settings != line.settings:
+            problems.append(
+                ValueError(
+                    f"devices {first!r} and {device.name!r} share port {line.port} "
+                    f"but not its settings ({', '.join(line.settings)})"
+                )
+            )
+    for index, station in stations:
+        for field, ref in station.tag_refs():
+            if ref.device in unknown_ok and ref.device not in by_name:
+                continue
+            problem = _check_station_ref(
+                index, station.group or station.name, field, ref, by_name, invalid=unknown_ok
+            )
+            if problem is not None:
+                problems.append(problem)
+        if station.serial_source == "http" and not unit_api:
+            problems.append(
+                FieldError(
+                    ("stations", index, "serial_source"),
+                    "'http' needs health.token_env "
+                    "or health.token_file (the unit endpoint is off without a token)",
+                )
+            )
+    return problems
+
+
 def _check_station_ref(
-    index: int, station: str, field: str, ref: TagRef, devices: dict[str, DeviceConfig]
-) -> None:
+    index: int,
+    station: str,
+    field: str,
+    ref: TagRef,
+    devices: dict[str, DeviceBase],
+    *,
+    invalid: set[str],
+) -> FieldError | None:
     loc: list[str | int] = ["stations", index]
     loc += [int(p) if p.isdigit() else p for p in field.replace("[", ".").rstrip("]").split(".")]
     if ref.device not in devices:
-        raise FieldError(
-            (*loc, "device"), f"device {ref.device!r} is not defined; defined: {_listing(devices)}"
+        return FieldError(
+            (*loc, "device"),
+            f"device {ref.device!r} is not defined; defined: {_listing(set(devices) | invalid)}",
         )
     device = devices[ref.device]
     if ref.tag not in device.tag_names:
-        raise FieldError(
+        return FieldError(
             (*loc, "tag"),
             f"{ref.tag!r} is not a tag of device "
             f"{ref.device!r}; its tags: {_listing(device.tag_names)}",
         )
     if device.station != station:
-        raise FieldError(
+        return FieldError(
             (*loc, "device"),
             f"device {ref.device!r} belongs to station "
             f"{device.station!r}; it must belong to this station",
         )
+    return None
 
 
 def _listing(names: Iterable[str]) -> str:
@@ -146,6 +206,14 @@ class FieldError(ValueError):
     def __init__(self, loc: Sequence[str | int] | FieldPath, message: str) -> None:
         super().__init__(message)
         self.loc = tuple(loc)
+
+
+class FieldErrors(ValueError):
+    """Several problems found by one validator (all reported, not only the first)."""
+
+    def __init__(self, problems: Sequence[ValueError]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = list(problems)
 
 
 def device_models() -> tuple[type[DeviceBase], ...]:

@@ -70,6 +70,31 @@ class TagCodec:
         return cls(tag, tag.byte_order or device.byte_order, tag.word_order or device.word_order)
 
 
+_FLOAT32 = struct.Struct(">f")
+_SHORTEST: dict[bytes, float] = {}  # by the 4 bytes: a line repeats its values poll after poll
+_SHORTEST_MAX = 4096
+
+
+def float32_value(value: float, raw: bytes | None = None) -> float:
+    """A float32 as the shortest decimal that reads back as the same float32 (354.315, not
+    the double 354.3149719238281 it widens to), so that every encoder publishes the value at
+    the precision the device has. ``raw``: its 4 bytes big-endian, if at hand."""
+    key = _FLOAT32.pack(value) if raw is None else raw
+    known = _SHORTEST.get(key)
+    if known is not None:
+        return known
+    for digits in (".6g", ".7g", ".8g"):  # 9 significant digits always read back
+        short = float(format(value, digits))
+        if _FLOAT32.pack(short) == key:
+            break
+    else:
+        short = float(format(value, ".9g"))
+    if len(_SHORTEST) >= _SHORTEST_MAX:
+        _SHORTEST.clear()
+    _SHORTEST[key] = short
+    return short
+
+
 def decode(codec: TagCodec, words: Sequence[int]) -> Value:
     """Decode a register tag from exactly ``tag.width`` words. Raises ValueError if not finite."""
     tag = codec.tag
@@ -80,9 +105,12 @@ def decode(codec: TagCodec, words: Sequence[int]) -> Value:
         # Strings are register order; only the bytes within each register may be swapped.
         raw = words_to_bytes(words, codec.byte_order, WordOrder.BIG)
         return raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
-    (raw_value,) = struct.unpack(_STRUCT[tag.type], words_to_bytes(words, *_orders(codec)))
+    raw = words_to_bytes(words, *_orders(codec))
+    (raw_value,) = struct.unpack(_STRUCT[tag.type], raw)
     if isinstance(raw_value, float) and not math.isfinite(raw_value):
         raise ValueError(f"{tag.name}: not a finite number ({raw_value})")
+    if tag.type is ModbusType.FLOAT32:
+        raw_value = float32_value(raw_value, raw)
     if tag.scale != 1.0 or tag.offset != 0.0:
         return float(raw_value * tag.scale + tag.offset)
     return raw_value  # type: ignore[no-any-return]

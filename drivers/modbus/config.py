@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import DeviceBase, Name, SharedLine
+from collector.devices import DeviceBase, FieldPath, Host, SharedLine, TagName
 from collector.devices import Model as _Model
 from collector.devices import reject_duplicates as _reject_duplicates
 from drivers.serial.config import Parity, SerialPort
@@ -68,7 +68,7 @@ class WordOrder(StrEnum):
 
 
 class ModbusTag(_Model):
-    name: Name = Field(description="Tag name, unique within the device.")
+    name: TagName = Field(description="Tag name, unique within the device.")
     table: ModbusTable = Field(description="Which of the four Modbus tables.")
     address: int = Field(ge=0, le=65535, description="0-based address in that table.")
     type: ModbusType = Field(default=ModbusType.UINT16, description="Value type.")
@@ -93,8 +93,9 @@ class ModbusTag(_Model):
         if self.table.is_bit_table:
             if self.type is not ModbusType.BOOL:
                 raise ValueError(
-                    f"type {self.type.value} needs a register table "
-                    f"(holding_register or input_register); a {self.table.value} holds bool only"
+                    f"a {self.table.value} holds one bit: give it type: bool (type "
+                    f"{self.type.value} needs a register table: holding_register or "
+                    "input_register)"
                 )
             if self.bit is not None:
                 raise ValueError(f"bit is only for bool in a register, not in a {self.table.value}")
@@ -136,6 +137,19 @@ class ModbusWorkarounds(_Model):
     )
 
 
+def _modicon_reading(address: int) -> tuple[ModbusTable, int] | None:
+    """(table, 0-based address) when ``address`` reads like a Modicon 5-digit reference
+    (1xxxx discrete input, 3xxxx input register, 4xxxx holding register; 1-based)."""
+    for first, table in (
+        (10001, ModbusTable.DISCRETE_INPUT),
+        (30001, ModbusTable.INPUT_REGISTER),
+        (40001, ModbusTable.HOLDING_REGISTER),
+    ):
+        if first <= address <= first + 9998:
+            return table, address - first
+    return None
+
+
 class _ModbusDevice(DeviceBase):
     csv_tag_model: ClassVar[type[_Model] | None] = ModbusTag
 
@@ -156,6 +170,22 @@ class _ModbusDevice(DeviceBase):
         "bit, byte_order, word_order, scale, offset, unit), relative to the config file; its "
         "rows are added to tags.",
     )
+
+    def warnings(self) -> list[tuple[FieldPath, str]]:
+        found: list[tuple[FieldPath, str]] = []
+        for index, tag in enumerate(self.tags):
+            modicon = _modicon_reading(tag.address)
+            if modicon is not None:
+                table, address = modicon
+                found.append(
+                    (
+                        ("tags", index, "address"),
+                        f"{tag.address} looks like a Modicon reference number: that is "
+                        f"table: {table.value}, address: {address} (0-based); if the manual "
+                        f"really means {table.value} {tag.address}, leave it",
+                    )
+                )
+        return found
 
     @field_validator("tags")
     @classmethod
@@ -181,7 +211,7 @@ class _ModbusDevice(DeviceBase):
 
 class ModbusTcpDevice(_ModbusDevice):
     protocol: Literal["modbus_tcp"] = Field(description="Modbus TCP (also via a TCP gateway).")
-    host: str = Field(description="IP address or host name of the device or gateway.")
+    host: Host = Field(description="IP address or host name of the device or gateway.")
     port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
 
 

@@ -33,6 +33,42 @@ from drivers.modbus.plan import Request, check_reply, plan_for_device, readings_
 # logs once per episode, so the library's own log would only be a flood.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
+
+class _UndecodableFrameFilter(logging.Filter):
+    """A reply pymodbus cannot decode raises inside its protocol's ``data_received``; asyncio
+    then logs "Fatal error: protocol.data_received() call failed" at ERROR with a traceback
+    that names only a file descriptor, and closes the link. The driver reports it as
+    ``bad_frame`` and the poller logs one line per episode naming the device: this record
+    (pymodbus's only) is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "asyncio" or not isinstance(record.msg, str):
+            return True
+        return not ("data_received() call failed" in record.msg and "<pymodbus." in record.msg)
+
+
+logging.getLogger("asyncio").addFilter(_UndecodableFrameFilter())
+
+
+class _Traffic:
+    """What arrived on a link, counted by pymodbus's trace hooks: bytes and decoded frames.
+    Bytes without a frame mean garbled replies (bad_frame), not silence (timeout)."""
+
+    def __init__(self) -> None:
+        self.received_bytes = 0
+        self.frames = 0
+
+    def packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.received_bytes += len(data)
+        return data
+
+    def pdu(self, sending: bool, pdu: Any) -> Any:
+        if not sending:
+            self.frames += 1
+        return pdu
+
+
 ModbusDevice = ModbusTcpDevice | ModbusRtuDevice
 
 # Polls in a row in which every request timed out before a unit counts as down (and the core
@@ -72,26 +108,32 @@ class _ModbusDriver:
     def _client(self) -> Any:
         raise NotImplementedError
 
-    def _garbled_since(self, mark: int) -> bool:
-        """Whether bytes arrived since ``mark`` that made no valid frame (RTU CRC errors)."""
-        return False
+    def _traffic(self) -> _Traffic | None:
+        return None
 
-    def _received_mark(self) -> int:
-        return 0
+    def _received_mark(self) -> tuple[int, int]:
+        traffic = self._traffic()
+        return (0, 0) if traffic is None else (traffic.received_bytes, traffic.frames)
+
+    def _garbled_since(self, mark: tuple[int, int]) -> bool:
+        """Whether bytes arrived since ``mark`` that made no valid frame: a reply that failed
+        its CRC (noise, a wrong baud rate, two units answering at once) or that pymodbus
+        could not decode (a device or gateway speaking something else)."""
+        traffic = self._traffic()
+        return (
+            traffic is not None and traffic.received_bytes > mark[0] and traffic.frames == mark[1]
+        )
 
     async def read(self) -> list[Reading]:
         readings: list[Reading] = []
         timeouts = 0
         for request in self._plan:
-            mark = self._received_mark()
             try:
                 values = await self._execute(request)
             except RequestError as exc:
                 code = exc.code
                 if code is ErrorCode.TIMEOUT:
                     timeouts += 1
-                    if self._garbled_since(mark):
-                        code = ErrorCode.BAD_FRAME
                 ts = self._clock()
                 readings.extend(Reading.bad(ts, c.tag.name, code, c.tag.unit) for c in request.tags)
                 continue
@@ -132,17 +174,20 @@ class _ModbusDriver:
             ModbusTable.HOLDING_REGISTER: client.read_holding_registers,
             ModbusTable.INPUT_REGISTER: client.read_input_registers,
         }[request.table]
+        mark = self._received_mark()
         try:
             reply = await read(request.address, count=request.count, device_id=unit)
         except ConnectionException as exc:
             raise NotConnectedError(f"connection lost: {exc}") from exc
         except ModbusIOException as exc:
-            # pymodbus closes a TCP link itself after several unanswered requests in a row.
+            garbled = self._garbled_since(mark)
+            code = ErrorCode.BAD_FRAME if garbled else ErrorCode.TIMEOUT
+            what = "reply that is no valid Modbus frame" if garbled else "no answer"
+            # pymodbus closes a TCP link itself after several unanswered requests in a row,
+            # and at once after a reply it cannot decode.
             if not client.connected:
-                raise NotConnectedError(
-                    f"no answer, link closed: {exc}", ErrorCode.TIMEOUT
-                ) from exc
-            raise RequestError(ErrorCode.TIMEOUT, f"{request}: no answer") from exc
+                raise NotConnectedError(f"{what}, link closed: {exc}", code) from exc
+            raise RequestError(code, f"{request}: {what}") from exc
         except ModbusException as exc:
             raise RequestError(ErrorCode.BAD_REPLY, f"{request}: {exc}") from exc
         except OSError as exc:
@@ -157,9 +202,14 @@ class ModbusTcpDriver(_ModbusDriver):
         super().__init__(device, clock)
         self._tcp = device
         self._connection: AsyncModbusTcpClient | None = None
+        self._tcp_traffic: _Traffic | None = None
 
     def describe(self) -> str:
         return self._describe(f"{self._tcp.host}:{self._tcp.port}")
+
+    def peer_address(self) -> tuple[str, int]:
+        """Probed while the device is down (collector.driver.Reachable)."""
+        return self._tcp.host, self._tcp.port
 
     def _client(self) -> Any:
         return self._connection
@@ -167,8 +217,15 @@ class ModbusTcpDriver(_ModbusDriver):
     async def connect(self) -> None:
         d = self._tcp
         # retries=0 and reconnect_delay=0: the core owns retries, backoff and reconnects.
+        traffic = _Traffic()
         client = AsyncModbusTcpClient(
-            d.host, port=d.port, timeout=d.timeout_ms / 1000, retries=0, reconnect_delay=0
+            d.host,
+            port=d.port,
+            timeout=d.timeout_ms / 1000,
+            retries=0,
+            reconnect_delay=0,
+            trace_packet=traffic.packet,
+            trace_pdu=traffic.pdu,
         )
         try:
             ok = await client.connect()
@@ -179,6 +236,10 @@ class ModbusTcpDriver(_ModbusDriver):
             client.close()
             raise NotConnectedError(f"cannot connect to {d.host}:{d.port}")
         self._connection = client
+        self._tcp_traffic = traffic
+
+    def _traffic(self) -> _Traffic | None:
+        return self._tcp_traffic
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -194,8 +255,7 @@ class _RtuBus:
 
     def __init__(self, device: ModbusRtuDevice) -> None:
         self.port = device.port
-        self.received_bytes = 0
-        self.frames = 0
+        self.traffic = _Traffic()
         self.users = 0
         self.client = AsyncModbusSerialClient(
             device.port,
@@ -207,19 +267,9 @@ class _RtuBus:
             timeout=device.timeout_ms / 1000,
             retries=0,
             reconnect_delay=0,
-            trace_packet=self._trace_packet,
-            trace_pdu=self._trace_pdu,
+            trace_packet=self.traffic.packet,
+            trace_pdu=self.traffic.pdu,
         )
-
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
-            self.received_bytes += len(data)
-        return data
-
-    def _trace_pdu(self, sending: bool, pdu: Any) -> Any:
-        if not sending:
-            self.frames += 1
-        return pdu
 
 
 # Buses by (event loop, port): the devices on one port share one client.
@@ -252,7 +302,6 @@ class ModbusRtuDriver(_ModbusDriver):
         super().__init__(device, clock)
         self._rtu = device
         self._bus: _RtuBus | None = None
-        self._frames_at_mark = 0
 
     def describe(self) -> str:
         d = self._rtu
@@ -263,16 +312,8 @@ class ModbusRtuDriver(_ModbusDriver):
     def _client(self) -> Any:
         return None if self._bus is None else self._bus.client
 
-    def _received_mark(self) -> int:
-        assert self._bus is not None
-        self._frames_at_mark = self._bus.frames
-        return self._bus.received_bytes
-
-    def _garbled_since(self, mark: int) -> bool:
-        # Bytes arrived but no frame did: the reply failed its CRC (noise, a wrong baud rate,
-        # two units answering at once).
-        bus = self._bus
-        return bus is not None and bus.received_bytes > mark and bus.frames == self._frames_at_mark
+    def _traffic(self) -> _Traffic | None:
+        return None if self._bus is None else self._bus.traffic
 
     async def connect(self) -> None:
         buses = _loop_buses()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import ValidationError
@@ -97,6 +97,31 @@ async def scan_units(
 # --------------------------------------------------------------------------- commands
 
 
+ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
+
+
+def interpretation_table(rows: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """The probe's table, each column as wide as its widest cell plus two spaces: a 64-bit
+    value (20 digits, or a long float) never runs into its neighbour."""
+    rows = list(rows)
+    name_width = max([len("type"), *(len(name) for name, _ in rows)]) + 2
+    table = [cells for _, cells in rows if len(cells) == len(ORDERS)]  # not the string rows
+    widths = [
+        max([len(order), *(len(cells[i]) for cells in table)]) + 2 for i, order in enumerate(ORDERS)
+    ]
+    lines = [
+        f"{'type':<{name_width}}"
+        + "".join(f"{o:>{w}}" for o, w in zip(ORDERS, widths, strict=True))
+    ]
+    for name, cells in rows:
+        if len(cells) == len(ORDERS):
+            line = "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        else:
+            line = "  " + "  ".join(cells)  # a string, as long as it is
+        lines.append(f"{name:<{name_width}}{line}")
+    return "\n".join(lines)
+
+
 def probe_command(args: argparse.Namespace) -> int:
     """``collector probe modbus://...``: one read, shown in every type and order."""
     table = ModbusTable(args.table)
@@ -132,9 +157,7 @@ def probe_command(args: argparse.Namespace) -> int:
         f"\nThe value at address {args.address}, read as each type and byte/word order; "
         "pick the one the device's display shows:"
     )
-    print(f"{'type':<24}{'ABCD':>16}{'CDAB':>16}{'BADC':>16}{'DCBA':>16}")
-    for name, cells in interpretations(words, args.address):
-        print(f"{name:<24}" + "".join(f"{c:>16}" for c in cells))
+    print(interpretation_table(interpretations(words, args.address)))
     print(
         "\nIn the config: ABCD = byte_order big, word_order big; CDAB = big, little; "
         "BADC = little, big; DCBA = little, little."

@@ -10,7 +10,7 @@ from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from collector.devices import DeviceBase, FileKind, Name, SecretEnv, SecretFile
+from collector.devices import DeviceBase, FileKind, SecretEnv, SecretFile, TagName
 from collector.devices import Model as _Model
 from collector.devices import reject_duplicates as _reject_duplicates
 from collector.devices import secret as _secret
@@ -113,7 +113,7 @@ class Deadband(_Model):
 
 
 class OpcUaTag(_Model):
-    name: Name = Field(description="Tag name, unique per device.")
+    name: TagName = Field(description="Tag name, unique per device.")
     node: str | None = Field(
         default=None,
         description="NodeId, e.g. 'ns=2;s=Rack1.Slot03.Temp' or 'i=2258'. Namespace indexes "
@@ -164,7 +164,7 @@ class OpcUaDevice(DeviceBase):
         "server reports changes (monitored items).",
     )
     publishing_interval_ms: int = Field(
-        default=500, ge=10, le=3_600_000, description="Subscription publishing interval."
+        default=50, ge=10, le=3_600_000, description="Subscription publishing interval."
     )
     sampling_interval_ms: int = Field(
         default=250, ge=0, le=3_600_000, description="Monitored items' sampling interval."

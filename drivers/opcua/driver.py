@@ -12,12 +12,21 @@ the other one). Certificates are pure (drivers.opcua.certificates). Choices that
   ``namespace_uri`` to today's index, and creates the subscription again.
 - **Polling is one Read service call** for all the device's poll tags (split only at
   ``max_nodes_per_read``).
-- **Subscriptions hand over like a serial line**: asyncua calls our handler for each data
-  change; the handler appends to a bounded deque; ``read`` takes everything in it. A change
-  keeps the server's source timestamp.
+- **Subscriptions hand over as changes arrive**: asyncua calls our handler for each data
+  change; the handler appends to a bounded deque and wakes the poller
+  (collector.driver.Pushes), which takes them at once (``take_changes``); ``read`` takes
+  whatever is left. A change keeps the server's source timestamp.
+- **Failures are named, not dumped**: every connect failure becomes one
+  :class:`NotConnectedError` that says what to do (a server that does not trust our
+  certificate yet, a server at its session or connection limit), and asyncua's own logging is
+  off: the poller logs one line per episode naming the device, not a traceback per retry.
 - **The server certificate is checked** against a configured certificate or folder (by its
   exact bytes, as OPC-UA trust lists do); it is accepted blindly only with an explicit
   ``trust_any_server_certificate: true``.
+
+Over 600 lines on purpose: this is the collector's one module that speaks asyncua (values,
+subscriptions, security, browse, naming failures); splitting it would spread asyncua's API
+and its quirks over several modules. What is pure lives beside it (certificates, problems).
 
 Values: booleans, integers, floats (``scale``/``offset`` apply to numbers), strings, DateTime
 (an RFC 3339 string), other scalars as text. An array becomes one reading per element, tag
@@ -39,6 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from asyncua import Client, ua
 from asyncua.common.node import Node
@@ -51,6 +61,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from collector.errors import ErrorCode, NotConnectedError
 from collector.reading import Quality, Reading, Value
+from drivers.opcua import problems
 from drivers.opcua.certificates import (
     application_uri_for,
     application_uri_of,
@@ -68,9 +79,11 @@ from drivers.opcua.config import (
 
 log = logging.getLogger(__name__)
 # asyncua warns at every connect about things we decide on purpose (a revised session
-# timeout, plaintext endpoints listed by the server); the poller logs each connection state
-# change once. Its errors still show.
-logging.getLogger("asyncua").setLevel(logging.ERROR)
+# timeout, plaintext endpoints listed by the server), and logs a traceback (at ERROR, some at
+# CRITICAL) for every expected event: a server that went away, a refused secure channel.
+# Every one of those also reaches this driver as an exception, which it names; the poller
+# logs it once per episode. So asyncua's own log is off (for a deep dive, lower this level).
+logging.getLogger("asyncua").setLevel(logging.CRITICAL + 1)
 
 _POLICIES: dict[OpcUaPolicy, type[security_policies.SecurityPolicy]] = {
     OpcUaPolicy.BASIC256SHA256: security_policies.SecurityPolicyBasic256Sha256,
@@ -82,19 +95,12 @@ _MODES = {
     OpcUaMode.SIGN_AND_ENCRYPT: ua.MessageSecurityMode.SignAndEncrypt,
 }
 # Errors that mean the session or its transport is gone.
+#: The IANA port of opc.tcp, when an endpoint names none.
+DEFAULT_PORT = 4840
 _LINK_ERRORS = (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError, ua.UaError)
+
+
 # Status codes a server gives for a rejected identity or certificate: said as such.
-_SECURITY_STATUS = {
-    ua.StatusCodes.BadUserAccessDenied: "user rejected (wrong user name or password?)",
-    ua.StatusCodes.BadIdentityTokenInvalid: "user identity rejected",
-    ua.StatusCodes.BadIdentityTokenRejected: "user identity rejected",
-    ua.StatusCodes.BadCertificateUntrusted: "certificate not trusted",
-    ua.StatusCodes.BadSecurityChecksFailed: "security checks failed (is our certificate "
-    "trusted by the server?)",
-    ua.StatusCodes.BadSecurityPolicyRejected: "security policy rejected by the server",
-}
-
-
 async def make_certificate(
     cert_file: Path, key_file: Path, application_uri: str | None = None, server: bool = False
 ) -> None:
@@ -196,14 +202,17 @@ class BrowsedNode:
 
 
 class _Changes:
-    """asyncua's subscription handler: data changes into a bounded deque."""
+    """asyncua's subscription handler: data changes into a bounded deque, and a wake-up."""
 
-    def __init__(self, tags: dict[int, OpcUaTag], limit: int) -> None:
+    def __init__(
+        self, tags: dict[int, OpcUaTag], limit: int, on_change: Callable[[], None]
+    ) -> None:
         self.tags = tags  # client handle -> tag
         self.queue: deque[Reading] = deque()
         self.limit = limit
         self.dropped = 0
         self.lost: str | None = None
+        self.on_change = on_change
 
     def datachange_notification(self, node: Node, val: Any, data: DataChangeNotif) -> None:
         tag = self.tags.get(data.subscription_data.client_handle or -1)
@@ -215,6 +224,9 @@ class _Changes:
                 self.queue.popleft()
                 self.dropped += 1
             self.queue.append(reading)
+        # asyncua calls this once per item of a notification, in one loop step: the poller
+        # wakes once for all of them.
+        self.on_change()
 
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
         # e.g. BadShutdown / BadTimeout: the subscription is gone; reconnect.
@@ -239,8 +251,39 @@ class OpcUaDriver:
         self._namespaces: dict[str, int] = {}
         self._dropped_before = 0
         self._server_cert: str | None = None
+        self._server_der: bytes | None = None
+        self._on_change: Callable[[], None] = lambda: None
+        # How far the last connect got (for naming its failure): socket, hello, channel,
+        # session.
+        self._phase = "socket"
 
     # ------------------------------------------------------------------ contract
+
+    def peer_address(self) -> tuple[str, int]:
+        """The server's host and port, probed while it is down (collector.driver.Reachable)."""
+        url = urlsplit(self.device.endpoint)
+        return url.hostname or "127.0.0.1", url.port or DEFAULT_PORT
+
+    def set_on_change(self, callback: Callable[[], None]) -> None:
+        self._on_change = callback
+
+    def take_changes(self) -> list[Reading]:
+        """The subscribed changes received since the last take (collector.driver.Pushes)."""
+        changes = self._changes
+        if changes is None or not changes.queue:
+            return []
+        queue = changes.queue
+        return [queue.popleft() for _ in range(len(queue))]
+
+    @property
+    def server_certificate_sha256(self) -> str | None:
+        """The fingerprint of the certificate the server offered (None: none seen)."""
+        return self._server_cert
+
+    @property
+    def server_certificate_der(self) -> bytes | None:
+        """The certificate the server offered, as DER (for ``browse --save-server-cert``)."""
+        return self._server_der
 
     @property
     def max_read_seconds(self) -> float:
@@ -282,24 +325,23 @@ class OpcUaDriver:
         client.application_uri = application_uri_for()
         client.connection_lost_callback = self._connection_lost
         self._lost = None
+        self._phase = "socket"
+        self._trace_phases(client)
         try:
             await self._secure(client)
             await self._identify(client)
             await client.connect()
         except ServiceError as exc:
+            await self._discard(client)
             raise NotConnectedError(self._security_message(exc), ErrorCode.SECURITY) from exc
         except ua.UaStatusCodeError as exc:
             await self._discard(client)
             raise self._status_error(exc) from exc
-        except _LINK_ERRORS as exc:
+        except (*_LINK_ERRORS, AssertionError) as exc:
+            # AssertionError: asyncua's answer to a secure channel the server refused with a
+            # message it did not expect (node-opcua's ERR for an untrusted certificate).
             await self._discard(client)
-            if "certificate mismatch" in str(exc).lower():
-                raise NotConnectedError(
-                    f"{d.endpoint}: the server presented another certificate than the one "
-                    "configured (server_certificate_file)",
-                    ErrorCode.SECURITY,
-                ) from exc
-            raise NotConnectedError(f"{d.endpoint}: cannot connect: {exc!r}") from exc
+            raise self._connect_error(exc) from exc
         self._client = client
         try:
             resolved = await self._resolve(client)
@@ -433,7 +475,7 @@ class OpcUaDriver:
             self._check_trusted(offered, trusted)
 
     def _check_trusted(self, der: bytes, trusted: set[bytes]) -> None:
-        self._server_cert = fingerprint(der)
+        self._server_cert, self._server_der = fingerprint(der), der
         if self.device.security.trust_any_server_certificate or der in trusted:
             return
         raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
@@ -479,7 +521,7 @@ class OpcUaDriver:
             self._changes = None
             return
         dropped = self._changes.dropped if self._changes else 0
-        changes = _Changes({}, d.max_buffered_changes)
+        changes = _Changes({}, d.max_buffered_changes, self._on_change)
         changes.dropped = dropped
         subscription = await client.create_subscription(d.publishing_interval_ms, changes)
         requests = []
@@ -516,19 +558,73 @@ class OpcUaDriver:
     def _status_error(self, exc: ua.UaStatusCodeError) -> NotConnectedError:
         code = exc.code
         name = ua.StatusCode(ua.UInt32(code)).name
-        if code in _SECURITY_STATUS:
+        endpoint = self.device.endpoint
+        if name in problems.LIMIT_STATUS:
             return NotConnectedError(
-                f"{self.device.endpoint}: {_SECURITY_STATUS[code]} ({name})", ErrorCode.SECURITY
+                problems.limit_reached(endpoint, problems.LIMIT_STATUS[name], name)
             )
-        return NotConnectedError(f"{self.device.endpoint}: {name}")
+        if name == "BadSecurityChecksFailed" and self._phase == "channel":
+            return NotConnectedError(self._client_not_trusted(name), ErrorCode.SECURITY)
+        if name in problems.SECURITY_STATUS:
+            return NotConnectedError(
+                f"{endpoint}: {problems.SECURITY_STATUS[name]} ({name})", ErrorCode.SECURITY
+            )
+        return NotConnectedError(f"{endpoint}: {name}")
+
+    def _connect_error(self, exc: BaseException) -> NotConnectedError:
+        """A connect that failed on the transport (or in asyncua's own checks), named by how
+        far it got."""
+        endpoint = self.device.endpoint
+        if "certificate mismatch" in str(exc).lower():
+            return NotConnectedError(
+                problems.other_server_certificate(endpoint), ErrorCode.SECURITY
+            )
+        secure = self.device.security.policy is not OpcUaPolicy.NONE
+        if self._phase == "channel" and secure and not isinstance(exc, TimeoutError):
+            # The server ended the secure channel we asked for: what servers do with a client
+            # certificate they do not trust (yet).
+            return NotConnectedError(
+                self._client_not_trusted("secure channel refused"), ErrorCode.SECURITY
+            )
+        if self._phase == "hello" and not isinstance(exc, TimeoutError):
+            # The server took the TCP connection and closed it before answering Hello: what
+            # asyncua and others do at their connection limit.
+            return NotConnectedError(
+                problems.limit_reached(
+                    endpoint, "connection", "connection closed right after Hello"
+                )
+            )
+        return NotConnectedError(f"{endpoint}: cannot connect: {exc!r}")
+
+    def _client_not_trusted(self, why: str) -> str:
+        return problems.client_not_trusted(
+            self.device.endpoint, self.device.security.certificate_file, why
+        )
+
+    def _trace_phases(self, client: Client) -> None:
+        """Note how far ``client.connect`` gets, so that a failure can be named by its step
+        (asyncua reports a refused channel and a closed socket with the same exceptions)."""
+        driver = self
+
+        def step(name: str, after: str) -> None:
+            inner = getattr(client, name)
+
+            during, done = after.split(">")
+
+            async def traced(*args: Any, **kwargs: Any) -> Any:
+                driver._phase = during
+                result = await inner(*args, **kwargs)
+                driver._phase = done
+                return result
+
+            setattr(client, name, traced)
+
+        step("send_hello", "hello>channel")
+        step("open_secure_channel", "channel>session")
 
     def _security_message(self, exc: ServiceError) -> str:
         if exc.code == ua.StatusCodes.BadCertificateUntrusted:
-            return (
-                f"{self.device.endpoint}: server certificate not trusted (sha256 "
-                f"{self._server_cert}); if it is the right server, copy its certificate into "
-                "security.trusted_certificates_dir or set server_certificate_file"
-            )
+            return problems.server_not_trusted(self.device.endpoint, self._server_cert)
         return f"{self.device.endpoint}: {ua.StatusCode(ua.UInt32(exc.code)).name}"
 
     @staticmethod

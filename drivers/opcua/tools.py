@@ -9,12 +9,13 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from collector.errors import EXIT_CONFIG, EXIT_STARTUP, NotConnectedError
-from drivers.opcua.certificates import application_uri_for
+from drivers.opcua.certificates import application_uri_for, fingerprint
 from drivers.opcua.config import OpcUaDevice, OpcUaSecurity
 from drivers.opcua.driver import BrowsedNode, OpcUaDriver, make_certificate
 
@@ -31,10 +32,12 @@ async def browse(  # noqa: PLR0917 - mirrors the command line's options
     max_nodes: int = 5000,
     timeout_s: float = 5.0,
     standard: bool = False,
+    server_certificate: Callable[[bytes], None] | None = None,
 ) -> list[BrowsedNode]:
     """The address space under Objects, depth first, bounded in depth and node count;
     ``standard`` includes the OPC-UA standard's own objects (Server, ...). The password, if
-    any, is read from the environment variable ``password_env``."""
+    any, is read from the environment variable ``password_env``. ``server_certificate`` is
+    given the certificate the server showed (DER), also when the connection then fails."""
     user: dict[str, object] = {}
     if username is not None:
         user = {"username": username, "password_env": password_env}
@@ -51,7 +54,12 @@ async def browse(  # noqa: PLR0917 - mirrors the command line's options
         }
     )
     driver = OpcUaDriver(device)
-    await driver.connect()
+    try:
+        await driver.connect()
+    finally:
+        der = driver.server_certificate_der
+        if der is not None and server_certificate is not None:
+            server_certificate(der)
     try:
         return await driver.browse(max_depth, max_nodes, standard)
     finally:
@@ -78,6 +86,15 @@ def browse_command(args: argparse.Namespace) -> int:
                 f"browse: --security: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr
             )
         return EXIT_CONFIG
+    save_to: Path | None = getattr(args, "save_server_cert", None)
+
+    def show_certificate(der: bytes) -> None:
+        # Before anything else: a technician compares it with the one the server displays.
+        print(f"server certificate sha256 {fingerprint(der)}", flush=True)
+        if save_to is not None:
+            save_to.write_bytes(der)
+            print(f"saved the server certificate to {save_to} (DER)", flush=True)
+
     try:
         nodes = asyncio.run(
             browse(
@@ -88,9 +105,13 @@ def browse_command(args: argparse.Namespace) -> int:
                 max_depth=args.depth,
                 max_nodes=args.max_nodes,
                 standard=args.all,
+                server_certificate=show_certificate,
             )
         )
     except NotConnectedError as exc:
+        print(f"browse: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except OSError as exc:  # --save-server-cert FILE cannot be written
         print(f"browse: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     for node in nodes:

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import DeviceBase, Name
+from collector.devices import DeviceBase, TagName, compile_pattern
 from collector.devices import Model as _Model
 
 
@@ -74,11 +73,7 @@ class LineField(_Model):
     unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
+_compile = compile_pattern
 
 
 class SerialAsciiDevice(DeviceBase, SerialPort):
@@ -90,7 +85,7 @@ class SerialAsciiDevice(DeviceBase, SerialPort):
     terminator: Terminator = Field(default=Terminator.CRLF, description="Line end.")
     encoding: Literal["ascii", "latin-1", "utf-8"] = Field(default="ascii")
     pattern: str = Field(description="Regular expression; its named groups become tags.")
-    fields: dict[Name, LineField] = Field(
+    fields: dict[TagName, LineField] = Field(
         default_factory=dict, description="Per named group: type, scale, unit (default float)."
     )
     max_line_bytes: int = Field(default=256, ge=8, le=65536, description="Longer: discarded.")
@@ -125,7 +120,7 @@ class SerialAsciiDevice(DeviceBase, SerialPort):
 class ScanRoute(_Model):
     """Scans that match ``pattern`` become readings of tag ``tag`` (e.g. a work order)."""
 
-    tag: Name
+    tag: TagName
     pattern: str
 
     @field_validator("pattern")
@@ -145,7 +140,11 @@ class BarcodeScannerDevice(DeviceBase, SerialPort):
     encoding: Literal["ascii", "latin-1", "utf-8"] = Field(default="ascii")
     strip_prefix: str = Field(default="", description="Removed from the start of each scan.")
     strip_suffix: str = Field(default="", description="Removed from the end of each scan.")
-    serial_pattern: str = Field(default=r"\S+", description="A unit serial (full match).")
+    serial_pattern: str = Field(
+        default=r"[!-~]+",
+        description="A unit serial (full match); the default takes printable ASCII without "
+        "spaces, never line noise or control characters.",
+    )
     routes: list[ScanRoute] = Field(default_factory=list, description="Other codes, by pattern.")
     max_line_bytes: int = Field(default=256, ge=8, le=65536, description="Longer: discarded.")
 

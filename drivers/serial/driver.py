@@ -35,6 +35,7 @@ import serial_asyncio_fast
 
 from collector.errors import ErrorCode, NotConnectedError
 from collector.reading import Reading
+from collector.serials import escaped, serial_problem
 from drivers.serial.config import BarcodeScannerDevice, FlowControl, Parity, SerialAsciiDevice
 from drivers.serial.lines import LineAssembler, LineParser
 
@@ -62,6 +63,8 @@ class SerialLines(asyncio.Protocol):
         self.arrived = asyncio.Event()
         self.lost: Exception | None = None
         self.transport: asyncio.Transport | None = None
+        #: Lines pushed out by newer ones while the bound was full (a burst between polls).
+        self.dropped = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -70,6 +73,8 @@ class SerialLines(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         ts = self._clock()
         for line in self._assembler.feed(data):
+            if len(self.pending) == self.MAX_PENDING_LINES:
+                self.dropped += 1  # the deque drops the oldest: counted, not silent
             self.pending.append((ts, line))
         if self.pending:
             self.arrived.set()
@@ -100,6 +105,14 @@ class _SerialDriver:
         self.counts: Counter[str] = Counter()
         self.recent: deque[str] = deque(maxlen=RECENT_LINES)
         self._bad_logged = False
+        # Input errors not yet handed to the core (CountsInputErrors), by code.
+        self._input_errors: Counter[str] = Counter()
+        # Lines dropped by the connections before the current one (each reconnect starts at 0).
+        self._dropped_before = 0
+
+    def take_input_errors(self) -> Counter[str]:
+        taken, self._input_errors = self._input_errors, Counter()
+        return taken
 
     @property
     def max_read_seconds(self) -> float:
@@ -128,8 +141,10 @@ class _SerialDriver:
         self._lines = protocol
 
     async def close(self) -> None:
-        if self._lines is not None and self._lines.transport is not None:
-            self._lines.transport.close()
+        if self._lines is not None:
+            self._dropped_before += self._lines.dropped
+            if self._lines.transport is not None:
+                self._lines.transport.close()
         self._lines = None
 
     async def lines(self, wait_s: float, send: str | None = None) -> list[tuple[float, str]]:
@@ -154,19 +169,27 @@ class _SerialDriver:
         return lines
 
     def _received(self) -> list[tuple[float, str]]:
-        lines = self._open_lines().take()
-        self.counts["overlong_lines"] = self._assembler.overlong
+        source = self._open_lines()
+        lines = source.take()
+        for code, now in (
+            (ErrorCode.OVERLONG_LINES, self._assembler.overlong),
+            (ErrorCode.DROPPED_LINES, self._dropped_before + source.dropped),
+        ):
+            if now != self.counts[code.value]:
+                self._input_errors[code.value] += now - self.counts[code.value]
+                self.counts[code.value] = now
         return [(ts, raw.decode(self._device.encoding, errors="replace")) for ts, raw in lines]
 
     def _bad_line(self, text: str) -> None:
         """Count, keep for /status, and log once per run of bad lines (not a flood)."""
         self.counts["bad_input"] += 1
+        self._input_errors[ErrorCode.BAD_INPUT.value] += 1
         self.recent.append(text)
         if not self._bad_logged:
             log.warning(
-                "device %s: line does not match: %r (further ones counted until a good one)",
+                "device %s: line does not match: %s (further ones counted until a good one)",
                 self._device.name,
-                text[:80],
+                escaped(text),
             )
             self._bad_logged = True
 
@@ -245,6 +268,8 @@ class BarcodeScannerDriver(_SerialDriver):
         for ts, text in self._received():
             code = self._strip(text.strip())
             tag = self._classify(code)
+            if tag == "serial" and serial_problem(code) is not None:
+                tag = None  # a pattern loose enough to take line noise: still never a unit
             if tag is None:
                 self._bad_line(text)
                 continue

@@ -32,11 +32,14 @@ class LineAssembler:
         end = self.terminator[-1:]
         lines: list[bytes] = []
         parts = data.split(end)
+        # max_line_bytes counts the line without its terminator: an unfinished line may hold
+        # up to len(terminator) - 1 bytes more (the CR of a CRLF) and still be a valid one.
+        room = self.max_line_bytes + len(self.terminator) - 1
         for index, part in enumerate(parts):
             complete = index < len(parts) - 1
             if not self._discarding:
                 self._buffer += part
-                if len(self._buffer) > self.max_line_bytes:
+                if len(self._buffer) > room:
                     # Too long to be a real line (noise, a wrong baud rate): drop it to its end.
                     self.overlong += 1
                     self._buffer.clear()
@@ -44,7 +47,9 @@ class LineAssembler:
             if complete:
                 if not self._discarding:
                     line = bytes(self._buffer).strip(b"\r\n")
-                    if line:
+                    if len(line) > self.max_line_bytes:
+                        self.overlong += 1
+                    elif line:
                         lines.append(line)
                 self._buffer.clear()
                 self._discarding = False

@@ -3,23 +3,20 @@ minimum sample sizes, fixed before the run (docs/report.md documents every optio
 
 ``load_protocol(path)`` validates the whole file and returns a frozen :class:`Protocol` or
 raises :class:`~collector.errors.ConfigError` whose problems read ``FILE:LINE: path: problem``,
-like the collector's config (the same YAML line map and pydantic error wording are reused).
+like the collector's config (through the same hardened loader, collector.yamlmodel).
 """
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.config.loader import _line_map, _locate, _message
-from collector.devices import Name
-from collector.errors import ConfigError
+from collector.devices import Name, compile_pattern
+from collector.yamlmodel import parse_yaml_model, read_text
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -58,10 +55,7 @@ class RunSelection(_Model):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+            compile_pattern(value)
         return value
 
     @field_validator("start", "end")
@@ -147,31 +141,9 @@ class Protocol(_Model):
 
 def parse_protocol(text: str, filename: str = "<protocol>") -> Protocol:
     """Validate a protocol document; raise ConfigError listing every problem."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        raise ConfigError([f"{filename}:{line}: (yaml): {exc.problem or exc}"]) from exc
-    if node is None or not isinstance(data, dict):
-        raise ConfigError([f"{filename}:1: (top level): the file must be a YAML mapping"])
-    lines = _line_map(node)
-    try:
-        return Protocol.model_validate(data)
-    except ValidationError as exc:
-        problems: list[tuple[int, str]] = []
-        for error in exc.errors():
-            field, line = _locate(error["loc"], lines)
-            problems.append((line, f"{filename}:{line}: {field}: {_message(error)}"))
-        problems.sort(key=lambda item: item[0])  # in the order of the file
-        raise ConfigError([text for _, text in problems]) from None
+    return parse_yaml_model(text, Protocol, filename, docs="docs/report.md")
 
 
 def load_protocol(path: Path | str) -> Protocol:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}:1: (file): cannot read: {exc.strerror or exc}"]) from None
-    return parse_protocol(text, str(path))
+    return parse_protocol(read_text(path, "protocol file"), str(path))

@@ -125,6 +125,9 @@ class TlsFiles:
     client_cert: Path
     client_key: Path
     other_ca: Path
+    #: A client certificate the broker does not trust (signed by the other CA).
+    stranger_cert: Path
+    stranger_key: Path
 
 
 def _openssl(*args: str) -> None:
@@ -195,4 +198,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     other = _make_ca(folder, "other-ca")
     server = _make_cert(folder, "broker", ca, "IP:127.0.0.1,DNS:localhost")
     client = _make_cert(folder, "collector", ca, "DNS:collector")
-    return TlsFiles(ca[0], server[0], server[1], client[0], client[1], other[0])
+    stranger = _make_cert(folder, "stranger", other, "DNS:collector")
+    return TlsFiles(
+        ca[0], server[0], server[1], client[0], client[1], other[0], stranger[0], stranger[1]
+    )

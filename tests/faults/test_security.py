@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -109,18 +110,77 @@ async def test_wrong_ca_is_refused_with_a_clear_error_and_retried(
         assert service.mqtt.connects == 0
 
 
+async def refused_tls(config: Config, caplog: pytest.LogCaptureFixture, alert: str) -> str:
+    """Run until the connect error names ``alert``; check it is on /health, logged once, and
+    that nothing ever connected. Returns the error."""
+    with caplog.at_level(logging.INFO):
+        async with RunningService(config) as running:
+            service = running.service
+            await async_wait_until(
+                lambda: alert in (service.mqtt.last_connect_error or ""), 10, alert
+            )
+            error = service.mqtt.last_connect_error
+            assert error is not None
+            # Retried with backoff meanwhile; the same reason is not logged again.
+            connects = service.mqtt.connects
+            await asyncio.sleep(1.0)
+            state, reasons = service.health()
+            assert (connects, service.mqtt.connects) == (0, 0)
+            assert not service.mqtt.connected
+    assert state == "degraded"
+    assert f"mqtt not connected: {error}" in reasons
+    logged = [r.getMessage() for r in caplog.records if alert in r.getMessage()]
+    assert len(logged) == 1, logged
+    assert "Unspecified error" not in caplog.text
+    return error
+
+
 async def test_broker_requires_a_client_certificate(
     tls_broker: Mosquitto,
     tls_files: TlsFiles,
     modbus_server: SimulatedModbusServer,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = tls_config(tls_broker, modbus_server, tmp_path, tls_files.ca, None, None)
-    async with RunningService(config) as running:
-        service = running.service
-        await async_wait_until(lambda: service.mqtt.last_connect_error, 10, "a connect error")
-        assert service.mqtt.connects == 0
-        assert not service.mqtt.connected
+    error = await refused_tls(config, caplog, "certificate required")
+    assert "set mqtt.tls.cert_file and mqtt.tls.key_file" in error
+
+
+async def test_a_client_certificate_the_broker_does_not_trust_is_named(
+    tls_broker: Mosquitto,
+    tls_files: TlsFiles,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = tls_config(
+        tls_broker,
+        modbus_server,
+        tmp_path,
+        tls_files.ca,
+        tls_files.stranger_cert,
+        tls_files.stranger_key,
+    )
+    error = await refused_tls(config, caplog, "unknown ca")
+    assert "signed by a CA in the broker's cafile" in error
+
+
+async def test_plaintext_to_a_tls_port_says_so(
+    tls_broker: Mosquitto,
+    modbus_server: SimulatedModbusServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = config_dict(
+        tls_broker,
+        modbus_server.port,
+        tmp_path / "b.db",
+        reconnect_min_ms=100,
+        reconnect_max_ms=300,
+    )
+    error = await refused_tls(Config.model_validate(raw), caplog, "a TLS port?")
+    assert "set mqtt.tls" in error
 
 
 async def test_secrets_are_never_shown_and_loose_files_are_warned_about(
