@@ -365,3 +365,16 @@ def test_the_new_fields_pass_the_reference_decoder() -> None:
     body = ReadingEncoder().encode(1, "tester", readings, contexts)
     (flat,) = decode_readings(build_message("pc1", body))
     assert (flat.unit_serial, flat.attempt) == ("G1", 1)
+
+
+def test_slots_beyond_the_device_s_tags_are_reported_once() -> None:
+    text = RACK_EXAMPLE.read_text()
+    short = "'slot{slot:02d}.serial', slots: {first: 1, last: 32}"
+    assert short in text
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            text.replace(short, "'slot{slot:02d}.serial', slots: {first: 1, last: 16}"),
+            "burn-in-rack.yaml",
+        )
+    (problem,) = str(caught.value).splitlines()
+    assert "'slot17.serial' is not a tag of device 'rack-a'" in problem
