@@ -1,11 +1,15 @@
 """``collector demo``: a simulated pilot line and a collector for it, in one process.
 
-The line: a barcode scanner (on a pseudo-terminal) where the operator scans each unit and, now
-and then, a work order; a functional tester (a real Modbus TCP server on 127.0.0.1) whose
-voltage, current and temperature drift over time, with the unit serial also in its string
-registers and a result register that goes running -> pass/fail per unit, with a failure code.
-The station takes its unit serial from the scanner and its verdict from the result register;
-a failed unit is reworked and tested again (attempt 2). Each unit's record is printed too.
+The line: a barcode scanner (on a pseudo-terminal) where the operator scans each unit and,
+every 5 units, a work order (a reading of tag work_order); a functional tester (a real Modbus
+TCP server on 127.0.0.1) that tests a unit in about 1.2 s, a new one every 1.6 s (a 60 s demo
+makes dozens: enough for the pilot-run report), with the unit serial also in its string
+registers and a result register that goes running -> pass/fail/rework/scrap per unit, with a
+failure code. Its current (critical, with spec limits) and temperature vary from unit to
+unit; the voltage drifts. The station takes its unit serial from the scanner and its verdict
+from the result register; a failed unit is tested again (attempt 2), and scrapped if it fails
+again; every tenth unit the operator tests the golden sample GOLD-001. Each unit's record is
+printed too.
 A burn-in rack (a real asyncua OPC-UA server on 127.0.0.1, 4 slots, one session) warms up and
 cools down; its temperatures are subscribed (deadband 0.5 degC), the rest polled. The rack is
 one station with a slot range: each slot's readings carry the serial in that slot.
@@ -35,8 +39,14 @@ from drivers.modbus.sim import SimulatedModbusServer, codecs
 from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_slot_tags
 from drivers.serial.sim import SimulatedScanner
 
-UNIT_SECONDS = 4.0
-RESULT_RUNNING, RESULT_PASS, RESULT_FAIL = 0, 1, 2
+UNIT_SECONDS = 1.2  # the test; with the unloading pause a unit every 1.6 s
+UNLOAD_SECONDS = 0.4  # more than two tester polls: the verdict is always seen
+TAKT_S = 2.0
+RESULT_RUNNING, RESULT_PASS, RESULT_FAIL, RESULT_REWORK, RESULT_SCRAP = 0, 1, 2, 3, 4
+GOLDEN = "GOLD-001"
+# The critical characteristic: the current at the end of the test, per unit about
+# N(1.70, 0.012) A against 1.60..1.80 A (Cpk about 2.7 at the start, slowly drifting up).
+CURRENT_LSL, CURRENT_TARGET, CURRENT_USL = 1.60, 1.70, 1.80
 
 
 RACK_SLOTS = 4
@@ -83,13 +93,27 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
                     "verdict": {
                         "device": "tester-1",
                         "tag": "result",
-                        "map": {RESULT_PASS: "pass", RESULT_FAIL: "fail"},
+                        "map": {
+                            RESULT_PASS: "pass",
+                            RESULT_FAIL: "fail",
+                            RESULT_REWORK: "rework",
+                            RESULT_SCRAP: "scrap",
+                        },
                     },
                     "failure_code": {"device": "tester-1", "tag": "failure_code"},
                     "key_characteristics": [
-                        {"device": "tester-1", "tag": "current"},
-                        {"device": "tester-1", "tag": "temperature"},
+                        {
+                            "device": "tester-1",
+                            "tag": "current",
+                            "lsl": CURRENT_LSL,
+                            "usl": CURRENT_USL,
+                            "target": CURRENT_TARGET,
+                            "critical": True,
+                        },
+                        {"device": "tester-1", "tag": "temperature", "usl": 45.0},
                     ],
+                    "takt_s": TAKT_S,
+                    "golden_pattern": r"GOLD-\d{3}",
                     "unit_timeout_s": 60,
                 },
                 {
@@ -110,7 +134,7 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
                     "station": "ft-1",
                     "port": scanner_port,
                     "strip_prefix": "]C1",
-                    "serial_pattern": r"PILOT-\d{4}",
+                    "serial_pattern": r"PILOT-\d{4}|GOLD-\d{3}",
                     "routes": [{"tag": "work_order", "pattern": r"WO\d{6}"}],
                 },
                 {
@@ -120,7 +144,7 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
                     "host": "127.0.0.1",
                     "port": modbus_port,
                     "unit_id": 1,
-                    "poll_interval_ms": 500,
+                    "poll_interval_ms": 150,
                     "timeout_ms": 500,
                     "tags": [
                         {
@@ -174,8 +198,8 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
 
 
 class SimulatedTester:
-    """Drives the tester's registers: drifting measurements, a new unit every few seconds,
-    each unit scanned at the station before its test starts."""
+    """Drives the tester's registers: a new unit every 1.6 s, each scanned at the station
+    before its test starts; retests, rework, scrap and a golden sample now and then."""
 
     def __init__(
         self, server: SimulatedModbusServer, config: Config, scanner: SimulatedScanner
@@ -184,6 +208,11 @@ class SimulatedTester:
         self._scanner = scanner
         self._codecs = codecs(next(d for d in config.devices if d.name == "tester-1"))
         self._rng = random.Random(7)
+        # Verdicts from their own generator: the same sequence whatever the timing (the
+        # measurements' draws depend on how many polls a test takes).
+        self._verdicts = random.Random(36)
+        self._attempts: dict[str, int] = {}
+        self._last_golden = -1
 
     async def _set(self, name: str, value: Any) -> None:
         await self._server.set_value(1, self._codecs[name], value)
@@ -193,38 +222,62 @@ class SimulatedTester:
         retest: str | None = None
         started = time.monotonic()
         while True:
-            if retest is None:
+            golden = retest is None and unit % 10 == 9 and unit != self._last_golden
+            if golden:
+                self._last_golden = unit
+                serial = GOLDEN  # the operator checks the tester on the golden sample
+            elif retest is None:
                 unit += 1
                 if unit % 5 == 1:
                     self._scanner.scan(f"WO{100000 + unit // 5:06d}")  # a new work order
                 serial = f"PILOT-{unit:04d}"
             else:
-                serial = retest  # reworked, and back for its next attempt
-            self._scanner.scan(serial)
-            await self._set("serial", serial)
-            await self._set("result", RESULT_RUNNING)
-            await self._set("failure_code", 0)
-            await self._set("clamp_closed", True)
-            unit_start = time.monotonic()
-            while (elapsed := time.monotonic() - unit_start) < UNIT_SECONDS:
-                t = time.monotonic() - started
-                await self._set(
-                    "voltage", round(12.0 + 0.05 * math.sin(t) + self._rng.gauss(0, 0.01), 3)
-                )
-                await self._set(
-                    "current",
-                    round(1.5 + 0.2 * (elapsed / UNIT_SECONDS) + self._rng.gauss(0, 0.005), 3),
-                )
-                await self._set("temperature", round(25 + 10 * (elapsed / UNIT_SECONDS), 1))
-                await asyncio.sleep(0.2)
-            # The second unit fails (so that a short demo shows a retest), then 15 %.
-            fails = retest is None and (unit == 2 or self._rng.random() < 0.15)
-            retest = serial if fails else None
-            if fails:
-                await self._set("failure_code", self._rng.choice((101, 204, 317)))
-            await self._set("result", RESULT_FAIL if fails else RESULT_PASS)
+                serial = retest  # reworked or adjusted, and back for its next attempt
+            attempt = self._attempts[serial] = self._attempts.get(serial, 0) + 1
+            await self._test(serial, golden, started)
+            result, code = self._result(unit, attempt, golden)
+            retest = serial if result in (RESULT_FAIL, RESULT_REWORK) else None
+            if code:
+                await self._set("failure_code", code)
+            await self._set("result", result)
             await self._set("clamp_closed", False)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(UNLOAD_SECONDS)
+
+    async def _test(self, serial: str, golden: bool, started: float) -> None:
+        """Scan, clamp and measure for UNIT_SECONDS: the current settles at this unit's value
+        (the golden sample's is always near the target), the temperature rises."""
+        self._scanner.scan(serial)
+        await self._set("serial", serial)
+        await self._set("result", RESULT_RUNNING)
+        await self._set("failure_code", 0)
+        await self._set("clamp_closed", True)
+        t = time.monotonic() - started
+        current = CURRENT_TARGET + 0.0005 * t + self._rng.gauss(0, 0.012)
+        if golden:
+            current = CURRENT_TARGET + 0.0005 * t + self._rng.gauss(0, 0.002)  # tester drift
+        final_temp = 35 + self._rng.gauss(0, 0.1 if golden else 1.0)
+        unit_start = time.monotonic()
+        while (elapsed := time.monotonic() - unit_start) < UNIT_SECONDS:
+            await self._set(
+                "voltage", round(12.0 + 0.05 * math.sin(t) + self._rng.gauss(0, 0.01), 3)
+            )
+            settle = 1 - math.exp(-elapsed / 0.15)
+            await self._set("current", round(current * settle + self._rng.gauss(0, 0.0005), 4))
+            await self._set("temperature", round(25 + (final_temp - 25) * settle, 1))
+            await asyncio.sleep(0.1)
+
+    def _result(self, unit: int, attempt: int, golden: bool) -> tuple[int, int]:
+        """The verdict and failure code. The second unit fails (so that a short demo shows a
+        retest), then about 12 % of first attempts fail (a third of them are sent to rework);
+        a retest fails again 1 time in 4, and the unit is scrapped."""
+        if golden:
+            return RESULT_PASS, 0
+        if attempt > 1:
+            return (RESULT_SCRAP, 317) if self._verdicts.random() < 0.25 else (RESULT_PASS, 0)
+        if unit == 2 or self._verdicts.random() < 0.12:
+            code = self._verdicts.choice((101, 101, 101, 204, 204, 317))
+            return (RESULT_REWORK if code == 204 else RESULT_FAIL), code
+        return RESULT_PASS, 0
 
 
 async def load_rack(rack: SimulatedBurnInRack) -> None:
@@ -254,6 +307,7 @@ class LiveView:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.delivered = 0
+        self.units = 0  # unit records the broker accepted
 
     def on_message(self, payload: bytes) -> None:
         if b'"units":' in payload:
@@ -281,6 +335,7 @@ class LiveView:
         )
 
     def _units(self, units: list[dict[str, Any]]) -> None:
+        self.units += len(units)
         if self.quiet:
             return
         for u in units:
@@ -338,7 +393,8 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
         await rack.stop()
         scanner.close()
     print(
-        f"demo: {view.delivered} readings published; {service.left_in_buffer} left in the buffer",
+        f"demo: {view.delivered} readings and {view.units} unit records published; "
+        f"{service.left_in_buffer} left in the buffer",
         flush=True,
     )
     return 0

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Set up and run the demo line end to end on this machine:
 #   a virtual environment with the collector, a private mosquitto on a free loopback port,
-#   `collector demo` (a simulated tester -> collector -> SQLite -> MQTT) for DURATION
+#   `collector demo` (a simulated line -> collector -> SQLite -> MQTT) for DURATION
 #   seconds (default 60; Ctrl-C stops it earlier), and the central store
-#   (`collector store run`: MQTT -> a SQLite database), then how to look a unit up.
+#   (`collector store run`: MQTT -> a SQLite database); once the store holds everything the
+#   line published, the pilot-run report (HTML file), how to look a unit up, and how to
+#   serve /report and /units again. It ends by itself.
 # Usage: bash deploy/demo.sh [DURATION]
+# DEMO_PYTHON=/path/to/python runs that interpreter's installed collector instead of .venv's
+# (the tests do); TMPDIR decides where the store's database, config and report go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
 duration="${1:-60}"
 
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
@@ -17,13 +22,21 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 
-if [ ! -x .venv/bin/collector ]; then
-  echo "demo: creating .venv and installing the collector"
-  python3 -m venv .venv
-  .venv/bin/pip install -q .
+python_bin="${DEMO_PYTHON:-}"
+shown=".venv/bin/collector"  # how the printed commands start
+if [ -z "$python_bin" ]; then
+  if [ ! -x .venv/bin/collector ]; then
+    echo "demo: creating .venv and installing the collector"
+    python3 -m venv .venv
+    .venv/bin/pip install -q .
+  fi
+  python_bin=.venv/bin/python
+else
+  shown="$python_bin -m collector"
 fi
+collector=("$python_bin" -m collector)
 
-port="$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$("$python_bin" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 workdir="$(mktemp -d)"
 cat > "$workdir/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
@@ -43,30 +56,65 @@ done
 # The central store (docs/store.md): a fresh SQLite database that outlives the demo.
 store_db="${TMPDIR:-/tmp}/collector-demo-store.db"
 store_conf="${TMPDIR:-/tmp}/collector-demo-store.yaml"
-store_port="$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-rm -f "$store_db" "$store_db-wal" "$store_db-shm"
+store_port="$("$python_bin" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+store_url="http://127.0.0.1:$store_port"
+report_file="${TMPDIR:-/tmp}/collector-demo-report.html"
+protocol="$repo/config/demo-protocol.yaml"
+rm -f "$store_db" "$store_db-wal" "$store_db-shm" "$report_file"
 cat > "$store_conf" <<CONF
 database: {url: "sqlite:///$store_db"}
 mqtt: {host: 127.0.0.1, port: $port, client_id: demo-store}
 http: {port: $store_port}
+report: {protocol: "$protocol"}
 CONF
-.venv/bin/collector store run --config "$store_conf" >"$workdir/store.log" 2>&1 &
+"${collector[@]}" store run --config "$store_conf" >"$workdir/store.log" 2>&1 &
 store_pid=$!
-echo "demo: the store writes the stream into $store_db; a unit while it runs:"
-echo "demo:   http://127.0.0.1:$store_port/units/PILOT-0001"
+echo "demo: the store writes the stream into $store_db; while it runs:"
+echo "demo:   $store_url/report (the pilot-run report) and $store_url/units/PILOT-0001"
 
 echo "demo: mosquitto on 127.0.0.1:$port; running the line for ${duration} s"
 echo "demo: watch the stream with: mosquitto_sub -p $port -t 'collector/#' -v"
-.venv/bin/collector demo --broker "127.0.0.1:$port" --duration "$duration" --buffer "$workdir/buffer.db"
+# tee -i: Ctrl-C stops the line (which then says what it published), not the copy of its output.
+"${collector[@]}" demo --broker "127.0.0.1:$port" --duration "$duration" \
+  --buffer "$workdir/buffer.db" | tee -i "$workdir/demo.out"
 
-sleep 1  # the store's last batch; SIGTERM commits the batch in hand
+# Wait (at most 30 s) until the store received every reading and unit record the broker
+# accepted from the line (the demo's last line counts them), then stop it.
+"$python_bin" - "$workdir/demo.out" "$store_url/health" <<'PY' || true
+import json, re, sys, time, urllib.request
+found = re.search(r"demo: (\d+) readings and (\d+) unit records published", open(sys.argv[1]).read())
+want = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+deadline, got = time.monotonic() + 30, (-1, -1)
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(sys.argv[2], timeout=5) as answer:
+            ingest = json.load(answer)["ingest"]
+    except OSError as exc:  # 503 (broker gone) still has the body
+        ingest = json.load(exc)["ingest"] if hasattr(exc, "read") else {}
+    got = (ingest.get("readings_received", 0), ingest.get("units_received", 0))
+    if got[0] >= want[0] and got[1] >= want[1]:
+        break
+    time.sleep(0.2)
+else:
+    print(f"demo: the store received {got[0]} readings and {got[1]} unit records of "
+          f"{want[0]} and {want[1]} within 30 s")
+PY
 kill -TERM "$store_pid" 2>/dev/null && wait "$store_pid" || true
 store_pid=""
 echo "demo: what the store holds (per collector: high-water mark and missing seqs):"
-.venv/bin/collector store gaps --db "sqlite:///$store_db" || true
-serial="$(.venv/bin/collector store units --db "sqlite:///$store_db" --limit 1 \
-  | .venv/bin/python -c 'import json, sys; print(json.loads(sys.stdin.readline() or "{}").get("serial", "PILOT-0001"))')"
+"${collector[@]}" store gaps --db "sqlite:///$store_db" || true
+
+"${collector[@]}" store report --config "$store_conf" --protocol "$protocol" --format html \
+  --out "$report_file" --unit-base "$store_url"
+# A unit with a retest if there is one (its genealogy shows both attempts), else the latest.
+serial="$( { "${collector[@]}" store units --db "sqlite:///$store_db" --verdict fail --limit 1
+  "${collector[@]}" store units --db "sqlite:///$store_db" --limit 1; } \
+  | "$python_bin" -c 'import json, sys; print(json.loads(sys.stdin.readline() or "{}").get("serial", "PILOT-0001"))')"
+echo "demo: the pilot-run report (yields, Cpk, control charts, the go/no-go gate):"
+echo "demo:   $report_file"
 echo "demo: look a unit up (every operation, verdict, characteristic and reading):"
-echo "demo:   .venv/bin/collector store unit $serial --db sqlite:///$store_db"
-echo "demo:   or serve it: .venv/bin/collector store run --config $store_conf"
-echo "demo:   and open http://127.0.0.1:$store_port/units/$serial"
+echo "demo:   $shown store unit $serial --db sqlite:///$store_db"
+echo "demo: serve the report and the units again (the demo's broker is gone: the store"
+echo "demo: retries it in the background and answers from its database; Ctrl-C stops it):"
+echo "demo:   $shown store run --config $store_conf"
+echo "demo:   then open $store_url/report and $store_url/units/$serial"

@@ -3,7 +3,9 @@
 ``GET /health`` (200 or 503 with the reasons), ``GET /metrics`` (Prometheus), ``GET /gaps``,
 ``GET /units?serial=&operation=&verdict=&work_order=&golden=&since=&until=&limit=`` and
 ``GET /units/{serial}`` (JSON, or a small HTML page when the client asks for text/html: the
-pilot-run report links to it). Database reads run in FastAPI's thread pool, never on the loop.
+pilot-run report links to it), and ``GET /report[?format=json]`` (the pilot-run report of the
+protocol named by store.yaml's ``report.protocol``, re-read at each request; 404 without one).
+Database reads run in FastAPI's thread pool, never on the loop.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from collector.errors import StartupError
+from collector.errors import ConfigError, StartupError
 from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
+from store.report import Format, load_protocol, render_report
 from store.status import gap_report, old_gaps
 
 if TYPE_CHECKING:
@@ -121,6 +124,24 @@ def create_app(service: StoreService) -> FastAPI:
             return HTMLResponse(genealogy_page(found))
         # orjson directly: FastAPI's own encoder walks thousands of readings ten times slower.
         return Response(orjson.dumps(found), media_type="application/json")
+
+    @app.get("/report", response_model=None)
+    def get_report(format: Format = Format.HTML) -> Response:
+        if service.config.report is None:
+            raise HTTPException(
+                404,
+                "no pilot protocol configured: set report.protocol in the store's config "
+                "(docs/store.md), or run `collector store report --protocol FILE`",
+            )
+        path = service.config.report.protocol
+        try:
+            protocol = load_protocol(path)  # re-read: an edited protocol counts at once
+        except ConfigError as exc:
+            return Response(str(exc) + "\n", status_code=500, media_type="text/plain")
+        body = render_report(service.engine, protocol, format, protocol_name=path.name)
+        if format is Format.JSON:
+            return Response(body, media_type="application/json")
+        return HTMLResponse(body)
 
     return app
 

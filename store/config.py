@@ -158,12 +158,19 @@ class RetentionConfig(_Model):
 
 
 class HttpConfig(_Model):
-    enabled: bool = Field(default=True, description="Serve /health, /metrics and /units.")
+    enabled: bool = Field(default=True, description="Serve /health, /metrics, /gaps, /units and /report.")
     host: str = Field(
         default="127.0.0.1",
         description="Bind address; loopback by default. Set 0.0.0.0 only on a trusted network.",
     )
     port: int = Field(default=8190, ge=0, le=65535, description="HTTP port (0: any free port).")
+
+
+class ReportConfig(_Model):
+    protocol: Path = Field(
+        description="The pilot protocol file (docs/report.md) that GET /report judges the "
+        "stored run against; a relative path is relative to this store.yaml's folder."
+    )
 
 
 class StoreConfig(_Model):
@@ -173,6 +180,9 @@ class StoreConfig(_Model):
     gaps: GapsConfig = Field(default_factory=GapsConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    report: ReportConfig | None = Field(
+        default=None, description="Serve the pilot-run report on GET /report (optional)."
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
@@ -195,6 +205,9 @@ def load_store_config(path: Path | str) -> StoreConfig:
     path = Path(path)
     config = parse_store_config(read_text(path), str(path))
     problems = []
+    if config.report is not None:
+        config, problem = _with_protocol(config, config.report, path)
+        problems.extend(problem)
     for section, owner in (("database", config.database), ("mqtt", config.mqtt)):
         try:
             owner.password()
@@ -208,3 +221,19 @@ def load_store_config(path: Path | str) -> StoreConfig:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _with_protocol(
+    config: StoreConfig, report: ReportConfig, path: Path
+) -> tuple[StoreConfig, list[str]]:
+    """The report's protocol path made absolute (relative to store.yaml) and checked at load,
+    so that a wrong protocol stops `collector store check` and start-up, not the first page."""
+    from store.report.protocol import load_protocol  # noqa: PLC0415 - only with a report
+
+    protocol = report.protocol if report.protocol.is_absolute() else path.parent / report.protocol
+    config = config.model_copy(update={"report": report.model_copy(update={"protocol": protocol})})
+    try:
+        load_protocol(protocol)
+    except ConfigError as exc:
+        return config, list(exc.problems)  # each names the protocol file and its line
+    return config, []

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.message import encode_unit, envelope, with_seq
+from collector.reading import Spec, UnitRecord
 from tests.helpers import Mosquitto, free_port, port_open, wait_until
 from tests.postgres import PostgresServer, require_postgres
 
@@ -145,3 +147,55 @@ class Publisher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+# A small pilot run for the report's tests: PILOT-01..12 at functional-test (PILOT-03 fails,
+# code 204, and passes its retest), each with a critical characteristic `current` in
+# [1.0, 2.0], in work orders WO-1..WO-4, and the golden sample GOLD-1 measured twice.
+PILOT_PROTOCOL = {
+    "run": {"name": "Pilot run T", "serial_pattern": "PILOT-\\d{2}"},
+    "sample_sizes": {
+        "min_units": 10, "min_pieces": 10, "min_subgroups": 3, "subgroup_by": "work_order",
+    },
+    "operations": [
+        {"name": "functional-test", "min_first_pass_yield": 0.9, "min_cpk_critical": 1.0,
+         "takt_s": 40, "cycle_time_p95_within_takt": True},
+    ],
+}  # fmt: skip
+PILOT_T0 = 1_795_255_200.0
+
+
+def pilot_unit_records() -> list[UnitRecord]:
+    spec = Spec(lsl=1.0, usl=2.0, target=1.5, critical=True, in_spec=True)
+    records = []
+    plan = [(f"PILOT-{i:02d}", 1, "pass", 1.5 + 0.02 * ((i * 7) % 5 - 2)) for i in range(1, 13)]
+    plan[2] = ("PILOT-03", 1, "fail", 1.46)
+    plan.insert(3, ("PILOT-03", 2, "pass", 1.5))
+    plan[6:6] = [("GOLD-1", 1, "pass", 1.51)]
+    plan.append(("GOLD-1", 2, "pass", 1.52))
+    for index, (serial, attempt, verdict, value) in enumerate(plan):
+        start = PILOT_T0 + 60 * index
+        records.append(
+            UnitRecord(
+                serial=serial, station="ft-1", operation="functional-test", attempt=attempt,
+                start_ts=start, end_ts=start + 30, ended_by="verdict", verdict=verdict,
+                failure_code=204 if verdict == "fail" else None, readings=0,
+                characteristics={"current": (value, value - 0.01, value + 0.01)},
+                takt_s=40.0, golden=serial.startswith("GOLD"),
+                work_order=f"WO-{1 + index // 4}", specs={"current": spec},
+            )
+        )  # fmt: skip
+    return records
+
+
+def publish_pilot_run(broker: Mosquitto, collector: str = "pc1") -> int:
+    """Publishes the pilot run's unit records as a collector does; returns how many."""
+    records = pilot_unit_records()
+    publisher = Publisher(broker, "pilot-publisher")
+    try:
+        bodies = [(seq, encode_unit(r)) for seq, r in enumerate(records, 1)]
+        payload = envelope(collector, "0123456789abcdef", with_seq(bodies), b"units")
+        publisher.publish(f"collector/site/line/{collector}/units", payload)
+    finally:
+        publisher.close()
+    return len(records)

@@ -13,7 +13,7 @@ from tests.helpers import CASES, REPO, run_cli
 
 # Every example under config/ is validated here, so the examples cannot rot.
 # config/ also holds example files of other kinds, each loaded by its own test.
-NOT_COLLECTOR = {"pilot-protocol.yaml", "store.yaml"}
+NOT_COLLECTOR = {"pilot-protocol.yaml", "demo-protocol.yaml", "store.yaml"}
 EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in NOT_COLLECTOR)
 
 # One tester at one station: the config most checks edit (tests/cases/small-line.yaml; its

@@ -1,13 +1,18 @@
-"""`collector demo` (what the README's first command runs), with and without a broker."""
+"""`collector demo` (what the README's first command runs), with and without a broker, and
+the first command itself, deploy/demo.sh, through the store to the report."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import Mosquitto, Subscriber, assert_no_gaps, free_port
+from store.db import connect
+from tests.helpers import REPO, Mosquitto, Subscriber, assert_no_gaps, free_port, run_cli
 
 DEMO_TOPIC = "collector/demo-plant/pilot-line-1/demo-pc1/#"
 
@@ -115,3 +120,78 @@ async def test_demo_without_a_broker_buffers_and_forwards_when_it_appears(tmp_pa
         await asyncio.wait_for(process.wait(), 20)
         broker.stop()
     assert process.returncode == 0
+
+
+def test_demo_script_runs_the_chain_to_the_report_and_says_where_to_look(tmp_path: Path) -> None:
+    """README's first command, `bash deploy/demo.sh`, shortened: line -> collector -> broker ->
+    store -> report, ending by itself with the report's path, a unit to look up and how to
+    serve /report and /units again."""
+    from tests.conftest import require_mosquitto
+
+    require_mosquitto()
+    done = subprocess.run(
+        ["bash", str(REPO / "deploy" / "demo.sh"), "20"],
+        capture_output=True, text=True, timeout=150, check=False, cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path), "DEMO_PYTHON": sys.executable},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    db, conf = tmp_path / "collector-demo-store.db", tmp_path / "collector-demo-store.yaml"
+    report = tmp_path / "collector-demo-report.html"
+    published = re.search(r"demo: (\d+) readings and (\d+) unit records published", out)
+    assert published is not None, out[-2000:]
+    readings, units = int(published.group(1)), int(published.group(2))
+    assert units >= 5
+
+    # Everything the broker accepted is in the store (the script waited for it).
+    engine = connect(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM readings").scalar_one() == readings
+            assert conn.exec_driver_sql("SELECT count(*) FROM units").scalar_one() == units
+    finally:
+        engine.dispose()
+
+    # The HTML report, written where the script says; its unit links go to the store's URL.
+    store_url = re.search(r"then open (http://127\.0\.0\.1:\d+)/report and ", out)
+    assert store_url is not None, out[-2000:]
+    assert f"demo:   {report}\n" in out
+    page = report.read_text()
+    assert "Demo pilot run" in page
+    assert f'href="{store_url.group(1)}/units/PILOT-0001"' in page
+    assert f"demo:   {sys.executable} -m collector store run --config {conf}\n" in out
+
+    # Its JSON variant: a decision, the functional test's figures, the characteristics.
+    as_json = run_cli(
+        "store", "report", "--config", str(conf), "--protocol",
+        str(REPO / "config" / "demo-protocol.yaml"), "--format", "json",
+    )  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert doc["decision"] in ("go", "no-go", "insufficient")
+    (operation,) = [o for o in doc["operations"] if o["operation"] == "functional-test"]
+    assert operation["units"] >= 5
+    assert operation["retests"] >= 1  # PILOT-0002 fails its first attempt
+    assert operation["takt_s"] == 2.0
+    assert operation["pareto"]
+    assert {c["result"] for c in operation["criteria"]} <= {"pass", "fail", "insufficient"}
+    assert len(operation["criteria"]) == 5
+    by_name = {c["name"]: c for c in doc["characteristics"]}
+    current = by_name["current"]
+    assert (current["lsl"], current["usl"], current["critical"]) == (1.6, 1.8, True)
+    assert current["n"] == operation["units"]
+    assert current["cpk"] is not None
+    assert current["chart"]["values"]
+
+    # The unit the script names, looked up with the printed command: its readings are there.
+    lookup = re.search(r"collector store unit (\S+) --db (\S+)\n", out)
+    assert lookup is not None, out[-2000:]
+    serial = lookup.group(1)
+    assert f"/units/{serial}" in out
+    found = run_cli("store", "unit", serial, "--db", lookup.group(2))
+    assert found.returncode == 0, found.stderr
+    genealogy = json.loads(found.stdout)
+    assert genealogy["serial"] == serial
+    assert genealogy["operations"][0]["operation"] == "functional-test"
+    assert genealogy["readings"]
+    assert {r["tag"] for r in genealogy["readings"]} >= {"current", "temperature", "result"}

@@ -1,8 +1,9 @@
 """The HTML report in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-The page is served by a local http.server on 127.0.0.1 that also answers the genealogy URL
-(/units/SERIAL) with a stand-in page, so following a unit link is checked end to end. Every
-request the page makes is recorded: the report must not fetch anything."""
+The first test's page is served by a local http.server on 127.0.0.1 that also answers the
+genealogy URL (/units/SERIAL) with a stand-in page, so following a unit link is checked end to
+end. Every request the page makes is recorded: the report must not fetch anything. The second opens
+GET /report of a running store and follows a unit link to the store's genealogy page."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from bench.pilot_run import fill_pilot_run
 from store.report import Protocol, render_report
+from tests.helpers import Mosquitto, wait_until
+from tests.store_fixtures import PILOT_PROTOCOL, StoreProcess, publish_pilot_run
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -153,3 +157,47 @@ def test_the_report_in_chromium(served: str, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert {url.split("/")[2] for url in requests} == {served.split("/")[2]}
+
+
+def test_the_stores_report_page_drills_down_to_a_unit(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """GET /report of a running store (a process, fed over MQTT) in Chromium: the decision and
+    the tables show, and a unit link opens that unit's genealogy page on the same store."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    workdir = tmp_path / "store"
+    workdir.mkdir()
+    (workdir / "pilot.yaml").write_text(yaml.safe_dump(PILOT_PROTOCOL))
+    store = StoreProcess(
+        workdir, mosquitto, f"sqlite:///{tmp_path / 'store.db'}", report={"protocol": "pilot.yaml"}
+    )
+    store.start()
+    try:
+        published = publish_pilot_run(mosquitto)
+        wait_until(
+            lambda: store.health()["ingest"]["units_inserted"] == published, 20, "units stored"
+        )
+        base = f"http://127.0.0.1:{store.port}"
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 1400})
+                page.goto(f"{base}/report", timeout=30_000)
+                assert page.locator("#decision .verdict").is_visible()
+                assert page.locator("table.operations tbody tr").count() == 1
+                assert page.locator("table.capability tbody tr").count() == 1
+                assert page.locator("svg.chart").count() >= 3
+
+                link = page.locator(".all-units a.unit", has_text="PILOT-03")
+                assert link.get_attribute("href") == "/units/PILOT-03"
+                link.click()
+                page.wait_for_url(f"{base}/units/PILOT-03", timeout=10_000)
+                assert page.locator("h1").inner_text() == "Unit PILOT-03"
+                rows = page.locator("#operations tr")
+                assert rows.count() == 3  # the header, the fail and the retest
+                assert "fail" in rows.nth(1).inner_text()
+                assert "pass" in rows.nth(2).inner_text()
+            finally:
+                browser.close()
+    finally:
+        store.stop()

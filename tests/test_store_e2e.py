@@ -7,14 +7,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from collector.config import Config
@@ -131,27 +128,3 @@ async def test_collector_stream_is_stored_and_found_by_unit(
     finally:
         witness.close()
         await asyncio.to_thread(store.stop)
-
-
-def test_demo_script_runs_the_chain_into_the_store_and_says_how_to_look_up(
-    tmp_path: Path,
-) -> None:
-    repo = Path(__file__).resolve().parent.parent
-    if not (repo / ".venv" / "bin" / "collector").exists():
-        pytest.skip(
-            "deploy/demo.sh runs the repository's .venv (the README's test command makes it)"
-        )
-    done = subprocess.run(
-        ["bash", str(repo / "deploy" / "demo.sh"), "7"],
-        capture_output=True, text=True, timeout=180, check=False, cwd=repo,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
-    db = tmp_path / "collector-demo-store.db"
-    assert f"demo:   .venv/bin/collector store unit PILOT-0001 --db sqlite:///{db}" in out
-    assert "/units/PILOT-0001" in out
-    engine = connect(f"sqlite:///{db}")
-    published = re.search(r"demo: (\d+) readings published", out)
-    assert published is not None, out[-2000:]
-    assert stored_count(engine) == int(published.group(1)) > 0
