@@ -157,10 +157,13 @@ def test_logs_as_json_lines_or_text_without_a_second_timestamp_under_journald(
         for fmt in ("json", "text")
     }
     assert {r.returncode for r in runs.values()} == {1}
-    (line,) = [json.loads(x) for x in runs["json"].stderr.splitlines()]
+    # The config's warning (the buffer folder does not exist yet), then the start-up error.
+    warning, line = [json.loads(x) for x in runs["json"].stderr.splitlines()]
+    assert warning["level"] == "WARNING"
+    assert "does not exist (yet)" in warning["message"]
     assert line["level"] == "ERROR"
     assert line["logger"] == "collector"
     assert line["message"].startswith("cannot start: buffer ")
     assert ("ts" in line) is not journald
-    (text,) = runs["text"].stderr.splitlines()
+    _, text = runs["text"].stderr.splitlines()
     assert text.startswith("ERROR collector: cannot start") is journald
