@@ -158,7 +158,9 @@ class RetentionConfig(_Model):
 
 
 class HttpConfig(_Model):
-    enabled: bool = Field(default=True, description="Serve /health, /metrics, /gaps, /units and /report.")
+    enabled: bool = Field(
+        default=True, description="Serve /health, /metrics, /gaps, /units and /report."
+    )
     host: str = Field(
         default="127.0.0.1",
         description="Bind address; loopback by default. Set 0.0.0.0 only on a trusted network.",
