@@ -534,6 +534,11 @@ class StationContext:
                     "end_ts": last.end_ts,
                     "cycle_time_s": None if last.end_ts is None else last.end_ts - last.start_ts,
                 },
+                "takt_s": station.config.takt_for(station.operation)
+                if station.operation is not None
+                else None,
+                # The verdicts of the last units (oldest first), for the live page.
+                "last_verdicts": [(u.verdict or Verdict.INCOMPLETE).value for u in ended[-10:]],
                 "figures": station.figures.as_dict(),
             }
         return out

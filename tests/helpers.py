@@ -185,6 +185,11 @@ class Subscriber:
             for r in decode_readings(payload)
         ]
 
+    def metas(self) -> list[dict[str, Any]]:
+        """The tag metadata messages received (retained, on meta/{device})."""
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if "/meta/" in t and p]
+
     def seqs(self) -> list[int]:
         return [r["seq"] for r in self.readings()]
 

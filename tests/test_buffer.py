@@ -325,6 +325,11 @@ def test_unit_records_and_station_state_go_in_with_the_readings(tmp_path: Path) 
             "ended_by": "verdict",
             "readings": 3,
             "characteristics": {"leak": {"last": 1.0, "min": 0.5, "max": 2.0}},
+            # Schema 2's unit-record fields (docs/messages.md), at their defaults here.
+            "slot": None,
+            "takt_s": None,
+            "golden": False,
+            "work_order": None,
         }
     ]
     box.ack_units(1, 2)

@@ -30,18 +30,34 @@ def status() -> dict[str, Any]:
         "health": {"status": "degraded", "reasons": ["device rack-1 not connected: timeout"]},
         "stations": {
             "burn-in": {
+                "station": "burn-in",
+                "slot": None,
                 "operation": "burn-in",
                 "unit_serial": None,
-                "phase": "soak",
-                "first_pass_yield": 0.953,
-                "cycle_time_s": 42,
+                "present_serial": "SN-9",
+                "phase": "after",
                 "takt_s": 45,
-                "last_verdicts": ["pass", "fail", {"verdict": "pass"}],
-                "slots": {
-                    "A": {"unit_serial": "SN-A", "attempt": 2, "time_at_station_s": 75},
-                    "B": {},
+                "last_verdicts": ["pass", "fail", "pass"],
+                "figures": {
+                    "units": 43,
+                    "passes": 41,
+                    "fails": 2,
+                    "retests": 1,
+                    "first_pass_yield": 0.953,
+                    "last_cycle_time_s": 42,
+                    "mean_cycle_time_s": 40,
                 },
             },
+            # A rack's slots are stations of their own in /status, grouped on the page.
+            "rack-a.slot01": {
+                "station": "rack-a",
+                "slot": 1,
+                "operation": "burn-in",
+                "unit_serial": "SN-A",
+                "attempt": 2,
+                "time_at_station_s": 75,
+            },
+            "rack-a.slot02": {"station": "rack-a", "slot": 2, "operation": "burn-in"},
             "ft-1": {"operation": "functional-test", "unit_serial": HOSTILE, "attempt": 1},
         },
         "devices": {
@@ -116,15 +132,20 @@ async def test_slots_figures_bad_values_and_hostile_text_render_as_text() -> Non
         page.on("pageerror", lambda e: errors.append(str(e)))
         await page.route(f"{BASE}/**", serve)
         await page.goto(f"{BASE}/")
-        burn_in = page.locator('[data-station="burn-in"]')
-        await expect(burn_in.locator('[data-slot="A"] [data-field="serial"]')).to_have_text("SN-A")
-        await expect(burn_in.locator('[data-slot="A"]')).to_contain_text("Attempt2")
-        await expect(burn_in.locator('[data-slot="B"] [data-field="serial"]')).to_have_text(
+        rack_a = page.locator('[data-station="rack-a"]')
+        await expect(rack_a.locator('[data-slot="1"] [data-field="serial"]')).to_have_text("SN-A")
+        await expect(rack_a.locator('[data-slot="1"]')).to_contain_text("Attempt2")
+        await expect(rack_a.locator('[data-slot="2"] [data-field="serial"]')).to_have_text(
             "No unit at the station"
         )
-        await expect(burn_in).to_contain_text("Phasesoak")
+        assert await page.locator('[data-station="rack-a.slot01"]').count() == 0
+        burn_in = page.locator('[data-station="burn-in"]')
+        # Present after its verdict: the serial still shows, with the phase.
+        await expect(burn_in.locator('[data-field="serial"]')).to_have_text("SN-9")
+        await expect(burn_in).to_contain_text("Phaseafter")
         await expect(burn_in).to_contain_text("First pass yield95.3 %")
-        await expect(burn_in).to_contain_text("Cycle time42 s (takt 45 s)")
+        await expect(burn_in).to_contain_text("Cycle time42 s, mean 40 s (takt 45 s)")
+        await expect(burn_in).to_contain_text("Units43 (41 pass, 2 fail, 1 retests)")
         await expect(burn_in).to_contain_text("✔ PASS✖ FAIL✔ PASS")
         # A device's text is shown as text, never run as markup.
         await expect(page.locator('[data-station="ft-1"] [data-field="serial"]')).to_have_text(

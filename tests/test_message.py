@@ -203,3 +203,21 @@ def test_split_polls_keeps_every_value_its_seq_and_its_poll_fields() -> None:
         ]
 
     assert [x for _, _, _, b in parts for x in flat(b)] == flat(body)
+
+
+def test_slot_phase_and_golden_are_written_when_set_and_decoded_back() -> None:
+    """A rack slot's reading after its unit's verdict, of a golden sample: the poll names the
+    slot, the phase and the golden flag (left out at their defaults, as above)."""
+    from collector.contract import decode_readings
+    from collector.message import PollEncoder, envelope
+
+    after = Context("rack-a", "GOLD-1", "burn-in", 2, slot=7, phase="after", golden=True)
+    body = PollEncoder().encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [after])
+    assert body == (
+        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"rack","station":"rack-a",'
+        b'"unit_serial":"GOLD-1","operation":"burn-in","attempt":2,"slot":7,"phase":"after",'
+        b'"golden":true,"values":{"slot07.temp":41}}'
+    )
+    (flat,) = decode_readings(envelope("pc1", "0123456789abcdef", body))
+    assert (flat.station, flat.slot, flat.phase, flat.golden) == ("rack-a", 7, "after", True)
+    assert (flat.unit_serial, flat.attempt) == ("GOLD-1", 2)

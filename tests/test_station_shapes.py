@@ -13,8 +13,9 @@ import pytest
 from collector.config import Config
 from collector.config.loader import parse_config
 from collector.context import StationContext
+from collector.contract import decode_readings, decode_units
 from collector.errors import ConfigError
-from collector.message import encode_unit
+from collector.message import ReadingEncoder, build_message, encode_unit, with_seq
 from collector.reading import Reading, UnitRecord, Value
 
 
@@ -342,3 +343,38 @@ def test_takt_per_operation_and_a_bad_takt() -> None:
     text = RACK_EXAMPLE.read_text().replace("takt_s: 172800", "takt_s: 0")
     with pytest.raises(ConfigError, match=r"burn-in-rack\.yaml:30: stations\[0\]\.takt_s: .*> 0"):
         parse_config(text, "burn-in-rack.yaml")
+
+
+def test_the_new_fields_pass_the_reference_decoder() -> None:
+    """What the collector now sends in schema 1 is accepted by collector.contract (the store's
+    decoder): unit records with slot, takt, golden and spec limits; readings with slot,
+    phase and golden."""
+    t = _Tester(station_config(golden_pattern="G.*", takt_s=30))
+    t.poll(serial="", result=0, leak=1.0)
+    t.poll(serial="G1", result=0, leak=20.0)
+    t.poll(serial="G1", result=2, leak=20.0)
+    t.poll(serial="G1", result=2, leak=20.0)
+    t.settle()
+    (record,) = t.records
+    units = decode_units(build_message("pc1", with_seq([(1, encode_unit(record))]), b"units"))
+    assert (units[0].golden, units[0].takt_s, units[0].slot) == (True, 30, None)
+    assert units[0].characteristics["leak"]["in_spec"] is False
+    assert units[0].characteristics["leak"]["critical"] is True
+    readings = [Reading(5.0, "leak", 20.0)]
+    contexts = [c for _, c in t.contexts[-1:]]
+    body = ReadingEncoder().encode(1, "tester", readings, contexts)
+    (flat,) = decode_readings(build_message("pc1", body))
+    assert (flat.unit_serial, flat.attempt) == ("G1", 1)
+
+
+def test_slots_beyond_the_device_s_tags_are_reported_once() -> None:
+    text = RACK_EXAMPLE.read_text()
+    short = "'slot{slot:02d}.serial', slots: {first: 1, last: 32}"
+    assert short in text
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            text.replace(short, "'slot{slot:02d}.serial', slots: {first: 1, last: 16}"),
+            "burn-in-rack.yaml",
+        )
+    (problem,) = str(caught.value).splitlines()
+    assert "'slot17.serial' is not a tag of device 'rack-a'" in problem

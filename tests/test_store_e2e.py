@@ -84,10 +84,18 @@ async def test_collector_stream_is_stored_and_found_by_unit(
         )  # fmt: skip
         expect = sorted(s for s, r in published.items() if r["unit_serial"] == "SN0001")
         assert [r["seq"] for r in found["readings"]] == expect
+        # Schema 2 sends each tag's engineering unit once, in the retained meta/{device}
+        # message, and the store gives it to the tag's readings.
+        units = {
+            (meta["device"], tag): fields["unit"]
+            for meta in witness.metas()
+            for tag, fields in meta["tags"].items()
+        }
         for got in found["readings"]:
             sent = published[got["seq"]]
-            for key in ("ts", "device", "tag", "value", "unit", "quality", "station", "attempt"):
+            for key in ("ts", "device", "tag", "value", "quality", "station", "attempt"):
                 assert got[key] == sent[key], (key, got, sent)
+            assert got["unit"] == units[sent["device"], sent["tag"]], got
         times = [r["ts"] for r in found["readings"]]
         assert times == sorted(times)
 

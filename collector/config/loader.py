@@ -238,11 +238,13 @@ def _buffer_problems(config: Config, filename: str, lines: dict[Path_, int]) -> 
     buffer = config.buffer.path
     folder = buffer.parent
     where = f"{filename}:{lines.get(('buffer', 'path'), 1)}: buffer.path"
+    if not folder.exists():
+        existing = next(p for p in folder.parents if p.exists())
+        if existing.is_dir():
+            return []  # a warning (config_warnings): systemd's StateDirectory= may create it
+        return [f"{where}: {str(existing)!r} is a file, so folder {str(folder)!r} can never exist"]
     if not folder.is_dir():
-        return [
-            f"{where}: folder {str(folder)!r} does not exist (create it, writable by the "
-            "service's user, or change buffer.path)"
-        ]
+        return [f"{where}: {str(folder)!r} is not a folder"]
     if not os.access(folder, os.W_OK | os.X_OK):
         return [
             f"{where}: folder {str(folder)!r} is not writable by this user (SQLite needs "
@@ -281,11 +283,21 @@ def _environment_problems(config: Config, filename: str, lines: dict[Path_, int]
 
 def config_warnings(config: Config, path: Path | str) -> list[str]:
     """Likely mistakes in a valid config, as ``FILE:LINE: path: warning: ...`` lines."""
-    found = [
+    found: list[tuple[Path_, str]] = [
         (("devices", index, *field), text)
         for index, device in enumerate(config.devices)
         for field, text in device.warnings()
     ]
+    folder = config.buffer.path.parent
+    if not folder.exists():
+        found.insert(
+            0,
+            (
+                ("buffer", "path"),
+                f"folder {str(folder)!r} does not exist (yet): run fails unless it is created "
+                "(systemd creates /var/lib/collector, the unit's StateDirectory=, at start)",
+            ),
+        )
     if not found:
         return []
     lines = parse_yaml(read_text(Path(path)), str(path)).lines

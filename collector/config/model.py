@@ -142,15 +142,25 @@ def reference_problems(
                     f"but not its settings ({', '.join(line.settings)})"
                 )
             )
+    # A rack's slots (collector.config.stations.expand_slots) share one line in the file:
+    # a reference problem is reported once per rack and field (the first slot's, or the
+    # first slot that has it), not once per slot.
+    reported: set[tuple[str, str]] = set()
     for index, station in stations:
         for field, ref in station.tag_refs():
             if ref.device in unknown_ok and ref.device not in by_name:
+                continue
+            if station.group is not None and (station.group, field) in reported:
                 continue
             problem = _check_station_ref(
                 index, station.group or station.name, field, ref, by_name, invalid=unknown_ok
             )
             if problem is not None:
                 problems.append(problem)
+                if station.group is not None:
+                    reported.add((station.group, field))
+        if station.group is not None and station.slot != _first_slot(stations, station.group):
+            continue
         if station.serial_source == "http" and not unit_api:
             problems.append(
                 FieldError(
@@ -160,6 +170,10 @@ def reference_problems(
                 )
             )
     return problems
+
+
+def _first_slot(stations: Sequence[tuple[int, StationConfig]], group: str) -> int | None:
+    return next((s.slot for _, s in stations if s.group == group), None)
 
 
 def _check_station_ref(

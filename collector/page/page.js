@@ -154,10 +154,18 @@
     add("Phase", u.phase);
     add("At station", u.time_at_station_s === null || u.time_at_station_s === undefined
       ? null : duration(u.time_at_station_s));
-    add("Cycle time", u.cycle_time_s === undefined || u.cycle_time_s === null ? null
-      : `${duration(u.cycle_time_s)}${u.takt_s ? ` (takt ${duration(u.takt_s)})` : ""}`);
-    add("First pass yield", typeof u.first_pass_yield === "number"
-      ? `${(100 * u.first_pass_yield).toFixed(1)} %` : null);
+    // The station's live figures since the collector started (/status stations.*.figures).
+    const f = u.figures || {};
+    const cycle = f.last_cycle_time_s ?? u.cycle_time_s;
+    const mean = f.mean_cycle_time_s;
+    add("Cycle time", cycle === undefined || cycle === null ? null
+      : `${duration(cycle)}${typeof mean === "number" ? `, mean ${duration(mean)}` : ""}`
+        + `${u.takt_s ? ` (takt ${duration(u.takt_s)})` : ""}`
+        + `${u.takt_s && cycle > u.takt_s ? " ⚠ over takt" : ""}`);
+    const fpy = f.first_pass_yield ?? u.first_pass_yield;
+    add("First pass yield", typeof fpy === "number" ? `${(100 * fpy).toFixed(1)} %` : null);
+    add("Units", typeof f.units === "number" && f.units
+      ? `${f.units} (${f.passes || 0} pass, ${f.fails || 0} fail, ${f.retests || 0} retests)` : null);
     const last = u.last_unit;
     if (last) {
       const kind = VERDICT[last.verdict] || "warn";
@@ -175,7 +183,8 @@
   }
 
   function unitBlock(u, name, attrs) {
-    const serial = u.unit_serial;
+    // After its verdict a unit may still be in the fixture: then it is present, not tested.
+    const serial = u.unit_serial || u.present_serial;
     return h("div", attrs,
       h("header", {}, h("h3", {}, name)),
       h("div", { class: serial ? "serial" : "serial empty", "data-field": "serial" },
@@ -191,8 +200,23 @@
       fill($("stations"), h("div", { class: "card muted" }, "No stations configured."));
       return;
     }
-    fill($("stations"), ...names.map((name) => {
+    // A rack's slots are stations of their own in /status ("rack-a.slot07" with
+    // "station": "rack-a", "slot": 7); they are shown together on the rack's card.
+    const racks = {};
+    const cards = [];
+    for (const name of names) {
       const st = stations[name] || {};
+      if (st.slot !== null && st.slot !== undefined && st.station) {
+        if (!racks[st.station]) {
+          racks[st.station] = { slots: {}, operation: st.operation };
+          cards.push([st.station, racks[st.station]]);
+        }
+        racks[st.station].slots[st.slot] = st;
+      } else {
+        cards.push([name, st]);
+      }
+    }
+    fill($("stations"), ...cards.map(([name, st]) => {
       const card = unitBlock(st, name, { class: "card", "data-station": name });
       const slots = st.slots;
       const entries = Array.isArray(slots)
