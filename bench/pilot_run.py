@@ -1,12 +1,9 @@
 """A synthetic pilot run in the store's two report tables, for the report's tests and benchmark.
 
-``metadata``/``units``/``characteristics`` declare the tables as the store's schema fixes them
-(the spec the store and the report share: the columns the report reads, with station,
-operation, attempt, ended_by and readings nullable as the store keeps them); once the store
-package lands, its ``store.schema`` declares them and its ingest fills them.
-``fill_pilot_run`` writes a deterministic run: retests, rework, scrap, failure codes, cycle
-times around takt, two-sided and one-sided characteristics (one drifting mid-run) and golden
-samples.
+The tables are the store's own (``store.schema``: ``units`` and ``characteristics``, what
+the report reads). ``fill_pilot_run`` writes a deterministic run: retests, rework, scrap,
+failure codes, cycle times around takt, two-sided and one-sided characteristics (one drifting
+mid-run) and golden samples.
 """
 
 from __future__ import annotations
@@ -18,51 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-metadata = sa.MetaData()
-
-units = sa.Table(
-    "units",
-    metadata,
-    sa.Column("collector", sa.Text, primary_key=True),
-    sa.Column("outbox", sa.Text, primary_key=True),
-    sa.Column("seq", sa.BigInteger, primary_key=True),
-    sa.Column("serial", sa.Text, nullable=False),
-    sa.Column("station", sa.Text),
-    sa.Column("slot", sa.Text),
-    sa.Column("operation", sa.Text),
-    sa.Column("attempt", sa.Integer),
-    sa.Column("start_ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("end_ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("cycle_time_s", sa.Float),
-    sa.Column("takt_s", sa.Float),
-    sa.Column("verdict", sa.Text, nullable=False),
-    sa.Column("failure_code", sa.Text),
-    sa.Column("ended_by", sa.Text),
-    sa.Column("readings", sa.Integer),
-    sa.Column("golden", sa.Boolean, nullable=False),
-    sa.Column("work_order", sa.Text),
-    sa.Index("units_serial_operation", "serial", "operation"),
-)
-
-characteristics = sa.Table(
-    "characteristics",
-    metadata,
-    sa.Column("collector", sa.Text, primary_key=True),
-    sa.Column("outbox", sa.Text, primary_key=True),
-    sa.Column("unit_seq", sa.BigInteger, primary_key=True),
-    sa.Column("serial", sa.Text, nullable=False),
-    sa.Column("operation", sa.Text, nullable=False),
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("last", sa.Float),
-    sa.Column("min", sa.Float),
-    sa.Column("max", sa.Float),
-    sa.Column("lsl", sa.Float),
-    sa.Column("usl", sa.Float),
-    sa.Column("target", sa.Float),
-    sa.Column("critical", sa.Boolean, nullable=False),
-    sa.Column("in_spec", sa.Boolean),
-    sa.Column("end_ts", sa.DateTime(timezone=True), nullable=False),
-)
+from store.schema import characteristics, metadata, units
 
 OPERATIONS = ("press-fit", "flash", "functional-test", "burn-in", "final-inspection")
 T0 = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
