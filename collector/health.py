@@ -359,6 +359,22 @@ def _bounded_protocol(guard: ConnectionGuard) -> Callable[..., asyncio.Protocol]
     return protocol
 
 
+def listening_socket(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound and listening before uvicorn starts, so that a busy port is a clear
+    start-up error (``StartupError`` naming ``what``) instead of uvicorn's ``sys.exit`` inside
+    a task. Also used by the store's HTTP server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(128)
+    return sock
+
+
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 
 
@@ -389,15 +405,7 @@ class HealthServer(uvicorn.Server):
                 timeout_graceful_shutdown=2,
             )
         )
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.socket.bind((host, port))
-        except OSError as exc:
-            self.socket.close()
-            raise StartupError(f"health: cannot listen on {host}:{port}: {exc.strerror}") from exc
-        self.socket.listen(128)
+        self.socket = listening_socket(host, port, "health")
         self.bound_port = int(self.socket.getsockname()[1])
 
     @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import socket
 import time
 from collections.abc import Generator
 from datetime import UTC, datetime
@@ -24,7 +23,8 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from collector.errors import ConfigError, StartupError
+from collector.errors import ConfigError
+from collector.health import listening_socket
 from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
 from store.report import Format, load_protocol, render_report
@@ -220,15 +220,7 @@ class StoreHttpServer(uvicorn.Server):
                 create_app(service), log_level="warning", access_log=False, lifespan="off"
             )
         )
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.socket.bind((host, port))
-        except OSError as exc:
-            self.socket.close()
-            raise StartupError(f"http: cannot listen on {host}:{port}: {exc.strerror}") from exc
-        self.socket.listen(128)
+        self.socket = listening_socket(host, port, "http")
         self.bound_port = int(self.socket.getsockname()[1])
 
     @contextlib.contextmanager
