@@ -14,21 +14,13 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from collector.devices import secret
 from collector.errors import ConfigError
 from collector.yamlmodel import parse_yaml_model, read_text
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _secret(env: str | None, file: Path | None) -> SecretStr | None:
-    if env is not None:
-        value = os.environ.get(env)
-        return None if value is None else SecretStr(value)
-    if file is not None:
-        return SecretStr(file.read_text(encoding="utf-8").rstrip("\r\n"))
-    return None
 
 
 class _Secret(_Model):
@@ -44,7 +36,7 @@ class _Secret(_Model):
         return self
 
     def password(self) -> SecretStr | None:
-        return _secret(self.password_env, self.password_file)
+        return secret(self.password_env, self.password_file)
 
 
 class DatabaseConfig(_Secret):
