@@ -429,3 +429,27 @@ class EventClient:
         assert self._task is not None
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+# Browser tests: Debian's chromium driven by Playwright (no browser download). Without the
+# background-networking flags chromium tries to reach Google's hosts at every start.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def chromium_or_skip() -> str:
+    """Browser tests need Debian's chromium: fail on CI (.ci/run installs it), skip elsewhere."""
+    if shutil.which(CHROMIUM) is None:
+        import pytest
+
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run must install it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return CHROMIUM

@@ -4,8 +4,6 @@ headless Chromium (Debian's, driven by Playwright) showing the page."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,30 +17,10 @@ from collector.config import Config
 from drivers.modbus.codec import TagCodec
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.collector_process import CollectorProcess
-from tests.helpers import Mosquitto, free_port
+from tests.helpers import CHROMIUM_ARGS, Mosquitto, chromium_or_skip, free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 TOKEN = "live-page-token"
 VIEWPORT = {"width": 1366, "height": 768}
-
-
-def chromium_or_skip() -> str:
-    """Browser tests need Debian's chromium: fail on CI (.ci/run installs it), skip elsewhere."""
-    if shutil.which(CHROMIUM) is None:
-        import pytest
-
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run must install it")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return CHROMIUM
 
 
 def page_config(

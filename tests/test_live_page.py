@@ -151,7 +151,7 @@ async def test_the_live_page_benchmark_runs(tmp_path: Path) -> None:
     """`python -m bench.live_page` (10 minutes by default) on a few seconds: it prints its
     figures. Figures are not asserted (docs/performance.md has them)."""
     from tests.conftest import REPO, require_mosquitto
-    from tests.livepage import chromium_or_skip
+    from tests.helpers import chromium_or_skip
 
     require_mosquitto()
     chromium_or_skip()

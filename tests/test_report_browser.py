@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,18 +21,9 @@ import yaml
 
 from bench.pilot_run import fill_pilot_run
 from store.report import Protocol, render_report
-from tests.helpers import Mosquitto, wait_until
+from tests.helpers import CHROMIUM_ARGS, Mosquitto, chromium_or_skip, wait_until
 from tests.store_fixtures import PILOT_PROTOCOL, StoreProcess, publish_pilot_run
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 PROTOCOL = {
     "run": {"name": "Pilot run P1", "product": "Controller board, rev B"},
     "sample_sizes": {"min_units": 30, "min_pieces": 50, "min_subgroups": 5},
@@ -42,13 +32,6 @@ PROTOCOL = {
         {"name": "flash", "max_scrap_rate": 0.02, "cycle_time_p95_within_takt": True},
     ],
 }
-
-
-def require_chromium() -> None:
-    if shutil.which(CHROMIUM) is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run must install it")
-        pytest.skip("chromium is not installed (apt-get install chromium) - browser test skipped")
 
 
 @pytest.fixture
@@ -88,12 +71,12 @@ def served(tmp_path: Path) -> Iterator[str]:
 
 
 def test_the_report_in_chromium(served: str, tmp_path: Path) -> None:
-    require_chromium()
+    chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     requests: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, timeout=60_000)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 1400})
             page.on("request", lambda request: requests.append(request.url))
@@ -162,7 +145,7 @@ def test_the_report_in_chromium(served: str, tmp_path: Path) -> None:
 def test_the_stores_report_page_drills_down_to_a_unit(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """GET /report of a running store (a process, fed over MQTT) in Chromium: the decision and
     the tables show, and a unit link opens that unit's genealogy page on the same store."""
-    require_chromium()
+    chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     workdir = tmp_path / "store"
@@ -179,7 +162,9 @@ def test_the_stores_report_page_drills_down_to_a_unit(mosquitto: Mosquitto, tmp_
         )
         base = f"http://127.0.0.1:{store.port}"
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
+            browser = pw.chromium.launch(
+                executable_path=chromium, args=CHROMIUM_ARGS, timeout=60_000
+            )
             try:
                 page = browser.new_page(viewport={"width": 1000, "height": 1400})
                 page.goto(f"{base}/report", timeout=30_000)
