@@ -32,8 +32,7 @@ from collector.config import Config
 from collector.service import Service
 from drivers.modbus.sim import SimulatedModbusServer
 from drivers.opcua.sim import SimulatedBurnInRack
-from tests.helpers import Mosquitto, Subscriber
-from tests.test_end_to_end import TOPIC, config_dict, set_tester
+from tests.helpers import TOPIC, Mosquitto, Subscriber, config_dict, set_tester
 
 
 class TimedSubscriber(Subscriber):

@@ -13,6 +13,7 @@ from tests.helpers import (
     Mosquitto,
     mosquitto_binary,
 )
+from tests.opcua_fixtures import pki, rack, secure_rack  # noqa: F401 - the OPC-UA tests' servers
 from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of the store's tests
 
 

@@ -368,6 +368,21 @@ async def start_collector(config: Path) -> asyncio.subprocess.Process:
     )
 
 
+async def collector(*args: str) -> tuple[int, str, str]:
+    """``collector ARGS`` as a subprocess from a test's event loop: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collector",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``collector ARGS`` in the repository, bounded to a minute."""
     return subprocess.run(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from drivers.modbus.codec import TagCodec, interpretations
 from drivers.modbus.config import ByteOrder, ModbusTable, ModbusTag, ModbusType, WordOrder
 from drivers.modbus.sim import SimulatedModbusServer
+from tests.helpers import collector
 
 
 @pytest.fixture
@@ -19,20 +18,6 @@ async def gateway() -> AsyncIterator[SimulatedModbusServer]:
     await server.start()
     yield server
     await server.stop()
-
-
-async def collector(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "collector",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_probe_shows_the_value_in_every_type_and_order(

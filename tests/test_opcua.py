@@ -8,7 +8,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +18,16 @@ from collector.config import parse_config
 from collector.errors import ErrorCode, NotConnectedError
 from collector.poller import DeviceStatus, Poller
 from collector.reading import Quality, Reading
-from drivers.opcua.config import OpcUaDevice, OpcUaSecurity
-from drivers.opcua.driver import OpcUaDriver, make_certificate
+from drivers.opcua.config import OpcUaSecurity
+from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_tags
 from drivers.opcua.tools import browse
 from tests.helpers import async_wait_until
+from tests.opcua_fixtures import device, secure_device
 
 # StatusCode values the simulated server can set (OPC-UA Part 6).
 BAD_SENSOR_FAILURE = 0x808B0000
 UNCERTAIN_LAST_USABLE = 0x40900000
-
-
-def device(rack: SimulatedBurnInRack, **extra: Any) -> OpcUaDevice:
-    return OpcUaDevice.model_validate(
-        {
-            "name": "rack-1",
-            "protocol": "opcua",
-            "endpoint": rack.endpoint,
-            "timeout_ms": 2000,
-            "keepalive_s": 0.5,
-            "publishing_interval_ms": 50,
-            "sampling_interval_ms": 10,
-            "tags": rack_tags(range(1, rack.slots + 1)),
-            **extra,
-        }
-    )
-
-
-@pytest.fixture
-async def rack() -> AsyncIterator[SimulatedBurnInRack]:
-    server = SimulatedBurnInRack(slots=4)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def by_tag(readings: list[Reading]) -> dict[str, Reading]:
@@ -184,59 +160,6 @@ async def test_server_restart_with_a_new_namespace_index_recovers_without_restar
         await poller._driver.close()
         if second is not None:
             await second.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("pki")
-    files = {
-        name: folder / f"{name}.{ext}"
-        for name, ext in (
-            ("server_cert", "der"),
-            ("server_key", "pem"),
-            ("client_cert", "der"),
-            ("client_key", "pem"),
-            ("other_cert", "der"),
-            ("other_key", "pem"),
-        )
-    }
-
-    async def create() -> None:
-        await make_certificate(files["server_cert"], files["server_key"], "urn:rack", server=True)
-        await make_certificate(files["client_cert"], files["client_key"])
-        await make_certificate(files["other_cert"], files["other_key"], "urn:other", server=True)
-
-    asyncio.run(create())
-    return files
-
-
-@pytest.fixture
-async def secure_rack(pki: dict[str, Path]) -> AsyncIterator[SimulatedBurnInRack]:
-    server = SimulatedBurnInRack(
-        slots=1,
-        certificate=pki["server_cert"],
-        key=pki["server_key"],
-        users={"operator": "line-pw"},
-    )
-    await server.start()
-    yield server
-    await server.stop()
-
-
-def secure_device(
-    rack: SimulatedBurnInRack, pki: dict[str, Path], trusted: str, password: str
-) -> OpcUaDevice:
-    return device(
-        rack,
-        security={
-            "policy": "Basic256Sha256",
-            "mode": "SignAndEncrypt",
-            "certificate_file": str(pki["client_cert"]),
-            "private_key_file": str(pki["client_key"]),
-            "server_certificate_file": str(pki[trusted]),
-        },
-        user={"username": "operator", "password_file": str(pki[password])},
-    )
 
 
 async def test_sign_and_encrypt_with_a_trusted_server_and_a_password(

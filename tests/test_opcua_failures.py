@@ -32,9 +32,8 @@ from collector.reading import Reading
 from drivers.opcua.certificates import load_der
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.sim import SimulatedBurnInRack
-from tests.helpers import async_wait_until, free_port
-from tests.test_modbus_tools import collector
-from tests.test_opcua import device, pki, rack, secure_device, secure_rack
+from tests.helpers import async_wait_until, collector, free_port
+from tests.opcua_fixtures import device, secure_device
 
 __all__ = ["pki", "rack", "secure_rack"]  # fixtures, used by name
 

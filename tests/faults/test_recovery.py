@@ -21,8 +21,15 @@ from drivers.modbus.sim import SimulatedModbusServer
 from drivers.opcua.config import OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.sim import SimulatedBurnInRack, rack_tags
-from tests.helpers import Mosquitto, Subscriber, async_wait_until
-from tests.test_end_to_end import TOPIC, RunningService, config_dict, set_tester
+from tests.helpers import (
+    TOPIC,
+    Mosquitto,
+    RunningService,
+    Subscriber,
+    async_wait_until,
+    config_dict,
+    set_tester,
+)
 
 # A retry after a failure waits at least half of this (the backoff's jitter).
 LONG_BACKOFF_MS = 300_000

@@ -15,8 +15,14 @@ import pytest
 
 from collector.config import Config
 from drivers.modbus.sim import SimulatedModbusServer
-from tests.helpers import Mosquitto, async_wait_until, free_port
-from tests.test_end_to_end import RunningService, config_dict, set_tester
+from tests.helpers import (
+    Mosquitto,
+    RunningService,
+    async_wait_until,
+    config_dict,
+    free_port,
+    set_tester,
+)
 
 CONNACK_V5 = b"\x20\x03\x00\x00\x00"  # session present 0, reason Success, no properties
 PINGRESP = b"\xd0\x00"
