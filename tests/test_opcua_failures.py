@@ -35,8 +35,6 @@ from drivers.opcua.sim import SimulatedBurnInRack
 from tests.helpers import async_wait_until, collector, free_port
 from tests.opcua_fixtures import device, secure_device
 
-__all__ = ["pki", "rack", "secure_rack"]  # fixtures, used by name
-
 
 class RefusingChannelProxy:
     """Forwards to ``target_port``, except a secure OpenSecureChannel request (a policy other
