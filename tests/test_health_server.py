@@ -205,7 +205,11 @@ async def test_a_thousand_idle_connections_neither_flood_the_log_nor_cost_polls(
     http = after["http"]
     assert http["max_connections"] == MAX_CONNECTIONS
     # Idle connections made room for new ones (or new ones were closed when all were busy).
-    assert http["closed_idle_total"] + http["refused_total"] >= 500, http
+    # How many of the 1,100 reach accept() within the attack depends on the kernel's backlog
+    # and SYN retries (about 500 on a quiet machine, fewer under load): what must hold is that
+    # the overload path ran, well past the limit, and closed idle ones.
+    assert http["closed_idle_total"] > 0, http
+    assert http["closed_idle_total"] + http["refused_total"] > 2 * MAX_CONNECTIONS, http
     assert http["accept_failures_total"] == 0  # never out of file descriptors
     new_lines = collector.log_text().splitlines()[log_before:]
     about_http = [line for line in new_lines if "health:" in line]
