@@ -61,7 +61,11 @@ log = logging.getLogger(__name__)
 # Signals of one poll are applied in this order: the operation and the serial first (a unit
 # must exist before its verdict), the start before the verdict it clears, the failure code
 # before the verdict that reads it.
-_SIGNAL_ORDER = ("operation", "serial", "start", "failure_code", "verdict", "cycle_complete")
+# A work order read in the same poll as a serial applies to that unit: it comes first.
+_SIGNAL_ORDER = (
+    "operation", "work_order", "serial", "start", "failure_code", "verdict", "cycle_complete",
+)  # fmt: skip
+_SOURCES = ("operation", "serial", "work_order")  # config fields named "{kind}_source"
 _ORDER = {kind: i for i, kind in enumerate(_SIGNAL_ORDER)}
 _MISSING = object()
 _ENDS_PRESENCE = ("next_serial", "serial_cleared", "operation_changed")
@@ -126,9 +130,7 @@ class StationContext:
             if station.slot is not None:
                 slots[(group, station.slot)] = state
             for kind in _SIGNAL_ORDER:
-                ref = getattr(
-                    station, f"{kind}_source" if kind in ("operation", "serial") else kind
-                )
+                ref = getattr(station, f"{kind}_source" if kind in _SOURCES else kind)
                 if ref is not None and ref != "http":
                     tags = self._signal_tags.setdefault(ref.device, {})
                     tags.setdefault(ref.tag, []).append((kind, state))
@@ -337,6 +339,8 @@ class StationContext:
             self._on_cycle_complete(station, ts)
         elif kind == "failure_code":
             self._on_failure_code(station, ts, value)
+        elif kind == "work_order":
+            self._on_work_order(station, _text(value))
 
     def _on_serial(self, station: Station, ts: float, serial: str | None) -> None:
         current = station.current
@@ -347,6 +351,13 @@ class StationContext:
         self._leave(station, ts)
         if serial is not None:
             self._start(station, serial, ts)
+
+    def _on_work_order(self, station: Station, work_order: str | None) -> None:
+        """Units that arrive from now on take it (``_start``); the unit present takes it if it
+        has none yet (the work order was scanned after the serial)."""
+        current = station.current
+        if work_order and current is not None and current.work_order is None:
+            current.work_order = work_order
 
     def _leave(self, station: Station, ts: float) -> None:
         """The present unit's serial left the station (its after phase ends at ``ts``)."""
@@ -418,6 +429,8 @@ class StationContext:
         attempt = self._attempts.get(key, 0) + 1
         self._attempts[key] = self._changed_attempts[key] = attempt
         golden = golden or station.is_golden(serial)
+        if work_order is None and station.config.work_order_source is not None:
+            work_order = _text(station.last.get("work_order"))
         station.units.append(
             Unit(serial, station.operation, attempt, ts, golden=golden, work_order=work_order)
         )

@@ -90,6 +90,7 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
                     "name": "ft-1",
                     "operation": "functional-test",
                     "serial_source": {"device": "scanner-1", "tag": "serial"},
+                    "work_order_source": {"device": "scanner-1", "tag": "work_order"},
                     "verdict": {
                         "device": "tester-1",
                         "tag": "result",

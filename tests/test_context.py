@@ -35,6 +35,7 @@ def config(**station: Any) -> Config:
                     "protocol": "barcode_scanner",
                     "port": "/dev/x",
                     "station": "ft-1",
+                    "routes": [{"tag": "work_order", "pattern": r"WO-.*"}],
                 },
                 {
                     "name": "tester",
@@ -259,6 +260,49 @@ def test_state_survives_a_restart() -> None:
     # A rescan after the restart is still a retest.
     again.scan(11.0, "SN1")
     assert again.ctx.status()["ft-1"]["attempt"] == 2
+
+
+def test_a_scanned_work_order_goes_to_the_units_that_follow_and_survives_a_restart() -> None:
+    """The operator scans the work order's traveller, then each unit: the units take the last
+    work order read; one scanned after the serial goes to the unit present if it has none.
+    The old process is never settled: it stopped (crashed) after take_changes."""
+    line = Line(config(work_order_source={"device": "scanner", "tag": "work_order"}))
+
+    def scan_wo(ts: float, work_order: str) -> None:
+        line.ctx.tag("scanner", [Reading(ts, "work_order", work_order)])
+
+    line.poll(0.5, result=0)
+    line.scan(1.0, "SN0")  # before any work order: none
+    scan_wo(1.5, "WO-7")  # read while SN0 is present: SN0 takes it
+    line.poll(2.0, result=1)
+    line.scan(3.0, "SN1")
+    line.poll(3.5, result=0)
+    line.poll(4.0, result=2)  # fail
+    scan_wo(5.0, "WO-8")
+    line.scan(6.0, "SN2")
+    changes = line.ctx.take_changes()
+    # A new process: the last work order read comes back with the station's state.
+    again = Line(line.cfg)
+    again.ctx.restore(changes.stations, changes.attempts)
+    again.scan(7.0, "SN1")  # the retest, in the new work order (a retest keeps none of its own)
+    again.poll(7.5, result=0)
+    again.poll(8.0, result=1)
+    # The units that ended before the restart come out of the restored state with theirs.
+    assert [(u.serial, u.attempt, u.work_order) for u in again.settle(20.0)] == [
+        ("SN0", 1, "WO-7"),
+        ("SN1", 1, "WO-7"),
+        ("SN2", 1, "WO-8"),  # ended by the next serial
+        ("SN1", 2, "WO-8"),
+    ]
+
+
+def test_a_work_order_from_http_wins_over_the_last_one_scanned() -> None:
+    line = Line(config(work_order_source={"device": "scanner", "tag": "work_order"}))
+    line.ctx.tag("scanner", [Reading(1.0, "work_order", "WO-SCANNED")])
+    line.ctx.set_serial("ft-1", "SN1", ts=1.5, work_order="WO-POSTED")
+    line.poll(2.0, result=0)
+    line.poll(2.5, result=1)
+    assert [(u.serial, u.work_order) for u in line.settle(20.0)] == [("SN1", "WO-POSTED")]
 
 
 def test_bad_readings_are_tagged_but_are_not_signals_or_characteristics() -> None:

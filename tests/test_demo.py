@@ -88,6 +88,10 @@ async def test_demo_publishes_a_changing_line_to_the_broker(
     units = [u for p in sub.payloads("/units") for u in p["units"]]
     assert units[0]["serial"] == "PILOT-0001"
     assert units[0]["verdict"] == "pass"
+    # The operator scanned work order WO100000 before the first unit (the station's
+    # work_order_source), so its record carries it.
+    work_orders = [r["value"] for r in readings if r["tag"] == "work_order"]
+    assert work_orders[0] == units[0]["work_order"] == "WO100000"
     assert units[0]["readings"] == sum(r["unit_serial"] == "PILOT-0001" for r in readings)
     assert "unit record: PILOT-0001 functional-test attempt 1: pass" in output
 

@@ -122,6 +122,12 @@ class StationConfig(_Model):
         description="Where the unit serial comes from: a device tag (a scanner's `serial`, "
         "Modbus string registers), or `http` for POST /stations/{name}/unit.",
     )
+    work_order_source: TagRef | None = Field(
+        default=None,
+        description="A device tag carrying the work order (a scanner route, a PLC string): "
+        "each unit that arrives takes the last work order read, and a unit present without "
+        "one takes it when it is read. A work order posted with the serial over HTTP wins.",
+    )
     verdict: VerdictSource | None = Field(
         default=None, description="The tester tag that holds the verdict (result code)."
     )
@@ -224,6 +230,7 @@ class StationConfig(_Model):
                 self.serial_source if isinstance(self.serial_source, TagRef) else None,
             ),
             ("operation_source", self.operation_source),
+            ("work_order_source", self.work_order_source),
             ("verdict", self.verdict),
             ("failure_code", self.failure_code),
             ("cycle_complete", self.cycle_complete),
