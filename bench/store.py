@@ -205,6 +205,7 @@ def server_cpu_seconds(pg: PostgresServer | None) -> float:
 FORMS = {
     "ingest": collector_messages,  # the collector's own stream (schema 2, keyed values)
     "ingest1": schema1_messages,  # schema 1, one object per reading
+    "ingestp": positional_messages,  # schema 2, positional values
 }
 
 
@@ -535,7 +536,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="ingest,ingest1,genealogy,backlog")
+    parser.add_argument("--only", default="ingest,ingest1,ingestp,genealogy,backlog")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--readings", type=int, default=1_000_000, help="ingest size")
     parser.add_argument("--per-message", type=int, default=500, help="readings per message")

@@ -67,6 +67,8 @@ def health(service: StoreService) -> tuple[bool, dict[str, Any]]:
             "units_received": s.units_received,
             "units_inserted": s.units_inserted,
             "quarantined": dict(s.quarantined),
+            "parked": s.parked,
+            "unparked": s.unparked,
             "acked": s.acked,
             "last_commit_age_s": None
             if s.last_commit is None

@@ -39,6 +39,10 @@ class StoreCollector(Collector):
             ("store_batches", "Transactions committed.", s.batches),
             ("store_acks", "PUBACKs sent after a commit.", s.acked),
             ("store_readings_pruned", "Readings deleted by retention.", s.pruned),
+            ("store_parked", "Readings messages parked until their meta version arrives.",
+             s.parked),
+            ("store_unparked", "Parked messages ingested when their meta version arrived.",
+             s.unparked),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         quarantined = CounterMetricFamily(

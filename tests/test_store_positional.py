@@ -1,0 +1,218 @@
+"""The store's side of positional values (/work/spec/positional.md): a poll object carries
+``tag_index`` + ``value_list``, resolved through the ``order`` of the meta version it names.
+Messages are built here from the spec (the collector's encoder gains the form in parallel);
+real SQLite files and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from store.db import connect, create_schema
+from store.genealogy import unit_genealogy
+from store.ingest import Incoming, Writer
+from store.schema import metas, parked, quarantine, readings
+from store.status import gap_report
+
+OUTBOX = "6f1d0c2a9b7e4e55"
+R_TOPIC = "collector/site/line1/pc2/readings"
+M_TOPIC = "collector/site/line1/pc2/meta/d"
+ORDER = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def engine(db_url: str) -> sa.Engine:
+    engine = connect(db_url)
+    create_schema(engine)
+    return engine
+
+
+def meta_message(order: list[str] | None = ORDER, units: str = "V") -> tuple[str, bytes]:
+    """A meta message as the spec defines it; returns (its version id, its payload)."""
+    tags = {t: {"unit": f"{units}{t}", "type": "float32"} for t in ORDER}
+    body: dict[str, Any] = {"tags": tags} if order is None else {"order": order, "tags": tags}
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    meta = hashlib.sha256(canonical).hexdigest()[:8]
+    doc = {"schema": 2, "collector": "pc2", "device": "d", "meta": meta, **body}
+    return meta, orjson.dumps(doc)
+
+
+def positional(
+    meta: str, polls: list[tuple[int, int, list[Any]]], serial: str = "S-1", **extra: Any
+) -> bytes:
+    """A readings message of positional polls: (seq, tag_index, value_list) each."""
+    doc = {
+        "schema": 2, "collector": "pc2", "outbox": OUTBOX,
+        "polls": [{"seq": seq, "ts": f"2026-11-21T10:15:{seq % 60:02d}.5Z", "device": "d",
+                   "meta": meta, "station": "ft-2", "unit_serial": serial, "attempt": 1,
+                   "tag_index": index, "value_list": values, **extra}
+                  for seq, index, values in polls],
+    }  # fmt: skip
+    return orjson.dumps(doc)
+
+
+def stored(engine: sa.Engine, serial: str = "S-1") -> list[tuple[Any, ...]]:
+    found = unit_genealogy(engine, serial)
+    if found is None:
+        return []
+    return [
+        (r["seq"], r["tag"], r["value"], r["quality"], r["error"], r["unit"])
+        for r in found["readings"]
+    ]
+
+
+def count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_positional_values_resolve_through_the_meta_order(engine: sa.Engine) -> None:
+    meta, meta_payload = meta_message()
+    values = [
+        1.5,
+        {"value": None, "quality": "bad", "error": "timeout"},
+        {"value": 7, "quality": "uncertain", "error": None},
+    ]
+    payload = positional(meta, [(10, 1, values), (13, 0, [0.25, 2**60]), (15, 4, ["OK"])])
+    writer = Writer(engine)
+    result = writer.write([Incoming(M_TOPIC, meta_payload), Incoming(R_TOPIC, payload)])
+    assert (result.quarantined, result.parked, result.readings_inserted) == ([], [], 6)
+    assert stored(engine) == [
+        (10, "b", 1.5, "good", None, "Vb"),
+        (11, "c", None, "bad", "timeout", "Vc"),
+        (12, "d", 7, "uncertain", None, "Vd"),
+        (13, "a", 0.25, "good", None, "Va"),
+        (14, "b", 2**60, "good", None, "Vb"),
+        (15, "e", "OK", "good", None, "Ve"),
+    ]
+    again = writer.write([Incoming(R_TOPIC, payload)])  # a redelivery: nothing new
+    assert (again.readings, again.readings_inserted) == (6, 0)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(metas.c.meta, metas.c.tag_order)).one()
+    assert (row.meta, orjson.loads(row.tag_order)) == (meta, ORDER)
+
+
+def test_a_meta_later_in_the_same_batch_resolves_its_readings(engine: sa.Engine) -> None:
+    meta, meta_payload = meta_message()
+    payload = positional(meta, [(1, 0, [1.0, 2.0, 3.0, 4.0, 5.0])])
+    result = Writer(engine).write([Incoming(R_TOPIC, payload), Incoming(M_TOPIC, meta_payload)])
+    assert (result.parked, result.readings_inserted) == ([], 5)
+    assert [r[1] for r in stored(engine)] == ORDER
+
+
+def test_unknown_meta_parks_the_message_until_the_meta_arrives(engine: sa.Engine) -> None:
+    meta, meta_payload = meta_message()
+    first = positional(meta, [(1, 0, [1.0, 2.0]), (3, 2, [3.0, 4.0, 5.0])])
+    second = positional(meta, [(6, 0, [float(i) for i in range(5)])] * 1)
+    writer = Writer(engine, quarantine_max_bytes=50)  # a parked payload is kept whole
+    result = writer.write([Incoming(R_TOPIC, first), Incoming(R_TOPIC, second)])
+    assert result.readings == 0
+    assert (
+        result.parked
+        == [f"meta version {meta} of pc2/d not received yet: parked until it arrives"] * 2
+    )
+    assert result.quarantined == []
+    assert stored(engine) == []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(quarantine.c.kind, quarantine.c.payload, quarantine.c.payload_bytes)
+        ).all()
+        waits = conn.execute(sa.select(parked.c.collector, parked.c.device, parked.c.meta)).all()
+    assert [(r.kind, bytes(r.payload), r.payload_bytes) for r in rows] == [
+        ("unknown_meta", first, len(first)), ("unknown_meta", second, len(second)),
+    ]  # fmt: skip
+    assert [tuple(w) for w in waits] == [("pc2", "d", meta)] * 2
+    assert gap_report(engine) == []  # nothing of it counted as received yet
+
+    arrived = Writer(engine).write([Incoming(M_TOPIC, meta_payload)])  # e.g. after a restart
+    assert (arrived.unparked, arrived.readings_inserted, arrived.messages) == (2, 10, 1)
+    assert [r[:2] for r in stored(engine)] == [
+        (1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e"),
+        (6, "a"), (7, "b"), (8, "c"), (9, "d"), (10, "e"),
+    ]  # fmt: skip
+    assert (count(engine, quarantine), count(engine, parked)) == (0, 0)
+    (stream,) = gap_report(engine)
+    assert (stream.low, stream.high, stream.missing) == (1, 10, [])
+    # The broker redelivers a parked message (it was acknowledged, but a store crash
+    # before the ack is possible): insert-or-ignore, nothing twice.
+    again = writer.write([Incoming(R_TOPIC, first)])
+    assert (again.parked, again.readings, again.readings_inserted) == ([], 5, 0)
+    assert count(engine, readings) == 10
+
+
+def test_parked_messages_stored_before_the_meta_are_swept_at_start(engine: sa.Engine) -> None:
+    """A meta version that reached the database while its parked messages were not
+    released (a crash between the two transactions) is found when a writer starts."""
+    meta, _ = meta_message()
+    Writer(engine).write([Incoming(R_TOPIC, positional(meta, [(1, 0, [1.0])]))])
+    with engine.begin() as conn:  # the meta row, as a crashed store left it
+        conn.execute(
+            sa.insert(metas).values(
+                collector="pc2", device="d", meta=meta, tag_order=orjson.dumps(ORDER).decode(),
+                tags="{}", received_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    result = Writer(engine).write([])
+    assert (result.unparked, result.readings_inserted) == (1, 1)
+    assert stored(engine) == [(1, "a", 1.0, "good", None, None)]
+    assert count(engine, parked) == 0
+
+
+@pytest.mark.parametrize(
+    ("poll", "reason"),
+    [
+        ({"tag_index": -1}, "polls[0].tag_index: must be an integer >= 0, got -1"),
+        ({"tag_index": "0"}, 'polls[0].tag_index: must be an integer >= 0, got "0"'),
+        ({"value_list": {"a": 1}}, 'polls[0].value_list: must be an array, got {"a":1}'),
+        ({"meta": None}, "polls[0].meta: missing (a positional poll names its meta version)"),
+        ({"values": {"a": 1}}, "polls[0]: has both values and tag_index/value_list"),
+        ({"value_list": [1, [2]]}, "polls[0].value_list[1]: must be a number, boolean, "
+                                   "string, null or object, got [2]"),
+        ({"value_list": [{"value": 1, "quality": "good"}]},
+         'polls[0].value_list[0].quality: must be "bad" or "uncertain", got "good"'),
+        ({"value_list": [{"quality": "bad"}]}, "polls[0].value_list[0].value: missing"),
+        ({"ts": "yesterday"}, 'polls[0].ts: must be an RFC 3339 time with offset, got "yesterday"'),
+        ({"attempt": "1"}, 'polls[0].attempt: must be an integer or null, got "1"'),
+        ({"value_list": [1.0] * 4, "tag_index": 2},
+         "polls[0].value_list: 4 value(s) from tag_index 2 run past the 5 tags of meta "
+         "version {meta} of d"),
+    ],
+)  # fmt: skip
+def test_bad_positional_polls_are_quarantined_with_the_field_named(
+    engine: sa.Engine, poll: dict[str, Any], reason: str
+) -> None:
+    meta, meta_payload = meta_message()
+    doc = orjson.loads(positional(meta, [(1, 0, [1.0, 2.0])]))
+    doc["polls"][0].update(poll)
+    writer = Writer(engine)
+    writer.write([Incoming(M_TOPIC, meta_payload)])
+    result = writer.write(
+        [Incoming(R_TOPIC, orjson.dumps(doc)), Incoming(R_TOPIC, positional(meta, [(9, 0, [1.0])]))]
+    )
+    assert [kind for kind, _ in result.quarantined] == ["field"]
+    assert result.quarantined[0][1].startswith(reason.replace("{meta}", meta)), result.quarantined
+    assert result.readings_inserted == 1  # the rest of the batch is written
+
+
+def test_a_meta_version_without_order_cannot_resolve_positions(engine: sa.Engine) -> None:
+    meta, meta_payload = meta_message(order=None)
+    writer = Writer(engine)
+    result = writer.write(
+        [Incoming(M_TOPIC, meta_payload), Incoming(R_TOPIC, positional(meta, [(1, 0, [1.0])]))]
+    )
+    assert result.quarantined == [
+        ("field", f"polls[0].meta: version {meta} of d has no order (a positional poll needs one)")
+    ]
+
+
+def test_a_meta_message_with_a_bad_order_is_quarantined(engine: sa.Engine) -> None:
+    _, good = meta_message()
+    doc = orjson.loads(good)
+    doc["order"] = ["a", "a"]
+    result = Writer(engine).write([Incoming(M_TOPIC, orjson.dumps(doc))])
+    assert result.quarantined == [("field", "order: names a tag twice")]
