@@ -402,7 +402,9 @@ class Writer:
             (*meta.key, order, orjson.dumps(meta.tags).decode(), self._time(now)),
         )
         collector, device = meta.collector, meta.device
-        for tag in meta.tags:
+        # New series in the order's order: their ids are then consecutive, and a run of
+        # plain numbers is written by SQLite's JSON expansion (store.rows).
+        for tag in dict.fromkeys([*(meta.order or ()), *meta.tags]):
             unit = meta.unit(tag)
             cur.execute(self._sql["series_add"], (collector, device, tag, unit))
             cur.execute(self._sql["series_unit"], (unit, collector, device, tag))
@@ -447,7 +449,12 @@ class Writer:
     def _rows(self, batch: _Batch) -> BatchRows:
         """Every row of the batch from the cached ids; KeyError when one is not cached."""
         return build(
-            self._ids, (d for _, d in batch.readings), batch.units, self._ts_value, self._time
+            self._ids,
+            (d for _, d in batch.readings),
+            batch.units,
+            self._ts_value,
+            self._time,
+            json_runs=self.sqlite,
         )
 
     def _resolve(self, conn: Any, batch: _Batch) -> None:

@@ -11,11 +11,13 @@ dimension rows and builds again.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 from typing import Any
+
+import orjson
 
 from collector.contract import FlatUnit, Poll
 from store.decode import FLOAT_INT, FLOATS, NUMBERS, CtxKey, Decoded
@@ -64,11 +66,16 @@ class BatchRows:
     full: list[Row] = field(default_factory=list)
     units: list[Row] = field(default_factory=list)
     chars: list[Row] = field(default_factory=list)
+    #: SQLite: whole runs of plain numbers whose series ids are consecutive, as
+    #: (stream, first seq, ts, first series id, context, the values as a JSON array):
+    #: SQLite expands each into its rows itself (store.sql), no row tuple made here.
+    runs: list[Row] | None = None
+    run_readings: int = 0
 
     @property
     def count(self) -> int:
         """Readings in the batch."""
-        return len(self.simple) + len(self.full)
+        return len(self.simple) + len(self.full) + self.run_readings
 
 
 def build(
@@ -77,8 +84,12 @@ def build(
     unit_lists: Iterable[list[FlatUnit]],
     ts_value: Callable[[str], Any],
     time_value: Callable[[datetime], Any],
+    *,
+    json_runs: bool = False,
 ) -> BatchRows:
-    out = BatchRows()
+    """The batch's rows; ``json_runs``: collect runs of plain numbers for SQLite's JSON
+    expansion (:attr:`BatchRows.runs`) instead of their rows."""
+    out = BatchRows(runs=[] if json_runs else None)
     for msg in messages:
         _reading_rows(ids, msg, ts_value, out)
     for units in unit_lists:
@@ -91,17 +102,26 @@ def _reading_rows(ids: Ids, msg: Decoded, ts_value: Callable[[str], Any], out: B
     stream = ids.streams[(collector, msg.outbox, READINGS)]
     ranges, spans, contexts = out.ranges[stream], out.spans, ids.contexts
     extend = out.simple.extend
+    runs = out.runs
     for run in msg.runs:
         n = len(run.values)
         if not n:
             continue
         seq, ts, ctx = run.seq, ts_value(run.ts), contexts[run.context]
-        sids: Iterable[int]
+        sids: Sequence[int] | Iterable[int]
         if run.tags is None:
             order = ids.orders[(collector, run.device, run.meta or "")]
             sids = order[run.tag_index : run.tag_index + n]
         else:
             sids = map(ids.series[(collector, run.device)].__getitem__, run.tags)
+        if runs is not None and run.plain:
+            sids = list(sids)
+            first = sids[0]
+            if sids[-1] - first == n - 1 and sids == list(range(first, first + n)):
+                runs.append((stream, seq, ts, first, ctx, orjson.dumps(run.values)))
+                out.run_readings += n
+                _span(ranges, spans, (ctx, stream), seq, seq + n - 1)
+                continue
         if run.plain == FLOATS:
             floats = repeat(_FLOAT_FLAGS, n)
             extend(zip(repeat(stream, n), range(seq, seq + n), repeat(ts, n), sids,

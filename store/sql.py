@@ -10,6 +10,7 @@ from typing import Any
 
 from store.gaps import Hole, StreamState, merge
 from store.rows import BatchRows
+from store.schema import KIND_FLOAT, KIND_INT
 
 #: Parked messages released per transaction when their meta version arrives.
 UNPARK_CHUNK = 100
@@ -40,6 +41,12 @@ def statements(sqlite: bool) -> dict[str, str]:
         "chars": f"{ignore} characteristics ({_CHAR_COLUMNS}) VALUES ({_marks(15)}){tail}",
         "readings": f"{ignore} readings ({_READING_COLUMNS}) VALUES ({_marks(9)}){tail}",
         "readings_simple": f"{ignore} readings ({_SIMPLE_COLUMNS}) VALUES ({_marks(7)}){tail}",
+        # SQLite only: a run of plain numbers expanded by SQLite's json_each (one statement
+        # per poll instead of a bound statement per reading: half the cost a reading).
+        "readings_runs": f"{ignore} readings ({_SIMPLE_COLUMNS}) "  # noqa: S608 - constants
+        "SELECT ?1, ?2 + key, ?3, ?4 + key, ?5, "
+        f"CASE type WHEN 'integer' THEN {KIND_INT * 4} ELSE {KIND_FLOAT * 4} END, value "
+        "FROM json_each(?6)",
         "span": "INSERT INTO context_spans (context, stream, first_seq, last_seq) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (context, stream) DO UPDATE SET "
         + (
@@ -109,7 +116,8 @@ def insert_readings(
     simple, full = rows.simple, rows.full
     inserted = 0
     if sqlite:
-        for name, some in (("readings_simple", simple), ("readings", full)):
+        for name, some in (("readings_runs", rows.runs), ("readings_simple", simple),
+                           ("readings", full)):  # fmt: skip
             if some:
                 cur.executemany(sql[name], some)
                 inserted += cur.rowcount

@@ -216,3 +216,50 @@ def test_a_meta_message_with_a_bad_order_is_quarantined(engine: sa.Engine) -> No
     doc["order"] = ["a", "a"]
     result = Writer(engine).write([Incoming(M_TOPIC, orjson.dumps(doc))])
     assert result.quarantined == [("field", "order: names a tag twice")]
+
+
+def test_runs_of_plain_numbers_keep_their_types_and_their_tags(engine: sa.Engine) -> None:
+    """Polls of bare numbers take the fast path (on SQLite: the run expanded by SQLite
+    itself when its series ids are consecutive); integers stay integers, floats floats,
+    and a tag order whose series ids are not consecutive (the series were made by an
+    earlier keyed poll in another order) still maps each value to its tag."""
+    keyed = {
+        "schema": 2, "collector": "pc2", "outbox": OUTBOX,
+        "polls": [{"seq": 1, "ts": "2026-11-21T10:15:00Z", "device": "d", "unit_serial": "S-1",
+                   "values": {"e": 0.5, "c": 1, "a": 2.0}}],
+    }  # fmt: skip
+    meta, meta_payload = meta_message()
+    writer = Writer(engine)
+    writer.write([Incoming(R_TOPIC, orjson.dumps(keyed)), Incoming(M_TOPIC, meta_payload)])
+    mixed = [1, 2.5, -7, 40123, 0.1]
+    result = writer.write([Incoming(R_TOPIC, positional(meta, [(4, 0, mixed), (9, 2, [3.0])]))])
+    assert (result.quarantined, result.readings_inserted) == ([], 6)
+    got = [(seq, tag, value, type(value)) for seq, tag, value, *_ in stored(engine)]
+    assert got == [
+        (1, "e", 0.5, float), (2, "c", 1, int), (3, "a", 2.0, float),
+        (4, "a", 1, int), (5, "b", 2.5, float), (6, "c", -7, int), (7, "d", 40123, int),
+        (8, "e", 0.1, float), (9, "c", 3.0, float),
+    ]  # fmt: skip
+    again = writer.write([Incoming(R_TOPIC, positional(meta, [(4, 0, mixed), (9, 2, [3.0])]))])
+    assert (again.readings, again.readings_inserted) == (6, 0)
+
+
+def test_series_of_a_meta_version_are_numbered_in_its_order(engine: sa.Engine) -> None:
+    """The collector lists a meta message's tags sorted by name (r0, r1, r10, ...) and
+    ``order`` in config order (r0, r1, r2, ...): the series ids follow the order, so a
+    poll's series ids are consecutive."""
+    order = [f"r{i}" for i in range(12)]
+    tags = {t: {"unit": None} for t in sorted(order)}
+    doc = {"schema": 2, "collector": "pc2", "device": "d", "meta": "0badcafe", "order": order,
+           "tags": tags}  # fmt: skip
+    writer = Writer(engine)
+    writer.write([Incoming(M_TOPIC, orjson.dumps(doc))])
+    writer.write(
+        [Incoming(R_TOPIC, positional("0badcafe", [(1, 0, [float(i) for i in range(12)])]))]
+    )
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.text("SELECT tag, id FROM series")).all())
+    assert [ids[t] for t in order] == list(range(ids["r0"], ids["r0"] + 12))
+    assert [(tag, value) for _, tag, value, *_ in stored(engine)] == [
+        (f"r{i}", float(i)) for i in range(12)
+    ]
