@@ -454,7 +454,7 @@ class Writer:
             batch.units,
             self._ts_value,
             self._time,
-            json_runs=self.sqlite,
+            runs="json" if self.sqlite else "copy",
         )
 
     def _resolve(self, conn: Any, batch: _Batch) -> None:

@@ -70,6 +70,10 @@ class BatchRows:
     #: (stream, first seq, ts, first series id, context, the values as a JSON array):
     #: SQLite expands each into its rows itself (store.sql), no row tuple made here.
     runs: list[Row] | None = None
+    #: PostgreSQL: runs of plain numbers as (seq, (stream, ts, context), series ids,
+    #: values), turned into COPY text (:func:`copy_lines`) while the COPY runs, so that
+    #: the store formats one run while the server stores the previous ones.
+    copy_runs: list[tuple[int, tuple[int, str, int], list[int], Sequence[Any]]] | None = None
     run_readings: int = 0
 
     @property
@@ -85,11 +89,12 @@ def build(
     ts_value: Callable[[str], Any],
     time_value: Callable[[datetime], Any],
     *,
-    json_runs: bool = False,
+    runs: str = "",
 ) -> BatchRows:
-    """The batch's rows; ``json_runs``: collect runs of plain numbers for SQLite's JSON
-    expansion (:attr:`BatchRows.runs`) instead of their rows."""
-    out = BatchRows(runs=[] if json_runs else None)
+    """The batch's rows; ``runs``: how runs of plain numbers are written instead of as row
+    tuples: ``json`` (SQLite's JSON expansion, :attr:`BatchRows.runs`), ``copy``
+    (PostgreSQL's COPY text, :attr:`BatchRows.copy_runs`)."""
+    out = BatchRows(runs=[] if runs == "json" else None, copy_runs=[] if runs == "copy" else None)
     for msg in messages:
         _reading_rows(ids, msg, ts_value, out)
     for units in unit_lists:
@@ -102,7 +107,7 @@ def _reading_rows(ids: Ids, msg: Decoded, ts_value: Callable[[str], Any], out: B
     stream = ids.streams[(collector, msg.outbox, READINGS)]
     ranges, spans, contexts = out.ranges[stream], out.spans, ids.contexts
     extend = out.simple.extend
-    runs = out.runs
+    runs, copy_runs = out.runs, out.copy_runs
     for run in msg.runs:
         n = len(run.values)
         if not n:
@@ -122,6 +127,11 @@ def _reading_rows(ids: Ids, msg: Decoded, ts_value: Callable[[str], Any], out: B
                 out.run_readings += n
                 _span(ranges, spans, (ctx, stream), seq, seq + n - 1)
                 continue
+        if copy_runs is not None and run.plain:
+            copy_runs.append((seq, (stream, ts, ctx), list(sids), run.values))
+            out.run_readings += n
+            _span(ranges, spans, (ctx, stream), seq, seq + n - 1)
+            continue
         if run.plain == FLOATS:
             floats = repeat(_FLOAT_FLAGS, n)
             extend(zip(repeat(stream, n), range(seq, seq + n), repeat(ts, n), sids,
@@ -144,6 +154,26 @@ def _reading_rows(ids: Ids, msg: Decoded, ts_value: Callable[[str], Any], out: B
         items = ((tags[tag], (value, quality, error)) for tag, value, quality, error, _ in p.values)
         _value_rows(out, p.seq, (stream, ts, ctx), items)
         _span(ranges, spans, (ctx, stream), p.seq, p.seq + n - 1)
+
+
+def copy_lines(
+    seq: int, head: tuple[int, str, int], sids: Iterable[int], values: Sequence[Any]
+) -> str:
+    """COPY text rows (stream, seq, ts, series, context, flags, num, text, error) of a run of
+    plain numbers: every per-row step is a C-level map/join. ``repr`` of a float is the
+    shortest text that reads back as the same float64; a time is RFC 3339 (no tab, no
+    backslash: nothing to escape). ``head``: (stream, ts, context)."""
+    stream, ts, ctx = head
+    n = len(values)
+    flags = map(_NUMBER_FLAGS.__getitem__, map(type, values))
+    return "".join(
+        map(
+            "".join,
+            zip(repeat(f"{stream}\t", n), map(str, range(seq, seq + n)), repeat(f"\t{ts}\t", n),
+                map(str, sids), repeat(f"\t{ctx}\t", n), map(str, flags), repeat("\t", n),
+                map(repr, values), repeat("\t\\N\t\\N\n", n), strict=True),
+        )
+    )  # fmt: skip
 
 
 def _unwrap(value: Any) -> tuple[Any, str, str | None]:
