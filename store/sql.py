@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from store.gaps import Hole, StreamState, merge
-from store.rows import BatchRows, copy_lines
+from store.rows import BINARY_HEADER, BINARY_TRAILER, BatchRows, copy_binary
 from store.schema import KIND_FLOAT, KIND_INT
 
 #: Runs of plain numbers formatted and sent to PostgreSQL's COPY at a time (about 25 kB).
@@ -145,14 +145,21 @@ def insert_readings(
 
 
 def _copy(cur: Any, table: str, rows: BatchRows) -> None:
-    with cur.copy(f"COPY {table} ({_READING_COLUMNS}) FROM STDIN") as copy:
-        runs = rows.copy_runs or ()
-        for i in range(0, len(runs), _RUNS_A_WRITE):
-            copy.write("".join([copy_lines(*run) for run in runs[i : i + _RUNS_A_WRITE]]))
-        for row in rows.simple:
-            copy.write_row((*row, None, None))
-        for row in rows.full:
-            copy.write_row(row)
+    """Runs of plain numbers through a binary COPY, the other rows through a text COPY
+    (psycopg formats those: strings, errors, booleans; few)."""
+    runs = rows.copy_runs or ()
+    if runs:
+        with cur.copy(f"COPY {table} ({_READING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(BINARY_HEADER)
+            for i in range(0, len(runs), _RUNS_A_WRITE):
+                copy.write(b"".join([copy_binary(*run) for run in runs[i : i + _RUNS_A_WRITE]]))
+            copy.write(BINARY_TRAILER)
+    if rows.simple or rows.full:
+        with cur.copy(f"COPY {table} ({_READING_COLUMNS}) FROM STDIN") as copy:
+            for row in rows.simple:
+                copy.write_row((*row, None, None))
+            for row in rows.full:
+                copy.write_row(row)
 
 
 def insert_units(

@@ -240,6 +240,12 @@ def test_runs_of_plain_numbers_keep_their_types_and_their_tags(engine: sa.Engine
         (4, "a", 1, int), (5, "b", 2.5, float), (6, "c", -7, int), (7, "d", 40123, int),
         (8, "e", 0.1, float), (9, "c", 3.0, float),
     ]  # fmt: skip
+    found = unit_genealogy(engine, "S-1")
+    assert found is not None
+    assert [r["ts"] for r in found["readings"]][::4] == [
+        "2026-11-21T10:15:00Z", "2026-11-21T10:15:04.500000Z",
+        "2026-11-21T10:15:09.500000Z",
+    ]  # fmt: skip
     again = writer.write([Incoming(R_TOPIC, positional(meta, [(4, 0, mixed), (9, 2, [3.0])]))])
     assert (again.readings, again.readings_inserted) == (6, 0)
 
