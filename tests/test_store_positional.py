@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,6 +19,8 @@ from store.genealogy import unit_genealogy
 from store.ingest import Incoming, Writer
 from store.schema import metas, parked, quarantine, readings
 from store.status import gap_report
+from tests.helpers import Mosquitto, wait_until
+from tests.store_fixtures import Publisher, StoreProcess
 
 OUTBOX = "6f1d0c2a9b7e4e55"
 R_TOPIC = "collector/site/line1/pc2/readings"
@@ -269,3 +272,36 @@ def test_series_of_a_meta_version_are_numbered_in_its_order(engine: sa.Engine) -
     assert [(tag, value) for _, tag, value, *_ in stored(engine)] == [
         (f"r{i}", float(i)) for i in range(12)
     ]
+
+
+def test_the_store_service_parks_counts_and_releases(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Through a real broker: positional readings published before their meta version are
+    parked (acknowledged, counted on /health and /metrics, logged once for the version),
+    then stored when the retained meta message arrives; a message the reference decoder
+    crashes on is quarantined and the stream goes on."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = StoreProcess(tmp_path / "s", mosquitto, url)
+    store.start()
+    publisher = Publisher(mosquitto)
+    try:
+        meta, meta_payload = meta_message()
+        publisher.publish(R_TOPIC, positional(meta, [(1, 0, [1.0, 2.0, 3.0, 4.0, 5.0])]))
+        publisher.publish(R_TOPIC, positional(meta, [(6, 0, [6.0, 7.0])]))
+        wait_until(lambda: store.metric("store_parked_total") == 2, 20, "2 parked")
+        assert store.health()["ingest"]["parked"] == 2
+        crash = {"schema": 2, "collector": "pc2", "outbox": OUTBOX,
+                 "units": [{"seq": 1, "verdict": ["pass"]}]}  # fmt: skip
+        publisher.publish("collector/site/line1/pc2/units", orjson.dumps(crash))
+        wait_until(lambda: store.metric("store_quarantined_total") == 1, 20, "1 quarantined")
+        publisher.client.publish(M_TOPIC, meta_payload, qos=1, retain=True).wait_for_publish(10)
+        engine = connect(url)
+        wait_until(lambda: count(engine, readings) == 7, 20, "the parked readings stored")
+        assert store.metric("store_unparked_total") == 2
+        assert [r[1] for r in stored(engine)] == [*ORDER, "a", "b"]
+        assert (count(engine, parked), count(engine, quarantine)) == (0, 1)
+        log = store.log.read_text()
+        assert log.count("parked a readings message") == 1, log[-2000:]
+        assert "ingested 2 parked message(s)" in log
+    finally:
+        publisher.close()
+        store.stop()
