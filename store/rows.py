@@ -125,7 +125,8 @@ def _reading_rows(ids: Ids, msg: Decoded, ts_value: Callable[[str], Any], out: B
             sids = list(sids)
             first = sids[0]
             if sids[-1] - first == n - 1 and sids == list(range(first, first + n)):
-                runs.append((stream, seq, ts, first, ctx, orjson.dumps(run.values)))
+                # As text: SQLite >= 3.45 reads a BLOB argument as its binary JSONB.
+                runs.append((stream, seq, ts, first, ctx, orjson.dumps(run.values).decode()))
                 out.run_readings += n
                 _span(ranges, spans, (ctx, stream), seq, seq + n - 1)
                 continue

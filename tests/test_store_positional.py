@@ -289,6 +289,7 @@ def test_the_store_service_parks_counts_and_releases(mosquitto: Mosquitto, tmp_p
         publisher.publish(R_TOPIC, positional(meta, [(6, 0, [6.0, 7.0])]))
         wait_until(lambda: store.metric("store_parked_total") == 2, 20, "2 parked")
         assert store.health()["ingest"]["parked"] == 2
+        assert store.metric("store_parked_messages") == 2  # waiting now, from the database
         crash = {"schema": 2, "collector": "pc2", "outbox": OUTBOX,
                  "units": [{"seq": 1, "verdict": ["pass"]}]}  # fmt: skip
         publisher.publish("collector/site/line1/pc2/units", orjson.dumps(crash))
@@ -297,6 +298,7 @@ def test_the_store_service_parks_counts_and_releases(mosquitto: Mosquitto, tmp_p
         engine = connect(url)
         wait_until(lambda: count(engine, readings) == 7, 20, "the parked readings stored")
         assert store.metric("store_unparked_total") == 2
+        assert store.metric("store_parked_messages") == 0
         assert [r[1] for r in stored(engine)] == [*ORDER, "a", "b"]
         assert (count(engine, parked), count(engine, quarantine)) == (0, 1)
         log = store.log.read_text()
