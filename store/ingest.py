@@ -21,6 +21,7 @@ database does not have.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -432,6 +433,11 @@ class Writer:
         return total
 
     def is_data_error(self, exc: BaseException) -> bool:
+        """The database (or the driver, before it) refuses a value of the batch: an integer
+        beyond 64 bits is an OverflowError in sqlite3 and a struct.error in the binary
+        COPY, where PostgreSQL's own check would be a DataError."""
+        if isinstance(exc, OverflowError | struct.error):
+            return True
         dbapi = self.engine.dialect.dbapi
         return dbapi is not None and isinstance(exc, dbapi.DataError | dbapi.IntegrityError)
 
