@@ -320,13 +320,19 @@ class Writer:
         return version
 
     def _select(self, sql: str, params: tuple[Any, ...], conn: Any = None) -> list[Any]:
+        """Rows of a query. On PostgreSQL a query outside a transaction opens one (psycopg
+        is not in autocommit): it is ended here, so the connection never idles in a
+        transaction between batches."""
         conn = conn or self._connection()
+        opened = not self.sqlite and conn.info.transaction_status.name == "IDLE"
         cur = conn.cursor()
         try:
             cur.execute(sql, params)
             return list(cur.fetchall())
         finally:
             cur.close()
+            if opened:
+                conn.rollback()
 
     def _unpark(self, keys: set[MetaKey]) -> BatchResult:
         """Ingest the messages parked for these meta versions, a chunk a transaction."""

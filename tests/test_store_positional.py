@@ -307,3 +307,21 @@ def test_the_store_service_parks_counts_and_releases(mosquitto: Mosquitto, tmp_p
     finally:
         publisher.close()
         store.stop()
+
+
+def test_no_transaction_is_left_open_between_batches(db_url: str) -> None:
+    """The look-ups around parking (is the meta version there now? anything to release?)
+    end their own transaction: a PostgreSQL connection idle in a transaction would hold
+    back vacuum for as long as no batch comes."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite runs in autocommit between batches")
+    engine = connect(db_url)
+    create_schema(engine)
+    meta, meta_payload = meta_message()
+    writer = Writer(engine)
+    writer.write([Incoming(R_TOPIC, positional(meta, [(1, 0, [1.0])]))])  # parked
+    conn = writer._connection()
+    assert conn.info.transaction_status.name == "IDLE"
+    writer.write([Incoming(M_TOPIC, meta_payload)])  # released
+    assert conn.info.transaction_status.name == "IDLE"
+    assert count(engine, readings) == 1
