@@ -239,6 +239,8 @@ class Writer:
         except BaseException:
             self._rollback(conn)
             raise
+        if len(self._metas) > _CACHE_LIMIT:
+            self._metas.clear()
         self._metas.update(sorted_.metas)
         arrived = set(sorted_.metas)
         for key in {key for _, key in sorted_.parked}:
