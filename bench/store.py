@@ -1,18 +1,23 @@
 """Benchmarks of the central store (docs/performance.md, "The central store"):
 
-    .venv/bin/python -m bench.store                        # all three, default sizes
-    .venv/bin/python -m bench.store --only ingest --readings 1000000
+    .venv/bin/python -m bench.store                        # everything, default sizes
+    .venv/bin/python -m bench.store --only ingest --readings 500000 --repeat 3
     .venv/bin/python -m bench.store --only genealogy --stored 10000000
     .venv/bin/python -m bench.store --only backlog --backlog 1000000
     .venv/bin/python -m bench.store --quick                # tiny sizes (a smoke test)
 
 - ingest: the store's batch writer (store.ingest.Writer, what one store process runs per
-  batch) fed with messages made by the collector's own encoder (collector.message: schema 1
-  today, whatever it emits tomorrow), ``--per-message`` readings a message and the default
-  100 messages a transaction, into a fresh SQLite file and a fresh PostgreSQL database.
-  Readings per second = readings committed / wall time of the writes (decode included).
-- ingest2: the same readings in schema-2 messages built by hand (the collector emits
-  schema 1 until issue 16 lands): what the store costs once it does.
+  batch) fed with the collector's own stream: messages made by its own encoder
+  (collector.message.PollEncoder with the device's tag metadata, in its envelope: schema 2,
+  values keyed by tag), ``--per-message`` readings a message and the default 100 messages a
+  transaction, into a fresh SQLite file and a fresh PostgreSQL database, after the device's
+  retained meta message. Readings per second = readings committed / wall time of the
+  writes (decode included). ``--repeat N``: N runs, the median reported;
+  ``--profile DIR``: a cProfile of each run.
+- ingest1: the same readings in schema 1 (one object per reading), as a collector older
+  than issue 16 sends them.
+- ingestp: the same readings in the positional form of schema 2 (``tag_index`` +
+  ``value_list``, /work/spec/positional.md), built by hand from the spec.
 - genealogy: ``--stored`` readings written straight into the tables with bulk inserts
   (4 collectors, 50 tags a poll, two stations per collector whose polls interleave, a unit
   every 40 polls), then the genealogy of one unit (store.genealogy.unit_genealogy, what
@@ -28,6 +33,8 @@ Figures are printed (and written as JSON with --json FILE), never asserted.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import hashlib
 import json
 import os
 import platform
@@ -36,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +51,14 @@ import orjson
 import sqlalchemy as sa
 import yaml
 
-from collector.message import ReadingEncoder, build_message
+from collector.message import (
+    DeviceMeta,
+    PollEncoder,
+    ReadingEncoder,
+    build_message,
+    envelope,
+    ts_text,
+)
 from collector.reading import Context, Reading
 from store.db import connect, create_schema
 from store.genealogy import unit_genealogy
@@ -57,60 +71,112 @@ T0 = 1_795_000_000.0
 TAGS = 50
 
 
+OUTBOX = "6f1d0c2a9b7e4e55"
+DEVICE = "tester-1"
+READINGS_TOPIC = "collector/plant/line/pc1/readings"
+META_TOPIC = f"collector/plant/line/pc1/meta/{DEVICE}"
+
+
+def _tag_meta() -> dict[str, dict[str, object]]:
+    return {
+        f"tag{i:02d}": {"unit": "V", "type": "float64", "scale": 1.0, "offset": 0.0,
+                        "station": None}
+        for i in range(TAGS)
+    }  # fmt: skip
+
+
+def device_meta() -> DeviceMeta:
+    """The bench device's tag metadata, as the collector builds it."""
+    return DeviceMeta(DEVICE, _tag_meta())
+
+
+def _polls(total: int, per_message: int) -> Iterator[list[tuple[int, int, float]]]:
+    """(seq, poll number, ts) of each poll of ``total`` readings, 50 tags a poll, grouped
+    into messages of ``per_message`` readings."""
+    seq, poll, in_message = 1, 0, 0
+    polls: list[tuple[int, int, float]] = []
+    while seq <= total:
+        polls.append((seq, poll, T0 + poll * 0.1))
+        n = min(TAGS, total - seq + 1)
+        seq += n
+        in_message += n
+        poll += 1
+        if in_message >= per_message or seq > total:
+            yield polls
+            polls, in_message = [], 0
+
+
+def _context(poll: int) -> Context:
+    return Context("ft-1", f"UNIT-{poll // 40:07d}", "functional-test", 1, phase="test")
+
+
+def _readings(seq: int, poll: int, ts: float, total: int) -> list[Reading]:
+    n = min(TAGS, total - seq + 1)
+    return [Reading(ts, f"tag{i:02d}", 12.0 + i * 0.01 + (poll % 7) * 0.001, "V")
+            for i in range(n)]  # fmt: skip
+
+
+def _encoded_polls(total: int, per_message: int, schema1: bool) -> Iterator[bytes]:
+    """Each message's comma-separated items, from the collector's own encoders."""
+    encoder, old, meta = PollEncoder(), ReadingEncoder(), device_meta()
+    for polls in _polls(total, per_message):
+        items = []
+        for seq, poll, ts in polls:
+            readings = _readings(seq, poll, ts, total)
+            contexts = [_context(poll)] * len(readings)
+            items.append(
+                old.encode(seq, DEVICE, readings, contexts)
+                if schema1
+                else encoder.encode(seq, DEVICE, readings, contexts, meta)
+            )
+        yield b",".join(items)
+
+
 def collector_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
     """``total`` readings as the collector publishes them: polls of 50 tags through its own
-    encoder, ``per_message`` readings a message."""
-    encoder = ReadingEncoder()
+    encoder (collector.message.PollEncoder, with the device's tag metadata, as the buffer
+    writer calls it) in its own envelope, ``per_message`` readings a message."""
+    return [
+        envelope(collector, OUTBOX, items) for items in _encoded_polls(total, per_message, False)
+    ]
+
+
+def schema1_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+    """The same readings in schema 1 (one object per reading), as a collector older than
+    issue 16 publishes them (collector.message.ReadingEncoder)."""
+    return [build_message(collector, items) for items in _encoded_polls(total, per_message, True)]
+
+
+def positional_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+    """The same readings in the positional form of schema 2 (/work/spec/positional.md:
+    ``tag_index`` + ``value_list`` resolved through the meta message's ``order``), built by
+    hand from the spec until the collector's encoder emits it."""
+    meta = positional_meta()["meta"]
     out: list[bytes] = []
-    seq = 1
-    items: list[bytes] = []
-    in_message = 0
-    poll = 0
-    while seq <= total:
-        ctx = Context("ft-1", f"UNIT-{poll // 40:07d}", "functional-test", 1)
-        ts = T0 + poll * 0.1
-        n = min(TAGS, total - seq + 1)
-        readings = [Reading(ts, f"tag{i:02d}", 12.0 + i * 0.01 + (poll % 7) * 0.001, "V")
-                    for i in range(n)]  # fmt: skip
-        items.append(encoder.encode(seq, "tester-1", readings, [ctx] * n))
-        seq += n
-        in_message += n
-        poll += 1
-        if in_message >= per_message or seq > total:
-            out.append(build_message(collector, b",".join(items)))
-            items, in_message = [], 0
+    for polls in _polls(total, per_message):
+        docs = []
+        for seq, poll, ts in polls:
+            readings = _readings(seq, poll, ts, total)
+            ctx = _context(poll)
+            docs.append({
+                "seq": seq, "ts": ts_text(ts), "device": DEVICE, "meta": meta,
+                "station": ctx.station, "unit_serial": ctx.unit_serial,
+                "operation": ctx.operation, "attempt": ctx.attempt, "phase": ctx.phase,
+                "tag_index": 0, "value_list": [r.value for r in readings],
+            })  # fmt: skip
+        out.append(orjson.dumps({"schema": 2, "collector": collector, "outbox": OUTBOX,
+                                 "polls": docs}))  # fmt: skip
     return out
 
 
-def schema2_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
-    """The same readings as schema 2 (/work/spec/schema2.md) would carry them, built by hand
-    until the collector's encoder emits schema 2 (then ``collector_messages`` does)."""
-    from collector.message import ts_text  # noqa: PLC0415
-
-    out: list[bytes] = []
-    polls: list[dict[str, Any]] = []
-    seq, poll, in_message = 1, 0, 0
-    while seq <= total:
-        n = min(TAGS, total - seq + 1)
-        polls.append({
-            "seq": seq, "ts": ts_text(T0 + poll * 0.1), "device": "tester-1", "station": "ft-1",
-            "unit_serial": f"UNIT-{poll // 40:07d}", "operation": "functional-test",
-            "attempt": 1, "phase": "test",
-            "values": {f"tag{i:02d}": 12.0 + i * 0.01 + (poll % 7) * 0.001 for i in range(n)},
-        })  # fmt: skip
-        seq += n
-        in_message += n
-        poll += 1
-        if in_message >= per_message or seq > total:
-            doc = {
-                "schema": 2,
-                "collector": collector,
-                "outbox": "6f1d0c2a9b7e4e55",
-                "polls": polls,
-            }
-            out.append(orjson.dumps(doc))
-            polls, in_message = [], 0
-    return out
+def positional_meta(collector: str = "pc1") -> dict[str, Any]:
+    """The bench device's meta message with ``order`` (the positional spec's form)."""
+    tags = _tag_meta()
+    order = list(tags)
+    canonical = orjson.dumps({"order": order, "tags": tags}, option=orjson.OPT_SORT_KEYS)
+    meta = hashlib.sha256(canonical).hexdigest()[:8]
+    return {"schema": 2, "collector": collector, "device": DEVICE, "meta": meta,
+            "order": order, "tags": tags}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- ingest
@@ -135,31 +201,46 @@ def server_cpu_seconds(pg: PostgresServer | None) -> float:
     return total
 
 
+#: The ingest variants: the form of the messages (all carry the same readings).
+FORMS = {
+    "ingest": collector_messages,  # the collector's own stream (schema 2, keyed values)
+    "ingest1": schema1_messages,  # schema 1, one object per reading
+    "ingestp": positional_messages,  # schema 2, positional values
+}
+
+
 def bench_ingest(
     url: str,
     total: int,
     per_message: int,
     batch: int,
     *,
-    schema2: bool = False,
+    form: str = "ingest",
     pg: PostgresServer | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    make = schema2_messages if schema2 else collector_messages
-    messages = make(total, per_message)
+    messages = FORMS[form](total, per_message)
     engine = connect(url)
     create_schema(engine)
     writer = Writer(engine)
-    topic = "collector/plant/line/pc1/readings"
-    incoming = [Incoming(topic, m) for m in messages]
+    meta = positional_meta() if form == "ingestp" else orjson.loads(device_meta().message("pc1"))
+    incoming = [Incoming(READINGS_TOPIC, m) for m in messages]
+    writer.write([Incoming(META_TOPIC, orjson.dumps(meta))])  # the retained meta comes first
     writer.write(incoming[:1])  # the dimension rows and the connection: not what is measured
     rest = incoming[1:]
     started = time.perf_counter()
     cpu = time.process_time()
     server = server_cpu_seconds(pg)
     inserted = 0
+    profiler = cProfile.Profile() if profile is not None else None
+    if profiler is not None:
+        profiler.enable()
     for i in range(0, len(rest), batch):
         inserted += writer.write(rest[i : i + batch]).readings_inserted
     wall = time.perf_counter() - started
+    if profiler is not None and profile is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     cpu = time.process_time() - cpu
     server = server_cpu_seconds(pg) - server
     writer.close()
@@ -424,17 +505,48 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
 # --------------------------------------------------------------------------- main
 
 
+def ingest_runs(
+    url: Callable[[str], str],
+    db: str,
+    form: str,
+    args: argparse.Namespace,
+    pg: PostgresServer | None,
+) -> dict[str, Any]:
+    """``--repeat`` runs of one ingest variant, each into a fresh database: the median run's
+    figures, and every run's wall rate (the machine is shared: one run can be unlucky)."""
+    runs = []
+    for n in range(args.repeat):
+        profile = None if args.profile is None else args.profile / f"{form}-{db}-{n}.prof"
+        if profile is not None:
+            profile.parent.mkdir(parents=True, exist_ok=True)
+        runs.append(
+            bench_ingest(url(db), args.readings, args.per_message, args.batch, form=form,
+                         pg=pg, profile=profile)
+        )  # fmt: skip
+    runs.sort(key=lambda r: r["readings_per_s"])
+    median = dict(runs[len(runs) // 2])
+    if len(runs) > 1:
+        median["runs_readings_per_s"] = [r["readings_per_s"] for r in runs]
+        median["runs_readings_per_cpu_s"] = sorted(r["readings_per_cpu_s"] for r in runs)
+        median["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return median
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="ingest,ingest2,genealogy,backlog")
+    parser.add_argument("--only", default="ingest,ingest1,ingestp,genealogy,backlog")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--readings", type=int, default=1_000_000, help="ingest size")
     parser.add_argument("--per-message", type=int, default=500, help="readings per message")
     parser.add_argument("--batch", type=int, default=100, help="messages per transaction")
     parser.add_argument("--stored", type=int, default=10_000_000, help="genealogy table size")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="backlog size")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each ingest (median)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="cProfile the ingest runs into DIR"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
@@ -463,18 +575,10 @@ def main() -> int:
             return pg.create_database(f"bench{n}")
 
         for db in databases:
-            if "ingest" in only:
-                server = pg if db == "postgresql" else None
-                r = bench_ingest(url(db), args.readings, args.per_message, args.batch, pg=server)
-                results[f"ingest_{db}"] = r
-                print(f"ingest {db}: {r}", flush=True)
-            if "ingest2" in only:
-                server = pg if db == "postgresql" else None
-                r = bench_ingest(
-                    url(db), args.readings, args.per_message, args.batch, schema2=True, pg=server
-                )
-                results[f"ingest_schema2_{db}"] = r
-                print(f"ingest schema 2 {db}: {r}", flush=True)
+            for form in (f for f in FORMS if f in only):
+                r = ingest_runs(url, db, form, args, pg if db == "postgresql" else None)
+                results[f"{form}_{db}"] = r
+                print(f"{form} {db}: {r}", flush=True)
             if "genealogy" in only:
                 r = bench_genealogy(url(db), args.stored, pg if db == "postgresql" else None)
                 results[f"genealogy_{db}"] = r

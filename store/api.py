@@ -28,7 +28,7 @@ from collector.health import listening_socket
 from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
 from store.report import Format, load_protocol, render_report
-from store.status import gap_report, old_gaps
+from store.status import gap_report, old_gaps, parked_count
 
 if TYPE_CHECKING:
     from store.service import StoreService
@@ -67,6 +67,8 @@ def health(service: StoreService) -> tuple[bool, dict[str, Any]]:
             "units_received": s.units_received,
             "units_inserted": s.units_inserted,
             "quarantined": dict(s.quarantined),
+            "parked": s.parked,
+            "unparked": s.unparked,
             "acked": s.acked,
             "last_commit_age_s": None
             if s.last_commit is None
@@ -89,9 +91,10 @@ def create_app(service: StoreService) -> FastAPI:
     def get_metrics() -> Response:
         try:
             gaps = gap_report(service.engine)
+            waiting: int | None = parked_count(service.engine)
         except Exception:  # the counters are still worth a scrape
-            gaps = []
-        return Response(render(service, gaps), media_type=CONTENT_TYPE_LATEST)
+            gaps, waiting = [], None
+        return Response(render(service, gaps, waiting), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/gaps")
     def get_gaps() -> list[dict[str, Any]]:

@@ -125,7 +125,8 @@ class IngestConfig(_Model):
         default=65_536,
         ge=0,
         le=16 * 1024 * 1024,
-        description="A quarantined payload is kept up to this many bytes (the size is noted).",
+        description="A quarantined payload is kept up to this many bytes (the size is noted); "
+        "a parked one (waiting for its meta version) is kept whole.",
     )
 
 

@@ -1,11 +1,14 @@
 """Writing a batch of MQTT messages into the database in one transaction.
 
-:meth:`Writer.write` decodes each message with the reference decoder (collector.contract),
-quarantines the ones that break the contract, and writes every reading, unit record and
-characteristic of the rest with insert-or-ignore on their (collector, outbox, seq) keys, plus
-the gap audit of each stream touched, in ONE transaction. The caller acknowledges the
-messages to the broker only after :meth:`write` returned; when it raises, nothing of the
-batch is committed and nothing may be acknowledged.
+:meth:`Writer.write` decodes each message (readings: store.decode, which keeps the reference
+decoder's checks and wording; unit records and tag metadata: collector.contract),
+quarantines the ones that break the contract, parks the ones whose meta version has not
+arrived (store.metabook), and writes every reading, unit record and characteristic of the
+rest with insert-or-ignore on their (collector, outbox, seq) keys, plus the gap audit of
+each stream touched, in ONE transaction. The caller acknowledges the messages to the broker
+only after :meth:`write` returned; when it raises, nothing of the batch is committed and
+nothing may be acknowledged. A meta version that arrives releases the messages parked for
+it, in transactions of their own after the batch's.
 
 This is the one loop that runs per reading, so it works on the driver's own connection
 (sqlite3 ``executemany``; psycopg ``COPY`` into a temporary table, then one
@@ -18,7 +21,7 @@ database does not have.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,47 +30,17 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from collector.contract import (
-    ContractError,
-    FlatUnit,
-    Poll,
-    ReadingsMessage,
-    decode_meta,
-    decode_polls,
-    decode_units,
-)
-from store.gaps import Hole, StreamState, merge
-from store.schema import (
-    KIND_BOOL,
-    KIND_FLOAT,
-    KIND_INT,
-    KIND_NULL,
-    KIND_TEXT,
-    QUALITY_CODES,
-    to_micros,
-)
+from collector.contract import ContractError, FlatUnit, decode_units
+from store.decode import CtxKey, Decoded, Decoder, unexpected
+from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
+from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_key
+from store.schema import to_micros
+from store.sql import audit, db_time, insert_readings, insert_units, statements
 
 log = logging.getLogger("store.ingest")
 
-READINGS, UNITS, META = "readings", "units", "meta"
-_FLOAT_INT = 2**53  # integers beyond this lose digits as float64: kept as text
+META = "meta"
 _CACHE_LIMIT = 100_000
-
-_READING_COLUMNS = "stream, seq, ts, series, context, flags, num, text, error"
-_COPY_INSERT = (
-    f"INSERT INTO readings ({_READING_COLUMNS}) SELECT {_READING_COLUMNS} "  # noqa: S608 - constants
-    "FROM readings_in ON CONFLICT DO NOTHING"
-)
-_STREAM_GET = "SELECT low_seq, high_seq FROM streams WHERE id = ?"
-_SIMPLE_COLUMNS = "stream, seq, ts, series, context, flags, num"
-_UNIT_COLUMNS = (
-    "collector, outbox, seq, serial, station, slot, operation, attempt, start_ts, end_ts, "
-    "cycle_time_s, takt_s, verdict, failure_code, ended_by, readings, golden, work_order"
-)
-_CHAR_COLUMNS = (
-    "collector, outbox, unit_seq, serial, operation, name, last, min, max, lsl, usl, target, "
-    "critical, in_spec, end_ts"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +60,10 @@ class BatchResult:
     units_inserted: int = 0
     #: (kind, reason) of each quarantined message.
     quarantined: list[tuple[str, str]] = field(default_factory=list)
+    #: The reason of each message parked until its meta version arrives.
+    parked: list[str] = field(default_factory=list)
+    #: Parked messages ingested (their meta version arrived).
+    unparked: int = 0
 
     @property
     def duplicates(self) -> int:
@@ -99,6 +76,8 @@ class BatchResult:
         self.units += other.units
         self.units_inserted += other.units_inserted
         self.quarantined.extend(other.quarantined)
+        self.parked.extend(other.parked)
+        self.unparked += other.unparked
 
 
 def topic_kind(topic: str) -> str | None:
@@ -109,11 +88,17 @@ def topic_kind(topic: str) -> str | None:
     return levels[-1] if levels[-1] in (READINGS, UNITS) else None
 
 
-_CtxKey = tuple[str | None, int | str | None, str | None, str | None, int | None, str | None, bool]
+@dataclass(slots=True)
+class _Batch:
+    """A batch, decoded and sorted: what goes into its one transaction."""
 
-
-def _ctx_key(p: Poll) -> _CtxKey:
-    return (p.station, p.slot, p.unit_serial, p.operation, p.attempt, p.phase, p.golden)
+    readings: list[tuple[Incoming, Decoded]] = field(default_factory=list)
+    units: list[list[FlatUnit]] = field(default_factory=list)
+    metas: dict[MetaKey, MetaVersion] = field(default_factory=dict)
+    #: (message, kind, reason) of each message quarantined.
+    bad: list[tuple[Incoming, str, str]] = field(default_factory=list)
+    #: (message, the meta version it waits for) of each message parked.
+    parked: list[tuple[Incoming, MetaKey]] = field(default_factory=list)
 
 
 class Writer:
@@ -124,51 +109,13 @@ class Writer:
         self.sqlite = engine.dialect.name == "sqlite"
         self.quarantine_max_bytes = quarantine_max_bytes
         self._raw: Any = None
-        self._streams: dict[tuple[str, str, str], int] = {}
-        #: (collector, device) -> tag -> series id: one look-up per poll, one per tag.
-        self._series: dict[tuple[str, str], dict[str, int]] = {}
-        self._contexts: dict[_CtxKey, int] = {}
+        self._ids = Ids()
+        #: Meta versions known to be in the database.
+        self._metas: dict[MetaKey, MetaVersion] = {}
+        self._decoder = Decoder()
         self._ts_memo: dict[str, Any] = {}
-        ignore = "INSERT OR IGNORE INTO" if self.sqlite else "INSERT INTO"
-        tail = "" if self.sqlite else " ON CONFLICT DO NOTHING"
-        self._sql = {
-            "units": f"{ignore} units ({_UNIT_COLUMNS}) VALUES ({_marks(18)}){tail}",
-            "chars": f"{ignore} characteristics ({_CHAR_COLUMNS}) VALUES ({_marks(15)}){tail}",
-            "readings": f"{ignore} readings ({_READING_COLUMNS}) VALUES ({_marks(9)}){tail}",
-            "readings_simple": f"{ignore} readings ({_SIMPLE_COLUMNS}) VALUES ({_marks(7)}){tail}",
-            "span": "INSERT INTO context_spans (context, stream, first_seq, last_seq) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (context, stream) DO UPDATE SET "
-            + (
-                "first_seq = min(first_seq, excluded.first_seq), "
-                "last_seq = max(last_seq, excluded.last_seq)"
-                if self.sqlite
-                else "first_seq = LEAST(context_spans.first_seq, excluded.first_seq), "
-                "last_seq = GREATEST(context_spans.last_seq, excluded.last_seq)"
-            ),
-            "stream_add": f"{ignore} streams (collector, outbox, kind, received) "
-            f"VALUES (?, ?, ?, 0){tail}",
-            "stream_id": "SELECT id FROM streams WHERE collector = ? AND outbox = ? AND kind = ?",
-            "series_add": f"{ignore} series (collector, device, tag, unit) "
-            f"VALUES (?, ?, ?, ?){tail}",
-            "series_id": "SELECT id FROM series WHERE collector = ? AND device = ? AND tag = ?",
-            "series_unit": "UPDATE series SET unit = ? WHERE collector = ? AND device = ? "
-            "AND tag = ?",
-            "ctx_add": f"{ignore} contexts (key, station, slot, unit_serial, operation, attempt, "
-            f"phase, golden) VALUES (?, ?, ?, ?, ?, ?, ?, ?){tail}",
-            "ctx_id": "SELECT id FROM contexts WHERE key = ?",
-            "quarantine": "INSERT INTO quarantine (received_at, topic, kind, reason, payload, "
-            "payload_bytes) VALUES (?, ?, ?, ?, ?, ?)",
-            "stream_get": _STREAM_GET if self.sqlite else _STREAM_GET + " FOR UPDATE",
-            "gaps_get": "SELECT first_seq, last_seq, opened_at FROM gaps WHERE stream = ? "
-            "ORDER BY first_seq",
-            "stream_set": "UPDATE streams SET low_seq = ?, high_seq = ?, received = received + ?, "
-            "last_at = ? WHERE id = ?",
-            "gaps_del": "DELETE FROM gaps WHERE stream = ?",
-            "gaps_add": "INSERT INTO gaps (stream, first_seq, last_seq, opened_at) "
-            "VALUES (?, ?, ?, ?)",
-        }
-        if not self.sqlite:
-            self._sql = {k: v.replace("?", "%s") for k, v in self._sql.items()}
+        self._swept = False
+        self._sql = statements(self.sqlite)
 
     # --- connection ---------------------------------------------------------------------
 
@@ -192,9 +139,8 @@ class Writer:
             except Exception:  # the connection is being thrown away anyway
                 log.debug("invalidating a broken connection failed", exc_info=True)
             self._raw = None
-        self._streams.clear()
-        self._series.clear()
-        self._contexts.clear()
+        self._ids.clear()
+        self._metas.clear()
 
     def close(self) -> None:
         if self._raw is not None:
@@ -225,84 +171,250 @@ class Writer:
             log.debug("rollback failed", exc_info=True)
 
     def _time(self, value: datetime) -> Any:
-        """A UtcDateTime column value as the driver takes it (see store.schema)."""
-        if self.sqlite:
-            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value
-
-    def _read_time(self, value: Any) -> datetime:
-        if isinstance(value, datetime):
-            return value.astimezone(UTC)
-        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+        return db_time(self.sqlite, value)
 
     # --- the batch ----------------------------------------------------------------------
 
     def write(self, batch: Sequence[Incoming]) -> BatchResult:
-        """Write a batch in one transaction; raises (with nothing committed) on a DB error."""
+        """Write a batch in one transaction; raises (with nothing committed) on a DB error.
+        Then ingest the messages parked for a meta version the batch brought (each chunk in
+        a transaction of its own: the batch's rows are committed by then)."""
+        result, arrived = self._write(batch)
+        if not self._swept:  # at start: versions stored while no store ran, or a crash
+            arrived |= set(self._select(self._sql["parked_ready"], ()))
+            self._swept = True
+        if arrived:
+            result.add(self._unpark(arrived))
+        return result
+
+    def _write(
+        self, batch: Sequence[Incoming], release: Sequence[int] = ()
+    ) -> tuple[BatchResult, set[MetaKey]]:
+        """One transaction; ``release``: quarantine rows of parked messages in ``batch``,
+        deleted in it. Returns the result and the meta versions whose parked messages may
+        be ingested now."""
         result = BatchResult(messages=len(batch))
-        readings_msgs: list[ReadingsMessage] = []
-        unit_lists: list[list[FlatUnit]] = []
-        metas: list[dict[str, Any]] = []
-        bad: list[tuple[Incoming, str, str]] = []
-        for message in batch:
-            kind = topic_kind(message.topic)
-            try:
-                if kind == READINGS:
-                    readings_msgs.append(decode_polls(message.payload))
-                elif kind == UNITS:
-                    unit_lists.append(decode_units(message.payload))
-                elif kind == META:
-                    metas.append(decode_meta(message.payload))
-                else:
-                    raise _bad_topic(message.topic)
-            except ContractError as exc:
-                bad.append((message, exc.kind, str(exc)))
-                result.quarantined.append((exc.kind, str(exc)))
+        sorted_ = self._decode(batch, result)
         conn = self._connection()
         try:
+            self._check_positional(conn, sorted_, result)
             now = datetime.now(UTC)
             try:
-                rows = self._rows(readings_msgs, unit_lists)
+                rows = self._rows(sorted_)
             except KeyError:  # a stream, series or context the caches do not know yet
-                self._resolve(conn, readings_msgs, unit_lists)
-                rows = self._rows(readings_msgs, unit_lists)
-            ranges, spans, simple, full, unit_rows, char_rows = rows
+                self._resolve(conn, sorted_)
+                rows = self._rows(sorted_)
             cur = self._begin(conn)
             # The gap audit first: on PostgreSQL it locks the batch's streams (in id order),
             # which serialises two store processes per stream before any other row.
-            self._audit(cur, ranges, now)
-            result.readings = len(simple) + len(full)
-            result.readings_inserted = self._insert_readings(cur, simple, full)
-            if spans:
+            audit(cur, self._sql, self.sqlite, rows.ranges, now)
+            result.readings = rows.count
+            result.readings_inserted = insert_readings(
+                cur,
+                self._sql,
+                self.sqlite,
+                rows,
+                self.engine.dialect.dbapi.IntegrityError,  # type: ignore[union-attr]
+            )
+            if rows.spans:
                 cur.executemany(
-                    self._sql["span"], [(*key, *span) for key, span in sorted(spans.items())]
+                    self._sql["span"], [(*key, *span) for key, span in sorted(rows.spans.items())]
                 )
-            result.units, result.units_inserted = self._insert_units(cur, unit_rows, char_rows)
-            for meta in metas:
-                self._meta(cur, meta)
-            for message, kind, reason in bad:
+            result.units, result.units_inserted = insert_units(
+                cur, self._sql, rows.units, rows.chars
+            )
+            for meta in sorted_.metas.values():
+                self._meta(cur, meta, now)
+            for message, kind, reason in sorted_.bad:
                 self._quarantine(cur, message, kind, reason, now)
+            for message, key in sorted_.parked:
+                qid = self._quarantine(
+                    cur, message, "unknown_meta", parked_reason(key), now, whole=True
+                )
+                cur.execute(self._sql["park"], (qid, *key))
+            for qid in release:
+                cur.execute(self._sql["release_q"], (qid,))
+                cur.execute(self._sql["release_p"], (qid,))
             self._commit(conn, cur)
         except BaseException:
             self._rollback(conn)
             raise
-        return result
+        if len(self._metas) > _CACHE_LIMIT:
+            self._metas.clear()
+        self._metas.update(sorted_.metas)
+        arrived = set(sorted_.metas)
+        for key in {key for _, key in sorted_.parked}:
+            # Stored by another store process meanwhile? Then its unpark may have run
+            # before this park was committed: look again now that it is.
+            if self._version(conn, key, {}) is not None:
+                arrived.add(key)
+        return result, arrived
+
+    def _decode(self, batch: Sequence[Incoming], result: BatchResult) -> _Batch:
+        out = _Batch()
+        for message in batch:
+            kind = topic_kind(message.topic)
+            try:
+                if kind == READINGS:
+                    out.readings.append((message, self._decoder.decode(message.payload)))
+                elif kind == UNITS:
+                    out.units.append(decode_units(message.payload))
+                elif kind == META:
+                    meta = parse_meta(message.payload)
+                    out.metas[meta.key] = meta
+                else:
+                    raise _bad_topic(message.topic)
+            except ContractError as exc:
+                out.bad.append((message, exc.kind, str(exc)))
+                result.quarantined.append((exc.kind, str(exc)))
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                # The reference decoder failing on a shape it does not expect: bad input
+                # all the same, never a reason to retry the batch.
+                problem = unexpected(exc)
+                out.bad.append((message, problem.kind, str(problem)))
+                result.quarantined.append((problem.kind, str(problem)))
+        return out
+
+    def _check_positional(self, conn: Any, batch: _Batch, result: BatchResult) -> None:
+        """Resolve the meta version of each positional poll: a message naming a version not
+        received yet is parked; one whose values run past the version's tags is bad."""
+        kept: list[tuple[Incoming, Decoded]] = []
+        for message, decoded in batch.readings:
+            missing = None
+            for device, meta in sorted(decoded.needs):
+                key = (decoded.collector, device, meta)
+                if self._version(conn, key, batch.metas) is None:
+                    missing = key
+                    break
+            if missing is not None:
+                batch.parked.append((message, missing))
+                result.parked.append(parked_reason(missing))
+                continue
+            why = self._run_problem(conn, decoded, batch.metas) if decoded.needs else None
+            if why is not None:
+                batch.bad.append((message, "field", why))
+                result.quarantined.append(("field", why))
+                continue
+            kept.append((message, decoded))
+        batch.readings = kept
+
+    def _run_problem(
+        self, conn: Any, decoded: Decoded, metas: dict[MetaKey, MetaVersion]
+    ) -> str | None:
+        for i, run in enumerate(decoded.runs):
+            if run.tags is None and run.meta is not None:
+                version = self._version(conn, (decoded.collector, run.device, run.meta), metas)
+                assert version is not None  # every version the message needs was found
+                why = run_problem(version, run.tag_index, len(run.values), f"polls[{i}].")
+                if why is not None:
+                    return why
+        return None
+
+    def _version(
+        self, conn: Any, key: MetaKey, batch: dict[MetaKey, MetaVersion]
+    ) -> MetaVersion | None:
+        """A meta version: this batch's, the cache's, or the database's (None: unknown)."""
+        version = batch.get(key) or self._metas.get(key)
+        if version is None:
+            rows = self._select(self._sql["meta_get"], key, conn)
+            if rows:
+                version = self._metas[key] = from_row(key, *rows[0])
+        return version
+
+    def _select(self, sql: str, params: tuple[Any, ...], conn: Any = None) -> list[Any]:
+        """Rows of a query. On PostgreSQL a query outside a transaction opens one (psycopg
+        is not in autocommit): it is ended here, so the connection never idles in a
+        transaction between batches."""
+        conn = conn or self._connection()
+        opened = not self.sqlite and conn.info.transaction_status.name == "IDLE"
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+        finally:
+            cur.close()
+            if opened:
+                conn.rollback()
+
+    def _unpark(self, keys: set[MetaKey]) -> BatchResult:
+        """Ingest the messages parked for these meta versions, a chunk a transaction."""
+        total = BatchResult()
+        for key in sorted(keys):
+            seen: set[int] = set()
+            while True:
+                rows = [r for r in self._select(self._sql["parked_get"], key) if r[0] not in seen]
+                if not rows:
+                    break
+                seen.update(r[0] for r in rows)
+                messages = [Incoming(topic, bytes(payload)) for _, topic, payload in rows]
+                ids = [qid for qid, _, _ in rows]
+                try:
+                    done, _ = self._write(messages, ids)
+                except Exception as exc:
+                    if not self.is_data_error(exc):
+                        raise
+                    done = self._unpark_one_by_one(messages, ids)
+                done.messages = 0  # acknowledged when they were parked
+                done.unparked = len(ids) - len(done.parked)
+                total.add(done)
+        if total.unparked:
+            log.info("ingested %d parked message(s): their meta version arrived", total.unparked)
+        return total
+
+    def _unpark_one_by_one(self, messages: list[Incoming], ids: list[int]) -> BatchResult:
+        total = BatchResult()
+        for message, qid in zip(messages, ids, strict=True):
+            try:
+                total.add(self._write([message], [qid])[0])
+            except Exception as exc:
+                if not self.is_data_error(exc):
+                    raise
+                reason = f"refused by the database: {str(exc).strip().splitlines()[0][:300]}"
+                conn = self._connection()
+                cur = self._begin(conn)
+                try:
+                    cur.execute(self._sql["refused"], (reason, qid))
+                    cur.execute(self._sql["release_p"], (qid,))
+                    self._commit(conn, cur)
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+                total.quarantined.append(("database", reason))
+        return total
 
     def _quarantine(
-        self, cur: Any, message: Incoming, kind: str, reason: str, now: datetime
-    ) -> None:
-        payload = message.payload[: self.quarantine_max_bytes]
+        self,
+        cur: Any,
+        message: Incoming,
+        kind: str,
+        reason: str,
+        now: datetime,
+        *,
+        whole: bool = False,
+    ) -> int:
+        """Keep a message (its payload cut to ``quarantine_max_bytes``, unless ``whole``: a
+        parked message is ingested later); its row id."""
+        payload = message.payload if whole else message.payload[: self.quarantine_max_bytes]
         cur.execute(
             self._sql["quarantine"],
             (self._time(now), message.topic, kind, reason, payload, len(message.payload)),
         )
+        return int(cur.fetchone()[0])
 
-    def _meta(self, cur: Any, meta: dict[str, Any]) -> None:
-        """Tag metadata (schema 2, retained per device): the engineering unit of each series
-        (a new series row when the metadata comes before the first reading)."""
-        collector, device = meta["collector"], meta["device"]
-        for tag, info in meta["tags"].items():
-            unit = info.get("unit")
+    def _meta(self, cur: Any, meta: MetaVersion, now: datetime) -> None:
+        """A meta version: kept (positional polls are resolved through it), and the
+        engineering unit of each of its series (a new series row when the metadata comes
+        before the first reading)."""
+        order = None if meta.order is None else orjson.dumps(meta.order).decode()
+        cur.execute(
+            self._sql["meta_add"],
+            (*meta.key, order, orjson.dumps(meta.tags).decode(), self._time(now)),
+        )
+        collector, device = meta.collector, meta.device
+        # New series in the order's order: their ids are then consecutive, and a run of
+        # plain numbers is written by SQLite's JSON expansion (store.rows).
+        for tag in dict.fromkeys([*(meta.order or ()), *meta.tags]):
+            unit = meta.unit(tag)
             cur.execute(self._sql["series_add"], (collector, device, tag, unit))
             cur.execute(self._sql["series_unit"], (unit, collector, device, tag))
 
@@ -329,6 +441,11 @@ class Writer:
         return total
 
     def is_data_error(self, exc: BaseException) -> bool:
+        """The database (or the driver, before it) refuses a value of the batch: an integer
+        beyond 64 bits is an OverflowError in sqlite3 and a struct.error in the binary
+        COPY, where PostgreSQL's own check would be a DataError."""
+        if isinstance(exc, OverflowError | struct.error):
+            return True
         dbapi = self.engine.dialect.dbapi
         return dbapi is not None and isinstance(exc, dbapi.DataError | dbapi.IntegrityError)
 
@@ -343,48 +460,59 @@ class Writer:
             raise
         return BatchResult(messages=1, quarantined=[("database", reason)])
 
-    def _rows(
-        self, readings_msgs: list[ReadingsMessage], unit_lists: list[list[FlatUnit]]
-    ) -> tuple[
-        dict[int, list[tuple[int, int]]],
-        dict[tuple[int, int], tuple[int, int]],
-        list[tuple[Any, ...]],
-        list[tuple[Any, ...]],
-        list[tuple[Any, ...]],
-        list[tuple[Any, ...]],
-    ]:
+    def _rows(self, batch: _Batch) -> BatchRows:
         """Every row of the batch from the cached ids; KeyError when one is not cached."""
-        ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        spans: dict[tuple[int, int], tuple[int, int]] = {}
-        simple, full = self._reading_rows(readings_msgs, ranges, spans)
-        unit_rows, char_rows = self._unit_rows(unit_lists, ranges)
-        return ranges, spans, simple, full, unit_rows, char_rows
+        return build(
+            self._ids,
+            (d for _, d in batch.readings),
+            batch.units,
+            self._ts_value,
+            self._time,
+            runs="json" if self.sqlite else "copy",
+        )
 
-    def _resolve(
-        self, conn: Any, readings_msgs: list[ReadingsMessage], unit_lists: list[list[FlatUnit]]
-    ) -> None:
+    def _resolve(self, conn: Any, batch: _Batch) -> None:
         """Make sure every stream, series and context of the batch has its id cached."""
+        ids = self._ids
         streams: set[tuple[str, str, str]] = set()
         series: dict[tuple[str, str, str], str | None] = {}
-        contexts: dict[_CtxKey, None] = {}
-        known_series, known_ctx = self._series, self._contexts
-        for msg in readings_msgs:
+        contexts: dict[CtxKey, None] = {}
+        orders: dict[MetaKey, MetaVersion] = {}
+        for _, msg in batch.readings:
             streams.add((msg.collector, msg.outbox, READINGS))
+            for run in msg.runs:
+                if run.context not in ids.contexts:
+                    contexts[run.context] = None
+                if run.tags is None:
+                    key = (msg.collector, run.device, run.meta or "")
+                    version = None if key in ids.orders else self._version(conn, key, batch.metas)
+                    if version is not None:
+                        orders[key] = version
+                    continue
+                tags = ids.series.get((msg.collector, run.device), {})
+                for tag in run.tags:
+                    if tag not in tags:
+                        series.setdefault((msg.collector, run.device, tag), None)
             for p in msg.polls:
-                key = _ctx_key(p)
-                if key not in known_ctx:
-                    contexts[key] = None
-                tags = known_series.get((msg.collector, p.device), {})
+                key_ = ctx_key(p)
+                if key_ not in ids.contexts:
+                    contexts[key_] = None
+                tags = ids.series.get((msg.collector, p.device), {})
                 for tag, _v, _q, _e, unit in p.values:
                     if tag not in tags:
                         series.setdefault((msg.collector, p.device, tag), unit)
-        for units in unit_lists:
+        for version in orders.values():
+            tags = ids.series.get((version.collector, version.device), {})
+            for tag in version.order or ():
+                if tag not in tags:
+                    series.setdefault((version.collector, version.device, tag), version.unit(tag))
+        for units in batch.units:
             for u in units:
                 streams.add((u.collector, u.outbox, UNITS))
-        streams -= self._streams.keys()
-        if not (streams or series or contexts):
+        streams -= ids.streams.keys()
+        if not (streams or series or contexts or orders):
             return
-        for cache in (self._streams, self._series, self._contexts):
+        for cache in (ids.streams, ids.series, ids.contexts, ids.orders):
             if len(cache) > _CACHE_LIMIT:
                 cache.clear()
         cur = self._begin(conn)
@@ -392,11 +520,11 @@ class Writer:
             for skey in sorted(streams):
                 cur.execute(self._sql["stream_add"], skey)
                 cur.execute(self._sql["stream_id"], skey)
-                self._streams[skey] = cur.fetchone()[0]
+                ids.streams[skey] = cur.fetchone()[0]
             for sskey, unit in series.items():
                 cur.execute(self._sql["series_add"], (*sskey, unit))
                 cur.execute(self._sql["series_id"], sskey)
-                self._series.setdefault(sskey[:2], {})[sskey[2]] = cur.fetchone()[0]
+                ids.series.setdefault(sskey[:2], {})[sskey[2]] = cur.fetchone()[0]
             for ckey in contexts:
                 text = orjson.dumps(ckey).decode()
                 slot = None if ckey[1] is None else str(ckey[1])
@@ -406,14 +534,15 @@ class Writer:
                     (text, station, slot, serial, operation, attempt, phase, golden),
                 )
                 cur.execute(self._sql["ctx_id"], (text,))
-                self._contexts[ckey] = cur.fetchone()[0]
+                ids.contexts[ckey] = cur.fetchone()[0]
+            for okey, version in orders.items():
+                tags = ids.series[okey[:2]]
+                ids.orders[okey] = [tags[tag] for tag in version.order or ()]
             self._commit(conn, cur)
         except BaseException:
             self._rollback(conn)
             # Ids cached before the failure may belong to rows that were rolled back.
-            self._streams.clear()
-            self._series.clear()
-            self._contexts.clear()
+            ids.clear()
             raise
 
     def _ts_value(self, text: str) -> Any:
@@ -429,166 +558,6 @@ class Writer:
             value = memo[text] = to_micros(datetime.fromisoformat(text))
         return value
 
-    def _reading_rows(
-        self,
-        messages: list[ReadingsMessage],
-        ranges: dict[int, list[tuple[int, int]]],
-        spans: dict[tuple[int, int], tuple[int, int]],
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The rows of the batch's readings: ``simple`` (a number or boolean, no error: most
-        readings, 7 columns) and ``full``; plus each stream's seq ranges and each context's
-        seq span per stream."""
-        simple: list[tuple[Any, ...]] = []
-        full: list[tuple[Any, ...]] = []
-        add_simple, add_full = simple.append, full.append
-        series, contexts, quality_codes = self._series, self._contexts, QUALITY_CODES
-        for msg in messages:
-            collector = msg.collector
-            stream = self._streams[(collector, msg.outbox, READINGS)]
-            stream_ranges = ranges[stream]
-            for p in msg.polls:
-                ts = self._ts_value(p.ts)
-                ctx = contexts[_ctx_key(p)]
-                tags = series[(collector, p.device)]
-                seq = first = p.seq
-                value: Any
-                text: Any
-                for tag, value, quality, error, _unit in p.values:
-                    sid = tags[tag]
-                    kind = type(value)
-                    if kind is float or (kind is int and -_FLOAT_INT <= value <= _FLOAT_INT):
-                        flags = (KIND_FLOAT if kind is float else KIND_INT) * 4
-                        num: Any = value
-                        text = None
-                    elif value is None:
-                        flags, num, text = KIND_NULL * 4, None, None
-                    elif kind is bool:
-                        flags, num, text = KIND_BOOL * 4, 1.0 if value else 0.0, None
-                    elif kind is int:
-                        flags, num, text = KIND_INT * 4, None, str(value)
-                    else:
-                        flags, num, text = KIND_TEXT * 4, None, value
-                    flags += quality_codes[quality]
-                    if text is None and error is None:
-                        add_simple((stream, seq, ts, sid, ctx, flags, num))
-                    else:
-                        add_full((stream, seq, ts, sid, ctx, flags, num, text, error))
-                    seq += 1
-                if seq > first:
-                    stream_ranges.append((first, seq - 1))
-                    span = spans.get((ctx, stream))
-                    spans[(ctx, stream)] = (
-                        (first, seq - 1)
-                        if span is None
-                        else (min(span[0], first), max(span[1], seq - 1))
-                    )
-        return simple, full
-
-    def _insert_readings(
-        self, cur: Any, simple: list[tuple[Any, ...]], full: list[tuple[Any, ...]]
-    ) -> int:
-        """Insert-or-ignore the rows; the number actually inserted (not duplicates)."""
-        inserted = 0
-        if self.sqlite:
-            for sql, rows in (("readings_simple", simple), ("readings", full)):
-                if rows:
-                    cur.executemany(self._sql[sql], rows)
-                    inserted += cur.rowcount
-            return inserted
-        if not (simple or full):
-            return 0
-        # Optimistic: most batches hold no reading the table has (a redelivery is the
-        # exception), and COPY straight into readings is the cheapest insert PostgreSQL has.
-        # A duplicate key aborts it; then the batch goes through the temporary table and
-        # INSERT ... ON CONFLICT DO NOTHING.
-        cur.execute("SAVEPOINT direct")
-        try:
-            self._copy(cur, "readings", simple, full)
-        except self.engine.dialect.dbapi.IntegrityError:  # type: ignore[union-attr]
-            cur.execute("ROLLBACK TO SAVEPOINT direct")
-        else:
-            cur.execute("RELEASE SAVEPOINT direct")
-            return len(simple) + len(full)
-        self._copy(cur, "readings_in", simple, full)
-        cur.execute(_COPY_INSERT)
-        # readings_in empties itself at the commit (ON COMMIT DELETE ROWS).
-        return int(cur.rowcount)
-
-    @staticmethod
-    def _copy(
-        cur: Any, table: str, simple: list[tuple[Any, ...]], full: list[tuple[Any, ...]]
-    ) -> None:
-        with cur.copy(f"COPY {table} ({_READING_COLUMNS}) FROM STDIN") as copy:
-            for row in simple:
-                copy.write_row((*row, None, None))
-            for row in full:
-                copy.write_row(row)
-
-    def _unit_rows(
-        self, unit_lists: list[list[FlatUnit]], ranges: dict[int, list[tuple[int, int]]]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        unit_rows: list[tuple[Any, ...]] = []
-        char_rows: list[tuple[Any, ...]] = []
-        for units in unit_lists:
-            for u in units:
-                ranges[self._streams[(u.collector, u.outbox, UNITS)]].append((u.seq, u.seq))
-                end = self._time(datetime.fromisoformat(u.end))
-                slot = None if u.slot is None else str(u.slot)
-                code = None if u.failure_code is None else str(u.failure_code)
-                unit_rows.append(
-                    (u.collector, u.outbox, u.seq, u.serial, u.station, slot, u.operation,
-                     u.attempt, self._time(datetime.fromisoformat(u.start)), end,
-                     u.cycle_time_s, u.takt_s, u.verdict, code, u.ended_by, u.readings,
-                     u.golden, u.work_order)
-                )  # fmt: skip
-                for name, c in u.characteristics.items():
-                    char_rows.append(
-                        (u.collector, u.outbox, u.seq, u.serial, u.operation, name, c["last"],
-                         c["min"], c["max"], c["lsl"], c["usl"], c["target"], c["critical"],
-                         c["in_spec"], end)
-                    )  # fmt: skip
-        return unit_rows, char_rows
-
-    def _insert_units(
-        self, cur: Any, unit_rows: list[tuple[Any, ...]], char_rows: list[tuple[Any, ...]]
-    ) -> tuple[int, int]:
-        inserted = 0
-        for row in unit_rows:  # few: one at a time gives the inserted count on both drivers
-            cur.execute(self._sql["units"], row)
-            inserted += max(cur.rowcount, 0)
-        if char_rows:
-            cur.executemany(self._sql["chars"], char_rows)
-        return len(unit_rows), inserted
-
-    def _audit(self, cur: Any, ranges: dict[int, list[tuple[int, int]]], now: datetime) -> None:
-        """Merge each stream's received seqs into its gap state (rows locked on PostgreSQL,
-        in id order so two store processes cannot deadlock)."""
-        for stream in sorted(ranges):
-            received = ranges[stream]
-            cur.execute(self._sql["stream_get"], (stream,))
-            low, high = cur.fetchone()
-            holes: tuple[Hole, ...] = ()
-            if low is not None:
-                cur.execute(self._sql["gaps_get"], (stream,))
-                holes = tuple(Hole(a, b, self._read_time(t)) for a, b, t in cur.fetchall())
-            before = StreamState(low, high, holes)
-            after = merge(before, received, now)
-            count = sum(b - a + 1 for a, b in received)
-            cur.execute(
-                self._sql["stream_set"], (after.low, after.high, count, self._time(now), stream)
-            )
-            if after.holes != before.holes:
-                cur.execute(self._sql["gaps_del"], (stream,))
-            if after.holes != before.holes and after.holes:
-                cur.executemany(
-                    self._sql["gaps_add"],
-                    [(stream, h.first, h.last, self._time(h.opened_at)) for h in after.holes],
-                )
-
 
 def _bad_topic(topic: str) -> ContractError:
     return ContractError("", f"not a readings or units topic: {topic}", "topic")
-
-
-def _marks(n: int) -> str:
-    return ", ".join(["?"] * n)

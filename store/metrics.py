@@ -18,9 +18,12 @@ if TYPE_CHECKING:
 
 
 class StoreCollector(Collector):
-    def __init__(self, service: StoreService, gaps: list[StreamGaps]) -> None:
+    def __init__(
+        self, service: StoreService, gaps: list[StreamGaps], waiting: int | None = None
+    ) -> None:
         self._service = service
         self._gaps = gaps
+        self._waiting = waiting
 
     def collect(self) -> Iterator[Metric]:
         s = self._service.stats
@@ -39,6 +42,10 @@ class StoreCollector(Collector):
             ("store_batches", "Transactions committed.", s.batches),
             ("store_acks", "PUBACKs sent after a commit.", s.acked),
             ("store_readings_pruned", "Readings deleted by retention.", s.pruned),
+            ("store_parked", "Readings messages parked until their meta version arrives.",
+             s.parked),
+            ("store_unparked", "Parked messages ingested when their meta version arrived.",
+             s.unparked),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         quarantined = CounterMetricFamily(
@@ -58,6 +65,12 @@ class StoreCollector(Collector):
             "store_mqtt_connected", "1 while connected to the broker.", int(s.mqtt_connected)
         )
         yield GaugeMetricFamily("store_queued_messages", "Received, not yet written.", s.queued)
+        if self._waiting is not None:
+            yield GaugeMetricFamily(
+                "store_parked_messages",
+                "Readings messages parked now, waiting for their meta version (database).",
+                self._waiting,
+            )
         labels = ["collector", "outbox", "kind"]
         high = GaugeMetricFamily(
             "store_high_water_seq", "Contiguous high-water mark per stream.", labels=labels
@@ -77,7 +90,7 @@ class StoreCollector(Collector):
         yield ranges
 
 
-def render(service: StoreService, gaps: list[StreamGaps]) -> bytes:
+def render(service: StoreService, gaps: list[StreamGaps], waiting: int | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(service, gaps))
+    registry.register(StoreCollector(service, gaps, waiting))
     return generate_latest(registry)

@@ -235,8 +235,39 @@ quarantine = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("topic", sa.Text, nullable=False),
-    sa.Column("kind", sa.Text, nullable=False),  # json / schema / field / topic
+    # json / schema / field / topic / database / unknown_meta (parked: see ``parked``)
+    sa.Column("kind", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("payload_bytes", sa.Integer, nullable=False),
+)
+
+#: Every tag-metadata version a collector published (``.../meta/{device}``): ``order`` (JSON
+#: list of the device's tags, what a positional poll's ``tag_index`` counts in; NULL for a
+#: meta message without it) and ``tags`` (JSON object), as received. A positional poll is
+#: resolved through the version its ``meta`` names, whenever it arrives.
+metas = sa.Table(
+    "metas",
+    metadata,
+    sa.Column("collector", sa.Text, nullable=False),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("meta", sa.Text, nullable=False),
+    sa.Column("tag_order", sa.Text, nullable=True),
+    sa.Column("tags", sa.Text, nullable=False),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("collector", "device", "meta", name="metas_pkey"),
+)
+
+#: Readings messages parked in ``quarantine`` (kind ``unknown_meta``, payload kept whole)
+#: until the meta version they wait for arrives: then they are ingested and both rows go.
+#: A table of its own (not columns of ``quarantine``), so a database made before it gains it
+#: through create_all.
+parked = sa.Table(
+    "parked",
+    metadata,
+    sa.Column("quarantine_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("collector", sa.Text, nullable=False),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("meta", sa.Text, nullable=False),
+    sa.Index("parked_meta", "collector", "device", "meta"),
 )

@@ -42,6 +42,8 @@ class Stats:
     units_received: int = 0
     units_inserted: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)  # by kind
+    parked: int = 0  # messages parked until their meta version arrives
+    unparked: int = 0  # parked messages ingested since
     batches: int = 0
     acked: int = 0
     last_commit: float | None = None
@@ -78,6 +80,7 @@ class StoreService:
         # so it stops reading the socket and TCP holds the broker back.
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.mqtt.receive_maximum)
         self._closing = False
+        self._parked_logged: set[str] = set()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set; then finish the batch in hand and disconnect."""
@@ -224,7 +227,20 @@ class StoreService:
             for kind, reason in result.quarantined:
                 s.quarantined[kind] += 1
                 log.warning("quarantined a message (%s): %s", kind, reason)
+            s.parked += len(result.parked)
+            s.unparked += result.unparked
+            self._log_parked(result.parked, result.unparked)
             s.acked += subscriber.ack(batch)
+
+    def _log_parked(self, reasons: list[str], unparked: int) -> None:
+        """Once per meta version waited for, not once per message (a device whose meta
+        was lost parks every message until it comes)."""
+        if unparked:
+            self._parked_logged.clear()
+        for reason in reasons:
+            if reason not in self._parked_logged:
+                self._parked_logged.add(reason)
+                log.warning("parked a readings message: %s", reason)
 
     def _db_failed(self, exc: BaseException) -> None:
         s = self.stats

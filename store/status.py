@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from store.schema import gaps, streams
+from store.schema import gaps, parked, streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +93,9 @@ def old_gaps(report: list[StreamGaps], alert_after_s: float, now: datetime) -> l
                     f" missing for {age:.0f} s"
                 )
     return out
+
+
+def parked_count(engine: sa.Engine) -> int:
+    """Readings messages parked now, waiting for their meta version (every process)."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(parked)).scalar_one())

@@ -310,3 +310,23 @@ def test_the_report_reads_what_the_store_wrote(db_url: str, tmp_path: Any) -> No
     (operation,) = json.loads(done.stdout)["operations"]
     assert (operation["operation"], operation["units"]) == ("functional-test", 10)
     assert operation["first_pass_yield"] == 0.8
+
+
+def test_a_seq_beyond_64_bits_is_quarantined_not_retried(engine: sa.Engine) -> None:
+    """JSON integers reach 2^64 - 1; the readings' seq is a signed 64-bit column. The
+    driver refuses such a value before the database sees it (sqlite3: OverflowError; the
+    binary COPY: struct.error): that message is quarantined alone, the rest is stored."""
+    huge = {
+        "schema": 2, "collector": "pc2", "outbox": OUTBOX,
+        "polls": [{"seq": 2**63, "ts": "2026-11-21T10:15:02Z", "device": "d",
+                   "unit_serial": "S-3", "values": {"v": 1.5, "w": 2.5}}],
+    }  # fmt: skip
+    batch = [
+        Incoming(R_TOPIC, schema1(1, 3)),
+        Incoming("collector/s/l/pc2/readings", orjson.dumps(huge)),
+        Incoming(R_TOPIC, schema1(4, 3)),
+    ]
+    result = Writer(engine).write_isolating(batch)
+    assert [kind for kind, _ in result.quarantined] == ["database"]
+    assert (result.messages, result.readings_inserted) == (3, 6)
+    assert count(engine, readings) == 6

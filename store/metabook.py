@@ -1,0 +1,82 @@
+"""Tag-metadata versions and the readings messages parked until theirs arrives.
+
+A positional poll (``tag_index`` + ``value_list``, docs/messages.md) means something only
+with the meta version it names: value i is tag ``order[tag_index + i]`` of that version.
+Every meta message the store receives is kept in the ``metas`` table (an in-memory cache in
+front); a readings message naming a version the store has not seen is *parked*: kept whole in
+``quarantine`` (kind ``unknown_meta``) with a ``parked`` row saying what it waits for, and
+acknowledged. When that version arrives, :class:`store.ingest.Writer` ingests the parked
+messages (insert-or-ignore makes a second ingest harmless) and deletes both rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from collector.contract import ContractError, decode_meta
+
+#: (collector, device, meta version)
+MetaKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MetaVersion:
+    collector: str
+    device: str
+    meta: str
+    #: The device's tags in config order; None when the message had no ``order`` (a
+    #: collector older than positional values): positional polls cannot name it then.
+    order: tuple[str, ...] | None
+    #: tag -> its metadata object, as sent.
+    tags: dict[str, Any]
+
+    @property
+    def key(self) -> MetaKey:
+        return (self.collector, self.device, self.meta)
+
+    def unit(self, tag: str) -> str | None:
+        info = self.tags.get(tag)
+        unit = info.get("unit") if type(info) is dict else None
+        return unit if type(unit) is str else None
+
+
+def parse_meta(payload: bytes) -> MetaVersion:
+    """A meta message, checked by the reference decoder, plus its ``order``: an array of
+    distinct tag names. Raises ContractError."""
+    checked = decode_meta(payload)
+    order = orjson.loads(payload).get("order")
+    if order is not None:
+        if type(order) is not list or not all(type(t) is str for t in order):
+            raise ContractError("order", "must be an array of tag names")
+        if len(set(order)) != len(order):
+            raise ContractError("order", "names a tag twice")
+        order = tuple(order)
+    return MetaVersion(checked["collector"], checked["device"], checked["meta"], order,
+                       checked["tags"])  # fmt: skip
+
+
+def from_row(key: MetaKey, order: str | None, tags: str) -> MetaVersion:
+    listed = None if order is None else tuple(orjson.loads(order))
+    return MetaVersion(*key, listed, orjson.loads(tags))
+
+
+def run_problem(version: MetaVersion, tag_index: int, count: int, path: str) -> str | None:
+    """Why a positional run cannot be resolved through ``version`` (None: it can)."""
+    if version.order is None:
+        return (
+            f"{path}meta: version {version.meta} of {version.device} has no order "
+            "(a positional poll needs one)"
+        )
+    if tag_index + count > len(version.order):
+        return (
+            f"{path}value_list: {count} value(s) from tag_index {tag_index} run past the "
+            f"{len(version.order)} tags of meta version {version.meta} of {version.device}"
+        )
+    return None
+
+
+def parked_reason(key: MetaKey) -> str:
+    return f"meta version {key[2]} of {key[0]}/{key[1]} not received yet: parked until it arrives"

@@ -1,0 +1,141 @@
+"""The store's decoder (store.decode) against the reference decoder (collector.contract):
+for every message, valid or broken one field at a time, the same readings or the same
+error (kind and text). Pure: no database, no network."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.contract import ContractError, decode_polls
+from collector.errors import ErrorCode
+from collector.message import PollEncoder, ReadingEncoder, build_message, envelope
+from collector.reading import Context, Quality, Reading
+from store.decode import FLOATS, NUMBERS, Decoded, Decoder
+
+OUTBOX = "6f1d0c2a9b7e4e55"
+T0 = 1_795_000_000.25
+CTX = Context("ft-1", "S-1", "functional-test", 2, slot=3, phase="test")
+
+
+def collector_readings(values: list[Any]) -> list[Reading]:
+    return [Reading(T0, f"t{i}", v, "V") for i, v in enumerate(values)]
+
+
+def keyed_message() -> dict[str, Any]:
+    """A schema-2 message from the collector's own encoder: values of every kind."""
+    readings = collector_readings([1.5, 7, 2**60, True, "OK", None])
+    readings.append(Reading.bad(T0, "t6", next(iter(ErrorCode))))
+    readings.append(Reading(T0, "t7", 0.5, "V", Quality.UNCERTAIN))
+    body = PollEncoder().encode(1, "dev", readings, [CTX] * len(readings))
+    return orjson.loads(envelope("pc1", OUTBOX, body))  # type: ignore[no-any-return]
+
+
+def flat(decoded: Decoded) -> list[tuple[Any, ...]]:
+    """(seq, tag, value, quality, error, context...) of every reading of a keyed message."""
+    out = []
+    for run in decoded.runs:
+        assert run.tags is not None
+        for i, (tag, value) in enumerate(zip(run.tags, run.values, strict=True)):
+            v, q, e = (
+                (value["value"], value["quality"], value.get("error"))
+                if type(value) is dict
+                else (value, "good", None)
+            )
+            out.append((run.seq + i, tag, v, q, e, run.ts, run.device, *run.context))
+    for p in decoded.polls:
+        for i, (tag, v, q, e, _unit) in enumerate(p.values):
+            out.append((p.seq + i, tag, v, q, e, p.ts, p.device, p.station, p.slot,
+                        p.unit_serial, p.operation, p.attempt, p.phase, p.golden))  # fmt: skip
+    return out
+
+
+def reference(payload: bytes) -> list[tuple[Any, ...]] | tuple[str, str]:
+    try:
+        message = decode_polls(payload)
+    except ContractError as exc:
+        return (exc.kind, str(exc))
+    return flat(Decoded(message.collector, message.outbox, polls=message.polls))
+
+
+def store(payload: bytes) -> list[tuple[Any, ...]] | tuple[str, str]:
+    try:
+        return flat(Decoder().decode(payload))
+    except ContractError as exc:
+        return (exc.kind, str(exc))
+
+
+BAD_VALUES: list[Any] = [None, -1, "x", 1.5, True, [], {}, "2026-11-21T10:00:00", "1" * 50]
+BAD_WRAPPERS: list[Any] = [
+    {"value": 1, "quality": "good"}, {"quality": "bad"}, {"value": [], "quality": "bad"},
+    {"value": 1, "quality": "bad", "error": 3},
+]  # fmt: skip
+
+
+def variants() -> Iterator[tuple[str, bytes]]:
+    base = keyed_message()
+    yield "valid", orjson.dumps(base)
+    for key in ("schema", "collector", "outbox", "polls"):
+        for bad in BAD_VALUES:
+            doc = copy.deepcopy(base)
+            doc[key] = bad
+            yield f"{key}={bad!r}", orjson.dumps(doc)
+        doc = copy.deepcopy(base)
+        del doc[key]
+        yield f"no {key}", orjson.dumps(doc)
+    poll = base["polls"][0]
+    for key in (*poll, "slot", "golden", "meta"):
+        for bad in BAD_VALUES:
+            doc = copy.deepcopy(base)
+            doc["polls"][0][key] = bad
+            yield f"polls[0].{key}={bad!r}", orjson.dumps(doc)
+        doc = copy.deepcopy(base)
+        doc["polls"][0].pop(key, None)
+        yield f"no polls[0].{key}", orjson.dumps(doc)
+    for tag in poll["values"]:
+        for bad in [*BAD_VALUES, *BAD_WRAPPERS]:
+            doc = copy.deepcopy(base)
+            doc["polls"][0]["values"][tag] = bad
+            yield f"values.{tag}={bad!r}", orjson.dumps(doc)
+    doc = copy.deepcopy(base)
+    doc["polls"].append("not a poll")
+    yield "a poll that is no object", orjson.dumps(doc)
+    yield "not json", b"{not json"
+    yield "an array", b"[1, 2]"
+    old = build_message("pc1", ReadingEncoder().encode(5, "dev", collector_readings([1.0, 2]),
+                                                       [CTX] * 2))  # fmt: skip
+    yield "schema 1", old
+    broken = orjson.loads(old)
+    broken["readings"][1]["quality"] = "great"
+    yield "schema 1, bad quality", orjson.dumps(broken)
+
+
+@pytest.mark.parametrize(("name", "payload"), list(variants()), ids=lambda v: str(v)[:60])
+def test_same_readings_or_same_error_as_the_reference_decoder(name: str, payload: bytes) -> None:
+    assert store(payload) == reference(payload), name
+
+
+def test_plain_number_polls_take_the_fast_path() -> None:
+    decoder = Decoder()
+    floats = envelope("pc1", OUTBOX, PollEncoder().encode(1, "d", collector_readings([1.5, 2.5]),
+                                                          [CTX] * 2))  # fmt: skip
+    mixed = envelope("pc1", OUTBOX, PollEncoder().encode(1, "d", collector_readings([1.5, 2]),
+                                                         [CTX] * 2))  # fmt: skip
+    big = envelope("pc1", OUTBOX, PollEncoder().encode(1, "d", collector_readings([1.5, 2**60]),
+                                                       [CTX] * 2))  # fmt: skip
+    assert [decoder.decode(p).runs[0].plain for p in (floats, mixed, big)] == [FLOATS, NUMBERS, 0]
+
+
+def test_a_shape_the_reference_decoder_fails_on_is_still_a_field_error() -> None:
+    """collector.contract raises TypeError for an unhashable quality (``x not in frozenset``);
+    the store must quarantine such a message, not retry its batch forever."""
+    doc = keyed_message()
+    doc["polls"][0]["values"]["t0"] = {"value": 1, "quality": ["bad"]}
+    with pytest.raises(ContractError) as caught:
+        Decoder().decode(orjson.dumps(doc))
+    assert caught.value.kind == "field"
+    assert "unhashable" in str(caught.value)
