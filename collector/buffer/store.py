@@ -14,6 +14,9 @@
   same transaction as the readings they go with (:meth:`Outbox.append`).
 - When the cap is reached, the oldest batches are deleted in the same transaction that appends
   the new ones, and their readings counted (persistently, in ``meta``).
+- The tag-metadata versions the stored polls refer to are kept beside them (table ``metas``,
+  written with the first readings of a version) and deleted when the buffer runs empty and
+  they are no longer current: then no pending reading can refer to them.
 - A batch that cannot go out whole (larger than the broker takes) is split into smaller
   batches in place (:meth:`Outbox.split`); a single reading that can never be delivered is
   moved to the quarantine table.
@@ -29,6 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -46,6 +50,7 @@ from collector.buffer.schema import (
     Batch,
     BufferReset,
     BufferStats,
+    MetaUpdate,
     SeqHint,
     attempts_table,
     batches_table,
@@ -56,7 +61,7 @@ from collector.buffer.schema import (
     units_table,
 )
 from collector.config import Synchronous
-from collector.message import encode_unit, split_polls
+from collector.message import encode_unit, keyed_polls, split_polls
 from collector.reading import ContextChanges
 
 
@@ -77,6 +82,10 @@ class Outbox:
         # Seqs reserved in the hint (not durable commits only): (readings, units).
         self._reserved = (0, 0)
         self.max_readings = max_readings
+        # The metadata versions current (None: not said yet, nothing is pruned), and whether
+        # the metas table may hold others.
+        self._current_metas: frozenset[tuple[str, str]] | None = None
+        self._stale_metas = True
         self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
         self._conn: Connection = self._engine.connect()
         try:
@@ -188,11 +197,16 @@ class Outbox:
         batches: Sequence[Batch],
         changes: ContextChanges | None = None,
         acks: Sequence[tuple[int, int]] = (),
+        metas: MetaUpdate | None = None,
+        rekey: Sequence[tuple[str, str]] = (),
     ) -> int:
         """Append in one transaction, with the station context's changes that go with these
-        batches and the deletes of delivered ranges (``acks``, see :meth:`ack_ranges`); drop
-        the oldest readings if over the cap. Returns how many were dropped."""
-        if not batches and not changes and not acks:
+        batches, the tag-metadata versions they were encoded with (``metas``), the versions
+        whose stored positional polls are to be keyed by tag from now on (``rekey``: device,
+        meta; see :meth:`key_by_name`) and the deletes of delivered ranges (``acks``, see
+        :meth:`ack_ranges`); drop the oldest readings if over the cap. Returns how many were
+        dropped."""
+        if not batches and not changes and not acks and metas is None and not rekey:
             return 0
         dropped = 0
         count = sum(b.count for b in batches)
@@ -205,6 +219,11 @@ class Outbox:
             over = self.depth - deleted + count - self.max_readings
             if changes:
                 self._store_changes(changes)
+            if metas is not None:
+                self._conn.exec_driver_sql(
+                    "INSERT OR IGNORE INTO metas (device, meta, body) VALUES (?, ?, ?)",
+                    list(metas.rows),
+                )
             if batches:
                 # The driver's own executemany: SQLAlchemy's per-row parameter processing costs
                 # more than the insert (bench/, docs/performance.md).
@@ -217,6 +236,12 @@ class Outbox:
                 # the oldest ones that hold at least ``over`` readings.
                 dropped = self._drop_oldest(over)
                 self._add_meta(DROPPED_KEY, dropped)
+            for device, meta in rekey:
+                self._key_by_name(device, meta)
+            pruned = self._prune_metas(self.depth - deleted + count - dropped, metas)
+        if metas is not None:
+            self._current_metas = metas.current
+        self._stale_metas = (self._stale_metas or metas is not None) and not pruned
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
@@ -227,6 +252,47 @@ class Outbox:
         self._write_hint(force=False)
         self.dropped_total += dropped
         return dropped
+
+    def _prune_metas(self, depth: int, update: MetaUpdate | None = None) -> bool:
+        """In the caller's transaction: with no pending reading left (``depth``), delete the
+        metadata versions that are not current. Their readings are all delivered (or dropped):
+        nothing can refer to them any more. Returns whether it looked."""
+        current = update.current if update is not None else self._current_metas
+        if depth or current is None or not (self._stale_metas or update is not None):
+            return False
+        stored = self._conn.exec_driver_sql("SELECT device, meta FROM metas").all()
+        old = [(device, meta) for device, meta in stored if (device, meta) not in current]
+        if old:
+            self._conn.exec_driver_sql("DELETE FROM metas WHERE device = ? AND meta = ?", old)
+        return True
+
+    def _key_by_name(self, device: str, meta: str) -> int:
+        """In the caller's transaction: the pending positional polls of that version rewritten
+        keyed by tag (the broker refused its metadata, so consumers could never read them).
+        Returns how many batches changed."""
+        row = self._conn.exec_driver_sql(
+            "SELECT body FROM metas WHERE device = ? AND meta = ?", (device, meta)
+        ).first()
+        if row is None:
+            return 0
+        order = orjson.loads(row[0])["order"]
+        needle = b'"device":%b,"meta":"%b","' % (orjson.dumps(device), meta.encode())
+        rows = self._conn.exec_driver_sql(
+            "SELECT last_seq, body FROM batches WHERE instr(body, ?) > 0", (needle,)
+        ).all()
+        changed = 0
+        for last_seq, body in rows:
+            keyed = keyed_polls(bytes(body), device, meta, order)
+            if keyed is not None:
+                self._conn.exec_driver_sql(
+                    "UPDATE batches SET body = ? WHERE last_seq = ?", (keyed, last_seq)
+                )
+                changed += 1
+        return changed
+
+    def stored_metas(self) -> list[tuple[str, str, bytes]]:
+        """Every kept metadata version: (device, meta, body)."""
+        return stored_metas(self._conn)
 
     def _drop_oldest(self, at_least: int) -> int:
         dropped, through = 0, None
@@ -310,7 +376,9 @@ class Outbox:
         all the messages the broker acknowledged since the last time)."""
         with self._conn.begin():
             deleted = self._delete_ranges(ranges)
+            pruned = self._prune_metas(self.depth - deleted)
         self.depth -= deleted
+        self._stale_metas = self._stale_metas and not pruned
         return deleted
 
     def _delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
@@ -382,6 +450,13 @@ class Outbox:
             self.units_depth,
             self.last_unit_seq,
         )
+
+
+def stored_metas(conn: Connection) -> list[tuple[str, str, bytes]]:
+    """See :meth:`Outbox.stored_metas`."""
+    rows = conn.exec_driver_sql("SELECT device, meta, body FROM metas ORDER BY device").all()
+    conn.commit()
+    return [(device, meta, bytes(body)) for device, meta, body in rows]
 
 
 def take_batches(
