@@ -15,8 +15,10 @@
 - When the cap is reached, the oldest batches are deleted in the same transaction that appends
   the new ones, and their readings counted (persistently, in ``meta``).
 - The tag-metadata versions the stored polls refer to are kept beside them (table ``metas``,
-  written with the first readings of a version) and deleted when the buffer runs empty and
-  they are no longer current: then no pending reading can refer to them.
+  written with the first readings of a version); one no longer current is deleted once every
+  batch that may refer to it (up to the last seq stored when it stopped being current) is
+  gone. (Not "when the buffer is empty": on a busy line the deletes of delivered rows ride
+  with commits of new ones, so the buffer is hardly ever empty at a commit.)
 - A batch that cannot go out whole (larger than the broker takes) is split into smaller
   batches in place (:meth:`Outbox.split`); a single reading that can never be delivered is
   moved to the quarantine table.
@@ -82,10 +84,10 @@ class Outbox:
         # Seqs reserved in the hint (not durable commits only): (readings, units).
         self._reserved = (0, 0)
         self.max_readings = max_readings
-        # The metadata versions current (None: not said yet, nothing is pruned), and whether
-        # the metas table may hold others.
-        self._current_metas: frozenset[tuple[str, str]] | None = None
-        self._stale_metas = True
+        # Kept metadata versions that are not current -> the highest seq that can refer to
+        # them: deleted once every batch up to it is gone. Filled when the writer says which
+        # versions are current (its first commit, each reload).
+        self._retired: dict[tuple[str, str], int] = {}
         self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
         self._conn: Connection = self._engine.connect()
         try:
@@ -238,10 +240,9 @@ class Outbox:
                 self._add_meta(DROPPED_KEY, dropped)
             for device, meta in rekey:
                 self._key_by_name(device, meta)
-            pruned = self._prune_metas(self.depth - deleted + count - dropped, metas)
-        if metas is not None:
-            self._current_metas = metas.current
-        self._stale_metas = (self._stale_metas or metas is not None) and not pruned
+            newest = max([self.last_seq, *(b.last_seq for b in batches)])
+            pruned = self._prune_metas(self._retire_metas(metas, newest))
+        self._retired = pruned
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
@@ -253,18 +254,31 @@ class Outbox:
         self.dropped_total += dropped
         return dropped
 
-    def _prune_metas(self, depth: int, update: MetaUpdate | None = None) -> bool:
-        """In the caller's transaction: with no pending reading left (``depth``), delete the
-        metadata versions that are not current. Their readings are all delivered (or dropped):
-        nothing can refer to them any more. Returns whether it looked."""
-        current = update.current if update is not None else self._current_metas
-        if depth or current is None or not (self._stale_metas or update is not None):
-            return False
+    def _retire_metas(self, update: MetaUpdate | None, last_seq: int) -> dict[tuple[str, str], int]:
+        """The retired versions after this commit: with a new current set, every other kept
+        version is retired at ``last_seq`` (the polls encoded with it are all stored by now:
+        collector.buffer.writer commits a change after them), unless it already was; a
+        version current again (a reload back) is not."""
+        if update is None:
+            return self._retired
         stored = self._conn.exec_driver_sql("SELECT device, meta FROM metas").all()
-        old = [(device, meta) for device, meta in stored if (device, meta) not in current]
-        if old:
-            self._conn.exec_driver_sql("DELETE FROM metas WHERE device = ? AND meta = ?", old)
-        return True
+        return {
+            (device, meta): self._retired.get((device, meta), last_seq)
+            for device, meta in stored
+            if (device, meta) not in update.current
+        }
+
+    def _prune_metas(self, retired: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """In the caller's transaction: delete the retired versions no pending batch can
+        refer to any more (every batch up to their seq is delivered or dropped). Returns the
+        ones left."""
+        if not retired:
+            return retired
+        oldest = self._conn.exec_driver_sql("SELECT min(last_seq) FROM batches").scalar()
+        done = [key for key, seq in retired.items() if oldest is None or oldest > seq]
+        if done:
+            self._conn.exec_driver_sql("DELETE FROM metas WHERE device = ? AND meta = ?", done)
+        return {key: seq for key, seq in retired.items() if key not in done}
 
     def _key_by_name(self, device: str, meta: str) -> int:
         """In the caller's transaction: the pending positional polls of that version rewritten
@@ -376,9 +390,9 @@ class Outbox:
         all the messages the broker acknowledged since the last time)."""
         with self._conn.begin():
             deleted = self._delete_ranges(ranges)
-            pruned = self._prune_metas(self.depth - deleted)
+            left = self._prune_metas(self._retired)
         self.depth -= deleted
-        self._stale_metas = self._stale_metas and not pruned
+        self._retired = left
         return deleted
 
     def _delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
