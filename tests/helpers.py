@@ -178,17 +178,23 @@ class Subscriber:
         """One dict per reading (collector.contract.FlatReading's fields), whatever the
         schema, read with the reference decoder; positional polls resolved with the tag
         metadata received on meta/{device} (subscribe to it too: the line's ``#``)."""
-        book = MetaBook()
+        book = self.meta_book()
         with self._lock:
             payloads = [p for t, p, _ in self.messages if t.endswith("/readings")]
-            for topic, payload, _ in self.messages:
-                if "/meta/" in topic:
-                    book.add(payload)
         return [
             {name: getattr(r, name) for name in FlatReading.__slots__}
             for payload in payloads
             for r in decode_readings(payload, book)
         ]
+
+    def meta_book(self) -> MetaBook:
+        """Every tag-metadata version received (retained or not), for decode_readings."""
+        book = MetaBook()
+        with self._lock:
+            for topic, payload, _ in self.messages:
+                if "/meta/" in topic:
+                    book.add(payload)
+        return book
 
     def metas(self) -> list[dict[str, Any]]:
         """The tag metadata messages received (retained, on meta/{device})."""
