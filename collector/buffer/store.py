@@ -114,7 +114,13 @@ class Outbox:
                 self._raise_seq(stream, max(seq_floor, floor))
             if not self._meta(OUTBOX_KEY):
                 outbox_id = int.from_bytes(secrets.token_bytes(8), "big", signed=True) or 1
-                self._conn.execute(meta_table.insert().values(key=OUTBOX_KEY, value=outbox_id))
+                # OR IGNORE: a process opening the same new file at the same moment may have
+                # made it first; the id read back below is the one stored.
+                self._conn.execute(
+                    sqlite_insert(meta_table)
+                    .values(key=OUTBOX_KEY, value=outbox_id)
+                    .on_conflict_do_nothing()
+                )
         # Counting the rows reads every page of the table: a malformed page shows up here, at
         # start-up, not in the middle of a shift.
         self.depth = self._count_readings()
