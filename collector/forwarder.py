@@ -181,8 +181,10 @@ class Forwarder:
         self._meta: dict[str, bytes] = {}
         self._meta_ids: dict[str, str] = {}
         self._meta_refused: set[str] = set()
-        #: Told (device, meta version) when the broker refuses a device's current metadata
-        #: (the buffer writer then encodes that device's polls keyed by tag).
+        # (device, meta) of versions no longer current the broker refused.
+        self._old_refused: set[tuple[str, str]] = set()
+        #: Told (device, meta version) when the broker refuses a version of a device's
+        #: metadata (the buffer writer then keys that version's polls by tag).
         self.on_meta_refused: Callable[[str, str | None], None] | None = None
         self._publisher.set_listener(self._changed)
         # A message size that broke connections, learned from a broker that drops large
@@ -226,7 +228,8 @@ class Forwarder:
         """The versions kept in the buffer that are not current, non-retained: a consumer can
         then resolve the positional polls of readings buffered before a reload changed the
         metadata (a retained message holds only the current one). Not awaited, like the
-        current one; one the broker refuses only leaves those polls unresolved (logged)."""
+        current one. One the broker refuses is not sent again, and its buffered polls are
+        keyed by tag instead (on_meta_refused), as for a refused current version."""
         try:
             stored = self._outbox.stored_metas()
         except sa.exc.SQLAlchemyError as exc:  # the buffer says so elsewhere too
@@ -235,20 +238,34 @@ class Forwarder:
         collector_id = self._config.collector.id
         limit = self._publisher.max_packet_bytes
         for device, meta, body in stored:
-            if self._meta_ids.get(device) == meta:
+            if self._meta_ids.get(device) == meta or (device, meta) in self._old_refused:
                 continue
             message = DeviceMeta.from_body(device, body).message(collector_id)
             topic = self.meta_topic(device)
             if limit and len(message) + len(topic) + PACKET_OVERHEAD_BYTES > limit:
-                log.warning(
-                    "mqtt: tag metadata %s of %s (%d bytes) is over the broker's limit: its "
-                    "buffered polls cannot be resolved by consumers",
-                    meta,
-                    device,
-                    len(message),
-                )
+                self._old_meta_refused(device, meta, f"{len(message)} bytes, over its limit")
                 continue
-            self._publisher.publish(topic, message, retain=False)
+            future = self._publisher.publish(topic, message, retain=False)
+
+            def answered(f: asyncio.Future[Ack], device: str = device, meta: str = meta) -> None:
+                if not f.cancelled() and f.exception() is None and f.result().is_failure:
+                    self._old_meta_refused(device, meta, str(f.result()))
+
+            future.add_done_callback(answered)
+
+    def _old_meta_refused(self, device: str, meta: str, why: str) -> None:
+        if (device, meta) in self._old_refused:
+            return
+        self._old_refused.add((device, meta))
+        if self.on_meta_refused is not None:
+            self.on_meta_refused(device, meta)
+        log.warning(
+            "mqtt: the broker refused tag metadata %s of %s (%s); its buffered readings are "
+            "sent keyed by tag name instead",
+            meta,
+            device,
+            why,
+        )
 
     def _publish_meta(self, device: str, message: bytes) -> None:
         """Not awaited: one lost with its connection goes again on the next connect. One the
