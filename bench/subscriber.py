@@ -49,7 +49,8 @@ def main() -> None:
             lines = [
                 f"{p['seq'] + i} {now:.6f} {read_ts(p['ts']):.6f}\n"
                 for p in body["polls"]
-                for i in range(len(p["values"]))
+                # keyed or positional (docs/messages.md): the count is what matters here
+                for i in range(len(p["values"] if "values" in p else p["value_list"]))
             ]
         else:
             lines = [f"{r['seq']} {now:.6f} {read_ts(r['ts']):.6f}\n" for r in body["readings"]]

@@ -19,38 +19,61 @@ consecutive seqs are joined into one :class:`Poll`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
 import orjson
 
-SCHEMA_VERSIONS = (1, 2)
+from collector.contract_fields import (
+    _HEX,
+    PHASES,
+    QUALITIES,
+    SCHEMA_VERSIONS,
+    VERDICTS,
+    WRAPPED_QUALITIES,
+    ContractError,
+    Value,
+    _bool,
+    _header,
+    _list,
+    _load,
+    _nonempty,
+    _obj,
+    _opt_bool,
+    _opt_int,
+    _opt_num,
+    _opt_str,
+    _scalar,
+    _schema,
+    _seq,
+    _show,
+    _slot,
+    _str,
+    _TsCheck,
+    _wanted,
+)
 
-Value = bool | int | float | str | None
-
-QUALITIES = frozenset({"good", "uncertain", "bad"})
-#: Qualities allowed in a schema-2 value wrapper (good values are written bare).
-WRAPPED_QUALITIES = frozenset({"bad", "uncertain"})
-VERDICTS = frozenset({"pass", "fail", "rework", "scrap", "incomplete"})
-PHASES = frozenset({None, "test", "after"})
-_HEX = frozenset("0123456789abcdef")
-
-
-class ContractError(ValueError):
-    """A message that does not follow the contract. ``str()`` is ``"path: problem"``.
-
-    ``kind`` sorts the failures into a small fixed set for counting: ``json`` (not JSON or
-    not an object), ``schema`` (missing or unknown schema version), ``field`` (a missing field
-    or a field of the wrong type or value).
-    """
-
-    def __init__(self, path: str, problem: str, kind: str = "field") -> None:
-        super().__init__(f"{path}: {problem}" if path else problem)
-        self.path = path
-        self.problem = problem
-        self.kind = kind
+__all__ = [
+    "PHASES",
+    "QUALITIES",
+    "SCHEMA_VERSIONS",
+    "VERDICTS",
+    "WRAPPED_QUALITIES",
+    "ContractError",
+    "FlatReading",
+    "FlatUnit",
+    "MetaBook",
+    "Poll",
+    "PollValue",
+    "ReadingsMessage",
+    "Value",
+    "decode_meta",
+    "decode_polls",
+    "decode_readings",
+    "decode_units",
+    "flatten",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,185 +160,95 @@ class FlatUnit:
     characteristics: dict[str, dict[str, object]]
 
 
-# --- field checks --------------------------------------------------------------------------
+class MetaBook:
+    """The tag metadata versions a consumer has seen (the messages on ``.../meta/{device}``,
+    retained and not), for resolving positional polls: (collector, device, meta) -> order.
 
-
-def _load(payload: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise ContractError("", f"not JSON ({exc})", "json") from None
-    if type(doc) is not dict:
-        raise ContractError("", "not a JSON object", "json")
-    return doc
-
-
-def _schema(doc: dict[str, Any]) -> int:
-    schema = doc.get("schema")
-    if type(schema) is not int or schema not in SCHEMA_VERSIONS:
-        what = "missing" if schema is None else f"unsupported version {_show(schema)}"
-        raise ContractError("schema", f"{what} (known: 1, 2)", "schema")
-    return schema
-
-
-def _show(value: object) -> str:
-    text = orjson.dumps(value).decode() if _is_json(value) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_json(value: object) -> bool:
-    try:
-        orjson.dumps(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _str(obj: dict[str, Any], key: str, path: str) -> str:
-    value = obj.get(key)
-    if type(value) is not str:
-        raise ContractError(f"{path}{key}", _wanted("a string", key in obj, value))
-    return value
-
-
-def _nonempty(obj: dict[str, Any], key: str, path: str) -> str:
-    value = _str(obj, key, path)
-    if not value:
-        raise ContractError(f"{path}{key}", "must not be empty")
-    return value
-
-
-def _opt_str(obj: dict[str, Any], key: str, path: str) -> str | None:
-    value = obj.get(key)
-    if value is not None and type(value) is not str:
-        raise ContractError(f"{path}{key}", _wanted("a string or null", True, value))
-    return value
-
-
-def _opt_int(obj: dict[str, Any], key: str, path: str) -> int | None:
-    value = obj.get(key)
-    if value is not None and type(value) is not int:
-        raise ContractError(f"{path}{key}", _wanted("an integer or null", True, value))
-    return value
-
-
-def _opt_num(obj: dict[str, Any], key: str, path: str) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if type(value) is int:
-        return float(value)
-    if type(value) is not float:
-        raise ContractError(f"{path}{key}", _wanted("a number or null", True, value))
-    return value
-
-
-def _bool(obj: dict[str, Any], key: str, path: str) -> bool:
-    value = obj.get(key, False)
-    if type(value) is not bool:
-        raise ContractError(f"{path}{key}", _wanted("true or false", True, value))
-    return value
-
-
-def _opt_bool(obj: dict[str, Any], key: str, path: str) -> bool | None:
-    value = obj.get(key)
-    if value is not None and type(value) is not bool:
-        raise ContractError(f"{path}{key}", _wanted("true, false or null", True, value))
-    return value
-
-
-def _slot(obj: dict[str, Any], path: str) -> int | str | None:
-    value = obj.get("slot")
-    if value is not None and type(value) is not int and type(value) is not str:
-        raise ContractError(f"{path}slot", _wanted("an integer, a string or null", True, value))
-    return value
-
-
-def _seq(obj: dict[str, Any], path: str) -> int:
-    value = obj.get("seq")
-    if type(value) is not int or value < 0:
-        raise ContractError(f"{path}seq", _wanted("an integer >= 0", "seq" in obj, value))
-    return value
-
-
-def _scalar(value: Any, path: str) -> Value:
-    if value is None or type(value) in (bool, int, float, str):
-        return value  # type: ignore[no-any-return]
-    raise ContractError(path, _wanted("a number, boolean, string or null", True, value))
-
-
-def _wanted(what: str, present: bool, value: object) -> str:
-    return f"must be {what}, got {_show(value)}" if present else f"missing (must be {what})"
-
-
-class _TsCheck:
-    """RFC 3339 check with a one-entry memory: the readings of a poll share their ts."""
-
-    __slots__ = ("last",)
+    Feed it every meta message as it arrives (:meth:`add`); keep it as long as readings of
+    those versions may still come (a collector republishes the versions its buffer still
+    needs, non-retained, on every connect, so a consumer that was away gets them again).
+    """
 
     def __init__(self) -> None:
-        self.last = ""
+        self._orders: dict[tuple[str, str, str], tuple[str, ...]] = {}
 
-    def __call__(self, obj: dict[str, Any], path: str, key: str = "ts") -> str:
-        value = obj.get(key)
-        if value == self.last and type(value) is str:
-            return value
-        if type(value) is not str:
-            raise ContractError(f"{path}{key}", _wanted("an RFC 3339 string", key in obj, value))
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.tzinfo is None or "T" not in value:
-            raise ContractError(
-                f"{path}{key}", f"must be an RFC 3339 time with offset, got {_show(value)}"
-            )
-        self.last = value
-        return value
+    def add(self, meta: bytes | dict[str, Any]) -> tuple[str, str, str] | None:
+        """Take a meta message (its payload, or the dict :func:`decode_meta` returned).
+        Returns its key (collector, device, meta), or None for an empty payload (a device's
+        retained metadata cleared) or a message without ``order`` (from before positional
+        values: it resolves nothing). Raises ContractError for a bad message."""
+        if isinstance(meta, bytes | bytearray | memoryview):
+            if not meta:
+                return None
+            doc = decode_meta(bytes(meta))
+        else:
+            doc = decode_meta(orjson.dumps(meta))
+        if doc["order"] is None:
+            return None
+        key = (doc["collector"], doc["device"], doc["meta"])
+        self._orders[key] = tuple(doc["order"])
+        return key
 
+    def order(self, collector: str, device: str, meta: str) -> tuple[str, ...] | None:
+        """The tags of that version in order; None if it was never added."""
+        return self._orders.get((collector, device, meta))
 
-def _header(doc: dict[str, Any], schema: int) -> tuple[str, str]:
-    collector = _nonempty(doc, "collector", "")
-    if schema == 1:
-        return collector, ""
-    outbox = _str(doc, "outbox", "")
-    if len(outbox) != 16 or not set(outbox) <= _HEX:
-        raise ContractError("outbox", f"must be 16 lowercase hex characters, got {_show(outbox)}")
-    return collector, outbox
+    def copy(self) -> MetaBook:
+        book = MetaBook()
+        book._orders = dict(self._orders)
+        return book
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._orders
 
-def _list(doc: dict[str, Any], key: str) -> list[Any]:
-    items = doc.get(key)
-    if type(items) is not list:
-        raise ContractError(key, _wanted("an array", key in doc, items))
-    return items
-
-
-def _obj(item: Any, path: str) -> dict[str, Any]:
-    if type(item) is not dict:
-        raise ContractError(path.rstrip("."), _wanted("an object", True, item))
-    return item
+    def __len__(self) -> int:
+        return len(self._orders)
 
 
 # --- readings ------------------------------------------------------------------------------
 
 
-def decode_polls(payload: bytes) -> ReadingsMessage:
-    """A readings message (schema 1 or 2), its polls in message order."""
+def decode_polls(payload: bytes, metas: MetaBook | None = None) -> ReadingsMessage:
+    """A readings message (schema 1 or 2), its polls in message order, with the tags of
+    positional polls resolved through ``metas``. A positional poll whose meta version
+    ``metas`` does not hold (or with no ``metas``) raises ContractError of kind
+    ``unknown_meta``, once the whole message was found valid otherwise."""
     doc = _load(payload)
     schema = _schema(doc)
     collector, outbox = _header(doc, schema)
     ts_check = _TsCheck()
     if schema == 2:
+        resolve = _Resolve(collector, metas)
         polls = [
-            _poll2(item, f"polls[{i}].", ts_check) for i, item in enumerate(_list(doc, "polls"))
+            _poll2(item, f"polls[{i}].", ts_check, resolve)
+            for i, item in enumerate(_list(doc, "polls"))
         ]
+        if resolve.missing:
+            missing = resolve.missing
+            path, _, device, meta = missing[0]
+            raise ContractError(
+                path,
+                f"unknown meta version {meta} of device {device} (collector {collector}): "
+                "decode again once that version arrived on meta/" + device,
+                "unknown_meta",
+                tuple(dict.fromkeys(m[1:] for m in missing)),
+            )
     else:
         polls = _polls1(_list(doc, "readings"), ts_check)
     return ReadingsMessage(schema, collector, outbox, polls)
 
 
-def _poll2(item: object, path: str, ts_check: _TsCheck) -> Poll:
+@dataclass(slots=True)
+class _Resolve:
+    """What resolves a message's positional polls, and the versions it lacked:
+    (path, collector, device, meta)."""
+
+    collector: str
+    metas: MetaBook | None
+    missing: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+def _poll2(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> Poll:
     poll = _obj(item, path)
     phase = _opt_str(poll, "phase", path)
     if phase not in PHASES:
@@ -323,24 +256,19 @@ def _poll2(item: object, path: str, ts_check: _TsCheck) -> Poll:
     meta = poll.get("meta")
     if meta is not None and type(meta) is not str:
         raise ContractError(f"{path}meta", _wanted("a string", True, meta))
-    raw = poll.get("values")
-    if type(raw) is not dict:
-        raise ContractError(f"{path}values", _wanted("an object", "values" in poll, raw))
-    values: list[PollValue] = []
-    for tag, value in raw.items():
-        if type(value) is dict:
-            values.append(_wrapped(tag, value, f"{path}values.{tag}."))
-        elif value is None or type(value) in (bool, int, float, str):
-            values.append((tag, value, "good", None, None))
-        else:
+    device = _nonempty(poll, "device", path)
+    if "values" in poll or ("tag_index" not in poll and "value_list" not in poll):
+        if "tag_index" in poll or "value_list" in poll:
             raise ContractError(
-                f"{path}values.{tag}",
-                _wanted("a number, boolean, string, null or object", True, value),
+                f"{path}values", "a poll has either values or tag_index + value_list, not both"
             )
+        values = _keyed(poll, path)
+    else:
+        values = _positional(poll, path, device, meta, resolve)
     return Poll(
         seq=_seq(poll, path),
         ts=ts_check(poll, path),
-        device=_nonempty(poll, "device", path),
+        device=device,
         meta=meta,
         station=_opt_str(poll, "station", path),
         slot=_slot(poll, path),
@@ -351,6 +279,65 @@ def _poll2(item: object, path: str, ts_check: _TsCheck) -> Poll:
         golden=_bool(poll, "golden", path),
         values=values,
     )
+
+
+def _keyed(poll: dict[str, Any], path: str) -> list[PollValue]:
+    raw = poll.get("values")
+    if type(raw) is not dict:
+        raise ContractError(f"{path}values", _wanted("an object", "values" in poll, raw))
+    scalars = _SCALARS
+    return [
+        (tag, value, "good", None, None)
+        if type(value) in scalars
+        else _value(tag, value, f"{path}values.{tag}")
+        for tag, value in raw.items()
+    ]
+
+
+def _positional(
+    poll: dict[str, Any], path: str, device: str, meta: str | None, resolve: _Resolve
+) -> list[PollValue]:
+    """The values of a positional poll: value i is tag ``order[tag_index + i]``."""
+    index = poll.get("tag_index")
+    if type(index) is not int or index < 0:
+        raise ContractError(
+            f"{path}tag_index", _wanted("an integer >= 0", "tag_index" in poll, index)
+        )
+    raw = poll.get("value_list")
+    if type(raw) is not list:
+        raise ContractError(f"{path}value_list", _wanted("an array", "value_list" in poll, raw))
+    if meta is None:
+        raise ContractError(f"{path}meta", "missing (a poll with tag_index needs its meta)")
+    metas, collector = resolve.metas, resolve.collector
+    order = metas.order(collector, device, meta) if metas is not None else None
+    if order is None:
+        # Checked all the same, so that only a missing meta, never a bad value, parks it.
+        for i, value in enumerate(raw):
+            _value("", value, f"{path}value_list[{i}]")
+        resolve.missing.append((f"{path}meta", collector, device, meta))
+        return []
+    if index + len(raw) > len(order):
+        raise ContractError(
+            f"{path}value_list",
+            f"{len(raw)} values from tag_index {index} run past the {len(order)} tags of "
+            f"meta {meta}",
+        )
+    scalars = _SCALARS
+    return [
+        (tag, value, "good", None, None)
+        if type(value) in scalars
+        else _value(tag, value, f"{path}value_list[{i}]")
+        for i, (tag, value) in enumerate(zip(order[index:], raw, strict=False))
+    ]
+
+
+def _value(tag: str, value: Any, path: str) -> PollValue:
+    """One element of ``values`` or ``value_list``: a bare good value or the wrapper."""
+    if type(value) in _SCALARS:
+        return (tag, value, "good", None, None)
+    if type(value) is dict:
+        return _wrapped(tag, value, f"{path}.")
+    raise ContractError(path, _wanted("a number, boolean, string, null or object", True, value))
 
 
 def _wrapped(tag: str, obj: dict[str, Any], path: str) -> PollValue:
@@ -462,9 +449,10 @@ def flatten(message: ReadingsMessage) -> list[FlatReading]:
     return out
 
 
-def decode_readings(payload: bytes) -> list[FlatReading]:
-    """Every reading of a readings message, in message order. Raises ContractError."""
-    return flatten(decode_polls(payload))
+def decode_readings(payload: bytes, metas: MetaBook | None = None) -> list[FlatReading]:
+    """Every reading of a readings message, in message order, positional polls resolved
+    through ``metas`` (see :func:`decode_polls`). Raises ContractError."""
+    return flatten(decode_polls(payload, metas))
 
 
 # --- unit records --------------------------------------------------------------------------
@@ -539,8 +527,10 @@ def _characteristics(unit: dict[str, Any], path: str) -> dict[str, dict[str, obj
 def decode_meta(payload: bytes) -> dict[str, Any]:
     """A tag-metadata message (schema 2, retained on ``.../meta/{device}``), checked.
 
-    Returns ``{"schema", "collector", "device", "meta", "tags"}`` with ``tags`` mapping each
-    tag to its object (``unit``, ``type``, ``scale``, ``offset``, ``station``... as sent).
+    Returns ``{"schema", "collector", "device", "meta", "order", "tags"}`` with ``tags``
+    mapping each tag to its object (``unit``, ``type``, ``scale``, ``offset``, ``station``...
+    as sent) and ``order`` the device's tags in the order positional polls use (None in a
+    message written before positional values: it resolves no positional poll).
     """
     doc = _load(payload)
     schema = _schema(doc)
@@ -562,4 +552,20 @@ def decode_meta(payload: bytes) -> dict[str, Any]:
         _opt_str(obj, "station", path)
         _opt_num(obj, "scale", path)
         _opt_num(obj, "offset", path)
-    return {"schema": schema, "collector": collector, "device": device, "meta": meta, "tags": tags}
+    order = doc.get("order")
+    if order is not None:
+        if type(order) is not list:
+            raise ContractError("order", _wanted("an array", True, order))
+        for i, tag in enumerate(order):
+            if type(tag) is not str or tag not in tags:
+                raise ContractError(f"order[{i}]", f"must be a tag of tags, got {_show(tag)}")
+        if len(set(order)) != len(order):
+            raise ContractError("order", "names a tag twice")
+    return {
+        "schema": schema,
+        "collector": collector,
+        "device": device,
+        "meta": meta,
+        "order": order,
+        "tags": tags,
+    }

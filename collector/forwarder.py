@@ -15,6 +15,10 @@ messages. The rules:
   at most ``mqtt.max_readings_per_message``: collector.buffer.writer), joined as stored, never
   decoded. It fits ``mqtt.max_message_bytes``, the broker's announced Maximum Packet Size, and
   a size learned from a broker that drops large messages without saying so.
+- **Tag metadata before readings.** On every connect, before any readings: every version of a
+  device's tag metadata still kept in the buffer that is not current (readings encoded with
+  it may still be pending), non-retained, then the current one, retained. A device whose
+  metadata the broker refuses has its polls encoded keyed by tag from then on.
 - **A message the broker refuses** is kept and retried after a backoff; one refused as too
   large (or that repeatedly kills the connection) is resent one reading per message (its
   batches split in the buffer), and a single reading that still cannot be delivered is moved
@@ -31,6 +35,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import sqlalchemy as sa
 
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, Batch
@@ -170,9 +176,16 @@ class Forwarder:
         ]
         self._deliveries: list[_Delivery] = []
         self._connection_seen: tuple[bool, int] | None = None
-        # device -> its retained tag metadata message (set_meta); those the broker refused.
+        # device -> its retained tag metadata message (set_meta) and its version; the devices
+        # whose current metadata the broker refused.
         self._meta: dict[str, bytes] = {}
+        self._meta_ids: dict[str, str] = {}
         self._meta_refused: set[str] = set()
+        # (device, meta) of versions no longer current the broker refused.
+        self._old_refused: set[tuple[str, str]] = set()
+        #: Told (device, meta version) when the broker refuses a version of a device's
+        #: metadata (the buffer writer then keys that version's polls by tag).
+        self.on_meta_refused: Callable[[str, str | None], None] | None = None
         self._publisher.set_listener(self._changed)
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
@@ -186,6 +199,7 @@ class Forwarder:
         if state != self._connection_seen:
             self._connection_seen = state
             if self._publisher.connected:
+                self._publish_old_metas()
                 for device, message in self._meta.items():
                     if device not in self._meta_refused:
                         self._publish_meta(device, message)
@@ -204,10 +218,54 @@ class Forwarder:
         changed = {d: m for d, m in new.items() if self._meta.get(d) != m}
         gone = {d: b"" for d in self._meta if d not in new}
         self._meta = new
+        self._meta_ids = {device: meta.meta for device, meta in metas.items()}
         self._meta_refused -= set(changed) | set(gone)  # a new version is tried again
         if self._publisher.connected:
             for device, message in {**changed, **gone}.items():
                 self._publish_meta(device, message)
+
+    def _publish_old_metas(self) -> None:
+        """The versions kept in the buffer that are not current, non-retained: a consumer can
+        then resolve the positional polls of readings buffered before a reload changed the
+        metadata (a retained message holds only the current one). Not awaited, like the
+        current one. One the broker refuses is not sent again, and its buffered polls are
+        keyed by tag instead (on_meta_refused), as for a refused current version."""
+        try:
+            stored = self._outbox.stored_metas()
+        except sa.exc.SQLAlchemyError as exc:  # the buffer says so elsewhere too
+            log.error("buffer: cannot read the kept tag metadata (%s)", exc)  # noqa: TRY400
+            return
+        collector_id = self._config.collector.id
+        limit = self._publisher.max_packet_bytes
+        for device, meta, body in stored:
+            if self._meta_ids.get(device) == meta or (device, meta) in self._old_refused:
+                continue
+            message = DeviceMeta.from_body(device, body).message(collector_id)
+            topic = self.meta_topic(device)
+            if limit and len(message) + len(topic) + PACKET_OVERHEAD_BYTES > limit:
+                self._old_meta_refused(device, meta, f"{len(message)} bytes, over its limit")
+                continue
+            future = self._publisher.publish(topic, message, retain=False)
+
+            def answered(f: asyncio.Future[Ack], device: str = device, meta: str = meta) -> None:
+                if not f.cancelled() and f.exception() is None and f.result().is_failure:
+                    self._old_meta_refused(device, meta, str(f.result()))
+
+            future.add_done_callback(answered)
+
+    def _old_meta_refused(self, device: str, meta: str, why: str) -> None:
+        if (device, meta) in self._old_refused:
+            return
+        self._old_refused.add((device, meta))
+        if self.on_meta_refused is not None:
+            self.on_meta_refused(device, meta)
+        log.warning(
+            "mqtt: the broker refused tag metadata %s of %s (%s); its buffered readings are "
+            "sent keyed by tag name instead",
+            meta,
+            device,
+            why,
+        )
 
     def _publish_meta(self, device: str, message: bytes) -> None:
         """Not awaited: one lost with its connection goes again on the next connect. One the
@@ -230,9 +288,11 @@ class Forwarder:
     def _meta_refused_as(self, device: str, why: str) -> None:
         if device not in self._meta_refused:
             self._meta_refused.add(device)
+            if self.on_meta_refused is not None and device in self._meta_ids:
+                self.on_meta_refused(device, self._meta_ids[device])
             log.warning(
-                "mqtt: tag metadata of %s not published (%s); readings go on without it: "
-                "allow the collector to publish on %s",
+                "mqtt: tag metadata of %s not published (%s); its readings go on without it, "
+                "keyed by tag name: allow the collector to publish on %s",
                 device,
                 why,
                 self.meta_topic(device),

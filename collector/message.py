@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -181,22 +182,45 @@ def float32_text(value: float) -> bytes:
 @dataclass(frozen=True, slots=True)
 class DeviceMeta:
     """A device's tag metadata (the retained ``meta/{device}`` message) and what the encoder
-    takes from it: the version id a poll refers to, and which tags are float32."""
+    takes from it: the version id a poll refers to, each tag's position in ``order`` (the
+    positional form's ``tag_index``), and which tags are float32."""
 
     device: str
     #: tag -> {"unit", "type", "scale", "offset", "station"} (docs/messages.md).
     tags: Mapping[str, Mapping[str, Any]]
+    #: Every tag of the device in config order, the order the poller emits them; empty: the
+    #: order of ``tags``.
+    order: tuple[str, ...] = ()
     meta: str = field(init=False)
     float32: frozenset[str] = field(init=False)
+    #: tag -> its index in ``order``.
+    position: Mapping[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        canonical = orjson.dumps(self.tags, option=orjson.OPT_SORT_KEYS)
-        object.__setattr__(self, "meta", hashlib.sha256(canonical).hexdigest()[:8])
+        order = self.order or tuple(self.tags)
+        object.__setattr__(self, "order", order)
+        # The order is hashed too: the same tags in another order are another version.
+        object.__setattr__(self, "meta", hashlib.sha256(self.body).hexdigest()[:8])
         object.__setattr__(
             self,
             "float32",
             frozenset(t for t, m in self.tags.items() if m.get("type") == "float32"),
         )
+        object.__setattr__(self, "position", {tag: i for i, tag in enumerate(order)})
+
+    @property
+    def body(self) -> bytes:
+        """The canonical JSON (keys sorted, no spaces) of ``{"order", "tags"}``: what ``meta``
+        hashes, and what the buffer keeps of each version (its ``metas`` table)."""
+        return orjson.dumps(
+            {"order": list(self.order), "tags": self.tags}, option=orjson.OPT_SORT_KEYS
+        )
+
+    @classmethod
+    def from_body(cls, device: str, body: bytes) -> DeviceMeta:
+        """A version kept in the buffer (:attr:`body`), as it was."""
+        doc = orjson.loads(body)
+        return cls(device, doc["tags"], tuple(doc["order"]))
 
     def message(self, collector_id: str) -> bytes:
         return orjson.dumps(
@@ -205,6 +229,7 @@ class DeviceMeta:
                 "collector": collector_id,
                 "device": self.device,
                 "meta": self.meta,
+                "order": list(self.order),
                 "tags": self.tags,
             }
         )
@@ -214,25 +239,47 @@ class _Described(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def tag_names(self) -> set[str]: ...
+
     def tag_meta(self) -> dict[str, dict[str, object]]: ...
+
+
+def tag_order(device: _Described) -> tuple[str, ...]:
+    """A device's tags in config order, which is the order its poller emits them: its
+    ``tags`` list, or its line pattern's named groups (a serial instrument); tags declared
+    otherwise (a scanner's routes, read one per event) follow, sorted."""
+    names: list[str] = [t.name for t in getattr(device, "tags", None) or ()]
+    pattern = getattr(device, "pattern", None)
+    if not names and isinstance(pattern, str):
+        groups = re.compile(pattern).groupindex
+        names = sorted(groups, key=groups.__getitem__)
+    known = set(names)
+    return (*names, *sorted(set(device.tag_names) - known))
 
 
 def device_metas(devices: Iterable[_Described]) -> dict[str, DeviceMeta]:
     """Each configured device's tag metadata (collector.devices.DeviceBase.tag_meta)."""
-    return {d.name: DeviceMeta(d.name, d.tag_meta()) for d in devices}
+    return {d.name: DeviceMeta(d.name, d.tag_meta(), tag_order(d)) for d in devices}
 
 
 class PollEncoder:
     """Schema 2: encodes the readings of one poll into poll objects (docs/messages.md).
 
     One object per run of readings that share their ``ts`` and context, with the shared fields
-    once and the values keyed by tag; value i has seq ``seq + i``. A good value is written
-    bare; a bad or uncertain one as ``{"value", "quality", "error"}``. Members whose value is
-    the default (null) are left out. The pieces that repeat (timestamp, device head, context,
-    tag keys) are encoded once and cached; per reading it is a look-up and one format.
+    once; value i has seq ``seq + i``. The values are positional (``tag_index`` +
+    ``value_list``: value i is tag ``order[tag_index + i]`` of the device's metadata) when
+    ``positional`` is on, the device's metadata is known and the run's tags are a contiguous
+    slice of its order (a whole poll, a station's run within it); otherwise keyed by tag
+    (``values``). A good value is written bare; a bad or uncertain one as
+    ``{"value", "quality", "error"}``. Members whose value is the default (null) are left out.
+    The pieces that repeat (timestamp, device head, context, tag keys) are encoded once and
+    cached; per reading it is a look-up or two and one format.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, positional: bool = True) -> None:
+        #: mqtt.value_keys: ``position`` (True) or ``name``.
+        self.positional = positional
         self._device: dict[tuple[str, str | None], bytes] = {}
         self._tag: dict[str, bytes] = {}
         self._context: dict[Context, bytes] = {}
@@ -245,47 +292,73 @@ class PollEncoder:
         readings: Sequence[Reading],
         contexts: Sequence[Context],
         meta: DeviceMeta | None = None,
+        *,
+        positional: bool = True,
     ) -> bytes:
         """The readings as comma-separated poll objects, numbered from ``first_seq``;
-        ``contexts[i]`` is the context of ``readings[i]``."""
-        tags = self._tag
+        ``contexts[i]`` is the context of ``readings[i]``. ``positional`` False: keyed
+        whatever the config says (a device whose metadata the broker refused)."""
         float32 = meta.float32 if meta is not None else frozenset()
+        # No positions: every run keyed.
+        position: Mapping[str, int] = (
+            meta.position if meta is not None and positional and self.positional else {}
+        )
         head = self._device_bytes(device, meta.meta if meta is not None else None)
         polls: list[bytes] = []
-        values: list[bytes] = []
+        texts: list[bytes] = []
+        tags: list[str] = []
         last_ts: float | None = None
         last_context: Context | None = None
         start = b""
         seq = first_seq
+        first = expected = -1  # the run's tag_index; the position its next tag must have
         for reading, context in zip(readings, contexts, strict=True):
+            tag = reading.tag
             if reading.ts != last_ts or context is not last_context:
-                if values:
-                    polls.append(start + b",".join(values) + b"}}")
-                    values = []
+                if texts:
+                    polls.append(self._close(start, first, expected, tags, texts))
+                    texts, tags = [], []
                 last_ts, last_context = reading.ts, context
-                start = b'{"seq":%d,"ts":"%b",%b%b"values":{' % (
+                start = b'{"seq":%d,"ts":"%b",%b%b' % (
                     seq,
                     ts_text(reading.ts).encode(),
                     head,
                     self._context_bytes(context),
                 )
-            tag = tags.get(reading.tag)
-            if tag is None:
-                tag = _put(tags, reading.tag, _json(reading.tag) + b":")
+                first = expected = position.get(tag, -1)
+            if expected >= 0:
+                # Still a contiguous slice of the order? (-1 from here on if not: keyed.)
+                expected = expected + 1 if position.get(tag) == expected else -1
             value = reading.value
             if type(value) is int:  # most values: no call into orjson
                 text = b"%d" % value
-            elif type(value) is float and reading.tag in float32:
+            elif type(value) is float and tag in float32:
                 text = float32_text(value)
             else:
                 text = orjson.dumps(value)
             if reading.quality is not Quality.GOOD:
                 text = self._wrapped(reading, text)
-            values.append(tag + text)
+            texts.append(text)
+            tags.append(tag)
             seq += 1
-        if values:
-            polls.append(start + b",".join(values) + b"}}")
+        if texts:
+            polls.append(self._close(start, first, expected, tags, texts))
         return b",".join(polls)
+
+    def _close(
+        self, start: bytes, first: int, expected: int, tags: list[str], texts: list[bytes]
+    ) -> bytes:
+        """A run's poll object: positional if its tags were a contiguous slice, else keyed."""
+        if expected >= 0:
+            return b'%b"tag_index":%d,"value_list":[%b]}' % (start, first, b",".join(texts))
+        keys = self._tag
+        out = []
+        for tag, text in zip(tags, texts, strict=True):
+            key = keys.get(tag)
+            if key is None:
+                key = _put(keys, tag, _json(tag) + b":")
+            out.append(key + text)
+        return b'%b"values":{%b}}' % (start, b",".join(out))
 
     def _device_bytes(self, device: str, meta: str | None) -> bytes:
         key = (device, meta)
@@ -330,35 +403,54 @@ class PollEncoder:
 
 def split_polls(body: bytes, per_part: int) -> list[tuple[int, int, float, bytes]]:
     """A stored body of poll objects cut into parts of at most ``per_part`` values each:
-    (first seq, last seq, oldest ts, body). Same values, same seqs, same members; for the rare
-    message the broker will not take whole, so it may decode."""
+    (first seq, last seq, oldest ts, body). Same values, same seqs, same members, same form
+    (a part of a positional poll is positional, its ``tag_index`` moved on as its ``seq``);
+    for the rare message the broker will not take whole, so it may decode."""
     polls: list[dict[str, Any]] = orjson.loads(b"[" + body + b"]")
-    # (poll, position in it, tag, value) for every value, in seq order
-    entries = [
-        (p, i, tag, value)
-        for p, poll in enumerate(polls)
-        for i, (tag, value) in enumerate(poll["values"].items())
-    ]
+    # (poll, position in it, tag or None (positional), value) for every value, in seq order
+    entries: list[tuple[int, int, str | None, Any]] = []
+    for p, poll in enumerate(polls):
+        if "values" in poll:
+            entries += [(p, i, tag, v) for i, (tag, v) in enumerate(poll["values"].items())]
+        else:
+            entries += [(p, i, None, v) for i, v in enumerate(poll["value_list"])]
     parts = []
     for start in range(0, len(entries), per_part):
         group = entries[start : start + per_part]
         objects = []
         for p, run in itertools.groupby(group, key=lambda e: e[0]):
             values = list(run)
-            poll = polls[p]
-            objects.append(
-                orjson.dumps(
-                    {
-                        **poll,
-                        "seq": poll["seq"] + values[0][1],
-                        "values": {tag: value for _, _, tag, value in values},
-                    }
-                )
-            )
+            poll, offset = polls[p], values[0][1]
+            changed: dict[str, Any]
+            if "values" in poll:
+                changed = {"values": {tag: value for _, _, tag, value in values}}
+            else:
+                changed = {
+                    "tag_index": poll["tag_index"] + offset,
+                    "value_list": [value for *_, value in values],
+                }
+            objects.append(orjson.dumps({**poll, "seq": poll["seq"] + offset, **changed}))
         first = polls[group[0][0]]["seq"] + group[0][1]
         oldest = min(datetime.fromisoformat(polls[p]["ts"]).timestamp() for p, *_ in group)
         parts.append((first, first + len(group) - 1, oldest, b",".join(objects)))
     return parts
+
+
+def keyed_polls(body: bytes, device: str, meta: str, order: Sequence[str]) -> bytes | None:
+    """A stored body with the positional polls of that device and meta version rewritten in
+    the keyed form (same values, same seqs, the other members as they were); None if it has
+    none. For a version whose metadata the broker refused: consumers could never resolve
+    them. Rare, so it may decode."""
+    polls: list[dict[str, Any]] = orjson.loads(b"[" + body + b"]")
+    changed = False
+    for i, poll in enumerate(polls):
+        if "tag_index" in poll and poll["device"] == device and poll.get("meta") == meta:
+            start = poll.pop("tag_index")
+            values = poll.pop("value_list")
+            poll["values"] = dict(zip(order[start:], values, strict=False))
+            polls[i] = poll
+            changed = True
+    return b",".join(orjson.dumps(p) for p in polls) if changed else None
 
 
 def _extra_context(context: Context) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 from collector import __version__, metrics, serials, systemd
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
-from collector.config import Config, DeviceConfig, load_config
+from collector.config import Config, DeviceConfig, ValueKeys, load_config
 from collector.context import StationContext
 from collector.devices import FileKind, dotted
 from collector.driver import Driver
@@ -87,6 +87,7 @@ class Service:
             changes=self.context.take_changes,
             commit_interval_s=b.commit_interval_ms / 1000,
             max_readings_per_batch=config.mqtt.max_readings_per_message,
+            positional=config.mqtt.value_keys is ValueKeys.POSITION,
         )
         self.forwarder: Forwarder | None = None
         self._set_meta(config)
@@ -156,6 +157,7 @@ class Service:
         config = self.config
         forwarder = self.forwarder = Forwarder(config, self.outbox, self.mqtt, self._on_delivered)
         forwarder.set_meta(self.writer.metas)
+        forwarder.on_meta_refused = self.writer.meta_refused
         forward_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             self._group = group

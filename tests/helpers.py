@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.contract import FlatReading, decode_readings
+from collector.contract import FlatReading, MetaBook, decode_readings
 from collector.service import Service
 from drivers.modbus.sim import codecs
 
@@ -176,14 +176,25 @@ class Subscriber:
 
     def readings(self) -> list[dict[str, Any]]:
         """One dict per reading (collector.contract.FlatReading's fields), whatever the
-        schema, read with the reference decoder."""
+        schema, read with the reference decoder; positional polls resolved with the tag
+        metadata received on meta/{device} (subscribe to it too: the line's ``#``)."""
+        book = self.meta_book()
         with self._lock:
             payloads = [p for t, p, _ in self.messages if t.endswith("/readings")]
         return [
             {name: getattr(r, name) for name in FlatReading.__slots__}
             for payload in payloads
-            for r in decode_readings(payload)
+            for r in decode_readings(payload, book)
         ]
+
+    def meta_book(self) -> MetaBook:
+        """Every tag-metadata version received (retained or not), for decode_readings."""
+        book = MetaBook()
+        with self._lock:
+            for topic, payload, _ in self.messages:
+                if "/meta/" in topic:
+                    book.add(payload)
+        return book
 
     def metas(self) -> list[dict[str, Any]]:
         """The tag metadata messages received (retained, on meta/{device})."""

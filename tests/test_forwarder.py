@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from collector.buffer import AsyncOutbox, make_batch
 from collector.config import Config
 from collector.contract import decode_readings, decode_units
@@ -42,6 +44,7 @@ class FakePublisher:
         self.connection = 0
         self.max_packet_bytes: int | None = None
         self.sent: list[tuple[str, bytes]] = []
+        self.retained: list[bool] = []  # of each message sent
         self.held: list[asyncio.Future[Ack]] = []
         self.outstanding = 0
         self.most_outstanding = 0
@@ -56,6 +59,7 @@ class FakePublisher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Ack] = loop.create_future()
         self.sent.append((topic, payload))
+        self.retained.append(retain)
         self._in_flight.append(future)
         self.outstanding += 1
         self.most_outstanding = max(self.most_outstanding, self.outstanding)
@@ -327,3 +331,58 @@ async def test_unit_records_go_through_the_same_loop_refused_ones_retried(tmp_pa
     assert run.forwarder.status.rejected == {"Not authorized": 1}
     assert run.forwarder.status.units_delivered == 2
     assert [t.rsplit("/", 1)[1] for t, _p in fake.sent].count("units") == 2  # refused, resent
+
+
+async def test_on_connect_old_metadata_goes_first_not_retained_then_the_current_retained(
+    tmp_path: Path,
+) -> None:
+    """Versions kept in the buffer that are not current are published again on every
+    connect, not retained, before the current ones (retained) and before any readings; a
+    version the broker refuses is said to the writer (on_meta_refused)."""
+    from collector.buffer.schema import MetaUpdate
+    from collector.message import DeviceMeta
+
+    def version(*tags: str) -> DeviceMeta:
+        return DeviceMeta("dev", {t: {"unit": None} for t in tags}, tags)
+
+    old, current = version("a", "b"), version("b", "a")
+    box = AsyncOutbox(tmp_path / "b.db", 100_000)
+    await box.open()
+    context = Context(None, None, None)
+    readings = [Reading(1_700_000_000.0, "a", 1), Reading(1_700_000_000.0, "b", 2)]
+    # A poll of the old version stored with the reload that made it old.
+    await box.append(
+        [make_batch(ENCODER, 1, "dev", readings, [context] * 2, meta=old)],
+        metas=MetaUpdate(
+            ((old.device, old.meta, old.body), (current.device, current.meta, current.body)),
+            frozenset({(current.device, current.meta)}),
+        ),
+    )
+    fake = FakePublisher(lambda t, _p: NOT_AUTHORIZED if "/meta/" in t else ACCEPT)
+    forwarder = Forwarder(config(tmp_path), box, MqttStatus(), publisher=fake)
+    refused: list[tuple[str, str | None]] = []
+    forwarder.on_meta_refused = lambda device, meta: refused.append((device, meta))
+    fake.connected = False  # as at start-up: the metadata is set before the first connect
+    forwarder.set_meta({"dev": current})
+    fake.connected = True
+    forwarder._changed()  # what the publisher says on a connect
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop, grace_s=5))
+    try:
+        await async_wait_until(lambda: box.outbox.depth == 0, 5, "the poll delivered")
+        await async_wait_until(lambda: len(refused) == 2, 5, "the refusals said")
+        # Its poll delivered, the old version is not kept any more.
+        await async_wait_until(
+            lambda: [m for _, m, _ in box.outbox.stored_metas()] == [current.meta], 5, "pruned"
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await box.close()
+    topics = [t.rsplit("/", 2)[-2:] for t, _ in fake.sent]
+    assert topics[:3] == [["meta", "dev"], ["meta", "dev"], ["pc1", "readings"]]
+    metas = [orjson.loads(p)["meta"] for t, p in fake.sent[:2]]
+    assert metas == [old.meta, current.meta]
+    assert fake.retained[:3] == [False, True, False]
+    # Each refused version is said once (the writer keys its polls by tag from then on).
+    assert sorted(refused) == sorted([("dev", old.meta), ("dev", current.meta)])

@@ -162,7 +162,7 @@ def test_poll_objects_carry_the_shared_fields_once_and_the_values_by_tag() -> No
         Reading.bad(1.0, "t", ErrorCode.TIMEOUT),
         Reading(2.0, "n", 8, quality=Quality.UNCERTAIN),
     ]
-    body = PollEncoder().encode(5, "dev", readings, [unit] * 4, meta)
+    body = PollEncoder(positional=False).encode(5, "dev", readings, [unit] * 4, meta)
     assert body == (
         b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","station":"st",'
         b'"unit_serial":"SN1","operation":"op","attempt":1,"values":{"v":354.315,"n":7,'

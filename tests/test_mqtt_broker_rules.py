@@ -96,6 +96,15 @@ async def test_refused_publish_is_kept_and_delivered_once_allowed(
     finally:
         sub.close()
     assert_no_gaps(sub.seqs())
+    # The ACL still refuses the tag metadata: no positional poll went out without it (those
+    # buffered before the refusal were rewritten keyed), so every tag is named.
+    assert sub.metas() == []
+    assert all("values" in p for m in sub.payloads() for p in m["polls"])
+    assert {r["tag"] for r in sub.readings() if r["device"] == "tester-1"} == {
+        "voltage",
+        "serial",
+        "result",
+    }
 
 
 async def test_wrong_password_is_reported_and_retried(

@@ -56,8 +56,10 @@ async def test_collector_stream_is_stored_and_found_by_unit(
     store.start()
     witness = Subscriber(mosquitto, "collector/plant-a/line-1/pc1/#", client_id="witness")
     try:
+        # Keyed values (mqtt.value_keys: name) until the store resolves positional polls
+        # through the tag metadata it stores (the store side of the positional spec).
         config = Config.model_validate(
-            config_dict(mosquitto, modbus_server.port, tmp_path / "b.db")
+            config_dict(mosquitto, modbus_server.port, tmp_path / "b.db", value_keys="name")
         )
         await set_tester(modbus_server, config, voltage=12.25, serial="SN0001", result=0)
         async with RunningService(config):

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from collector.buffer.recovery import open_outbox
-from collector.buffer.schema import Batch, BufferStats
-from collector.buffer.store import Outbox, take_batches
+from collector.buffer.schema import Batch, BufferStats, MetaUpdate
+from collector.buffer.store import Outbox, stored_metas, take_batches
 from collector.config import Synchronous
 from collector.errors import StartupError
 from collector.reading import ContextChanges
@@ -88,12 +88,20 @@ class AsyncOutbox:
             self._outbox = None
         self._executor.shutdown(wait=True)
 
-    async def append(self, batches: Sequence[Batch], changes: ContextChanges | None = None) -> int:
+    async def append(
+        self,
+        batches: Sequence[Batch],
+        changes: ContextChanges | None = None,
+        metas: MetaUpdate | None = None,
+        rekey: Sequence[tuple[str, str]] = (),
+    ) -> int:
         """Append (see :meth:`Outbox.append`); the deletes of the ranges delivered so far go
         in the same transaction (one fsync for both)."""
         async with self._acking:
             acks = self._ack_ranges()
-            dropped: int = await self._call(self.outbox.append, batches, changes, acks)
+            dropped: int = await self._call(
+                self.outbox.append, batches, changes, acks, metas, rekey
+            )
             self._forget_acks(len(acks))
         if batches:
             self.appended.set()
@@ -139,6 +147,12 @@ class AsyncOutbox:
             if kept or not batches:
                 return kept
             after_seq = batches[-1].last_seq  # all delivered, awaiting their delete: look further
+
+    def stored_metas(self) -> list[tuple[str, str, bytes]]:
+        """Every tag-metadata version kept in the buffer, (device, meta, body), read on the
+        event loop like :meth:`take` (a few small rows)."""
+        assert self._reader is not None, "open() first"
+        return stored_metas(self._reader)
 
     async def split(self, first_seq: int, last_seq: int, per_batch: int) -> bool:
         """Split the batches of a range into batches of at most ``per_batch`` readings; False

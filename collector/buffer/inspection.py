@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from collector.buffer.schema import COUNT_SQL, DROPPED_KEY, QUARANTINED_KEY, epoch
-from collector.contract import decode_readings
+from collector.contract import ContractError, MetaBook, decode_readings
 from collector.errors import StartupError
-from collector.message import envelope, ts_text, with_seq
+from collector.message import DeviceMeta, envelope, ts_text, with_seq
 
 EXPORT_TABLES = ("readings", "units", "quarantine")
 
@@ -79,7 +79,24 @@ def inspect_stats(path: Path) -> dict[str, Any]:
             "dropped_total": meta(DROPPED_KEY),
             "quarantined_total": meta(QUARANTINED_KEY),
             "stations_with_state": one("SELECT count(*) FROM stations")[0],
+            "tag_metadata_versions": len(_stored_metas(db)),
         }
+
+
+def _stored_metas(db: sqlite3.Connection) -> list[tuple[str, bytes]]:
+    """(device, body) of every kept tag-metadata version; none in a file older than them."""
+    try:
+        return [(d, bytes(b)) for d, b in db.execute("SELECT device, body FROM metas")]
+    except sqlite3.OperationalError:  # no such table: the collector adds it when it starts
+        return []
+
+
+def meta_book(db: sqlite3.Connection) -> MetaBook:
+    """The kept versions, for reading the stored positional polls (collector ``buffer``)."""
+    book = MetaBook()
+    for device, body in _stored_metas(db):
+        book.add(DeviceMeta.from_body(device, body).message(_COLLECTOR))
+    return book
 
 
 # A batch's readings were read within one poll: a batch older than ``since`` by more than this
@@ -95,6 +112,7 @@ def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[
         raise ValueError(f"table must be one of {', '.join(EXPORT_TABLES)}")
     floor = since if since is not None else float("-inf")
     with contextlib.closing(_open_read_only(path)) as db:
+        metas = meta_book(db)
         if table == "units":
             for seq, body in db.execute(
                 "SELECT seq, body FROM units WHERE ts >= ? ORDER BY seq", (floor,)
@@ -106,7 +124,7 @@ def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[
         else:
             query = "SELECT ts, body, NULL FROM batches WHERE ts >= ? ORDER BY last_seq"
         for ts, body, reason in db.execute(query, (floor - _BATCH_SPAN_S,)):
-            for item in readings_of(bytes(body)):
+            for item in readings_of(bytes(body), metas):
                 if ts < floor and epoch(item["ts"]) < floor:
                     continue
                 if reason is not None:
@@ -130,8 +148,38 @@ _EXPORTED = (
 )
 
 
-def readings_of(body: bytes) -> list[dict[str, Any]]:
+_COLLECTOR = "buffer"
+
+
+def readings_of(body: bytes, metas: MetaBook | None = None) -> list[dict[str, Any]]:
     """A stored body's poll objects as one object per reading, read with the reference
-    decoder (collector.contract)."""
-    flat = decode_readings(envelope("buffer", "0" * 16, body))
+    decoder (collector.contract) and the buffer's kept tag metadata. A positional poll whose
+    version is no longer kept (a quarantined one, kept longer than its metadata) names its
+    tags by position: ``"#3"`` is the tag at index 3 of that version's order."""
+    message = envelope(_COLLECTOR, "0" * 16, body)
+    try:
+        flat = decode_readings(message, metas)
+    except ContractError as exc:
+        if exc.kind != "unknown_meta":
+            raise
+        flat = decode_readings(message, _by_position(body, metas))
     return [{name: getattr(r, name) for name in _EXPORTED} for r in flat]
+
+
+def _by_position(body: bytes, metas: MetaBook | None) -> MetaBook:
+    """``metas`` plus, for each version it lacks, one whose tags are named by position."""
+    book = metas.copy() if metas is not None else MetaBook()
+    sizes: dict[tuple[str, str], int] = {}
+    for poll in orjson.loads(b"[" + body + b"]"):
+        if "tag_index" in poll:
+            key = (poll["device"], poll["meta"])
+            size = poll["tag_index"] + len(poll["value_list"])
+            sizes[key] = max(sizes.get(key, 0), size)
+    for (device, meta), size in sizes.items():
+        if book.order(_COLLECTOR, device, meta) is None:
+            order = [f"#{i}" for i in range(size)]
+            book.add(
+                {"schema": 2, "collector": _COLLECTOR, "device": device, "meta": meta,
+                 "order": order, "tags": {name: {} for name in order}}
+            )  # fmt: skip
+    return book

@@ -48,7 +48,10 @@ def _migrate_bodies_to_polls(conn: Connection) -> None:
         converted += len(rows)
     if row is None:
         conn.exec_driver_sql(
-            "INSERT INTO meta (key, value) VALUES (?, ?)", (BODY_SCHEMA_KEY, SCHEMA_VERSION)
+            # OR IGNORE: another process (`buffer stats`, a test) may be creating the same new
+            # file at the same moment, and its insert may come first.
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+            (BODY_SCHEMA_KEY, SCHEMA_VERSION),
         )
     else:
         conn.exec_driver_sql(

@@ -63,6 +63,18 @@ attempts_table = sa.Table(
     sa.Column("serial", sa.String, primary_key=True),
     sa.Column("attempts", sa.Integer, nullable=False),
 )
+# Every tag-metadata version readings were encoded with (collector.message.DeviceMeta.body:
+# the canonical {"order", "tags"}): a positional poll can only be read with its version, so the
+# forwarder republishes the versions still needed on every connect. Inserted (or ignored) in
+# the commit that stores the first readings of a version; versions no longer current are
+# deleted once no pending reading can refer to them (collector.buffer.store).
+metas_table = sa.Table(
+    "metas",
+    metadata,
+    sa.Column("device", sa.String, primary_key=True),
+    sa.Column("meta", sa.String, primary_key=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
 meta_table = sa.Table(
     "meta",
     metadata,
@@ -95,6 +107,15 @@ class Batch:
     @property
     def count(self) -> int:
         return self.last_seq - self.first_seq + 1
+
+
+@dataclass(frozen=True, slots=True)
+class MetaUpdate:
+    """Tag-metadata versions to keep (``rows``: device, meta, body; inserted or ignored) and
+    the versions current from this commit on (``current``: device, meta)."""
+
+    rows: tuple[tuple[str, str, bytes], ...]
+    current: frozenset[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)

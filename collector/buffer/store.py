@@ -14,6 +14,11 @@
   same transaction as the readings they go with (:meth:`Outbox.append`).
 - When the cap is reached, the oldest batches are deleted in the same transaction that appends
   the new ones, and their readings counted (persistently, in ``meta``).
+- The tag-metadata versions the stored polls refer to are kept beside them (table ``metas``,
+  written with the first readings of a version); one no longer current is deleted once every
+  batch that may refer to it (up to the last seq stored when it stopped being current) is
+  gone. (Not "when the buffer is empty": on a busy line the deletes of delivered rows ride
+  with commits of new ones, so the buffer is hardly ever empty at a commit.)
 - A batch that cannot go out whole (larger than the broker takes) is split into smaller
   batches in place (:meth:`Outbox.split`); a single reading that can never be delivered is
   moved to the quarantine table.
@@ -29,6 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -46,6 +52,7 @@ from collector.buffer.schema import (
     Batch,
     BufferReset,
     BufferStats,
+    MetaUpdate,
     SeqHint,
     attempts_table,
     batches_table,
@@ -56,7 +63,7 @@ from collector.buffer.schema import (
     units_table,
 )
 from collector.config import Synchronous
-from collector.message import encode_unit, split_polls
+from collector.message import encode_unit, keyed_polls, split_polls
 from collector.reading import ContextChanges
 
 
@@ -77,6 +84,10 @@ class Outbox:
         # Seqs reserved in the hint (not durable commits only): (readings, units).
         self._reserved = (0, 0)
         self.max_readings = max_readings
+        # Kept metadata versions that are not current -> the highest seq that can refer to
+        # them: deleted once every batch up to it is gone. Filled when the writer says which
+        # versions are current (its first commit, each reload).
+        self._retired: dict[tuple[str, str], int] = {}
         self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
         self._conn: Connection = self._engine.connect()
         try:
@@ -103,7 +114,13 @@ class Outbox:
                 self._raise_seq(stream, max(seq_floor, floor))
             if not self._meta(OUTBOX_KEY):
                 outbox_id = int.from_bytes(secrets.token_bytes(8), "big", signed=True) or 1
-                self._conn.execute(meta_table.insert().values(key=OUTBOX_KEY, value=outbox_id))
+                # OR IGNORE: a process opening the same new file at the same moment may have
+                # made it first; the id read back below is the one stored.
+                self._conn.execute(
+                    sqlite_insert(meta_table)
+                    .values(key=OUTBOX_KEY, value=outbox_id)
+                    .on_conflict_do_nothing()
+                )
         # Counting the rows reads every page of the table: a malformed page shows up here, at
         # start-up, not in the middle of a shift.
         self.depth = self._count_readings()
@@ -188,11 +205,16 @@ class Outbox:
         batches: Sequence[Batch],
         changes: ContextChanges | None = None,
         acks: Sequence[tuple[int, int]] = (),
+        metas: MetaUpdate | None = None,
+        rekey: Sequence[tuple[str, str]] = (),
     ) -> int:
         """Append in one transaction, with the station context's changes that go with these
-        batches and the deletes of delivered ranges (``acks``, see :meth:`ack_ranges`); drop
-        the oldest readings if over the cap. Returns how many were dropped."""
-        if not batches and not changes and not acks:
+        batches, the tag-metadata versions they were encoded with (``metas``), the versions
+        whose stored positional polls are to be keyed by tag from now on (``rekey``: device,
+        meta; see :meth:`key_by_name`) and the deletes of delivered ranges (``acks``, see
+        :meth:`ack_ranges`); drop the oldest readings if over the cap. Returns how many were
+        dropped."""
+        if not batches and not changes and not acks and metas is None and not rekey:
             return 0
         dropped = 0
         count = sum(b.count for b in batches)
@@ -205,6 +227,11 @@ class Outbox:
             over = self.depth - deleted + count - self.max_readings
             if changes:
                 self._store_changes(changes)
+            if metas is not None:
+                self._conn.exec_driver_sql(
+                    "INSERT OR IGNORE INTO metas (device, meta, body) VALUES (?, ?, ?)",
+                    list(metas.rows),
+                )
             if batches:
                 # The driver's own executemany: SQLAlchemy's per-row parameter processing costs
                 # more than the insert (bench/, docs/performance.md).
@@ -217,6 +244,11 @@ class Outbox:
                 # the oldest ones that hold at least ``over`` readings.
                 dropped = self._drop_oldest(over)
                 self._add_meta(DROPPED_KEY, dropped)
+            for device, meta in rekey:
+                self._key_by_name(device, meta)
+            newest = max([self.last_seq, *(b.last_seq for b in batches)])
+            pruned = self._prune_metas(self._retire_metas(metas, newest))
+        self._retired = pruned
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
@@ -227,6 +259,60 @@ class Outbox:
         self._write_hint(force=False)
         self.dropped_total += dropped
         return dropped
+
+    def _retire_metas(self, update: MetaUpdate | None, last_seq: int) -> dict[tuple[str, str], int]:
+        """The retired versions after this commit: with a new current set, every other kept
+        version is retired at ``last_seq`` (the polls encoded with it are all stored by now:
+        collector.buffer.writer commits a change after them), unless it already was; a
+        version current again (a reload back) is not."""
+        if update is None:
+            return self._retired
+        stored = self._conn.exec_driver_sql("SELECT device, meta FROM metas").all()
+        return {
+            (device, meta): self._retired.get((device, meta), last_seq)
+            for device, meta in stored
+            if (device, meta) not in update.current
+        }
+
+    def _prune_metas(self, retired: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """In the caller's transaction: delete the retired versions no pending batch can
+        refer to any more (every batch up to their seq is delivered or dropped). Returns the
+        ones left."""
+        if not retired:
+            return retired
+        oldest = self._conn.exec_driver_sql("SELECT min(last_seq) FROM batches").scalar()
+        done = [key for key, seq in retired.items() if oldest is None or oldest > seq]
+        if done:
+            self._conn.exec_driver_sql("DELETE FROM metas WHERE device = ? AND meta = ?", done)
+        return {key: seq for key, seq in retired.items() if key not in done}
+
+    def _key_by_name(self, device: str, meta: str) -> int:
+        """In the caller's transaction: the pending positional polls of that version rewritten
+        keyed by tag (the broker refused its metadata, so consumers could never read them).
+        Returns how many batches changed."""
+        row = self._conn.exec_driver_sql(
+            "SELECT body FROM metas WHERE device = ? AND meta = ?", (device, meta)
+        ).first()
+        if row is None:
+            return 0
+        order = orjson.loads(row[0])["order"]
+        needle = b'"device":%b,"meta":"%b","' % (orjson.dumps(device), meta.encode())
+        rows = self._conn.exec_driver_sql(
+            "SELECT last_seq, body FROM batches WHERE instr(body, ?) > 0", (needle,)
+        ).all()
+        changed = 0
+        for last_seq, body in rows:
+            keyed = keyed_polls(bytes(body), device, meta, order)
+            if keyed is not None:
+                self._conn.exec_driver_sql(
+                    "UPDATE batches SET body = ? WHERE last_seq = ?", (keyed, last_seq)
+                )
+                changed += 1
+        return changed
+
+    def stored_metas(self) -> list[tuple[str, str, bytes]]:
+        """Every kept metadata version: (device, meta, body)."""
+        return stored_metas(self._conn)
 
     def _drop_oldest(self, at_least: int) -> int:
         dropped, through = 0, None
@@ -310,7 +396,9 @@ class Outbox:
         all the messages the broker acknowledged since the last time)."""
         with self._conn.begin():
             deleted = self._delete_ranges(ranges)
+            left = self._prune_metas(self._retired)
         self.depth -= deleted
+        self._retired = left
         return deleted
 
     def _delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
@@ -382,6 +470,13 @@ class Outbox:
             self.units_depth,
             self.last_unit_seq,
         )
+
+
+def stored_metas(conn: Connection) -> list[tuple[str, str, bytes]]:
+    """See :meth:`Outbox.stored_metas`."""
+    rows = conn.exec_driver_sql("SELECT device, meta, body FROM metas ORDER BY device").all()
+    conn.commit()
+    return [(device, meta, bytes(body)) for device, meta, body in rows]
 
 
 def take_batches(

@@ -12,11 +12,12 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from collector.buffer.handover import AsyncOutbox
-from collector.buffer.schema import Batch
+from collector.buffer.schema import Batch, MetaUpdate
 from collector.message import DeviceMeta, PollEncoder
 from collector.reading import Context, ContextChanges, Reading
 
@@ -32,6 +33,7 @@ def make_batches(
     *,
     per_batch: int | None = None,
     meta: DeviceMeta | None = None,
+    positional: bool = True,
 ) -> list[Batch]:
     """One poll's readings, numbered from ``first_seq``, as the batches the outbox stores: one,
     or as few parts of even size as keep each at most ``per_batch`` readings (a message never
@@ -47,6 +49,7 @@ def make_batches(
             readings[i : i + size],
             contexts[i : i + size],
             meta=meta,
+            positional=positional,
         )
         for i in range(0, count, size)
     ]
@@ -60,14 +63,24 @@ def make_batch(
     contexts: Sequence[Context],
     *,
     meta: DeviceMeta | None = None,
+    positional: bool = True,
 ) -> Batch:
     """Readings numbered from ``first_seq`` as one batch."""
     return Batch(
         first_seq,
         first_seq + len(readings) - 1,
         min(r.ts for r in readings),
-        encoder.encode(first_seq, device, readings, contexts, meta),
+        encoder.encode(first_seq, device, readings, contexts, meta, positional=positional),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rekey:
+    """The broker refused this version of a device's metadata: its stored positional polls
+    are to be keyed by tag (collector.buffer.store.Outbox.append)."""
+
+    device: str
+    meta: str
 
 
 class BufferWriter:
@@ -87,6 +100,10 @@ class BufferWriter:
     Pollers ask :meth:`can_take` first and skip a poll while the queue is at its bound, so under
     sustained overload readings are not read rather than read and dropped; the polls already
     under way then are still taken, up to twice the bound.
+
+    The devices' tag metadata (:meth:`set_meta`) goes into the buffer's ``metas`` table in the
+    commit that holds the polls queued after it, so a stored poll's version is always stored
+    too, and the versions current change only once the polls encoded before are stored.
     """
 
     MAX_READINGS_PER_COMMIT = 50_000
@@ -98,18 +115,23 @@ class BufferWriter:
         changes: Callable[[], ContextChanges] | None = None,
         commit_interval_s: float = 0.02,  # buffer.commit_interval_ms
         max_readings_per_batch: int | None = None,  # mqtt.max_readings_per_message
+        *,
+        positional: bool = True,  # mqtt.value_keys: position
     ) -> None:
         self._per_batch = max_readings_per_batch
         self._outbox = outbox
         self._commit_interval = commit_interval_s
-        self._queue: deque[Batch | None] = deque()
+        # Batches, pokes (None), metadata changes and refusals, in the order they came.
+        self._queue: deque[Batch | MetaUpdate | _Rekey | None] = deque()
         self._queued = 0  # bytes in the queue
         self._max_pending = max_pending_bytes
         self._held_back = False
         self._ready = asyncio.Event()
-        self._encoder = PollEncoder()
+        self._encoder = PollEncoder(positional)
         #: Each device's tag metadata: the id polls refer to, float32 tags (set_meta).
         self.metas: Mapping[str, DeviceMeta] = {}
+        #: (device, meta) versions the broker refused to take: encoded keyed (meta_refused).
+        self._keyed: set[tuple[str, str]] = set()
         self._next_seq: int | None = None
         # What the station context wants stored along with the readings it tagged.
         self._changes = changes
@@ -134,6 +156,7 @@ class BufferWriter:
             # under way when it was reached have come in too, and something is stuck.
             self.overflow_dropped += count
             return
+        meta = self.metas.get(device)
         parts = make_batches(
             self._encoder,
             first,
@@ -141,7 +164,8 @@ class BufferWriter:
             readings,
             contexts,
             per_batch=self._per_batch,
-            meta=self.metas.get(device),
+            meta=meta,
+            positional=meta is None or (device, meta.meta) not in self._keyed,
         )
         for batch in parts:
             self._queue.append(batch)
@@ -168,8 +192,27 @@ class BufferWriter:
         return room
 
     def set_meta(self, metas: Mapping[str, DeviceMeta]) -> None:
-        """The devices' tag metadata (at start and after a reload)."""
+        """The devices' tag metadata (at start and after a reload): polls from now on refer
+        to it, and it is stored with them."""
         self.metas = metas
+        self._queue.append(
+            MetaUpdate(
+                tuple((d, m.meta, m.body) for d, m in metas.items()),
+                frozenset((d, m.meta) for d, m in metas.items()),
+            )
+        )
+        self._ready.set()
+
+    def meta_refused(self, device: str, meta: str | None) -> None:
+        """The broker refused that version of the device's metadata: its consumers cannot
+        resolve positional polls, so its polls are keyed by tag from now on (until a reload
+        brings another version)."""
+        if meta is not None and (device, meta) not in self._keyed:
+            self._keyed.add((device, meta))
+            # Its polls already encoded, stored or queued, are rewritten keyed (the polls
+            # queued behind this are encoded keyed already).
+            self._queue.append(_Rekey(device, meta))
+            self._ready.set()
 
     def set_changes(self, changes: Callable[[], ContextChanges]) -> None:
         """Take the context's changes from here on (a new context after a reload)."""
@@ -183,7 +226,7 @@ class BufferWriter:
     @property
     def pending(self) -> int:
         """Polls waiting for their commit."""
-        return len(self._queue)
+        return sum(isinstance(item, Batch) for item in self._queue)
 
     async def run(self) -> None:
         """Commit until cancelled; on cancel, what is already queued is committed first."""
@@ -197,7 +240,7 @@ class BufferWriter:
                     await asyncio.sleep(wait)  # more polls join this commit meanwhile
                 self._ready.clear()
                 while self._queue:
-                    await self._commit(self._drain())
+                    await self._commit(*self._drain())
                 last_commit = loop.time()
         except asyncio.CancelledError:
             await self.flush()
@@ -206,24 +249,38 @@ class BufferWriter:
     async def flush(self) -> None:
         """Commit everything queued so far, and the context's changes."""
         while True:
-            batches = self._drain()
+            batches, metas, rekey = self._drain()
             changes = self._changes() if self._changes is not None else None
-            if not batches and not changes:
+            if not batches and not changes and metas is None and not rekey:
                 return
-            await self._commit(batches, changes)
+            await self._commit(batches, metas, rekey, changes)
 
-    def _drain(self) -> list[Batch]:
+    def _drain(self) -> tuple[list[Batch], MetaUpdate | None, list[tuple[str, str]]]:
+        """The next commit's batches, the metadata versions to store with them (every version
+        of the changes drained, current: the last one's) and the refused versions."""
         batches: list[Batch] = []
+        metas: MetaUpdate | None = None
+        rekey: list[tuple[str, str]] = []
         readings = 0
         while self._queue and readings < self.MAX_READINGS_PER_COMMIT:
-            batch = self._queue.popleft()
-            if batch is not None:
-                batches.append(batch)
-                readings += batch.count
-                self._queued -= len(batch.body)
-        return batches
+            item = self._queue.popleft()
+            if isinstance(item, Batch):
+                batches.append(item)
+                readings += item.count
+                self._queued -= len(item.body)
+            elif isinstance(item, MetaUpdate):
+                metas = item if metas is None else MetaUpdate(metas.rows + item.rows, item.current)
+            elif item is not None:
+                rekey.append((item.device, item.meta))
+        return batches, metas, rekey
 
-    async def _commit(self, batches: list[Batch], changes: ContextChanges | None = None) -> None:
+    async def _commit(
+        self,
+        batches: list[Batch],
+        metas: MetaUpdate | None = None,
+        rekey: Sequence[tuple[str, str]] = (),
+        changes: ContextChanges | None = None,
+    ) -> None:
         if changes is None and self._changes is not None and not self._queue:
             # Taken only once every queued poll is in this commit: the stored state then
             # describes exactly the readings stored with it.
@@ -231,7 +288,7 @@ class BufferWriter:
         delay = 0.1
         while True:
             try:
-                await self._outbox.append(batches, changes)
+                await self._outbox.append(batches, changes, metas, rekey)
             except sa.exc.OperationalError as exc:
                 # e.g. "database or disk is full": keep the batches, retry, say so once.
                 message = str(exc.orig) if exc.orig is not None else str(exc)

@@ -17,6 +17,7 @@ from collector.config.base import (
     MqttVersion,
     Synchronous,
     TlsConfig,
+    ValueKeys,
 )
 from collector.config.loader import load_config, parse_config
 from collector.config.model import Config, DeviceConfig, FieldError
@@ -43,6 +44,7 @@ __all__ = [
     "TagRef",
     "TlsConfig",
     "UnitEnd",
+    "ValueKeys",
     "Verdict",
     "VerdictSource",
     "load_config",

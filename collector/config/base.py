@@ -77,6 +77,15 @@ class MqttVersion(StrEnum):
     V311 = "3.1.1"
 
 
+class ValueKeys(StrEnum):
+    """How a poll's values name their tags (docs/messages.md)."""
+
+    #: ``tag_index`` + ``value_list``: names once in the meta message, values by position.
+    POSITION = "position"
+    #: ``values`` keyed by tag name: self-describing, about 5 bytes a reading more.
+    NAME = "name"
+
+
 class MqttConfig(_Model):
     host: Host = Field(default="127.0.0.1", description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
@@ -101,6 +110,11 @@ class MqttConfig(_Model):
     )
     max_readings_per_message: int = Field(
         default=500, ge=1, le=100_000, description="Cap on readings in one message."
+    )
+    value_keys: ValueKeys = Field(
+        default=ValueKeys.POSITION,
+        description="position: values by position in the device's meta order (fewer bytes); "
+        "name: keyed by tag name, for consumers that cannot keep the metadata.",
     )
     max_inflight_messages: int = Field(
         default=8, ge=1, le=100, description="Messages published and not yet acknowledged."

@@ -1,0 +1,203 @@
+"""The field checks of the reference decoder (collector.contract): each raises
+:class:`ContractError` naming the field path. Split from the decoder so that each file holds
+one idea; consumers import everything from :mod:`collector.contract`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSIONS = (1, 2)
+
+Value = bool | int | float | str | None
+
+QUALITIES = frozenset({"good", "uncertain", "bad"})
+#: Qualities allowed in a schema-2 value wrapper (good values are written bare).
+WRAPPED_QUALITIES = frozenset({"bad", "uncertain"})
+VERDICTS = frozenset({"pass", "fail", "rework", "scrap", "incomplete"})
+PHASES = frozenset({None, "test", "after"})
+_HEX = frozenset("0123456789abcdef")
+
+
+class ContractError(ValueError):
+    """A message that does not follow the contract. ``str()`` is ``"path: problem"``.
+
+    ``kind`` sorts the failures into a small fixed set for counting: ``json`` (not JSON or
+    not an object), ``schema`` (missing or unknown schema version), ``field`` (a missing field
+    or a field of the wrong type or value), ``unknown_meta`` (a positional poll refers to a
+    tag-metadata version the decoder was not given: the message is otherwise valid; park it
+    and decode it again once that version arrived on ``meta/{device}``). With
+    ``unknown_meta``, ``missing`` lists every (collector, device, meta) the message waits for.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        problem: str,
+        kind: str = "field",
+        missing: tuple[tuple[str, str, str], ...] = (),
+    ) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+        self.kind = kind
+        self.missing = missing
+
+
+def _load(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError("", f"not JSON ({exc})", "json") from None
+    if type(doc) is not dict:
+        raise ContractError("", "not a JSON object", "json")
+    return doc
+
+
+def _schema(doc: dict[str, Any]) -> int:
+    schema = doc.get("schema")
+    if type(schema) is not int or schema not in SCHEMA_VERSIONS:
+        what = "missing" if schema is None else f"unsupported version {_show(schema)}"
+        raise ContractError("schema", f"{what} (known: 1, 2)", "schema")
+    return schema
+
+
+def _show(value: object) -> str:
+    text = orjson.dumps(value).decode() if _is_json(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_json(value: object) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _str(obj: dict[str, Any], key: str, path: str) -> str:
+    value = obj.get(key)
+    if type(value) is not str:
+        raise ContractError(f"{path}{key}", _wanted("a string", key in obj, value))
+    return value
+
+
+def _nonempty(obj: dict[str, Any], key: str, path: str) -> str:
+    value = _str(obj, key, path)
+    if not value:
+        raise ContractError(f"{path}{key}", "must not be empty")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str, path: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not str:
+        raise ContractError(f"{path}{key}", _wanted("a string or null", True, value))
+    return value
+
+
+def _opt_int(obj: dict[str, Any], key: str, path: str) -> int | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not int:
+        raise ContractError(f"{path}{key}", _wanted("an integer or null", True, value))
+    return value
+
+
+def _opt_num(obj: dict[str, Any], key: str, path: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is int:
+        return float(value)
+    if type(value) is not float:
+        raise ContractError(f"{path}{key}", _wanted("a number or null", True, value))
+    return value
+
+
+def _bool(obj: dict[str, Any], key: str, path: str) -> bool:
+    value = obj.get(key, False)
+    if type(value) is not bool:
+        raise ContractError(f"{path}{key}", _wanted("true or false", True, value))
+    return value
+
+
+def _opt_bool(obj: dict[str, Any], key: str, path: str) -> bool | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not bool:
+        raise ContractError(f"{path}{key}", _wanted("true, false or null", True, value))
+    return value
+
+
+def _slot(obj: dict[str, Any], path: str) -> int | str | None:
+    value = obj.get("slot")
+    if value is not None and type(value) is not int and type(value) is not str:
+        raise ContractError(f"{path}slot", _wanted("an integer, a string or null", True, value))
+    return value
+
+
+def _seq(obj: dict[str, Any], path: str) -> int:
+    value = obj.get("seq")
+    if type(value) is not int or value < 0:
+        raise ContractError(f"{path}seq", _wanted("an integer >= 0", "seq" in obj, value))
+    return value
+
+
+def _scalar(value: Any, path: str) -> Value:
+    if value is None or type(value) in (bool, int, float, str):
+        return value  # type: ignore[no-any-return]
+    raise ContractError(path, _wanted("a number, boolean, string or null", True, value))
+
+
+def _wanted(what: str, present: bool, value: object) -> str:
+    return f"must be {what}, got {_show(value)}" if present else f"missing (must be {what})"
+
+
+class _TsCheck:
+    """RFC 3339 check with a one-entry memory: the readings of a poll share their ts."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, obj: dict[str, Any], path: str, key: str = "ts") -> str:
+        value = obj.get(key)
+        if value == self.last and type(value) is str:
+            return value
+        if type(value) is not str:
+            raise ContractError(f"{path}{key}", _wanted("an RFC 3339 string", key in obj, value))
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None or "T" not in value:
+            raise ContractError(
+                f"{path}{key}", f"must be an RFC 3339 time with offset, got {_show(value)}"
+            )
+        self.last = value
+        return value
+
+
+def _header(doc: dict[str, Any], schema: int) -> tuple[str, str]:
+    collector = _nonempty(doc, "collector", "")
+    if schema == 1:
+        return collector, ""
+    outbox = _str(doc, "outbox", "")
+    if len(outbox) != 16 or not set(outbox) <= _HEX:
+        raise ContractError("outbox", f"must be 16 lowercase hex characters, got {_show(outbox)}")
+    return collector, outbox
+
+
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    items = doc.get(key)
+    if type(items) is not list:
+        raise ContractError(key, _wanted("an array", key in doc, items))
+    return items
+
+
+def _obj(item: Any, path: str) -> dict[str, Any]:
+    if type(item) is not dict:
+        raise ContractError(path.rstrip("."), _wanted("an object", True, item))
+    return item

@@ -1,0 +1,357 @@
+"""Positional values in schema 2 (docs/messages.md, "Values by position"), pure logic: the
+encoder writes ``tag_index`` + ``value_list`` when a run is a contiguous slice of the device's
+``order`` and the keyed form otherwise; the reference decoder resolves them through a
+:class:`MetaBook` and parks what it cannot resolve (``unknown_meta``)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.contract import ContractError, MetaBook, decode_meta, decode_polls, decode_readings
+from collector.errors import ErrorCode
+from collector.message import DeviceMeta, PollEncoder, device_metas, envelope, split_polls
+from collector.reading import Context, Quality, Reading
+
+OUTBOX = "0123456789abcdef"
+ST = Context("st", "SN1", "op", 1)
+NONE = Context(None, None, None)
+
+
+def tag(kind: str = "uint16", station: str | None = "st") -> dict[str, Any]:
+    return {"unit": None, "type": kind, "scale": 1.0, "offset": 0.0, "station": station}
+
+
+META = DeviceMeta("dev", {"v": tag("float32"), "n": tag(), "t": tag()}, ("v", "n", "t"))
+
+
+def f32(x: float) -> float:
+    """What a driver decoding a float32 register returns."""
+    return float(struct.unpack("<f", struct.pack("<f", x))[0])
+
+
+def book(*metas: DeviceMeta, collector: str = "pc1") -> MetaBook:
+    out = MetaBook()
+    for meta in metas:
+        out.add(meta.message(collector))
+    return out
+
+
+def flat(body: bytes, metas: MetaBook | None) -> list[tuple[int, str, object, str, str | None]]:
+    return [
+        (r.seq, r.tag, r.value, r.quality, r.error)
+        for r in decode_readings(envelope("pc1", OUTBOX, body), metas)
+    ]
+
+
+# --- the meta message ------------------------------------------------------------------------
+
+
+def test_meta_names_the_order_and_hashes_it_with_the_tags() -> None:
+    doc = orjson.loads(META.message("pc1"))
+    assert doc["order"] == ["v", "n", "t"]
+    canonical = orjson.dumps(
+        {"order": ["v", "n", "t"], "tags": doc["tags"]}, option=orjson.OPT_SORT_KEYS
+    )
+    assert doc["meta"] == hashlib.sha256(canonical).hexdigest()[:8] == META.meta
+    # The same tags in another order are another version; the order of the tags dict is not.
+    assert DeviceMeta("dev", META.tags, ("n", "v", "t")).meta != META.meta
+    reordered = {k: META.tags[k] for k in ("t", "n", "v")}
+    assert DeviceMeta("dev", reordered, ("v", "n", "t")).meta == META.meta
+    # What the buffer keeps of a version gives the same version back (its tags' members
+    # sorted, as hashed).
+    again = DeviceMeta.from_body("dev", META.body)
+    assert (again.meta, again.order) == (META.meta, META.order)
+    assert orjson.loads(again.message("pc1")) == doc
+
+
+def test_tag_order_is_the_config_order() -> None:
+    from collector.config import Config
+
+    config = Config.model_validate(
+        {
+            "collector": {"id": "pc1", "site": "s", "line": "l"},
+            "buffer": {"path": "/tmp/never-opened.db"},
+            "devices": [
+                {
+                    "name": "plc",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "tags": [
+                        {"name": "z", "table": "holding_register", "address": 0},
+                        {"name": "a", "table": "holding_register", "address": 1},
+                        {"name": "m", "table": "holding_register", "address": 2},
+                    ],
+                },
+                {
+                    "name": "scale",
+                    "protocol": "serial_ascii",
+                    "port": "/dev/ttyUSB0",
+                    "mode": "listen",
+                    "pattern": r"W(?P<weight>\d+) T(?P<tare>\d+) (?P<count>\d+)",
+                },
+                {
+                    "name": "scanner",
+                    "protocol": "barcode_scanner",
+                    "port": "/dev/ttyUSB1",
+                    "routes": [{"tag": "work_order", "pattern": "WO.*"}],
+                },
+            ],
+        }
+    )
+    metas = device_metas(config.devices)
+    assert metas["plc"].order == ("z", "a", "m")
+    assert metas["scale"].order == ("weight", "tare", "count")  # the line's groups, in order
+    assert metas["scanner"].order == ("serial", "work_order")  # one reading per scan: sorted
+    assert set(metas["plc"].tags) == {"z", "a", "m"}
+
+
+# --- the encoder ---------------------------------------------------------------------------
+
+
+def test_a_whole_poll_is_positional_with_bad_and_uncertain_values_wrapped() -> None:
+    readings = [
+        Reading(1.0, "v", f32(354.315)),
+        Reading.bad(1.0, "n", ErrorCode.TIMEOUT),
+        Reading(1.0, "t", 9, quality=Quality.UNCERTAIN),
+    ]
+    body = PollEncoder().encode(5, "dev", readings, [ST] * 3, META)
+    assert body == (
+        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","station":"st",'
+        b'"unit_serial":"SN1","operation":"op","attempt":1,"tag_index":0,"value_list":'
+        b'[354.315,{"value":null,"quality":"bad","error":"timeout"},'
+        b'{"value":9,"quality":"uncertain","error":null}]}' % META.meta.encode()
+    )
+    assert flat(body, book(META)) == [
+        (5, "v", 354.315, "good", None),
+        (6, "n", None, "bad", "timeout"),
+        (7, "t", 9, "uncertain", None),
+    ]
+
+
+def test_each_run_of_a_poll_is_positional_from_its_own_tag_index() -> None:
+    """A poll read in two requests (two timestamps): two runs, each a slice of the order."""
+    readings = [Reading(1.0, "v", f32(0.1)), Reading(2.0, "n", 7), Reading(2.0, "t", 8)]
+    body = PollEncoder().encode(10, "dev", readings, [ST] * 3, META)
+    polls = orjson.loads(b"[" + body + b"]")
+    assert [(p["seq"], p["tag_index"], p["value_list"]) for p in polls] == [
+        (10, 0, [0.1]),
+        (11, 1, [7, 8]),
+    ]
+    assert all("values" not in p for p in polls)
+    assert flat(body, book(META)) == [
+        (10, "v", 0.1, "good", None),
+        (11, "n", 7, "good", None),
+        (12, "t", 8, "good", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        ["n", "v"],  # out of order
+        ["v", "t"],  # a gap
+        ["v", "x"],  # a tag the metadata does not know
+        ["n", "n"],  # the same tag twice
+    ],
+)
+def test_a_run_that_is_not_a_contiguous_slice_is_keyed(tags: list[str]) -> None:
+    readings = [Reading(1.0, name, i) for i, name in enumerate(tags)]
+    body = PollEncoder().encode(1, "dev", readings, [ST] * len(tags), META)
+    (poll,) = orjson.loads(b"[" + body + b"]")
+    assert "tag_index" not in poll
+    assert "value_list" not in poll
+    assert list(poll["values"]) == list(dict.fromkeys(tags))
+    assert poll["meta"] == META.meta  # keyed polls still name their version
+    if len(set(tags)) == len(tags):
+        assert flat(body, None) == [(1 + i, t, i, "good", None) for i, t in enumerate(tags)]
+
+
+def test_keyed_when_switched_off_refused_or_without_metadata() -> None:
+    readings = [Reading(1.0, "v", f32(12.5)), Reading(1.0, "n", 3)]
+    keyed = b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev",%b"values":{"v":12.5,"n":3}}'
+    with_meta = keyed % b'"meta":"%b",' % META.meta.encode()
+    # mqtt.value_keys: name
+    assert PollEncoder(positional=False).encode(1, "dev", readings, [NONE] * 2, META) == with_meta
+    # a device whose metadata the broker refused
+    assert PollEncoder().encode(1, "dev", readings, [NONE] * 2, META, positional=False) == (
+        with_meta
+    )
+    # no metadata at all: no float32 either, and no meta member
+    assert PollEncoder().encode(1, "dev", [readings[1]], [NONE], None) == (
+        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev","values":{"n":3}}'
+    )
+
+
+def test_float32_values_are_shortest_in_the_positional_form_too() -> None:
+    readings = [Reading(1.0, "v", f32(354.315)), Reading(1.0, "n", 2.5)]
+    body = PollEncoder().encode(1, "dev", readings, [ST] * 2, META)
+    assert b'"value_list":[354.315,2.5]' in body
+    # a float tag that is not float32 keeps every digit
+    body = PollEncoder().encode(1, "dev", [Reading(1.0, "n", f32(354.315))], [ST], META)
+    assert b'"value_list":[354.31500244140625]' in body
+
+
+def test_split_polls_keeps_each_form_and_every_value_with_its_seq() -> None:
+    meta = DeviceMeta("dev", {f"r{i}": tag() for i in range(7)}, tuple(f"r{i}" for i in range(7)))
+    readings = [Reading(1.0 + i // 4, f"r{i}", 100 + i) for i in range(7)]
+    positional = PollEncoder().encode(11, "dev", readings, [ST] * 7, meta)
+    keyed = PollEncoder(positional=False).encode(11, "dev", readings, [ST] * 7, meta)
+    metas = book(meta)
+    for body in (positional, keyed):
+        parts = split_polls(body, 3)
+        assert [(first, last) for first, last, _, _ in parts] == [(11, 13), (14, 16), (17, 17)]
+        assert [ts for _, _, ts, _ in parts] == [1.0, 1.0, 2.0]
+        assert [x for *_, b in parts for x in flat(b, metas)] == flat(body, metas)
+    second = orjson.loads(b"[" + split_polls(positional, 3)[1][3] + b"]")
+    assert [(p["seq"], p["tag_index"], p["value_list"]) for p in second] == [
+        (14, 3, [103]),
+        (15, 4, [104, 105]),
+    ]
+
+
+# --- the decoder ---------------------------------------------------------------------------
+
+
+def positional_poll(**extra: Any) -> dict[str, Any]:
+    poll: dict[str, Any] = {
+        "seq": 1041,
+        "ts": "2026-11-21T10:00:00.12Z",
+        "device": "tester-1",
+        "meta": "a1b2c3d4",
+        "station": "ft-1",
+        "tag_index": 0,
+        "value_list": [12.03, 0.51, {"value": None, "quality": "bad", "error": "timeout"}],
+    }
+    poll.update(extra)
+    return poll
+
+
+def message(*polls: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {"schema": 2, "collector": "line1-pc1", "outbox": OUTBOX, "polls": list(polls)}
+    )
+
+
+def meta_message(meta: str = "a1b2c3d4", order: list[str] | None = None) -> dict[str, Any]:
+    order = order or ["supply_voltage", "current", "temp"]
+    return {
+        "schema": 2,
+        "collector": "line1-pc1",
+        "device": "tester-1",
+        "meta": meta,
+        "order": order,
+        "tags": {name: tag("float32", "ft-1") for name in order},
+    }
+
+
+def test_the_spec_example_decodes_with_its_meta() -> None:
+    metas = MetaBook()
+    assert metas.add(orjson.dumps(meta_message())) == ("line1-pc1", "tester-1", "a1b2c3d4")
+    got = decode_readings(message(positional_poll()), metas)
+    assert [(r.seq, r.tag, r.value, r.quality, r.error, r.station) for r in got] == [
+        (1041, "supply_voltage", 12.03, "good", None, "ft-1"),
+        (1042, "current", 0.51, "good", None, "ft-1"),
+        (1043, "temp", None, "bad", "timeout", "ft-1"),
+    ]
+    (poll,) = decode_polls(message(positional_poll(tag_index=1, value_list=[1])), metas).polls
+    assert poll.values == [("current", 1, "good", None, None)]
+
+
+def test_an_unknown_meta_is_its_own_kind_and_names_every_version_it_waits_for() -> None:
+    metas = MetaBook()
+    metas.add(meta_message())  # a dict, as decode_meta returns it, is taken too
+    payload = message(
+        positional_poll(),
+        positional_poll(seq=2000, meta="0000ffff"),
+        positional_poll(seq=3000, device="tester-2", meta="0000ffff"),
+    )
+    with pytest.raises(ContractError) as caught:
+        decode_readings(payload, metas)
+    assert caught.value.kind == "unknown_meta"
+    assert caught.value.path == "polls[1].meta"
+    assert "unknown meta version 0000ffff of device tester-1" in str(caught.value)
+    assert caught.value.missing == (
+        ("line1-pc1", "tester-1", "0000ffff"),
+        ("line1-pc1", "tester-2", "0000ffff"),
+    )
+    # Without a MetaBook every positional poll is unknown; a keyed one is not.
+    with pytest.raises(ContractError) as caught:
+        decode_readings(message(positional_poll()))
+    assert caught.value.kind == "unknown_meta"
+    # Once the version arrived, the parked message decodes.
+    metas.add(meta_message("0000ffff", ["a", "b", "c"]))
+    with pytest.raises(ContractError, match="device tester-2"):
+        decode_readings(payload, metas)
+    metas.add({**meta_message("0000ffff", ["a", "b", "c"]), "device": "tester-2"})
+    assert [r.tag for r in decode_readings(payload, metas)][3:] == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_a_bad_poll_is_a_field_error_even_when_its_meta_is_unknown() -> None:
+    """Only a missing meta parks a message: one that is wrong anyway is refused as such."""
+    bad = positional_poll(value_list=[1, [2]])
+    with pytest.raises(ContractError) as caught:
+        decode_readings(message(bad))
+    assert (caught.value.kind, caught.value.path) == ("field", "polls[0].value_list[1]")
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "problem"),
+    [
+        ({"values": {"a": 1}}, "polls[0].values", "either values or tag_index + value_list"),
+        ({"tag_index": -1}, "polls[0].tag_index", "must be an integer >= 0, got -1"),
+        ({"tag_index": True}, "polls[0].tag_index", "must be an integer >= 0, got true"),
+        ({"tag_index": None}, "polls[0].tag_index", "must be an integer >= 0"),
+        ({"value_list": {"a": 1}}, "polls[0].value_list", "must be an array"),
+        ({"meta": None}, "polls[0].meta", "a poll with tag_index needs its meta"),
+        ({"tag_index": 1}, "polls[0].value_list", "3 values from tag_index 1 run past the 3"),
+        (
+            {"value_list": [1, {"value": 2, "quality": "good", "error": None}]},
+            "polls[0].value_list[1].quality",
+            'must be "bad" or "uncertain"',
+        ),
+    ],
+)
+def test_bad_positional_polls(change: dict[str, Any], path: str, problem: str) -> None:
+    poll = positional_poll(**change)
+    if change.get("tag_index", 0) is None:
+        del poll["tag_index"]
+    with pytest.raises(ContractError) as caught:
+        decode_readings(message(poll), book_for_spec())
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+    assert caught.value.kind == "field"
+
+
+def book_for_spec() -> MetaBook:
+    metas = MetaBook()
+    metas.add(meta_message())
+    return metas
+
+
+def test_meta_messages_checked_and_kept_by_the_book() -> None:
+    doc = decode_meta(orjson.dumps(meta_message()))
+    assert doc["order"] == ["supply_voltage", "current", "temp"]
+    for order, path, problem in [
+        ("x", "order", 'must be an array, got "x"'),
+        (["current", "nope"], "order[1]", 'must be a tag of tags, got "nope"'),
+        (["current", "current"], "order", "names a tag twice"),
+    ]:
+        bad = {**meta_message(), "order": order}
+        with pytest.raises(ContractError) as caught:
+            decode_meta(orjson.dumps(bad))
+        assert (caught.value.path, caught.value.problem) == (path, problem)
+    metas = MetaBook()
+    assert metas.add(b"") is None  # a cleared retained message
+    old = {k: v for k, v in meta_message().items() if k != "order"}
+    assert decode_meta(orjson.dumps(old))["order"] is None
+    assert metas.add(orjson.dumps(old)) is None  # written before positional values: no order
+    assert len(metas) == 0
+    metas.add(META.message("pc1"))
+    assert ("pc1", "dev", META.meta) in metas
+    assert metas.order("pc1", "dev", META.meta) == ("v", "n", "t")
+    assert metas.order("pc2", "dev", META.meta) is None  # per collector
