@@ -56,10 +56,10 @@ async def test_collector_stream_is_stored_and_found_by_unit(
     store.start()
     witness = Subscriber(mosquitto, "collector/plant-a/line-1/pc1/#", client_id="witness")
     try:
-        # Keyed values (mqtt.value_keys: name) until the store resolves positional polls
-        # through the tag metadata it stores (the store side of the positional spec).
+        # The collector's default stream: values by position, resolved through the tag
+        # metadata the store keeps.
         config = Config.model_validate(
-            config_dict(mosquitto, modbus_server.port, tmp_path / "b.db", value_keys="name")
+            config_dict(mosquitto, modbus_server.port, tmp_path / "b.db")
         )
         await set_tester(modbus_server, config, voltage=12.25, serial="SN0001", result=0)
         async with RunningService(config):
@@ -69,6 +69,8 @@ async def test_collector_stream_is_stored_and_found_by_unit(
                 lambda: witness.payloads("/units"), 15, "the unit record of SN0001"
             )
         published = {r["seq"]: r for r in witness.readings()}
+        polls = [poll for p in witness.payloads() for poll in p["polls"]]
+        assert all("value_list" in poll for poll in polls), polls[:3]  # all by position
         engine = connect(db_url)
         await async_wait_until(
             lambda: stored_count(engine) == len(published), 30, "every published reading"
