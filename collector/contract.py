@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -340,9 +340,15 @@ def _value(tag: str, value: Any, path: str) -> PollValue:
     raise ContractError(path, _wanted("a number, boolean, string, null or object", True, value))
 
 
+def _one_of(value: object, allowed: frozenset[str]) -> TypeGuard[str]:
+    """A string among ``allowed``; anything else (a list or an object, which cannot even be
+    looked up in a set) is not, rather than a TypeError that a consumer would not expect."""
+    return type(value) is str and value in allowed
+
+
 def _wrapped(tag: str, obj: dict[str, Any], path: str) -> PollValue:
     quality = obj.get("quality")
-    if quality not in WRAPPED_QUALITIES:
+    if not _one_of(quality, WRAPPED_QUALITIES):
         raise ContractError(f"{path}quality", f'must be "bad" or "uncertain", got {_show(quality)}')
     if "value" not in obj:
         raise ContractError(f"{path}value", "missing")
@@ -385,6 +391,7 @@ def _polls1(items: list[Any], ts_check: _TsCheck) -> list[Poll]:
             or seq < 0
             or type(tag) is not str
             or type(value) not in scalars
+            or type(quality) is not str
             or quality not in qualities
             or type(error) not in opt_str
             or type(unit) not in opt_str
@@ -418,7 +425,7 @@ def _reading1(reading: dict[str, Any], path: str, ts_check: _TsCheck) -> None:
         raise ContractError(f"{path}value", "missing")
     _scalar(reading["value"], f"{path}value")
     quality = reading.get("quality")
-    if quality not in QUALITIES:
+    if not _one_of(quality, QUALITIES):
         raise ContractError(
             f"{path}quality", f'must be "good", "uncertain" or "bad", got {_show(quality)}'
         )
@@ -471,7 +478,7 @@ def decode_units(payload: bytes) -> list[FlatUnit]:
         path = f"units[{i}]."
         unit = _obj(item, path)
         verdict = unit.get("verdict")
-        if verdict not in VERDICTS:
+        if not _one_of(verdict, VERDICTS):
             raise ContractError(
                 f"{path}verdict",
                 f"must be one of {', '.join(sorted(VERDICTS))}, got {_show(verdict)}",

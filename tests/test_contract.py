@@ -155,6 +155,11 @@ def test_schema2_uncertain_keeps_value_and_slot_may_be_int_or_text() -> None:
             'polls[0].values.t.quality: must be "bad" or "uncertain"',
             "field",
         ),
+        (  # a list cannot even be looked up in a set: a ContractError, not a TypeError
+            readings2(values={"t": {"value": 1, "quality": ["bad"]}}),
+            'polls[0].values.t.quality: must be "bad" or "uncertain", got ["bad"]',
+            "field",
+        ),
         (
             readings2(values={"t": {"quality": "bad"}}),
             "polls[0].values.t.value: missing",
@@ -212,6 +217,11 @@ def test_schema1_hand_made_message() -> None:
     ("field", "value", "message"),
     [
         ("quality", "ok", 'readings[0].quality: must be "good", "uncertain" or "bad", got "ok"'),
+        (
+            "quality",
+            ["good"],
+            'readings[0].quality: must be "good", "uncertain" or "bad", got ["good"]',
+        ),
         ("tag", None, "readings[0].tag: must be a string, got null"),
         ("unit", 1, "readings[0].unit: must be a string or null, got 1"),
         ("value", {"v": 1}, "readings[0].value: must be a number, boolean, string or null"),
@@ -322,6 +332,7 @@ def test_schema2_unit_record() -> None:
     ("extra", "message"),
     [
         ({"verdict": "ok"}, "units[0].verdict: must be one of fail, incomplete, pass, rework"),
+        ({"verdict": ["pass"]}, "units[0].verdict: must be one of fail, incomplete, pass"),
         ({"serial": ""}, "units[0].serial: must not be empty"),
         ({"start": 5}, "units[0].start: must be an RFC 3339 string, got 5"),
         ({"end": "soon"}, "units[0].end: must be an RFC 3339 time"),

@@ -172,8 +172,8 @@ def test_parked_messages_stored_before_the_meta_are_swept_at_start(engine: sa.En
         ({"tag_index": -1}, "polls[0].tag_index: must be an integer >= 0, got -1"),
         ({"tag_index": "0"}, 'polls[0].tag_index: must be an integer >= 0, got "0"'),
         ({"value_list": {"a": 1}}, 'polls[0].value_list: must be an array, got {"a":1}'),
-        ({"meta": None}, "polls[0].meta: missing (a positional poll names its meta version)"),
-        ({"values": {"a": 1}}, "polls[0]: has both values and tag_index/value_list"),
+        ({"meta": None}, "polls[0].meta: missing (a poll with tag_index needs its meta)"),
+        ({"values": {"a": 1}}, "polls[0].values: a poll has either values or tag_index"),
         ({"value_list": [1, [2]]}, "polls[0].value_list[1]: must be a number, boolean, "
                                    "string, null or object, got [2]"),
         ({"value_list": [{"value": 1, "quality": "good"}]},
