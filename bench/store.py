@@ -9,22 +9,22 @@
 - ingest: the store's batch writer (store.ingest.Writer, what one store process runs per
   batch) fed with the collector's own stream: messages made by its own encoder
   (collector.message.PollEncoder with the device's tag metadata, in its envelope: schema 2,
-  values keyed by tag), ``--per-message`` readings a message and the default 100 messages a
-  transaction, into a fresh SQLite file and a fresh PostgreSQL database, after the device's
-  retained meta message. Readings per second = readings committed / wall time of the
-  writes (decode included). ``--repeat N``: N runs, the median reported;
+  values by position, the default ``mqtt.value_keys``), ``--per-message`` readings a message
+  and the default 100 messages a transaction, into a fresh SQLite file and a fresh PostgreSQL
+  database, after the device's retained meta message. Readings per second = readings committed
+  / wall time of the writes (decode included). ``--repeat N``: N runs, the median reported;
   ``--profile DIR``: a cProfile of each run.
 - ingest1: the same readings in schema 1 (one object per reading), as a collector older
   than issue 16 sends them.
-- ingestp: the same readings in the positional form of schema 2 (``tag_index`` +
-  ``value_list``, /work/spec/positional.md), built by hand from the spec.
+- ingestk: the same readings keyed by tag name (schema 2 with ``mqtt.value_keys: name``).
 - genealogy: ``--stored`` readings written straight into the tables with bulk inserts
   (4 collectors, 50 tags a poll, two stations per collector whose polls interleave, a unit
   every 40 polls), then the genealogy of one unit (store.genealogy.unit_genealogy, what
   GET /units/{serial} runs): median and maximum of 20 look-ups of different units.
-- backlog: ``collector store run`` (a subprocess) away while ``--backlog`` readings are
-  published to a private mosquitto (the store's persistent session queues them), then
-  started: drain rate and the store's RSS sampled every 0.5 s from /proc.
+- backlog: ``collector store run`` (a subprocess) away while the meta message (retained) and
+  ``--backlog`` readings are published to a private mosquitto (the store's persistent
+  session queues them), then started: drain rate and the store's RSS sampled every 0.5 s
+  from /proc; a drain that stops moving for 60 s ends the run (its count says so).
 
 PostgreSQL is a private cluster started from Debian's binaries (tests/postgres.py).
 Figures are printed (and written as JSON with --json FILE), never asserted.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import hashlib
 import json
 import os
 import platform
@@ -47,7 +46,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 import yaml
 
@@ -57,7 +55,6 @@ from collector.message import (
     ReadingEncoder,
     build_message,
     envelope,
-    ts_text,
 )
 from collector.reading import Context, Reading
 from store.db import connect, create_schema
@@ -116,9 +113,11 @@ def _readings(seq: int, poll: int, ts: float, total: int) -> list[Reading]:
             for i in range(n)]  # fmt: skip
 
 
-def _encoded_polls(total: int, per_message: int, schema1: bool) -> Iterator[bytes]:
+def _encoded_polls(
+    total: int, per_message: int, schema1: bool, positional: bool = True
+) -> Iterator[bytes]:
     """Each message's comma-separated items, from the collector's own encoders."""
-    encoder, old, meta = PollEncoder(), ReadingEncoder(), device_meta()
+    encoder, old, meta = PollEncoder(positional), ReadingEncoder(), device_meta()
     for polls in _polls(total, per_message):
         items = []
         for seq, poll, ts in polls:
@@ -132,51 +131,28 @@ def _encoded_polls(total: int, per_message: int, schema1: bool) -> Iterator[byte
         yield b",".join(items)
 
 
-def collector_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+def collector_messages(
+    total: int, per_message: int, collector: str = "pc1", positional: bool = True
+) -> list[bytes]:
     """``total`` readings as the collector publishes them: polls of 50 tags through its own
     encoder (collector.message.PollEncoder, with the device's tag metadata, as the buffer
-    writer calls it) in its own envelope, ``per_message`` readings a message."""
+    writer calls it) in its own envelope, ``per_message`` readings a message: values by
+    position (the default), or keyed by tag (``mqtt.value_keys: name``)."""
     return [
-        envelope(collector, OUTBOX, items) for items in _encoded_polls(total, per_message, False)
+        envelope(collector, OUTBOX, items)
+        for items in _encoded_polls(total, per_message, False, positional)
     ]
+
+
+def keyed_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+    """The collector's stream with ``mqtt.value_keys: name``: values keyed by tag."""
+    return collector_messages(total, per_message, collector, positional=False)
 
 
 def schema1_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
     """The same readings in schema 1 (one object per reading), as a collector older than
     issue 16 publishes them (collector.message.ReadingEncoder)."""
     return [build_message(collector, items) for items in _encoded_polls(total, per_message, True)]
-
-
-def positional_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
-    """The same readings in the positional form of schema 2 (/work/spec/positional.md:
-    ``tag_index`` + ``value_list`` resolved through the meta message's ``order``), built by
-    hand from the spec until the collector's encoder emits it."""
-    meta = positional_meta()["meta"]
-    out: list[bytes] = []
-    for polls in _polls(total, per_message):
-        docs = []
-        for seq, poll, ts in polls:
-            readings = _readings(seq, poll, ts, total)
-            ctx = _context(poll)
-            docs.append({
-                "seq": seq, "ts": ts_text(ts), "device": DEVICE, "meta": meta,
-                "station": ctx.station, "unit_serial": ctx.unit_serial,
-                "operation": ctx.operation, "attempt": ctx.attempt, "phase": ctx.phase,
-                "tag_index": 0, "value_list": [r.value for r in readings],
-            })  # fmt: skip
-        out.append(orjson.dumps({"schema": 2, "collector": collector, "outbox": OUTBOX,
-                                 "polls": docs}))  # fmt: skip
-    return out
-
-
-def positional_meta(collector: str = "pc1") -> dict[str, Any]:
-    """The bench device's meta message with ``order`` (the positional spec's form)."""
-    tags = _tag_meta()
-    order = list(tags)
-    canonical = orjson.dumps({"order": order, "tags": tags}, option=orjson.OPT_SORT_KEYS)
-    meta = hashlib.sha256(canonical).hexdigest()[:8]
-    return {"schema": 2, "collector": collector, "device": DEVICE, "meta": meta,
-            "order": order, "tags": tags}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- ingest
@@ -203,9 +179,9 @@ def server_cpu_seconds(pg: PostgresServer | None) -> float:
 
 #: The ingest variants: the form of the messages (all carry the same readings).
 FORMS = {
-    "ingest": collector_messages,  # the collector's own stream (schema 2, keyed values)
+    "ingest": collector_messages,  # the collector's own stream (schema 2, values by position)
+    "ingestk": keyed_messages,  # schema 2, values keyed by tag (mqtt.value_keys: name)
     "ingest1": schema1_messages,  # schema 1, one object per reading
-    "ingestp": positional_messages,  # schema 2, positional values
 }
 
 
@@ -223,9 +199,9 @@ def bench_ingest(
     engine = connect(url)
     create_schema(engine)
     writer = Writer(engine)
-    meta = positional_meta() if form == "ingestp" else orjson.loads(device_meta().message("pc1"))
     incoming = [Incoming(READINGS_TOPIC, m) for m in messages]
-    writer.write([Incoming(META_TOPIC, orjson.dumps(meta))])  # the retained meta comes first
+    # The retained meta comes first, as the collector publishes it on connect.
+    writer.write([Incoming(META_TOPIC, device_meta().message("pc1"))])
     writer.write(incoming[:1])  # the dimension rows and the connection: not what is measured
     rest = incoming[1:]
     started = time.perf_counter()
@@ -455,6 +431,7 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
     }))  # fmt: skip
     command = [sys.executable, "-m", "collector", "store", "run", "--config", str(config)]
     log = (workdir / "store.log").open("ab")
+    store: subprocess.Popen[bytes] | None = None
     try:
         store = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: port_open(http), 30, "store")
@@ -466,6 +443,9 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
                                 protocol=mqtt.MQTTv5)  # fmt: skip
         publisher.connect(broker.host, broker.port)
         publisher.loop_start()
+        # The tag metadata first, retained, as the collector publishes it on connect: without
+        # it the store would park every positional message (docs/store.md).
+        publisher.publish(META_TOPIC, device_meta().message("pc1"), qos=1, retain=True)
         for payload in messages:
             publisher.publish("collector/plant/line/pc1/readings", payload, qos=1).wait_for_publish(
                 30
@@ -477,10 +457,13 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
         store = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         rss = []
         done = 0
-        while time.perf_counter() - started < 1800:
+        progress = time.perf_counter()  # when the count last moved: a stalled drain ends
+        while time.perf_counter() - progress < 60:
             rss.append(_rss_mb(store.pid))
             with engine.connect() as conn:
-                done = conn.exec_driver_sql("SELECT count(*) FROM readings").scalar_one()
+                count = conn.exec_driver_sql("SELECT count(*) FROM readings").scalar_one()
+            if count > done:
+                done, progress = count, time.perf_counter()
             if done >= total:
                 break
             time.sleep(0.5)
@@ -489,6 +472,9 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
         store.wait(30)
         engine.dispose()
     finally:
+        if store is not None and store.poll() is None:  # a failed run leaves no store behind
+            store.kill()
+            store.wait(30)
         log.close()
         broker.stop()
     return {
@@ -536,7 +522,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="ingest,ingest1,ingestp,genealogy,backlog")
+    parser.add_argument("--only", default="ingest,ingestk,ingest1,genealogy,backlog")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--readings", type=int, default=1_000_000, help="ingest size")
     parser.add_argument("--per-message", type=int, default=500, help="readings per message")

@@ -25,7 +25,7 @@ def test_store_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
     for db in ("sqlite", "postgresql"):
         assert figures[f"ingest_{db}"]["readings"] == 19_500  # the first message warms up
         assert figures[f"ingest1_{db}"]["readings"] == 19_500
-        assert figures[f"ingestp_{db}"]["readings"] == 19_500
+        assert figures[f"ingestk_{db}"]["readings"] == 19_500
         assert figures[f"genealogy_{db}"]["stored_readings"] == 200_000
         assert figures[f"genealogy_{db}"]["unit_readings"] == 2000
         assert figures[f"backlog_{db}"]["readings"] == 20_000
