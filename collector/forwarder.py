@@ -36,8 +36,6 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
-
 from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, Batch
 from collector.config import Config
@@ -230,11 +228,7 @@ class Forwarder:
         metadata (a retained message holds only the current one). Not awaited, like the
         current one. One the broker refuses is not sent again, and its buffered polls are
         keyed by tag instead (on_meta_refused), as for a refused current version."""
-        try:
-            stored = self._outbox.stored_metas()
-        except sa.exc.SQLAlchemyError as exc:  # the buffer says so elsewhere too
-            log.error("buffer: cannot read the kept tag metadata (%s)", exc)  # noqa: TRY400
-            return
+        stored = self._outbox.stored_metas()
         collector_id = self._config.collector.id
         limit = self._publisher.max_packet_bytes
         for device, meta, body in stored:

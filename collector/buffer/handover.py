@@ -150,9 +150,14 @@ class AsyncOutbox:
 
     def stored_metas(self) -> list[tuple[str, str, bytes]]:
         """Every tag-metadata version kept in the buffer, (device, meta, body), read on the
-        event loop like :meth:`take` (a few small rows)."""
+        event loop like :meth:`take` (a few small rows); none when the file cannot be read
+        (logged: the buffer's other operations say so too)."""
         assert self._reader is not None, "open() first"
-        return stored_metas(self._reader)
+        try:
+            return stored_metas(self._reader)
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("buffer: cannot read the kept tag metadata (%s)", exc)  # noqa: TRY400
+            return []
 
     async def split(self, first_seq: int, last_seq: int, per_batch: int) -> bool:
         """Split the batches of a range into batches of at most ``per_batch`` readings; False
