@@ -4,7 +4,7 @@ Readings are the bulk (millions a day), so their rows are small: the repeating t
 reading (collector and outbox, device and tag, station/unit/operation context) lives once in
 the dimension tables ``streams``, ``series`` and ``contexts``, and a reading row holds integer
 ids, its seq, its time and its value. ``units`` and ``characteristics`` are the tables the
-pilot-run report reads (/work/spec/store-tables.md): their names and columns are fixed.
+pilot-run report reads (store/report/): their names and columns are its contract.
 
 TimescaleDB: every unique key holds the row's time column (``ts``, ``end_ts``), which a
 hypertable requires; :func:`store.db.create_schema` makes ``readings`` a hypertable when the

@@ -1,7 +1,8 @@
-"""The store's side of positional values (/work/spec/positional.md): a poll object carries
-``tag_index`` + ``value_list``, resolved through the ``order`` of the meta version it names.
-Messages are built here from the spec (the collector's encoder gains the form in parallel);
-real SQLite files and a real PostgreSQL."""
+"""The store's side of positional values (docs/messages.md#values-by-position): a poll object
+carries ``tag_index`` + ``value_list``, resolved through the ``order`` of the meta version it
+names. Messages are built here by hand, so that each rule is tested on its own (the
+collector's real stream goes through the store in tests/test_store_e2e.py); real SQLite files
+and a real PostgreSQL."""
 
 from __future__ import annotations
 
