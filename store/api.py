@@ -10,21 +10,18 @@ Database reads run in FastAPI's thread pool, never on the loop.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import time
-from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from collector.errors import ConfigError
-from collector.health import listening_socket
+from collector.httpserver import BoundedServer
 from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
 from store.report import Format, load_protocol, render_report
@@ -75,6 +72,7 @@ def health(service: StoreService) -> tuple[bool, dict[str, Any]]:
             else round(time.time() - s.last_commit, 1),
         },
         "old_gaps": old,
+        "http": None if service.http_stats is None else service.http_stats(),
     }
     return not problems, body
 
@@ -213,25 +211,11 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-class StoreHttpServer(uvicorn.Server):
-    """uvicorn on a socket bound up front (a busy port is a clear start-up error), without
-    uvicorn's own signal handling (the service owns SIGINT and SIGTERM)."""
+class StoreHttpServer(BoundedServer):
+    """The store's API on a :class:`collector.httpserver.BoundedServer`: bound up front (a
+    busy port is a clear start-up error), at most MAX_CONNECTIONS connections with fresh idle
+    ones closed (so that no client can take the file descriptors the database and the broker
+    need), no signal handling of its own (the service owns SIGINT and SIGTERM)."""
 
     def __init__(self, service: StoreService, host: str, port: int) -> None:
-        super().__init__(
-            uvicorn.Config(
-                create_app(service), log_level="warning", access_log=False, lifespan="off"
-            )
-        )
-        self.socket = listening_socket(host, port, "http")
-        self.bound_port = int(self.socket.getsockname()[1])
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def run_until_exit(self) -> None:
-        try:
-            await self.serve(sockets=[self.socket])
-        finally:
-            self.socket.close()
+        super().__init__(create_app(service), host, port, "http")

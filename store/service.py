@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -75,6 +76,9 @@ class StoreService:
         self.stats = Stats()
         self.writer = Writer(self.engine, config.ingest.quarantine_max_bytes)
         self.http_port: int | None = None
+        #: The HTTP server's connection figures (collector.httpserver.ConnectionGuard.stats),
+        #: once it serves.
+        self.http_stats: Callable[[], dict[str, int]] | None = None
         # Bounded even if a broker ignores the Receive Maximum it was sent (mosquitto 2.0
         # resends a resumed session's whole queue at once): when full, paho's thread waits,
         # so it stops reading the socket and TCP holds the broker back.
@@ -92,6 +96,7 @@ class StoreService:
         if self.config.http.enabled:
             server = StoreHttpServer(self, self.config.http.host, self.config.http.port)
             self.http_port = server.bound_port
+            self.http_stats = server.guard.stats
             serving = asyncio.create_task(server.run_until_exit())
         await self._create_schema(stop)
         subscriber = Subscriber(

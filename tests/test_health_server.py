@@ -18,7 +18,8 @@ import pytest
 from collector.advice import ADVICE
 from collector.config import Config
 from collector.errors import ErrorCode
-from collector.health import MAX_CONNECTIONS, MAX_UNIT_BODY_BYTES
+from collector.health import MAX_UNIT_BODY_BYTES
+from collector.httpserver import MAX_CONNECTIONS
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.collector_process import CollectorProcess
 from tests.helpers import (

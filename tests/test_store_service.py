@@ -4,10 +4,13 @@ store processes on one shared subscription, bad messages, a database that goes a
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -261,3 +264,35 @@ def test_read_only_database_is_reported_and_nothing_acknowledged(
     assert stored(engine) == (200, 200, 1, 200)
     admin.dispose()
     store.stop()
+
+
+def test_idle_connections_cannot_lock_the_store_api_out(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The store's HTTP API is bounded like the collector's health port: 100 connections that
+    never send a byte are held open; /health still answers (each new connection at the bound
+    replaces the oldest idle one), the overload is counted there and logged once."""
+    store = StoreProcess(tmp_path / "store", mosquitto, f"sqlite:///{tmp_path / 's.db'}")
+    store.start()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            idle.append(socket.create_connection(("127.0.0.1", store.port), timeout=5))
+
+        def health() -> dict[str, Any] | None:
+            try:
+                return store.health()
+            except httpx.HTTPError:
+                return None
+
+        http = wait_until(health, 20, "/health while 100 idle connections are held")["http"]
+    finally:
+        for sock in idle:
+            sock.close()
+        store.stop()
+    assert http["max_connections"] == 64
+    assert http["closed_idle_total"] > 0, http
+    assert http["accept_failures_total"] == 0
+    log = store.log.read_text()
+    assert log.count("http: 64 connections open, the limit") == 1, log
+    assert "Traceback" not in log
