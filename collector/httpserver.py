@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 64
 # A connection that has not sent a request this long after it opened is closed.
 REQUEST_HEAD_TIMEOUT_S = 5.0
-# An overload of the health port is over when no connection was refused for this long.
+# An overload is over when no connection was refused for this long.
 EPISODE_QUIET_S = 60.0
 
 
