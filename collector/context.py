@@ -339,7 +339,8 @@ class StationContext:
             self._on_cycle_complete(station, ts)
         elif kind == "failure_code":
             self._on_failure_code(station, ts, value)
-        elif kind == "work_order":
+        elif kind == "work_order" and accepted(value, f"{station.config.name} work order"):
+            # The same check as a serial's (length, control characters): it goes into records.
             self._on_work_order(station, _text(value))
 
     def _on_serial(self, station: Station, ts: float, serial: str | None) -> None:

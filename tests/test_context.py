@@ -273,6 +273,7 @@ def test_a_scanned_work_order_goes_to_the_units_that_follow_and_survives_a_resta
 
     line.poll(0.5, result=0)
     line.scan(1.0, "SN0")  # before any work order: none
+    scan_wo(1.2, "WO-\x1b[2J")  # a control character: refused like such a serial
     scan_wo(1.5, "WO-7")  # read while SN0 is present: SN0 takes it
     line.poll(2.0, result=1)
     line.scan(3.0, "SN1")
