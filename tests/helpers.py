@@ -8,6 +8,7 @@ import asyncio
 import getpass
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,8 +37,37 @@ REPO = Path(__file__).resolve().parent.parent
 CASES = REPO / "tests" / "cases"
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections' local ports)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Ports are handed out from below the ephemeral range, in turn from a random start: a port the
+# kernel gives for bind(0) is an ephemeral one, and an outgoing connection (any client's local
+# end) may take it before the server it was meant for binds it, which then fails with "Address
+# already in use" (seen in CI: a benchmark's health port). Below the range, only our own
+# servers bind; in turn, this process never hands out one port twice.
+_PORTS_TO = _ephemeral_low()
+_PORTS_FROM = max(1024, _PORTS_TO - 16384)
+_next_port = [random.randrange(max(1, _PORTS_TO - _PORTS_FROM))]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port that was free a moment ago and that no outgoing connection will take."""
+    span = _PORTS_TO - _PORTS_FROM
+    for _ in range(min(span, 1000)):
+        _next_port[0] = (_next_port[0] + 1) % span
+        port = _PORTS_FROM + _next_port[0]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or waiting to close): the next one
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
