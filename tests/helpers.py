@@ -72,6 +72,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class LoopbackTcpServer:
+    """A test's own TCP server on 127.0.0.1 (a proxy, a fake broker) on a free port: a subclass
+    serves each connection in :meth:`_accept`; the tasks it starts go through :meth:`_track`,
+    so that :meth:`stop` closes the server and cancels everything still running."""
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
     """Poll a condition in a thread-blocking way, bounded by ``timeout``."""
     deadline = time.monotonic() + timeout

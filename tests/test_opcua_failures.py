@@ -32,32 +32,26 @@ from collector.reading import Reading
 from drivers.opcua.certificates import load_der
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.sim import SimulatedBurnInRack
-from tests.helpers import async_wait_until, collector, free_port
+from tests.helpers import LoopbackTcpServer, async_wait_until, collector
 from tests.opcua_fixtures import device, secure_device
 
 
-class RefusingChannelProxy:
+class RefusingChannelProxy(LoopbackTcpServer):
     """Forwards to ``target_port``, except a secure OpenSecureChannel request (a policy other
     than None), which it answers with an ERR message (``status``) and a closed socket."""
 
     def __init__(self, target_port: int, status: int = ua.StatusCodes.BadSecurityChecksFailed):
+        super().__init__()
         self.target_port, self.status = target_port, status
-        self.port = free_port()
         self.refused = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://127.0.0.1:{self.port}/rack"
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        back = asyncio.create_task(self._pump(up_reader, writer))
-        self._tasks.add(back)
+        back = self._track(asyncio.create_task(self._pump(up_reader, writer)))
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while True:
                 header = await reader.readexactly(8)
@@ -85,13 +79,6 @@ class RefusingChannelProxy:
                 sink.write(data)
                 await sink.drain()
         sink.close()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 @pytest.fixture

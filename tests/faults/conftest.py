@@ -13,23 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import LoopbackTcpServer
 
 
-class SilentProxy:
+class SilentProxy(LoopbackTcpServer):
     """A TCP proxy on 127.0.0.1. ``go_silent()`` makes every open connection swallow bytes in
     both directions without closing (a pulled cable, a dead NAT entry: no FIN, no RST); new
     connections are refused meanwhile. ``recover()`` accepts and forwards again."""
 
     def __init__(self, target_port: int) -> None:
+        super().__init__()
         self.target_port = target_port
-        self.port = free_port()
         self.silent = False
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.silent:
@@ -41,9 +36,7 @@ class SilentProxy:
             writer.close()
             return
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._track(asyncio.create_task(self._pump(source, sink)))
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
@@ -60,13 +53,6 @@ class SilentProxy:
 
     def recover(self) -> None:
         self.silent = False
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 @pytest.fixture

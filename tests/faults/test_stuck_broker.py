@@ -16,11 +16,11 @@ import pytest
 from collector.config import Config
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import (
+    LoopbackTcpServer,
     Mosquitto,
     RunningService,
     async_wait_until,
     config_dict,
-    free_port,
     set_tester,
 )
 
@@ -28,24 +28,18 @@ CONNACK_V5 = b"\x20\x03\x00\x00\x00"  # session present 0, reason Success, no pr
 PINGRESP = b"\xd0\x00"
 
 
-class SilentAckBroker:
+class SilentAckBroker(LoopbackTcpServer):
     """Accepts MQTT v5 connections, answers CONNECT and PINGREQ, swallows every PUBLISH."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.host = "127.0.0.1"
+        super().__init__()
         self.connections = 0
         self.publishes = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self._tasks.add(task)  # the connection's own task: stop() cancels it
         self.connections += 1
         with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
             while True:
@@ -70,13 +64,6 @@ class SilentAckBroker:
                 await writer.drain()
         writer.close()
         self._tasks.discard(task)
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def test_a_broker_that_never_acknowledges_is_left_and_health_says_so(
