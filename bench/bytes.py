@@ -20,16 +20,10 @@ from pathlib import Path
 
 from collector.buffer import Batch, Outbox
 from collector.buffer.writer import make_batch
-from collector.contract import MetaBook, decode_readings
-from collector.forwarder import PACKET_OVERHEAD_BYTES
-from collector.message import (
-    DeviceMeta,
-    PollEncoder,
-    ReadingEncoder,
-    build_message,
-    envelope,
-)
-from collector.reading import Context, Reading
+from collector.delivery.forwarder import PACKET_OVERHEAD_BYTES
+from contract.decode import MetaBook, decode_readings
+from contract.encode import DeviceMeta, PollEncoder, ReadingEncoder, build_message, envelope
+from contract.records import Context, Reading
 
 DEVICES, REGISTERS, POLLS = 10, 100, 500  # 500,000 readings
 PER_MESSAGE = 500
@@ -104,7 +98,7 @@ def disk(batches: list[Batch], work: Path) -> float:
 
 
 def decode_rate(batches: list[Batch], schema: int, book: MetaBook | None = None) -> float:
-    """Readings per second the reference decoder (collector.contract.decode_readings, with
+    """Readings per second the reference decoder (contract.decode.decode_readings, with
     the MetaBook a consumer keeps for positional polls) turns back into one record each, on
     messages of the reference load, on this machine: the best of 5 rounds (the machine is
     shared; the best is the least disturbed)."""

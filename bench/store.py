@@ -8,7 +8,7 @@
 
 - ingest: the store's batch writer (store.ingest.Writer, what one store process runs per
   batch) fed with the collector's own stream: messages made by its own encoder
-  (collector.message.PollEncoder with the device's tag metadata, in its envelope: schema 2,
+  (contract.encode.PollEncoder with the device's tag metadata, in its envelope: schema 2,
   values by position, the default ``mqtt.value_keys``), ``--per-message`` readings a message
   and the default 100 messages a transaction, into a fresh SQLite file and a fresh PostgreSQL
   database, after the device's retained meta message. Readings per second = readings committed
@@ -49,14 +49,8 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
-from collector.message import (
-    DeviceMeta,
-    PollEncoder,
-    ReadingEncoder,
-    build_message,
-    envelope,
-)
-from collector.reading import Context, Reading
+from contract.encode import DeviceMeta, PollEncoder, ReadingEncoder, build_message, envelope
+from contract.records import Context, Reading
 from store.db import connect, create_schema
 from store.genealogy import unit_genealogy
 from store.ingest import Incoming, Writer
@@ -135,7 +129,7 @@ def collector_messages(
     total: int, per_message: int, collector: str = "pc1", positional: bool = True
 ) -> list[bytes]:
     """``total`` readings as the collector publishes them: polls of 50 tags through its own
-    encoder (collector.message.PollEncoder, with the device's tag metadata, as the buffer
+    encoder (contract.encode.PollEncoder, with the device's tag metadata, as the buffer
     writer calls it) in its own envelope, ``per_message`` readings a message: values by
     position (the default), or keyed by tag (``mqtt.value_keys: name``)."""
     return [
@@ -151,7 +145,7 @@ def keyed_messages(total: int, per_message: int, collector: str = "pc1") -> list
 
 def schema1_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
     """The same readings in schema 1 (one object per reading), as a collector older than
-    issue 16 publishes them (collector.message.ReadingEncoder)."""
+    issue 16 publishes them (contract.encode.ReadingEncoder)."""
     return [build_message(collector, items) for items in _encoded_polls(total, per_message, True)]
 
 

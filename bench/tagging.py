@@ -1,4 +1,4 @@
-"""The per-reading cost of tagging (collector.context.StationContext.tag), in-process:
+"""The per-reading cost of tagging (collector.context.tagging.StationContext.tag), in-process:
 
 - ``plain``: one station, one device of 100 tags, the tester's serial and verdict among them
   (the reference load's shape: a device is one station);
@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 from collector.config import Config
-from collector.context import StationContext
-from collector.reading import Reading
+from collector.context.tagging import StationContext
+from contract.records import Reading
 
 SLOTS = 32
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from collector import __version__
 from collector.config import Config, load_config
 from collector.config.loader import config_warnings
-from collector.errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, StartupError
+from common.errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, StartupError
 
 log = logging.getLogger("collector")
 
@@ -234,7 +234,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         return opcua_cert_command(args.cert, args.key)
     if args.command == "demo":
-        from collector.demo import run_demo  # noqa: PLC0415 - only the demo needs the simulator
+        from collector.demo.line import run_demo  # noqa: PLC0415 - only the demo needs the simulator
 
         return run_demo(args.broker, args.duration, args.buffer, quiet=args.quiet)
     return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands

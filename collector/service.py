@@ -15,19 +15,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from collector import __version__, metrics, serials, systemd
-from collector.backoff import Backoff
+from collector import __version__
+from collector.acquisition.poller import DeviceStatus, Poller, phase_s
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config, DeviceConfig, ValueKeys, load_config
-from collector.context import StationContext
-from collector.devices import FileKind, dotted
-from collector.driver import Driver
-from collector.errors import ConfigError
-from collector.forwarder import Delivered, Forwarder, MqttStatus
-from collector.health import HealthServer
-from collector.message import device_metas
-from collector.poller import DeviceStatus, Poller, phase_s
-from collector.reading import Reading
+from collector.context import serials
+from collector.context.tagging import StationContext
+from collector.delivery.forwarder import Delivered, Forwarder, MqttStatus
+from collector.operations import metrics
+from collector.operations.health import HealthServer
+from common import systemd
+from common.backoff import Backoff
+from common.config import FileKind, dotted
+from common.errors import ConfigError
+from contract.encode import device_metas
+from contract.records import Reading
+from drivers.base import Driver
 from drivers.registry import create_driver
 
 log = logging.getLogger(__name__)
@@ -433,7 +436,8 @@ class Service:
                 for name, d in self.devices.items()
             },
             "stations": self.context.status(),
-            # Serials refused for control or format characters, per station (collector.serials).
+            # Serials refused for control or format characters, per station
+            # (collector.context.serials).
             "rejected_serials": dict(serials.rejected),
             "buffer": {
                 "path": str(self.config.buffer.path),

@@ -1,7 +1,7 @@
 """The one place that maps a config's ``protocol`` to its config model and its driver.
 
-A new protocol is one folder under drivers/ (config models on collector.devices.DeviceBase, a
-driver that fulfils collector.driver.Driver) and one line in :data:`REGISTRY`. The config's
+A new protocol is one folder under drivers/ (config models on common.config.DeviceBase, a
+driver that fulfils drivers.base.Driver) and one line in :data:`REGISTRY`. The config's
 device union (collector.config.model) is built from this table.
 
 Drivers are imported when a device of theirs is created, not before: the config models import
@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from collector.devices import DeviceBase
-from collector.driver import Driver
+from drivers.base import DeviceBase, Driver
 from drivers.modbus.config import ModbusRtuDevice, ModbusTcpDevice
 from drivers.opcua.config import OpcUaDevice
 from drivers.serial.config import BarcodeScannerDevice, SerialAsciiDevice

@@ -13,25 +13,22 @@ from __future__ import annotations
 import html
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from collector.errors import ConfigError
-from collector.httpserver import BoundedServer
+from common.errors import ConfigError
+from common.httpserver import BoundedServer
 from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
 from store.report import Format, load_protocol, render_report
-from store.status import gap_report, old_gaps, parked_count
-
-if TYPE_CHECKING:
-    from store.service import StoreService
+from store.status import ServiceView, gap_report, old_gaps, parked_count
 
 
-def health(service: StoreService) -> tuple[bool, dict[str, Any]]:
+def health(service: ServiceView) -> tuple[bool, dict[str, Any]]:
     s = service.stats
     now = datetime.now(UTC)
     problems = []
@@ -77,7 +74,7 @@ def health(service: StoreService) -> tuple[bool, dict[str, Any]]:
     return not problems, body
 
 
-def create_app(service: StoreService) -> FastAPI:
+def create_app(service: ServiceView) -> FastAPI:
     app = FastAPI(title="collector store", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/health")
@@ -212,10 +209,10 @@ def _text(value: object) -> str:
 
 
 class StoreHttpServer(BoundedServer):
-    """The store's API on a :class:`collector.httpserver.BoundedServer`: bound up front (a
+    """The store's API on a :class:`common.httpserver.BoundedServer`: bound up front (a
     busy port is a clear start-up error), at most MAX_CONNECTIONS connections with fresh idle
     ones closed (so that no client can take the file descriptors the database and the broker
     need), no signal handling of its own (the service owns SIGINT and SIGTERM)."""
 
-    def __init__(self, service: StoreService, host: str, port: int) -> None:
+    def __init__(self, service: ServiceView, host: str, port: int) -> None:
         super().__init__(create_app(service), host, port, "http")

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collector.errors import ConfigError, StartupError
+from common.errors import ConfigError, StartupError
 from store.config import StoreConfig, load_store_config
 
 log = logging.getLogger("store")

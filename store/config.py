@@ -1,7 +1,7 @@
 """The store's configuration (store.yaml): one declaration per option, validated at load.
 
 ``load_store_config(path)`` returns a frozen :class:`StoreConfig` or raises
-:class:`~collector.errors.ConfigError` whose problems read ``FILE:LINE: field.path: problem``;
+:class:`~common.errors.ConfigError` whose problems read ``FILE:LINE: field.path: problem``;
 unknown keys are rejected. Nothing here touches the network or the database.
 config/store.yaml is the commented example (loaded by a test); docs/store.md lists the options.
 """
@@ -14,9 +14,9 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from collector.devices import secret
-from collector.errors import ConfigError
-from collector.yamlmodel import parse_yaml_model, read_text
+from common.config import secret
+from common.errors import ConfigError
+from common.yamlmodel import parse_yaml_model, read_text
 
 
 class _Model(BaseModel):
@@ -188,7 +188,7 @@ class StoreConfig(_Model):
         return self
 
 
-# --- loading with FILE:LINE (collector.yamlmodel: bounded, UTF-8, no duplicate keys) -----
+# --- loading with FILE:LINE (common.yamlmodel: bounded, UTF-8, no duplicate keys) -----
 
 
 def parse_store_config(text: str, filename: str = "<store config>") -> StoreConfig:

@@ -1,6 +1,6 @@
 """The store's decoder of readings messages: checked poll objects, values not expanded.
 
-The reference decoder (collector.contract) turns every value into a tuple; at 200,000
+The reference decoder (contract.decode) turns every value into a tuple; at 200,000
 readings a second that is the store's largest cost. Here a schema-2 poll object is checked
 field by field (once per poll: seq, ts, device, context) and its values are checked by type
 in C (``set(map(type, values))``): a poll of plain numbers (the normal case) becomes one
@@ -13,7 +13,7 @@ tag) and the positional ``tag_index`` + ``value_list`` (value i is tag
 ``order[tag_index + i]`` of the meta version the poll names; the writer resolves it).
 
 Errors keep the reference decoder's wording: when a check here fails, the message goes
-through :func:`collector.contract.decode_polls`, whose :class:`ContractError` (naming the
+through :func:`contract.decode.decode_polls`, whose :class:`ContractError` (naming the
 field: ``polls[3].ts: ...``) is what is raised and quarantined. The members only the
 positional form has are checked here, in the same style. Schema-1 messages are decoded by
 the reference decoder (:attr:`Decoded.polls`).
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from collector.contract import ContractError, Poll, decode_polls
+from contract.decode import ContractError, Poll, decode_polls
 
 #: (station, slot, unit_serial, operation, attempt, phase, golden): a reading's context.
 CtxKey = tuple[str | None, int | str | None, str | None, str | None, int | None, str | None, bool]

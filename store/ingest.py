@@ -1,7 +1,7 @@
 """Writing a batch of MQTT messages into the database in one transaction.
 
 :meth:`Writer.write` decodes each message (readings: store.decode, which keeps the reference
-decoder's checks and wording; unit records and tag metadata: collector.contract),
+decoder's checks and wording; unit records and tag metadata: contract.decode),
 quarantines the ones that break the contract, parks the ones whose meta version has not
 arrived (store.metabook), and writes every reading, unit record and characteristic of the
 rest with insert-or-ignore on their (collector, outbox, seq) keys, plus the gap audit of
@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from collector.contract import ContractError, FlatUnit, decode_units
+from contract.decode import ContractError, FlatUnit, decode_units
 from store.decode import CtxKey, Decoded, Decoder, unexpected
 from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_key

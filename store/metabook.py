@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from collector.contract import ContractError, decode_meta
+from contract.decode import ContractError, decode_meta
 
 #: (collector, device, meta version)
 MetaKey = tuple[str, str, str]

@@ -5,21 +5,17 @@ subscription shows the same, complete picture). docs/store.md lists them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from store.status import StreamGaps
-
-if TYPE_CHECKING:
-    from store.service import StoreService
+from store.status import ServiceView, StreamGaps
 
 
 class StoreCollector(Collector):
     def __init__(
-        self, service: StoreService, gaps: list[StreamGaps], waiting: int | None = None
+        self, service: ServiceView, gaps: list[StreamGaps], waiting: int | None = None
     ) -> None:
         self._service = service
         self._gaps = gaps
@@ -90,7 +86,7 @@ class StoreCollector(Collector):
         yield ranges
 
 
-def render(service: StoreService, gaps: list[StreamGaps], waiting: int | None = None) -> bytes:
+def render(service: ServiceView, gaps: list[StreamGaps], waiting: int | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(service, gaps, waiting))
     return generate_latest(registry)

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from collector.contract import FlatUnit, Poll
+from contract.decode import FlatUnit, Poll
 from store.decode import FLOAT_INT, FLOATS, NUMBERS, CtxKey, Decoded
 from store.metabook import MetaKey
 from store.schema import KIND_BOOL, KIND_FLOAT, KIND_INT, KIND_NULL, KIND_TEXT, QUALITY_CODES

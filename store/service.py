@@ -16,48 +16,20 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from collector import systemd
+from common import systemd
 from store.config import StoreConfig
 from store.db import connect, create_schema, error_reason
 from store.ingest import Incoming, Writer, topic_kind
 from store.mqtt import Delivery, Subscriber
 from store.retention import prune_readings
+from store.status import Stats
 
 log = logging.getLogger("store")
-
-
-@dataclass
-class Stats:
-    """Counters and states that /health and /metrics show (this process's)."""
-
-    messages: Counter[str] = field(default_factory=Counter)  # by topic kind
-    readings_received: int = 0
-    readings_inserted: int = 0
-    units_received: int = 0
-    units_inserted: int = 0
-    quarantined: Counter[str] = field(default_factory=Counter)  # by kind
-    parked: int = 0  # messages parked until their meta version arrives
-    unparked: int = 0  # parked messages ingested since
-    batches: int = 0
-    acked: int = 0
-    last_commit: float | None = None
-    batch_seconds: float = 0.0
-    db_ok: bool = True
-    db_error: str = ""
-    db_reason: str = ""
-    db_error_since: float | None = None
-    db_errors: Counter[str] = field(default_factory=Counter)  # by reason
-    mqtt_connected: bool = False
-    mqtt_state: str = "not connected yet"
-    pruned: int = 0
-    queued: int = 0
 
 
 def database_engine(config: StoreConfig) -> sa.Engine:
@@ -76,7 +48,7 @@ class StoreService:
         self.stats = Stats()
         self.writer = Writer(self.engine, config.ingest.quarantine_max_bytes)
         self.http_port: int | None = None
-        #: The HTTP server's connection figures (collector.httpserver.ConnectionGuard.stats),
+        #: The HTTP server's connection figures (common.httpserver.ConnectionGuard.stats),
         #: once it serves.
         self.http_stats: Callable[[], dict[str, int]] | None = None
         # Bounded even if a broker ignores the Receive Maximum it was sent (mosquitto 2.0

@@ -1,14 +1,59 @@
-"""What the gap audit says, read from the database (shared by every store process)."""
+"""What a store process says about itself: its counters (:class:`Stats`), the view of the
+service that /health, /metrics and the API read (:class:`ServiceView`, so they need not import
+the service that serves them), and the gap audit, read from the database (shared by every
+store process)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
 from store.schema import gaps, parked, streams
+
+if TYPE_CHECKING:
+    from store.config import StoreConfig
+
+
+@dataclass
+class Stats:
+    """Counters and states that /health and /metrics show (this process's)."""
+
+    messages: Counter[str] = field(default_factory=Counter)  # by topic kind
+    readings_received: int = 0
+    readings_inserted: int = 0
+    units_received: int = 0
+    units_inserted: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)  # by kind
+    parked: int = 0  # messages parked until their meta version arrives
+    unparked: int = 0  # parked messages ingested since
+    batches: int = 0
+    acked: int = 0
+    last_commit: float | None = None
+    batch_seconds: float = 0.0
+    db_ok: bool = True
+    db_error: str = ""
+    db_reason: str = ""
+    db_error_since: float | None = None
+    db_errors: Counter[str] = field(default_factory=Counter)  # by reason
+    mqtt_connected: bool = False
+    mqtt_state: str = "not connected yet"
+    pruned: int = 0
+    queued: int = 0
+
+
+class ServiceView(Protocol):
+    """What the HTTP API and the metrics read of a running store (store.service.StoreService)."""
+
+    config: StoreConfig
+    engine: sa.Engine
+    stats: Stats
+    #: The HTTP server's connection figures, once it serves.
+    http_stats: Callable[[], dict[str, int]] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.contract import FlatReading, MetaBook, decode_readings
 from collector.service import Service
+from contract.decode import FlatReading, MetaBook, decode_readings
 from drivers.modbus.sim import codecs
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class Subscriber:
             return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
 
     def readings(self) -> list[dict[str, Any]]:
-        """One dict per reading (collector.contract.FlatReading's fields), whatever the
+        """One dict per reading (contract.decode.FlatReading's fields), whatever the
         schema, read with the reference decoder; positional polls resolved with the tag
         metadata received on meta/{device} (subscribe to it too: the line's ``#``)."""
         book = self.meta_book()
@@ -274,11 +274,11 @@ class Subscriber:
         self.client.disconnect()
 
 
-SCHEMAS = REPO / "docs" / "schema"
+SCHEMAS = REPO / "contract" / "schema"
 
 
 def assert_valid(payload: bytes, schema: str) -> None:
-    """The message is valid against docs/schema/<schema> (the file consumers are given)."""
+    """The message is valid against contract/schema/<schema> (the file consumers are given)."""
     import jsonschema
 
     document = json.loads((SCHEMAS / schema).read_text())

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.message import encode_unit, envelope, with_seq
-from collector.reading import Spec, UnitRecord
+from contract.encode import encode_unit, envelope, with_seq
+from contract.records import Spec, UnitRecord
 from tests.helpers import Mosquitto, free_port, port_open, wait_until
 from tests.postgres import PostgresServer, require_postgres
 

@@ -12,9 +12,9 @@ import orjson
 from collector.buffer import SEQ_JUMP_AFTER_RESET, Batch, Outbox, make_batch, open_outbox
 from collector.buffer.inspection import readings_of
 from collector.config import Synchronous
-from collector.errors import ErrorCode
-from collector.message import PollEncoder, ReadingEncoder, build_message, envelope, with_seq
-from collector.reading import Context, ContextChanges, Reading, UnitRecord
+from contract.codes import ErrorCode
+from contract.encode import PollEncoder, ReadingEncoder, build_message, envelope, with_seq
+from contract.records import Context, ContextChanges, Reading, UnitRecord
 
 ENCODER = PollEncoder()
 

@@ -12,8 +12,8 @@ import orjson
 from collector.buffer import AsyncOutbox, BufferWriter, Outbox
 from collector.buffer.inspection import export_rows, inspect_stats
 from collector.buffer.schema import MetaUpdate
-from collector.message import DeviceMeta
-from collector.reading import Context, Reading
+from contract.encode import DeviceMeta
+from contract.records import Context, Reading
 
 CONTEXT = Context(None, None, None)
 

@@ -13,8 +13,8 @@ import pytest
 
 from collector.buffer import Outbox, make_batch
 from collector.cli import parse_since
-from collector.message import PollEncoder
-from collector.reading import Context, ContextChanges, Reading, UnitRecord
+from contract.encode import PollEncoder
+from contract.records import Context, ContextChanges, Reading, UnitRecord
 
 
 def collector(*args: str) -> subprocess.CompletedProcess[str]:

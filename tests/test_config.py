@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import load_config, parse_config
-from collector.errors import ConfigError
+from common.errors import ConfigError
 from tests.helpers import CASES, REPO, run_cli
 
 # Every example under config/ is validated here, so the examples cannot rot.

@@ -1,6 +1,6 @@
 """Config files that must not flood, freeze or fool the loader: each is FILE:LINE: path: problem
 and exit 2, never a traceback; the same hardened loader reads the store's config and the pilot
-protocol (collector.yamlmodel)."""
+protocol (common.yamlmodel)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from collector.config import load_config, parse_config
-from collector.errors import ConfigError
-from collector.yamlmodel import MAX_DEPTH, MAX_FILE_BYTES
+from common.errors import ConfigError
+from common.yamlmodel import MAX_DEPTH, MAX_FILE_BYTES
 from store.config import load_store_config
 from store.report.protocol import load_protocol
 from tests.helpers import CASES, run_cli

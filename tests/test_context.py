@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from collector.config import Config, Verdict
-from collector.context import StationContext, map_verdict
-from collector.errors import ErrorCode
-from collector.reading import Context, Reading, UnitRecord, Value
+from collector.context.tagging import StationContext, map_verdict
+from contract.codes import ErrorCode
+from contract.records import Context, Reading, UnitRecord, Value
 
 
 def config(**station: Any) -> Config:

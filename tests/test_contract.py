@@ -1,4 +1,4 @@
-"""The reference decoder (collector/contract.py), pure logic: hand-made schema-1 and schema-2
+"""The reference decoder (contract/decode.py), pure logic: hand-made schema-1 and schema-2
 messages as docs/messages.md and the schema-2 spec write them, and real schema-1 messages made
 by the collector's own encoder."""
 
@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.contract import (
+from contract.codes import ErrorCode
+from contract.decode import (
     ContractError,
     FlatReading,
     decode_meta,
@@ -17,9 +18,8 @@ from collector.contract import (
     decode_readings,
     decode_units,
 )
-from collector.errors import ErrorCode
-from collector.message import ReadingEncoder, build_message, encode_unit, ts_text, with_seq
-from collector.reading import Context, Quality, Reading, UnitRecord, Value
+from contract.encode import ReadingEncoder, build_message, encode_unit, ts_text, with_seq
+from contract.records import Context, Quality, Reading, UnitRecord, Value
 
 OUTBOX = "6f1d0c2a9b7e4e55"
 TS = "2026-11-21T10:15:02.250113Z"

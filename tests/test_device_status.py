@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-from collector.errors import ErrorCode
-from collector.live import encode_status
-from collector.poller import DeviceStatus
-from collector.reading import Quality, Reading
+from collector.acquisition.poller import DeviceStatus
+from collector.operations.live import encode_status
+from contract.codes import ErrorCode
+from contract.records import Quality, Reading
 
 
 def test_each_tags_last_reading_as_json_with_non_finite_numbers_as_text() -> None:

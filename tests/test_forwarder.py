@@ -1,6 +1,7 @@
-"""The forwarder's delivery policy against a fake publisher (collector.publisher.Publisher): the
-in-flight window, the lanes, splitting, quarantine, the message sizes learned from a broker,
-retries, and unit records through the same loop. A real SQLite buffer; no broker, so each test
+"""The forwarder's delivery policy against a fake publisher
+(collector.delivery.publisher.Publisher): the in-flight window, the lanes, splitting,
+quarantine, the message sizes learned from a broker, retries, and unit records through the same
+loop. A real SQLite buffer; no broker, so each test
 runs in milliseconds. The same rules against a real mosquitto are in tests/faults/ and
 tests/test_mqtt_broker_rules.py."""
 
@@ -16,11 +17,11 @@ import orjson
 
 from collector.buffer import AsyncOutbox, make_batch
 from collector.config import Config
-from collector.contract import decode_readings, decode_units
-from collector.forwarder import Forwarder
-from collector.message import PollEncoder
-from collector.publisher import Ack, ConnectionLost, MqttStatus
-from collector.reading import Context, ContextChanges, Reading, UnitRecord
+from collector.delivery.forwarder import Forwarder
+from collector.delivery.publisher import Ack, ConnectionLost, MqttStatus
+from contract.decode import decode_readings, decode_units
+from contract.encode import PollEncoder
+from contract.records import Context, ContextChanges, Reading, UnitRecord
 from tests.helpers import async_wait_until
 
 ENCODER = PollEncoder()
@@ -340,7 +341,7 @@ async def test_on_connect_old_metadata_goes_first_not_retained_then_the_current_
     connect, not retained, before the current ones (retained) and before any readings; a
     version the broker refuses is said to the writer (on_meta_refused)."""
     from collector.buffer.schema import MetaUpdate
-    from collector.message import DeviceMeta
+    from contract.encode import DeviceMeta
 
     def version(*tags: str) -> DeviceMeta:
         return DeviceMeta("dev", {t: {"unit": None} for t in tags}, tags)

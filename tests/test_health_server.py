@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from collector.advice import ADVICE
 from collector.config import Config
-from collector.errors import ErrorCode
-from collector.health import MAX_UNIT_BODY_BYTES
-from collector.httpserver import MAX_CONNECTIONS
+from collector.operations.advice import ADVICE
+from collector.operations.health import MAX_UNIT_BODY_BYTES
+from common.httpserver import MAX_CONNECTIONS
+from contract.codes import ErrorCode
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.collector_process import CollectorProcess
 from tests.helpers import (

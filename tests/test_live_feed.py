@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector.live import LiveFeed
+from collector.operations.live import LiveFeed
 from tests.helpers import async_wait_until
 
 

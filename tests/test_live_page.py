@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 from playwright.async_api import expect
 
-from collector.advice import ADVICE
-from collector.errors import ErrorCode
+from collector.operations.advice import ADVICE
+from contract.codes import ErrorCode
 from tests.helpers import EventClient, Mosquitto, async_wait_until
 from tests.livepage import browser, live_line, open_page, updates
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from playwright.async_api import Route, expect
 
-from collector.advice import advice_json
+from collector.operations.advice import advice_json
 from tests.livepage import browser
 
 BASE = "http://collector.test"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from collector.errors import ErrorCode
-from collector.message import ReadingEncoder, build_message, ts_text
-from collector.reading import Context, Quality, Reading, Value
+from contract.codes import ErrorCode
+from contract.encode import ReadingEncoder, build_message, ts_text
+from contract.records import Context, Quality, Reading, Value
 
 FIELDS = (
     "seq",
@@ -125,7 +125,7 @@ def test_the_message_wraps_the_stored_readings() -> None:
 def test_float32_values_are_written_at_float32_precision() -> None:
     import struct
 
-    from collector.message import float32_text
+    from contract.encode import float32_text
 
     def widened(x: float) -> float:  # what a driver decoding a float32 register returns
         return float(struct.unpack("<f", struct.pack("<f", x))[0])
@@ -144,9 +144,9 @@ def test_float32_values_are_written_at_float32_precision() -> None:
 
 
 def test_poll_objects_carry_the_shared_fields_once_and_the_values_by_tag() -> None:
-    from collector.contract import decode_readings
-    from collector.errors import ErrorCode
-    from collector.message import DeviceMeta, PollEncoder, envelope
+    from contract.codes import ErrorCode
+    from contract.decode import decode_readings
+    from contract.encode import DeviceMeta, PollEncoder, envelope
 
     meta = DeviceMeta(
         "dev",
@@ -182,8 +182,8 @@ def test_poll_objects_carry_the_shared_fields_once_and_the_values_by_tag() -> No
 
 
 def test_split_polls_keeps_every_value_its_seq_and_its_poll_fields() -> None:
-    from collector.contract import decode_readings
-    from collector.message import PollEncoder, envelope, split_polls
+    from contract.decode import decode_readings
+    from contract.encode import PollEncoder, envelope, split_polls
 
     readings = [Reading(1.0 + i // 3, f"t{i}", i) for i in range(7)]
     body = PollEncoder().encode(11, "dev", readings, [Context("st", "SN", "op")] * 7)
@@ -208,8 +208,8 @@ def test_split_polls_keeps_every_value_its_seq_and_its_poll_fields() -> None:
 def test_slot_phase_and_golden_are_written_when_set_and_decoded_back() -> None:
     """A rack slot's reading after its unit's verdict, of a golden sample: the poll names the
     slot, the phase and the golden flag (left out at their defaults, as above)."""
-    from collector.contract import decode_readings
-    from collector.message import PollEncoder, envelope
+    from contract.decode import decode_readings
+    from contract.encode import PollEncoder, envelope
 
     after = Context("rack-a", "GOLD-1", "burn-in", 2, slot=7, phase="after", golden=True)
     body = PollEncoder().encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [after])

@@ -1,4 +1,4 @@
-"""The JSON Schema files consumers are given (docs/schema/) against the collector's real
+"""The JSON Schema files consumers are given (contract/schema/) against the collector's real
 messages, in both forms of a poll (positional and keyed), and against messages that break
 the contract. (tests/test_end_to_end.py validates what a real broker delivered, too.)"""
 
@@ -11,9 +11,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from collector.errors import ErrorCode
-from collector.message import DeviceMeta, PollEncoder, envelope
-from collector.reading import Context, Quality, Reading
+from contract.codes import ErrorCode
+from contract.encode import DeviceMeta, PollEncoder, envelope
+from contract.records import Context, Quality, Reading
 from tests.helpers import SCHEMAS, assert_valid
 
 META = DeviceMeta(

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from collector.backoff import Backoff
-from collector.errors import ErrorCode, NotConnectedError
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Quality, Reading
+from collector.acquisition.poller import DeviceStatus, Poller
 from collector.service import cancel_and_wait
+from common.backoff import Backoff
+from contract.codes import ErrorCode
+from contract.records import Quality, Reading
+from drivers.base import NotConnectedError
 from drivers.modbus.codec import TagCodec
 from drivers.modbus.config import ModbusTable, ModbusTcpDevice
 from drivers.modbus.driver import ModbusTcpDriver

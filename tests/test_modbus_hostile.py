@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
-from collector.backoff import Backoff
-from collector.errors import ErrorCode, NotConnectedError
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Reading
+from collector.acquisition.poller import DeviceStatus, Poller
+from common.backoff import Backoff
+from contract.codes import ErrorCode
+from contract.records import Reading
+from drivers.base import NotConnectedError
 from drivers.modbus.config import ModbusTcpDevice
 from drivers.modbus.driver import ModbusTcpDriver
 from tests.helpers import async_wait_until

@@ -10,7 +10,8 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from collector.errors import ErrorCode, RequestError
+from contract.codes import ErrorCode
+from drivers.base import RequestError
 from drivers.modbus.codec import TagCodec
 from drivers.modbus.config import ByteOrder, ModbusTable, ModbusTag, WordOrder
 from drivers.modbus.plan import Request, check_reply

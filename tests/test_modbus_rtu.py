@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from collector.backoff import Backoff
-from collector.errors import ErrorCode
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Quality, Reading
+from collector.acquisition.poller import DeviceStatus, Poller
+from common.backoff import Backoff
+from contract.codes import ErrorCode
+from contract.records import Quality, Reading
 from drivers.modbus.config import ModbusRtuDevice, ModbusTable
 from drivers.modbus.driver import ModbusRtuDriver
 from drivers.modbus.sim import SimulatedModbusServer
@@ -121,7 +121,7 @@ async def test_line_noise_is_counted_as_bad_frames(
 
 def test_units_on_one_port_must_agree_on_its_settings() -> None:
     from collector.config import parse_config
-    from collector.errors import ConfigError
+    from common.errors import ConfigError
 
     text = """\
 collector: {id: pc1, site: s, line: l}

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from collector.backoff import Backoff
+from collector.acquisition.poller import DeviceStatus, Poller
 from collector.config import parse_config
-from collector.errors import ErrorCode, NotConnectedError
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Quality, Reading
+from common.backoff import Backoff
+from contract.codes import ErrorCode
+from contract.records import Quality, Reading
+from drivers.base import NotConnectedError
 from drivers.opcua.config import OpcUaSecurity
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_tags
@@ -337,7 +338,7 @@ devices:
     ],
 )
 def test_opcua_config_errors(old: str, new: str, expected: str) -> None:
-    from collector.errors import ConfigError
+    from common.errors import ConfigError
 
     assert old in CONFIG
     with pytest.raises(ConfigError) as info:

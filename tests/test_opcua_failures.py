@@ -25,10 +25,11 @@ from asyncua import ua
 from asyncua.server.internal_session import InternalSession
 from asyncua.ua.ua_binary import uatcp_to_binary
 
-from collector.backoff import Backoff
-from collector.errors import ErrorCode, NotConnectedError
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Reading
+from collector.acquisition.poller import DeviceStatus, Poller
+from common.backoff import Backoff
+from contract.codes import ErrorCode
+from contract.records import Reading
+from drivers.base import NotConnectedError
 from drivers.opcua.certificates import load_der
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.sim import SimulatedBurnInRack

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from collector.backoff import Backoff, Probe, wait_or_back
-from collector.errors import NotConnectedError
-from collector.poller import DeviceStatus, Poller, phase_s
-from collector.reading import Reading
+from collector.acquisition.poller import DeviceStatus, Poller, phase_s
+from common.backoff import Backoff, Probe, wait_or_back
+from contract.records import Reading
+from drivers.base import NotConnectedError
 from tests.helpers import async_wait_until
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.contract import ContractError, MetaBook, decode_meta, decode_polls, decode_readings
-from collector.errors import ErrorCode
-from collector.message import DeviceMeta, PollEncoder, device_metas, envelope, split_polls
-from collector.reading import Context, Quality, Reading
+from contract.codes import ErrorCode
+from contract.decode import ContractError, MetaBook, decode_meta, decode_polls, decode_readings
+from contract.encode import DeviceMeta, PollEncoder, device_metas, envelope, split_polls
+from contract.records import Context, Quality, Reading
 
 OUTBOX = "0123456789abcdef"
 ST = Context("st", "SN1", "op", 1)

@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from collector.config import load_config
-from collector.contract import ContractError, FlatReading, MetaBook, decode_readings
+from contract.decode import ContractError, FlatReading, MetaBook, decode_readings
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import (
     TOPIC,

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import pytest
 
 from collector.config import Config, parse_config
-from collector.devices import DeviceBase
-from collector.errors import ConfigError
+from common.errors import ConfigError
+from drivers.base import DeviceBase
 from drivers.registry import REGISTRY, driver_class
 from tests.conftest import REPO
 
@@ -84,7 +84,7 @@ def _imports(path: Path, module_level_only: bool) -> set[str]:
 def test_no_driver_imports_the_core_config() -> None:
     for name, path in _modules("drivers").items():
         bad = {m for m in _imports(path, False) if m.startswith("collector.config")}
-        assert not bad, f"{name} imports {sorted(bad)}: use collector.devices"
+        assert not bad, f"{name} imports {sorted(bad)}: use common.config"
 
 
 def test_the_core_names_no_protocol_device_class() -> None:

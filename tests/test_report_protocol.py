@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.errors import ConfigError
+from common.errors import ConfigError
 from quality import Attempt
 from store.report.evaluate import Decision, Result, evaluate
 from store.report.load import CharacteristicValue, RunData, UnitRecord

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from collector.backoff import Backoff
+from collector.acquisition.poller import DeviceStatus, Poller
 from collector.config import StationConfig
-from collector.context import StationContext
-from collector.errors import ErrorCode
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Quality, Reading
+from collector.context.tagging import StationContext
+from common.backoff import Backoff
+from contract.codes import ErrorCode
+from contract.records import Quality, Reading
 from drivers.serial.config import BarcodeScannerDevice, LineField, SerialAsciiDevice
 from drivers.serial.driver import BarcodeScannerDriver, SerialAsciiDriver
 from drivers.serial.lines import LineAssembler, LineParser

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collector.backoff import Backoff
+from collector.acquisition.poller import DeviceStatus, Poller
 from collector.config import Config
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Reading
-from collector.serials import escaped, serial_problem
+from common.backoff import Backoff
+from contract.records import Reading
+from contract.text import escaped, serial_problem
 from drivers.modbus.sim import SimulatedModbusServer
 from drivers.serial.config import BarcodeScannerDevice, SerialAsciiDevice
 from drivers.serial.driver import BarcodeScannerDriver, SerialAsciiDriver, SerialLines

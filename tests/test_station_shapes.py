@@ -12,11 +12,11 @@ import pytest
 
 from collector.config import Config
 from collector.config.loader import parse_config
-from collector.context import StationContext
-from collector.contract import decode_readings, decode_units
-from collector.errors import ConfigError
-from collector.message import ReadingEncoder, build_message, encode_unit, with_seq
-from collector.reading import Reading, UnitRecord, Value
+from collector.context.tagging import StationContext
+from common.errors import ConfigError
+from contract.decode import decode_readings, decode_units
+from contract.encode import ReadingEncoder, build_message, encode_unit, with_seq
+from contract.records import Reading, UnitRecord, Value
 
 
 def station_config(**station: Any) -> Config:
@@ -346,7 +346,7 @@ def test_takt_per_operation_and_a_bad_takt() -> None:
 
 
 def test_the_new_fields_pass_the_reference_decoder() -> None:
-    """What the collector now sends in schema 1 is accepted by collector.contract (the store's
+    """What the collector now sends in schema 1 is accepted by contract.decode (the store's
     decoder): unit records with slot, takt, golden and spec limits; readings with slot,
     phase and golden."""
     t = _Tester(station_config(golden_pattern="G.*", takt_s=30))

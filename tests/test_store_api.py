@@ -8,8 +8,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from collector.message import build_message, encode_unit, with_seq
-from collector.reading import UnitRecord
+from contract.encode import build_message, encode_unit, with_seq
+from contract.records import UnitRecord
 from store.api import create_app
 from store.config import parse_store_config
 from store.db import connect, create_schema

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.errors import ConfigError
+from common.errors import ConfigError
 from store.cli import parse_time
 from store.config import load_store_config, parse_store_config
 from store.mqtt import topic_filters

@@ -1,4 +1,4 @@
-"""The store's decoder (store.decode) against the reference decoder (collector.contract):
+"""The store's decoder (store.decode) against the reference decoder (contract.decode):
 for every message, valid or broken one field at a time, the same readings or the same
 error (kind and text). Pure: no database, no network."""
 
@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.contract import ContractError, decode_polls
-from collector.errors import ErrorCode
-from collector.message import PollEncoder, ReadingEncoder, build_message, envelope
-from collector.reading import Context, Quality, Reading
+from contract.codes import ErrorCode
+from contract.decode import ContractError, decode_polls
+from contract.encode import PollEncoder, ReadingEncoder, build_message, envelope
+from contract.records import Context, Quality, Reading
 from store.decode import FLOATS, NUMBERS, Decoded, Decoder
 
 OUTBOX = "6f1d0c2a9b7e4e55"

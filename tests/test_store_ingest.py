@@ -11,8 +11,8 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from collector.message import ReadingEncoder, build_message, encode_unit, ts_text, with_seq
-from collector.reading import Context, Reading, UnitRecord
+from contract.encode import ReadingEncoder, build_message, encode_unit, ts_text, with_seq
+from contract.records import Context, Reading, UnitRecord
 from store.db import connect, create_schema
 from store.genealogy import UnitQuery, search_units, unit_genealogy, write_csv
 from store.ingest import Incoming, Writer

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from collector.errors import ConfigError
+from common.errors import ConfigError
 from store.api import create_app
 from store.config import load_store_config, parse_store_config
 from store.db import create_schema

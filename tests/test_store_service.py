@@ -15,8 +15,8 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from collector.message import ReadingEncoder, build_message
-from collector.reading import Context, Reading
+from contract.encode import ReadingEncoder, build_message
+from contract.records import Context, Reading
 from store.db import connect
 from tests.helpers import Mosquitto, wait_until
 from tests.postgres import PostgresServer

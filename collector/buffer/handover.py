@@ -24,8 +24,8 @@ from collector.buffer.recovery import open_outbox
 from collector.buffer.schema import Batch, BufferStats, MetaUpdate
 from collector.buffer.store import Outbox, stored_metas, take_batches
 from collector.config import Synchronous
-from collector.errors import StartupError
-from collector.reading import ContextChanges
+from common.errors import StartupError
+from contract.records import ContextChanges
 
 log = logging.getLogger(__package__)
 

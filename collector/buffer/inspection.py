@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from collector.buffer.schema import COUNT_SQL, DROPPED_KEY, QUARANTINED_KEY, epoch
-from collector.contract import ContractError, MetaBook, decode_readings
-from collector.errors import StartupError
-from collector.message import DeviceMeta, envelope, ts_text, with_seq
+from common.errors import StartupError
+from contract.decode import ContractError, MetaBook, decode_readings
+from contract.encode import DeviceMeta, envelope, ts_text, with_seq
 
 EXPORT_TABLES = ("readings", "units", "quarantine")
 
@@ -153,7 +153,7 @@ _COLLECTOR = "buffer"
 
 def readings_of(body: bytes, metas: MetaBook | None = None) -> list[dict[str, Any]]:
     """A stored body's poll objects as one object per reading, read with the reference
-    decoder (collector.contract) and the buffer's kept tag metadata. A positional poll whose
+    decoder (contract.decode) and the buffer's kept tag metadata. A positional poll whose
     version is no longer kept (a quarantined one, kept longer than its metadata) names its
     tags by position: ``"#3"`` is the tag at index 3 of that version's order."""
     message = envelope(_COLLECTOR, "0" * 16, body)

@@ -11,8 +11,8 @@ import orjson
 from sqlalchemy.engine import Connection
 
 from collector.buffer.schema import BODY_SCHEMA_KEY, QUARANTINED_KEY
-from collector.contract import ContractError, decode_polls
-from collector.message import SCHEMA_VERSION, build_message
+from contract.decode import ContractError, decode_polls
+from contract.encode import SCHEMA_VERSION, build_message
 
 log = logging.getLogger(__package__)
 
@@ -81,7 +81,7 @@ def _set_aside(conn: Connection, last_seq: int, reason: str) -> None:
 
 def polls_from_schema_1(body: bytes) -> bytes:
     """Schema-1 reading objects (comma-separated, with seq) as schema-2 poll objects, read
-    with the reference decoder (collector.contract)."""
+    with the reference decoder (contract.decode)."""
     out = []
     for poll in decode_polls(build_message("buffer", body)).polls:
         obj: dict[str, Any] = {"seq": poll.seq, "ts": poll.ts, "device": poll.device}

@@ -38,7 +38,7 @@ quarantine_table = sa.Table(
     sa.Column("reason", sa.String, nullable=False),
     sa.Column("moved_ts", sa.Float, nullable=False),
 )
-# Unit records (see collector.context): a stream of their own, with their own seq, delivered
+# Unit records (see collector.context.tagging): a stream of their own, with their own seq, delivered
 # like readings. Few (one per unit per operation), so not counted against max_readings.
 units_table = sa.Table(
     "units",
@@ -63,7 +63,7 @@ attempts_table = sa.Table(
     sa.Column("serial", sa.String, primary_key=True),
     sa.Column("attempts", sa.Integer, nullable=False),
 )
-# Every tag-metadata version readings were encoded with (collector.message.DeviceMeta.body:
+# Every tag-metadata version readings were encoded with (contract.encode.DeviceMeta.body:
 # the canonical {"order", "tags"}): a positional poll can only be read with its version, so the
 # forwarder republishes the versions still needed on every connect. Inserted (or ignored) in
 # the commit that stores the first readings of a version; versions no longer current are
@@ -97,7 +97,7 @@ COUNT_SQL = "last_seq - first_seq + 1"
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Readings ``first_seq..last_seq`` (consecutive), the oldest one read at ``ts``, as
-    comma-separated JSON objects (collector.message)."""
+    comma-separated JSON objects (contract.encode)."""
 
     first_seq: int
     last_seq: int

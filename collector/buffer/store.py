@@ -3,7 +3,7 @@
 - Readings are stored a poll at a time: one row (a *batch*) holds a poll's readings (or a part
   of one: collector.buffer.writer cuts polls larger than a message), numbered
   ``first_seq..last_seq``, as the comma-separated JSON objects that a message carries
-  (collector.message), ``seq`` included. One row per poll, not per reading, is what lets one
+  (contract.encode), ``seq`` included. One row per poll, not per reading, is what lets one
   core carry 100,000 readings a second (docs/performance.md): SQLite's cost is per row.
 - The batch's key is its ``last_seq``, an ``INTEGER PRIMARY KEY AUTOINCREMENT``: SQLite keeps
   the highest key ever inserted in ``sqlite_sequence``, even after the row is deleted, in the
@@ -63,8 +63,8 @@ from collector.buffer.schema import (
     units_table,
 )
 from collector.config import Synchronous
-from collector.message import encode_unit, keyed_polls, split_polls
-from collector.reading import ContextChanges
+from contract.encode import encode_unit, keyed_polls, split_polls
+from contract.records import ContextChanges
 
 
 class Outbox:

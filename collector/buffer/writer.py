@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from collector.buffer.handover import AsyncOutbox
 from collector.buffer.schema import Batch, MetaUpdate
-from collector.message import DeviceMeta, PollEncoder
-from collector.reading import Context, ContextChanges, Reading
+from contract.encode import DeviceMeta, PollEncoder
+from contract.records import Context, ContextChanges, Reading
 
 log = logging.getLogger(__package__)
 

@@ -11,9 +11,9 @@ from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from collector.devices import Host
-from collector.devices import Model as _Model
-from collector.devices import secret as _secret
+from common.config import Host
+from common.config import Model as _Model
+from common.config import secret as _secret
 
 # MQTT topic levels must not contain wildcards or separators.
 TOPIC_LEVEL_PATTERN = r"^[^/#+\s]+$"

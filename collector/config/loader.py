@@ -1,7 +1,7 @@
 """Loading a config file: YAML with line numbers, CSV register maps and the machine's secrets.
 
 ``load_config(path)`` parses the YAML, validates the whole tree and either returns a frozen
-:class:`~collector.config.model.Config` or raises :class:`~collector.errors.ConfigError` whose
+:class:`~collector.config.model.Config` or raises :class:`~common.errors.ConfigError` whose
 problems read ``FILE:LINE: field.path: what is wrong and what is allowed``. Unknown keys are
 rejected. Nothing here touches the network.
 """
@@ -26,9 +26,10 @@ from collector.config.model import (
     reference_problems,
 )
 from collector.config.stations import StationConfig
-from collector.devices import NAME_PATTERN, DeviceBase, FieldPath, FileKind, dotted
-from collector.errors import ConfigError
-from collector.yamlmodel import message, parse_yaml, read_text, shown
+from common.config import NAME_PATTERN, FieldPath, FileKind, dotted
+from common.errors import ConfigError
+from common.yamlmodel import message, parse_yaml, read_text, shown
+from drivers.base import DeviceBase
 from drivers.registry import REGISTRY
 
 Path_ = FieldPath

@@ -13,9 +13,10 @@ from pydantic import Field, model_validator
 
 from collector.config.base import BufferConfig, HealthConfig, Identity, MqttConfig
 from collector.config.stations import StationConfig, TagRef, expand_slots
-from collector.devices import DeviceBase, FieldPath, FileKind, SecretEnv, SecretFile, SharedLine
-from collector.devices import Model as _Model
-from collector.devices import reject_duplicates as _reject_duplicates
+from common.config import FieldPath, FileKind, SecretEnv, SecretFile
+from common.config import Model as _Model
+from common.config import reject_duplicates as _reject_duplicates
+from drivers.base import DeviceBase, SharedLine
 from drivers.registry import REGISTRY
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """The ``stations`` section: which unit, operation and verdict a station's readings belong to
-(collector.context applies it), and the slot expansion of racks (:func:`expand_slots`)."""
+(collector.context.tagging applies it), and the slot expansion of racks (:func:`expand_slots`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import Model as _Model
-from collector.devices import Name
-from collector.devices import reject_duplicates as _reject_duplicates
+from common.config import Model as _Model
+from common.config import Name
+from common.config import reject_duplicates as _reject_duplicates
 
 
 class TagRef(_Model):

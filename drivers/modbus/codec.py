@@ -9,7 +9,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.reading import Value
+from contract.records import Value
 from drivers.modbus.config import (
     TYPE_REGISTERS,
     ByteOrder,

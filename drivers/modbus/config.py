@@ -9,9 +9,10 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import DeviceBase, FieldPath, Host, SharedLine, TagName
-from collector.devices import Model as _Model
-from collector.devices import reject_duplicates as _reject_duplicates
+from common.config import FieldPath, Host, TagName
+from common.config import Model as _Model
+from common.config import reject_duplicates as _reject_duplicates
+from drivers.base import DeviceBase, SharedLine
 from drivers.serial.config import Parity, SerialPort
 
 

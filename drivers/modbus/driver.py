@@ -2,7 +2,7 @@
 
 :class:`ModbusTcpDriver` and :class:`ModbusRtuDriver` fulfil the driver contract (connect /
 read / close) on pymodbus's async clients, translating its exceptions and exception replies
-into :mod:`collector.errors`; the request plan and the decoding are pure (drivers.modbus.plan,
+into :mod:`common.errors`; the request plan and the decoding are pure (drivers.modbus.plan,
 drivers.modbus.codec). :meth:`request` is the one-request method the technician tools use
 (drivers.modbus.tools).
 
@@ -24,8 +24,9 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from collector.errors import ErrorCode, NotConnectedError, RequestError
-from collector.reading import Reading
+from contract.codes import ErrorCode
+from contract.records import Reading
+from drivers.base import NotConnectedError, RequestError
 from drivers.modbus.config import ModbusRtuDevice, ModbusTable, ModbusTcpDevice
 from drivers.modbus.plan import Request, check_reply, plan_for_device, readings_from_reply
 
@@ -208,7 +209,7 @@ class ModbusTcpDriver(_ModbusDriver):
         return self._describe(f"{self._tcp.host}:{self._tcp.port}")
 
     def peer_address(self) -> tuple[str, int]:
-        """Probed while the device is down (collector.driver.Reachable)."""
+        """Probed while the device is down (drivers.base.Reachable)."""
         return self._tcp.host, self._tcp.port
 
     def _client(self) -> Any:

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.errors import ErrorCode, RequestError
-from collector.reading import Reading, Value
+from contract.codes import ErrorCode
+from contract.records import Reading, Value
+from drivers.base import RequestError
 from drivers.modbus.codec import TagCodec, decode
 from drivers.modbus.config import (
     ByteOrder,

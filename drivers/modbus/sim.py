@@ -14,8 +14,8 @@ from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from collector.devices import DeviceBase
-from collector.reading import Value
+from contract.records import Value
+from drivers.base import DeviceBase
 from drivers.modbus.codec import TagCodec, encode
 from drivers.modbus.config import ModbusRtuDevice, ModbusTable, ModbusTcpDevice
 from drivers.modbus.plan import FUNCTION_CODE

@@ -13,14 +13,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import ValidationError
 
-from collector.errors import (
-    EXIT_CONFIG,
-    EXIT_STARTUP,
-    DeviceError,
-    ErrorCode,
-    NotConnectedError,
-    RequestError,
-)
+from common.errors import EXIT_CONFIG, EXIT_STARTUP
+from contract.codes import ErrorCode
+from drivers.base import DeviceError, NotConnectedError, RequestError
 from drivers.modbus.codec import interpretations
 from drivers.modbus.config import ModbusTable, ModbusTcpDevice
 from drivers.modbus.driver import ModbusTcpDriver

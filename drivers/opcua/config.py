@@ -10,10 +10,11 @@ from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from collector.devices import DeviceBase, FileKind, SecretEnv, SecretFile, TagName
-from collector.devices import Model as _Model
-from collector.devices import reject_duplicates as _reject_duplicates
-from collector.devices import secret as _secret
+from common.config import FileKind, SecretEnv, SecretFile, TagName
+from common.config import Model as _Model
+from common.config import reject_duplicates as _reject_duplicates
+from common.config import secret as _secret
+from drivers.base import DeviceBase
 
 
 class OpcUaPolicy(StrEnum):

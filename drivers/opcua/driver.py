@@ -14,7 +14,7 @@ the other one). Certificates are pure (drivers.opcua.certificates). Choices that
   ``max_nodes_per_read``).
 - **Subscriptions hand over as changes arrive**: asyncua calls our handler for each data
   change; the handler appends to a bounded deque and wakes the poller
-  (collector.driver.Pushes), which takes them at once (``take_changes``); ``read`` takes
+  (drivers.base.Pushes), which takes them at once (``take_changes``); ``read`` takes
   whatever is left. A change keeps the server's source timestamp.
 - **Failures are named, not dumped**: every connect failure becomes one
   :class:`NotConnectedError` that says what to do (a server that does not trust our
@@ -59,8 +59,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from collector.errors import ErrorCode, NotConnectedError
-from collector.reading import Quality, Reading, Value
+from contract.codes import ErrorCode
+from contract.records import Quality, Reading, Value
+from drivers.base import NotConnectedError
 from drivers.opcua import problems
 from drivers.opcua.certificates import (
     application_uri_for,
@@ -260,7 +261,7 @@ class OpcUaDriver:
     # ------------------------------------------------------------------ contract
 
     def peer_address(self) -> tuple[str, int]:
-        """The server's host and port, probed while it is down (collector.driver.Reachable)."""
+        """The server's host and port, probed while it is down (drivers.base.Reachable)."""
         url = urlsplit(self.device.endpoint)
         return url.hostname or "127.0.0.1", url.port or DEFAULT_PORT
 
@@ -268,7 +269,7 @@ class OpcUaDriver:
         self._on_change = callback
 
     def take_changes(self) -> list[Reading]:
-        """The subscribed changes received since the last take (collector.driver.Pushes)."""
+        """The subscribed changes received since the last take (drivers.base.Pushes)."""
         changes = self._changes
         if changes is None or not changes.queue:
             return []

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from collector.errors import EXIT_CONFIG, EXIT_STARTUP, NotConnectedError
+from common.errors import EXIT_CONFIG, EXIT_STARTUP
+from drivers.base import NotConnectedError
 from drivers.opcua.certificates import application_uri_for, fingerprint
 from drivers.opcua.config import OpcUaDevice, OpcUaSecurity
 from drivers.opcua.driver import BrowsedNode, OpcUaDriver, make_certificate

@@ -8,8 +8,9 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.devices import DeviceBase, TagName, compile_pattern
-from collector.devices import Model as _Model
+from common.config import Model as _Model
+from common.config import TagName, compile_pattern
+from drivers.base import DeviceBase
 
 
 class Parity(StrEnum):

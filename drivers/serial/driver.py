@@ -33,9 +33,10 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
-from collector.errors import ErrorCode, NotConnectedError
-from collector.reading import Reading
-from collector.serials import escaped, serial_problem
+from contract.codes import ErrorCode
+from contract.records import Reading
+from contract.text import escaped, serial_problem
+from drivers.base import NotConnectedError
 from drivers.serial.config import BarcodeScannerDevice, FlowControl, Parity, SerialAsciiDevice
 from drivers.serial.lines import LineAssembler, LineParser
 

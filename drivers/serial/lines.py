@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from collector.errors import ErrorCode
-from collector.reading import Reading, Value
+from contract.codes import ErrorCode
+from contract.records import Reading, Value
 from drivers.serial.config import FieldType, LineField, SerialAsciiDevice
 
 

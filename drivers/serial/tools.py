@@ -12,7 +12,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import ValidationError
 
-from collector.errors import EXIT_CONFIG, EXIT_STARTUP, NotConnectedError
+from common.errors import EXIT_CONFIG, EXIT_STARTUP
+from drivers.base import NotConnectedError
 from drivers.serial.config import SerialAsciiDevice
 from drivers.serial.driver import SerialAsciiDriver
 from drivers.serial.lines import LineParser

@@ -18,7 +18,7 @@ from typing import cast
 
 import sqlalchemy as sa
 
-from collector.errors import ConfigError
+from common.errors import ConfigError
 from store.report.protocol import load_protocol
 from store.report.render import Format, render_report
 

@@ -2,8 +2,8 @@
 minimum sample sizes, fixed before the run (docs/report.md documents every option).
 
 ``load_protocol(path)`` validates the whole file and returns a frozen :class:`Protocol` or
-raises :class:`~collector.errors.ConfigError` whose problems read ``FILE:LINE: path: problem``,
-like the collector's config (through the same hardened loader, collector.yamlmodel).
+raises :class:`~common.errors.ConfigError` whose problems read ``FILE:LINE: path: problem``,
+like the collector's config (through the same hardened loader, common.yamlmodel).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.devices import Name, compile_pattern
-from collector.yamlmodel import parse_yaml_model, read_text
+from common.config import Name, compile_pattern
+from common.yamlmodel import parse_yaml_model, read_text
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from collector.buffer import Outbox
 from collector.config import Config
-from collector.contract import decode_readings
+from contract.decode import decode_readings
 from drivers.modbus.config import ModbusTable
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.faults.conftest import SilentProxy

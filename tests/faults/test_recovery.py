@@ -3,7 +3,7 @@ device or the OPC-UA server is back, not when a backoff grown to ``reconnect_max
 
 Each test sets the reconnect backoff to 300 s at its shortest (a retry waits 150-300 s), so
 a reconnect within the wait below can only have been started by the reachability probe
-(collector.backoff). The time from the peer being back to the first reading is measured in
+(common.backoff). The time from the peer being back to the first reading is measured in
 bench/recovery.py, not asserted here.
 """
 
@@ -13,10 +13,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from collector.backoff import Backoff
+from collector.acquisition.poller import DeviceStatus, Poller
 from collector.config import Config
-from collector.poller import DeviceStatus, Poller
-from collector.reading import Reading
+from common.backoff import Backoff
+from contract.records import Reading
 from drivers.modbus.sim import SimulatedModbusServer
 from drivers.opcua.config import OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver

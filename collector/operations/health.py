@@ -3,8 +3,8 @@
 GET /health and /status only read state through :class:`StatusSource`. The one endpoint that
 changes state, POST /stations/{name}/unit (a unit serial from an MES or manual entry), needs
 the bearer token from the config, checked before the (size-limited) body is read; with no token
-configured it is off. ``GET /`` is the live page for technicians (collector/live.py). Nothing
-here can stop collection: it is a collector.httpserver.BoundedServer (connections bounded and
+configured it is off. ``GET /`` is the live page for technicians (collector/operations/live.py).
+Nothing here can stop collection: it is a common.httpserver.BoundedServer (connections bounded and
 idle ones closed, so that no client can take the file descriptors or the event loop's time the
 polls need). It binds to 127.0.0.1 unless the config says otherwise.
 """
@@ -23,9 +23,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from collector import __version__
-from collector.httpserver import BoundedServer
-from collector.live import LiveFeed, add_page_routes, encode_status
-from collector.serials import MAX_SERIAL_CHARS, accepted, serial_problem
+from collector.context.serials import accepted
+from collector.operations.live import LiveFeed, add_page_routes, encode_status
+from common.httpserver import BoundedServer
+from contract.text import MAX_SERIAL_CHARS, serial_problem
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -69,7 +70,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 class UnitIn(BaseModel):
-    # Control and format characters are checked by collector.serials (and counted there).
+    # Control and format characters are checked by collector.context.serials (and counted there).
     serial: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         description="The unit now at the station; null or empty: the unit left."
     )

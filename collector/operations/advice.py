@@ -1,7 +1,7 @@
 """Each device error code in words a technician acts on: what happened, and what to check.
 
-The live page (collector/page/) shows these beside a device's error counts and last error; it
-fetches them once from ``GET /page/advice.json``. One entry per :class:`ErrorCode` (a test
+The live page (collector/operations/page/) shows these beside a device's error counts and last
+error; it fetches them once from ``GET /page/advice.json``. One entry per :class:`ErrorCode` (a test
 checks that none is missing), so a new code cannot reach the page without an explanation.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from collector.errors import ErrorCode
+from contract.codes import ErrorCode
 
 
 class Advice(NamedTuple):

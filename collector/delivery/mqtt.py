@@ -1,12 +1,12 @@
-"""The MQTT client (collector.publisher.Publisher on paho-mqtt): the only module that imports
-paho.
+"""The MQTT client (collector.delivery.publisher.Publisher on paho-mqtt): the only module that
+imports paho.
 
 - **A publish is a future resolved by paho's callback** (handed to the asyncio loop with
   ``call_soon_threadsafe``, the aiomqtt pattern). With MQTT v5 a reason code >= 0x80 means
   *not accepted*.
 - **The forwarder, not paho, owns retransmission.** Every connection uses a fresh paho client
   (paho's own reconnect is disabled). When a connection ends, the futures of the messages
-  still in flight fail with :class:`~collector.publisher.ConnectionLost` and the forwarder
+  still in flight fail with :class:`~collector.delivery.publisher.ConnectionLost` and the forwarder
   sends those readings again from the buffer on the next connection: duplicates stay within
   the in-flight window, and a message the broker can never take does not sit in paho's queue
   forever. (mosquitto 2.0 answers an oversized publish with PUBACK 0x95, which MQTT v5 does
@@ -16,7 +16,7 @@ paho.
   ``offline`` on a clean stop, and as the Last Will after a crash or a lost network.
 - **A broker that is back is used at once.** While the reconnect backs off (up to
   ``mqtt.reconnect_max_ms``), the broker's port is probed every half second
-  (collector.backoff); when it answers again after having been down, the reconnect runs at once.
+  (common.backoff); when it answers again after having been down, the reconnect runs at once.
 - **A broker that takes messages but never acknowledges them is left.** A message without its
   PUBACK for ``mqtt.keepalive_s`` ends the connection (its readings go again on the next one);
   :attr:`MqttStatus.unacknowledged_since` lets /health say so, also across reconnects.
@@ -40,10 +40,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from collector.backoff import Backoff, Probe, tcp_reachable, wait_or_back
+from collector import __version__
 from collector.config import MqttConfig, MqttVersion, TlsConfig
-from collector.message import status_message
-from collector.publisher import PACKET_TOO_LARGE, Ack, ConnectionLost, MqttStatus
+from collector.delivery.publisher import PACKET_TOO_LARGE, Ack, ConnectionLost, MqttStatus
+from common.backoff import Backoff, Probe, tcp_reachable, wait_or_back
+from contract.encode import status_message
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class MqttPublisher:
         """Publish the retained offline state (the Last Will covers a crash), disconnect."""
         client = self._client
         if client is not None and self.status.connected:
-            offline = status_message(self._id, "offline")
+            offline = status_message(self._id, "offline", __version__)
             future = self.publish(self._status_topic, offline, retain=True)
             with contextlib.suppress(TimeoutError, ConnectionLost):
                 await asyncio.wait_for(future, timeout=2.0)
@@ -196,7 +197,8 @@ class MqttPublisher:
         # itself (an hour's delay, and its thread is stopped first): run() does.
         client.reconnect_delay_set(min_delay=3600, max_delay=3600)
         client.max_inflight_messages_set(m.max_inflight_messages + EXTRA_IN_FLIGHT)
-        client.will_set(self._status_topic, status_message(self._id, "offline"), 1, True)
+        offline = status_message(self._id, "offline", __version__)
+        client.will_set(self._status_topic, offline, 1, True)
         if m.username is not None:
             password = m.password()
             client.username_pw_set(m.username, password.get_secret_value() if password else None)
@@ -303,9 +305,8 @@ class MqttPublisher:
             m = self._mqtt
             log.info("mqtt: connected to %s:%d", m.host, m.port)
             if self._client is not None:
-                self._client.publish(
-                    self._status_topic, status_message(self._id, "online"), qos=1, retain=True
-                )
+                online = status_message(self._id, "online", __version__)
+                self._client.publish(self._status_topic, online, qos=1, retain=True)
         else:
             if self._closing.is_set():
                 log.info("mqtt: disconnected")

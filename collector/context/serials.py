@@ -1,5 +1,7 @@
-"""The one check every unit serial passes, whatever its source (a scanner, a device's string
-register, POST /stations/{name}/unit).
+"""Serials rejected on their way into the station context: counted per station (shown on
+/status and /metrics) and logged once per episode. The check itself is the contract's
+(contract.text.serial_problem), one for every source (a scanner, a device's string register,
+POST /stations/{name}/unit).
 
 A serial with a control or format character (Unicode Cc/Cf: NUL, ESC, a bidi override, a
 zero-width space) is line noise or an attack, never a unit: it is rejected, counted per station
@@ -12,32 +14,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from collector.yamlmodel import is_control
+from contract.text import escaped, serial_problem
 
 log = logging.getLogger(__name__)
-
-#: Longest serial taken (a label's code is a few tens of characters).
-MAX_SERIAL_CHARS = 128
 
 #: Rejected serials per station (or per source where no station is known), since the start.
 rejected: Counter[str] = Counter()
 _logged: set[str] = set()
-
-
-def serial_problem(serial: str) -> str | None:
-    """Why ``serial`` cannot be a unit's serial, or None when it can."""
-    if len(serial) > MAX_SERIAL_CHARS:
-        return f"longer than {MAX_SERIAL_CHARS} characters ({len(serial)})"
-    for char in serial:
-        if is_control(char):
-            return f"contains the control or format character U+{ord(char):04X}"
-    return None
-
-
-def escaped(text: str, limit: int = 80) -> str:
-    """``text`` safe for a log line: every non-printable character escaped, cut to ``limit``."""
-    shown = text.encode("unicode_escape").decode("ascii")
-    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} chars)"
 
 
 def accepted(value: object, where: str) -> bool:

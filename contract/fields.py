@@ -1,6 +1,6 @@
-"""The field checks of the reference decoder (collector.contract): each raises
+"""The field checks of the reference decoder (contract.decode): each raises
 :class:`ContractError` naming the field path. Split from the decoder so that each file holds
-one idea; consumers import everything from :mod:`collector.contract`."""
+one idea; consumers import everything from :mod:`contract.decode`."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from collector.advice import advice_json
+from collector.operations.advice import advice_json
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class _EventStream(StreamingResponse):
 
 
 def _page_file(name: str) -> bytes:
-    return (resources.files("collector") / "page" / name).read_bytes()
+    return (resources.files("collector.operations") / "page" / name).read_bytes()
 
 
 def add_page_routes(app: FastAPI, feed: LiveFeed) -> None:

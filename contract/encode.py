@@ -23,8 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from collector import __version__
-from collector.reading import Context, Quality, Reading, UnitRecord
+from contract.records import Context, Quality, Reading, UnitRecord
 
 #: The readings and units messages the collector emits (docs/messages.md).
 SCHEMA_VERSION = 2
@@ -259,7 +258,7 @@ def tag_order(device: _Described) -> tuple[str, ...]:
 
 
 def device_metas(devices: Iterable[_Described]) -> dict[str, DeviceMeta]:
-    """Each configured device's tag metadata (collector.devices.DeviceBase.tag_meta)."""
+    """Each configured device's tag metadata (common.config.DeviceBase.tag_meta)."""
     return {d.name: DeviceMeta(d.name, d.tag_meta(), tag_order(d)) for d in devices}
 
 
@@ -525,14 +524,15 @@ def envelope(collector_id: str, outbox: str, items: bytes, key: bytes = b"polls"
     return head[:-1] + b',"' + key + b'":[' + items + b"]}"
 
 
-def status_message(collector_id: str, state: str) -> bytes:
+def status_message(collector_id: str, state: str, version: str) -> bytes:
+    """The retained status message: online or offline, and the producer's version."""
     return orjson.dumps(
         {
             "schema": SCHEMA_VERSION,
             "collector": collector_id,
             "state": state,
             "ts": datetime.now(UTC),
-            "version": __version__,
+            "version": version,
         },
         option=orjson.OPT_UTC_Z,
     )

@@ -6,7 +6,7 @@ a bound on *expanded* nodes (so anchors and aliases cannot blow up: a "billion l
 recursive anchor is a problem, not a freeze), rejects duplicate keys (YAML would silently keep
 the last), and validates the data against the model. Every problem reads
 ``FILE:LINE: path: problem``, values are shown truncated, and the result is either the model
-or one :class:`~collector.errors.ConfigError` with all the problems: never a traceback.
+or one :class:`~common.errors.ConfigError` with all the problems: never a traceback.
 
 Used by the collector's config (collector.config.loader), the store's (store.config) and the
 pilot protocol (store.report.protocol). It lives outside collector.config so that the store
@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from collector.errors import ConfigError
+from common.errors import ConfigError
+from contract.text import is_control
 
 #: Larger files are refused before parsing: a real config is a few kB, a big line's maybe 200.
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -55,11 +56,6 @@ def shown(value: object, limit: int = SHOWN_CHARS) -> str:
         return text
     size = len(value) if isinstance(value, str | bytes) else len(text)
     return f"{text[:limit]}... ({size} chars)"
-
-
-def is_control(char: str) -> bool:
-    """A control (Cc) or format (Cf) character: NUL, ESC, bidi overrides, zero-width ones."""
-    return unicodedata.category(char) in ("Cc", "Cf")
 
 
 @dataclass

@@ -33,8 +33,8 @@ from typing import Any
 import orjson
 
 from collector.config import Config
-from collector.contract import ContractError, MetaBook, decode_readings
 from collector.service import Service
+from contract.decode import ContractError, MetaBook, decode_readings
 from drivers.modbus.sim import SimulatedModbusServer, codecs
 from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_slot_tags
 from drivers.serial.sim import SimulatedScanner

@@ -2,8 +2,8 @@
 
 A dead device only ever waits in its own task, so it never delays another device's schedule.
 While it is down, a device with a TCP address is probed on a short period and reconnected as
-soon as it answers again (collector.backoff), whatever the backoff has grown to. Data a driver
-receives between polls (OPC-UA subscriptions, collector.driver.Pushes) is handed over as it
+soon as it answers again (common.backoff), whatever the backoff has grown to. Data a driver
+receives between polls (OPC-UA subscriptions, drivers.base.Pushes) is handed over as it
 arrives, not at the next poll.
 Polls are planned on a fixed grid (start + phase + k * interval): the next poll is scheduled
 from the planned time, not from when the last one ended; slots missed because a poll overran
@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.backoff import Backoff, Probe, tcp_reachable, wait_or_back
-from collector.driver import CountsInputErrors, Driver, Pushes, Reachable
-from collector.errors import DeviceError, ErrorCode
-from collector.histogram import Histogram
-from collector.reading import Quality, Reading
+from common.backoff import Backoff, Probe, tcp_reachable, wait_or_back
+from common.histogram import Histogram
+from contract.codes import ErrorCode
+from contract.records import Quality, Reading
+from drivers.base import CountsInputErrors, DeviceError, Driver, Pushes, Reachable
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from collector import __version__, serials
+from collector import __version__
+from collector.acquisition.poller import DeviceStatus
 from collector.buffer import AsyncOutbox, BufferWriter
 from collector.config import Config
-from collector.context import StationContext
-from collector.histogram import Histogram
-from collector.poller import DeviceStatus
-from collector.publisher import MqttStatus
-from collector.units import RECENT_KEY
+from collector.context import serials
+from collector.context.tagging import StationContext
+from collector.context.units import RECENT_KEY
+from collector.delivery.publisher import MqttStatus
+from common.histogram import Histogram
 
 
 class MetricsSource(Protocol):

@@ -52,9 +52,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from collector.config import DeviceConfig, StationConfig, UnitEnd, Verdict, verdict_key
-from collector.reading import Context, ContextChanges, Quality, Reading, UnitRecord, Value
-from collector.serials import accepted
-from collector.units import TEST, Figures, Station, Unit
+from collector.context.serials import accepted
+from collector.context.units import TEST, Figures, Station, Unit
+from contract.records import Context, ContextChanges, Quality, Reading, UnitRecord, Value
 
 log = logging.getLogger(__name__)
 

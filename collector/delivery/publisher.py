@@ -1,8 +1,8 @@
 """The publisher seam: what the forwarder needs from an MQTT client, and nothing more.
 
-The forwarder (collector.forwarder) owns the delivery policy: lanes, the in-flight window,
+The forwarder (collector.delivery.forwarder) owns the delivery policy: lanes, the in-flight window,
 splitting, quarantine, acks. A :class:`Publisher` only moves one message to the broker and
-says what the broker answered. collector.mqtt implements it on paho-mqtt (the only module
+says what the broker answered. collector.delivery.mqtt implements it on paho-mqtt (the only module
 that imports paho); the forwarder's unit tests use a fake that answers in microseconds.
 
 - :meth:`Publisher.publish` returns a future resolved with the broker's :class:`Ack` (QoS 1,
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from collector.histogram import Histogram
+from common.histogram import Histogram
 
 # Reason codes (MQTT v5 section 2.4): >= 0x80 means not accepted.
 FAILURE_FROM = 0x80

@@ -25,7 +25,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from collector.contract_fields import (
+from contract.fields import (
     _HEX,
     PHASES,
     QUALITIES,

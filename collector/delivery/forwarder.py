@@ -1,8 +1,8 @@
 """The forwarder: the delivery policy. Take the oldest rows of each stream, publish them (QoS 1)
-through a :class:`~collector.publisher.Publisher`, delete them only once accepted.
+through a :class:`~collector.delivery.publisher.Publisher`, delete them only once accepted.
 
-One loop (:meth:`Forwarder._forward`) serves every stream (collector.streams: readings and
-unit records); the publisher (collector.mqtt on paho, or a fake in tests) only moves
+One loop (:meth:`Forwarder._forward`) serves every stream (collector.delivery.streams: readings and
+unit records); the publisher (collector.delivery.mqtt on paho, or a fake in tests) only moves
 messages. The rules:
 
 - **A row leaves the buffer only on a success PUBACK.** A message lost with its connection is
@@ -36,13 +36,19 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from collector.backoff import Backoff
 from collector.buffer import AsyncOutbox, Batch
 from collector.config import Config
-from collector.message import DeviceMeta, envelope
-from collector.mqtt import MqttPublisher
-from collector.publisher import PACKET_TOO_LARGE, Ack, ConnectionLost, MqttStatus, Publisher
-from collector.streams import ReadingsStream, Stream, UnitsStream
+from collector.delivery.mqtt import MqttPublisher
+from collector.delivery.publisher import (
+    PACKET_TOO_LARGE,
+    Ack,
+    ConnectionLost,
+    MqttStatus,
+    Publisher,
+)
+from collector.delivery.streams import ReadingsStream, Stream, UnitsStream
+from common.backoff import Backoff
+from contract.encode import DeviceMeta, envelope
 
 __all__ = ["Delivered", "Forwarder", "MqttStatus", "topic_base", "topics"]
 

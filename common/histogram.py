@@ -1,6 +1,6 @@
 """A fixed-bucket histogram its owner keeps without any metrics library: the poller and the
 forwarder observe into it on the hot path (a bisect and two additions), and /metrics renders
-it at scrape time (collector/metrics.py)."""
+it at scrape time (collector/operations/metrics.py)."""
 
 from __future__ import annotations
 

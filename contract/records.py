@@ -1,6 +1,6 @@
 """Readings: what a driver returns, the context they were taken in, and unit records.
 
-How they become the JSON that the buffer stores and the broker receives: collector.message.
+How they become the JSON that the buffer stores and the broker receives: contract.encode.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
-from collector.errors import ErrorCode
+from contract.codes import ErrorCode
 
 Value = bool | int | float | str | None
 
@@ -41,7 +41,8 @@ class Reading(NamedTuple):
 
 
 class Context(NamedTuple):
-    """Where and for which unit and operation a reading was taken (collector.context decides).
+    """Where and for which unit and operation a reading was taken (collector.context.tagging
+    decides).
 
     The readings of one poll share one Context object (or a few, if a unit changed within
     the poll), so tagging costs a reference per reading, not an object.

@@ -1,6 +1,6 @@
 """The streams the forwarder delivers: readings and unit records, each a numbered sequence of
 stored items in the buffer, seen through one interface so one delivery loop serves both
-(collector.forwarder).
+(collector.delivery.forwarder).
 
 They differ only in where their rows live and in a few parameters:
 
@@ -19,8 +19,8 @@ import asyncio
 from typing import Protocol
 
 from collector.buffer import AsyncOutbox, Batch
-from collector.message import with_seq
-from collector.publisher import MqttStatus
+from collector.delivery.publisher import MqttStatus
+from contract.encode import with_seq
 
 # Unit records per message: they are few and small (one per unit per operation).
 MAX_UNITS_PER_MESSAGE = 50

@@ -1,4 +1,4 @@
-"""One station's units and live figures, as collector.context follows them.
+"""One station's units and live figures, as collector.context.tagging follows them.
 
 A unit (one attempt of one serial at one operation) has two intervals on the readings' clock:
 its **test** [start, end] and, for a serial source that shows presence (a polled serial tag,
@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from collector.config import StationConfig, Verdict
-from collector.reading import Context, Quality, Reading, Spec, UnitRecord, Value
+from contract.records import Context, Quality, Reading, Spec, UnitRecord, Value
 from quality.yields import ratio
 
 # Units kept per station to tag late readings (their intervals); older ones are long settled.

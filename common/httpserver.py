@@ -2,8 +2,8 @@
 on a socket bound up front (a busy port is a clear start-up error), with its connections
 bounded and fresh idle ones closed, and the event loop's "out of file descriptors" reports
 taken (counted, logged once) instead of a traceback per pending connection per loop turn.
-The collector's health server (collector/health.py) and the store's HTTP API (store/api.py)
-are both one of these.
+The collector's health server (collector/operations/health.py) and the store's HTTP API
+(store/api.py) are both one of these.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from collector.errors import StartupError
+from common.errors import StartupError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,82 @@
+"""The message contract between a line PC and whoever reads its stream: record types, the
+encoder the collector writes with, the reference decoder every consumer (the central store
+included) reads with, the field checks both share, and the JSON Schemas (``schema/*.json``,
+package data). docs/messages.md describes the messages; this package is their code.
+
+It depends on orjson only: a consumer takes it without the collector's protocol stacks::
+
+    import contract
+
+    metas = contract.MetaBook()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        if "/meta/" in topic:
+            metas.add(payload)  # positional polls name their tags here
+        elif topic.endswith("/readings"):
+            for r in contract.decode_readings(payload, metas):
+                key = (r.collector, r.outbox, r.seq)  # the dedupe key: never reused
+                print(key, r.device, r.tag, r.value, r.quality, r.unit_serial, r.operation)
+        elif topic.endswith("/units"):
+            for unit in contract.decode_units(payload):
+                print(unit.serial, unit.operation, unit.attempt, unit.verdict)
+
+A payload that breaks the contract raises :class:`ContractError` naming the field path.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any
+
+from contract.codes import ErrorCode
+from contract.decode import (
+    FlatReading,
+    FlatUnit,
+    MetaBook,
+    Poll,
+    ReadingsMessage,
+    decode_meta,
+    decode_polls,
+    decode_readings,
+    decode_units,
+    flatten,
+)
+from contract.encode import SCHEMA_VERSION
+from contract.fields import SCHEMA_VERSIONS, ContractError
+from contract.records import Context, Quality, Reading, UnitRecord, Value
+
+#: The JSON Schema files shipped with the package, by message kind.
+SCHEMA_FILES = {"readings": "readings-2.json", "units": "units-2.json", "meta": "meta-2.json"}
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one message kind: ``readings``, ``units`` or ``meta``."""
+    text = files("contract").joinpath("schema", SCHEMA_FILES[kind]).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+__all__ = [
+    "SCHEMA_FILES",
+    "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
+    "Context",
+    "ContractError",
+    "ErrorCode",
+    "FlatReading",
+    "FlatUnit",
+    "MetaBook",
+    "Poll",
+    "Quality",
+    "Reading",
+    "ReadingsMessage",
+    "UnitRecord",
+    "Value",
+    "decode_meta",
+    "decode_polls",
+    "decode_readings",
+    "decode_units",
+    "flatten",
+    "json_schema",
+]
