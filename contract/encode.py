@@ -258,7 +258,7 @@ def tag_order(device: _Described) -> tuple[str, ...]:
 
 
 def device_metas(devices: Iterable[_Described]) -> dict[str, DeviceMeta]:
-    """Each configured device's tag metadata (common.config.DeviceBase.tag_meta)."""
+    """Each configured device's tag metadata (drivers.base.DeviceBase.tag_meta)."""
     return {d.name: DeviceMeta(d.name, d.tag_meta(), tag_order(d)) for d in devices}
 
 

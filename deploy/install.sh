@@ -79,10 +79,11 @@ else
 fi
 
 # 2. The software: reinstalled only when the package's sources changed: a hash of what it is
-# built from (pyproject.toml, README.md, collector/ and drivers/), the same from a git checkout
-# or an unpacked release. Not of the whole folder: pip builds in it (build/, *.egg-info), and
+# built from (pyproject.toml, README.md and every package of pyproject.toml's list: contract/,
+# common/, collector/, drivers/, store/, quality/), the same from a git checkout or an unpacked
+# release. Not of the whole folder: pip builds in it (build/, *.egg-info), and
 # those outputs would make every run look like a change.
-stamp="$(cd "$source_dir" && find pyproject.toml README.md collector drivers \
+stamp="$(cd "$source_dir" && find pyproject.toml README.md contract common collector drivers store quality \
   -name __pycache__ -prune -o -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z \
   | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$opt/venv/bin/python" ]; then

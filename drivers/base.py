@@ -145,10 +145,10 @@ class DeviceBase(Model):
 class Driver(Protocol):
     """One configured device.
 
-    - ``connect`` opens the link; raises :class:`common.errors.NotConnectedError` on failure.
+    - ``connect`` opens the link; raises :class:`NotConnectedError` on failure.
     - ``read`` performs one poll and returns one reading per configured tag. A failed request
       yields bad-quality readings for the tags it covered; a lost link raises
-      :class:`~common.errors.NotConnectedError` and the core reconnects with backoff.
+      :class:`NotConnectedError` and the core reconnects with backoff.
     - ``close`` releases the link; it must not raise.
     - ``describe`` gives a one-line summary for ``collector check`` (e.g. the request plan).
     - ``max_read_seconds`` bounds one ``connect`` or ``read``; the core enforces it.

@@ -1,6 +1,6 @@
 """The one place that maps a config's ``protocol`` to its config model and its driver.
 
-A new protocol is one folder under drivers/ (config models on common.config.DeviceBase, a
+A new protocol is one folder under drivers/ (config models on drivers.base.DeviceBase, a
 driver that fulfils drivers.base.Driver) and one line in :data:`REGISTRY`. The config's
 device union (collector.config.model) is built from this table.
 

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, require_mosquitto
 
 
+@pytest.mark.slow
 def test_benchmark_command_runs_end_to_end_on_a_tiny_scenario(tmp_path: Path) -> None:
     require_mosquitto()
     out = tmp_path / "results.json"
@@ -45,6 +48,7 @@ def test_benchmark_command_runs_end_to_end_on_a_tiny_scenario(tmp_path: Path) ->
     assert data["machine"]["cores"]
 
 
+@pytest.mark.slow
 def test_tagging_benchmark_runs() -> None:
     """bench/tagging.py on a tiny run: it prints its three figures (not asserted)."""
     import io

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, require_mosquitto
 from tests.postgres import require_postgres
 
 
+@pytest.mark.slow
 def test_store_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
     require_mosquitto()
     require_postgres()

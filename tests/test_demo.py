@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from store.db import connect
 from tests.helpers import REPO, Mosquitto, Subscriber, assert_no_gaps, free_port, run_cli
 
@@ -126,6 +128,7 @@ async def test_demo_without_a_broker_buffers_and_forwards_when_it_appears(tmp_pa
     assert process.returncode == 0
 
 
+@pytest.mark.slow
 def test_demo_script_runs_the_chain_to_the_report_and_says_where_to_look(tmp_path: Path) -> None:
     """README's first command, `bash deploy/demo.sh`, shortened: line -> collector -> broker ->
     store -> report, ending by itself with the report's path, a unit to look up and how to

@@ -36,6 +36,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # a pip install, on a busy machine
 def test_install_twice_then_uninstall_and_purge(tmp_path: Path) -> None:
     root = tmp_path / "root"
@@ -80,6 +81,19 @@ def test_install_twice_then_uninstall_and_purge(tmp_path: Path) -> None:
     assert not state.exists()
 
 
+def test_the_reinstall_hash_covers_every_package_the_wheel_ships() -> None:
+    # A change in a package the hash leaves out would not be installed by the next run.
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    hashed = next(line for line in SCRIPT.read_text().splitlines() if "find pyproject.toml" in line)
+    assert packages == set(hashed.split()) & packages, hashed
+    assert packages == {"contract", "common", "collector", "drivers", "store", "quality"}
+
+
 def test_purge_alone_is_refused() -> None:
     result = subprocess.run(
         ["bash", str(SCRIPT), "--purge"], capture_output=True, text=True, timeout=60, check=False
@@ -106,6 +120,7 @@ def release_copy(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # three pip installs, on a busy machine
 def test_install_from_a_release_twice_changes_nothing(tmp_path: Path) -> None:
     """From a folder without .git (an unpacked release tarball), a second run reinstalls

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from playwright.async_api import expect
 
 from collector.operations.advice import ADVICE
@@ -93,6 +94,7 @@ async def test_a_device_taken_down_shows_not_connected_with_its_reason(
         assert took < 15
 
 
+@pytest.mark.slow
 async def test_a_page_left_open_does_not_grow_the_collectors_memory(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -147,6 +149,7 @@ async def updates_at_least(page: object, count: int) -> bool:
     return await updates(page) >= count  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 async def test_the_live_page_benchmark_runs(tmp_path: Path) -> None:
     """`python -m bench.live_page` (10 minutes by default) on a few seconds: it prints its
     figures. Figures are not asserted (docs/performance.md has them)."""
