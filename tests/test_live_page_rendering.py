@@ -118,7 +118,7 @@ async def serve(route: Route) -> None:
         await route.fulfill(json=advice_json())
     elif path in ("/", "/page/page.js", "/page/page.css"):
         name = "index.html" if path == "/" else path.removeprefix("/page/")
-        body = (resources.files("collector") / "page" / name).read_bytes()
+        body = (resources.files("collector.operations") / "page" / name).read_bytes()
         kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
         await route.fulfill(body=body, content_type=kind[name.rsplit(".", 1)[1]])
     else:

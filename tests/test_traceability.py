@@ -204,7 +204,14 @@ async def test_units_across_a_shift_with_a_retest_and_an_incomplete_unit(
         # SN-C never gets a verdict: the 2 s timeout ends it as incomplete.
         await unit_at_station("SN-C")
         await async_wait_until(lambda: len(units(sub)) >= 4, 20, "four unit records")
-        status = await running.service.status()
+
+        # The subscriber can see the last record before the collector has its PUBACK: the
+        # record leaves the buffer only then.
+        async def buffer_empty() -> dict[str, Any] | None:
+            status = await running.service.status()
+            return status if status["buffer"]["units_depth"] == 0 else None
+
+        status = await async_wait_until(buffer_empty, 10, "the unit records' deletes")
     sub_units = units(sub)
     assert [(u["serial"], u["attempt"], u["verdict"], u["ended_by"]) for u in sub_units] == [
         ("SN-A", 1, "pass", "verdict"),
