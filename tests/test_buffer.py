@@ -8,9 +8,11 @@ import sqlite3
 from pathlib import Path
 
 import orjson
+import pytest
 
 from collector.buffer import SEQ_JUMP_AFTER_RESET, Batch, Outbox, make_batch, open_outbox
 from collector.buffer.inspection import readings_of
+from collector.buffer.schema import HINT_RESERVE_UNITS, SeqHint
 from collector.config import Synchronous
 from contract.codes import ErrorCode
 from contract.encode import PollEncoder, ReadingEncoder, build_message, envelope, with_seq
@@ -339,6 +341,61 @@ def test_unit_records_and_station_state_go_in_with_the_readings(tmp_path: Path) 
     assert box.load_context() == ({"ft-1": b'{"x":1}'}, {("op", "SN1"): 2})
     box.append([], ContextChanges([unit("SN4")], {}, {}))
     assert [seq for seq, _ in box.take_units(0, 10)] == [3, 4]
+    box.close()
+
+
+def test_unit_seqs_are_never_reused_after_a_power_cut_loses_published_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """buffer.synchronous normal: unit records are published by seq like readings, and a power
+    cut that loses their commit must not make the restarted collector hand the same unit seqs
+    out again (the store would take the new unit records for duplicates and drop them).
+
+    The power cut keeps what was fsynced and nothing else: the database as a backup taken
+    before the lost commit, and the seq hint as of its last fsynced write (an unsynced hint
+    write would be lost with the page cache, so it must not be what saves the seqs)."""
+    path = tmp_path / "b.db"
+    synced: dict[str, str] = {}
+    original_write = SeqHint.write
+
+    def write(
+        self: SeqHint, readings: int, units: int, force: bool = True, sync: bool = False
+    ) -> None:
+        original_write(self, readings, units, force, sync)
+        if sync:
+            synced["hint"] = self.path.read_text()
+
+    monkeypatch.setattr(SeqHint, "write", write)
+    box = Outbox(path, 10_000, Synchronous.NORMAL)
+    # More unit records than one reservation step, so that a reservation that forgot the unit
+    # stream is exceeded by the seqs in use, not covered by accident.
+    many = HINT_RESERVE_UNITS + 500
+    box.append(poll(box, 2), ContextChanges([unit("SN1")] * many, {}, {}))
+    assert box.last_unit_seq == many
+    with sqlite3.connect(path) as live, sqlite3.connect(tmp_path / "snapshot.db") as snapshot:
+        live.backup(snapshot)  # the file as the disk kept it
+    box.append(
+        poll(box, 1), ContextChanges([unit("SN2")] * 5, {}, {})
+    )  # committed, published, lost
+    lost = [seq for seq, _ in box.take_units(many, 10)]
+    assert lost == list(range(many + 1, many + 6))
+    box._conn.close()  # the power cut: no clean close
+    box._engine.dispose()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    (tmp_path / "snapshot.db").replace(path)
+    assert "hint" in synced  # the reservation was fsynced before the seqs were committed
+    SeqHint(path).path.write_text(synced["hint"])
+
+    box = Outbox(path, 10_000, Synchronous.NORMAL)
+    assert box.units_depth == many  # the commit of the five unit records is gone...
+    box.append([], ContextChanges([unit("SN3")], {}, {}))
+    (after,) = [seq for seq, _ in box.take_units(many, 10)]
+    assert after > max(lost)  # ...but their seqs are not handed out again
+    box.close()
+    box = Outbox(path, 10_000, Synchronous.NORMAL)  # a clean restart leaves no gap
+    box.append([], ContextChanges([unit("SN4")], {}, {}))
+    assert [seq for seq, _ in box.take_units(after, 10)] == [after + 1]
     box.close()
 
 

@@ -3,11 +3,14 @@
 quarantine, the message sizes learned from a broker, retries, and unit records through the same
 loop. A real SQLite buffer; no broker, so each test
 runs in milliseconds. The same rules against a real mosquitto are in tests/faults/ and
-tests/test_mqtt_broker_rules.py."""
+tests/test_mqtt_broker_rules.py; the rule that a message whose connection died before its
+PUBACK is kept and sent again is also checked here against a real mosquitto, through a proxy
+that loses the PUBACK (:class:`PubackCutter`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +25,7 @@ from collector.delivery.publisher import Ack, ConnectionLost, MqttStatus
 from contract.decode import decode_readings, decode_units
 from contract.encode import PollEncoder
 from contract.records import Context, ContextChanges, Reading, UnitRecord
-from tests.helpers import async_wait_until
+from tests.helpers import LoopbackTcpServer, Mosquitto, Subscriber, async_wait_until
 
 ENCODER = PollEncoder()
 HOLD = -1  # the fake keeps the message unanswered until the test answers it
@@ -45,6 +48,9 @@ class FakePublisher:
         self.connection = 0
         self.max_packet_bytes: int | None = None
         self.sent: list[tuple[str, bytes]] = []
+        # What the fake broker acknowledged as accepted: its own record, not the forwarder's.
+        self.acknowledged: list[tuple[str, bytes]] = []
+        self._messages: dict[int, tuple[str, bytes]] = {}
         self.retained: list[bool] = []  # of each message sent
         self.held: list[asyncio.Future[Ack]] = []
         self.outstanding = 0
@@ -62,6 +68,7 @@ class FakePublisher:
         self.sent.append((topic, payload))
         self.retained.append(retain)
         self._in_flight.append(future)
+        self._messages[id(future)] = (topic, payload)
         self.outstanding += 1
         self.most_outstanding = max(self.most_outstanding, self.outstanding)
         verdict = self.answer(topic, payload)
@@ -78,6 +85,8 @@ class FakePublisher:
             self.outstanding -= 1
             self._in_flight.remove(future)
             future.set_result(Ack(code, NAMES[code]))
+            if code == ACCEPT:
+                self.acknowledged.append(self._messages[id(future)])
         self._listener()
 
     def drop(self) -> None:
@@ -103,6 +112,15 @@ class FakePublisher:
         """The seqs of each readings message sent."""
         return [
             [r.seq for r in decode_readings(p)] for t, p in self.sent if t.endswith("/readings")
+        ]
+
+    def acknowledged_seqs(self) -> list[int]:
+        """The seqs of the readings messages the fake acknowledged as accepted."""
+        return [
+            r.seq
+            for t, p in self.acknowledged
+            if t.endswith("/readings")
+            for r in decode_readings(p)
         ]
 
 
@@ -300,10 +318,182 @@ async def test_lost_connection_resends_what_was_in_flight_and_nothing_is_lost(
     async with forwarding(
         tmp_path, fake, before=10, max_readings_per_message=5, max_inflight_messages=2
     ) as run:
-        await async_wait_until(lambda: set(run.delivered_seqs()) == set(range(1, 51)), 5, "all")
+        # Judged on what the fake acknowledged, not on what the forwarder says it delivered: a
+        # forwarder that took the lost connection for a delivery would say so too.
+        await async_wait_until(
+            lambda: set(fake.acknowledged_seqs()) == set(range(1, 51)), 5, "all acknowledged"
+        )
         await async_wait_until(lambda: run.box.outbox.depth == 0, 5, "all deleted")
     assert fake.connection == 1
+    assert fake.payloads()[1] == [6, 7, 8, 9, 10]  # the message the connection died with...
+    assert fake.payloads().count([6, 7, 8, 9, 10]) == 2  # ...sent again on the next one
+    assert sorted(run.delivered_seqs()) == sorted(fake.acknowledged_seqs())
     assert len(run.delivered_seqs()) - 50 <= 2 * 5  # duplicates within the window
+
+
+PUBLISH, PUBACK = 3, 4  # MQTT control packet types
+
+
+async def read_packet(reader: asyncio.StreamReader) -> bytes:
+    """One whole MQTT control packet: fixed header, remaining length, the rest."""
+    packet = bytearray(await reader.readexactly(1))
+    length, shift = 0, 0
+    while True:  # the remaining length, a variable byte integer
+        byte = (await reader.readexactly(1))[0]
+        packet.append(byte)
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    body = await reader.readexactly(length)
+    return bytes(packet) + body
+
+
+def body_of(packet: bytes) -> bytes:
+    index = 1
+    while packet[index] & 0x80:
+        index += 1
+    return packet[index + 1 :]
+
+
+class PubackCutter(LoopbackTcpServer):
+    """A proxy to a real broker, packet by packet, that loses the PUBACK of the first readings
+    message and ends the connection there (both ends, no DISCONNECT): the broker has the message,
+    the collector never hears that it did. New connections are refused until :meth:`recover`,
+    so the test can look at the buffer between the cut and the reconnect."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__()
+        self.target_port = target_port
+        self.connections = 0
+        self.refusing = False
+        self.cut = asyncio.Event()
+        # Readings PUBLISH packets forwarded to the broker before the cut.
+        self.readings_before_cut = 0
+
+    def recover(self) -> None:
+        self.refusing = False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        readings_ids: set[bytes] = set()  # packet ids of this connection's readings messages
+        ends = (writer, up_writer)
+        self._track(asyncio.create_task(self._up(reader, up_writer, readings_ids, ends)))
+        self._track(asyncio.create_task(self._down(up_reader, writer, readings_ids, ends)))
+
+    async def _up(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        readings_ids: set[bytes],
+        ends: tuple[asyncio.StreamWriter, ...],
+    ) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                packet = await read_packet(source)
+                if packet[0] >> 4 == PUBLISH and (packet[0] >> 1) & 3:  # QoS 1 or 2
+                    body = body_of(packet)
+                    topic_len = int.from_bytes(body[:2], "big")
+                    if body[2 : 2 + topic_len].endswith(b"/readings"):
+                        # Noted before the broker can answer it.
+                        readings_ids.add(body[2 + topic_len : 4 + topic_len])
+                        if not self.cut.is_set():
+                            self.readings_before_cut += 1
+                sink.write(packet)
+                await sink.drain()
+        for end in ends:
+            end.close()
+
+    async def _down(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        readings_ids: set[bytes],
+        ends: tuple[asyncio.StreamWriter, ...],
+    ) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                packet = await read_packet(source)
+                if (
+                    not self.cut.is_set()
+                    and packet[0] >> 4 == PUBACK
+                    and body_of(packet)[:2] in readings_ids
+                ):
+                    self.refusing = True
+                    self.cut.set()
+                    break  # the PUBACK is lost with the connection
+                sink.write(packet)
+                await sink.drain()
+        for end in ends:
+            end.close()
+
+
+async def test_a_message_whose_connection_died_before_its_puback_is_kept_and_sent_again(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Against a real mosquitto: the broker took the first readings messages, but their
+    connection ended before the collector got a PUBACK. Until a PUBACK says otherwise they are
+    not delivered: every row stays in the buffer, and on the next connection exactly the same
+    seqs go out again, each once, oldest first; only then are the rows deleted."""
+    cutter = PubackCutter(mosquitto.port)
+    await cutter.start()
+    box = AsyncOutbox(tmp_path / "b.db", 100_000)
+    await box.open()
+    await store_polls(box, 10, 5)  # seqs 1-50, none delivered yet
+    forwarder = Forwarder(
+        config(
+            tmp_path,
+            host=cutter.host,
+            port=cutter.port,
+            max_readings_per_message=5,
+            max_inflight_messages=4,
+            reconnect_min_ms=100,
+            reconnect_max_ms=300,
+        ),
+        box,
+        MqttStatus(),
+    )
+    sub = Subscriber(mosquitto, forwarder.readings_topic, client_id="puback-consumer")
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop, grace_s=5))
+    status = forwarder.status
+    try:
+        await asyncio.wait_for(cutter.cut.wait(), 10)
+        # The forwarder has seen the connection end and settled what was in flight.
+        await async_wait_until(
+            lambda: not status.connected and status.in_flight == 0, 10, "the lost connection"
+        )
+        assert cutter.readings_before_cut >= 1
+        # Everything the broker got on the cut connection reached the consumer (so what
+        # arrives from now on came over the next connection).
+        await async_wait_until(
+            lambda: len(sub.payloads()) == cutter.readings_before_cut, 10, "the first messages"
+        )
+        before = sub.seqs()
+        assert before == list(range(1, 5 * cutter.readings_before_cut + 1))  # in order
+        # No PUBACK ever reached the collector: not one row is gone or waiting for its delete.
+        kept = await box.take(0, 1000, 1 << 24)
+        assert [s for b in kept for s in range(b.first_seq, b.last_seq + 1)] == list(range(1, 51))
+        assert box.outbox.depth == 50
+        assert status.readings_delivered == 0
+
+        cutter.recover()
+        await async_wait_until(lambda: len(sub.seqs()) - len(before) >= 50, 15, "all again")
+        await async_wait_until(lambda: box.outbox.depth == 0, 10, "all deleted")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await box.close()
+        sub.close()
+        await cutter.stop()
+    after = sub.seqs()[len(before) :]
+    assert after == list(range(1, 51))  # the same seqs again, each once, oldest first
+    assert cutter.connections == 2
+    assert status.readings_delivered == 50
 
 
 def unit(serial: str) -> UnitRecord:

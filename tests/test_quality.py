@@ -244,6 +244,27 @@ def test_retest_counts_against_first_pass_yield_but_not_final_yield() -> None:
     assert f.pareto[-1].cumulative == pytest.approx(1.0)
 
 
+def test_final_yield_takes_the_last_attempt_not_any_passed_attempt() -> None:
+    # A unit that passed once and then failed or was scrapped on a later attempt (a re-check
+    # after a customer return, a rework loop that broke it) is not a final pass: only the
+    # highest attempt number counts, whatever order the records arrive in.
+    attempts = [
+        _a("P", 1, "pass"),  # passes, stays passed
+        _a("Q", 1, "pass"),
+        _a("Q", 2, "fail", failure_code="41"),  # passed at 1, failed at 2: not a final pass
+        _a("R", 3, "scrap", failure_code="99"),  # records out of order: attempt 3 is last
+        _a("R", 1, "pass"),
+        _a("R", 2, "pass"),
+        _a("S", 1, "fail", failure_code="41"),
+        _a("S", 2, "pass"),  # failed at 1, passed at 2: a final pass
+    ]
+    f = operation_figures("ft", attempts)
+    assert (f.units, f.attempts, f.first_pass, f.final_pass) == (4, 8, 3, 2)
+    assert f.final_yield == pytest.approx(0.5)
+    assert f.first_pass_yield == pytest.approx(0.75)
+    assert (f.scrapped, f.retests, f.retests_passed) == (1, 4, 2)
+
+
 def test_all_pass_and_all_fail() -> None:
     good = operation_figures("ft", [_a(f"U{i}", 1, "pass") for i in range(10)])
     assert (good.first_pass_yield, good.final_yield, good.scrap_rate) == (1.0, 1.0, 0.0)

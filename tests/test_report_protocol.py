@@ -157,6 +157,23 @@ def test_one_failing_criterion_gives_no_go() -> None:
     assert report.decision is Decision.NO_GO
 
 
+def test_a_yield_exactly_at_its_minimum_and_a_rate_exactly_at_its_maximum_pass() -> None:
+    # The protocol's limits are inclusive: "min_first_pass_yield: 0.9" is met by 9 of 10.
+    # 9 / 10 and 1 / 10 are the same doubles as the literals 0.9 and 0.1, so the comparison
+    # is at the limit exactly, not a rounding hair either side of it.
+    data = _run(["pass"] * 9 + ["scrap"])
+    report = evaluate(data, _protocol(min_first_pass_yield=0.9, max_scrap_rate=0.1))
+    assert [(c.name, c.result, c.value, c.limit) for c in report.operations[0].criteria] == [
+        ("first_pass_yield", Result.PASS, 0.9, 0.9),
+        ("scrap_rate", Result.PASS, 0.1, 0.1),
+    ]
+    assert report.decision is Decision.GO
+    # One unit fewer passing is below the limit: the boundary is where the test says it is.
+    below = evaluate(_run(["pass"] * 8 + ["fail", "fail"]), _protocol(min_first_pass_yield=0.9))
+    (fpy,) = below.operations[0].criteria
+    assert (fpy.result, fpy.value) == (Result.FAIL, 0.8)
+
+
 def test_too_few_units_is_insufficient_not_a_guess() -> None:
     report = evaluate(_run(["pass"] * 9), _protocol(min_first_pass_yield=0.95))
     (fpy,) = report.operations[0].criteria

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -235,6 +237,79 @@ async def test_scanner_sets_the_station_serial_through_the_serial_source_seam(
     assert context.tag("tester-1", [after])[0].unit_serial == "PILOT-0042"
     # A reading read before the scan keeps "no unit", even when it is tagged after it.
     assert context.tag("tester-1", [before])[0].unit_serial is None
+
+
+def default_scanner(path: Path) -> BarcodeScannerDevice:
+    """A scanner with the default serial_pattern and no routes: every scan is a serial or noise."""
+    return BarcodeScannerDevice.model_validate(
+        {"name": "scanner-1", "protocol": "barcode_scanner", "station": "ft-1", "port": str(path)}
+    )
+
+
+async def scan_lines(
+    pty: PtyPort, driver: BarcodeScannerDriver, lines: Sequence[bytes]
+) -> list[Reading]:
+    """Send each line as a scan (CR after it), a chunk at a time (a pty holds a few KiB), and
+    read until every one of them is counted as a serial or as bad input."""
+    got: list[Reading] = []
+    for start in range(0, len(lines), 100):
+        chunk = lines[start : start + 100]
+        pty.send(b"".join(line + b"\r" for line in chunk))
+        done = start + len(chunk)
+
+        async def counted(done: int = done) -> bool:
+            got.extend(await driver.read())
+            counts = driver.details()["counts"]
+            return bool(counts.get("lines", 0) + counts.get("bad_input", 0) == done)
+
+        await async_wait_until(counted, 10, f"{done} scans counted")
+    return got
+
+
+async def test_the_default_serial_pattern_takes_no_random_binary_line(
+    pty: PtyPort, opened: Any
+) -> None:
+    """10,000 lines of 1-32 random bytes (neither CR nor LF: one scan each) through the real
+    driver on a pty: not one becomes a serial, each is counted as bad input, and the station
+    whose serial source is the scanner never gets a unit."""
+    rng = random.Random(24)
+    alphabet = bytes(b for b in range(256) if b not in b"\r\n")
+    lines = [bytes(rng.choices(alphabet, k=rng.randint(1, 32))) for _ in range(10_000)]
+    # The sample is one the old default (printable ASCII without spaces) made units of.
+    old_default = re.compile(r"[!-~]+")
+    taken_before = [
+        line for line in lines if old_default.fullmatch(line.decode("ascii", "replace").strip())
+    ]
+    assert len(taken_before) > 100
+    scan_cfg = default_scanner(pty.path)
+    context = StationContext(
+        [
+            StationConfig(
+                name="ft-1", operation="ft", serial_source={"device": "scanner-1", "tag": "serial"}
+            )
+        ],
+        [scan_cfg, _tester_in("ft-1")],
+    )
+    driver = await opened(BarcodeScannerDriver(scan_cfg))
+    got = await scan_lines(pty, driver, lines)
+    assert got == []
+    assert driver.details()["counts"]["bad_input"] == 10_000
+    assert driver.take_input_errors() == {"bad_input": 10_000}
+    context.tag("scanner-1", got)
+    assert (
+        context.tag("tester-1", [Reading(time.time(), "voltage", 1.0, "V")])[0].unit_serial is None
+    )
+
+
+async def test_the_default_serial_pattern_takes_real_serials_and_not_short_or_wordy_labels(
+    pty: PtyPort, opened: Any
+) -> None:
+    driver = await opened(BarcodeScannerDriver(default_scanner(pty.path)))
+    serials = ["PV-000106", "SN12345678", "A1B2C3", "GOLD-001", "PILOT-0001", "LOT_2026.11/07"]
+    rejected = ["!kr", "{", "*]", "SN-1", "12345", "HELLO", "NOREAD", "SN 123456", "SN#123456"]
+    got = await scan_lines(pty, driver, [s.encode() for s in [*serials, *rejected]])
+    assert [(r.tag, r.value) for r in got] == [("serial", s) for s in serials]
+    assert driver.details()["counts"]["bad_input"] == len(rejected)
 
 
 def _tester_in(station: str) -> Any:

@@ -131,6 +131,12 @@ class ScanRoute(_Model):
         return value
 
 
+# The default unit serial (full match): 6 or more of letters, digits and - _ . /, at least one
+# of them a digit. Line noise is short or has bytes outside that set (a random byte is in it
+# about one time in four); a printable word (HELLO, a label without a number) has no digit.
+DEFAULT_SERIAL_PATTERN = r"(?=[^0-9]*[0-9])[-A-Za-z0-9_./]{6,}"
+
+
 class BarcodeScannerDevice(DeviceBase, SerialPort):
     """A barcode scanner in serial mode: each scan that matches ``serial_pattern`` becomes a
     reading of tag ``serial`` (make it the station's serial_source)."""
@@ -142,9 +148,9 @@ class BarcodeScannerDevice(DeviceBase, SerialPort):
     strip_prefix: str = Field(default="", description="Removed from the start of each scan.")
     strip_suffix: str = Field(default="", description="Removed from the end of each scan.")
     serial_pattern: str = Field(
-        default=r"[!-~]+",
-        description="A unit serial (full match); the default takes printable ASCII without "
-        "spaces, never line noise or control characters.",
+        default=DEFAULT_SERIAL_PATTERN,
+        description="A unit serial (full match); the default takes 6 or more letters, digits "
+        "and - _ . / with at least one digit. Set it to your labels' exact shape.",
     )
     routes: list[ScanRoute] = Field(default_factory=list, description="Other codes, by pattern.")
     max_line_bytes: int = Field(default=256, ge=8, le=65536, description="Longer: discarded.")
