@@ -260,3 +260,38 @@ def test_operations_follow_the_protocol_then_the_data_and_rty_multiplies() -> No
         "pack": ("pass", 1),
         "ft": ("pass", 2),
     }
+
+
+def test_aql_and_control_options_are_validated_in_the_house_format() -> None:
+    found = problems(
+        """\
+        operations:
+          - name: ft
+            aql: {level: IV, aql: 0.3, lot_size: 1}
+            control_rules: [5]
+            characteristics:
+              current: {min_cpk: 1.33, control_rules: []}
+        """
+    )
+    assert found == [
+        "pilot.yaml:3: operations[0].aql.level: Input should be 'S-1', 'S-2', 'S-3', 'S-4', "
+        "'I', 'II' or 'III'; got 'IV'",
+        "pilot.yaml:3: operations[0].aql.aql: AQL 0.3 is not a column of MIL-STD-105E Table "
+        "II-A; one of 0.01, 0.015, 0.025, 0.04, 0.065, 0.1, 0.15, 0.25, 0.4, 0.65, 1, 1.5, 2.5, "
+        "4, 6.5",
+        "pilot.yaml:3: operations[0].aql.lot_size: Input should be greater than or equal to 2; "
+        "got 1",
+        "pilot.yaml:4: operations[0].control_rules: unknown Western Electric rule 5; rules are "
+        "1 to 4",
+        "pilot.yaml:6: operations[0].characteristics.current.control_rules: name at least one "
+        "rule (1: beyond 3 sigma, 2: 2 of 3 beyond 2 sigma)",
+    ]
+    protocol = parse_protocol("operations: [{name: ft, aql: {aql: 1}, require_control: false}]")
+    (operation,) = protocol.operations
+    assert operation.aql is not None
+    assert (operation.aql.level.value, operation.aql.aql, operation.aql.lot_size) == (
+        "II",
+        1.0,
+        None,
+    )
+    assert (operation.require_control, operation.control_rules) == (False, (1, 2))

@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 
 from quality import Capability, OperationFigures
-from store.report.evaluate import CharacteristicReport, Criterion, Report
+from store.report.evaluate import (
+    NOT_A_PREDICTION,
+    AqlResult,
+    CharacteristicReport,
+    Criterion,
+    Report,
+)
 
 REPORT_VERSION = 1
 
@@ -33,7 +39,28 @@ def _criterion(c: Criterion) -> dict[str, Any]:
     }
 
 
-def _operation(f: OperationFigures, criteria: tuple[Criterion, ...]) -> dict[str, Any]:
+def _aql(a: AqlResult | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {
+        "level": a.level,
+        "aql": a.aql,
+        "lot_size": a.lot_size,
+        "code_letter": a.code_letter,
+        "sample_size": a.sample_size,
+        "accept": a.accept,
+        "reject": a.reject,
+        "full_inspection": a.full_inspection,
+        "p50": a.p50,
+        "inspected": a.inspected,
+        "defects": a.defects,
+        "verdict": a.verdict,
+    }
+
+
+def _operation(
+    f: OperationFigures, criteria: tuple[Criterion, ...], aql: AqlResult | None
+) -> dict[str, Any]:
     return {
         "operation": f.operation,
         "units": f.units,
@@ -57,6 +84,7 @@ def _operation(f: OperationFigures, criteria: tuple[Criterion, ...]) -> dict[str
             for b in f.pareto
         ],
         "golden_units": f.golden_units,
+        "aql": _aql(aql),
         "criteria": [_criterion(c) for c in criteria],
     }
 
@@ -103,6 +131,16 @@ def _characteristic(c: CharacteristicReport) -> dict[str, Any]:
             for v in cap.violations
         ],
         "criterion": _criterion(c.criterion) if c.criterion is not None else None,
+        "control": (
+            {
+                "rules": list(c.control.rules),
+                "signals": c.control.signals,
+                "in_control": c.control.in_control,
+                "note": None if c.control.in_control else NOT_A_PREDICTION,
+            }
+            if c.control is not None
+            else None
+        ),
         "chart": _chart(cap),
         "golden": [
             {
@@ -142,7 +180,7 @@ def report_dict(report: Report, generated_at: datetime) -> dict[str, Any]:
             "last_record": _time(report.last_record),
         },
         "sample_sizes": report.protocol.sample_sizes.model_dump(mode="json"),
-        "operations": [_operation(op.figures, op.criteria) for op in report.operations],
+        "operations": [_operation(op.figures, op.criteria, op.aql) for op in report.operations],
         "characteristics": [_characteristic(c) for c in report.characteristics],
     }
 

@@ -22,8 +22,16 @@ from quality import (
     operation_figures,
     rolled_throughput_yield,
 )
+from quality.sampling import single_plan
+from quality.yields import INCOMPLETE, PASS
 from store.report.load import CharacteristicValue, RunData
-from store.report.protocol import OperationCriteria, Protocol, SampleSizes, SubgroupBy
+from store.report.protocol import (
+    AqlCriterion,
+    OperationCriteria,
+    Protocol,
+    SampleSizes,
+    SubgroupBy,
+)
 
 
 class Result(StrEnum):
@@ -48,6 +56,16 @@ class Criterion:
 
 
 @dataclass(frozen=True, slots=True)
+class Control:
+    """Whether the characteristic's I-MR chart shows the process in control, by the rules the
+    protocol names; only judged where the protocol requires control."""
+
+    rules: tuple[int, ...]
+    signals: int  # points flagged by those rules
+    in_control: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CharacteristicReport:
     operation: str
     name: str
@@ -56,12 +74,30 @@ class CharacteristicReport:
     capability: Capability
     golden: tuple[GoldenCheck, ...]
     criterion: Criterion | None
+    control: Control | None = None  # None: control not required by the protocol
+
+
+@dataclass(frozen=True, slots=True)
+class AqlResult:
+    level: str
+    aql: float
+    lot_size: int
+    code_letter: str
+    sample_size: int
+    accept: int
+    reject: int
+    full_inspection: bool
+    p50: float  # the defect rate accepted with probability 0.5
+    inspected: int  # units with a verdict at the operation (first attempt)
+    defects: int  # failed first attempts among the first sample_size of them
+    verdict: str  # accept, reject or insufficient
 
 
 @dataclass(frozen=True, slots=True)
 class OperationReport:
     figures: OperationFigures
     criteria: tuple[Criterion, ...]  # the operation's own, then its characteristics'
+    aql: AqlResult | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +175,59 @@ def _operation_criteria(
     return found
 
 
+def _aql(data: RunData, operation: str, units: int, wanted: AqlCriterion) -> AqlResult | None:
+    """The sampling plan judged on the run: the sample is the first n units, in the order their
+    first attempt ended, whose first attempt has a verdict (an incomplete attempt has none);
+    a defect is a first attempt that did not pass. No choosing afterwards: the order decides."""
+    lot = wanted.lot_size if wanted.lot_size is not None else units
+    if lot < 2:
+        return None  # Table I starts at a lot of 2: the criterion is insufficient
+    plan = single_plan(lot, wanted.level, wanted.aql)
+    judged = [
+        r.attempt.verdict != PASS
+        for r in data.units
+        if r.attempt.operation == operation
+        and r.attempt.attempt == 1
+        and not r.attempt.golden
+        and r.attempt.verdict != INCOMPLETE
+    ]
+    sample = judged[: plan.sample_size]
+    defects = sum(sample)
+    if len(judged) < plan.sample_size:
+        verdict = "insufficient"
+    else:
+        verdict = "accept" if defects <= plan.accept else "reject"
+    return AqlResult(
+        level=wanted.level.value,
+        aql=wanted.aql,
+        lot_size=lot,
+        code_letter=plan.code_letter,
+        sample_size=plan.sample_size,
+        accept=plan.accept,
+        reject=plan.reject,
+        full_inspection=plan.full_inspection,
+        p50=plan.p50,
+        inspected=len(judged),
+        defects=defects,
+        verdict=verdict,
+    )
+
+
+def _aql_criterion(result: AqlResult | None, wanted: AqlCriterion) -> Criterion:
+    if result is None:
+        return Criterion("aql", Result.INSUFFICIENT, None, None, "lot of fewer than 2 units")
+    if result.verdict == "insufficient":
+        why = f"{result.inspected} units inspected < sample size {result.sample_size}"
+        return Criterion("aql", Result.INSUFFICIENT, result.defects, result.accept, why)
+    note = (
+        f"AQL {wanted.aql:g}, level {result.level}, lot {result.lot_size}: code letter "
+        f"{result.code_letter}, n {result.sample_size}, Ac {result.accept}, Re {result.reject}"
+        + (" (100 % inspection)" if result.full_inspection else "")
+    )
+    result_value = Result.PASS if result.verdict == "accept" else Result.FAIL
+    return Criterion("aql", result_value, result.defects, result.accept, note)
+
+
 def _subgroup(value: CharacteristicValue, by: SubgroupBy) -> str:
     if by is SubgroupBy.WORK_ORDER:
         return value.work_order or ""
@@ -147,7 +236,17 @@ def _subgroup(value: CharacteristicValue, by: SubgroupBy) -> str:
     return value.end.strftime("%Y-%m-%dT%H")
 
 
-def _cpk_criterion(name: str, cap: Capability, min_cpk: float, sizes: SampleSizes) -> Criterion:
+NOT_IN_CONTROL = "not in control"
+NOT_A_PREDICTION = (
+    "The process is not in control (its I-MR chart signals the Western Electric rules the "
+    "protocol names): this Cpk describes the pieces made; it is not a prediction of what the "
+    "line will make."
+)
+
+
+def _cpk_criterion(
+    name: str, cap: Capability, min_cpk: float, sizes: SampleSizes, control: Control | None
+) -> Criterion:
     label = f"cpk_lower_95 {name}"
     bound = cap.cpk_lower_95
     if cap.lsl is None and cap.usl is None:
@@ -161,6 +260,15 @@ def _cpk_criterion(name: str, cap: Capability, min_cpk: float, sizes: SampleSize
         return Criterion(label, Result.INSUFFICIENT, bound, min_cpk, why)
     if bound is None:
         return Criterion(label, Result.INSUFFICIENT, bound, min_cpk, "no spread: Cpk undefined")
+    if control is not None and not control.in_control:
+        # A Cpk predicts the output of a stable process only; with the chart signalling, the
+        # figure describes the past pieces, not what the line will make: the criterion fails.
+        rules = ", ".join(map(str, control.rules))
+        why = (
+            f"{NOT_IN_CONTROL}: {control.signals} signal(s) of Western Electric rule(s) {rules};"
+            " Cpk is not a prediction while the process is not in control"
+        )
+        return Criterion(label, Result.FAIL, bound, min_cpk, why)
     return Criterion(label, Result.PASS if bound >= min_cpk else Result.FAIL, bound, min_cpk)
 
 
@@ -186,11 +294,25 @@ def _characteristics(data: RunData, protocol: Protocol) -> list[CharacteristicRe
         critical = any(v.critical for v in values)
         wanted = protocol.criteria_for(operation)
         min_cpk = None
+        control = None
         if wanted is not None:
-            if name in wanted.characteristics:
-                min_cpk = wanted.characteristics[name].min_cpk
+            own = wanted.characteristics.get(name)
+            if own is not None:
+                min_cpk = own.min_cpk
             elif critical:
                 min_cpk = wanted.min_cpk_critical
+            # The characteristic's own setting, else the operation's, else on when critical.
+            required = own.require_control if own is not None else None
+            if required is None:
+                required = wanted.require_control
+            if required is None:
+                required = critical
+            rules = wanted.control_rules
+            if own is not None and "control_rules" in own.model_fields_set:
+                rules = own.control_rules
+            if required and min_cpk:
+                signals = len({v.index for v in cap.violations if v.rule in rules})
+                control = Control(rules, signals, signals == 0)
         reports.append(
             CharacteristicReport(
                 operation=operation,
@@ -199,7 +321,8 @@ def _characteristics(data: RunData, protocol: Protocol) -> list[CharacteristicRe
                 target=latest.target,
                 capability=cap,
                 golden=golden_checks(measurements, latest.lsl, latest.usl),
-                criterion=_cpk_criterion(name, cap, min_cpk, sizes) if min_cpk else None,
+                criterion=(_cpk_criterion(name, cap, min_cpk, sizes, control) if min_cpk else None),
+                control=control,
             )
         )
     return reports
@@ -228,13 +351,17 @@ def evaluate(data: RunData, protocol: Protocol) -> Report:
         wanted = protocol.criteria_for(operation)
         figures = operation_figures(operation, attempts, wanted.takt_s if wanted else None)
         criteria = _operation_criteria(figures, wanted, protocol.sample_sizes) if wanted else []
+        aql = None
+        if wanted is not None and wanted.aql is not None:
+            aql = _aql(data, operation, figures.units, wanted.aql)
+            criteria.append(_aql_criterion(aql, wanted.aql))
         criteria += [
             c.criterion
             for c in characteristics
             if c.operation == operation and c.criterion is not None
         ]
         criteria += missing_criteria.get(operation, [])
-        operations.append(OperationReport(figures, tuple(criteria)))
+        operations.append(OperationReport(figures, tuple(criteria), aql))
     order = {name: index for index, name in enumerate(ordered)}
     characteristics.sort(key=lambda c: (order.get(c.operation, len(order)), c.operation, c.name))
 

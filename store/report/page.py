@@ -12,7 +12,13 @@ from urllib.parse import quote
 
 from quality import RULES
 from store.report import svg
-from store.report.evaluate import CharacteristicReport, Criterion, Decision, Report
+from store.report.evaluate import (
+    NOT_A_PREDICTION,
+    CharacteristicReport,
+    Criterion,
+    Decision,
+    Report,
+)
 
 DECISION_TEXT = {
     Decision.GO: ("GO", "Every exit criterion is met."),
@@ -133,6 +139,9 @@ def _anchor(c: CharacteristicReport) -> str:
 def _criterion_value(c: Criterion) -> tuple[str, str]:
     if c.name in ("first_pass_yield", "scrap_rate", "rework_rate"):
         return _pct(c.value), _pct(c.limit)
+    if c.name == "aql":
+        defects = "—" if c.value is None else f"{c.value:.0f} defects"
+        return defects, "—" if c.limit is None else f"Ac {c.limit:.0f}"
     if c.name == "cycle_time_p95":
         return _s(c.value) + " s" if c.value is not None else "—", _s(c.limit) + " s"
     return _idx(c.value), _idx(c.limit)
@@ -143,6 +152,7 @@ CRITERION_LABEL = {
     "scrap_rate": "Scrap rate ≤",
     "rework_rate": "Rework rate ≤",
     "cycle_time_p95": "Cycle time p95 ≤ takt",
+    "aql": "AQL sampling plan: defects ≤",
 }
 
 
@@ -222,6 +232,29 @@ def _criteria(report: Report) -> list[str]:
         + "<tbody>"
         + "".join(rows)
         + "</tbody></table>",
+    ]
+
+
+def _sampling_plans(report: Report) -> list[str]:
+    """Each AQL plan in one line, with its operating characteristic in one figure."""
+    lines = []
+    for op in report.operations:
+        a = op.aql
+        if a is None:
+            continue
+        full = " (n reaches the lot: 100 % inspection)" if a.full_inspection else ""
+        lines.append(
+            f"<li><b>{escape(op.figures.operation)}</b>: AQL {a.aql:g} %, level {a.level}, lot "
+            f"{a.lot_size}: code letter {a.code_letter}, n = {a.sample_size}, Ac {a.accept}, "
+            f"Re {a.reject}{full}. Accepts a lot with {_pct(a.p50)} defective half of the time. "
+            f"Sample: the first {a.sample_size} of {a.inspected} units inspected, "
+            f"{a.defects} defective: <b>{a.verdict}</b>.</li>"
+        )
+    if not lines:
+        return []
+    return [
+        '<h2 id="sampling">Sampling plans (MIL-STD-105E, normal inspection)</h2>',
+        f"<ul class='plans'>{''.join(lines)}</ul>",
     ]
 
 
@@ -370,6 +403,14 @@ def _characteristic(c: CharacteristicReport, base: str) -> str:
         ("Cpk lower 95 %", _idx(cap.cpk_lower_95)),
         ("Out of spec", f"{cap.out_of_spec_count} ({_pct(cap.out_of_spec)})"),
     ]
+    if c.control is not None:
+        rules = ", ".join(map(str, c.control.rules))
+        stats.append(
+            (
+                "In control",
+                f"yes (rules {rules})" if c.control.in_control else f"no (rules {rules})",
+            )
+        )
     if c.criterion is not None:
         stats.append(
             ("Criterion", f"≥ {_idx(c.criterion.limit)} {_badge(c.criterion.result.value)}")
@@ -396,10 +437,14 @@ def _characteristic(c: CharacteristicReport, base: str) -> str:
         )
     else:
         violations = '<p class="note">No Western Electric rule 1–4 signal.</p>'
+    warning = ""
+    if c.control is not None and not c.control.in_control:
+        warning = f'<p class="warning">{escape(NOT_A_PREDICTION)}</p>'
     return (
         f'<section class="block characteristic" id="{_anchor(c)}">'
         f"<h3>{escape(label)}{' ◆ critical' if c.critical else ''}</h3>"
-        '<div class="top"><table class="stats">'
+        + warning
+        + '<div class="top"><table class="stats">'
         + "".join(f"<tr><th>{k}</th><td class='num'>{v}</td></tr>" for k, v in stats)
         + "</table>"
         + f"<div>{svg.histogram(cap, label, c.target)}</div></div>"
@@ -532,6 +577,7 @@ def render_html(
         f"<style>{CSS}</style></head><body>",
         *_header(report, generated_at, protocol_name),
         *_criteria(report),
+        *_sampling_plans(report),
         *_yields(report),
         *_capability_summary(report),
         *(_characteristic(c, unit_base) for c in report.characteristics),

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.config import Name, compile_pattern
 from common.yamlmodel import parse_yaml_model, read_text
+from quality.charts import RULES
+from quality.sampling import AQLS, Level
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -85,8 +87,50 @@ class SampleSizes(_Model):
     )
 
 
+def _known_rules(value: tuple[int, ...]) -> tuple[int, ...]:
+    unknown = [rule for rule in value if rule not in RULES]
+    if unknown:
+        raise ValueError(f"unknown Western Electric rule {unknown[0]}; rules are 1 to 4")
+    if not value:
+        raise ValueError("name at least one rule (1: beyond 3 sigma, 2: 2 of 3 beyond 2 sigma)")
+    return tuple(sorted(set(value)))
+
+
 class CharacteristicCriterion(_Model):
     min_cpk: float = Field(gt=0.0, description="Minimum Cpk, judged on its lower 95 % bound.")
+    require_control: bool | None = Field(
+        default=None,
+        description="Fail the Cpk criterion while the I-MR chart signals control_rules; "
+        "default: on for characteristics the records flag critical.",
+    )
+    control_rules: tuple[int, ...] = Field(
+        default=(1, 2), description="Western Electric rules (1-4) that mean out of control."
+    )
+
+    _rules = field_validator("control_rules")(_known_rules)
+
+
+class AqlCriterion(_Model):
+    """A MIL-STD-105E single sampling plan, normal inspection, judged on the run's units."""
+
+    level: Level = Field(
+        default=Level.II, description="Inspection level: S-1, S-2, S-3, S-4, I, II or III."
+    )
+    aql: float = Field(description="AQL in percent nonconforming, a Table II-A column.")
+    lot_size: int | None = Field(
+        default=None, ge=2, description="Lot size; default: the run's units at the operation."
+    )
+
+    @field_validator("aql")
+    @classmethod
+    def _column(cls, value: float) -> float:
+        for column in AQLS:
+            if abs(value - column) <= 1e-9 * column:
+                return column
+        raise ValueError(
+            f"AQL {value} is not a column of MIL-STD-105E Table II-A; one of "
+            + ", ".join(f"{a:g}" for a in AQLS)
+        )
 
 
 class OperationCriteria(_Model):
@@ -112,6 +156,20 @@ class OperationCriteria(_Model):
         default_factory=dict,
         description="Per characteristic name: its own minimum Cpk (critical or not).",
     )
+    require_control: bool | None = Field(
+        default=None,
+        description="For the operation's characteristics without their own setting: fail the "
+        "Cpk criterion while the I-MR chart signals control_rules; default: on for critical "
+        "characteristics.",
+    )
+    control_rules: tuple[int, ...] = Field(
+        default=(1, 2), description="Western Electric rules (1-4) that mean out of control."
+    )
+    aql: AqlCriterion | None = Field(
+        default=None, description="An AQL sampling plan judged on the units' first attempts."
+    )
+
+    _rules = field_validator("control_rules")(_known_rules)
 
 
 class Protocol(_Model):
