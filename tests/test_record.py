@@ -17,6 +17,7 @@ import sqlalchemy as sa
 import yaml
 from fastapi.testclient import TestClient
 
+from common.errors import ConfigError
 from contract.encode import build_message, encode_unit, with_seq
 from contract.records import UnitRecord
 from store.api import create_app
@@ -525,3 +526,29 @@ def test_two_writers_at_once_do_not_fork_the_chain(app: tuple[TestClient, StoreS
     assert errors == []
     checked = verify(service.engine)
     assert (checked.ok, checked.entries) == (True, 20)
+
+
+def test_people_config_problems_are_said_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REC_TEST_BOB", raising=False)
+    path = store_yaml(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    config = yaml.safe_load(path.read_text())
+    config["people"][3]["token_sha256"] = config["people"][2]["token_sha256"]
+    config["people"].append({"name": "Nobody", "functions": ["Quality"],
+                             "token_file": str(tmp_path / "missing")})  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as raised:
+        load_store_config(path)
+    assert raised.value.problems == [
+        f"{path}:1: people[1].token_env: environment variable REC_TEST_BOB is not set",
+        f"{path}:1: people[3]: the same token as people[2]",
+        f"{path}:1: people[4].token_file: cannot read: No such file or directory",
+    ]
+    config["people"][0]["token_env"] = "X"  # two sources
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as raised:
+        load_store_config(path)
+    assert raised.value.problems[0].endswith(
+        "people[0]: give exactly one of token_sha256, token_file, token_env"
+    )
