@@ -24,6 +24,7 @@ from common.errors import ConfigError
 from common.httpserver import BoundedServer
 from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
+from store.record.api import install as install_record
 from store.report import Format, load_protocol, render_report
 from store.status import ServiceView, gap_report, old_gaps, parked_count
 
@@ -141,6 +142,7 @@ def create_app(service: ServiceView) -> FastAPI:
             return Response(body, media_type="application/json")
         return HTMLResponse(body)
 
+    install_record(app, service)  # the pilot record: /runs..., POST /units/... (its module)
     return app
 
 

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report = command("report", "the pilot-run report (docs/report.md)", db=False)
     report_cli.add_arguments(report)  # --db (default $STORE_DB_URL) and the report's options
+    from store.record import cli as record_cli  # noqa: PLC0415 - audit verify, runs
+
+    record_cli.add_commands(sub, command)
     return parser
 
 
@@ -87,6 +90,10 @@ def main(argv: Sequence[str]) -> int:
                 update={"mqtt": config.mqtt.model_copy(update={"client_id": args.client_id})}
             )
         return run_store(config)
+    from store.record import cli as record_cli  # noqa: PLC0415
+
+    if args.command in record_cli.COMMANDS:
+        return record_cli.run(args, config)
     try:
         engine = _engine(config, args.db)
         if args.command == "gaps":

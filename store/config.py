@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from common.config import secret
 from common.errors import ConfigError
 from common.yamlmodel import parse_yaml_model, read_text
+from store.record.people import PersonConfig, TokenSource, token_problems
 
 
 class _Model(BaseModel):
@@ -159,6 +160,11 @@ class HttpConfig(_Model):
         description="Bind address; loopback by default. Set 0.0.0.0 only on a trusted network.",
     )
     port: int = Field(default=8190, ge=0, le=65535, description="HTTP port (0: any free port).")
+    read_token: TokenSource | None = Field(
+        default=None,
+        description="When set, every read but /health and /metrics needs this bearer token "
+        "(or a person's); docs/pilot-record.md.",
+    )
 
 
 class ReportConfig(_Model):
@@ -177,6 +183,11 @@ class StoreConfig(_Model):
     http: HttpConfig = Field(default_factory=HttpConfig)
     report: ReportConfig | None = Field(
         default=None, description="Serve the pilot-run report on GET /report (optional)."
+    )
+    people: tuple[PersonConfig, ...] = Field(
+        default=(),
+        description="Who may write the pilot record, for which functions, with which bearer "
+        "token (docs/pilot-record.md); nobody: the record is read-only.",
     )
 
     @model_validator(mode="after")
@@ -213,6 +224,7 @@ def load_store_config(path: Path | str) -> StoreConfig:
                 f"{path}:1: {section}.password_env: environment variable "
                 f"{owner.password_env} is not set"
             )
+    problems.extend(token_problems(config.people, config.http.read_token, f"{path}:1"))
     if problems:
         raise ConfigError(problems)
     return config

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
+import store.record.schema  # noqa: F401 - the record's tables join the metadata
 from store.schema import metadata
 
 log = logging.getLogger("store.db")

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from store.record.units import unit_record
 from store.schema import (
     KIND_BOOL,
     KIND_INT,
@@ -103,7 +104,8 @@ def unit_genealogy(engine: sa.Engine, serial: str) -> dict[str, Any] | None:
         found = _readings(conn, serial)
     if not records and not found:
         return None
-    return {"serial": serial, "operations": records, "readings": found}
+    return {"serial": serial, "operations": records, "readings": found,
+            **unit_record(engine, serial, records)}  # fmt: skip
 
 
 def _readings(conn: sa.Connection, serial: str) -> list[dict[str, Any]]:

@@ -161,6 +161,7 @@ def _characteristic(c: CharacteristicReport) -> dict[str, Any]:
 def report_dict(report: Report, generated_at: datetime) -> dict[str, Any]:
     run = report.protocol.run
     results = [c.result.value for op in report.operations for c in op.criteria]
+    results += [c.result.value for c in report.run_criteria]
     return {
         "report_version": REPORT_VERSION,
         "title": run.name,
@@ -182,6 +183,7 @@ def report_dict(report: Report, generated_at: datetime) -> dict[str, Any]:
         "sample_sizes": report.protocol.sample_sizes.model_dump(mode="json"),
         "operations": [_operation(op.figures, op.criteria, op.aql) for op in report.operations],
         "characteristics": [_characteristic(c) for c in report.characteristics],
+        "run_criteria": [_criterion(c) for c in report.run_criteria],
     }
 
 

@@ -114,6 +114,7 @@ class Report:
     unit_rows: tuple[tuple[str, str | None, dict[str, tuple[str, int]]], ...]
     """Per serial (time order of first record): work order, {operation: (final verdict,
     attempts)}; the HTML's appendix of units with their genealogy links."""
+    run_criteria: tuple[Criterion, ...] = ()  # judged outside the figures (store/record)
 
 
 def _decide(results: Sequence[Result]) -> Decision:
@@ -328,8 +329,9 @@ def _characteristics(data: RunData, protocol: Protocol) -> list[CharacteristicRe
     return reports
 
 
-def evaluate(data: RunData, protocol: Protocol) -> Report:
-    """The whole report of the run: figures, criteria and the decision."""
+def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ()) -> Report:
+    """The whole report of the run: figures, criteria and the decision; ``extra``: criteria
+    of the whole run judged elsewhere (deviations, allocation), counted in the decision."""
     attempts = [u.attempt for u in data.units]
     seen_operations = list(dict.fromkeys(a.operation for a in attempts))
     ordered = [o.name for o in protocol.operations]
@@ -373,7 +375,7 @@ def evaluate(data: RunData, protocol: Protocol) -> Report:
             continue
         _, verdicts = units.setdefault(a.serial, (record.work_order, {}))
         verdicts[a.operation] = (a.verdict, a.attempt)  # time order: the last one stays
-    results = [c.result for op in operations for c in op.criteria]
+    results = [c.result for op in operations for c in op.criteria] + [c.result for c in extra]
     return Report(
         protocol=protocol,
         decision=_decide(results),
@@ -387,4 +389,5 @@ def evaluate(data: RunData, protocol: Protocol) -> Report:
         first_record=data.units[0].end if data.units else None,
         last_record=data.units[-1].end if data.units else None,
         unit_rows=tuple((serial, wo, verdicts) for serial, (wo, verdicts) in units.items()),
+        run_criteria=tuple(extra),
     )

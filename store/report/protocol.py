@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -172,6 +172,17 @@ class OperationCriteria(_Model):
     _rules = field_validator("control_rules")(_known_rules)
 
 
+class AllocationRequirement(_Model):
+    min_units: int = Field(default=0, ge=0, description="Units whose current disposition it is.")
+    min_users: int | None = Field(
+        default=None, ge=1, description="field_test: distinct users (a disposition's detail.user)."
+    )
+
+
+Severity = Literal["minor", "major", "critical"]
+Allocation = Literal["field_test", "certification", "golden", "retained", "shipped"]
+
+
 class Protocol(_Model):
     run: RunSelection = Field(default_factory=RunSelection)
     sample_sizes: SampleSizes = Field(default_factory=SampleSizes)
@@ -181,6 +192,13 @@ class Protocol(_Model):
     signoff: tuple[str, ...] = Field(
         default=("Quality", "Production", "Engineering"),
         description="The functions that sign the gate (signature lines in the HTML report).",
+    )
+    # Judged on the run's record (store/record): docs/pilot-record.md.
+    max_open_deviations: dict[Severity, int] = Field(
+        default_factory=dict, description="Most open deviations per severity, e.g. critical: 0."
+    )
+    allocation: dict[Allocation, AllocationRequirement] = Field(
+        default_factory=dict, description="Units each disposition needs, e.g. golden: 3."
     )
 
     @field_validator("operations")
