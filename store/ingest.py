@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from contract.decode import ContractError, FlatUnit, decode_units
 from store.decode import CtxKey, Decoded, Decoder, unexpected
 from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
-from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_key
+from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
 from store.schema import to_micros
 from store.sql import audit, db_time, insert_readings, insert_units, statements
 
@@ -538,12 +538,7 @@ class Writer:
                 ids.series.setdefault(sskey[:2], {})[sskey[2]] = cur.fetchone()[0]
             for ckey in contexts:
                 text = orjson.dumps(ckey).decode()
-                slot = None if ckey[1] is None else str(ckey[1])
-                station, _slot, serial, operation, attempt, phase, golden = ckey
-                cur.execute(
-                    self._sql["ctx_add"],
-                    (text, station, slot, serial, operation, attempt, phase, golden),
-                )
+                cur.execute(self._sql["ctx_add"], (text, *ctx_columns(ckey)))
                 cur.execute(self._sql["ctx_id"], (text,))
                 ids.contexts[ckey] = cur.fetchone()[0]
             for okey, version in orders.items():
