@@ -1,6 +1,6 @@
 """Config primitives the collector's and the store's config models share: names, hosts,
 regular expressions, field paths as error messages show them, secrets from files or the
-environment, and the base model that forbids unknown keys.
+environment, the base model that forbids unknown keys, and the reconnect backoff's fields.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import Annotated, ClassVar, NamedTuple, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -72,6 +72,38 @@ class Model(BaseModel):
     """Every config model: unknown keys are errors, values are frozen once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: A reconnect backoff's first delay (ms): a model that wants another default than
+#: ReconnectBackoff's declares ``reconnect_min_ms: ReconnectMinMs = ...`` again.
+ReconnectMinMs = Annotated[int, Field(ge=10, description="First reconnect delay.")]
+#: A reconnect backoff's longest delay (ms).
+ReconnectMaxMs = Annotated[int, Field(ge=10, description="Longest reconnect delay.")]
+
+
+class ReconnectBackoff(Model):
+    """The backoff of a link that reconnects (a device, the broker): doubling from
+    ``reconnect_min_ms`` to ``reconnect_max_ms`` with jitter (common.backoff)."""
+
+    reconnect_min_ms: ReconnectMinMs = 500
+    reconnect_max_ms: ReconnectMaxMs = 30_000
+
+    #: False where the enclosing model checks the order itself, to name the fields by their
+    #: full path (the store's ``mqtt.reconnect_max_ms``).
+    check_reconnect_order: ClassVar[bool] = True
+
+    def reconnect_order_problem(self, prefix: str = "") -> str | None:
+        """Why the two delays do not go together (None: they do); ``prefix`` names where."""
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            return f"{prefix}reconnect_max_ms must be >= {prefix}reconnect_min_ms"
+        return None
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> Self:
+        problem = self.reconnect_order_problem() if self.check_reconnect_order else None
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class FileKind(StrEnum):

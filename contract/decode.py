@@ -35,6 +35,7 @@ from contract.fields import (
     ContractError,
     Value,
     _bool,
+    _context,
     _header,
     _list,
     _load,
@@ -44,6 +45,7 @@ from contract.fields import (
     _opt_int,
     _opt_num,
     _opt_str,
+    _phase,
     _scalar,
     _schema,
     _seq,
@@ -250,9 +252,7 @@ class _Resolve:
 
 def _poll2(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> Poll:
     poll = _obj(item, path)
-    phase = _opt_str(poll, "phase", path)
-    if phase not in PHASES:
-        raise ContractError(f"{path}phase", f'must be "test", "after" or null, got {_show(phase)}')
+    _phase(poll, "phase", path)  # named before the rest: the first check a poll had
     meta = poll.get("meta")
     if meta is not None and type(meta) is not str:
         raise ContractError(f"{path}meta", _wanted("a string", True, meta))
@@ -270,13 +270,7 @@ def _poll2(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> Po
         ts=ts_check(poll, path),
         device=device,
         meta=meta,
-        station=_opt_str(poll, "station", path),
-        slot=_slot(poll, path),
-        unit_serial=_opt_str(poll, "unit_serial", path),
-        operation=_opt_str(poll, "operation", path),
-        attempt=_opt_int(poll, "attempt", path),
-        phase=phase,
-        golden=_bool(poll, "golden", path),
+        **_context(poll, path),
         values=values,
     )
 

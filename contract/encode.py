@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from contract.records import Context, Quality, Reading, UnitRecord
+from contract.records import CONTEXT_FIELDS, Context, Quality, Reading, UnitRecord
 
 #: The readings and units messages the collector emits (docs/messages.md).
 SCHEMA_VERSION = 2
@@ -372,17 +372,10 @@ class PollEncoder:
     def _context_bytes(self, context: Context) -> bytes:
         part = self._context.get(context)
         if part is None:
-            members = {
-                "station": context.station,
-                "unit_serial": context.unit_serial,
-                "operation": context.operation,
-                "attempt": context.attempt,
-                "slot": context.slot,
-                "phase": context.phase,
-                "golden": context.golden or None,  # false is the default: left out
-            }
             part = b"".join(
-                b'"%b":%b,' % (k.encode(), _json(v)) for k, v in members.items() if v is not None
+                b'"%b":%b,' % (k.encode(), _json(v))
+                for k, v in zip(CONTEXT_FIELDS, context, strict=True)
+                if _set(v)
             )
             part = _put(self._context, context, part)
         return part
@@ -452,16 +445,26 @@ def keyed_polls(body: bytes, device: str, meta: str, order: Sequence[str]) -> by
     return b",".join(orjson.dumps(p) for p in polls) if changed else None
 
 
+#: The context members a schema-1 reading always has (null when unset); the later ones (slot,
+#: phase and golden since issue 15, and any added to Context) follow only when set.
+_SCHEMA1_CONTEXT = ("station", "unit_serial", "operation", "attempt")
+#: (They lead CONTEXT_FIELDS: tests/test_context_fields.py checks.)
+_LATER_CONTEXT = CONTEXT_FIELDS[len(_SCHEMA1_CONTEXT) :]
+
+
+def _set(value: object) -> bool:
+    """A context member worth writing: null and false are the defaults a consumer assumes
+    for a missing member (a 0 is written)."""
+    return value is not None and value is not False
+
+
 def _extra_context(context: Context) -> bytes:
-    """slot, phase and golden (issue 15), only when set: a reading without a unit or rack
-    costs no extra bytes, and a consumer takes a missing field as null/false."""
+    """The later context members, only when set: a reading without a unit or rack costs no
+    extra bytes, and a consumer takes a missing field as null/false."""
     out = b""
-    if context.slot is not None:
-        out += b',"slot":%b' % _json(context.slot)
-    if context.phase is not None:
-        out += b',"phase":%b' % _json(context.phase)
-    if context.golden:
-        out += b',"golden":true'
+    for name, value in zip(_LATER_CONTEXT, context[len(_SCHEMA1_CONTEXT) :], strict=True):
+        if _set(value):
+            out += b',"%b":%b' % (name.encode(), _json(value))
     return out
 
 

@@ -4,8 +4,9 @@ one idea; consumers import everything from :mod:`contract.decode`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -135,6 +136,31 @@ def _slot(obj: dict[str, Any], path: str) -> int | str | None:
     if value is not None and type(value) is not int and type(value) is not str:
         raise ContractError(f"{path}slot", _wanted("an integer, a string or null", True, value))
     return value
+
+
+def _phase(obj: dict[str, Any], key: str, path: str) -> str | None:
+    phase = _opt_str(obj, key, path)
+    if phase not in PHASES:
+        raise ContractError(f"{path}{key}", f'must be "test", "after" or null, got {_show(phase)}')
+    return phase
+
+
+#: How a schema-2 poll's unit context member is checked, by its name: one entry for each of
+#: contract.records.CONTEXT_FIELDS, in the order the checks run (the first bad one is named).
+CONTEXT_CHECKS: Final[dict[str, Callable[[dict[str, Any], str, str], Any]]] = {
+    "station": _opt_str,
+    "slot": lambda obj, _key, path: _slot(obj, path),
+    "unit_serial": _opt_str,
+    "operation": _opt_str,
+    "attempt": _opt_int,
+    "phase": _phase,
+    "golden": _bool,
+}
+
+
+def _context(obj: dict[str, Any], path: str) -> dict[str, Any]:
+    """A poll's unit context members, checked: name -> value."""
+    return {name: check(obj, name, path) for name, check in CONTEXT_CHECKS.items()}
 
 
 def _seq(obj: dict[str, Any], path: str) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from contract.codes import ErrorCode
 
@@ -60,6 +60,14 @@ class Context(NamedTuple):
     phase: str | None = None
     #: The unit is a golden sample (a reference part, left out of yield and capability).
     golden: bool = False
+
+
+#: The unit context's fields, by the names the messages give them, in the order a schema-2 poll
+#: writes them: the one list a new field (a work order, a resource) is added to, as a field
+#: of Context. contract.encode writes them from it; the reference decoder's Poll and
+#: FlatReading, its field checks and the store's context key must follow (tests/
+#: test_context_fields.py finds the place that does not, mypy then each constructor).
+CONTEXT_FIELDS: Final[tuple[str, ...]] = Context._fields
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from common.config import FieldPath, Model, Name, SecretEnv, SecretFile
+from common.config import FieldPath, Model, Name, ReconnectBackoff, SecretEnv, SecretFile
 from common.errors import ShopfloorError
 from contract.codes import ErrorCode
 from contract.records import Reading
@@ -65,7 +65,7 @@ class SharedLine(NamedTuple):
     settings: dict[str, object]
 
 
-class DeviceBase(Model):
+class DeviceBase(ReconnectBackoff):
     """What every device has, whatever its protocol."""
 
     if TYPE_CHECKING:
@@ -79,14 +79,7 @@ class DeviceBase(Model):
     station: Name | None = Field(default=None, description="Station this device belongs to.")
     poll_interval_ms: int = Field(default=1000, ge=10, le=86_400_000, description="Poll period.")
     timeout_ms: int = Field(default=1000, ge=10, le=60_000, description="Per-request timeout.")
-    reconnect_min_ms: int = Field(default=500, ge=10, description="First reconnect delay.")
-    reconnect_max_ms: int = Field(default=30_000, ge=10, description="Longest reconnect delay.")
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> Self:
-        if self.reconnect_max_ms < self.reconnect_min_ms:
-            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
-        return self
+    # reconnect_min_ms, reconnect_max_ms: ReconnectBackoff.
 
     @property
     def tag_names(self) -> set[str]:

@@ -79,6 +79,33 @@ def ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def first_pass_yield(first_passes: int, first_attempts: int) -> float | None:
+    """Units whose first attempt passed / units attempted (each has one first attempt)."""
+    return ratio(first_passes, first_attempts)
+
+
+@dataclass(slots=True)
+class FirstPassTally:
+    """First-pass yield counted record by record, for live figures that keep no attempts (the
+    collector's per-station figures). A station numbers a unit's attempts as they happen, so
+    its first attempt is the record with attempt 1, and the tally needs no per-unit state;
+    :func:`operation_figures` gives the same figure from a whole run's records."""
+
+    first_attempts: int = 0
+    first_passes: int = 0
+
+    def add(self, attempt: int, verdict: str) -> None:
+        if attempt > 1:
+            return  # a retest: its unit's first attempt was counted already
+        self.first_attempts += 1
+        if attempt == 1 and verdict == PASS:
+            self.first_passes += 1
+
+    @property
+    def value(self) -> float | None:
+        return first_pass_yield(self.first_passes, self.first_attempts)
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """The q-quantile (0..1) by linear interpolation between order statistics (Hyndman & Fan
     type 7: numpy's default, Python's ``statistics.quantiles(method="inclusive")``)."""
@@ -173,7 +200,7 @@ def operation_figures(
         reworked=reworked,
         retests=retests,
         retests_passed=retests_passed,
-        first_pass_yield=ratio(first_pass, units),
+        first_pass_yield=first_pass_yield(first_pass, units),
         final_yield=ratio(final_pass, units),
         scrap_rate=ratio(scrapped, units),
         rework_rate=ratio(reworked, units),

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from common.config import secret
+from common.config import ReconnectBackoff, secret
 from common.errors import ConfigError
 from common.yamlmodel import parse_yaml_model, read_text
 from store.record.people import PersonConfig, TokenSource, token_problems
@@ -66,7 +66,7 @@ class TlsConfig(_Model):
     key_file: Path | None = Field(default=None, description="Client key (with cert_file).")
 
 
-class MqttConfig(_Secret):
+class MqttConfig(_Secret, ReconnectBackoff):
     host: str = Field(default="127.0.0.1", description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
     client_id: str = Field(
@@ -103,8 +103,9 @@ class MqttConfig(_Secret):
         "one is written.",
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive (s).")
-    reconnect_min_ms: int = Field(default=500, ge=10, description="First reconnect delay.")
-    reconnect_max_ms: int = Field(default=30_000, ge=10, description="Longest reconnect delay.")
+    # reconnect_min_ms, reconnect_max_ms: ReconnectBackoff.
+    # StoreConfig checks their order, naming them mqtt.reconnect_*.
+    check_reconnect_order: ClassVar[bool] = False
 
 
 class IngestConfig(_Model):
@@ -192,8 +193,9 @@ class StoreConfig(_Model):
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
-        if self.mqtt.reconnect_max_ms < self.mqtt.reconnect_min_ms:
-            raise ValueError("mqtt.reconnect_max_ms must be >= mqtt.reconnect_min_ms")
+        problem = self.mqtt.reconnect_order_problem("mqtt.")
+        if problem is not None:
+            raise ValueError(problem)
         if self.ingest.retry_max_ms < self.ingest.retry_min_ms:
             raise ValueError("ingest.retry_max_ms must be >= ingest.retry_min_ms")
         return self

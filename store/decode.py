@@ -24,13 +24,26 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
 from contract.decode import ContractError, Poll, decode_polls
 
-#: (station, slot, unit_serial, operation, attempt, phase, golden): a reading's context.
+#: A reading's context as the store keys it: the unit context's fields
+#: (contract.records.CONTEXT_FIELDS) in the order of the ``contexts`` table, whose ``key``
+#: column holds this tuple as JSON (so the order stays: the keys stored would change).
+#: tests/test_context_fields.py checks it names every field, and Decoder._run reads each.
+CTX_KEY_FIELDS: Final[tuple[str, ...]] = (
+    "station",
+    "slot",
+    "unit_serial",
+    "operation",
+    "attempt",
+    "phase",
+    "golden",
+)
+#: A CTX_KEY_FIELDS tuple.
 CtxKey = tuple[str | None, int | str | None, str | None, str | None, int | None, str | None, bool]
 
 #: Run.plain: every value a bare float / a bare float or integer that a float64 holds exactly.

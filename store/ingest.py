@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 from contract.decode import ContractError, FlatUnit, decode_units
 from store.decode import CtxKey, Decoded, Decoder, unexpected
 from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
-from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_key
+from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
 from store.schema import to_micros
 from store.sql import audit, db_time, insert_readings, insert_units, statements
 
@@ -170,6 +171,29 @@ class Writer:
         except Exception:  # the caller re-raises the original error
             log.debug("rollback failed", exc_info=True)
 
+    @contextmanager
+    def _rolled_back_on_error(
+        self, conn: Any, then: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """Any error in the block (an interrupt too: nothing half-written may stay open) rolls
+        the connection back, calls ``then`` and is raised again."""
+        try:
+            yield
+        except BaseException:
+            self._rollback(conn)
+            if then is not None:
+                then()
+            raise
+
+    @contextmanager
+    def _transaction(self, conn: Any, then: Callable[[], None] | None = None) -> Iterator[Any]:
+        """BEGIN, the block with the cursor, COMMIT; rolled back on any error
+        (:meth:`_rolled_back_on_error`)."""
+        cur = self._begin(conn)
+        with self._rolled_back_on_error(conn, then):
+            yield cur
+            self._commit(conn, cur)
+
     def _time(self, value: datetime) -> Any:
         return db_time(self.sqlite, value)
 
@@ -196,7 +220,7 @@ class Writer:
         result = BatchResult(messages=len(batch))
         sorted_ = self._decode(batch, result)
         conn = self._connection()
-        try:
+        with self._rolled_back_on_error(conn):
             self._check_positional(conn, sorted_, result)
             now = datetime.now(UTC)
             try:
@@ -236,9 +260,6 @@ class Writer:
                 cur.execute(self._sql["release_q"], (qid,))
                 cur.execute(self._sql["release_p"], (qid,))
             self._commit(conn, cur)
-        except BaseException:
-            self._rollback(conn)
-            raise
         if len(self._metas) > _CACHE_LIMIT:
             self._metas.clear()
         self._metas.update(sorted_.metas)
@@ -371,14 +392,9 @@ class Writer:
                     raise
                 reason = f"refused by the database: {str(exc).strip().splitlines()[0][:300]}"
                 conn = self._connection()
-                cur = self._begin(conn)
-                try:
+                with self._transaction(conn) as cur:
                     cur.execute(self._sql["refused"], (reason, qid))
                     cur.execute(self._sql["release_p"], (qid,))
-                    self._commit(conn, cur)
-                except BaseException:
-                    self._rollback(conn)
-                    raise
                 total.quarantined.append(("database", reason))
         return total
 
@@ -451,13 +467,8 @@ class Writer:
 
     def _quarantine_alone(self, message: Incoming, reason: str) -> BatchResult:
         conn = self._connection()
-        try:
-            cur = self._begin(conn)
+        with self._transaction(conn) as cur:
             self._quarantine(cur, message, "database", reason, datetime.now(UTC))
-            self._commit(conn, cur)
-        except BaseException:
-            self._rollback(conn)
-            raise
         return BatchResult(messages=1, quarantined=[("database", reason)])
 
     def _rows(self, batch: _Batch) -> BatchRows:
@@ -515,8 +526,8 @@ class Writer:
         for cache in (ids.streams, ids.series, ids.contexts, ids.orders):
             if len(cache) > _CACHE_LIMIT:
                 cache.clear()
-        cur = self._begin(conn)
-        try:
+        # Ids cached before a failure may belong to rows that were rolled back: cleared then.
+        with self._transaction(conn, then=ids.clear) as cur:
             for skey in sorted(streams):
                 cur.execute(self._sql["stream_add"], skey)
                 cur.execute(self._sql["stream_id"], skey)
@@ -527,23 +538,12 @@ class Writer:
                 ids.series.setdefault(sskey[:2], {})[sskey[2]] = cur.fetchone()[0]
             for ckey in contexts:
                 text = orjson.dumps(ckey).decode()
-                slot = None if ckey[1] is None else str(ckey[1])
-                station, _slot, serial, operation, attempt, phase, golden = ckey
-                cur.execute(
-                    self._sql["ctx_add"],
-                    (text, station, slot, serial, operation, attempt, phase, golden),
-                )
+                cur.execute(self._sql["ctx_add"], (text, *ctx_columns(ckey)))
                 cur.execute(self._sql["ctx_id"], (text,))
                 ids.contexts[ckey] = cur.fetchone()[0]
             for okey, version in orders.items():
                 tags = ids.series[okey[:2]]
                 ids.orders[okey] = [tags[tag] for tag in version.order or ()]
-            self._commit(conn, cur)
-        except BaseException:
-            self._rollback(conn)
-            # Ids cached before the failure may belong to rows that were rolled back.
-            ids.clear()
-            raise
 
     def _ts_value(self, text: str) -> Any:
         """A poll's time as the readings.ts column takes it: microseconds on SQLite, the

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import repeat, starmap
-from typing import Any
+from operator import attrgetter
+from typing import Any, cast
 
 import orjson
 
 from contract.decode import FlatUnit, Poll
-from store.decode import FLOAT_INT, FLOATS, NUMBERS, CtxKey, Decoded
+from store.decode import CTX_KEY_FIELDS, FLOAT_INT, FLOATS, NUMBERS, CtxKey, Decoded
 from store.metabook import MetaKey
 from store.schema import KIND_BOOL, KIND_FLOAT, KIND_INT, KIND_NULL, KIND_TEXT, QUALITY_CODES
 
@@ -34,8 +35,20 @@ _FLOAT_FLAGS = KIND_FLOAT * 4
 Row = tuple[Any, ...]
 
 
+_CTX_OF = attrgetter(*CTX_KEY_FIELDS)
+_SLOT = CTX_KEY_FIELDS.index("slot")
+
+
 def ctx_key(p: Poll) -> CtxKey:
-    return (p.station, p.slot, p.unit_serial, p.operation, p.attempt, p.phase, p.golden)
+    """A reference-decoded poll's context key."""
+    return cast(CtxKey, _CTX_OF(p))
+
+
+def ctx_columns(key: CtxKey) -> tuple[Any, ...]:
+    """The ``contexts`` row's CTX_KEY_FIELDS columns of a key: the slot as text (a rack's slot
+    is a number or a name)."""
+    slot = key[_SLOT]
+    return (*key[:_SLOT], None if slot is None else str(slot), *key[_SLOT + 1 :])
 
 
 @dataclass(slots=True)

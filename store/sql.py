@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from store.decode import CTX_KEY_FIELDS
 from store.gaps import Hole, StreamState, merge
 from store.rows import BINARY_HEADER, BINARY_TRAILER, BatchRows, copy_binary
 from store.schema import KIND_FLOAT, KIND_INT
@@ -64,8 +65,8 @@ def statements(sqlite: bool) -> dict[str, str]:
         "series_add": f"{ignore} series (collector, device, tag, unit) VALUES (?, ?, ?, ?){tail}",
         "series_id": "SELECT id FROM series WHERE collector = ? AND device = ? AND tag = ?",
         "series_unit": "UPDATE series SET unit = ? WHERE collector = ? AND device = ? AND tag = ?",
-        "ctx_add": f"{ignore} contexts (key, station, slot, unit_serial, operation, attempt, "
-        f"phase, golden) VALUES (?, ?, ?, ?, ?, ?, ?, ?){tail}",
+        "ctx_add": f"{ignore} contexts (key, {', '.join(CTX_KEY_FIELDS)}) "
+        f"VALUES ({', '.join('?' * (1 + len(CTX_KEY_FIELDS)))}){tail}",
         "ctx_id": "SELECT id FROM contexts WHERE key = ?",
         "quarantine": "INSERT INTO quarantine (received_at, topic, kind, reason, payload, "
         "payload_bytes) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",

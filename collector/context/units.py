@@ -19,7 +19,7 @@ import orjson
 
 from collector.config import StationConfig, Verdict
 from contract.records import Context, Quality, Reading, Spec, UnitRecord, Value
-from quality.yields import ratio
+from quality.yields import FirstPassTally
 
 # Units kept per station to tag late readings (their intervals); older ones are long settled.
 HISTORY = 32
@@ -84,7 +84,8 @@ class Figures:
     """Live per-station figures since start (not stored: /status and /metrics only)."""
 
     units: int = 0
-    first_pass_passes: int = 0
+    #: First attempts and those that passed: quality.yields counts them, as the report does.
+    first_pass: FirstPassTally = field(default_factory=FirstPassTally)
     passes: int = 0
     fails: int = 0
     rework: int = 0
@@ -105,10 +106,9 @@ class Figures:
         if record.attempt > 1:
             self.retests += 1
         verdict = record.verdict
+        self.first_pass.add(record.attempt, verdict)
         if verdict == Verdict.PASS:
             self.passes += 1
-            if record.attempt == 1:
-                self.first_pass_passes += 1
         elif verdict == Verdict.FAIL:
             self.fails += 1
         elif verdict == Verdict.REWORK:
@@ -124,12 +124,16 @@ class Figures:
             self.last_cycle_time_s = cycle
             self.recent.append(cycle)
 
+    @property
+    def first_pass_passes(self) -> int:
+        """Units that passed on their first attempt (a /metrics counter)."""
+        return self.first_pass.first_passes
+
     def as_dict(self) -> dict[str, Any]:
-        first_attempts = self.units - self.retests
         return {
             "units": self.units,
             "first_pass_passes": self.first_pass_passes,
-            "first_pass_yield": ratio(self.first_pass_passes, first_attempts),
+            "first_pass_yield": self.first_pass.value,
             "passes": self.passes,
             "fails": self.fails,
             "rework": self.rework,

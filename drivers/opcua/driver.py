@@ -1,7 +1,11 @@
 """OPC-UA driver (asyncua): batched polling, subscriptions, secure sessions, recovery.
 
-The only module of the collector that imports asyncua (the simulator, drivers.opcua.sim, is
-the other one). Certificates are pure (drivers.opcua.certificates). Choices that shape it:
+The only module that makes asyncua clients (the simulator, drivers.opcua.sim, makes its
+server). Beside it, each one idea, speak asyncua's types: drivers.opcua.values (a DataValue
+as readings), drivers.opcua.subscription (the data-change handler, deadband filters) and
+drivers.opcua.browse (the address space, for the browse tool). Certificates are pure
+(drivers.opcua.certificates), and so are the failures' wording (drivers.opcua.problems).
+Choices that shape it:
 
 - **A fresh client per connection, and we own recovery.** asyncua's own reconnect
   (``auto_reconnect``) re-creates subscriptions with the NodeIds it had; after a server
@@ -23,15 +27,6 @@ the other one). Certificates are pure (drivers.opcua.certificates). Choices that
 - **The server certificate is checked** against a configured certificate or folder (by its
   exact bytes, as OPC-UA trust lists do); it is accepted blindly only with an explicit
   ``trust_any_server_certificate: true``.
-
-Over 600 lines on purpose: this is the collector's one module that speaks asyncua (values,
-subscriptions, security, browse, naming failures); splitting it would spread asyncua's API
-and its quirks over several modules. What is pure lives beside it (certificates, problems).
-
-Values: booleans, integers, floats (``scale``/``offset`` apply to numbers), strings, DateTime
-(an RFC 3339 string), other scalars as text. An array becomes one reading per element, tag
-``name[i]``. The StatusCode becomes the quality: Good -> good, Uncertain -> uncertain (value
-kept), Bad -> bad (``error: bad_status``).
 """
 
 from __future__ import annotations
@@ -42,17 +37,13 @@ import logging
 import math
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from asyncua import Client, ua
-from asyncua.common.node import Node
-from asyncua.common.subscription import DataChangeNotif
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen, security_policies
 from cryptography import x509
@@ -60,9 +51,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from contract.codes import ErrorCode
-from contract.records import Quality, Reading, Value
+from contract.records import Reading
 from drivers.base import NotConnectedError
 from drivers.opcua import problems
+from drivers.opcua.browse import BrowsedNode, browse_nodes
 from drivers.opcua.certificates import (
     application_uri_for,
     application_uri_of,
@@ -70,13 +62,14 @@ from drivers.opcua.certificates import (
     trusted_certificates,
 )
 from drivers.opcua.config import (
-    Deadband,
     OpcUaCollect,
     OpcUaDevice,
     OpcUaMode,
     OpcUaPolicy,
     OpcUaTag,
 )
+from drivers.opcua.subscription import Changes, deadband_filter
+from drivers.opcua.values import to_readings
 
 log = logging.getLogger(__name__)
 # asyncua warns at every connect about things we decide on purpose (a revised session
@@ -95,9 +88,9 @@ _MODES = {
     OpcUaMode.SIGN: ua.MessageSecurityMode.Sign,
     OpcUaMode.SIGN_AND_ENCRYPT: ua.MessageSecurityMode.SignAndEncrypt,
 }
-# Errors that mean the session or its transport is gone.
 #: The IANA port of opc.tcp, when an endpoint names none.
 DEFAULT_PORT = 4840
+# Errors that mean the session or its transport is gone.
 _LINK_ERRORS = (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError, ua.UaError)
 
 
@@ -114,125 +107,7 @@ async def make_certificate(
     )
 
 
-# --------------------------------------------------------------------------- values
-
-
-def convert(value: Any, tag: OpcUaTag) -> Value:
-    """One scalar as a reading value; raises ValueError for a non-finite float."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("not a finite number")
-        if tag.scale == 1.0 and tag.offset == 0.0:
-            return value
-        return value * tag.scale + tag.offset
-    if isinstance(value, datetime):
-        stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return stamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, ua.LocalizedText):
-        return value.Text
-    if isinstance(value, ua.NodeId | ua.QualifiedName):
-        return value.to_string()
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-def to_readings(tag: OpcUaTag, data: ua.DataValue, ts: float) -> list[Reading]:
-    """A DataValue as readings: one, or one per element of an array."""
-    status = data.StatusCode if data.StatusCode is not None else ua.StatusCode()
-    if status.is_bad():
-        return [Reading.bad(ts, tag.name, ErrorCode.BAD_STATUS, tag.unit)]
-    quality = Quality.GOOD if status.is_good() else Quality.UNCERTAIN
-    raw = data.Value.Value if data.Value is not None else None
-    items = list(enumerate(raw)) if isinstance(raw, list) else [(None, raw)]
-    out = []
-    for index, item in items:
-        name = tag.name if index is None else f"{tag.name}[{index}]"
-        try:
-            out.append(Reading(ts, name, convert(item, tag), tag.unit, quality))
-        except ValueError:
-            out.append(Reading.bad(ts, name, ErrorCode.DECODE, tag.unit))
-    return out
-
-
-def _source_ts(data: ua.DataValue, fallback: float) -> float:
-    stamp = data.SourceTimestamp or data.ServerTimestamp
-    if stamp is None:
-        return fallback
-    stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
-
-
-def _deadband_filter(deadband: Deadband | None) -> ua.DataChangeFilter | None:
-    if deadband is None:
-        return None
-    flt = ua.DataChangeFilter()
-    flt.Trigger = ua.DataChangeTrigger.StatusValue
-    flt.DeadbandType = (
-        ua.DeadbandType.Absolute if deadband.type == "absolute" else ua.DeadbandType.Percent
-    )
-    flt.DeadbandValue = deadband.value
-    return flt
-
-
-@dataclass(frozen=True, slots=True)
-class BrowsedNode:
-    depth: int
-    path: str
-    node_id: str  # as the config's `node:` takes it
-    namespace_uri: str | None  # with `id`, the form that survives a namespace index change
-    id: str
-    node_class: str
-    data_type: str | None
-    value: str | None
-
-    def line(self) -> str:
-        """One line of the browse tree."""
-        name = self.path.rsplit("/", 1)[-1]
-        text = f"{'  ' * self.depth}{name}  [{self.node_class}] {self.node_id}"
-        if self.data_type is not None:
-            text += f"  {self.data_type}"
-        if self.value is not None:
-            text += f" = {self.value}"
-        return text
-
-
 # --------------------------------------------------------------------------- the driver
-
-
-class _Changes:
-    """asyncua's subscription handler: data changes into a bounded deque, and a wake-up."""
-
-    def __init__(
-        self, tags: dict[int, OpcUaTag], limit: int, on_change: Callable[[], None]
-    ) -> None:
-        self.tags = tags  # client handle -> tag
-        self.queue: deque[Reading] = deque()
-        self.limit = limit
-        self.dropped = 0
-        self.lost: str | None = None
-        self.on_change = on_change
-
-    def datachange_notification(self, node: Node, val: Any, data: DataChangeNotif) -> None:
-        tag = self.tags.get(data.subscription_data.client_handle or -1)
-        if tag is None:
-            return
-        value = data.monitored_item.Value
-        for reading in to_readings(tag, value, _source_ts(value, time.time())):
-            if len(self.queue) >= self.limit:
-                self.queue.popleft()
-                self.dropped += 1
-            self.queue.append(reading)
-        # asyncua calls this once per item of a notification, in one loop step: the poller
-        # wakes once for all of them.
-        self.on_change()
-
-    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
-        # e.g. BadShutdown / BadTimeout: the subscription is gone; reconnect.
-        if status.Status.is_bad():
-            self.lost = f"subscription ended by the server: {status.Status.name}"
 
 
 @dataclass
@@ -247,7 +122,7 @@ class OpcUaDriver:
         self._clock = clock
         self._client: Client | None = None
         self._poll: list[_Resolved] = []
-        self._changes: _Changes | None = None
+        self._changes: Changes | None = None
         self._lost: str | None = None
         self._namespaces: dict[str, int] = {}
         self._dropped_before = 0
@@ -404,45 +279,7 @@ class OpcUaDriver:
         client = self._client
         if client is None:
             raise NotConnectedError(f"{self.device.endpoint}: not connected")
-        out: list[BrowsedNode] = []
-        array = await client.get_namespace_array()
-
-        async def visit(node: Node, path: str, depth: int) -> None:
-            for child in await node.get_children():
-                if len(out) >= max_nodes:
-                    return
-                if depth == 0 and child.nodeid.NamespaceIndex == 0 and not standard:
-                    continue  # Server, Aliases, ...: the standard's own objects, not a machine's
-                name = (await child.read_browse_name()).Name
-                node_class = await child.read_node_class()
-                child_path = f"{path}/{name}"
-                data_type = value = None
-                if node_class is ua.NodeClass.Variable:
-                    with contextlib.suppress(Exception):
-                        type_id = await child.read_data_type()
-                        data_type = (await client.get_node(type_id).read_browse_name()).Name
-                    with contextlib.suppress(Exception):
-                        value = repr(await child.read_value())[:60]
-                node_id: str = child.nodeid.to_string()
-                index = child.nodeid.NamespaceIndex
-                uri = array[index] if 0 < index < len(array) else None
-                out.append(
-                    BrowsedNode(
-                        depth,
-                        child_path,
-                        node_id,
-                        uri,
-                        node_id.split(";", 1)[-1],
-                        node_class.name,
-                        data_type,
-                        value,
-                    )
-                )
-                if node_class is ua.NodeClass.Object and depth < max_depth:
-                    await visit(child, child_path, depth + 1)
-
-        await visit(client.nodes.objects, "", 0)
-        return out
+        return await browse_nodes(client, max_depth, max_nodes, standard)
 
     # ------------------------------------------------------------------ connect steps
 
@@ -522,7 +359,7 @@ class OpcUaDriver:
             self._changes = None
             return
         dropped = self._changes.dropped if self._changes else 0
-        changes = _Changes({}, d.max_buffered_changes, self._on_change)
+        changes = Changes({}, d.max_buffered_changes, self._on_change)
         changes.dropped = dropped
         subscription = await client.create_subscription(d.publishing_interval_ms, changes)
         requests = []
@@ -532,7 +369,7 @@ class OpcUaDriver:
             request = subscription._make_monitored_item_request(
                 node,
                 ua.AttributeIds.Value,
-                _deadband_filter(deadband),
+                deadband_filter(deadband),
                 d.queue_size,
                 ua.MonitoringMode.Reporting,
                 ua.Double(float(d.sampling_interval_ms)),

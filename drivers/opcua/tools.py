@@ -16,9 +16,10 @@ from pydantic import ValidationError
 
 from common.errors import EXIT_CONFIG, EXIT_STARTUP
 from drivers.base import NotConnectedError
+from drivers.opcua.browse import BrowsedNode
 from drivers.opcua.certificates import application_uri_for, fingerprint
 from drivers.opcua.config import OpcUaDevice, OpcUaSecurity
-from drivers.opcua.driver import BrowsedNode, OpcUaDriver, make_certificate
+from drivers.opcua.driver import OpcUaDriver, make_certificate
 
 #: Where ``collector browse --user`` takes the password from.
 PASSWORD_ENV = "OPCUA_PASSWORD"  # noqa: S105 - the variable's name, not a password

@@ -1,0 +1,65 @@
+"""The unit context has one definition (contract.records.Context, CONTEXT_FIELDS): a field added
+there must reach every place that spells the context out. Each test below names one such place;
+a new field fails the first one that does not follow yet."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from contract import encode
+from contract.decode import FlatReading, Poll, decode_polls
+from contract.encode import PollEncoder, envelope
+from contract.fields import CONTEXT_CHECKS
+from contract.records import CONTEXT_FIELDS, Context, Reading
+from store.decode import CTX_KEY_FIELDS, Decoder
+from store.rows import ctx_columns, ctx_key
+from store.schema import contexts
+
+#: A value for each context field that is not its default (None / False), so that a field the
+#: encoder leaves out or a decoder does not read shows.
+SET = {
+    "station": "rack-a",
+    "unit_serial": "GOLD-1",
+    "operation": "burn-in",
+    "attempt": 2,
+    "slot": 7,
+    "phase": "after",
+    "golden": True,
+}
+
+
+def test_every_field_has_a_test_value() -> None:
+    assert set(SET) == set(CONTEXT_FIELDS) == set(Context._fields)
+
+
+def test_the_reference_decoders_records_carry_every_field() -> None:
+    for record in (Poll, FlatReading):
+        names = {f.name for f in dataclasses.fields(record)}
+        assert set(CONTEXT_FIELDS) <= names, record.__name__
+
+
+def test_the_reference_decoder_checks_every_field() -> None:
+    assert set(CONTEXT_CHECKS) == set(CONTEXT_FIELDS)
+
+
+def test_schema_1_writes_its_own_fields_first_and_the_later_ones_when_set() -> None:
+    fixed = encode._SCHEMA1_CONTEXT
+    assert CONTEXT_FIELDS[: len(fixed)] == fixed
+
+
+def test_the_stores_context_key_and_table_name_every_field() -> None:
+    assert sorted(CTX_KEY_FIELDS) == sorted(CONTEXT_FIELDS)
+    assert set(CTX_KEY_FIELDS) <= set(contexts.c.keys())
+
+
+def test_a_set_context_goes_through_encoder_reference_decoder_and_store() -> None:
+    context = Context(**SET)  # type: ignore[arg-type]
+    body = PollEncoder().encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [context])
+    payload = envelope("pc1", "0123456789abcdef", body)
+    (poll,) = decode_polls(payload).polls
+    assert {name: getattr(poll, name) for name in CONTEXT_FIELDS} == SET
+    (run,) = Decoder().decode(payload).runs
+    assert run.context == ctx_key(poll)
+    assert dict(zip(CTX_KEY_FIELDS, run.context, strict=True)) == SET
+    columns = dict(zip(CTX_KEY_FIELDS, ctx_columns(run.context), strict=True))
+    assert columns == {**SET, "slot": "7"}
