@@ -5,7 +5,8 @@ migrate once (docs/store.md, "Schema migrations").
 The lock and the migration share one transaction: on PostgreSQL ``pg_advisory_xact_lock``
 (DDL is transactional there, and the lock goes with the commit), on SQLite ``BEGIN
 IMMEDIATE`` (the write lock; the others wait on the busy timeout). A process that waited reads
-the revision after the winner committed, finds the head, and does nothing.
+the revision after the winner committed, finds the head, and does nothing. A database at the
+head is only read (no lock), unless the TimescaleDB step is on (PostgreSQL).
 
 A database made before migrations (the store's tables, no ``alembic_version``) needs nothing
 special: the baseline creates only the tables it misses, so it is recognised, keeps its rows
@@ -139,6 +140,14 @@ def migrate(engine: sa.Engine, mode: str = "auto", timescaledb: bool = True) -> 
                 "run `collector store migrate` first (or set database.migrate: auto)"
             )
         return state
+    hypertable = timescaledb and engine.dialect.name == "postgresql"
+    if not hypertable:
+        # The usual start: at the head already. Read without the lock, so that a start (or a
+        # query command) never queues behind a writer's transaction, nor writes anything.
+        state = schema_state(engine)
+        _refuse_unknown(state)
+        if state.at_head:
+            return state
     with _locked(engine) as conn:
         before = _state(conn)
         _refuse_unknown(before)
@@ -151,7 +160,7 @@ def migrate(engine: sa.Engine, mode: str = "auto", timescaledb: bool = True) -> 
             if before.legacy:
                 log.info("a database made before migrations: stamped as the baseline")
             log.info("schema migrated from %s to %s", before.current or "none", before.head)
-        if timescaledb and engine.dialect.name == "postgresql":
+        if hypertable:
             _hypertable(conn)
     return before
 

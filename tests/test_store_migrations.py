@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,15 @@ from contract.encode import ReadingEncoder, build_message, encode_unit, with_seq
 from contract.records import Context, Reading, UnitRecord
 from store.db import connect
 from store.ingest import Incoming, Writer
-from store.migrate import SchemaRefused, alembic_config, head_revision, migrate, schema_state
+from store.migrate import (
+    LOCK_KEY,
+    SQLITE_BEGIN,
+    SchemaRefused,
+    alembic_config,
+    head_revision,
+    migrate,
+    schema_state,
+)
 from store.schema import metadata
 from tests.helpers import REPO
 from tests.postgres import PostgresServer
@@ -347,3 +356,21 @@ def test_run_refuses_a_schema_in_one_line_with_exit_2(
     assert errors[0].endswith(expected.format(head=head_revision())), errors
     checked = _store("check", "--config", str(config), cwd=tmp_path)
     assert checked.returncode == 2
+
+
+def test_a_database_at_the_head_is_only_read(db_url: str) -> None:
+    """At the head nothing is locked or written: a start or a query command beside a writer
+    in the middle of a transaction does not queue behind it."""
+    engine = connect(db_url)
+    migrate(engine, timescaledb=False)
+    other = connect(db_url)
+    with other.connect() as writer:
+        if other.dialect.name == "sqlite":
+            writer.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+        with writer.begin():
+            if other.dialect.name == "postgresql":
+                writer.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+            writer.exec_driver_sql("DELETE FROM units")  # holds the write lock (SQLite)
+            started = time.monotonic()
+            assert migrate(engine, timescaledb=False).at_head
+            assert time.monotonic() - started < 5  # the lock's wait is 30 s (SQLite) or forever
