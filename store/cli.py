@@ -150,8 +150,8 @@ def _check_schema(config: StoreConfig, url: str | None) -> int:
     try:
         state = schema_state(_connect(config, url))
     except (sa.exc.SQLAlchemyError, ValueError) as exc:
-        print(f"schema: cannot read the database: {getattr(exc, 'orig', None) or exc}",
-              file=sys.stderr)  # fmt: skip
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"schema: cannot read the database: {reason}", file=sys.stderr)
         return EXIT_STARTUP
     print(f"schema: {state.describe()}")
     if not state.known:

@@ -32,7 +32,7 @@ from store.migrate import (
     schema_state,
 )
 from store.schema import metadata
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port
 from tests.postgres import PostgresServer
 
 T0 = 1_795_000_000.25
@@ -317,6 +317,10 @@ def test_the_migrate_and_check_commands(tmp_path: Path) -> None:
     checked = _store("check", "--db", url, cwd=tmp_path)
     assert checked.returncode == 2
     assert "revision 0999_future is unknown to this store (its newest is" in checked.stdout
+    down = _store("check", "--db", f"postgresql://u@127.0.0.1:{free_port()}/x", cwd=tmp_path)
+    assert down.returncode == 1
+    assert down.stderr.startswith("schema: cannot read the database: connection failed")
+    assert len(down.stderr.splitlines()) == 1, down.stderr
     for command_ in ("migrate", "gaps"):
         refused = _store(command_, "--db", url, cwd=tmp_path)
         assert (refused.returncode, refused.stdout, refused.stderr) == (
