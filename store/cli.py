@@ -1,8 +1,9 @@
-"""``collector store run | check | gaps | unit | units | prune | report`` (docs/store.md;
-the report: docs/report.md, ``store/report/``).
+"""``collector store run | check | migrate | gaps | unit | units | prune | report``
+(docs/store.md; the report: docs/report.md, ``store/report/``).
 
 Exit codes as the collector's: 0 success, 1 start-up failure (e.g. the database cannot be
-reached for a query), 2 invalid configuration; ``gaps`` exits 3 when something is missing.
+reached for a query), 2 invalid configuration or a database schema this store must not run on
+(store.migrate); ``gaps`` exits 3 when something is missing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 
 from common.errors import ConfigError, StartupError
 from store.config import StoreConfig, load_store_config
+from store.migrate import SchemaRefused, migrate, schema_state
 
 log = logging.getLogger("store")
 
@@ -41,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = command("run", "subscribe and store until SIGINT/SIGTERM", db=False)
     run.add_argument("--client-id", default=None, help="MQTT client id (instead of the config's)")
-    command("check", "validate store.yaml without touching the network", db=False)
+    command("check", "validate store.yaml, then read the database's schema revision")
+    command("migrate", "upgrade the database's schema to this version's (prints from and to)")
     gaps = command("gaps", "per collector and outbox: high-water mark and missing seq ranges")
     gaps.add_argument("--json", action="store_true", help="JSON instead of a table")
     unit = command("unit", "a unit's genealogy as JSON (or CSV files)")
@@ -76,8 +79,8 @@ def main(argv: Sequence[str]) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
-        print(f"{args.config or '(defaults)'}: OK, database {_shown_url(config)}")
-        return 0
+        print(f"{args.config or '(defaults)'}: OK, database {_shown_url(config, args.db)}")
+        return _check_schema(config, args.db)
     if args.command == "report":
         from store.report import cli as report_cli  # noqa: PLC0415
 
@@ -95,6 +98,8 @@ def main(argv: Sequence[str]) -> int:
     if args.command in record_cli.COMMANDS:
         return record_cli.run(args, config)
     try:
+        if args.command == "migrate":
+            return _migrate(config, args.db)
         engine = _engine(config, args.db)
         if args.command == "gaps":
             return _gaps(engine, args.json)
@@ -107,23 +112,62 @@ def main(argv: Sequence[str]) -> int:
     except sa.exc.SQLAlchemyError as exc:
         print(f"database error: {getattr(exc, 'orig', None) or exc}", file=sys.stderr)
         return EXIT_STARTUP
-    except ValueError as exc:
+    except (ValueError, SchemaRefused) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands
 
 
-def _shown_url(config: StoreConfig) -> str:
-    return sa.engine.make_url(config.database.url).render_as_string(hide_password=True)
+def _shown_url(config: StoreConfig, url: str | None = None) -> str:
+    return sa.engine.make_url(url or config.database.url).render_as_string(hide_password=True)
+
+
+def _connect(config: StoreConfig, url: str | None) -> sa.Engine:
+    from store.db import connect  # noqa: PLC0415
+    from store.service import database_engine  # noqa: PLC0415
+
+    return connect(url) if url else database_engine(config)
 
 
 def _engine(config: StoreConfig, url: str | None) -> sa.Engine:
-    from store.db import connect, create_schema  # noqa: PLC0415
-    from store.service import database_engine  # noqa: PLC0415
-
-    engine = connect(url) if url else database_engine(config)
-    create_schema(engine, timescaledb=False)  # a query on a new file finds empty tables
+    """The database of a query command, at the schema head (a query on a new file finds
+    empty tables; database.migrate: off refuses one that is not there)."""
+    engine = _connect(config, url)
+    migrate(engine, config.database.migrate, timescaledb=False)
     return engine
+
+
+def _migrate(config: StoreConfig, url: str | None) -> int:
+    engine = _connect(config, url)
+    before = migrate(engine, "auto", config.database.timescaledb)
+    if before.at_head:
+        print(f"schema: {before.head}, the head already; nothing to do")
+    else:
+        shown = before.current or ("none (made before migrations)" if before.legacy else "none")
+        print(f"schema: migrated from {shown} to {before.head}")
+    return 0
+
+
+def _check_schema(config: StoreConfig, url: str | None) -> int:
+    """Print the database's schema state; exit as ``run`` would for it (2: it refuses)."""
+    parsed = sa.engine.make_url(url or config.database.url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        print("schema: no database file yet (run or migrate creates it)")
+        return 0 if config.database.migrate == "auto" else EXIT_CONFIG
+    try:
+        state = schema_state(_connect(config, url))
+    except (sa.exc.SQLAlchemyError, ValueError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"schema: cannot read the database: {reason}", file=sys.stderr)
+        return EXIT_STARTUP
+    print(f"schema: {state.describe()}")
+    if not state.known:
+        return EXIT_CONFIG
+    if not state.at_head and config.database.migrate == "off":
+        print("database.migrate is off: run `collector store migrate` before `run`",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    return 0
 
 
 def _json(value: Any) -> str:
@@ -238,4 +282,7 @@ def run_store(config: StoreConfig) -> int:
     except StartupError as exc:
         log.error("%s", exc)  # noqa: TRY400 - an expected start-up failure: no traceback
         return EXIT_STARTUP
+    except SchemaRefused as exc:
+        log.error("%s", exc)  # noqa: TRY400 - a schema this store must not touch: no traceback
+        return EXIT_CONFIG
     return 0

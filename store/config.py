@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.config import ReconnectBackoff, secret
 from common.errors import ConfigError
@@ -58,6 +58,21 @@ class DatabaseConfig(_Secret):
         description="PostgreSQL only: make readings a hypertable when the timescaledb "
         "extension is installed in the database (nothing happens without it).",
     )
+    migrate: str = Field(
+        default="auto",
+        pattern="^(auto|off)$",
+        description="auto: bring the schema to this version's at start (once, whoever starts "
+        "first); off: refuse to start on a database not at it (`collector store migrate` "
+        "upgrades it).",
+    )
+
+    @field_validator("migrate", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML 1.1 reads an unquoted ``off`` (and ``on``) as a boolean."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
 
 
 class TlsConfig(_Model):

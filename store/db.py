@@ -1,7 +1,8 @@
 """Opening the database: ``connect(url)`` for SQLite (embedded) or PostgreSQL (psycopg 3).
 
-Also: creating the schema (and the TimescaleDB hypertable when the extension is installed),
-and sorting database errors into the few reasons /health shows (down, full, read-only, other).
+Also: bringing the schema to the head (store.migrate; the TimescaleDB hypertable when the
+extension is installed), and sorting database errors into the few reasons /health shows
+(down, full, read-only, other).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
 import store.record.schema  # noqa: F401 - the record's tables join the metadata
-from store.schema import metadata
+from store.migrate import SQLITE_BEGIN, migrate
 
 log = logging.getLogger("store.db")
 
@@ -56,26 +57,15 @@ def _sqlite_setup(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # The migration begins with the write lock (store.migrate): BEGIN IMMEDIATE.
+        conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN, "BEGIN"))
 
 
 def create_schema(engine: Engine, timescaledb: bool = True) -> None:
-    """Create the tables that are missing (idempotent) and, on PostgreSQL with the
-    timescaledb extension installed, make ``readings`` a hypertable on ``ts``."""
-    metadata.create_all(engine)
-    if engine.dialect.name != "postgresql" or not timescaledb:
-        return
-    with engine.begin() as conn:
-        present = conn.exec_driver_sql(
-            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
-        ).first()
-        if present is None:
-            return
-        conn.exec_driver_sql(
-            "SELECT create_hypertable('readings', 'ts', if_not_exists => TRUE, "
-            "migrate_data => TRUE, chunk_time_interval => INTERVAL '1 day')"
-        )
-        log.info("readings is a TimescaleDB hypertable (1-day chunks)")
+    """Bring the database to the schema this code needs (store.migrate: creates the tables
+    of a new database; on PostgreSQL with the timescaledb extension installed, readings is a
+    hypertable). Raises store.migrate.SchemaRefused for a schema newer than the code."""
+    migrate(engine, "auto", timescaledb)
 
 
 def is_hypertable(engine: Engine) -> bool:

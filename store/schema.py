@@ -261,7 +261,7 @@ metas = sa.Table(
 #: Readings messages parked in ``quarantine`` (kind ``unknown_meta``, payload kept whole)
 #: until the meta version they wait for arrives: then they are ingested and both rows go.
 #: A table of its own (not columns of ``quarantine``), so a database made before it gains it
-#: through create_all.
+#: through the baseline migration (store/migrations/versions/0001_baseline.py).
 parked = sa.Table(
     "parked",
     metadata,

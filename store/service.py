@@ -23,8 +23,9 @@ import sqlalchemy as sa
 
 from common import systemd
 from store.config import StoreConfig
-from store.db import connect, create_schema, error_reason
+from store.db import connect, error_reason
 from store.ingest import Incoming, Writer, topic_kind
+from store.migrate import SchemaRefused, migrate
 from store.mqtt import Delivery, Subscriber
 from store.retention import prune_readings
 from store.status import Stats
@@ -70,7 +71,13 @@ class StoreService:
             self.http_port = server.bound_port
             self.http_stats = server.guard.stats
             serving = asyncio.create_task(server.run_until_exit())
-        await self._create_schema(stop)
+        try:
+            await self._migrate(stop)
+        except SchemaRefused:
+            if server is not None and serving is not None:
+                server.should_exit = True
+                await serving
+            raise
         subscriber = Subscriber(
             self.config.mqtt, lambda d: self._enqueue(loop, d), self._on_mqtt_state
         )
@@ -122,13 +129,16 @@ class StoreService:
         self.stats.mqtt_connected = connected
         self.stats.mqtt_state = why or "connected"
 
-    async def _create_schema(self, stop: asyncio.Event) -> None:
-        """Create the tables; a database that is down at start-up is waited for."""
+    async def _migrate(self, stop: asyncio.Event) -> None:
+        """Bring the schema to the head (store.migrate; database.migrate: off only checks);
+        a database that is down at start-up is waited for. A schema this store must not run
+        on raises store.migrate.SchemaRefused."""
         delay = self.config.ingest.retry_min_ms / 1000
+        database = self.config.database
         while not stop.is_set():
             try:
                 await asyncio.to_thread(
-                    create_schema, self.engine, self.config.database.timescaledb
+                    migrate, self.engine, database.migrate, database.timescaledb
                 )
             except sa.exc.SQLAlchemyError as exc:
                 self._db_failed(exc)
