@@ -270,6 +270,13 @@ def _buffer_problems(config: Config, filename: str, lines: dict[Path_, int]) -> 
             f"{where}: folder {str(folder)!r} is not writable by this user (SQLite needs "
             "to create its journal files next to the buffer)"
         ]
+    if buffer.is_dir():
+        return [f"{where}: {str(buffer)!r} is a folder: give the SQLite file inside it"]
+    if buffer.exists() and not buffer.is_file():
+        return [
+            f"{where}: {str(buffer)!r} is not a regular file (a device or a pipe): the buffer "
+            "is an SQLite file, with its journal beside it"
+        ]
     if buffer.exists() and not os.access(buffer, os.R_OK | os.W_OK):
         return [f"{where}: file {str(buffer)!r} is not readable and writable by this user"]
     return []
