@@ -197,7 +197,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _check(args.config)
     if args.command == "run":
         try:
-            config = load_config(args.config)
+            # starting: what the start needs of the machine (buffer.path), as check says it
+            config = load_config(args.config, starting=True)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG

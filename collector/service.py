@@ -236,8 +236,14 @@ class Service:
                 # Parsed on a worker thread: whatever the file holds (it is bounded in size,
                 # depth and alias expansion), the loop goes on polling meanwhile.
                 new = await asyncio.to_thread(load_config, path)
-            except ConfigError as exc:
-                problems = exc.problems
+            except Exception as exc:
+                # Anything else is a loader bug; the reload is refused all the same (a dead
+                # reload task would leave systemd at RELOADING and /status at the last reload).
+                problems = (
+                    exc.problems
+                    if isinstance(exc, ConfigError)
+                    else [f"{path}:1: (file): cannot be loaded: {type(exc).__name__}: {exc}"]
+                )
                 log.error(  # noqa: TRY400 - the problems are the message
                     "reload: %s is invalid; the running config stays:\n%s",
                     path,

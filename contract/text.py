@@ -3,7 +3,8 @@ source (a scanner, a device's string register, POST /stations/{name}/unit), and 
 classes a config or an HTTP body refuses.
 
 A serial with a control or format character (Unicode Cc/Cf: NUL, ESC, a bidi override, a
-zero-width space) is line noise or an attack, never a unit. Where it is shown in a log, it is
+zero-width space) or a line or paragraph separator (Zl/Zp: U+2028, U+2029) is line noise or an
+attack, never a unit. Where it is shown in a log, it is
 escaped, never raw (an ESC would drive the technician's terminal; a bidi override would make
 the log lie).
 """
@@ -14,6 +15,8 @@ import unicodedata
 
 #: Longest serial taken (a label's code is a few tens of characters).
 MAX_SERIAL_CHARS = 128
+#: Unicode's line (Zl) and paragraph (Zp) separators: never in a serial.
+_SEPARATORS = ("Zl", "Zp")
 
 
 def is_control(char: str) -> bool:
@@ -28,6 +31,10 @@ def serial_problem(serial: str) -> str | None:
     for char in serial:
         if is_control(char):
             return f"contains the control or format character U+{ord(char):04X}"
+        if unicodedata.category(char) in _SEPARATORS:
+            # U+2028/U+2029 end a line in a log viewer, a JSON-in-JS page or an editor: a
+            # serial holding one would forge a second log line.
+            return f"contains the line or paragraph separator U+{ord(char):04X}"
     return None
 
 

@@ -78,6 +78,15 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    if args.command in ("check", "run"):
+        # A SQLite database that can never work stops check and run alike (store.sqlite_check);
+        # a database server that is down is retried by run.
+        from store.sqlite_check import database_problem  # noqa: PLC0415
+
+        problem = database_problem(config.database.url, args.config)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return EXIT_CONFIG
     if args.command == "check":
         print(f"{args.config or '(defaults)'}: OK, database {_shown_url(config, args.db)}")
         return _check_schema(config, args.db)

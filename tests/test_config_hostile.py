@@ -92,7 +92,7 @@ def test_a_recursive_anchor_is_refused(tmp_path: Path) -> None:
 
 def test_a_billion_laughs_is_refused(tmp_path: Path) -> None:
     (line,) = check(tmp_path, BASE + BILLION_LAUGHS)
-    assert "values once anchors and aliases are expanded (an alias bomb?)" in line
+    assert "values once expanded (an alias bomb?)" in line
 
 
 def test_modest_anchors_still_work(tmp_path: Path) -> None:

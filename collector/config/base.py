@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from common.config import Host, ReconnectBackoff, ReconnectMinMs
 from common.config import Model as _Model
@@ -55,6 +55,23 @@ class BufferConfig(_Model):
         description="Least time between two commits: the polls of that time go in one "
         "transaction (one fsync) and one message. Lower: less latency; higher: less CPU.",
     )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _a_file_name(cls, value: object) -> object:
+        # What no machine can open, said here so that check says it: "" would be the working
+        # folder, a NUL ends in "embedded null byte" when run opens it (YAML's "\0" escape
+        # passes the loader's character check), a trailing / names a folder.
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(
+                    "is empty: give the SQLite file, e.g. /var/lib/collector/buffer.db"
+                )
+            if "\0" in value:
+                raise ValueError(f"{value!r} contains a NUL character")
+            if value.endswith("/"):
+                raise ValueError(f"{value!r} names a folder: give the SQLite file inside it")
+        return value
 
 
 # --------------------------------------------------------------------------- MQTT

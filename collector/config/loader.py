@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from collector.config.base import TOPIC_LEVEL_PATTERN, HealthConfig
 from collector.config.model import (
@@ -171,7 +171,6 @@ def _load_csv_tags(data: dict[str, Any], filename: str, lines: dict[Path_, int])
         tag_model = protocol.model.csv_tag_model if protocol is not None else None
         if tag_model is None:
             continue  # validation says that this protocol takes no tags_csv
-        columns = tuple(tag_model.model_fields)
         path = Path(str(device["tags_csv"]))
         path = path if path.is_absolute() else base / path
         try:
@@ -182,42 +181,62 @@ def _load_csv_tags(data: dict[str, Any], filename: str, lines: dict[Path_, int])
         except ConfigError as exc:
             problems += exc.problems
             continue
+        existing = device.get("tags")
+        if existing is not None and not isinstance(existing, list):
+            continue  # validation says that tags must be a list: the map has nothing to join
         reader = csv.DictReader(io.StringIO(text))
-        header = [h.strip() for h in reader.fieldnames or []]
-        unknown = [h for h in header if h not in columns]
-        missing = [h for h in ("name", "table", "address") if h not in header]
-        if unknown or missing:
-            what = []
-            if missing:
-                what.append(f"missing column(s) {', '.join(missing)}")
-            if unknown:
-                what.append(f"unknown column(s) {', '.join(unknown)}")
-            problems.append(f"{path}:1: (header): {'; '.join(what)}; allowed: {', '.join(columns)}")
+        try:
+            problems += _csv_tags(path, reader, tag_model, device)
+        except csv.Error as exc:
+            # A cell over csv.field_size_limit() (128 KiB), say: the reader cannot go on past
+            # it, and no register map has one (is it the right file?).
+            problems.append(
+                f"{path}:{max(reader.reader.line_num, 1)}: (file): not a CSV register map: {exc}"
+            )
+    return problems
+
+
+def _csv_tags(
+    path: Path, reader: csv.DictReader[str], tag_model: type[BaseModel], device: dict[str, Any]
+) -> list[str]:
+    """Join the rows of ``reader`` to ``device``'s tags (in place); the rows' problems.
+    Raises csv.Error on a file the reader cannot read on."""
+    problems: list[str] = []
+    columns = tuple(tag_model.model_fields)
+    header = [h.strip() for h in reader.fieldnames or []]
+    unknown = [h for h in header if h not in columns]
+    missing = [h for h in ("name", "table", "address") if h not in header]
+    if unknown or missing:
+        what = []
+        if missing:
+            what.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            what.append(f"unknown column(s) {', '.join(unknown)}")
+        return [f"{path}:1: (header): {'; '.join(what)}; allowed: {', '.join(columns)}"]
+    tags = list(device.get("tags") or [])
+    seen: dict[str, int] = {}
+    for row in reader:
+        cells = {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}
+        if not cells:
+            continue  # a blank line in the sheet
+        name = cells.get("name", "")
+        if name in seen:
+            problems.append(
+                f"{path}:{reader.line_num}: name: duplicate tag name {name!r} "
+                f"(also on line {seen[name]})"
+            )
             continue
-        tags = list(device.get("tags") or [])
-        seen: dict[str, int] = {}
-        for row in reader:
-            cells = {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}
-            if not cells:
-                continue  # a blank line in the sheet
-            name = cells.get("name", "")
-            if name in seen:
-                problems.append(
-                    f"{path}:{reader.line_num}: name: duplicate tag name {name!r} "
-                    f"(also on line {seen[name]})"
-                )
-                continue
-            seen[name] = reader.line_num
-            try:
-                tag_model.model_validate(cells)
-            except ValidationError as exc:
-                for error in exc.errors():
-                    column = ".".join(str(x) for x in error["loc"]) or "(row)"
-                    problems.append(f"{path}:{reader.line_num}: {column}: {_message(error)}")
-                continue
-            tags.append(cells)
-        device["tags"] = tags
-        device["tags_csv"] = str(path)
+        seen[name] = reader.line_num
+        try:
+            tag_model.model_validate(cells)
+        except ValidationError as exc:
+            for error in exc.errors():
+                column = ".".join(str(x) for x in error["loc"]) or "(row)"
+                problems.append(f"{path}:{reader.line_num}: {column}: {_message(error)}")
+            continue
+        tags.append(cells)
+    device["tags"] = tags
+    device["tags_csv"] = str(path)
     return problems
 
 
@@ -250,6 +269,13 @@ def _buffer_problems(config: Config, filename: str, lines: dict[Path_, int]) -> 
         return [
             f"{where}: folder {str(folder)!r} is not writable by this user (SQLite needs "
             "to create its journal files next to the buffer)"
+        ]
+    if buffer.is_dir():
+        return [f"{where}: {str(buffer)!r} is a folder: give the SQLite file inside it"]
+    if buffer.exists() and not buffer.is_file():
+        return [
+            f"{where}: {str(buffer)!r} is not a regular file (a device or a pipe): the buffer "
+            "is an SQLite file, with its journal beside it"
         ]
     if buffer.exists() and not os.access(buffer, os.R_OK | os.W_OK):
         return [f"{where}: file {str(buffer)!r} is not readable and writable by this user"]

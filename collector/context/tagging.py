@@ -104,8 +104,12 @@ class StationContext:
         stations: Sequence[StationConfig],
         devices: Sequence[DeviceConfig],
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self._clock = clock
+        # Timeouts and settle times run on the monotonic clock; timestamps stay the wall
+        # clock's. A test that gives a clock of its own (which never steps) gets it for both.
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self._events = {d.name for d in devices if d.emits_events}
         self._stations: dict[str, Station] = {}
         # device -> tag -> the (signal, station) pairs it carries, and device -> its key
@@ -432,9 +436,9 @@ class StationContext:
         golden = golden or station.is_golden(serial)
         if work_order is None and station.config.work_order_source is not None:
             work_order = _text(station.last.get("work_order"))
-        station.units.append(
-            Unit(serial, station.operation, attempt, ts, golden=golden, work_order=work_order)
-        )
+        unit = Unit(serial, station.operation, attempt, ts, golden=golden, work_order=work_order)
+        unit.start_mono = self._to_mono(ts)
+        station.units.append(unit)
         log.info(
             "station %s: unit %s arrived (operation %s, attempt %d%s)",
             station.name,
@@ -447,6 +451,8 @@ class StationContext:
     def _end(self, station: Station, unit: Unit, ts: float, why: str) -> None:
         unit.end_ts, unit.ended_by = max(ts, unit.start_ts), why
         unit.emit_at = unit.end_ts + station.settle_s
+        # From the ending itself (not end_ts, which a step back clamps to the start).
+        unit.emit_mono = self._to_mono(ts) + station.settle_s
         if not station.presence or why in _ENDS_PRESENCE:
             unit.gone_ts = unit.end_ts
         log.info(
@@ -467,15 +473,25 @@ class StationContext:
 
         A timeout ends the unit's test, not its presence: a serial still shown keeps tagging
         its readings (phase "after") until it changes or clears."""
+        mono = self._monotonic() if now is None else self._to_mono(now)
         now = self._clock() if now is None else now
         changed = False
         for station in self._stations.values():
             current = station.current
-            if current is not None and now - current.start_ts >= station.config.unit_timeout_s:
+            if (
+                current is not None
+                and mono - self._start_mono(current) >= station.config.unit_timeout_s
+            ):
                 self._end(station, current, now, "timeout")
                 changed = True
             for unit in station.units:
-                if unit.emit_at is not None and not unit.emitted and (final or unit.emit_at <= now):
+                if unit.emit_at is not None and unit.emit_mono is None:  # restored
+                    unit.emit_mono = self._to_mono(unit.emit_at)
+                if (
+                    unit.emit_mono is not None
+                    and not unit.emitted
+                    and (final or unit.emit_mono <= mono)
+                ):
                     unit.emitted = True
                     record = station.record(unit)
                     station.figures.add(record)
@@ -484,6 +500,15 @@ class StationContext:
             if changed:
                 self._dirty.add(station.name)
         return changed
+
+    def _to_mono(self, ts: float) -> float:
+        """A wall-clock time (a reading's ts) on the monotonic clock, at today's offset."""
+        return ts - self._clock() + self._monotonic()
+
+    def _start_mono(self, unit: Unit) -> float:
+        if unit.start_mono is None:  # restored: its start, at today's offset
+            unit.start_mono = self._to_mono(unit.start_ts)
+        return unit.start_mono
 
     # ------------------------------------------------------------------ persistence & status
 
@@ -519,7 +544,7 @@ class StationContext:
         return None if present is None else present.serial
 
     def status(self, now: float | None = None) -> dict[str, dict[str, Any]]:
-        now = self._clock() if now is None else now
+        mono = self._monotonic() if now is None else self._to_mono(now)
         out: dict[str, dict[str, Any]] = {}
         for name, station in self._stations.items():
             current = station.current
@@ -533,7 +558,9 @@ class StationContext:
                 "unit_serial": None if current is None else current.serial,
                 "attempt": None if current is None else current.attempt,
                 "unit_start_ts": None if current is None else current.start_ts,
-                "time_at_station_s": None if current is None else max(0.0, now - current.start_ts),
+                "time_at_station_s": None
+                if current is None
+                else max(0.0, mono - self._start_mono(current)),
                 "unit_readings": None if current is None else current.readings,
                 "present_serial": None if present is None else present.serial,
                 "phase": None if present is None else ("test" if current else "after"),

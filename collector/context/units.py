@@ -52,6 +52,11 @@ class Unit:
     gone_ts: float | None = None
     golden: bool = False
     work_order: str | None = None
+    #: The start and the record's release on the monotonic clock (this process's; not stored):
+    #: the unit timeout and the settle time run on it, so a step of the wall clock (an NTP
+    #: correction) moves neither. None after a restore until StationContext fills them in.
+    start_mono: float | None = field(default=None, compare=False)
+    emit_mono: float | None = field(default=None, compare=False)
 
     def phase_at(self, ts: float) -> str | None:
         """The unit's phase at ``ts`` (which must be >= start_ts), or None if it was gone."""
@@ -251,7 +256,7 @@ class Station:
                 "operation": self.operation,
                 "last": self.last,
                 # Emitted units stay while present: readings after the verdict need them.
-                "units": [asdict(u) for u in self.units if not u.emitted or u.gone_ts is None],
+                "units": [_stored(u) for u in self.units if not u.emitted or u.gone_ts is None],
             }
         )
 
@@ -267,3 +272,10 @@ class Station:
             if unit.verdict is not None:
                 unit.verdict = Verdict(unit.verdict)
             self.units.append(unit)
+
+
+def _stored(unit: Unit) -> dict[str, Any]:
+    """A unit as the buffer stores it: without its monotonic marks (a reboot resets that clock)."""
+    raw = asdict(unit)
+    del raw["start_mono"], raw["emit_mono"]
+    return raw

@@ -20,7 +20,7 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from collector import __version__
 from collector.context.serials import accepted
@@ -70,6 +70,10 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 class UnitIn(BaseModel):
+    # Unknown fields are refused (422 naming them): a client that thinks it set something it
+    # did not ("admin": true, a misspelt "work_oder") hears so.
+    model_config = ConfigDict(extra="forbid")
+
     # Control and format characters are checked by collector.context.serials (and counted there).
     serial: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         description="The unit now at the station; null or empty: the unit left."
@@ -87,6 +91,14 @@ class UnitIn(BaseModel):
 # The unit endpoint's body is a small JSON object; anything bigger is refused before it is read
 # (a 200 MB body once cost 400 MB of memory that stayed).
 MAX_UNIT_BODY_BYTES = 4096
+
+
+def _unit_message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return (
+            f"unknown field {error['loc'][-1]!r}; the fields are {', '.join(UnitIn.model_fields)}"
+        )
+    return str(error["msg"])
 
 
 def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
@@ -157,7 +169,7 @@ def create_app(
         except ValidationError as exc:
             return _unprocessable(
                 [
-                    {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"]}
+                    {"type": e["type"], "loc": ["body", *e["loc"]], "msg": _unit_message(e)}
                     for e in exc.errors(include_url=False, include_input=False)
                 ]
             )

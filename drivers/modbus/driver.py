@@ -59,10 +59,19 @@ class _Traffic:
         self.received_bytes = 0
         self.frames = 0
 
-    def packet(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
+    def watch(self, client: Any) -> None:
+        """Count every byte the client's protocol receives, before pymodbus looks at it. Its
+        trace_packet hook is not enough: pymodbus drops a receive buffer over its frame size
+        (260 bytes for TCP) without calling it, so a flood of junk, a long reply with a wrong
+        byte count or an MBAP length of 65535 followed by its body looked like silence."""
+        protocol = client.ctx  # the TransactionManager: TCP's data_received ends up here too
+        received: Callable[[bytes, Any], None] = protocol.datagram_received
+
+        def counted(data: bytes, addr: Any) -> None:
             self.received_bytes += len(data)
-        return data
+            received(data, addr)
+
+        protocol.datagram_received = counted
 
     def pdu(self, sending: bool, pdu: Any) -> Any:
         if not sending:
@@ -225,9 +234,9 @@ class ModbusTcpDriver(_ModbusDriver):
             timeout=d.timeout_ms / 1000,
             retries=0,
             reconnect_delay=0,
-            trace_packet=traffic.packet,
             trace_pdu=traffic.pdu,
         )
+        traffic.watch(client)
         try:
             ok = await client.connect()
         except (OSError, ModbusException) as exc:
@@ -268,9 +277,9 @@ class _RtuBus:
             timeout=device.timeout_ms / 1000,
             retries=0,
             reconnect_delay=0,
-            trace_packet=self.traffic.packet,
             trace_pdu=self.traffic.pdu,
         )
+        self.traffic.watch(self.client)
 
 
 # Buses by (event loop, port): the devices on one port share one client.
