@@ -1,22 +1,22 @@
 """The store's HTTP API (FastAPI, served by uvicorn in the service's loop): read-only.
 
 ``GET /health`` (200 or 503 with the reasons), ``GET /metrics`` (Prometheus), ``GET /gaps``,
-``GET /units?serial=&operation=&verdict=&work_order=&golden=&since=&until=&limit=`` and
-``GET /units/{serial}`` (JSON, or a small HTML page when the client asks for text/html: the
-pilot-run report links to it), and ``GET /report[?format=json]`` (the pilot-run report of the
-protocol named by store.yaml's ``report.protocol``, re-read at each request; 404 without one).
+``GET /units?serial=&operation=&verdict=&work_order=&golden=&since=&until=&limit=&attempt=
+&disposition=&deviation=&out_of_spec=`` and ``GET /units/{serial}`` (JSON; a browser asking
+for text/html gets the unit page of store/pages, which the pilot-run report links to), and
+``GET /report[?format=json]`` (the pilot-run report of the protocol named by store.yaml's
+``report.protocol``, re-read at each request; 404 without one).
 Database reads run in FastAPI's thread pool, never on the loop.
 """
 
 from __future__ import annotations
 
-import html
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -24,6 +24,8 @@ from common.errors import ConfigError
 from common.httpserver import BoundedServer
 from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
+from store.pages import install as install_pages
+from store.pages.query import unit_query
 from store.record.api import install as install_record
 from store.report import Format, load_protocol, render_report
 from store.status import ServiceView, gap_report, old_gaps, parked_count
@@ -98,29 +100,15 @@ def create_app(service: ServiceView) -> FastAPI:
         return [g.as_dict(now) for g in gap_report(service.engine)]
 
     @app.get("/units")
-    def get_units(  # noqa: PLR0917 - FastAPI maps each parameter to a query field
-        serial: str | None = None,
-        operation: str | None = None,
-        verdict: str | None = None,
-        work_order: str | None = None,
-        golden: bool | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = Query(default=1000, ge=1, le=100_000),
-    ) -> list[dict[str, Any]]:
-        query = UnitQuery(
-            serial, operation, verdict, work_order, golden, _aware(since), _aware(until), limit
-        )
+    def get_units(query: Annotated[UnitQuery, Depends(unit_query)]) -> list[dict[str, Any]]:
         return search_units(service.engine, query)
 
     # :path: a serial may hold a "/" (the report links it percent-encoded).
     @app.get("/units/{serial:path}", response_model=None)
-    def get_unit(serial: str, request: Request) -> Response:
+    def get_unit(serial: str) -> Response:
         found = unit_genealogy(service.engine, serial)
         if found is None:
             raise HTTPException(404, f"no unit {serial!r} in the store")
-        if _wants_html(request.headers.get("accept", "")):
-            return HTMLResponse(genealogy_page(found))
         # orjson directly: FastAPI's own encoder walks thousands of readings ten times slower.
         return Response(orjson.dumps(found), media_type="application/json")
 
@@ -143,71 +131,8 @@ def create_app(service: ServiceView) -> FastAPI:
         return HTMLResponse(body)
 
     install_record(app, service)  # the pilot record: /runs..., POST /units/... (its module)
+    install_pages(app, service)  # after the record: the pages' shells are outside its guard
     return app
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _wants_html(accept: str) -> bool:
-    """A browser (text/html before any JSON) gets the page; tools get JSON."""
-    html_at = accept.find("text/html")
-    json_at = accept.find("application/json")
-    return html_at >= 0 and (json_at < 0 or html_at < json_at)
-
-
-def genealogy_page(found: dict[str, Any]) -> str:
-    """A small self-contained page (no script) of a unit's genealogy."""
-    e = html.escape
-    serial = e(found["serial"])
-    op_rows = []
-    for op in found["operations"]:
-        chars = "<br>".join(
-            f"{e(c['name'])}: {c['last']} [{c['lsl']}, {c['usl']}]"
-            + (" critical" if c["critical"] else "")
-            + ("" if c["in_spec"] is None else " in spec" if c["in_spec"] else " OUT OF SPEC")
-            for c in op["characteristics"]
-        )
-        cells = [op["operation"], op["station"], op["slot"], op["attempt"], op["verdict"],
-                 op["failure_code"], op["cycle_time_s"], op["start_ts"], op["end_ts"],
-                 op["collector"], op["work_order"]]  # fmt: skip
-        op_rows.append(
-            "<tr>" + "".join(f"<td>{e(_text(c))}</td>" for c in cells) + f"<td>{chars}</td></tr>"
-        )
-    reading_rows = [
-        "<tr>" + "".join(
-            f"<td>{e(_text(r[k]))}</td>"
-            for k in ("ts", "collector", "device", "tag", "value", "unit", "quality", "error",
-                      "station", "operation", "attempt", "phase", "seq")
-        ) + "</tr>"
-        for r in found["readings"]
-    ]  # fmt: skip
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Unit {serial}</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #bbb;padding:2px 6px;font-size:90%;text-align:left}}
-th{{background:#eee}}</style></head><body>
-<h1>Unit {serial}</h1>
-<h2>Operations ({len(found["operations"])})</h2>
-<table id="operations"><tr><th>operation</th><th>station</th><th>slot</th><th>attempt</th>
-<th>verdict</th><th>failure code</th><th>cycle time (s)</th><th>start</th><th>end</th>
-<th>collector</th><th>work order</th><th>characteristics [LSL, USL]</th></tr>
-{"".join(op_rows)}</table>
-<h2>Readings ({len(found["readings"])})</h2>
-<table id="readings"><tr><th>time (UTC)</th><th>collector</th><th>device</th><th>tag</th>
-<th>value</th><th>unit</th><th>quality</th><th>error</th><th>station</th><th>operation</th>
-<th>attempt</th><th>phase</th><th>seq</th></tr>
-{"".join(reading_rows)}</table>
-<p>JSON: the same URL with <code>Accept: application/json</code>.</p>
-</body></html>
-"""
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
 
 
 class StoreHttpServer(BoundedServer):

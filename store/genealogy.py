@@ -18,6 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from store.record import deviations as record_deviations
+from store.record.schema import dispositions as record_dispositions
 from store.record.units import unit_record
 from store.schema import (
     KIND_BOOL,
@@ -187,6 +189,14 @@ class UnitQuery:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 1000
+    attempt: int | None = None
+    #: The unit's current disposition (docs/pilot-record.md), or "none" for a unit without one.
+    disposition: str | None = None
+    #: "any", or a severity: units a deviation of that severity concerns (names them, or its
+    #: window holds one of their records at its operation and station).
+    deviation: str | None = None
+    #: "any", or a characteristic's name: records whose characteristic was outside its limits.
+    out_of_spec: str | None = None
 
 
 def search_units(engine: sa.Engine, q: UnitQuery) -> list[dict[str, Any]]:
@@ -204,13 +214,66 @@ def search_units(engine: sa.Engine, q: UnitQuery) -> list[dict[str, Any]]:
             query = query.where(units.c[name] == value)
     if q.golden is not None:
         query = query.where(units.c.golden == q.golden)
+    if q.attempt is not None:
+        query = query.where(units.c.attempt == q.attempt)
+    if q.out_of_spec:
+        c = characteristics.c
+        bad = sa.select(c.unit_seq).where(
+            c.collector == units.c.collector, c.outbox == units.c.outbox,
+            c.unit_seq == units.c.seq, c.in_spec.is_(False),
+        )  # fmt: skip
+        if q.out_of_spec != "any":
+            bad = bad.where(c.name == q.out_of_spec)
+        query = query.where(bad.exists())
+    if q.disposition:
+        query = _by_disposition(query, q.disposition)
     if q.since is not None:
         query = query.where(units.c.end_ts >= q.since)
     if q.until is not None:
         query = query.where(units.c.start_ts < q.until)
     query = query.order_by(units.c.end_ts.desc(), units.c.collector, units.c.seq).limit(q.limit)
     with engine.connect() as conn:
+        if q.deviation:
+            query = query.where(units.c.serial.in_(_deviated(conn, q.deviation)))
         return [_unit_dict(row) for row in conn.execute(query)]
+
+
+def _by_disposition(query: sa.Select[Any], disposition: str) -> sa.Select[Any]:
+    """Records of units whose current (latest) disposition is ``disposition`` ("none": units
+    without any)."""
+    d = record_dispositions.c
+    if disposition == "none":
+        return query.where(~sa.select(d.audit_id).where(d.serial == units.c.serial).exists())
+    current = (
+        sa.select(d.disposition)
+        .where(d.serial == units.c.serial)
+        .order_by(d.audit_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return query.where(current == disposition)
+
+
+def _deviated(conn: sa.Connection, severity: str) -> set[str]:
+    """The serials the deviations of ``severity`` ("any": all) concern, as the genealogy's
+    deviations section counts them (record/deviations.for_unit): those named, and those with
+    a record ending in a deviation's window at its operation and station."""
+    found: set[str] = set()
+    for d in record_deviations.of_run(conn):
+        if severity not in ("any", d["severity"]):
+            continue
+        found.update(d["serials"])
+        window = d["window"]
+        if window is None:
+            continue
+        start, end = (datetime.fromisoformat(window[k].replace("Z", "+00:00"))
+                      for k in ("start", "end"))  # fmt: skip
+        inside = sa.select(units.c.serial).where(units.c.end_ts >= start, units.c.end_ts < end)
+        for name in ("operation", "station"):
+            if d[name] is not None:
+                inside = inside.where(units.c[name] == d[name])
+        found.update(conn.execute(inside.distinct()).scalars())
+    return found
 
 
 def write_csv(genealogy: dict[str, Any], folder: Path) -> list[Path]:

@@ -107,8 +107,7 @@ async def test_collector_stream_is_stored_and_found_by_unit(
             store.get, "/units/SN0001", headers={"Accept": "text/html,application/xhtml+xml"}
         )
         assert page.headers["content-type"].startswith("text/html")
-        assert "<h1>Unit SN0001</h1>" in page.text
-        assert page.text.count("<tr><td>") == 1 + len(expect)  # operations + readings rows
+        assert 'id="unit-page"' in page.text  # its content: tests/test_pages.py
         missing = await asyncio.to_thread(store.get, "/units/NOPE")
         assert missing.status_code == 404
         search = (await asyncio.to_thread(store.get, "/units?serial=SN*")).json()
