@@ -74,6 +74,11 @@ class Line:
     reason: str | None = None  # why there is no constraint or throughput
 
 
+def per_hour(seconds: float | None) -> float | None:
+    """Units per hour at one unit every ``seconds`` (takt's rate); None for no or 0 seconds."""
+    return SECONDS_PER_HOUR / seconds if seconds else None
+
+
 def positions(visits: Iterable[Visit]) -> int:
     """Parallel positions of an operation: distinct (station, slot) in its records; 1 when no
     record names a station (the data cannot show more than one, so one is assumed)."""
