@@ -206,11 +206,16 @@ def line_figures(
     visits: Iterable[Visit], order: Sequence[str], takts: Mapping[str, float | None]
 ) -> Line:
     """The line view of a run: operations in ``order`` (the line's), their takts in ``takts``."""
-    visits = list(visits)
-    flows = tuple(operation_flow(op, visits, takts.get(op)) for op in order)
+    # Grouped once: each figure then reads only its operations' visits, not the whole run.
+    by_operation: dict[str, list[Visit]] = defaultdict(list)
+    for v in visits:
+        by_operation[v.operation].append(v)
+    flows = tuple(operation_flow(op, by_operation[op], takts.get(op)) for op in order)
     known = [t for t in (takts.get(op) for op in order) if t is not None]
     line_takt = min(known) if known else None  # the strictest demand any operation states
-    wip = tuple(wip_between(visits, a, b) for a, b in itertools.pairwise(order))
+    wip = tuple(
+        wip_between(by_operation[a] + by_operation[b], a, b) for a, b in itertools.pairwise(order)
+    )
     limiting = constraint(flows)
     if limiting is None:
         return Line(flows, None, None, line_takt, wip, "no operation has a cycle time")
