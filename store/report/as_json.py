@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from quality import Capability, OperationFigures
+from quality.line import Line, per_hour
 from store.report.evaluate import (
     NOT_A_PREDICTION,
     AqlResult,
@@ -158,10 +159,51 @@ def _characteristic(c: CharacteristicReport) -> dict[str, Any]:
     }
 
 
+def _line(line: Line | None, criteria: tuple[Criterion, ...]) -> dict[str, Any] | None:
+    if line is None:
+        return None
+    return {
+        "operations": [
+            {
+                "operation": f.operation,
+                "stations": f.stations,
+                "n": f.n,
+                "p50_s": _num(f.p50_s),
+                "p95_s": _num(f.p95_s),
+                "effective_p50_s": _num(f.effective_p50_s),
+                "effective_p95_s": _num(f.effective_p95_s),
+                "takt_s": _num(f.takt_s),
+                "over_takt_p50": f.over_takt_p50,
+                "over_takt_p95": f.over_takt_p95,
+            }
+            for f in line.operations
+        ],
+        "constraint": line.constraint,
+        "throughput_per_hour": _num(line.throughput_per_hour),
+        "takt_s": _num(line.takt_s),
+        "takt_per_hour": _num(per_hour(line.takt_s)),
+        "reason": line.reason,
+        "wip": [
+            {
+                "between": list(w.between),
+                "units": w.units,
+                "skipped": w.skipped,
+                "mean": _num(w.mean),
+                "max": w.max,
+                "mean_wait_s": _num(w.mean_wait_s),
+                "reason": w.reason,
+            }
+            for w in line.wip
+        ],
+        "criteria": [_criterion(c) for c in criteria],
+    }
+
+
 def report_dict(report: Report, generated_at: datetime) -> dict[str, Any]:
     run = report.protocol.run
     results = [c.result.value for op in report.operations for c in op.criteria]
     results += [c.result.value for c in report.run_criteria]
+    results += [c.result.value for c in report.line_criteria]
     return {
         "report_version": REPORT_VERSION,
         "title": run.name,
@@ -184,6 +226,7 @@ def report_dict(report: Report, generated_at: datetime) -> dict[str, Any]:
         "operations": [_operation(op.figures, op.criteria, op.aql) for op in report.operations],
         "characteristics": [_characteristic(c) for c in report.characteristics],
         "run_criteria": [_criterion(c) for c in report.run_criteria],
+        "line": _line(report.line, report.line_criteria),
     }
 
 

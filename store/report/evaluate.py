@@ -22,9 +22,10 @@ from quality import (
     operation_figures,
     rolled_throughput_yield,
 )
+from quality.line import Line, Visit, line_figures
 from quality.sampling import single_plan
 from quality.yields import INCOMPLETE, PASS
-from store.report.load import CharacteristicValue, RunData
+from store.report.load import NO_OPERATION, CharacteristicValue, RunData
 from store.report.protocol import (
     AqlCriterion,
     OperationCriteria,
@@ -115,6 +116,8 @@ class Report:
     """Per serial (time order of first record): work order, {operation: (final verdict,
     attempts)}; the HTML's appendix of units with their genealogy links."""
     run_criteria: tuple[Criterion, ...] = ()  # judged outside the figures (store/record)
+    line: Line | None = None  # the line view: constraint, throughput, WIP (quality.line)
+    line_criteria: tuple[Criterion, ...] = ()  # min_throughput_per_hour, when the protocol sets it
 
 
 def _decide(results: Sequence[Result]) -> Decision:
@@ -329,6 +332,43 @@ def _characteristics(data: RunData, protocol: Protocol) -> list[CharacteristicRe
     return reports
 
 
+def _line(data: RunData, operations: Sequence[OperationReport]) -> Line:
+    """The line view over the operations in line order; records without an operation are no
+    step of the line. Golden samples are left out; an incomplete attempt lasted its timeout, so
+    it gives no cycle time (as in the per-operation figures), but its times still place the
+    unit on the line."""
+    visits = [
+        Visit(
+            serial=r.attempt.serial,
+            operation=r.attempt.operation,
+            start_s=None if r.start is None else r.start.timestamp(),
+            end_s=r.end.timestamp(),
+            cycle_time_s=None if r.attempt.verdict == INCOMPLETE else r.attempt.cycle_time_s,
+            station=r.station,
+            slot=r.slot,
+        )
+        for r in data.units
+        if not r.attempt.golden
+    ]
+    order = [op.figures.operation for op in operations if op.figures.operation != NO_OPERATION]
+    takts = {op.figures.operation: op.figures.takt_s for op in operations}
+    return line_figures(visits, order, takts)
+
+
+def _throughput_criterion(line: Line, limit: float, sizes: SampleSizes) -> Criterion:
+    name = "throughput_per_hour"
+    if line.throughput_per_hour is None:
+        return Criterion(name, Result.INSUFFICIENT, None, limit, line.reason or "no throughput")
+    # A thin operation could be the real constraint: judge only when every one has enough.
+    thin = [f for f in line.operations if f.n < sizes.min_units]
+    if thin:
+        why = "; ".join(f"{f.operation}: {f.n} cycle times < {sizes.min_units}" for f in thin)
+        return Criterion(name, Result.INSUFFICIENT, line.throughput_per_hour, limit, why)
+    value = line.throughput_per_hour
+    note = f"constraint {line.constraint}"
+    return Criterion(name, Result.PASS if value >= limit else Result.FAIL, value, limit, note)
+
+
 def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ()) -> Report:
     """The whole report of the run: figures, criteria and the decision; ``extra``: criteria
     of the whole run judged elsewhere (deviations, allocation), counted in the decision."""
@@ -375,7 +415,14 @@ def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ())
             continue
         _, verdicts = units.setdefault(a.serial, (record.work_order, {}))
         verdicts[a.operation] = (a.verdict, a.attempt)  # time order: the last one stays
+    line = _line(data, operations)
+    line_criteria: tuple[Criterion, ...] = ()
+    if protocol.min_throughput_per_hour is not None:
+        line_criteria = (
+            _throughput_criterion(line, protocol.min_throughput_per_hour, protocol.sample_sizes),
+        )
     results = [c.result for op in operations for c in op.criteria] + [c.result for c in extra]
+    results += [c.result for c in line_criteria]
     return Report(
         protocol=protocol,
         decision=_decide(results),
@@ -390,4 +437,6 @@ def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ())
         last_record=data.units[-1].end if data.units else None,
         unit_rows=tuple((serial, wo, verdicts) for serial, (wo, verdicts) in units.items()),
         run_criteria=tuple(extra),
+        line=line,
+        line_criteria=line_criteria,
     )

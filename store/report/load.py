@@ -29,6 +29,8 @@ class UnitRecord:
     end: datetime
     work_order: str | None
     station: str | None
+    start: datetime | None = None  # the line view's waiting times need when a unit came in
+    slot: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,10 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
         units.c.seq,
         units.c.serial,
         units.c.station,
+        units.c.slot,
         units.c.operation,
         units.c.attempt,
+        units.c.start_ts,
         units.c.end_ts,
         units.c.cycle_time_s,
         units.c.takt_s,
@@ -169,6 +173,8 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
             end=end,
             work_order=row.work_order,
             station=row.station,
+            start=None if row.start_ts is None else as_utc(row.start_ts),
+            slot=row.slot,
         )
         records.append(record)
         by_key[key] = record

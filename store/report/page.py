@@ -11,6 +11,7 @@ from html import escape
 from urllib.parse import quote
 
 from quality import RULES
+from quality.line import per_hour
 from store.report import svg
 from store.report.evaluate import (
     NOT_A_PREDICTION,
@@ -53,6 +54,7 @@ table.capability td, table.capability th, table.operations td, table.operations 
 .top { display: grid; grid-template-columns: 64mm 1fr; gap: 4mm; align-items: center; }
 table.stats { font-size: 8.5pt; margin: 0; }
 table.violations, table.pareto-table, table.units-table { font-size: 8.5pt; }
+table.line-operations, table.wip { font-size: 8.5pt; }
 .all-units { font-size: 8pt; line-height: 1.6; }
 .all-units a { white-space: nowrap; }
 table.golden { font-size: 8.5pt; }
@@ -106,6 +108,11 @@ def _s(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _rate(value: float | None) -> str:
+    """Units per hour: one decimal, none when it is a whole number (48, 90.5)."""
+    return "—" if value is None else f"{value:,.1f}".removesuffix(".0")
+
+
 def _cell(value: str, numeric: bool = False) -> str:
     return f'<td class="num">{value}</td>' if numeric else f"<td>{value}</td>"
 
@@ -142,6 +149,8 @@ def _criterion_value(c: Criterion) -> tuple[str, str]:
     if c.name == "aql":
         defects = "—" if c.value is None else f"{c.value:.0f} defects"
         return defects, "—" if c.limit is None else f"Ac {c.limit:.0f}"
+    if c.name == "throughput_per_hour":
+        return _rate(c.value), _rate(c.limit)
     if c.name == "cycle_time_p95":
         return _s(c.value) + " s" if c.value is not None else "—", _s(c.limit) + " s"
     return _idx(c.value), _idx(c.limit)
@@ -153,6 +162,7 @@ CRITERION_LABEL = {
     "rework_rate": "Rework rate ≤",
     "cycle_time_p95": "Cycle time p95 ≤ takt",
     "aql": "AQL sampling plan: defects ≤",
+    "throughput_per_hour": "Line throughput (units/h) ≥",
 }
 
 
@@ -166,6 +176,7 @@ def _header(report: Report, generated_at: datetime, protocol_name: str) -> list[
     run = report.protocol.run
     title, summary = DECISION_TEXT[report.decision]
     results = [c.result.value for op in report.operations for c in op.criteria]
+    results += [c.result.value for c in report.line_criteria]
     window = "—"
     if report.first_record and report.last_record:
         window = f"{report.first_record:%Y-%m-%d %H:%M} – {report.last_record:%Y-%m-%d %H:%M} UTC"
@@ -218,6 +229,20 @@ def _criteria(report: Report) -> list[str]:
                     ]
                 )
             )
+    for c in report.line_criteria:
+        value, limit = _criterion_value(c)
+        rows.append(
+            _row(
+                [
+                    _cell("<i>line</i>"),
+                    _cell(_criterion_label(c)),
+                    _cell(limit, True),
+                    _cell(value, True),
+                    _cell(_badge(c.result.value)),
+                    _cell(f'<span class="note">{escape(c.note)}</span>'),
+                ]
+            )
+        )
     if not rows:
         return ["<h2>Exit criteria</h2><p>The protocol sets no exit criterion.</p>"]
     sizes = report.protocol.sample_sizes
@@ -327,6 +352,112 @@ def _yields(report: Report) -> list[str]:
                 + "</tbody></table></div></div>"
             )
     return out
+
+
+def _over(over: bool | None) -> str:
+    """Against takt in a word and a symbol, not only a colour."""
+    if over is None:
+        return "—"
+    return '<span class="v-fail">✗ over</span>' if over else '<span class="v-pass">✓ within</span>'
+
+
+def line_sentence(report: Report) -> str:
+    """The constraint in one sentence: what limits the line and what takt asks for."""
+    line = report.line
+    if line is None or line.constraint is None or line.throughput_per_hour is None:
+        reason = line.reason if line is not None and line.reason else "no cycle time"
+        return f"No operation can be named as the line's constraint: {reason}."
+    sentence = (
+        f"Operation {line.constraint} limits the line to "
+        f"{_rate(line.throughput_per_hour)} units/h; "
+    )
+    takt_rate = per_hour(line.takt_s)
+    if takt_rate is None:
+        return sentence + "no takt is known."
+    keeps = line.throughput_per_hour >= takt_rate
+    state = "✓ the line keeps takt" if keeps else "✗ the line cannot keep takt"
+    return sentence + f"takt allows {_rate(takt_rate)} units/h ({state})."
+
+
+def _line_view(report: Report) -> list[str]:
+    line = report.line
+    if line is None or not line.operations:
+        return []
+    rows = []
+    for f in line.operations:
+        name = escape(f.operation)
+        if f.operation == line.constraint:
+            name += ' <b class="v-fail">▲ constraint</b>'
+        rows.append(
+            _row(
+                [
+                    _cell(name),
+                    _cell(str(f.stations), True),
+                    _cell(str(f.n), True),
+                    _cell(_s(f.p50_s), True),
+                    _cell(_s(f.p95_s), True),
+                    _cell(_s(f.effective_p50_s), True),
+                    _cell(_s(f.effective_p95_s), True),
+                    _cell(_s(f.takt_s), True),
+                    _cell(_over(f.over_takt_p50)),
+                    _cell(_over(f.over_takt_p95)),
+                ]
+            )
+        )
+    wip_rows = [
+        _row(
+            [
+                _cell(f"{escape(w.between[0])} → {escape(w.between[1])}"),
+                _cell(str(w.units), True),
+                _cell(_f(w.mean, 3), True),
+                _cell("—" if w.max is None else str(w.max), True),
+                _cell(_s(w.mean_wait_s), True),
+                _cell(f'<span class="note">{escape(w.reason or "")}</span>'),
+            ]
+        )
+        for w in line.wip
+    ]
+    wip = (
+        '<table class="wip">'
+        + _head("Between", "Units", "Mean WIP", "Max WIP", "Mean wait s", "Note", numeric_from=1)
+        + "<tbody>"
+        + "".join(wip_rows)
+        + "</tbody></table>"
+        + '<p class="note">Work in progress: units that had ended the first operation and not '
+        "yet started the second, counted at every start and end, averaged over time. Units "
+        "that never started the second (scrapped, still waiting) are left out. Mean WIP = "
+        "units / span × mean wait (Little's law).</p>"
+        if wip_rows
+        else ""
+    )
+    return [
+        '<section class="block line-view"><h2 id="line">Line: which operation limits it</h2>',
+        f'<p class="line-sentence"><b>{escape(line_sentence(report))}</b></p>',
+        svg.line_chart(line),
+        '<table class="line-operations">'
+        + _head(
+            "Operation",
+            "Stations",
+            "n",
+            "CT p50 s",
+            "CT p95 s",
+            "p50 / station",
+            "p95 / station",
+            "Takt s",
+            "p50 vs takt",
+            "p95 vs takt",
+            numeric_from=1,
+        )
+        + "<tbody>"
+        + "".join(rows)
+        + "</tbody></table>",
+        '<p class="note">Stations: distinct stations (and rack slots) that recorded the '
+        "operation, assumed to work in parallel the whole run; per station = cycle time / "
+        "stations. The constraint has the highest p50 per station (a tie: the higher p95); the "
+        "line makes at most 3600 / that p50 units per hour. Takt of the line: the shortest of "
+        "the operations' takts.</p></section>",
+        wip,
+    ]
 
 
 def _capability_summary(report: Report) -> list[str]:
@@ -579,6 +710,7 @@ def render_html(
         *_criteria(report),
         *_sampling_plans(report),
         *_yields(report),
+        *_line_view(report),
         *_capability_summary(report),
         *(_characteristic(c, unit_base) for c in report.characteristics),
         *_golden(report, unit_base),

@@ -189,6 +189,11 @@ class Protocol(_Model):
     operations: tuple[OperationCriteria, ...] = Field(
         default=(), description="Exit criteria per operation, in line order."
     )
+    min_throughput_per_hour: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Minimum units per hour the constraining operation allows (the line view).",
+    )
     signoff: tuple[str, ...] = Field(
         default=("Quality", "Production", "Engineering"),
         description="The functions that sign the gate (signature lines in the HTML report).",

@@ -1,6 +1,6 @@
 """Inline SVG charts for the HTML report: individuals and moving-range charts, a capability
-histogram and a Pareto chart. Plain strings, no JavaScript, no external asset: the report stays
-one self-contained file that prints."""
+histogram, a Pareto chart and the line's cycle times against takt. Plain strings, no
+JavaScript, no external asset: the report stays one self-contained file that prints."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from html import escape
 
 from quality import Capability, ParetoBar, RuleViolation
 from quality.charts import moving_ranges
+from quality.line import Line
 
 WIDTH = 720
 INK = "#1f2933"
@@ -252,3 +253,70 @@ def pareto_chart(bars: Sequence[ParetoBar], operation: str) -> str:
     body.append(_text(left - 4, top + 8, str(round(y.high)), "end", LIMIT))
     body.append(_text(left, height - 6, "failure code (cumulative share in red)", "start", LIMIT))
     return _svg(height, body, f"Failure Pareto of {operation}", width)
+
+
+def line_chart(line: Line) -> str:
+    """Each operation's cycle time per station: p50 as a bar, a whisker up to p95, against the
+    line's takt (dashed). The constraint is named under its bar and an operation over takt says
+    so in words, so neither depends on colour alone."""
+    flows = [f for f in line.operations if f.effective_p50_s is not None]
+    if not flows:
+        return ""
+    height, width = 210, max(320, min(WIDTH, 110 + 110 * len(flows)))
+    left, right, top, bottom = 44.0, width - 70.0, 14.0, height - 48.0
+    tops = [f.effective_p95_s or f.effective_p50_s or 0.0 for f in flows]
+    if line.takt_s is not None:
+        tops.append(line.takt_s)
+    y = _Scale(0.0, max(tops) * 1.12 or 1.0, bottom, top)
+    slot = (right - left) / len(flows)
+    body = [_hline(bottom, left, right, GRID)]
+    for i, f in enumerate(flows):
+        p50 = f.effective_p50_s or 0.0
+        limiting = f.operation == line.constraint
+        over = bool(f.over_takt_p50)
+        x0 = left + i * slot + slot * 0.25
+        middle = x0 + slot * 0.25
+        state = " constraint" if limiting else ""
+        state += " over-takt" if over else ""
+        tip = f"{f.operation}: p50 {_fmt(p50)} s"
+        if f.effective_p95_s is not None:
+            tip += f", p95 {_fmt(f.effective_p95_s)} s"
+        if f.stations > 1:
+            tip += f" per station ({f.stations} stations)"
+        body.append(
+            f'<rect class="bar{state}" x="{x0:.1f}" y="{y(p50):.1f}" width="{slot * 0.5:.1f}" '
+            f'height="{bottom - y(p50):.1f}" fill="{ALARM if limiting else "#8fa9c4"}">'
+            f"<title>{escape(tip)}</title></rect>"
+        )
+        p95 = f.effective_p95_s if f.effective_p95_s is not None else p50
+        whisker = p95 > p50
+        if whisker:
+            y95 = y(p95)
+            body.append(
+                f'<line class="whisker" x1="{middle:.1f}" y1="{y(p50):.1f}" x2="{middle:.1f}" '
+                f'y2="{y95:.1f}" stroke="{INK}" stroke-width="1.2"/>'
+            )
+            body.append(_hline(y95, middle - 6, middle + 6, INK, width=1.2))
+            body.append(_text(middle + 8, y95 + 3, f"p95 {_fmt(p95)}"))
+        # Beside the whisker when there is one, so that the two do not cross.
+        label_x, anchor = (middle - 4, "end") if whisker else (middle, "middle")
+        body.append(_text(label_x, y(p50) - 3, _fmt(p50), anchor))
+        body.append(_text(middle, bottom + 12, f.operation[:18], "middle"))
+        under = "▲ constraint" if limiting else ""
+        if over:
+            under = (under + " · " if under else "") + "✗ over takt"
+        if f.stations > 1:
+            under = (under + " · " if under else "") + f"÷{f.stations} stations"
+        if under:
+            body.append(_text(middle, bottom + 24, under, "middle", ALARM if over else INK))
+    if line.takt_s is not None:
+        body.append(_hline(y(line.takt_s), left, right, SPEC, dash="6 3", width=1.4))
+        body.append(
+            _text(right + 4, y(line.takt_s) + 3, f"takt {_fmt(line.takt_s)} s", "start", SPEC)
+        )
+    body.append(_text(left - 4, top + 8, _fmt(y.high), "end", LIMIT))
+    body.append(_text(left - 4, bottom, "0", "end", LIMIT))
+    body.append(
+        _text(left, height - 6, "cycle time per station, s: bar p50, whisker p95", "start", LIMIT)
+    )
+    return _svg(height, body, "Line: cycle time per operation against takt", width)
