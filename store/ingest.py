@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from contract.decode import ContractError, FlatUnit, decode_units
 from store.decode import CtxKey, Decoded, Decoder, unexpected
+from store.gaps import StreamState
 from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_key
 from store.schema import to_micros
@@ -41,6 +42,9 @@ log = logging.getLogger("store.ingest")
 
 META = "meta"
 _CACHE_LIMIT = 100_000
+
+#: (collector, outbox, kind): one stream of the gap audit.
+StreamKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,9 @@ class BatchResult:
     parked: list[str] = field(default_factory=list)
     #: Parked messages ingested (their meta version arrived).
     unparked: int = 0
+    #: Each stream the batch touched: (its collector's topic base, its gap state after the
+    #: commit); what the store acknowledges to the collector (store.acks).
+    streams: dict[StreamKey, tuple[str, StreamState]] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -78,6 +85,7 @@ class BatchResult:
         self.quarantined.extend(other.quarantined)
         self.parked.extend(other.parked)
         self.unparked += other.unparked
+        self.streams.update(other.streams)
 
 
 def topic_kind(topic: str) -> str | None:
@@ -99,6 +107,8 @@ class _Batch:
     bad: list[tuple[Incoming, str, str]] = field(default_factory=list)
     #: (message, the meta version it waits for) of each message parked.
     parked: list[tuple[Incoming, MetaKey]] = field(default_factory=list)
+    #: The topic base (topic minus its last level) each stream came in under.
+    bases: dict[StreamKey, str] = field(default_factory=dict)
 
 
 class Writer:
@@ -207,7 +217,7 @@ class Writer:
             cur = self._begin(conn)
             # The gap audit first: on PostgreSQL it locks the batch's streams (in id order),
             # which serialises two store processes per stream before any other row.
-            audit(cur, self._sql, self.sqlite, rows.ranges, now)
+            states = audit(cur, self._sql, self.sqlite, rows.ranges, now)
             result.readings = rows.count
             result.readings_inserted = insert_readings(
                 cur,
@@ -239,6 +249,10 @@ class Writer:
         except BaseException:
             self._rollback(conn)
             raise
+        for skey, base in sorted_.bases.items():
+            sid = self._ids.streams.get(skey)
+            if sid is not None and sid in states:
+                result.streams[skey] = (base, states[sid])
         if len(self._metas) > _CACHE_LIMIT:
             self._metas.clear()
         self._metas.update(sorted_.metas)
@@ -255,10 +269,16 @@ class Writer:
         for message in batch:
             kind = topic_kind(message.topic)
             try:
+                base = message.topic.rsplit("/", 1)[0]
                 if kind == READINGS:
-                    out.readings.append((message, self._decoder.decode(message.payload)))
+                    decoded = self._decoder.decode(message.payload)
+                    out.readings.append((message, decoded))
+                    out.bases[(decoded.collector, decoded.outbox, READINGS)] = base
                 elif kind == UNITS:
-                    out.units.append(decode_units(message.payload))
+                    units = decode_units(message.payload)
+                    out.units.append(units)
+                    for u in units:
+                        out.bases[(u.collector, u.outbox, UNITS)] = base
                 elif kind == META:
                     meta = parse_meta(message.payload)
                     out.metas[meta.key] = meta

@@ -37,6 +37,8 @@ class StoreCollector(Collector):
             ("store_units_inserted", "Unit records stored (new rows).", s.units_inserted),
             ("store_batches", "Transactions committed.", s.batches),
             ("store_acks", "PUBACKs sent after a commit.", s.acked),
+            ("store_collector_acks", "Store acknowledgements published to collectors "
+             "({base}/ack).", s.acks_published),
             ("store_readings_pruned", "Readings deleted by retention.", s.pruned),
             ("store_parked", "Readings messages parked until their meta version arrives.",
              s.parked),

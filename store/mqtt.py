@@ -116,6 +116,15 @@ class Subscriber:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish with QoS 1 (a store acknowledgement to a collector); False when not
+        connected (the next one says as much: acks are states, not events)."""
+        with self._lock:
+            if not self.connected:
+                return False
+            info = self._client.publish(topic, payload, qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
     def ack(self, deliveries: Sequence[Delivery]) -> int:
         """PUBACK each message (committed by the caller) received on the current connection;
         the number sent."""

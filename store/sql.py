@@ -183,9 +183,10 @@ def audit(
     sqlite: bool,
     ranges: dict[int, list[tuple[int, int]]],
     now: datetime,
-) -> None:
+) -> dict[int, StreamState]:
     """Merge each stream's received seqs into its gap state (rows locked on PostgreSQL,
-    in id order so two store processes cannot deadlock)."""
+    in id order so two store processes cannot deadlock); each stream's state after."""
+    states: dict[int, StreamState] = {}
     for stream in sorted(ranges):
         received = ranges[stream]
         cur.execute(sql["stream_get"], (stream,))
@@ -205,6 +206,8 @@ def audit(
                 sql["gaps_add"],
                 [(stream, h.first, h.last, db_time(sqlite, h.opened_at)) for h in after.holes],
             )
+        states[stream] = after
+    return states
 
 
 def _marks(n: int) -> str:

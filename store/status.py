@@ -44,6 +44,8 @@ class Stats:
     mqtt_state: str = "not connected yet"
     pruned: int = 0
     queued: int = 0
+    #: Store acknowledgements published to collectors (store.acks).
+    acks_published: int = 0
 
 
 class ServiceView(Protocol):

@@ -1,0 +1,99 @@
+"""Store acknowledgements (store.acks): the book's rules alone, then a real store on a real
+broker acknowledging what it committed, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from store.acks import AckBook
+from store.config import AcksConfig
+from store.gaps import Hole, StreamState
+from tests.helpers import Mosquitto, Subscriber, wait_until
+from tests.store_fixtures import Publisher, StoreProcess
+from tests.test_store_service import PER_MESSAGE, TOPIC, message
+
+KEY = ("pc1", "o1", "readings")
+BASE = "collector/plant-a/line-1/pc1"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def state(low: int, high: int, *holes: tuple[int, int], age_s: float = 60) -> StreamState:
+    opened = T0 - timedelta(seconds=age_s)
+    return StreamState(low, high, tuple(Hole(a, b, opened) for a, b in holes))
+
+
+def test_an_ack_says_what_is_committed_and_asks_for_old_holes() -> None:
+    book = AckBook(AcksConfig(resend_after_s=5))
+    book.update({KEY: (BASE, state(1, 100, (10, 19), (30, 30)))}, now=0.0)
+    [(topic, payload)] = book.due(0.0, T0)
+    assert topic == f"{BASE}/ack"
+    assert orjson.loads(payload) == {
+        "schema": 2, "outbox": "o1", "stream": "readings", "from": 1, "through": 100,
+        "holes": [[10, 19], [30, 30]], "resend": [[10, 19], [30, 30]],
+    }  # fmt: skip
+
+
+def test_young_holes_and_settled_ranges_are_not_asked_for() -> None:
+    book = AckBook(AcksConfig(resend_after_s=5), settled=lambda _k: [(12, 15)])
+    book.update({KEY: (BASE, state(1, 100, (10, 19)))}, now=0.0)
+    assert orjson.loads(book.due(0.0, T0)[0][1])["resend"] == [[10, 11], [16, 19]]
+    book = AckBook(AcksConfig(resend_after_s=5))
+    book.update({KEY: (BASE, state(1, 100, (10, 19), age_s=1))}, now=0.0)
+    assert orjson.loads(book.due(0.0, T0)[0][1])["resend"] == []
+
+
+def test_acks_are_coalesced_and_repeated_on_the_interval() -> None:
+    book = AckBook(AcksConfig(min_interval_ms=200, interval_s=10))
+    book.update({KEY: (BASE, state(1, 10))}, now=0.0)
+    assert len(book.due(0.0, T0)) == 1
+    for i in range(5):  # five batches within 200 ms: one ack, the latest state
+        book.update({KEY: (BASE, state(1, 20 + i))}, now=0.01 * i)
+        assert book.due(0.01 * i, T0) == []
+    [(_, payload)] = book.due(0.2, T0)
+    assert orjson.loads(payload)["through"] == 24
+    assert book.due(5.0, T0) == []
+    assert len(book.due(10.3, T0)) == 1  # the periodic re-ack
+    assert book.due(4000.0, T0) == []  # inactive for over an hour: forgotten
+
+
+def test_a_capped_ack_never_claims_past_its_last_listed_hole() -> None:
+    book = AckBook(AcksConfig(max_ranges=2))
+    book.update({KEY: (BASE, state(1, 100, (10, 10), (20, 20), (30, 30)))}, now=0.0)
+    ack = orjson.loads(book.due(0.0, T0)[0][1])
+    assert ack["through"] == 29
+    assert ack["holes"] == [[10, 10], [20, 20]]
+
+
+def test_the_store_acknowledges_what_it_committed(
+    mosquitto: Mosquitto, db_url: str, tmp_path: Path
+) -> None:
+    store = StoreProcess(
+        tmp_path / "s", mosquitto, db_url, acks={"resend_after_s": 0, "interval_s": 1}
+    )
+    store.start()
+    acks = Subscriber(mosquitto, f"{BASE}/ack", client_id="ack-watcher")
+    feed = Publisher(mosquitto)
+    try:
+        for first in (1, 21, 61):  # 41-60 never sent
+            feed.publish(TOPIC, message(first))
+
+        def last() -> dict[str, object] | None:
+            payloads = acks.payloads("/ack")
+            return payloads[-1] if payloads else None
+
+        wait_until(lambda: (last() or {}).get("through") == 60 + PER_MESSAGE, 20, "an ack")
+        ack = last()
+        assert ack is not None
+        assert (ack["stream"], ack["from"], ack["holes"], ack["resend"]) == (
+            "readings", 1, [[41, 60]], [[41, 60]],
+        )  # fmt: skip
+        count = len(acks.payloads("/ack"))
+        wait_until(lambda: len(acks.payloads("/ack")) > count, 5, "the periodic re-ack")
+        assert store.metric("store_collector_acks_total") >= 2
+    finally:
+        feed.close()
+        acks.close()
+        store.stop()
