@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -132,21 +132,32 @@ class AsyncOutbox:
         return True
 
     async def take(
-        self, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None = None
+        self,
+        after_seq: int,
+        max_readings: int,
+        max_bytes: int,
+        up_to: int | None = None,
+        skip: Callable[[int], bool] | None = None,
     ) -> list[Batch]:
+        """The oldest batches (see :func:`take_batches`), without those whose delete is
+        pending, nor those ``skip`` says (by last seq: sent, waiting for the store's
+        acknowledgement); a contiguous run of them."""
         assert self._reader is not None, "open() first"
         while True:
             batches = take_batches(self._reader, after_seq, max_readings, max_bytes, up_to)
-            if not self._pending_acks:
+            if not self._pending_acks and skip is None:
                 return batches
-            kept = [
-                b
-                for b in batches
-                if not any(lo <= b.last_seq <= hi for lo, hi, _ in self._pending_acks)
-            ]
+            kept: list[Batch] = []
+            for b in batches:
+                held = any(lo <= b.last_seq <= hi for lo, hi, _ in self._pending_acks)
+                if held or (skip is not None and skip(b.last_seq)):
+                    if kept:
+                        break  # one message holds one run: the rest is taken next time
+                    continue
+                kept.append(b)
             if kept or not batches:
                 return kept
-            after_seq = batches[-1].last_seq  # all delivered, awaiting their delete: look further
+            after_seq = batches[-1].last_seq  # all held: look further
 
     def stored_metas(self) -> list[tuple[str, str, bytes]]:
         """Every tag-metadata version kept in the buffer, (device, meta, body), read on the

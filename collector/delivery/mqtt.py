@@ -32,7 +32,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -84,6 +84,9 @@ class MqttPublisher:
         self._refused = False
         self._connection = 0
         self._listener: Callable[[], None] = lambda: None
+        # Subscribed on every connect (the store's acknowledgements); handed to the loop.
+        self._topics: list[str] = []
+        self._handler: Callable[[str, bytes], None] | None = None
 
     # ------------------------------------------------------------------ Publisher
 
@@ -101,6 +104,11 @@ class MqttPublisher:
 
     def set_listener(self, listener: Callable[[], None]) -> None:
         self._listener = listener
+
+    def set_message_handler(
+        self, topics: Sequence[str], handler: Callable[[str, bytes], None]
+    ) -> None:
+        self._topics, self._handler = list(topics), handler
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
@@ -213,6 +221,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.on_log = self._on_log
         return client
 
@@ -261,6 +270,9 @@ class MqttPublisher:
                 self._connected_changed, False, f"refused by broker: {reason}", True
             )
         else:
+            if self._topics:
+                # Every connect: the connection starts clean, so no subscription survives.
+                _c.subscribe([(topic, 1) for topic in self._topics])
             limit = getattr(props, "MaximumPacketSize", None) if props is not None else None
             self._loop.call_soon_threadsafe(
                 self._connected_changed, True, str(reason), False, limit
@@ -279,6 +291,12 @@ class MqttPublisher:
         # error". A plain assignment: read on the loop after the disconnect it precedes.
         if level == mqtt.MQTT_LOG_ERR:
             self._last_error_line = line
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        assert self._loop is not None
+        if self._handler is not None:
+            payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)
+            self._loop.call_soon_threadsafe(self._handler, msg.topic, payload)
 
     def _on_publish(
         self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
