@@ -31,6 +31,7 @@ import orjson
 import sqlalchemy as sa
 
 from contract.decode import ContractError, FlatUnit, decode_units
+from store.announce import Note, parse_gaps
 from store.decode import CtxKey, Decoded, Decoder, unexpected
 from store.gaps import StreamState
 from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
@@ -41,6 +42,7 @@ from store.sql import audit, db_time, insert_readings, insert_units, statements
 log = logging.getLogger("store.ingest")
 
 META = "meta"
+GAPS = "gaps"
 _CACHE_LIMIT = 100_000
 
 #: (collector, outbox, kind): one stream of the gap audit.
@@ -71,6 +73,8 @@ class BatchResult:
     #: Each stream the batch touched: (its collector's topic base, its gap state after the
     #: commit); what the store acknowledges to the collector (store.acks).
     streams: dict[StreamKey, tuple[str, StreamState]] = field(default_factory=dict)
+    #: What collectors said about seqs they will never send (store.announce), committed.
+    notes: list[Note] = field(default_factory=list)
 
     @property
     def duplicates(self) -> int:
@@ -86,14 +90,15 @@ class BatchResult:
         self.parked.extend(other.parked)
         self.unparked += other.unparked
         self.streams.update(other.streams)
+        self.notes.extend(other.notes)
 
 
 def topic_kind(topic: str) -> str | None:
-    """readings, units or meta (``.../meta/{device}``), from the topic's last levels."""
+    """readings, units, gaps or meta (``.../meta/{device}``), from the topic's last levels."""
     levels = topic.rsplit("/", 2)
     if len(levels) == 3 and levels[1] == META:
         return META
-    return levels[-1] if levels[-1] in (READINGS, UNITS) else None
+    return levels[-1] if levels[-1] in (READINGS, UNITS, GAPS) else None
 
 
 @dataclass(slots=True)
@@ -109,6 +114,8 @@ class _Batch:
     parked: list[tuple[Incoming, MetaKey]] = field(default_factory=list)
     #: The topic base (topic minus its last level) each stream came in under.
     bases: dict[StreamKey, str] = field(default_factory=dict)
+    #: A collector's word about seqs it will never send (store.announce).
+    notes: list[Note] = field(default_factory=list)
 
 
 class Writer:
@@ -214,6 +221,10 @@ class Writer:
             except KeyError:  # a stream, series or context the caches do not know yet
                 self._resolve(conn, sorted_)
                 rows = self._rows(sorted_)
+            if any(
+                (n.collector, n.outbox, n.stream) not in self._ids.streams for n in sorted_.notes
+            ):
+                self._resolve(conn, sorted_)
             cur = self._begin(conn)
             # The gap audit first: on PostgreSQL it locks the batch's streams (in id order),
             # which serialises two store processes per stream before any other row.
@@ -245,6 +256,12 @@ class Writer:
             for qid in release:
                 cur.execute(self._sql["release_q"], (qid,))
                 cur.execute(self._sql["release_p"], (qid,))
+            for note in sorted_.notes:
+                stream = self._ids.streams[(note.collector, note.outbox, note.stream)]
+                cur.execute(
+                    self._sql["note_add"],
+                    (stream, note.first, note.last, note.kind, self._time(now)),
+                )
             self._commit(conn, cur)
         except BaseException:
             self._rollback(conn)
@@ -253,6 +270,7 @@ class Writer:
             sid = self._ids.streams.get(skey)
             if sid is not None and sid in states:
                 result.streams[skey] = (base, states[sid])
+        result.notes.extend(sorted_.notes)
         if len(self._metas) > _CACHE_LIMIT:
             self._metas.clear()
         self._metas.update(sorted_.metas)
@@ -282,6 +300,8 @@ class Writer:
                 elif kind == META:
                     meta = parse_meta(message.payload)
                     out.metas[meta.key] = meta
+                elif kind == GAPS:
+                    out.notes.extend(parse_gaps(message.payload))
                 else:
                     raise _bad_topic(message.topic)
             except ContractError as exc:
@@ -529,6 +549,8 @@ class Writer:
         for units in batch.units:
             for u in units:
                 streams.add((u.collector, u.outbox, UNITS))
+        for note in batch.notes:
+            streams.add((note.collector, note.outbox, note.stream))
         streams -= ids.streams.keys()
         if not (streams or series or contexts or orders):
             return

@@ -60,6 +60,8 @@ def topic_filters(config: MqttConfig) -> list[str]:
     return [
         f"{share}{prefix}/+/+/+/readings",
         f"{share}{prefix}/+/+/+/units",
+        # A collector's word about seqs it will never send (store.announce).
+        f"{share}{prefix}/+/+/+/gaps",
         # Retained tag metadata: brokers send no retained messages to shared subscriptions,
         # and writing it twice is harmless, so every store process takes all of it.
         f"{prefix}/+/+/+/meta/+",

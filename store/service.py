@@ -58,7 +58,9 @@ class StoreService:
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.mqtt.receive_maximum)
         self._closing = False
         self._parked_logged: set[str] = set()
-        self.acks = AckBook(config.acks)
+        # Ranges collectors said they will never send (store.announce): not asked for again.
+        self._settled: dict[tuple[str, str, str], set[tuple[int, int]]] = {}
+        self.acks = AckBook(config.acks, settled=lambda key: self._settled.get(key, ()))
         self._acks_changed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -212,6 +214,9 @@ class StoreService:
             s.unparked += result.unparked
             self._log_parked(result.parked, result.unparked)
             s.acked += subscriber.ack(batch)
+            for note in result.notes:
+                key = (note.collector, note.outbox, note.stream)
+                self._settled.setdefault(key, set()).add((note.first, note.last))
             if result.streams:
                 self.acks.update(result.streams, time.monotonic())
                 self._acks_changed.set()

@@ -91,6 +91,15 @@ def statements(sqlite: bool) -> dict[str, str]:
         "release_q": "DELETE FROM quarantine WHERE id = ?",
         "release_p": "DELETE FROM parked WHERE quarantine_id = ?",
         "refused": "UPDATE quarantine SET kind = 'database', reason = ? WHERE id = ?",
+        # A collector's word about seqs it will never send (store.announce): the widest
+        # range said for a (stream, first seq, kind) is kept.
+        "note_add": "INSERT INTO seq_notes (stream, first_seq, last_seq, kind, noted_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, first_seq, kind) DO UPDATE SET "
+        + (
+            "last_seq = max(last_seq, excluded.last_seq)"
+            if sqlite
+            else "last_seq = GREATEST(seq_notes.last_seq, excluded.last_seq)"
+        ),
     }
     if not sqlite:
         sql = {k: v.replace("?", "%s") for k, v in sql.items()}

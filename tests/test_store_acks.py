@@ -10,9 +10,13 @@ import orjson
 
 from store.acks import AckBook
 from store.config import AcksConfig
+from store.db import connect, create_schema
 from store.gaps import Hole, StreamState
+from store.ingest import Incoming, Writer
+from store.status import gap_report, old_gaps
 from tests.helpers import Mosquitto, Subscriber, wait_until
 from tests.store_fixtures import Publisher, StoreProcess
+from tests.test_store_ingest import R_TOPIC, schema1
 from tests.test_store_service import PER_MESSAGE, TOPIC, message
 
 KEY = ("pc1", "o1", "readings")
@@ -97,3 +101,33 @@ def test_the_store_acknowledges_what_it_committed(
         feed.close()
         acks.close()
         store.stop()
+
+
+def test_gaps_in_three_kinds(db_url: str) -> None:
+    """A collector's word splits a stream's holes: never assigned (no error), unavailable
+    (lost at once), and the rest pending until gaps.alert_after_s."""
+
+    engine = connect(db_url)
+    create_schema(engine)
+    writer = Writer(engine)
+    writer.write([Incoming(R_TOPIC, schema1(1, 10)), Incoming(R_TOPIC, schema1(101, 10))])
+    gaps_topic = R_TOPIC.rsplit("/", 1)[0] + "/gaps"
+    said = {
+        "schema": 2, "collector": "pc1", "outbox": "", "stream": "readings",
+        "never_assigned": [[51, 100]], "unavailable": [[11, 20]],
+    }  # fmt: skip
+    result = writer.write([Incoming(gaps_topic, orjson.dumps(said))])
+    assert [(n.kind, n.first, n.last) for n in result.notes] == [
+        ("never_assigned", 51, 100), ("unavailable", 11, 20),
+    ]  # fmt: skip
+    (stream,) = gap_report(engine)
+    assert [(a, b) for a, b, _ in stream.missing] == [(11, 50)]
+    assert stream.never_assigned == [(51, 100)]
+    assert stream.unavailable == [(11, 20)]
+    now = stream.missing[0][2]
+    shown = stream.as_dict(now, 600)
+    assert (shown["missing_seqs"], shown["lost_seqs"], shown["never_assigned_seqs"]) == (40, 40, 50)
+    assert old_gaps([stream], 600, now) == ["pc1/-/readings: seq 11-50 missing for 0 s"]
+    # A forged gaps message is bad input: quarantined, nothing recorded.
+    bad = writer.write([Incoming(gaps_topic, b'{"schema":2,"never_assigned":"all"}')])
+    assert [kind for kind, _ in bad.quarantined] == ["field"]

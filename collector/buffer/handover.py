@@ -29,6 +29,9 @@ from contract.records import ContextChanges
 
 log = logging.getLogger(__package__)
 
+#: Rows :meth:`AsyncOutbox.held_ranges` reads at most.
+HELD_LIMIT = 10_000
+
 
 class AsyncOutbox:
     """The outbox driven from asyncio: every write runs on one dedicated worker thread (an
@@ -158,6 +161,29 @@ class AsyncOutbox:
             if kept or not batches:
                 return kept
             after_seq = batches[-1].last_seq  # all held: look further
+
+    def held_ranges(self, stream: str, first: int, last: int) -> list[tuple[int, int]]:
+        """The seq ranges within [first, last] the buffer still holds, of ``stream``
+        (readings or units); read on the event loop like :meth:`take` (bounded: past
+        :data:`HELD_LIMIT` rows the rest of the range counts as held)."""
+        assert self._reader is not None, "open() first"
+        if stream == "readings":
+            sql = (
+                "SELECT first_seq, last_seq FROM batches WHERE last_seq >= ? AND first_seq <= ? "
+                "ORDER BY last_seq LIMIT ?"
+            )
+        else:
+            sql = "SELECT seq, seq FROM units WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?"
+        try:
+            rows = self._reader.exec_driver_sql(sql, (first, last, HELD_LIMIT)).all()
+            self._reader.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("buffer: cannot read what it holds (%s)", exc)  # noqa: TRY400
+            return [(first, last)]  # unknown: claim nothing is unavailable
+        held = [(int(a), int(b)) for a, b in rows]
+        if len(held) == HELD_LIMIT:
+            held.append((held[-1][1] + 1, last))
+        return held
 
     def stored_metas(self) -> list[tuple[str, str, bytes]]:
         """Every tag-metadata version kept in the buffer, (device, meta, body), read on the

@@ -47,7 +47,7 @@ from collector.delivery.publisher import (
     MqttStatus,
     Publisher,
 )
-from collector.delivery.storesync import StoreSync
+from collector.delivery.storesync import StoreSync, gaps_message
 from collector.delivery.streams import ReadingsStream, Stream, UnitsStream
 from common.backoff import Backoff
 from contract.encode import DeviceMeta, envelope
@@ -195,6 +195,9 @@ class Forwarder:
                 {"readings": self._streams[0], "units": self._streams[1]},
                 self.status,
                 self._wake_stream,
+                held=self._outbox.held_ranges,
+                jumps=lambda stream: self._outbox.outbox.jumps.get(stream, []),
+                answer=self._answer_unheld,
             )
             self._publisher.set_message_handler([ack_topic(config)], self.store_sync.on_message)
         self._connection_seen: tuple[bool, int] | None = None
@@ -221,12 +224,36 @@ class Forwarder:
         if state != self._connection_seen:
             self._connection_seen = state
             if self._publisher.connected:
+                self._announce_jumps()
                 self._publish_old_metas()
                 for device, message in self._meta.items():
                     if device not in self._meta_refused:
                         self._publish_meta(device, message)
             for delivery in self._deliveries:
                 delivery.wake.set()
+
+    def _announce_jumps(self) -> None:
+        """Seq ranges this outbox skipped (a reservation jump after a power cut, a reset
+        buffer), on every connect, not awaited (one lost with its connection goes on the
+        next): the store's gap report then calls them never assigned, not missing."""
+        for stream, spans in self._outbox.outbox.jumps.items():
+            if spans:
+                self._publish_gaps(stream, never_assigned=spans)
+
+    def _answer_unheld(
+        self, stream: str, never: list[tuple[int, int]], gone: list[tuple[int, int]]
+    ) -> None:
+        """The answer to a resend of seqs this buffer does not hold."""
+        self._publish_gaps(stream, never_assigned=never, unavailable=gone)
+
+    def _publish_gaps(self, stream: str, **ranges: list[tuple[int, int]]) -> None:
+        if not self._publisher.connected:
+            return
+        payload = gaps_message(
+            self._config.collector.id, self._outbox.outbox.outbox_id, stream, **ranges
+        )
+        future = self._publisher.publish(f"{topic_base(self._config)}/gaps", payload)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _wake_stream(self, name: str) -> None:
         """A store acknowledgement for a stream ("readings" or "units") arrived."""

@@ -23,6 +23,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import orjson
+
 from collector.config.base import MqttConfig
 from collector.delivery.publisher import MqttStatus
 from collector.delivery.storeack import BadAck, StoreAck, parse_ack
@@ -34,6 +36,26 @@ log = logging.getLogger(__name__)
 RESEND_MIN_AGE_S = 2.0
 #: How often a stream's marks are looked through for a lost tail.
 TAIL_CHECK_S = 1.0
+#: A resend of a range the collector does not hold is answered at most this often.
+ANSWER_EVERY_S = 5.0
+
+#: (stream, first, last) -> the seq ranges of that stream the buffer holds within.
+Held = Callable[[str, int, int], list[tuple[int, int]]]
+
+
+def gaps_message(
+    collector: str, outbox: str, stream: str, **ranges: list[tuple[int, int]]
+) -> bytes:
+    """A ``{base}/gaps`` message (store.announce): seqs this outbox will never send."""
+    body: dict[str, object] = {
+        "schema": 2, "collector": collector, "outbox": outbox, "stream": stream,
+    }  # fmt: skip
+    body.update({kind: [list(r) for r in spans] for kind, spans in ranges.items() if spans})
+    return orjson.dumps(body)
+
+
+def intersect(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [(max(a, c), min(b, d)) for a, b in ranges for c, d in cut if c <= b and a <= d]
 
 
 def subtract(ranges: list[tuple[int, int]], done: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -64,8 +86,18 @@ class StoreSync:
         streams: dict[str, Stream],
         status: MqttStatus,
         wake: Callable[[str], None],
+        *,
+        held: Held | None = None,
+        jumps: Callable[[str], list[tuple[int, int]]] | None = None,
+        answer: Callable[[str, list[tuple[int, int]], list[tuple[int, int]]], None] | None = None,
     ) -> None:
         self._config = config
+        # What the buffer holds, the seq jumps it announced, and how to tell the store
+        # (stream, never assigned, unavailable): for resends of what it does not hold.
+        self._held = held
+        self._jumps = jumps
+        self._answer = answer
+        self._answered: dict[tuple[str, int, int], float] = {}
         self._outbox_id = outbox_id
         self._streams = streams
         self.status = status
@@ -117,6 +149,7 @@ class StoreSync:
                 await stream.store_acked(fresh)
             self._done[name] = covered
             marks.remove(covered)
+            self._answer_unheld(name, ack.resend, now)
             for first, last in ack.resend:
                 again = [
                     m for m in marks.overlapping(first, last) if m.sent_at < now - RESEND_MIN_AGE_S
@@ -131,6 +164,33 @@ class StoreSync:
             self.status.store_waiting_since = self.waiting_since()
         self._show()
         return unmarked
+
+    def _answer_unheld(self, name: str, resend: tuple[tuple[int, int], ...], now: float) -> None:
+        """Asked for seqs the buffer no longer holds: say so, so the store stops waiting
+        for them (never assigned: a jump it announced; unavailable: the rest)."""
+        if self._held is None or self._answer is None:
+            return
+        unheld: list[tuple[int, int]] = []
+        for first, last in resend:
+            if now - self._answered.get((name, first, last), -ANSWER_EVERY_S) < ANSWER_EVERY_S:
+                continue
+            self._answered[(name, first, last)] = now
+            unheld.extend(subtract([(first, last)], self._held(name, first, last)))
+        if len(self._answered) > 10_000:
+            self._answered.clear()
+        if not unheld:
+            return
+        jumps = self._jumps(name) if self._jumps is not None else []
+        never = intersect(unheld, jumps)
+        gone = subtract(unheld, jumps)
+        if gone:
+            log.warning(
+                "mqtt: the store asked again for %s seq %s that this buffer no longer holds "
+                "(dropped at its cap, quarantined, or deleted on a broker's PUBACK); told it so",
+                self._streams[name].name,
+                ", ".join(f"{a}-{b}" for a, b in gone[:5]),
+            )
+        self._answer(name, never, gone)
 
     def _tail(self, name: str, now: float) -> bool:
         """Marks no ack covered, while acks keep coming: lost after the broker's PUBACK."""
