@@ -290,18 +290,25 @@ class Writer:
                 base = message.topic.rsplit("/", 1)[0]
                 if kind == READINGS:
                     decoded = self._decoder.decode(message.payload)
+                    _same_collector(message.topic, kind, decoded.collector)
                     out.readings.append((message, decoded))
                     out.bases[(decoded.collector, decoded.outbox, READINGS)] = base
                 elif kind == UNITS:
                     units = decode_units(message.payload)
+                    for u in units:
+                        _same_collector(message.topic, kind, u.collector)
                     out.units.append(units)
                     for u in units:
                         out.bases[(u.collector, u.outbox, UNITS)] = base
                 elif kind == META:
                     meta = parse_meta(message.payload)
+                    _same_collector(message.topic, kind, meta.collector)
                     out.metas[meta.key] = meta
                 elif kind == GAPS:
-                    out.notes.extend(parse_gaps(message.payload))
+                    notes = parse_gaps(message.payload)
+                    for note in notes:
+                        _same_collector(message.topic, kind, note.collector)
+                    out.notes.extend(notes)
                 else:
                     raise _bad_topic(message.topic)
             except ContractError as exc:
@@ -599,6 +606,23 @@ class Writer:
                 memo.clear()
             value = memo[text] = to_micros(datetime.fromisoformat(text))
         return value
+
+
+def _same_collector(topic: str, kind: str, collector: str) -> None:
+    """The payload's collector id must be the topic's collector level
+    (``{prefix}/{site}/{line}/{id}/{kind}``, ``.../{id}/meta/{device}``): broker ACLs let a
+    line PC publish only under its own topic, so the topic is the identity the broker
+    checked and a payload naming another collector is forged (issue 23: another client's
+    values won under the victim's id)."""
+    levels = topic.split("/")
+    at = -3 if kind == META else -2
+    topic_id = levels[at] if len(levels) >= -at else ""
+    if topic_id != collector:
+        raise ContractError(
+            "collector",
+            f"{collector[:64]!r} published under the topic of collector {topic_id[:64]!r}",
+            "identity",
+        )
 
 
 def _bad_topic(topic: str) -> ContractError:

@@ -50,7 +50,7 @@ class StoreCollector(Collector):
         quarantined = CounterMetricFamily(
             "store_quarantined", "Messages quarantined, by kind.", labels=["kind"]
         )
-        for kind in ("json", "schema", "field", "topic", "database"):
+        for kind in ("json", "schema", "field", "topic", "identity", "conflict", "database"):
             quarantined.add_metric([kind], s.quarantined.get(kind, 0))
         yield quarantined
         errors = CounterMetricFamily(

@@ -23,6 +23,7 @@ the flag says nothing about shared subscriptions (Debian's mosquitto does not re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
@@ -128,9 +129,7 @@ class Subscriber:
     def stop(self) -> None:
         """Disconnect without acknowledging anything more; the session stays on the broker."""
         self._stopping.set()
-        loop, wake = self._aloop, self._wake
-        if loop is not None and wake is not None:
-            loop.call_soon_threadsafe(wake.set)
+        self._wake_supervisor()
         self._client.disconnect()
         if self._thread is not None:
             self._thread.join(10)
@@ -235,9 +234,13 @@ class Subscriber:
             self.connected = False
         self._set_state(False, f"disconnected: {reason}")
         self._lost = True
+        self._wake_supervisor()
+
+    def _wake_supervisor(self) -> None:
         loop, wake = self._aloop, self._wake
         if loop is not None and wake is not None:
-            loop.call_soon_threadsafe(wake.set)
+            with contextlib.suppress(RuntimeError):  # its loop has ended: nothing to wake
+                loop.call_soon_threadsafe(wake.set)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)

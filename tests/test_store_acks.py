@@ -131,3 +131,19 @@ def test_gaps_in_three_kinds(db_url: str) -> None:
     # A forged gaps message is bad input: quarantined, nothing recorded.
     bad = writer.write([Incoming(gaps_topic, b'{"schema":2,"never_assigned":"all"}')])
     assert [kind for kind, _ in bad.quarantined] == ["field"]
+
+
+def test_a_payload_naming_another_collector_is_quarantined(db_url: str) -> None:
+    """Identity is the topic's: another line PC publishing the victim's id and next seqs
+    under its own topic is quarantined and counted; the victim's readings stand."""
+    engine = connect(db_url)
+    create_schema(engine)
+    writer = Writer(engine)
+    writer.write([Incoming(R_TOPIC, schema1(1, 10))])  # pc1, under pc1's topic
+    forged = R_TOPIC.replace("/pc1/", "/pc2/")
+    result = writer.write([Incoming(forged, schema1(11, 10)), Incoming(forged, schema1(1, 10))])
+    assert [kind for kind, _ in result.quarantined] == ["identity", "identity"]
+    assert "'pc1' published under the topic of collector 'pc2'" in result.quarantined[0][1]
+    assert result.readings == 0
+    (stream,) = gap_report(engine)
+    assert (stream.collector, stream.high, stream.received) == ("pc1", 10, 10)
