@@ -228,7 +228,11 @@ class Writer:
             cur = self._begin(conn)
             # The gap audit first: on PostgreSQL it locks the batch's streams (in id order),
             # which serialises two store processes per stream before any other row.
-            states = audit(cur, self._sql, self.sqlite, rows.ranges, now)
+            replayed: dict[int, list[tuple[int, int]]] = {}
+            states = audit(cur, self._sql, self.sqlite, rows.ranges, now, replayed=replayed)
+            # Seqs the stream already had (rare: a redelivery): what is stored for them now,
+            # so that a replay with another time (a second row: ts is in the key) is seen.
+            stored = self._stored(cur, replayed, sorted_) if replayed else {}
             result.readings = rows.count
             result.readings_inserted = insert_readings(
                 cur,
@@ -237,6 +241,8 @@ class Writer:
                 rows,
                 self.engine.dialect.dbapi.IntegrityError,  # type: ignore[union-attr]
             )
+            if stored:
+                result.readings_inserted -= self._conflicts(cur, stored, sorted_, result, now)
             if rows.spans:
                 cur.executemany(
                     self._sql["span"], [(*key, *span) for key, span in sorted(rows.spans.items())]
@@ -281,6 +287,85 @@ class Writer:
             if self._version(conn, key, {}) is not None:
                 arrived.add(key)
         return result, arrived
+
+    def _stored(
+        self, cur: Any, replayed: dict[int, list[tuple[int, int]]], batch: _Batch
+    ) -> dict[tuple[int, int], list[tuple[Any, Any, Any]]]:
+        """(stream, seq) -> [(ts, num, text)] stored, for the replayed seqs of readings
+        streams (one range query each: replays are rare, the fast path has none)."""
+        out: dict[tuple[int, int], list[tuple[Any, Any, Any]]] = {}
+        readings_streams = {
+            self._ids.streams.get((d.collector, d.outbox, READINGS)) for _, d in batch.readings
+        }
+        for stream, spans in replayed.items():
+            if stream not in readings_streams:
+                continue
+            for first, last in spans:
+                cur.execute(self._sql["replay_get"], (stream, first, last))
+                for seq, ts, num, text in cur.fetchall():
+                    out.setdefault((stream, seq), []).append((ts, num, text))
+        return out
+
+    def _conflicts(
+        self,
+        cur: Any,
+        stored: dict[tuple[int, int], list[tuple[Any, Any, Any]]],
+        batch: _Batch,
+        result: BatchResult,
+        now: datetime,
+    ) -> int:
+        """A replayed seq with another time became a second row: delete it, and keep the
+        message in quarantine (kind ``conflict``) with the stored version in its reason;
+        the number of rows deleted. One seq, one row: the first version stays."""
+        streams = {stream for stream, _ in stored}
+        seqs_by_stream: dict[int, list[int]] = {}
+        for stream, seq in stored:
+            seqs_by_stream.setdefault(stream, []).append(seq)
+        deleted = 0
+        bad: dict[int, tuple[Incoming, list[str]]] = {}
+        for stream in sorted(streams):
+            seqs = sorted(seqs_by_stream[stream])
+            cur.execute(self._sql["replay_get"], (stream, seqs[0], seqs[-1]))
+            now_rows: dict[int, list[tuple[Any, Any, Any]]] = {}
+            for seq, ts, num, text in cur.fetchall():
+                now_rows.setdefault(seq, []).append((ts, num, text))
+            for seq in seqs:
+                before = stored[(stream, seq)]
+                old_ts = {row[0] for row in before}
+                for ts, num, text in now_rows.get(seq, []):
+                    if ts in old_ts:
+                        continue
+                    cur.execute(self._sql["replay_del"], (stream, seq, ts))
+                    deleted += 1
+                    message = self._message_of(batch, stream, seq)
+                    if message is not None:
+                        entry = bad.setdefault(id(message), (message, []))
+                        old_ts_, old_num, old_text = before[0]
+                        was = old_num if old_text is None else old_text
+                        new = num if text is None else text
+                        entry[1].append(
+                            f"seq {seq}: stored ts {old_ts_} value {was!r}, "
+                            f"replayed with ts {ts} value {new!r}"
+                        )
+        for message, lines in bad.values():
+            reason = "conflicting replay (kept: the stored version): " + "; ".join(lines[:20])
+            if len(lines) > 20:
+                reason += f"; ... ({len(lines)} seqs)"
+            self._quarantine(cur, message, "conflict", reason, now, whole=True)
+            result.quarantined.append(("conflict", reason))
+        return deleted
+
+    def _message_of(self, batch: _Batch, stream: int, seq: int) -> Incoming | None:
+        for message, decoded in batch.readings:
+            if self._ids.streams.get((decoded.collector, decoded.outbox, READINGS)) != stream:
+                continue
+            for run in decoded.runs:
+                if run.seq <= seq < run.seq + len(run.values):
+                    return message
+            for poll in decoded.polls:
+                if poll.seq <= seq < poll.seq + len(poll.values):
+                    return message
+        return None
 
     def _decode(self, batch: Sequence[Incoming], result: BatchResult) -> _Batch:
         out = _Batch()

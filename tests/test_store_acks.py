@@ -147,3 +147,32 @@ def test_a_payload_naming_another_collector_is_quarantined(db_url: str) -> None:
     assert result.readings == 0
     (stream,) = gap_report(engine)
     assert (stream.collector, stream.high, stream.received) == ("pc1", 10, 10)
+
+
+def test_a_conflicting_replay_is_quarantined_never_a_second_row(db_url: str) -> None:
+    """The same (collector, outbox, seq) replayed with another time would be a second row
+    (ts is in the readings key): it is deleted, the message kept in quarantine with both
+    versions, and counted. A plain redelivery is a duplicate, nothing more."""
+    engine = connect(db_url)
+    create_schema(engine)
+    writer = Writer(engine)
+    writer.write([Incoming(R_TOPIC, schema1(1, 10))])
+    again = writer.write([Incoming(R_TOPIC, schema1(1, 10))])  # a redelivery
+    assert (again.readings_inserted, again.quarantined) == (0, [])
+    doc = orjson.loads(schema1(1, 10))
+    for reading in doc["readings"]:  # the same seqs, another time and value
+        reading["ts"], reading["value"] = "2030-01-01T00:00:00Z", 99.0
+    other = orjson.dumps(doc)
+    result = writer.write([Incoming(R_TOPIC, other)])
+    assert result.readings_inserted == 0
+    assert [kind for kind, _ in result.quarantined] == ["conflict"]
+    assert "replayed with ts" in result.quarantined[0][1]
+    with engine.connect() as conn:
+        rows, seqs = conn.exec_driver_sql(
+            "SELECT count(*), count(DISTINCT seq) FROM readings"
+        ).one()
+        kept = conn.exec_driver_sql(
+            "SELECT kind, payload FROM quarantine WHERE kind = 'conflict'"
+        ).all()
+    assert (rows, seqs) == (10, 10)
+    assert [(k, bytes(p)) for k, p in kept] == [("conflict", other)]
