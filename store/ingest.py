@@ -21,6 +21,7 @@ database does not have.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -242,7 +243,9 @@ class Writer:
                 self.engine.dialect.dbapi.IntegrityError,  # type: ignore[union-attr]
             )
             if stored:
-                result.readings_inserted -= self._conflicts(cur, stored, sorted_, result, now)
+                result.readings_inserted -= self._conflicts(
+                    cur, stored, sorted_, result, now, incoming=incoming_values(rows, stored)
+                )
             if rows.spans:
                 cur.executemany(
                     self._sql["span"], [(*key, *span) for key, span in sorted(rows.spans.items())]
@@ -313,6 +316,8 @@ class Writer:
         batch: _Batch,
         result: BatchResult,
         now: datetime,
+        *,
+        incoming: dict[tuple[int, int], tuple[Any, Any]],
     ) -> int:
         """A replayed seq with another time became a second row: delete it, and keep the
         message in quarantine (kind ``conflict``) with the stored version in its reason;
@@ -332,6 +337,17 @@ class Writer:
             for seq in seqs:
                 before = stored[(stream, seq)]
                 old_ts = {row[0] for row in before}
+                new_value = incoming.get((stream, seq))
+                if new_value is not None and not _same_value(before[0][1:], new_value):
+                    # The same time, other content: insert-or-ignore kept the stored one.
+                    message = self._message_of(batch, stream, seq)
+                    if message is not None:
+                        entry = bad.setdefault(id(message), (message, []))
+                        was = before[0][1] if before[0][2] is None else before[0][2]
+                        new = new_value[0] if new_value[1] is None else new_value[1]
+                        entry[1].append(
+                            f"seq {seq}: stored value {was!r}, replayed with value {new!r}"
+                        )
                 for ts, num, text in now_rows.get(seq, []):
                     if ts in old_ts:
                         continue
@@ -691,6 +707,41 @@ class Writer:
                 memo.clear()
             value = memo[text] = to_micros(datetime.fromisoformat(text))
         return value
+
+
+def incoming_values(
+    rows: BatchRows, wanted: dict[tuple[int, int], Any]
+) -> dict[tuple[int, int], tuple[Any, Any]]:
+    """(stream, seq) -> (num, text) the batch brings, for the ``wanted`` seqs only (the
+    replayed ones: rare)."""
+    out: dict[tuple[int, int], tuple[Any, Any]] = {}
+    for row in rows.simple:
+        if (row[0], row[1]) in wanted:
+            out[(row[0], row[1])] = (row[6], None)
+    for row in rows.full:
+        if (row[0], row[1]) in wanted:
+            out[(row[0], row[1])] = (row[6], row[7])
+    for stream, seq0, _ts, _series, _ctx, values in rows.runs or ():
+        for i, value in enumerate(orjson.loads(values)):
+            if (stream, seq0 + i) in wanted:
+                out[(stream, seq0 + i)] = (value, None)
+    for seq0, (stream, _ts, _ctx), _series_ids, run_values in rows.copy_runs or ():
+        for i, value in enumerate(run_values):
+            if (stream, seq0 + i) in wanted:
+                out[(stream, seq0 + i)] = (value, None)
+    return out
+
+
+def _same_value(stored: tuple[Any, Any], incoming: tuple[Any, Any]) -> bool:
+    """Whether a stored (num, text) and an incoming one are the same reading's value
+    (numbers compared as the REAL/double column holds them; NaN equals NaN)."""
+    (num_a, text_a), (num_b, text_b) = stored, incoming
+    if text_a != text_b or (num_a is None) != (num_b is None):
+        return False
+    if num_a is None:
+        return True
+    a, b = float(num_a), float(num_b)
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _same_collector(topic: str, kind: str, collector: str) -> None:

@@ -176,3 +176,10 @@ def test_a_conflicting_replay_is_quarantined_never_a_second_row(db_url: str) -> 
         ).all()
     assert (rows, seqs) == (10, 10)
     assert [(k, bytes(p)) for k, p in kept] == [("conflict", other)]
+    # The same time, another value: insert-or-ignore keeps the first; counted all the same.
+    doc = orjson.loads(schema1(1, 10))
+    doc["readings"][3]["value"] = 7.5
+    same_time = writer.write([Incoming(R_TOPIC, orjson.dumps(doc))])
+    assert [kind for kind, _ in same_time.quarantined] == ["conflict"]
+    assert "seq 4: stored value 3.25, replayed with value 7.5" in same_time.quarantined[0][1]
+    assert writer.write([Incoming(R_TOPIC, schema1(1, 10))]).quarantined == []
