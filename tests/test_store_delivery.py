@@ -148,6 +148,8 @@ async def test_broker_restart_without_persistence_and_a_stopped_store_lose_nothi
         assert [(g["low_seq"], g["high_seq"], g["missing_seqs"]) for g in readings] == [
             (1, last, 0)
         ]
+        # Resends and redeliveries are duplicates, never conflicts.
+        assert store.metric("store_quarantined_total") == 0
     finally:
         store.stop()
 
