@@ -446,6 +446,19 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
             )
         publisher.loop_stop()
         publisher.disconnect()
+        # The store's acknowledgements to the collector (store.acks): their bytes per reading.
+        ack_bytes = [0, 0]  # bytes (topic + payload), messages
+        watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-acks",
+                              protocol=mqtt.MQTTv5)  # fmt: skip
+
+        def on_ack(_c: Any, _u: Any, msg: Any) -> None:
+            ack_bytes[0] += len(msg.topic) + len(msg.payload)
+            ack_bytes[1] += 1
+
+        watcher.on_message = on_ack
+        watcher.connect(broker.host, broker.port)
+        watcher.subscribe("collector/plant/line/pc1/ack", qos=1)
+        watcher.loop_start()
         engine = connect(url)
         started = time.perf_counter()
         store = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -464,6 +477,8 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
         wall = time.perf_counter() - started
         store.terminate()
         store.wait(30)
+        watcher.loop_stop()
+        watcher.disconnect()
         engine.dispose()
     finally:
         if store is not None and store.poll() is None:  # a failed run leaves no store behind
@@ -479,6 +494,9 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
         "rss_mb_max": round(max(rss), 1),
         "rss_mb_last": round(rss[-1], 1),
         "rss_samples": len(rss),
+        "acks": ack_bytes[1],
+        # Target <= 0.1 (issue 23): at most one ack per stream per 200 ms, whatever the rate.
+        "ack_bytes_per_reading": round(ack_bytes[0] / max(done, 1), 4),
     }
 
 

@@ -22,6 +22,7 @@ from collector.config import Config, DeviceConfig, ValueKeys, load_config
 from collector.context import serials
 from collector.context.tagging import StationContext
 from collector.delivery.forwarder import Delivered, Forwarder, MqttStatus
+from collector.delivery.storesync import store_health
 from collector.operations import metrics
 from collector.operations.health import HealthServer
 from common import systemd
@@ -409,6 +410,7 @@ class Service:
                 f"mqtt: no acknowledgement from the broker for {now - waiting:.0f} s "
                 "(over 2 x mqtt.keepalive_s)"
             )
+        reasons += store_health(mqtt, self.config.mqtt, now)
         limit, oldest = self.config.health.max_unsent_age_s, self._oldest_unsent_ts
         if limit is not None and oldest is not None and now - oldest > limit:
             reasons.append(

@@ -64,12 +64,15 @@ async def wait_or_back(
     probe: Probe | None,
     period_s: float = PROBE_PERIOD_S,
     stop: asyncio.Event | None = None,
+    down: bool = False,
 ) -> bool:
     """Wait ``delay_s``, or less: until a ``probe`` that failed succeeds (the peer is back) or
-    ``stop`` is set. Returns True when the probe ended the wait."""
+    ``stop`` is set. Returns True when the probe ended the wait. ``down``: the caller has just
+    seen the peer down (its connection was refused), so the first probe that succeeds ends the
+    wait: a peer back before this wait's first probe would otherwise wait the whole delay."""
     loop = asyncio.get_running_loop()
     until = loop.time() + delay_s
-    seen_down = False
+    seen_down = down
     while True:
         left = until - loop.time()
         if left <= 0 or (stop is not None and stop.is_set()):

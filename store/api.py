@@ -97,7 +97,8 @@ def create_app(service: ServiceView) -> FastAPI:
     @app.get("/gaps")
     def get_gaps() -> list[dict[str, Any]]:
         now = datetime.now(UTC)
-        return [g.as_dict(now) for g in gap_report(service.engine)]
+        alert = service.config.gaps.alert_after_s
+        return [g.as_dict(now, alert) for g in gap_report(service.engine)]
 
     @app.get("/units")
     def get_units(query: Annotated[UnitQuery, Depends(unit_query)]) -> list[dict[str, Any]]:

@@ -198,6 +198,9 @@ def _gaps(engine: sa.Engine, as_json: bool) -> int:
                 shown += f", ... ({len(g.missing)} ranges)"
             figures = f"{_text(g.high_water):>11} {_text(g.high):>11} {g.missing_count:>9}"
             print(f"{g.collector:<20} {g.outbox or '-':<17} {g.kind:<9} {figures}  {shown}")
+            if g.never_assigned:  # announced by the collector: no error
+                jumps = ", ".join(f"{a}-{b}" for a, b in g.never_assigned[:10])
+                print(f"{'':<20} {'':<17} {'':<9} never assigned (no error): {jumps}")
     return EXIT_GAPS if any(g.missing for g in report) else 0
 
 

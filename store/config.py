@@ -155,6 +155,35 @@ class GapsConfig(_Model):
     )
 
 
+class AcksConfig(_Model):
+    enabled: bool = Field(
+        default=True,
+        description="Publish store acknowledgements on each collector's {base}/ack topic: "
+        "what is committed, so the collector deletes only that (docs/guarantees.md).",
+    )
+    min_interval_ms: int = Field(
+        default=200,
+        ge=10,
+        le=60_000,
+        description="At most one acknowledgement per stream this often (the latest state wins).",
+    )
+    interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Every stream active in the last hour is acknowledged again this often, "
+        "so a collector learns the store is alive and can detect a lost tail.",
+    )
+    resend_after_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A missing seq range open this long is asked for again (resend).",
+    )
+    max_ranges: int = Field(
+        default=100, ge=1, le=10_000, description="Holes and resend ranges per ack, at most."
+    )
+
+
 class RetentionConfig(_Model):
     readings_max_age_days: float | None = Field(
         default=None,
@@ -195,6 +224,7 @@ class StoreConfig(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     gaps: GapsConfig = Field(default_factory=GapsConfig)
+    acks: AcksConfig = Field(default_factory=AcksConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     report: ReportConfig | None = Field(

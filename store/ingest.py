@@ -21,6 +21,7 @@ database does not have.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,9 @@ import orjson
 import sqlalchemy as sa
 
 from contract.decode import ContractError, FlatUnit, decode_units
+from store.announce import Note, parse_gaps
 from store.decode import CtxKey, Decoded, Decoder, unexpected
+from store.gaps import StreamState
 from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
 from store.schema import to_micros
@@ -41,7 +44,11 @@ from store.sql import audit, db_time, insert_readings, insert_units, statements
 log = logging.getLogger("store.ingest")
 
 META = "meta"
+GAPS = "gaps"
 _CACHE_LIMIT = 100_000
+
+#: (collector, outbox, kind): one stream of the gap audit.
+StreamKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,11 @@ class BatchResult:
     parked: list[str] = field(default_factory=list)
     #: Parked messages ingested (their meta version arrived).
     unparked: int = 0
+    #: Each stream the batch touched: (its collector's topic base, its gap state after the
+    #: commit); what the store acknowledges to the collector (store.acks).
+    streams: dict[StreamKey, tuple[str, StreamState]] = field(default_factory=dict)
+    #: What collectors said about seqs they will never send (store.announce), committed.
+    notes: list[Note] = field(default_factory=list)
 
     @property
     def duplicates(self) -> int:
@@ -79,14 +91,16 @@ class BatchResult:
         self.quarantined.extend(other.quarantined)
         self.parked.extend(other.parked)
         self.unparked += other.unparked
+        self.streams.update(other.streams)
+        self.notes.extend(other.notes)
 
 
 def topic_kind(topic: str) -> str | None:
-    """readings, units or meta (``.../meta/{device}``), from the topic's last levels."""
+    """readings, units, gaps or meta (``.../meta/{device}``), from the topic's last levels."""
     levels = topic.rsplit("/", 2)
     if len(levels) == 3 and levels[1] == META:
         return META
-    return levels[-1] if levels[-1] in (READINGS, UNITS) else None
+    return levels[-1] if levels[-1] in (READINGS, UNITS, GAPS) else None
 
 
 @dataclass(slots=True)
@@ -100,6 +114,10 @@ class _Batch:
     bad: list[tuple[Incoming, str, str]] = field(default_factory=list)
     #: (message, the meta version it waits for) of each message parked.
     parked: list[tuple[Incoming, MetaKey]] = field(default_factory=list)
+    #: The topic base (topic minus its last level) each stream came in under.
+    bases: dict[StreamKey, str] = field(default_factory=dict)
+    #: A collector's word about seqs it will never send (store.announce).
+    notes: list[Note] = field(default_factory=list)
 
 
 class Writer:
@@ -228,10 +246,18 @@ class Writer:
             except KeyError:  # a stream, series or context the caches do not know yet
                 self._resolve(conn, sorted_)
                 rows = self._rows(sorted_)
+            if any(
+                (n.collector, n.outbox, n.stream) not in self._ids.streams for n in sorted_.notes
+            ):
+                self._resolve(conn, sorted_)
             cur = self._begin(conn)
             # The gap audit first: on PostgreSQL it locks the batch's streams (in id order),
             # which serialises two store processes per stream before any other row.
-            audit(cur, self._sql, self.sqlite, rows.ranges, now)
+            replayed: dict[int, list[tuple[int, int]]] = {}
+            states = audit(cur, self._sql, self.sqlite, rows.ranges, now, replayed=replayed)
+            # Seqs the stream already had (rare: a redelivery): what is stored for them now,
+            # so that a replay with another time (a second row: ts is in the key) is seen.
+            stored = self._stored(cur, replayed, sorted_) if replayed else {}
             result.readings = rows.count
             result.readings_inserted = insert_readings(
                 cur,
@@ -240,6 +266,10 @@ class Writer:
                 rows,
                 self.engine.dialect.dbapi.IntegrityError,  # type: ignore[union-attr]
             )
+            if stored:
+                result.readings_inserted -= self._conflicts(
+                    cur, stored, sorted_, result, now, incoming=incoming_values(rows, stored)
+                )
             if rows.spans:
                 cur.executemany(
                     self._sql["span"], [(*key, *span) for key, span in sorted(rows.spans.items())]
@@ -259,7 +289,18 @@ class Writer:
             for qid in release:
                 cur.execute(self._sql["release_q"], (qid,))
                 cur.execute(self._sql["release_p"], (qid,))
+            for note in sorted_.notes:
+                stream = self._ids.streams[(note.collector, note.outbox, note.stream)]
+                cur.execute(
+                    self._sql["note_add"],
+                    (stream, note.first, note.last, note.kind, self._time(now)),
+                )
             self._commit(conn, cur)
+        for skey, base in sorted_.bases.items():
+            sid = self._ids.streams.get(skey)
+            if sid is not None and sid in states:
+                result.streams[skey] = (base, states[sid])
+        result.notes.extend(sorted_.notes)
         if len(self._metas) > _CACHE_LIMIT:
             self._metas.clear()
         self._metas.update(sorted_.metas)
@@ -271,18 +312,125 @@ class Writer:
                 arrived.add(key)
         return result, arrived
 
+    def _stored(
+        self, cur: Any, replayed: dict[int, list[tuple[int, int]]], batch: _Batch
+    ) -> dict[tuple[int, int], list[tuple[Any, Any, Any]]]:
+        """(stream, seq) -> [(ts, num, text)] stored, for the replayed seqs of readings
+        streams (one range query each: replays are rare, the fast path has none)."""
+        out: dict[tuple[int, int], list[tuple[Any, Any, Any]]] = {}
+        readings_streams = {
+            self._ids.streams.get((d.collector, d.outbox, READINGS)) for _, d in batch.readings
+        }
+        for stream, spans in replayed.items():
+            if stream not in readings_streams:
+                continue
+            for first, last in spans:
+                cur.execute(self._sql["replay_get"], (stream, first, last))
+                for seq, ts, num, text in cur.fetchall():
+                    out.setdefault((stream, seq), []).append((ts, num, text))
+        return out
+
+    def _conflicts(
+        self,
+        cur: Any,
+        stored: dict[tuple[int, int], list[tuple[Any, Any, Any]]],
+        batch: _Batch,
+        result: BatchResult,
+        now: datetime,
+        *,
+        incoming: dict[tuple[int, int], tuple[Any, Any]],
+    ) -> int:
+        """A replayed seq with another time became a second row: delete it, and keep the
+        message in quarantine (kind ``conflict``) with the stored version in its reason;
+        the number of rows deleted. One seq, one row: the first version stays."""
+        streams = {stream for stream, _ in stored}
+        seqs_by_stream: dict[int, list[int]] = {}
+        for stream, seq in stored:
+            seqs_by_stream.setdefault(stream, []).append(seq)
+        deleted = 0
+        bad: dict[int, tuple[Incoming, list[str]]] = {}
+        for stream in sorted(streams):
+            seqs = sorted(seqs_by_stream[stream])
+            cur.execute(self._sql["replay_get"], (stream, seqs[0], seqs[-1]))
+            now_rows: dict[int, list[tuple[Any, Any, Any]]] = {}
+            for seq, ts, num, text in cur.fetchall():
+                now_rows.setdefault(seq, []).append((ts, num, text))
+            for seq in seqs:
+                before = stored[(stream, seq)]
+                old_ts = {row[0] for row in before}
+                new_value = incoming.get((stream, seq))
+                if new_value is not None and not _same_value(before[0][1:], new_value):
+                    # The same time, other content: insert-or-ignore kept the stored one.
+                    message = self._message_of(batch, stream, seq)
+                    if message is not None:
+                        entry = bad.setdefault(id(message), (message, []))
+                        was = before[0][1] if before[0][2] is None else before[0][2]
+                        new = new_value[0] if new_value[1] is None else new_value[1]
+                        entry[1].append(
+                            f"seq {seq}: stored value {was!r}, replayed with value {new!r}"
+                        )
+                for ts, num, text in now_rows.get(seq, []):
+                    if ts in old_ts:
+                        continue
+                    cur.execute(self._sql["replay_del"], (stream, seq, ts))
+                    deleted += 1
+                    message = self._message_of(batch, stream, seq)
+                    if message is not None:
+                        entry = bad.setdefault(id(message), (message, []))
+                        old_ts_, old_num, old_text = before[0]
+                        was = old_num if old_text is None else old_text
+                        new = num if text is None else text
+                        entry[1].append(
+                            f"seq {seq}: stored ts {old_ts_} value {was!r}, "
+                            f"replayed with ts {ts} value {new!r}"
+                        )
+        for message, lines in bad.values():
+            reason = "conflicting replay (kept: the stored version): " + "; ".join(lines[:20])
+            if len(lines) > 20:
+                reason += f"; ... ({len(lines)} seqs)"
+            self._quarantine(cur, message, "conflict", reason, now, whole=True)
+            result.quarantined.append(("conflict", reason))
+        return deleted
+
+    def _message_of(self, batch: _Batch, stream: int, seq: int) -> Incoming | None:
+        for message, decoded in batch.readings:
+            if self._ids.streams.get((decoded.collector, decoded.outbox, READINGS)) != stream:
+                continue
+            for run in decoded.runs:
+                if run.seq <= seq < run.seq + len(run.values):
+                    return message
+            for poll in decoded.polls:
+                if poll.seq <= seq < poll.seq + len(poll.values):
+                    return message
+        return None
+
     def _decode(self, batch: Sequence[Incoming], result: BatchResult) -> _Batch:
         out = _Batch()
         for message in batch:
             kind = topic_kind(message.topic)
             try:
+                base = message.topic.rsplit("/", 1)[0]
                 if kind == READINGS:
-                    out.readings.append((message, self._decoder.decode(message.payload)))
+                    decoded = self._decoder.decode(message.payload)
+                    _same_collector(message.topic, kind, decoded.collector)
+                    out.readings.append((message, decoded))
+                    out.bases[(decoded.collector, decoded.outbox, READINGS)] = base
                 elif kind == UNITS:
-                    out.units.append(decode_units(message.payload))
+                    units = decode_units(message.payload)
+                    for u in units:
+                        _same_collector(message.topic, kind, u.collector)
+                    out.units.append(units)
+                    for u in units:
+                        out.bases[(u.collector, u.outbox, UNITS)] = base
                 elif kind == META:
                     meta = parse_meta(message.payload)
+                    _same_collector(message.topic, kind, meta.collector)
                     out.metas[meta.key] = meta
+                elif kind == GAPS:
+                    notes = parse_gaps(message.payload)
+                    for note in notes:
+                        _same_collector(message.topic, kind, note.collector)
+                    out.notes.extend(notes)
                 else:
                     raise _bad_topic(message.topic)
             except ContractError as exc:
@@ -520,6 +668,8 @@ class Writer:
         for units in batch.units:
             for u in units:
                 streams.add((u.collector, u.outbox, UNITS))
+        for note in batch.notes:
+            streams.add((note.collector, note.outbox, note.stream))
         streams -= ids.streams.keys()
         if not (streams or series or contexts or orders):
             return
@@ -557,6 +707,58 @@ class Writer:
                 memo.clear()
             value = memo[text] = to_micros(datetime.fromisoformat(text))
         return value
+
+
+def incoming_values(
+    rows: BatchRows, wanted: dict[tuple[int, int], Any]
+) -> dict[tuple[int, int], tuple[Any, Any]]:
+    """(stream, seq) -> (num, text) the batch brings, for the ``wanted`` seqs only (the
+    replayed ones: rare)."""
+    out: dict[tuple[int, int], tuple[Any, Any]] = {}
+    for row in rows.simple:
+        if (row[0], row[1]) in wanted:
+            out[(row[0], row[1])] = (row[6], None)
+    for row in rows.full:
+        if (row[0], row[1]) in wanted:
+            out[(row[0], row[1])] = (row[6], row[7])
+    for stream, seq0, _ts, _series, _ctx, values in rows.runs or ():
+        for i, value in enumerate(orjson.loads(values)):
+            if (stream, seq0 + i) in wanted:
+                out[(stream, seq0 + i)] = (value, None)
+    for seq0, (stream, _ts, _ctx), _series_ids, run_values in rows.copy_runs or ():
+        for i, value in enumerate(run_values):
+            if (stream, seq0 + i) in wanted:
+                out[(stream, seq0 + i)] = (value, None)
+    return out
+
+
+def _same_value(stored: tuple[Any, Any], incoming: tuple[Any, Any]) -> bool:
+    """Whether a stored (num, text) and an incoming one are the same reading's value
+    (numbers compared as the REAL/double column holds them; NaN equals NaN)."""
+    (num_a, text_a), (num_b, text_b) = stored, incoming
+    if text_a != text_b or (num_a is None) != (num_b is None):
+        return False
+    if num_a is None:
+        return True
+    a, b = float(num_a), float(num_b)
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _same_collector(topic: str, kind: str, collector: str) -> None:
+    """The payload's collector id must be the topic's collector level
+    (``{prefix}/{site}/{line}/{id}/{kind}``, ``.../{id}/meta/{device}``): broker ACLs let a
+    line PC publish only under its own topic, so the topic is the identity the broker
+    checked and a payload naming another collector is forged (issue 23: another client's
+    values won under the victim's id)."""
+    levels = topic.split("/")
+    at = -3 if kind == META else -2
+    topic_id = levels[at] if len(levels) >= -at else ""
+    if topic_id != collector:
+        raise ContractError(
+            "collector",
+            f"{collector[:64]!r} published under the topic of collector {topic_id[:64]!r}",
+            "identity",
+        )
 
 
 def _bad_topic(topic: str) -> ContractError:

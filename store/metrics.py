@@ -5,6 +5,7 @@ subscription shows the same, complete picture). docs/store.md lists them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,6 +38,8 @@ class StoreCollector(Collector):
             ("store_units_inserted", "Unit records stored (new rows).", s.units_inserted),
             ("store_batches", "Transactions committed.", s.batches),
             ("store_acks", "PUBACKs sent after a commit.", s.acked),
+            ("store_collector_acks", "Store acknowledgements published to collectors "
+             "({base}/ack).", s.acks_published),
             ("store_readings_pruned", "Readings deleted by retention.", s.pruned),
             ("store_parked", "Readings messages parked until their meta version arrives.",
              s.parked),
@@ -47,7 +50,7 @@ class StoreCollector(Collector):
         quarantined = CounterMetricFamily(
             "store_quarantined", "Messages quarantined, by kind.", labels=["kind"]
         )
-        for kind in ("json", "schema", "field", "topic", "database"):
+        for kind in ("json", "schema", "field", "topic", "identity", "conflict", "database"):
             quarantined.add_metric([kind], s.quarantined.get(kind, 0))
         yield quarantined
         errors = CounterMetricFamily(
@@ -75,15 +78,32 @@ class StoreCollector(Collector):
         ranges = GaugeMetricFamily(
             "store_missing_ranges", "Missing seq ranges per stream.", labels=labels
         )
+        never = GaugeMetricFamily(
+            "store_never_assigned_seqs",
+            "Seqs the collector announced it never assigned (a reservation jump): no error.",
+            labels=labels,
+        )
+        lost = GaugeMetricFamily(
+            "store_lost_seqs",
+            "Missing seqs no longer recoverable (unavailable at the collector, or unanswered "
+            "past gaps.alert_after_s); the rest of store_missing_seqs is pending.",
+            labels=labels,
+        )
+        now = datetime.now(UTC)
+        alert = self._service.config.gaps.alert_after_s
         for g in self._gaps:
             key = [g.collector, g.outbox, g.kind]
             if g.high_water is not None:
                 high.add_metric(key, g.high_water)
             missing.add_metric(key, g.missing_count)
             ranges.add_metric(key, len(g.missing))
+            never.add_metric(key, g.never_assigned_count)
+            lost.add_metric(key, sum(b - a + 1 for a, b, _ in g.lost(alert, now)))
         yield high
         yield missing
         yield ranges
+        yield never
+        yield lost
 
 
 def render(service: ServiceView, gaps: list[StreamGaps], waiting: int | None = None) -> bytes:

@@ -271,3 +271,19 @@ parked = sa.Table(
     sa.Column("meta", sa.Text, nullable=False),
     sa.Index("parked_meta", "collector", "device", "meta"),
 )
+
+#: What a collector said about seqs it will never send (its ``{base}/gaps`` messages,
+#: store.announce): ``never_assigned`` (a seq reservation skipped after a power cut or a reset
+#: buffer) or ``unavailable`` (asked for again, and it no longer holds them: dropped at its
+#: buffer cap, quarantined, or deleted on a broker's PUBACK). The gap report splits a stream's
+#: holes by these: never assigned is no error; unavailable is missing for good.
+seq_notes = sa.Table(
+    "seq_notes",
+    metadata,
+    sa.Column("stream", sa.Integer, nullable=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # never_assigned / unavailable / dropped
+    sa.Column("noted_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("stream", "first_seq", "kind", name="seq_notes_pkey"),
+)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from common import systemd
+from store.acks import AckBook
 from store.config import StoreConfig
 from store.db import connect, error_reason
 from store.ingest import Incoming, Writer, topic_kind
@@ -58,6 +59,10 @@ class StoreService:
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.mqtt.receive_maximum)
         self._closing = False
         self._parked_logged: set[str] = set()
+        # Ranges collectors said they will never send (store.announce): not asked for again.
+        self._settled: dict[tuple[str, str, str], set[tuple[int, int]]] = {}
+        self.acks = AckBook(config.acks, settled=lambda key: self._settled.get(key, ()))
+        self._acks_changed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set; then finish the batch in hand and disconnect."""
@@ -84,6 +89,7 @@ class StoreService:
         if not stop.is_set():
             subscriber.start()
         pruning = asyncio.create_task(self._prune_loop(stop))
+        acking = asyncio.create_task(self._ack_loop(subscriber, stop))
         interval = systemd.watchdog_interval()
         watchdog = (
             None if interval is None else asyncio.create_task(systemd.feed_watchdog(interval))
@@ -97,7 +103,7 @@ class StoreService:
             systemd.notify("STOPPING=1")
             self._closing = True  # a message waiting for room is dropped: the broker keeps it
             subscriber.stop()
-            for task in (pruning, watchdog):
+            for task in (pruning, acking, watchdog):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -218,6 +224,29 @@ class StoreService:
             s.unparked += result.unparked
             self._log_parked(result.parked, result.unparked)
             s.acked += subscriber.ack(batch)
+            for note in result.notes:
+                key = (note.collector, note.outbox, note.stream)
+                self._settled.setdefault(key, set()).add((note.first, note.last))
+            if result.streams:
+                self.acks.update(result.streams, time.monotonic())
+                self._acks_changed.set()
+
+    async def _ack_loop(self, subscriber: Subscriber, stop: asyncio.Event) -> None:
+        """Publish the store acknowledgements the book says are due (store.acks). Not while
+        the database fails: an ack says the store commits, and a collector resends a tail
+        only while acks come."""
+        if not self.config.acks.enabled:
+            return
+        while not stop.is_set():
+            self._acks_changed.clear()
+            wait = 0.5  # not connected, or the database fails: look again soon
+            if subscriber.connected and self.stats.db_ok:
+                for topic, payload in self.acks.due(time.monotonic()):
+                    if subscriber.publish(topic, payload):
+                        self.stats.acks_published += 1
+                wait = max(0.01, self.acks.next_due_s(time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acks_changed.wait(), wait)
 
     def _log_parked(self, reasons: list[str], unparked: int) -> None:
         """Once per meta version waited for, not once per message (a device whose meta

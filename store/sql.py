@@ -91,7 +91,19 @@ def statements(sqlite: bool) -> dict[str, str]:
         "AND m.meta = p.meta",
         "release_q": "DELETE FROM quarantine WHERE id = ?",
         "release_p": "DELETE FROM parked WHERE quarantine_id = ?",
+        "replay_get": "SELECT seq, ts, num, text FROM readings WHERE stream = ? "
+        "AND seq BETWEEN ? AND ?",
+        "replay_del": "DELETE FROM readings WHERE stream = ? AND seq = ? AND ts = ?",
         "refused": "UPDATE quarantine SET kind = 'database', reason = ? WHERE id = ?",
+        # A collector's word about seqs it will never send (store.announce): the widest
+        # range said for a (stream, first seq, kind) is kept.
+        "note_add": "INSERT INTO seq_notes (stream, first_seq, last_seq, kind, noted_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, first_seq, kind) DO UPDATE SET "
+        + (
+            "last_seq = max(last_seq, excluded.last_seq)"
+            if sqlite
+            else "last_seq = GREATEST(seq_notes.last_seq, excluded.last_seq)"
+        ),
     }
     if not sqlite:
         sql = {k: v.replace("?", "%s") for k, v in sql.items()}
@@ -184,9 +196,14 @@ def audit(
     sqlite: bool,
     ranges: dict[int, list[tuple[int, int]]],
     now: datetime,
-) -> None:
+    *,
+    replayed: dict[int, list[tuple[int, int]]] | None = None,
+) -> dict[int, StreamState]:
     """Merge each stream's received seqs into its gap state (rows locked on PostgreSQL,
-    in id order so two store processes cannot deadlock)."""
+    in id order so two store processes cannot deadlock); each stream's state after.
+    ``replayed`` is filled with the received seqs the stream already had (a redelivery, or
+    a conflicting replay: store.ingest looks at those only)."""
+    states: dict[int, StreamState] = {}
     for stream in sorted(ranges):
         received = ranges[stream]
         cur.execute(sql["stream_get"], (stream,))
@@ -197,6 +214,13 @@ def audit(
             holes = tuple(Hole(a, b, read_time(t)) for a, b, t in cur.fetchall())
         before = StreamState(low, high, holes)
         after = merge(before, received, now)
+        if replayed is not None and low is not None and high is not None:
+            had = _covered(before)
+            again = [
+                (max(a, c), min(b, d)) for a, b in received for c, d in had if c <= b and a <= d
+            ]
+            if again:
+                replayed[stream] = again
         count = sum(b - a + 1 for a, b in received)
         cur.execute(sql["stream_set"], (after.low, after.high, count, db_time(sqlite, now), stream))
         if after.holes != before.holes:
@@ -206,6 +230,22 @@ def audit(
                 sql["gaps_add"],
                 [(stream, h.first, h.last, db_time(sqlite, h.opened_at)) for h in after.holes],
             )
+        states[stream] = after
+    return states
+
+
+def _covered(state: StreamState) -> list[tuple[int, int]]:
+    """[low, high] minus the holes: the seqs a stream has."""
+    assert state.low is not None
+    assert state.high is not None
+    out, start = [], state.low
+    for hole in state.holes:
+        if hole.first > start:
+            out.append((start, hole.first - 1))
+        start = hole.last + 1
+    if start <= state.high:
+        out.append((start, state.high))
+    return out
 
 
 def _marks(n: int) -> str:

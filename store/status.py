@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
-from store.schema import gaps, parked, streams
+from store.schema import gaps, parked, seq_notes, streams
 
 if TYPE_CHECKING:
     from store.config import StoreConfig
@@ -44,6 +44,8 @@ class Stats:
     mqtt_state: str = "not connected yet"
     pruned: int = 0
     queued: int = 0
+    #: Store acknowledgements published to collectors (store.acks).
+    acks_published: int = 0
 
 
 class ServiceView(Protocol):
@@ -56,8 +58,18 @@ class ServiceView(Protocol):
     http_stats: Callable[[], dict[str, int]] | None
 
 
+Range = tuple[int, int]
+Hole = tuple[int, int, datetime]
+
+
 @dataclass(frozen=True, slots=True)
 class StreamGaps:
+    """A stream's gap audit, its holes in three kinds (docs/store.md): ``never_assigned``
+    (the collector announced it never gave those seqs out: no error), and ``missing``, the
+    rest, each range either **pending** (asked for again, still recoverable) or **lost**: the
+    collector said it no longer holds it (``unavailable``), or it stayed open longer than
+    ``gaps.alert_after_s`` without an answer."""
+
     collector: str
     outbox: str
     kind: str
@@ -65,15 +77,34 @@ class StreamGaps:
     high: int | None
     high_water: int | None
     received: int
-    #: (first, last, opened_at) of each missing range, lowest first.
-    missing: list[tuple[int, int, datetime]]
+    #: (first, last, opened_at) of each missing range (never-assigned seqs taken out),
+    #: lowest first.
+    missing: list[Hole]
+    #: The parts of the holes the collector announced it never assigned.
+    never_assigned: list[Range] = field(default_factory=list)
+    #: The parts of ``missing`` the collector said it no longer holds.
+    unavailable: list[Range] = field(default_factory=list)
 
     @property
     def missing_count(self) -> int:
         return sum(last - first + 1 for first, last, _ in self.missing)
 
-    def as_dict(self, now: datetime | None = None) -> dict[str, Any]:
+    @property
+    def never_assigned_count(self) -> int:
+        return sum(b - a + 1 for a, b in self.never_assigned)
+
+    def lost(self, alert_after_s: float, now: datetime) -> list[Hole]:
+        """The missing ranges no longer recoverable: said unavailable, or never answered."""
+        out = []
+        for first, last, opened in self.missing:
+            gone = any(a <= last and first <= b for a, b in self.unavailable)
+            if gone or (now - opened).total_seconds() > alert_after_s:
+                out.append((first, last, opened))
+        return out
+
+    def as_dict(self, now: datetime | None = None, alert_after_s: float = 600.0) -> dict[str, Any]:
         now = now or datetime.now(UTC)
+        lost = self.lost(alert_after_s, now)
         return {
             "collector": self.collector,
             "outbox": self.outbox,
@@ -83,23 +114,62 @@ class StreamGaps:
             "high_water": self.high_water,
             "received": self.received,
             "missing_seqs": self.missing_count,
+            "lost_seqs": sum(b - a + 1 for a, b, _ in lost),
+            "never_assigned_seqs": self.never_assigned_count,
             "missing": [
-                {"first": a, "last": b, "age_s": round((now - opened).total_seconds(), 1)}
+                {
+                    "first": a,
+                    "last": b,
+                    "age_s": round((now - opened).total_seconds(), 1),
+                    "state": "missing" if (a, b, opened) in lost else "pending",
+                }
                 for a, b, opened in self.missing
             ],
+            "never_assigned": [{"first": a, "last": b} for a, b in self.never_assigned],
+            "unavailable": [{"first": a, "last": b} for a, b in self.unavailable],
         }
+
+
+def _split(holes: list[Hole], cut: list[Range]) -> tuple[list[Hole], list[Range]]:
+    """(the parts of ``holes`` outside ``cut``, the parts inside it)."""
+    outside: list[Hole] = []
+    inside: list[Range] = []
+    for first, last, opened in holes:
+        pieces = [(first, last)]
+        for a, b in cut:
+            nxt = []
+            for lo, hi in pieces:
+                if b < lo or a > hi:
+                    nxt.append((lo, hi))
+                    continue
+                inside.append((max(lo, a), min(hi, b)))
+                if lo < a:
+                    nxt.append((lo, a - 1))
+                if b < hi:
+                    nxt.append((b + 1, hi))
+            pieces = nxt
+        outside.extend((lo, hi, opened) for lo, hi in pieces)
+    return outside, sorted(inside)
 
 
 def gap_report(engine: sa.Engine) -> list[StreamGaps]:
     """Every stream with its contiguous high-water mark and missing seq ranges."""
     with engine.connect() as conn:
-        holes: dict[int, list[tuple[int, int, datetime]]] = {}
+        holes: dict[int, list[Hole]] = {}
         for stream, first, last, opened in conn.execute(
             sa.select(gaps.c.stream, gaps.c.first_seq, gaps.c.last_seq, gaps.c.opened_at).order_by(
                 gaps.c.stream, gaps.c.first_seq
             )
         ):
             holes.setdefault(stream, []).append((first, last, opened))
+        notes: dict[tuple[int, str], list[Range]] = {}
+        for stream, first, last, said in conn.execute(
+            sa.select(
+                seq_notes.c.stream, seq_notes.c.first_seq, seq_notes.c.last_seq, seq_notes.c.kind
+            )
+        ):
+            kind = "unavailable" if said == "dropped" else said
+            notes.setdefault((stream, kind), []).append((first, last))
         out = []
         for row in conn.execute(
             sa.select(
@@ -107,9 +177,11 @@ def gap_report(engine: sa.Engine) -> list[StreamGaps]:
                 streams.c.low_seq, streams.c.high_seq, streams.c.received,
             ).order_by(streams.c.collector, streams.c.outbox, streams.c.kind)
         ):  # fmt: skip
-            missing = holes.get(row.id, [])
+            raw = holes.get(row.id, [])
+            missing, never = _split(raw, notes.get((row.id, "never_assigned"), []))
+            _, unavailable = _split(missing, notes.get((row.id, "unavailable"), []))
             high_water = None if row.low_seq is None else (
-                missing[0][0] - 1 if missing else row.high_seq
+                raw[0][0] - 1 if raw else row.high_seq
             )  # fmt: skip
             out.append(
                 StreamGaps(
@@ -121,22 +193,25 @@ def gap_report(engine: sa.Engine) -> list[StreamGaps]:
                     high_water,
                     row.received,
                     missing,
+                    never,
+                    unavailable,
                 )
             )
     return out
 
 
 def old_gaps(report: list[StreamGaps], alert_after_s: float, now: datetime) -> list[str]:
-    """One line per missing range open longer than ``alert_after_s`` (for /health)."""
+    """One line per missing range no longer recoverable (for /health): the collector said it
+    does not hold it, or it stayed open longer than ``alert_after_s``. Never-assigned seqs
+    and ranges still asked for (pending) are no problem."""
     out = []
     for stream in report:
-        for first, last, opened in stream.missing:
+        for first, last, opened in stream.lost(alert_after_s, now):
             age = (now - opened).total_seconds()
-            if age > alert_after_s:
-                out.append(
-                    f"{stream.collector}/{stream.outbox or '-'}/{stream.kind}: seq {first}-{last}"
-                    f" missing for {age:.0f} s"
-                )
+            out.append(
+                f"{stream.collector}/{stream.outbox or '-'}/{stream.kind}: seq {first}-{last}"
+                f" missing for {age:.0f} s"
+            )
     return out
 
 

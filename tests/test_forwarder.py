@@ -129,7 +129,7 @@ def config(tmp_path: Path, **mqtt: Any) -> Config:
         {
             "collector": {"id": "pc1", "site": "s", "line": "l"},
             "buffer": {"path": str(tmp_path / "b.db")},
-            "mqtt": mqtt,
+            "mqtt": {"delivery": "broker", **mqtt},  # no store here: delete on PUBACK
             "devices": [
                 {
                     "name": "dev",

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ from common.errors import StartupError
 from contract.records import ContextChanges
 
 log = logging.getLogger(__package__)
+
+#: Rows :meth:`AsyncOutbox.held_ranges` reads at most.
+HELD_LIMIT = 10_000
 
 
 class AsyncOutbox:
@@ -132,21 +135,55 @@ class AsyncOutbox:
         return True
 
     async def take(
-        self, after_seq: int, max_readings: int, max_bytes: int, up_to: int | None = None
+        self,
+        after_seq: int,
+        max_readings: int,
+        max_bytes: int,
+        up_to: int | None = None,
+        skip: Callable[[int], bool] | None = None,
     ) -> list[Batch]:
+        """The oldest batches (see :func:`take_batches`), without those whose delete is
+        pending, nor those ``skip`` says (by last seq: sent, waiting for the store's
+        acknowledgement); a contiguous run of them."""
         assert self._reader is not None, "open() first"
         while True:
             batches = take_batches(self._reader, after_seq, max_readings, max_bytes, up_to)
-            if not self._pending_acks:
+            if not self._pending_acks and skip is None:
                 return batches
-            kept = [
-                b
-                for b in batches
-                if not any(lo <= b.last_seq <= hi for lo, hi, _ in self._pending_acks)
-            ]
+            kept: list[Batch] = []
+            for b in batches:
+                held = any(lo <= b.last_seq <= hi for lo, hi, _ in self._pending_acks)
+                if held or (skip is not None and skip(b.last_seq)):
+                    if kept:
+                        break  # one message holds one run: the rest is taken next time
+                    continue
+                kept.append(b)
             if kept or not batches:
                 return kept
-            after_seq = batches[-1].last_seq  # all delivered, awaiting their delete: look further
+            after_seq = batches[-1].last_seq  # all held: look further
+
+    def held_ranges(self, stream: str, first: int, last: int) -> list[tuple[int, int]]:
+        """The seq ranges within [first, last] the buffer still holds, of ``stream``
+        (readings or units); read on the event loop like :meth:`take` (bounded: past
+        :data:`HELD_LIMIT` rows the rest of the range counts as held)."""
+        assert self._reader is not None, "open() first"
+        if stream == "readings":
+            sql = (
+                "SELECT first_seq, last_seq FROM batches WHERE last_seq >= ? AND first_seq <= ? "
+                "ORDER BY last_seq LIMIT ?"
+            )
+        else:
+            sql = "SELECT seq, seq FROM units WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?"
+        try:
+            rows = self._reader.exec_driver_sql(sql, (first, last, HELD_LIMIT)).all()
+            self._reader.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("buffer: cannot read what it holds (%s)", exc)  # noqa: TRY400
+            return [(first, last)]  # unknown: claim nothing is unavailable
+        held = [(int(a), int(b)) for a, b in rows]
+        if len(held) == HELD_LIMIT:
+            held.append((held[-1][1] + 1, last))
+        return held
 
     def stored_metas(self) -> list[tuple[str, str, bytes]]:
         """Every tag-metadata version kept in the buffer, (device, meta, body), read on the

@@ -54,8 +54,14 @@ def open_outbox(
         moved,
         floor + 1,
     )
+    hinted = SeqHint(path).read()
+    known = max(_salvage_last_seq(path.with_name(moved.name)), *hinted)
     outbox = Outbox(path, max_readings, synchronous, seq_floor=floor)
     outbox.reset = BufferReset(moved, error, floor + 1)
+    # The jump past what may have been handed out: never assigned (the old file's own seqs
+    # are not: they are in the file moved aside, undelivered).
+    outbox.note_jump("readings", known + 1, floor)
+    outbox.note_jump("units", hinted[1] + 1, floor)
     return outbox
 
 

@@ -82,6 +82,23 @@ meta_table = sa.Table(
     sa.Column("value", sa.Integer, nullable=False),
 )
 
+# Seq ranges this outbox skipped: a reservation jump after a power cut (buffer.synchronous
+# normal/off: the hint reserved seqs the lost commits may or may not have used) or a reset
+# buffer. Never assigned to a reading this file holds; announced to the store at every
+# connect (``{base}/gaps``, docs/guarantees.md) so its gap report calls them never assigned,
+# not missing. ``stream``: readings or units.
+jumps_table = sa.Table(
+    "jumps",
+    metadata,
+    sa.Column("stream", sa.String, nullable=False),
+    sa.Column("first_seq", sa.Integer, nullable=False),
+    sa.Column("last_seq", sa.Integer, nullable=False),
+    sa.Column("noted_ts", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("stream", "first_seq"),
+)
+#: Jumps kept (and announced) per stream, newest first.
+MAX_JUMPS = 100
+
 INSERT_BATCHES = "INSERT INTO batches (last_seq, first_seq, ts, body) VALUES (?, ?, ?, ?)"
 DROPPED_KEY = "dropped_total"
 #: The outbox id (docs/messages.md): random, made when the file is created, stored as a signed

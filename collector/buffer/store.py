@@ -47,6 +47,7 @@ from collector.buffer.schema import (
     HINT_RESERVE,
     HINT_RESERVE_UNITS,
     INSERT_BATCHES,
+    MAX_JUMPS,
     OUTBOX_KEY,
     QUARANTINED_KEY,
     Batch,
@@ -56,6 +57,7 @@ from collector.buffer.schema import (
     SeqHint,
     attempts_table,
     batches_table,
+    jumps_table,
     meta_table,
     metadata,
     quarantine_table,
@@ -111,7 +113,12 @@ class Outbox:
             # Above every seq ever handed out, even by commits this file lost (the hint).
             hinted = self.hint.read()
             for stream, floor in zip(("batches", "units"), hinted, strict=True):
+                before = self._last_seq(stream)
                 self._raise_seq(stream, max(seq_floor, floor))
+                if floor > before and not seq_floor:
+                    # A reservation the lost commits did not use up: seqs never given to a
+                    # reading this file holds (a reset's jump is noted by recovery).
+                    self._note_jump(stream, before + 1, floor)
             if not self._meta(OUTBOX_KEY):
                 outbox_id = int.from_bytes(secrets.token_bytes(8), "big", signed=True) or 1
                 # OR IGNORE: a process opening the same new file at the same moment may have
@@ -134,6 +141,8 @@ class Outbox:
         #: 16 hex digits, the same for the file's whole life (docs/messages.md).
         self.outbox_id = (self._meta(OUTBOX_KEY) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big").hex()
         self._conn.commit()
+        #: Seq ranges skipped, per stream (announced to the store as never assigned).
+        self.jumps = self._jumps()
         self._write_hint()
 
     def _raise_seq(self, table: str, floor: int) -> None:
@@ -148,6 +157,38 @@ class Outbox:
             self._conn.execute(
                 sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :s)"), params
             )
+
+    def _note_jump(self, table: str, first: int, last: int) -> None:
+        stream = "readings" if table == "batches" else "units"
+        self._conn.execute(
+            sqlite_insert(jumps_table)
+            .values(stream=stream, first_seq=first, last_seq=last, noted_ts=time.time())
+            .on_conflict_do_nothing()
+        )
+        old = sa.select(jumps_table.c.first_seq).where(jumps_table.c.stream == stream)
+        keep = old.order_by(jumps_table.c.first_seq.desc()).limit(MAX_JUMPS)
+        self._conn.execute(
+            jumps_table.delete().where(
+                jumps_table.c.stream == stream, jumps_table.c.first_seq.not_in(keep)
+            )
+        )
+
+    def note_jump(self, stream: str, first: int, last: int) -> None:
+        """Note seqs this outbox skipped (recovery: a reset buffer's jump)."""
+        with self._conn.begin():
+            self._note_jump("batches" if stream == "readings" else "units", first, last)
+        self.jumps = self._jumps()
+
+    def _jumps(self) -> dict[str, list[tuple[int, int]]]:
+        out: dict[str, list[tuple[int, int]]] = {"readings": [], "units": []}
+        for stream, first, last in self._conn.execute(
+            sa.select(
+                jumps_table.c.stream, jumps_table.c.first_seq, jumps_table.c.last_seq
+            ).order_by(jumps_table.c.first_seq)
+        ):
+            out.setdefault(stream, []).append((first, last))
+        self._conn.commit()
+        return out
 
     def _count_readings(self, where: str = "", **params: int) -> int:
         return int(

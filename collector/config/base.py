@@ -103,6 +103,16 @@ class ValueKeys(StrEnum):
     NAME = "name"
 
 
+class Delivery(StrEnum):
+    """When a reading leaves the buffer (docs/guarantees.md)."""
+
+    #: Only once the central store acknowledged it committed (on {base}/ack).
+    STORE = "store"
+    #: On the broker's PUBACK: for consumers without a store; a broker that loses a message
+    #: after its PUBACK (a restart without persistence, a full queue) loses it for good.
+    BROKER = "broker"
+
+
 class MqttConfig(ReconnectBackoff):
     host: Host = Field(default="127.0.0.1", description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
@@ -142,6 +152,26 @@ class MqttConfig(ReconnectBackoff):
     # The broker's first reconnect waits longer than a device's (docs/configuration.md);
     # reconnect_max_ms and the order check: ReconnectBackoff.
     reconnect_min_ms: ReconnectMinMs = 1000
+    delivery: Delivery = Field(
+        default=Delivery.STORE,
+        description="store: a reading leaves the buffer once the central store acknowledged "
+        "it committed; broker: on the broker's PUBACK (no store; a broker that loses a "
+        "message after its PUBACK loses it for good).",
+    )
+    store_resend_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="delivery store: readings sent this long ago and not covered by the "
+        "store's acknowledgements, while they keep coming, are sent again.",
+    )
+    store_ack_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="delivery store: /health degrades when readings wait for the store and "
+        "no store acknowledgement came for this long.",
+    )
 
     @model_validator(mode="after")
     def _one_password_source(self) -> Self:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from collector.buffer import AsyncOutbox, Batch
 from collector.config import Config
+from collector.config.base import Delivery
 from collector.delivery.mqtt import MqttPublisher
 from collector.delivery.publisher import (
     PACKET_TOO_LARGE,
@@ -46,6 +47,7 @@ from collector.delivery.publisher import (
     MqttStatus,
     Publisher,
 )
+from collector.delivery.storesync import StoreSync, gaps_message
 from collector.delivery.streams import ReadingsStream, Stream, UnitsStream
 from common.backoff import Backoff
 from contract.encode import DeviceMeta, envelope
@@ -80,6 +82,11 @@ Delivered = Callable[[bytes], None]
 def topic_base(config: Config) -> str:
     c = config.collector
     return f"{config.mqtt.topic_prefix.rstrip('/')}/{c.site}/{c.line}/{c.id}"
+
+
+def ack_topic(config: Config) -> str:
+    """Where the central store acknowledges what it committed (store.acks)."""
+    return f"{topic_base(config)}/ack"
 
 
 def topics(config: Config) -> tuple[str, str]:
@@ -179,6 +186,20 @@ class Forwarder:
             UnitsStream(outbox, self.units_topic),
         ]
         self._deliveries: list[_Delivery] = []
+        # mqtt.delivery store: rows leave the buffer on the store's acknowledgement.
+        self.store_sync: StoreSync | None = None
+        if self._mqtt.delivery is Delivery.STORE:
+            self.store_sync = StoreSync(
+                self._mqtt,
+                lambda: self._outbox.outbox.outbox_id,
+                {"readings": self._streams[0], "units": self._streams[1]},
+                self.status,
+                self._wake_stream,
+                held=self._outbox.held_ranges,
+                jumps=lambda stream: self._outbox.outbox.jumps.get(stream, []),
+                answer=self._answer_unheld,
+            )
+            self._publisher.set_message_handler([ack_topic(config)], self.store_sync.on_message)
         self._connection_seen: tuple[bool, int] | None = None
         # device -> its retained tag metadata message (set_meta) and its version; the devices
         # whose current metadata the broker refused.
@@ -203,11 +224,41 @@ class Forwarder:
         if state != self._connection_seen:
             self._connection_seen = state
             if self._publisher.connected:
+                self._announce_jumps()
                 self._publish_old_metas()
                 for device, message in self._meta.items():
                     if device not in self._meta_refused:
                         self._publish_meta(device, message)
             for delivery in self._deliveries:
+                delivery.wake.set()
+
+    def _announce_jumps(self) -> None:
+        """Seq ranges this outbox skipped (a reservation jump after a power cut, a reset
+        buffer), on every connect, not awaited (one lost with its connection goes on the
+        next): the store's gap report then calls them never assigned, not missing."""
+        for stream, spans in self._outbox.outbox.jumps.items():
+            if spans:
+                self._publish_gaps(stream, never_assigned=spans)
+
+    def _answer_unheld(
+        self, stream: str, never: list[tuple[int, int]], gone: list[tuple[int, int]]
+    ) -> None:
+        """The answer to a resend of seqs this buffer does not hold."""
+        self._publish_gaps(stream, never_assigned=never, unavailable=gone)
+
+    def _publish_gaps(self, stream: str, **ranges: list[tuple[int, int]]) -> None:
+        if not self._publisher.connected:
+            return
+        payload = gaps_message(
+            self._config.collector.id, self._outbox.outbox.outbox_id, stream, **ranges
+        )
+        future = self._publisher.publish(f"{topic_base(self._config)}/gaps", payload)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _wake_stream(self, name: str) -> None:
+        """A store acknowledgement for a stream ("readings" or "units") arrived."""
+        for delivery in self._deliveries:
+            if delivery.stream.topic.endswith(f"/{name}"):
                 delivery.wake.set()
 
     def meta_topic(self, device: str) -> str:
@@ -341,6 +392,10 @@ class Forwarder:
                     d.stale = True
                 elif refused is False:
                     backoff.reset()
+            if self.store_sync is not None:
+                key = "readings" if stream is self._streams[0] else "units"
+                if await self.store_sync.settle(key):
+                    d.stale = True  # asked for again: taken again, oldest first
             # The deletes of what the broker acknowledged ride along with the buffer writer's
             # next commit (one transaction, one fsync); when none comes soon, they go alone.
             waiting = stream.deletes_waiting_s()
@@ -570,7 +625,10 @@ class Forwarder:
     async def _delivered(self, d: _Delivery, item: _InFlight) -> None:
         if d.cap is not None and item.last_seq >= d.cap[1]:
             d.cap = None  # the split range went through
-        await d.stream.delivered(item.first_seq, item.last_seq)
+        if self.store_sync is None:
+            await d.stream.delivered(item.first_seq, item.last_seq)
+        else:  # kept (never taken again) until the store acknowledges it
+            d.stream.marks.add(item.first_seq, item.last_seq, item.items, time.monotonic())
         d.stream.count_delivered(self.status, item.items)
         self.status.last_accepted_ts = time.time()
         if self._on_delivered is not None:

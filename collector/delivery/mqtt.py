@@ -32,7 +32,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -84,6 +84,9 @@ class MqttPublisher:
         self._refused = False
         self._connection = 0
         self._listener: Callable[[], None] = lambda: None
+        # Subscribed on every connect (the store's acknowledgements); handed to the loop.
+        self._topics: list[str] = []
+        self._handler: Callable[[str, bytes], None] | None = None
 
     # ------------------------------------------------------------------ Publisher
 
@@ -101,6 +104,11 @@ class MqttPublisher:
 
     def set_listener(self, listener: Callable[[], None]) -> None:
         self._listener = listener
+
+    def set_message_handler(
+        self, topics: Sequence[str], handler: Callable[[str, bytes], None]
+    ) -> None:
+        self._topics, self._handler = list(topics), handler
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future[Ack]:
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
@@ -154,7 +162,9 @@ class MqttPublisher:
                 self._connected_changed(
                     False, self._episode_reason(f"cannot connect to {m.host}:{m.port}: {reason}")
                 )
-                await self._pause(backoff.next_delay(), probe)
+                # A refused connection: the broker is down (restarting), not refusing us.
+                down = isinstance(exc, ConnectionRefusedError)
+                await self._pause(backoff.next_delay(), probe, down)
                 continue
             self._client = client
             started = loop.time()
@@ -213,12 +223,13 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.on_log = self._on_log
         return client
 
-    async def _pause(self, seconds: float, probe: Probe) -> None:
+    async def _pause(self, seconds: float, probe: Probe, down: bool = False) -> None:
         """The backoff, cut short when the broker, down until now, answers again."""
-        if await wait_or_back(seconds, probe, stop=self._closing):
+        if await wait_or_back(seconds, probe, stop=self._closing, down=down):
             log.info("mqtt: broker reachable again; reconnecting")
 
     async def _watch_acks(self, client: mqtt.Client, timeout_s: float) -> None:
@@ -261,6 +272,9 @@ class MqttPublisher:
                 self._connected_changed, False, f"refused by broker: {reason}", True
             )
         else:
+            if self._topics:
+                # Every connect: the connection starts clean, so no subscription survives.
+                _c.subscribe([(topic, 1) for topic in self._topics])
             limit = getattr(props, "MaximumPacketSize", None) if props is not None else None
             self._loop.call_soon_threadsafe(
                 self._connected_changed, True, str(reason), False, limit
@@ -279,6 +293,12 @@ class MqttPublisher:
         # error". A plain assignment: read on the loop after the disconnect it precedes.
         if level == mqtt.MQTT_LOG_ERR:
             self._last_error_line = line
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        assert self._loop is not None
+        if self._handler is not None:
+            payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)
+            self._loop.call_soon_threadsafe(self._handler, msg.topic, payload)
 
     def _on_publish(
         self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None

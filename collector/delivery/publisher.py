@@ -13,13 +13,15 @@ that imports paho); the forwarder's unit tests use a fake that answers in micros
   Packet Size) are read whenever the forwarder decides what to send next.
 - The listener given to :meth:`Publisher.set_listener` is called on the event loop on each
   connect, disconnect and answer, so the forwarder wakes without polling.
+- :meth:`Publisher.set_message_handler` subscribes to topics on every connect (the store's
+  acknowledgements, ``{base}/ack``) and hands each message to the forwarder on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,6 +77,13 @@ class Publisher(Protocol):
         """Publish with QoS 1; the future holds the broker's answer."""
         ...
 
+    def set_message_handler(
+        self, topics: Sequence[str], handler: Callable[[str, bytes], None]
+    ) -> None:
+        """Subscribe (QoS 1) to ``topics`` on every connect; call ``handler(topic, payload)``
+        on the loop for each message. (Only with ``mqtt.delivery: store``.)"""
+        ...
+
     async def run(self) -> None:
         """Connect, and connect again after each loss, until :meth:`close`."""
         ...
@@ -111,6 +120,19 @@ class MqttStatus:
     unacknowledged_since: float | None = None
     #: Publishes the broker refused since the last one it accepted.
     refused_since_success: int = 0
+    #: mqtt.delivery store: readings and unit records the broker took that wait for the
+    #: store's acknowledgement (still in the buffer), and when (epoch s) the last one came.
+    store_waiting_readings: int = 0
+    store_waiting_units: int = 0
+    #: When (epoch s) the oldest of them was sent (updated about once a second).
+    store_waiting_since: float | None = None
+    last_store_ack_ts: float | None = None
+    store_acks: int = 0
+    #: Acks refused (malformed, forged: reason -> count) and acks for another outbox.
+    store_acks_refused: Counter[str] = field(default_factory=Counter)
+    store_acks_other_outbox: int = 0
+    #: Items sent again: asked for by the store (resend), or a tail it never acknowledged.
+    store_resent: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -129,4 +151,12 @@ class MqttStatus:
             "backlog_next_seq": self.backlog_next_seq,
             "unacknowledged_since": self.unacknowledged_since,
             "refused_since_success": self.refused_since_success,
+            "store_waiting_readings": self.store_waiting_readings,
+            "store_waiting_units": self.store_waiting_units,
+            "store_waiting_since": self.store_waiting_since,
+            "last_store_ack_ts": self.last_store_ack_ts,
+            "store_acks": self.store_acks,
+            "store_acks_refused": dict(self.store_acks_refused),
+            "store_acks_other_outbox": self.store_acks_other_outbox,
+            "store_resent": self.store_resent,
         }

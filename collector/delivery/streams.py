@@ -20,6 +20,7 @@ from typing import Protocol
 
 from collector.buffer import AsyncOutbox, Batch
 from collector.delivery.publisher import MqttStatus
+from collector.delivery.sentmarks import SentMarks
 from contract.encode import with_seq
 
 # Unit records per message: they are few and small (one per unit per operation).
@@ -40,6 +41,9 @@ class Stream(Protocol):
     shown: bool
     #: Set when rows were appended.
     appended: asyncio.Event
+    #: mqtt.delivery store: what the broker took and the store has not acknowledged yet;
+    #: never taken while marked.
+    marks: SentMarks
 
     @property
     def depth(self) -> int:
@@ -71,6 +75,14 @@ class Stream(Protocol):
 
     def count_delivered(self, status: MqttStatus, items: int) -> None: ...
 
+    async def store_acked(self, ranges: list[tuple[int, int]]) -> None:
+        """Delete the rows of these seq ranges: the store has committed them."""
+        ...
+
+    def last_assigned(self) -> int:
+        """The highest seq this outbox ever assigned in this stream."""
+        ...
+
 
 class ReadingsStream:
     name = "readings"
@@ -83,6 +95,7 @@ class ReadingsStream:
         self.window = window
         self.max_items = max_items
         self.appended = outbox.appended
+        self.marks = SentMarks()
 
     @property
     def depth(self) -> int:
@@ -94,7 +107,8 @@ class ReadingsStream:
     async def take(
         self, after_seq: int, max_items: int, max_bytes: int, up_to: int | None
     ) -> list[Batch]:
-        return await self._outbox.take(after_seq, max_items, max_bytes, up_to)
+        skip = self.marks.holds if len(self.marks) else None
+        return await self._outbox.take(after_seq, max_items, max_bytes, up_to, skip)
 
     async def delivered(self, first_seq: int, last_seq: int) -> None:
         self._outbox.delivered(first_seq, last_seq)  # deleted with the writer's next commit
@@ -115,6 +129,13 @@ class ReadingsStream:
         status.messages_accepted += 1
         status.readings_delivered += items
 
+    async def store_acked(self, ranges: list[tuple[int, int]]) -> None:
+        for first, last in ranges:
+            self._outbox.delivered(first, last)  # deleted with the writer's next commit
+
+    def last_assigned(self) -> int:
+        return self._outbox.outbox.last_seq
+
 
 class UnitsStream:
     name = "unit records"
@@ -127,6 +148,7 @@ class UnitsStream:
         self._outbox = outbox
         self.topic = topic
         self.appended = outbox.units_appended
+        self.marks = SentMarks()
         # Delivered, even if their delete failed: never sent again (until a restart).
         self._delivered_through = 0
 
@@ -140,14 +162,23 @@ class UnitsStream:
     async def take(
         self, after_seq: int, max_items: int, max_bytes: int, up_to: int | None
     ) -> list[Batch]:
-        rows = await self._outbox.take_units(max(after_seq, self._delivered_through), max_items)
-        # Each record is a batch of one, numbered as it goes out (stored without its seq);
-        # its read time does not matter here (0.0): no unsent age is shown for them.
-        return [
-            Batch(seq, seq, 0.0, with_seq([(seq, body)]))
-            for seq, body in rows
-            if up_to is None or seq <= up_to
-        ]
+        after = max(after_seq, self._delivered_through)
+        while True:
+            rows = await self._outbox.take_units(after, max_items)
+            # Each record is a batch of one, numbered as it goes out (stored without its
+            # seq); its read time does not matter here (0.0): no unsent age is shown.
+            kept: list[Batch] = []
+            for seq, body in rows:
+                if up_to is not None and seq > up_to:
+                    break
+                if self.marks.holds(seq):
+                    if kept:
+                        break
+                    continue
+                kept.append(Batch(seq, seq, 0.0, with_seq([(seq, body)])))
+            if kept or not rows or (up_to is not None and rows[-1][0] >= up_to):
+                return kept
+            after = rows[-1][0]  # all sent and waiting for the store: look further
 
     async def delivered(self, first_seq: int, last_seq: int) -> None:
         self._delivered_through = max(self._delivered_through, last_seq)
@@ -167,3 +198,10 @@ class UnitsStream:
 
     def count_delivered(self, status: MqttStatus, items: int) -> None:
         status.units_delivered += items
+
+    async def store_acked(self, ranges: list[tuple[int, int]]) -> None:
+        for first, last in ranges:
+            await self._outbox.ack_units(first, last)
+
+    def last_assigned(self) -> int:
+        return self._outbox.outbox.last_unit_seq

@@ -83,7 +83,13 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
         {
             "collector": {"id": "demo-pc1", "site": "demo-plant", "line": "pilot-line-1"},
             "buffer": {"path": str(buffer), "max_readings": 1_000_000},
-            "mqtt": {"host": broker_host, "port": broker_port, "shutdown_grace_s": 3},
+            # No central store in the demo: readings leave the buffer on the broker's PUBACK.
+            "mqtt": {
+                "host": broker_host,
+                "port": broker_port,
+                "shutdown_grace_s": 3,
+                "delivery": "broker",
+            },
             "health": {"host": "127.0.0.1", "port": 0},
             "stations": [
                 {

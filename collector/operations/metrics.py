@@ -7,6 +7,7 @@ docs/metrics.md lists them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -175,12 +176,49 @@ class ServiceCollector(Collector):
         for reason, count in sorted(mqtt.rejected.items()):
             rejected.add_metric([reason], count)
         yield rejected
+        yield from _store_figures(mqtt)
         yield _histogram(
             "collector_mqtt_publish_rtt_seconds",
             "From publish to the broker's acknowledgement.",
             [],
             [([], mqtt.publish_rtt)],
         )
+
+
+def _store_figures(mqtt: MqttStatus) -> Iterator[Metric]:
+    """mqtt.delivery store: what waits for the central store's acknowledgement."""
+    yield GaugeMetricFamily(
+        "collector_store_waiting_readings",
+        "Readings the broker took that wait for the store's acknowledgement (in the buffer).",
+        value=mqtt.store_waiting_readings,
+    )
+    yield GaugeMetricFamily(
+        "collector_store_waiting_units",
+        "Unit records the broker took that wait for the store's acknowledgement.",
+        value=mqtt.store_waiting_units,
+    )
+    last = mqtt.last_store_ack_ts
+    yield GaugeMetricFamily(
+        "collector_store_ack_age_seconds",
+        "Seconds since the last store acknowledgement (-1: none yet).",
+        value=-1 if last is None else max(0.0, time.time() - last),
+    )
+    yield CounterMetricFamily(
+        "collector_store_acks", "Store acknowledgements applied.", value=mqtt.store_acks
+    )
+    refused = CounterMetricFamily(
+        "collector_store_acks_refused",
+        "Store acknowledgements ignored as malformed or forged, by reason.",
+        labels=["reason"],
+    )
+    for reason, count in sorted(mqtt.store_acks_refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
+    yield CounterMetricFamily(
+        "collector_store_resent",
+        "Items sent again: asked for by the store, or a tail it never acknowledged.",
+        value=mqtt.store_resent,
+    )
 
 
 #: Station counters: (metric suffix, Figures attribute, help).
