@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from scipy import stats
-
 
 class Level(StrEnum):
     """Inspection levels of Table I: special S-1..S-4 (small samples, large risks) and
@@ -149,6 +147,10 @@ def accepted_with_half_probability(sample_size: int, accept: int) -> float:
     Beta(c + 1, n - c). Ac >= n accepts every lot: 1.0."""
     if accept >= sample_size:
         return 1.0
+    # scipy (about 1.5 s to import) only when an OC figure is asked for: the protocol model
+    # imports this module, and every store command and start reads a protocol.
+    from scipy import stats  # noqa: PLC0415
+
     return float(stats.beta.median(accept + 1, sample_size - accept))
 
 

@@ -172,3 +172,19 @@ def test_the_cycle_check_finds_a_lazy_cycle(tmp_path: Path) -> None:
     path = tmp_path / "probe.py"
     path.write_text(source, encoding="utf-8")
     assert "store.service" in _imports("probe", path)
+
+
+def test_starting_a_store_or_collector_command_loads_no_scipy() -> None:
+    # scipy takes about 1.5 s to import: quality's statistics import it when they compute,
+    # not when a protocol model or a service's modules are loaded.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, collector.cli, store.cli, store.service, store.api, store.report.protocol; "
+        "print('scipy' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -39,7 +39,14 @@ def line_config(
     return {
         "collector": {"id": "pc1", "site": "plant-a", "line": "line-1"},
         "buffer": {"path": str(tmp_path / "b.db")},
-        "mqtt": {"host": broker.host, "port": broker.port, "keepalive_s": 5, "shutdown_grace_s": 5},
+        # No central store here: records leave the buffer on the broker's PUBACK.
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "keepalive_s": 5,
+            "shutdown_grace_s": 5,
+            "delivery": "broker",
+        },
         "health": {"port": 0},
         "stations": [
             {
