@@ -37,9 +37,10 @@ fi
 # Quiet when nothing changed; pip says what it installs otherwise.
 .venv/bin/pip install -q -e '.[test]'
 
-# Two workers on a 2-core machine; the fault tests share one xdist group (one worker, one
-# after the other) so that two broker-killing tests never starve each other.
-parallel=(-n "${TEST_WORKERS:-2}" --dist loadgroup)
+# Four workers on a 2-core machine: most tests wait on a broker, a database or a timeout, not
+# on the CPU (two workers kept about one core busy). The fault tests share one xdist group (one
+# worker, one after the other) so that two broker-killing tests never starve each other.
+parallel=(-n "${TEST_WORKERS:-4}" --dist loadgroup)
 case "$tier" in
   default) exec .venv/bin/python -m pytest "${parallel[@]}" "$@" ;;
   slow) exec .venv/bin/python -m pytest -m slow "$@" ;;
