@@ -16,7 +16,6 @@ from tests.helpers import (
 from tests.opcua_fixtures import pki, rack, secure_rack  # noqa: F401 - the OPC-UA tests' servers
 from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of the store's tests
 
-
 #: Tests that kill or restart brokers and stores: the fault suite and the store hand-over's.
 FAULT_TESTS = ("tests/faults/", "tests/test_store_delivery.py", "tests/test_store_reconnect.py")
 
