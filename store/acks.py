@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from contract.ranges import subtract
 from store.config import AcksConfig
 from store.gaps import StreamState
 
@@ -108,7 +109,7 @@ class AckBook:
         for hole in holes:
             if (wall - hole.opened_at).total_seconds() < self.config.resend_after_s:
                 continue
-            resend.extend(_minus((hole.first, hole.last), settled))
+            resend.extend(subtract([(hole.first, hole.last)], settled))
         return orjson.dumps(
             {
                 "schema": ACK_SCHEMA,
@@ -120,20 +121,3 @@ class AckBook:
                 "resend": [list(r) for r in resend[:limit]],
             }
         )
-
-
-def _minus(span: tuple[int, int], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``span`` without the ranges of ``cut``."""
-    pieces = [span]
-    for a, b in cut:
-        nxt = []
-        for lo, hi in pieces:
-            if b < lo or a > hi:
-                nxt.append((lo, hi))
-                continue
-            if lo < a:
-                nxt.append((lo, a - 1))
-            if b < hi:
-                nxt.append((b + 1, hi))
-        pieces = nxt
-    return pieces

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from collector.config import Config
 from collector.delivery.sentmarks import SentMarks
 from collector.delivery.storeack import BadAck, parse_ack
-from collector.delivery.storesync import subtract
+from contract.ranges import intersect, subtract
 from drivers.modbus.sim import SimulatedModbusServer
 from store.db import connect
 from tests.helpers import (
@@ -323,3 +323,5 @@ def test_sent_marks_hold_until_removed_and_find_a_lost_tail() -> None:
     marks.discard(marks.overlapping(25, 25))
     assert marks.items == 10
     assert subtract([(1, 100)], [(1, 40), (60, 70)]) == [(41, 59), (71, 100)]
+    assert subtract([(5, 9)], [(1, 20)]) == []
+    assert intersect([(1, 100), (200, 210)], [(90, 205)]) == [(90, 100), (200, 205)]

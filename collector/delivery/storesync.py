@@ -29,6 +29,7 @@ from collector.config.base import MqttConfig
 from collector.delivery.publisher import MqttStatus
 from collector.delivery.storeack import BadAck, StoreAck, parse_ack
 from collector.delivery.streams import Stream
+from contract.ranges import intersect, subtract
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +53,6 @@ def gaps_message(
     }  # fmt: skip
     body.update({kind: [list(r) for r in spans] for kind, spans in ranges.items() if spans})
     return orjson.dumps(body)
-
-
-def intersect(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(max(a, c), min(b, d)) for a, b in ranges for c, d in cut if c <= b and a <= d]
-
-
-def subtract(ranges: list[tuple[int, int]], done: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of ``ranges`` outside every range of ``done``."""
-    out = []
-    for span in ranges:
-        pieces = [span]
-        for a, b in done:
-            nxt = []
-            for lo, hi in pieces:
-                if b < lo or a > hi:
-                    nxt.append((lo, hi))
-                    continue
-                if lo < a:
-                    nxt.append((lo, a - 1))
-                if b < hi:
-                    nxt.append((b + 1, hi))
-            pieces = nxt
-        out.extend(pieces)
-    return out
 
 
 class StoreSync:
