@@ -16,19 +16,25 @@ from tests.helpers import (
 from tests.opcua_fixtures import pki, rack, secure_rack  # noqa: F401 - the OPC-UA tests' servers
 from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of the store's tests
 
-#: Tests that kill or restart brokers and stores: the fault suite and the store hand-over's.
-FAULT_TESTS = ("tests/faults/", "tests/test_store_delivery.py", "tests/test_store_reconnect.py")
+#: Tests that kill or restart brokers and stores, by group: each group runs one test at a time
+#: on one worker (the two groups side by side: one group in a row would be the tier's longest
+#: path).
+FAULT_GROUPS = {
+    "faults": ("tests/faults/",),
+    "handover": ("tests/test_store_delivery.py", "tests/test_store_reconnect.py"),
+}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The fault tests (tests/faults/: brokers killed, disks filled, links cut; the store
-    hand-over's broker restarts) run in one xdist group, one after the other on one worker,
+    hand-over's broker restarts) run in xdist groups, one after the other on one worker each,
     so that two of them never starve each other of the machine's two cores (their bounds are
     for a fault's recovery, not for a crowded CPU)."""
     for item in items:
-        if item.nodeid.startswith(FAULT_TESTS):
-            item.add_marker(pytest.mark.xdist_group("faults"))
+        for group, prefixes in FAULT_GROUPS.items():
+            if item.nodeid.startswith(prefixes):
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 def require_mosquitto() -> None:
