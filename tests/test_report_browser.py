@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from playwright.sync_api import expect
 
 from bench.pilot_run import fill_pilot_run
 from store.report import Protocol, render_report
@@ -179,7 +180,8 @@ def test_the_stores_report_page_drills_down_to_a_unit(mosquitto: Mosquitto, tmp_
                 page.wait_for_url(f"{base}/units/PILOT-03", timeout=10_000)
                 assert page.locator("h1").inner_text() == "Unit PILOT-03"
                 rows = page.locator("#operations tr")
-                assert rows.count() == 3  # the header, the fail and the retest
+                # The unit page renders from its JSON once loaded: wait for the rows.
+                expect(rows).to_have_count(3, timeout=10_000)  # the header, fail and retest
                 assert "fail" in rows.nth(1).inner_text()
                 assert "pass" in rows.nth(2).inner_text()
             finally:
