@@ -148,7 +148,14 @@ class Line:
                     {} if COMMIT_INTERVAL_MS is None else {"commit_interval_ms": COMMIT_INTERVAL_MS}
                 ),
             },
-            "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "shutdown_grace_s": 2},
+            # No central store here: what is measured is line -> collector -> broker, so rows
+            # leave the buffer on the broker's PUBACK (mqtt.delivery: broker).
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": self.broker.port,
+                "shutdown_grace_s": 2,
+                "delivery": "broker",
+            },
             "health": {"port": self.health_port},
             "devices": [
                 {

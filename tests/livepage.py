@@ -29,7 +29,8 @@ def page_config(
     config: dict[str, Any] = {
         "collector": {"id": "pc1", "site": "plant-a", "line": "line-1"},
         "buffer": {"path": str(folder / "b.db")},
-        "mqtt": {"host": broker.host, "port": broker.port, "keepalive_s": 5},
+        # No central store: rows leave the buffer on the broker's PUBACK.
+        "mqtt": {"host": broker.host, "port": broker.port, "keepalive_s": 5, "delivery": "broker"},
         "health": {"port": free_port(), "token_env": "COLLECTOR_API_TOKEN"},
         "stations": [{"name": "ft-1", "operation": "functional-test", "serial_source": "http"}],
         "devices": [
