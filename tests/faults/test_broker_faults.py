@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.buffer import Outbox
 from collector.config import Config
 from contract.decode import decode_readings
@@ -242,6 +244,9 @@ async def test_a_broker_that_drops_oversized_messages_and_disconnects(
     assert len(missing) <= quarantined
 
 
+# Its three waits (drops, drained, deletes) are 60 s each: the test's own timeout must be above
+# their sum, or a slow machine ends it with pytest-timeout's stack dump instead of the step.
+@pytest.mark.timeout(240)
 async def test_cap_reached_during_a_long_outage_drops_the_oldest_and_counts_exactly(
     mosquitto: Mosquitto, modbus_server: SimulatedModbusServer, tmp_path: Path
 ) -> None:
