@@ -2,7 +2,7 @@
 # Install what the tests need on this machine, then run a tier of them.
 #
 #   bash tests/run.sh            the default tier: every real component (mosquitto, PostgreSQL,
-#                                Chromium, asyncua, pymodbus), under 5 minutes on 2 cores
+#                                Chromium, asyncua, pymodbus), about 5 minutes on 2 cores
 #   bash tests/run.sh slow       the slow tier: package installs, the demo script, bench smokes,
 #                                soaks (about 5 minutes more)
 #   bash tests/run.sh all        both, one after the other (what CI runs)
