@@ -35,6 +35,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for group, prefixes in FAULT_GROUPS.items():
             if item.nodeid.startswith(prefixes):
                 item.add_marker(pytest.mark.xdist_group(group))
+        # A long store test's PostgreSQL case: the SQLite case keeps the behaviour in the
+        # default tier, the store's other PostgreSQL tests keep the dialect there.
+        callspec = getattr(item, "callspec", None)
+        if (
+            item.get_closest_marker("slow_on_postgresql") is not None
+            and callspec is not None
+            and callspec.params.get("db_url") == "postgresql"
+        ):
+            item.add_marker(pytest.mark.slow)
 
 
 def require_mosquitto() -> None:

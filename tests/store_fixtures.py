@@ -84,8 +84,19 @@ class StoreProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(lambda: port_open(self.port), 20, f"store HTTP on {self.port}")
+        # A start-up imports SQLAlchemy, Alembic and FastAPI and migrates: about 1.5 s on an
+        # idle machine, over 20 s seen on a crowded one; the bound only catches a hang.
+        wait_until(self._up, 60, f"store HTTP on {self.port}")
         wait_until(lambda: self.health()["mqtt"]["connected"], 20, "store connected to broker")
+
+    def _up(self) -> bool:
+        """The HTTP port answers; a process that died says so at once, with its log."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"store exited with {self.process.returncode}: {self.log.read_text()[-2000:]}"
+            )
+        return port_open(self.port)
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=10, **kwargs)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from collector.config import Config
@@ -46,6 +47,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow_on_postgresql
 async def test_collector_stream_is_stored_and_found_by_unit(
     mosquitto: Mosquitto,
     modbus_server: SimulatedModbusServer,

@@ -85,6 +85,7 @@ def stores(tmp_path: Path) -> Iterator[list[StoreProcess]]:
         store.kill()
 
 
+@pytest.mark.slow_on_postgresql
 def test_kills_of_store_and_broker_lose_and_duplicate_nothing(
     mosquitto: Mosquitto, db_url: str, tmp_path: Path, stores: list[StoreProcess]
 ) -> None:
@@ -114,6 +115,7 @@ def test_kills_of_store_and_broker_lose_and_duplicate_nothing(
     store.stop()
 
 
+@pytest.mark.slow_on_postgresql
 def test_two_stores_on_a_shared_subscription(
     mosquitto: Mosquitto, db_url: str, tmp_path: Path, stores: list[StoreProcess]
 ) -> None:

@@ -439,6 +439,15 @@ def explain_failure(
             "the broker closed the connection before answering CONNECT: a TLS port? (set "
             f"mqtt.tls with ca_file, and client certificates if it asks) ({_short(detail)})"
         )
+    if before_connack and tls_config is not None and tls_config.cert_file:
+        # TLS 1.3 checks our certificate after our side finished the handshake: when the
+        # broker closes at once, its alert can be lost under our CONNECT (seen on a loaded
+        # machine as an EOF or a reset), and the certificate is then the likely cause.
+        return (
+            "the broker closed the TLS connection before answering CONNECT: it most likely "
+            "refused our client certificate (mqtt.tls.cert_file): is it signed by a CA in the "
+            f"broker's cafile, and still valid? ({_short(detail)})"
+        )
     if before_connack:
         return f"the broker closed the connection before answering CONNECT ({_short(detail)})"
     return detail
