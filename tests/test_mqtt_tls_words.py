@@ -18,7 +18,7 @@ def test_an_alert_is_named_with_what_to_set() -> None:
 
 
 def test_a_close_after_the_handshake_with_a_client_certificate_points_at_the_certificate() -> None:
-    """TLS 1.3: the broker's verdict on our certificate can be lost when it closes at once."""
+    """The broker's verdict on our certificate can be lost when it closes at once."""
     said = explain_failure(EOF_TEXT, True, WITH_CERT, before_connack=True)
     assert said == (
         "the broker closed the TLS connection before answering CONNECT: it most likely refused "

@@ -356,7 +356,7 @@ class MqttPublisher:
         (and the log line, once per episode) does not flap."""
         last = self.status.last_connect_error
         vague = "before answering CONNECT" in reason or "EOF occurred" in reason
-        if vague and "TLS" not in reason and last is not None and "TLS" in last:
+        if vague and last is not None and "TLS alert" in last:
             return last
         return reason
 
@@ -440,9 +440,9 @@ def explain_failure(
             f"mqtt.tls with ca_file, and client certificates if it asks) ({_short(detail)})"
         )
     if before_connack and tls_config is not None and tls_config.cert_file:
-        # TLS 1.3 checks our certificate after our side finished the handshake: when the
-        # broker closes at once, its alert can be lost under our CONNECT (seen on a loaded
-        # machine as an EOF or a reset), and the certificate is then the likely cause.
+        # A broker that refuses our certificate sends its alert and closes at once; bytes of
+        # ours it has not read make that close a reset, which can discard the alert (seen as
+        # an EOF, with TLS 1.2 and 1.3). The certificate is then the likely cause.
         return (
             "the broker closed the TLS connection before answering CONNECT: it most likely "
             "refused our client certificate (mqtt.tls.cert_file): is it signed by a CA in the "
