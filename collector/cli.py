@@ -18,11 +18,17 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collector import __version__
-from collector.config import Config, load_config
-from collector.config.loader import config_warnings
 from common.errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, StartupError
+
+if TYPE_CHECKING:
+    from collector.config import Config
+
+# The collector's config model (pydantic, the driver registry) is imported by the commands that
+# read a config, not here: `collector store ...` starts without it (a store process is started
+# often, and tests start hundreds).
 
 log = logging.getLogger("collector")
 
@@ -196,6 +202,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "check":
         return _check(args.config)
     if args.command == "run":
+        from collector.config import load_config  # noqa: PLC0415 - see the imports' comment
+        from collector.config.loader import config_warnings  # noqa: PLC0415
+
         try:
             # starting: what the start needs of the machine (buffer.path), as check says it
             config = load_config(args.config, starting=True)
@@ -224,6 +233,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "buffer":
         return _buffer(args)
     if args.command == "schema":
+        from collector.config import Config  # noqa: PLC0415 - see the imports' comment
+
         print(json.dumps(Config.model_json_schema(), indent=2))
         return 0
     if args.command == "store":
@@ -242,6 +253,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _check(path: Path) -> int:
+    from collector.config import load_config  # noqa: PLC0415 - see the imports' comment
+    from collector.config.loader import config_warnings  # noqa: PLC0415
+
     try:
         config = load_config(path, starting=True)
     except ConfigError as exc:
@@ -306,6 +320,8 @@ def _buffer(args: argparse.Namespace) -> int:
 
     path: Path = args.path
     if args.config is not None:
+        from collector.config import load_config  # noqa: PLC0415 - see the imports' comment
+
         try:
             path = load_config(args.config).buffer.path
         except ConfigError as exc:
