@@ -25,7 +25,13 @@ from quality import (
 from quality.line import Line, Visit, line_figures
 from quality.sampling import single_plan
 from quality.yields import INCOMPLETE, PASS
-from store.report.gauge_check import GaugeResult, gauge_results, measurement_notes
+from store.report.gauge_check import (
+    GaugeResult,
+    GoldenValues,
+    gauge_results,
+    golden_values,
+    measurement_notes,
+)
 from store.report.load import NO_OPERATION, CharacteristicValue, RunData
 from store.report.protocol import (
     AqlCriterion,
@@ -398,6 +404,7 @@ def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ())
         limits[c.operation][c.name] = (c.capability.lsl, c.capability.usl)
     operations = []
     gauges: list[GaugeResult] = []
+    golden_by_key: GoldenValues | None = None  # gathered once, if a gauge check asks
     for operation in ordered:
         wanted = protocol.criteria_for(operation)
         figures = operation_figures(operation, attempts, wanted.takt_s if wanted else None)
@@ -407,7 +414,9 @@ def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ())
             aql = _aql(data, operation, figures.units, wanted.aql)
             criteria.append(_aql_criterion(aql, wanted.aql))
         if wanted is not None and wanted.gauge is not None:
-            studies = gauge_results(data, operation, wanted.gauge, limits[operation])
+            if golden_by_key is None:
+                golden_by_key = golden_values(data)
+            studies = gauge_results(golden_by_key, operation, wanted.gauge, limits[operation])
             gauges += studies
             criteria += [
                 Criterion(g.name, Result(g.result), g.value, g.limit, g.note) for g in studies

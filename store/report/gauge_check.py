@@ -10,6 +10,7 @@ Pure: works on loaded :class:`~store.report.load.RunData` and the run's characte
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,8 +70,20 @@ def _judge(study: GaugeStudy | None, wanted: GaugeCriterion, n: int, tolerance: 
     return ("pass" if value >= wanted.min_cg else FAIL), value, note
 
 
+GoldenValues = dict[tuple[str, str, str], list[float]]  # (serial, operation, name) -> values
+
+
+def golden_values(data: RunData) -> GoldenValues:
+    """Every golden sample's measurements, in time order, once for all the studies."""
+    found: GoldenValues = defaultdict(list)
+    for v in data.characteristics:
+        if v.golden and v.value is not None and math.isfinite(v.value):
+            found[(v.serial, v.operation, v.name)].append(v.value)
+    return found
+
+
 def gauge_results(
-    data: RunData,
+    golden: GoldenValues,
     operation: str,
     wanted: GaugeCriterion,
     limits: dict[str, tuple[float | None, float | None]],
@@ -80,16 +93,7 @@ def gauge_results(
     found = []
     for serial, references in wanted.references.items():
         for name, reference in references.items():
-            values = [
-                v.value
-                for v in data.characteristics
-                if v.golden
-                and v.serial == serial
-                and v.operation == operation
-                and v.name == name
-                and v.value is not None
-                and math.isfinite(v.value)
-            ]
+            values = golden.get((serial, operation, name), [])
             lsl, usl = limits.get(name, (None, None))
             tolerance = lsl is not None and usl is not None and usl > lsl
             study = None
