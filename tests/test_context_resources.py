@@ -202,8 +202,7 @@ EXAMPLE = (REPO / "config" / "assembly-cell.yaml").read_text()
         (
             "    operator_source: {device: scanner-2, tag: badge}",
             "    operator_source: {device: scanner-9, tag: badge}",
-            "cell.yaml:19: stations[0].operator_source.device: device 'scanner-9' is not "
-            "defined",
+            "cell.yaml:19: stations[0].operator_source.device: device 'scanner-9' is not defined",
         ),
     ],
 )
