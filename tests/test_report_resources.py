@@ -286,6 +286,18 @@ def test_the_store_ingests_resources_and_the_report_reads_them(tmp_path: Path) -
     assert [dict(u.resources) for u in data.units][:2] == [
         {}, {"fixture": "nest-2", "operator": "OP-anna"},
     ]  # fmt: skip
+    # The genealogy and its CSV show them too.
+    from store.genealogy import UnitQuery, search_units, unit_genealogy
+    from store.pages.csvout import units_csv
+
+    genealogy = unit_genealogy(engine, "PILOT-0001")
+    assert genealogy is not None
+    assert genealogy["operations"][0]["resources"] == {"fixture": "nest-2", "operator": "OP-anna"}
+    found = search_units(engine, UnitQuery(serial="PILOT-000*"))
+    csv_text = units_csv(found)
+    assert csv_text.splitlines()[0].endswith(",work_order,resources")
+    assert '"{""fixture"": ""nest-2"", ""operator"": ""OP-anna""}"' in csv_text
+    assert sorted(u["resources"] == {} for u in found) == [False] * 5 + [True]
     doc = report(engine, {})
     assert [
         (s["kind"], s["without"], [v["value"] for v in s["values"]]) for s in doc["resources"]
