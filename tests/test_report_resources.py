@@ -306,3 +306,46 @@ def test_the_store_ingests_resources_and_the_report_reads_them(tmp_path: Path) -
         ("fixture", 1, ["nest-2", "nest-1"]),
     ]
     engine.dispose()
+
+
+def test_the_example_protocol_has_a_gauge_check_and_a_success_run() -> None:
+    from store.report import load_protocol
+    from tests.helpers import REPO
+
+    protocol = load_protocol(REPO / "config" / "pilot-protocol.yaml")
+    gauge = protocol.operations[1].gauge
+    assert gauge is not None
+    assert (gauge.min_cg, gauge.min_measurements) == (1.33, 25)
+    assert gauge.references == {"GOLD-1": {"supply_voltage": 12.045, "leakage_current": 9.55}}
+    plan = protocol.certification_tests["drop-1m"].success_run
+    assert (plan.reliability, plan.confidence) == (0.9, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "operations:\n  - name: ft\n    gauge: {references: {}}\n",
+            "pilot.yaml:3: operations[0].gauge.references: name a golden sample and a "
+            "characteristic's reference value",
+        ),
+        (
+            "operations:\n  - name: ft\n    gauge:\n      min_cg: 0\n"
+            "      references: {G: {v: 1}}\n",
+            "pilot.yaml:4: operations[0].gauge.min_cg: Input should be greater than 0",
+        ),
+        (
+            "certification_tests:\n  drop: {success_run: {reliability: 1.0, confidence: 0.9}}\n",
+            "pilot.yaml:2: certification_tests.drop.success_run.reliability: Input should be less",
+        ),
+    ],
+)
+def test_bad_gauge_and_success_run_options_name_file_line_and_path(
+    text: str, expected: str
+) -> None:
+    from common.errors import ConfigError
+    from store.report import parse_protocol
+
+    with pytest.raises(ConfigError) as info:
+        parse_protocol(text, "pilot.yaml")
+    assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
