@@ -99,9 +99,9 @@ def test_units_carry_the_operator_and_the_resources_at_their_start_and_after_a_r
     cell.poll(2.0, result=1, nest=1, program="v1.4")
     cell.poll(2.5, result=0, nest=2, program="v1.4")  # the fixture indexes to nest 2
     cell.scan(3.0, "serial", "SN2")
-    cell.poll(3.5, result=2, nest=3, program="v1.5")  # SN2 keeps what was there at its start
+    cell.poll(3.5, result=2, nest=3.0, program="v1.5")  # SN2 keeps what was there at its start
     # The nest tag and the serial in the same moment: the nest is applied first.
-    cell.ctx.tag("plc", [Reading(4.0, "nest", 4)])
+    cell.ctx.tag("plc", [Reading(4.0, "nest", 4.0)])  # a whole float: nest "4", not "4.0"
     cell.scan(4.0, "serial", "SN3")
     changes = cell.ctx.take_changes()
     again = Cell(cell.cfg)  # a restart: the open unit and the last values come back

@@ -81,6 +81,14 @@ def _text(value: Value) -> str | None:
     return text or None
 
 
+def resource_text(value: Value) -> str | None:
+    """A resource tag's value as a unit record names it: text, a whole number without ``.0``
+    (a nest register read as 3.0 is nest "3", as one read as 3)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _text(value)
+
+
 def map_verdict(station: StationConfig, value: Value) -> Verdict | None:
     """The verdict a tag value means, or None for "no verdict" (e.g. 0 while testing)."""
     if value is None or station.verdict is None:
@@ -362,7 +370,7 @@ class StationContext:
             # The same check as a serial's (length, control characters): it goes into records.
             self._on_work_order(station, _text(value))
         elif kind in _RESOURCES and accepted(value, f"{station.config.name} {kind}"):
-            self._on_resource(station, kind, _text(value))
+            self._on_resource(station, kind, resource_text(value))
 
     def _on_serial(self, station: Station, ts: float, serial: str | None) -> None:
         current = station.current
@@ -462,7 +470,7 @@ class StationContext:
             work_order = _text(station.last.get("work_order"))
         unit = Unit(serial, station.operation, attempt, ts, golden=golden, work_order=work_order)
         for kind in station.resource_kinds:
-            value = _text(station.last.get(kind))
+            value = resource_text(station.last.get(kind))
             if value is not None:
                 unit.resources[kind] = value
         unit.start_mono = self._to_mono(ts)
