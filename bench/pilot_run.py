@@ -3,11 +3,15 @@
 The tables are the store's own (``store.schema``: ``units`` and ``characteristics``, what
 the report reads). ``fill_pilot_run`` writes a deterministic run: retests, rework, scrap,
 failure codes, cycle times around takt, two-sided and one-sided characteristics (one drifting
-mid-run) and golden samples.
+mid-run) and golden samples. With ``resources`` each record names its operator (by shift),
+fixture nest, mould cavity and program revision; ``worse_fixture`` makes one nest fail more
+and shift the critical characteristics at the first operation; ``golden_drift`` moves the
+golden samples' readings by that many sigma over the run (a drifting gauge).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +67,26 @@ def specs(count: int) -> list[Spec]:
     return out
 
 
+FIXTURES = ("nest-1", "nest-2", "nest-3", "nest-4")
+
+
+def resources_of(index: int, n_units: int) -> dict[str, str]:
+    """The resources of the run's unit ``index``: three operators in shifts, four fixture nests
+    in turn, two cavities in blocks of four (not in step with the nests), a program revision
+    changed two thirds into the run."""
+    return {
+        "operator": ("op-anna", "op-ben", "op-chen")[min(2, 3 * index // max(1, n_units))],
+        "fixture": FIXTURES[index % len(FIXTURES)],
+        "cavity": f"cavity-{(index // 4) % 2 + 1}",
+        "program": "fw-1.4" if index < 2 * n_units // 3 else "fw-1.5",
+    }
+
+
+def golden_reference(spec: Spec, serial: str) -> float:
+    """A golden sample's true value of a characteristic (its reference in a protocol)."""
+    return spec.target + (0.5 if serial.endswith("1") else -0.5) * spec.sigma
+
+
 def fill_pilot_run(
     engine: sa.Engine,
     *,
@@ -71,8 +95,13 @@ def fill_pilot_run(
     n_characteristics: int = 3,
     n_golden: int = 2,
     seed: int = 1,
+    golden_times: int = 3,
+    resources: bool = False,
+    worse_fixture: str | None = None,
+    golden_drift: float = 0.0,
 ) -> None:
-    """Create the tables if needed and write one pilot run (deterministic for a seed)."""
+    """Create the tables if needed and write one pilot run (deterministic for a seed).
+    The golden samples are measured ``golden_times`` times over the run, at every operation."""
     rng = random.Random(seed)
     metadata.create_all(engine)
     operations = OPERATIONS[:n_operations]
@@ -92,6 +121,7 @@ def fill_pilot_run(
         end = T0 + timedelta(seconds=150 * index + 30 * op_index + 7 * (attempt - 1) + 0.25)
         cycle = max(1.0, rng.gauss(0.8 * takt, 0.07 * takt))
         work_order = "WO-1001" if index < n_units // 2 else "WO-1002"
+        made_by = resources_of(index, n_units) if resources else None
         unit_rows.append(
             {
                 "collector": COLLECTOR,
@@ -112,16 +142,20 @@ def fill_pilot_run(
                 "readings": 40,
                 "golden": golden,
                 "work_order": None if golden else work_order,
+                "resources": None if made_by is None else json.dumps(made_by, sort_keys=True),
             }
         )
+        worse = made_by is not None and made_by["fixture"] == worse_fixture and op_index == 0
         for spec in chars:
             shift = 0.0
             if spec.drift_after is not None and index > spec.drift_after * n_units:
                 shift = 2.0 * spec.sigma
             if golden:  # a reference part: its own true value, the gauge's small noise
-                true = spec.target + (0.5 if serial.endswith("1") else -0.5) * spec.sigma
+                true = golden_reference(spec, serial) + golden_drift * spec.sigma * index / n_units
                 value = round(rng.gauss(true, spec.sigma / 10), 4)
             else:
+                if worse and spec.critical:
+                    shift += 1.5 * spec.sigma
                 value = round(rng.gauss(spec.target + shift, spec.sigma), 4)
             in_spec = (spec.lsl is None or value >= spec.lsl) and (
                 spec.usl is None or value <= spec.usl
@@ -146,25 +180,29 @@ def fill_pilot_run(
                 }
             )
 
+    every = max(1, n_units // golden_times)
     for index in range(n_units):
         serial = f"PILOT-{index + 1:04d}"
         for op_index in range(len(operations)):
             roll = rng.random()
-            if roll < 0.04:  # fails, then passes its retest (or is scrapped)
+            fails = 0.04
+            if worse_fixture is not None and op_index == 0 and resources:
+                fails = 0.35 if resources_of(index, n_units)["fixture"] == worse_fixture else 0.02
+            if roll < fails:  # fails, then passes its retest (or is scrapped)
                 record(serial, index, op_index, attempt=1, verdict="fail", golden=False)
                 retest = "pass" if rng.random() < 0.8 else "scrap"
                 record(serial, index, op_index, attempt=2, verdict=retest, golden=False)
-            elif roll < 0.05:
+            elif roll < fails + 0.01:
                 record(serial, index, op_index, attempt=1, verdict="rework", golden=False)
                 record(serial, index, op_index, attempt=2, verdict="pass", golden=False)
             else:
                 record(serial, index, op_index, attempt=1, verdict="pass", golden=False)
             if unit_rows[-1]["verdict"] == "scrap":
                 break
-        if n_golden and index % max(1, n_units // 3) == 0:
+        if n_golden and index % every == 0:
             for g in range(n_golden):
                 for op_index in range(len(operations)):
-                    attempt = 1 + index // max(1, n_units // 3)
+                    attempt = 1 + index // every
                     record(
                         f"GOLD-{g + 1}",
                         index,

@@ -332,6 +332,7 @@ class Service:
         serial: str | None,
         golden: bool = False,
         work_order: str | None = None,
+        operator: str | None = None,
     ) -> None:
         """The HTTP unit endpoint: a serial arrives (None: the unit left), or, at a station
         that reads its serial from a device, the unit there is marked golden."""
@@ -339,7 +340,9 @@ class Service:
             if serial is None or not self.context.mark_golden(station, serial):
                 raise ValueError(f"{serial!r} is not the unit at station {station!r}")
         else:
-            self.context.set_serial(station, serial, golden=golden, work_order=work_order)
+            self.context.set_serial(
+                station, serial, golden=golden, work_order=work_order, operator=operator
+            )
         self.writer.poke()
 
     def station_unit(self, station: str) -> dict[str, Any]:

@@ -160,6 +160,8 @@ class FlatUnit:
     #: name -> {last, min, max, lsl, usl, target (float or None), critical (bool),
     #: in_spec (bool or None)}: every key present.
     characteristics: dict[str, dict[str, object]]
+    #: resource kind (operator, fixture, cavity, program) -> its value; empty when not given.
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 class MetaBook:
@@ -500,9 +502,41 @@ def decode_units(payload: bytes) -> list[FlatUnit]:
                 golden=_bool(unit, "golden", path),
                 work_order=_opt_str(unit, "work_order", path),
                 characteristics=_characteristics(unit, path),
+                resources=_resources(unit, path),
             )
         )
     return units
+
+
+#: A unit record names few resources, each with a short name and value (a badge, a nest).
+MAX_RESOURCES = 16
+MAX_RESOURCE_CHARS = 200
+
+
+def _resources(unit: dict[str, Any], path: str) -> dict[str, str]:
+    """The optional ``resources`` object: kind -> value, both non-empty strings (a null value
+    is a kind the station declares but did not read: left out)."""
+    raw = unit.get("resources")
+    if raw is None:
+        return {}
+    rpath = f"{path}resources"
+    if type(raw) is not dict:
+        raise ContractError(rpath, _wanted("an object", True, raw))
+    if len(raw) > MAX_RESOURCES:
+        raise ContractError(rpath, f"at most {MAX_RESOURCES} resources, got {len(raw)}")
+    out: dict[str, str] = {}
+    for kind, value in raw.items():
+        if not kind or len(kind) > 64:
+            raise ContractError(rpath, f"a resource kind must have 1 to 64 characters: {kind!r}")
+        if value is None:
+            continue
+        if type(value) is not str or not value or len(value) > MAX_RESOURCE_CHARS:
+            raise ContractError(
+                f"{rpath}.{kind}",
+                _wanted(f"a string of 1 to {MAX_RESOURCE_CHARS} characters or null", True, value),
+            )
+        out[kind] = value
+    return out
 
 
 def _characteristics(unit: dict[str, Any], path: str) -> dict[str, dict[str, object]]:

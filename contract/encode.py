@@ -491,6 +491,8 @@ def encode_unit(unit: UnitRecord) -> bytes:
             "takt_s": unit.takt_s,
             "golden": unit.golden,
             "work_order": unit.work_order,
+            # Only when the station declares resources: other records keep their bytes.
+            **({"resources": unit.resources} if unit.resources else {}),
         },
         option=orjson.OPT_UTC_Z,
     )

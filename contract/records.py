@@ -94,6 +94,9 @@ class UnitRecord:
     #: Key characteristic tag -> its specification and whether the unit's values met it
     #: (only characteristics that have values).
     specs: dict[str, Spec] = field(default_factory=dict)
+    #: Which resources made the unit: kind (operator, fixture, cavity, program) -> its value
+    #: at the unit's start (docs/traceability.md); only kinds the station declares and read.
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 class Spec(NamedTuple):

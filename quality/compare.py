@@ -2,7 +2,8 @@
 interval of a proportion, Fisher's exact test of a 2x2 table, the chi-square test of
 independence of an r x c table, Welch's heteroscedastic one-way ANOVA, and capability per group.
 
-Pure functions, no I/O; distributions from scipy.stats. Formulas and sources:
+Pure functions, no I/O; distributions from scipy.stats, imported when a test is computed (it
+takes about 1.5 s: the report's modules load at every store start). Formulas and sources:
 docs/statistics.md.
 """
 
@@ -11,13 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
-
-from scipy import stats
 
 from quality.capability import Capability, Measurement, capability
 
-Z_95_TWO_SIDED = float(stats.norm.ppf(0.975))  # 1.959964
+Z_95_TWO_SIDED = NormalDist().inv_cdf(0.975)  # 1.959964
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,8 @@ def fisher_exact(
     The statistic is the sample odds ratio ad / bc; the p-value is exact (hypergeometric)."""
     if len(table) != 2 or any(len(row) != 2 for row in table):
         raise ValueError("Fisher's exact test takes a 2x2 table")
+    from scipy import stats  # noqa: PLC0415 - about 1.5 s to import: only when computed
+
     result = stats.fisher_exact([list(row) for row in table], alternative=alternative)
     return TestResult(float(result.statistic), float(result.pvalue))
 
@@ -73,6 +75,8 @@ def chi_square_independence(table: Sequence[Sequence[int]]) -> TestResult:
     rows = [list(row) for row in table]
     if len(rows) < 2 or len(rows[0]) < 2 or any(len(row) != len(rows[0]) for row in rows):
         raise ValueError("a chi-square test of independence takes an r x c table, r, c >= 2")
+    from scipy import stats  # noqa: PLC0415
+
     result = stats.chi2_contingency(rows, correction=False)
     return TestResult(float(result.statistic), float(result.pvalue), float(result.dof))
 
@@ -108,6 +112,8 @@ def welch_anova(groups: Sequence[Sequence[float]]) -> TestResult:
     f = (between / (k - 1)) / (1 + 2 * (k - 2) * lam / (k * k - 1))
     df1 = float(k - 1)
     df2 = (k * k - 1) / (3 * lam)
+    from scipy import stats  # noqa: PLC0415
+
     return TestResult(f, float(stats.f.sf(f, df1, df2)), df1, df2)
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from store.record import deviations as record_deviations
@@ -39,7 +40,7 @@ from store.schema import (
 UNIT_FIELDS = (
     "collector", "outbox", "seq", "serial", "station", "slot", "operation", "attempt",
     "start_ts", "end_ts", "cycle_time_s", "takt_s", "verdict", "failure_code", "ended_by",
-    "readings", "golden", "work_order",
+    "readings", "golden", "work_order", "resources",
 )  # fmt: skip
 CHAR_FIELDS = ("name", "last", "min", "max", "lsl", "usl", "target", "critical", "in_spec")
 READING_FIELDS = (
@@ -67,6 +68,8 @@ def _unit_dict(row: sa.Row[Any]) -> dict[str, Any]:
     out = dict(zip(UNIT_FIELDS, row, strict=True))
     out["start_ts"], out["end_ts"] = _iso(out["start_ts"]), _iso(out["end_ts"])
     out["golden"] = bool(out["golden"])
+    # Which resources made it (JSON text in the column): an object, {} for none.
+    out["resources"] = orjson.loads(out["resources"]) if out["resources"] else {}
     return out
 
 

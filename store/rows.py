@@ -260,6 +260,12 @@ def _span(
     spans[key] = (first, last) if span is None else (min(span[0], first), max(span[1], last))
 
 
+def resources_text(resources: dict[str, str]) -> str | None:
+    """A unit record's resources as the ``units.resources`` column keeps them: JSON, keys in
+    order (one spelling for one content), null for none."""
+    return orjson.dumps(resources, option=orjson.OPT_SORT_KEYS).decode() if resources else None
+
+
 def _unit_rows(
     ids: Ids, units: list[FlatUnit], time_value: Callable[[datetime], Any], out: BatchRows
 ) -> None:
@@ -272,7 +278,7 @@ def _unit_rows(
             (u.collector, u.outbox, u.seq, u.serial, u.station, slot, u.operation,
              u.attempt, time_value(datetime.fromisoformat(u.start)), end,
              u.cycle_time_s, u.takt_s, u.verdict, code, u.ended_by, u.readings,
-             u.golden, u.work_order)
+             u.golden, u.work_order, resources_text(u.resources))
         )  # fmt: skip
         for name, c in u.characteristics.items():
             out.chars.append(

@@ -198,6 +198,9 @@ units = sa.Table(
     sa.Column("readings", sa.Integer, nullable=True),
     sa.Column("golden", sa.Boolean, nullable=False),
     sa.Column("work_order", sa.Text, nullable=True),
+    # Which resources made the unit (operator, fixture, cavity, program): a JSON object of
+    # text, null when the record names none (migration 0007; docs/traceability.md).
+    sa.Column("resources", sa.Text, nullable=True),
     sa.PrimaryKeyConstraint("collector", "outbox", "seq", "end_ts", name="units_pkey"),
     sa.Index("units_serial", "serial", "operation"),
     sa.Index("units_end", "end_ts"),

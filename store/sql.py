@@ -27,7 +27,8 @@ _STREAM_GET = "SELECT low_seq, high_seq FROM streams WHERE id = ?"
 _SIMPLE_COLUMNS = "stream, seq, ts, series, context, flags, num"
 _UNIT_COLUMNS = (
     "collector, outbox, seq, serial, station, slot, operation, attempt, start_ts, end_ts, "
-    "cycle_time_s, takt_s, verdict, failure_code, ended_by, readings, golden, work_order"
+    "cycle_time_s, takt_s, verdict, failure_code, ended_by, readings, golden, work_order, "
+    "resources"
 )
 _CHAR_COLUMNS = (
     "collector, outbox, unit_seq, serial, operation, name, last, min, max, lsl, usl, target, "
@@ -40,7 +41,7 @@ def statements(sqlite: bool) -> dict[str, str]:
     ignore = "INSERT OR IGNORE INTO" if sqlite else "INSERT INTO"
     tail = "" if sqlite else " ON CONFLICT DO NOTHING"
     sql = {
-        "units": f"{ignore} units ({_UNIT_COLUMNS}) VALUES ({_marks(18)}){tail}",
+        "units": f"{ignore} units ({_UNIT_COLUMNS}) VALUES ({_marks(19)}){tail}",
         "chars": f"{ignore} characteristics ({_CHAR_COLUMNS}) VALUES ({_marks(15)}){tail}",
         "readings": f"{ignore} readings ({_READING_COLUMNS}) VALUES ({_marks(9)}){tail}",
         "readings_simple": f"{ignore} readings ({_SIMPLE_COLUMNS}) VALUES ({_marks(7)}){tail}",

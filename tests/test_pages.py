@@ -249,6 +249,18 @@ def test_pages_in_chromium(
             assert page.locator("img").count() == 0  # no element from the text
             page.screenshot(path=str(shots / "unit-1366.png"), full_page=True)
 
+            # Which resources made a unit, shown as text (a badge value may hold markup).
+            made = dataclasses.replace(
+                unit("RES-1", "pass", 2_000_000_200.0),
+                resources={"operator": HOSTILE, "fixture": "nest-3"},
+            )
+            assert service.writer.write([units_message([made], 200)]).quarantined == []
+            page.goto(base + "/units/RES-1")
+            expect(page.locator("#operations-table tbody td").nth(11)).to_have_text(
+                f"fixture: nest-3, operator: {HOSTILE}"  # the store keeps the kinds sorted
+            )
+            assert page.evaluate("window.pwned") is None
+
             # The run page: awaiting, a 403 in words, then three signatures -> a state.
             page.goto(base + f"/runs/{run_id}")
             expect(page.locator("#state")).to_have_text("⏳ AWAITING")

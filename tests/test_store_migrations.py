@@ -80,7 +80,12 @@ def _catalog(engine: sa.Engine) -> list[tuple[Any, ...]]:
                 "SELECT type, name, tbl_name, sql FROM sqlite_master "
                 "WHERE tbl_name <> 'alembic_version' ORDER BY name"
             )
-            return [tuple(r) for r in conn.exec_driver_sql(query)]
+            # Whitespace aside: ADD COLUMN (revision 0007) appends to the stored CREATE text
+            # without create_all's line break; the columns, their order and types must agree.
+            return [
+                (*r[:3], None if r[3] is None else " ".join(r[3].split()))
+                for r in conn.exec_driver_sql(query)
+            ]
         columns = conn.exec_driver_sql(
             "SELECT table_name, column_name, ordinal_position, data_type, is_nullable, "
             "column_default FROM information_schema.columns WHERE table_schema = 'public' "

@@ -109,6 +109,10 @@ class UnitEnd(StrEnum):
     NEXT_SERIAL = "next_serial"
 
 
+#: The resource kinds a station reads from device tags (the operator has operator_source).
+ResourceKind = Literal["fixture", "cavity", "program"]
+
+
 class StationConfig(_Model):
     name: Name = Field(description="Station name, unique on this collector.")
     operation: Name = Field(description="The operation this station performs, e.g. flash.")
@@ -127,6 +131,19 @@ class StationConfig(_Model):
         description="A device tag carrying the work order (a scanner route, a PLC string): "
         "each unit that arrives takes the last work order read, and a unit present without "
         "one takes it when it is read. A work order posted with the serial over HTTP wins.",
+    )
+    operator_source: TagRef | Literal["http"] | None = Field(
+        default=None,
+        description="Where the operator comes from: a device tag (a badge scanner's route, a "
+        "PLC string), or `http` for the `operator` of POST /stations/{name}/unit. A unit "
+        "takes the operator last read when it arrives (one present without one takes it "
+        "when it is read); it goes into the unit record's resources.",
+    )
+    resources: dict[ResourceKind, TagRef] = Field(
+        default_factory=dict,
+        description="Resource kind (fixture, cavity, program) -> the device tag naming it, "
+        "e.g. {fixture: {device: plc, tag: nest_id}}. Each unit record carries the values at "
+        "the unit's start (a kind not read yet then: the first value read while it is there).",
     )
     verdict: VerdictSource | None = Field(
         default=None, description="The tester tag that holds the verdict (result code)."
@@ -219,6 +236,11 @@ class StationConfig(_Model):
             raise ValueError("unit_end is 'cycle_complete' but no cycle_complete tag is set")
         if self.failure_code is not None and self.verdict is None:
             raise ValueError("failure_code needs a verdict tag as well")
+        if self.operator_source == "http" and self.serial_source != "http":
+            raise ValueError(
+                "operator_source 'http' needs serial_source 'http' (the operator comes with "
+                "the serial in POST /stations/{name}/unit)"
+            )
         _reject_duplicates((k.tag for k in self.key_characteristics), "key characteristic tag")
         return self
 
@@ -231,12 +253,17 @@ class StationConfig(_Model):
             ),
             ("operation_source", self.operation_source),
             ("work_order_source", self.work_order_source),
+            (
+                "operator_source",
+                self.operator_source if isinstance(self.operator_source, TagRef) else None,
+            ),
             ("verdict", self.verdict),
             ("failure_code", self.failure_code),
             ("cycle_complete", self.cycle_complete),
             ("start", self.start),
         ]
         refs += [(f"key_characteristics[{i}]", k) for i, k in enumerate(self.key_characteristics)]
+        refs += [(f"resources.{kind}", ref) for kind, ref in self.resources.items()]
         return [(f, r) for f, r in refs if r is not None]
 
 

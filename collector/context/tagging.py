@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from collector.config import DeviceConfig, StationConfig, UnitEnd, Verdict, verdict_key
+from collector.config import DeviceConfig, StationConfig, TagRef, UnitEnd, Verdict, verdict_key
 from collector.context.serials import accepted
 from collector.context.units import TEST, Figures, Station, Unit
 from contract.records import Context, ContextChanges, Quality, Reading, UnitRecord, Value
@@ -61,11 +61,14 @@ log = logging.getLogger(__name__)
 # Signals of one poll are applied in this order: the operation and the serial first (a unit
 # must exist before its verdict), the start before the verdict it clears, the failure code
 # before the verdict that reads it.
-# A work order read in the same poll as a serial applies to that unit: it comes first.
+# A work order or resource read in the same poll as a serial applies to that unit: they come
+# first.
+_RESOURCES = ("operator", "fixture", "cavity", "program")  # operator: operator_source
 _SIGNAL_ORDER = (
-    "operation", "work_order", "serial", "start", "failure_code", "verdict", "cycle_complete",
+    "operation", "work_order", *_RESOURCES, "serial", "start", "failure_code", "verdict",
+    "cycle_complete",
 )  # fmt: skip
-_SOURCES = ("operation", "serial", "work_order")  # config fields named "{kind}_source"
+_SOURCES = ("operation", "serial", "work_order", "operator")  # config fields "{kind}_source"
 _ORDER = {kind: i for i, kind in enumerate(_SIGNAL_ORDER)}
 _MISSING = object()
 _ENDS_PRESENCE = ("next_serial", "serial_cleared", "operation_changed")
@@ -76,6 +79,14 @@ def _text(value: Value) -> str | None:
         return None
     text = str(value).strip().strip("\x00").strip()
     return text or None
+
+
+def resource_text(value: Value) -> str | None:
+    """A resource tag's value as a unit record names it: text, a whole number without ``.0``
+    (a nest register read as 3.0 is nest "3", as one read as 3)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _text(value)
 
 
 def map_verdict(station: StationConfig, value: Value) -> Verdict | None:
@@ -133,9 +144,14 @@ class StationContext:
             state = self._stations[station.name] = Station(station, settle, presence)
             if station.slot is not None:
                 slots[(group, station.slot)] = state
+            resources: dict[str, TagRef] = {str(k): v for k, v in station.resources.items()}
             for kind in _SIGNAL_ORDER:
-                ref = getattr(station, f"{kind}_source" if kind in _SOURCES else kind)
-                if ref is not None and ref != "http":
+                ref: TagRef | str | None
+                if kind in _RESOURCES and kind != "operator":
+                    ref = resources.get(kind)
+                else:
+                    ref = getattr(station, f"{kind}_source" if kind in _SOURCES else kind)
+                if isinstance(ref, TagRef):
                     tags = self._signal_tags.setdefault(ref.device, {})
                     tags.setdefault(ref.tag, []).append((kind, state))
             for ref in station.key_characteristics:
@@ -294,17 +310,24 @@ class StationContext:
         station: str,
         serial: str | None,
         ts: float | None = None,
+        *,
         golden: bool = False,
         work_order: str | None = None,
+        operator: str | None = None,
     ) -> None:
         """A serial from outside the devices (the HTTP endpoint): always an event.
-        ``golden``: the unit is a golden sample (whatever the pattern says)."""
+        ``golden``: the unit is a golden sample (whatever the pattern says); ``operator``: who
+        works at the station from now on (``operator_source: http``)."""
         target = self._stations[station]
+        if operator and target.config.operator_source == "http":
+            target.last["operator"] = operator
         self._signal(target, "serial", self._clock() if ts is None else ts, serial, True)
         unit = target.current
         if serial and unit is not None and unit.serial == serial.strip():
             unit.golden = unit.golden or golden
             unit.work_order = work_order or unit.work_order
+            if operator and target.config.operator_source == "http":
+                unit.resources["operator"] = operator
 
     def mark_golden(self, station: str, serial: str) -> bool:
         """Mark the unit present at the station as a golden sample (its readings from now on
@@ -346,6 +369,8 @@ class StationContext:
         elif kind == "work_order" and accepted(value, f"{station.config.name} work order"):
             # The same check as a serial's (length, control characters): it goes into records.
             self._on_work_order(station, _text(value))
+        elif kind in _RESOURCES and accepted(value, f"{station.config.name} {kind}"):
+            self._on_resource(station, kind, resource_text(value))
 
     def _on_serial(self, station: Station, ts: float, serial: str | None) -> None:
         current = station.current
@@ -363,6 +388,13 @@ class StationContext:
         current = station.current
         if work_order and current is not None and current.work_order is None:
             current.work_order = work_order
+
+    def _on_resource(self, station: Station, kind: str, value: str | None) -> None:
+        """Units that arrive from now on take it (``_start``); the unit under test takes it
+        if it has none of that kind yet (a badge scanned after the serial)."""
+        current = station.current
+        if value and current is not None and kind not in current.resources:
+            current.resources[kind] = value
 
     def _leave(self, station: Station, ts: float) -> None:
         """The present unit's serial left the station (its after phase ends at ``ts``)."""
@@ -437,6 +469,10 @@ class StationContext:
         if work_order is None and station.config.work_order_source is not None:
             work_order = _text(station.last.get("work_order"))
         unit = Unit(serial, station.operation, attempt, ts, golden=golden, work_order=work_order)
+        for kind in station.resource_kinds:
+            value = resource_text(station.last.get(kind))
+            if value is not None:
+                unit.resources[kind] = value
         unit.start_mono = self._to_mono(ts)
         station.units.append(unit)
         log.info(

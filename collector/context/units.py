@@ -52,6 +52,8 @@ class Unit:
     gone_ts: float | None = None
     golden: bool = False
     work_order: str | None = None
+    #: Resource kind (operator, fixture, cavity, program) -> its value (see tagging._start).
+    resources: dict[str, str] = field(default_factory=dict)
     #: The start and the record's release on the monotonic clock (this process's; not stored):
     #: the unit timeout and the settle time run on it, so a step of the wall clock (an NTP
     #: correction) moves neither. None after a restore until StationContext fills them in.
@@ -170,6 +172,11 @@ class Station:
         self.last: dict[str, Value] = {}
         self.golden = re.compile(config.golden_pattern) if config.golden_pattern else None
         self.specs = {k.tag: k for k in config.key_characteristics}
+        #: The resource kinds its unit records name: the operator (from a tag or HTTP), then
+        #: the kinds read from device tags.
+        self.resource_kinds: tuple[str, ...] = (
+            ("operator",) if config.operator_source is not None else ()
+        ) + tuple(config.resources)
         self.figures = Figures()
         self.no_unit = Context(self.out_name, None, self.operation, None, config.slot)
         self._context: tuple[Unit, str, Context] | None = None
@@ -248,6 +255,7 @@ class Station:
             golden=unit.golden,
             work_order=unit.work_order,
             specs=specs,
+            resources=dict(unit.resources),
         )
 
     def snapshot(self) -> bytes:

@@ -44,9 +44,11 @@ class StatusSource(Protocol):
         serial: str | None,
         golden: bool = False,
         work_order: str | None = None,
+        operator: str | None = None,
     ) -> None:
         """A unit serial for a station whose serial_source is http (None: the unit left);
-        ``golden``: a golden sample. At another station, only ``golden`` for the serial
+        ``golden``: a golden sample; ``operator``: who works there (operator_source http).
+        At another station, only ``golden`` for the serial
         present there; ValueError if it is not."""
         ...
 
@@ -85,6 +87,11 @@ class UnitIn(BaseModel):
     )
     work_order: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
         default=None, description="The work order of the unit (goes into its unit record)."
+    )
+    operator: Annotated[str, Field(max_length=MAX_SERIAL_CHARS)] | None = Field(
+        default=None,
+        description="Who works at the station (operator_source: http): the unit record's "
+        "resources.operator, for this unit and the next ones until another is given.",
     )
 
 
@@ -183,12 +190,13 @@ def create_app(
         if not accepted(unit.serial, station):
             problem = serial_problem(unit.serial or "")
             return _unprocessable([{"type": "serial", "loc": ["body", "serial"], "msg": problem}])
-        if unit.work_order is not None and (problem := serial_problem(unit.work_order)):
-            return _unprocessable(
-                [{"type": "serial", "loc": ["body", "work_order"], "msg": problem}]
-            )
+        for name, text in (("work_order", unit.work_order), ("operator", unit.operator)):
+            if text is not None and (problem := serial_problem(text)):
+                return _unprocessable([{"type": "serial", "loc": ["body", name], "msg": problem}])
         try:
-            source.set_unit(station, unit.serial or None, unit.golden, unit.work_order)
+            source.set_unit(
+                station, unit.serial or None, unit.golden, unit.work_order, unit.operator
+            )
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         return source.station_unit(station)

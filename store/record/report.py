@@ -54,6 +54,8 @@ def run_report(
                     for kind in DISPOSITIONS if counts[kind]},
         "field_test_users": sorted(users),
         "criteria": [c for c in doc["run_criteria"] if c["name"].startswith("allocation ")],
+        "certification_tests": [criteria.success_run_criterion(test, plan, current)[1]
+                                for test, plan in protocol.certification_tests.items()],
     }  # fmt: skip
     evidence = signoffs.evidence_sha256(doc)
     run_state = signoffs.state(judged, signatures, evidence)

@@ -11,6 +11,7 @@ import orjson
 
 from quality import Capability, OperationFigures
 from quality.line import Line, per_hour
+from store.report.as_json_analysis import analysis_dict
 from store.report.evaluate import (
     NOT_A_PREDICTION,
     AqlResult,
@@ -227,6 +228,7 @@ def report_dict(report: Report, generated_at: datetime) -> dict[str, Any]:
         "characteristics": [_characteristic(c) for c in report.characteristics],
         "run_criteria": [_criterion(c) for c in report.run_criteria],
         "line": _line(report.line, report.line_criteria),
+        **analysis_dict(report),
     }
 
 

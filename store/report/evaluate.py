@@ -25,6 +25,13 @@ from quality import (
 from quality.line import Line, Visit, line_figures
 from quality.sampling import single_plan
 from quality.yields import INCOMPLETE, PASS
+from store.report.gauge_check import (
+    GaugeResult,
+    GoldenValues,
+    gauge_results,
+    golden_values,
+    measurement_notes,
+)
 from store.report.load import NO_OPERATION, CharacteristicValue, RunData
 from store.report.protocol import (
     AqlCriterion,
@@ -33,6 +40,7 @@ from store.report.protocol import (
     SampleSizes,
     SubgroupBy,
 )
+from store.report.resources import ResourceSplit, resource_splits
 
 
 class Result(StrEnum):
@@ -118,6 +126,9 @@ class Report:
     run_criteria: tuple[Criterion, ...] = ()  # judged outside the figures (store/record)
     line: Line | None = None  # the line view: constraint, throughput, WIP (quality.line)
     line_criteria: tuple[Criterion, ...] = ()  # min_throughput_per_hour, when the protocol sets it
+    resources: tuple[ResourceSplit, ...] = ()  # results by operator, fixture, cavity, program
+    gauges: tuple[GaugeResult, ...] = ()  # type-1 studies of the golden samples
+    measurement_notes: tuple[str, ...] = ()  # FPY loss that may be the gauge's, in words
 
 
 def _decide(results: Sequence[Result]) -> Decision:
@@ -388,7 +399,12 @@ def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ())
                         f"cpk_lower_95 {name}", Result.INSUFFICIENT, None, crit.min_cpk, "no values"
                     )
                 )
+    limits: dict[str, dict[str, tuple[float | None, float | None]]] = defaultdict(dict)
+    for c in characteristics:
+        limits[c.operation][c.name] = (c.capability.lsl, c.capability.usl)
     operations = []
+    gauges: list[GaugeResult] = []
+    golden_by_key: GoldenValues | None = None  # gathered once, if a gauge check asks
     for operation in ordered:
         wanted = protocol.criteria_for(operation)
         figures = operation_figures(operation, attempts, wanted.takt_s if wanted else None)
@@ -397,6 +413,14 @@ def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ())
         if wanted is not None and wanted.aql is not None:
             aql = _aql(data, operation, figures.units, wanted.aql)
             criteria.append(_aql_criterion(aql, wanted.aql))
+        if wanted is not None and wanted.gauge is not None:
+            if golden_by_key is None:
+                golden_by_key = golden_values(data)
+            studies = gauge_results(golden_by_key, operation, wanted.gauge, limits[operation])
+            gauges += studies
+            criteria += [
+                Criterion(g.name, Result(g.result), g.value, g.limit, g.note) for g in studies
+            ]
         criteria += [
             c.criterion
             for c in characteristics
@@ -439,4 +463,7 @@ def evaluate(data: RunData, protocol: Protocol, extra: Sequence[Criterion] = ())
         run_criteria=tuple(extra),
         line=line,
         line_criteria=line_criteria,
+        resources=resource_splits(data, [o for o in ordered if o != NO_OPERATION]),
+        gauges=tuple(gauges),
+        measurement_notes=measurement_notes(gauges, [op.figures for op in operations]),
     )

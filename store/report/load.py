@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from quality import Attempt
@@ -31,6 +33,8 @@ class UnitRecord:
     station: str | None
     start: datetime | None = None  # the line view's waiting times need when a unit came in
     slot: int | None = None
+    #: Which resources made it: kind (operator, fixture, cavity, program) -> value.
+    resources: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,13 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _resources(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    found = orjson.loads(text)
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
     """The unit records and characteristic values of the run, in time order.
 
@@ -115,6 +126,7 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
         units.c.failure_code,
         units.c.golden,
         units.c.work_order,
+        units.c.resources,
     ).where(*where)
     char_query = (
         sa.select(
@@ -175,6 +187,7 @@ def load_run(engine: sa.Engine, run: RunSelection) -> RunData:
             station=row.station,
             start=None if row.start_ts is None else as_utc(row.start_ts),
             slot=row.slot,
+            resources=_resources(row.resources),
         )
         records.append(record)
         by_key[key] = record

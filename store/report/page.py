@@ -20,6 +20,7 @@ from store.report.evaluate import (
     Decision,
     Report,
 )
+from store.report.page_analysis import gauge_section, resources_section
 
 DECISION_TEXT = {
     Decision.GO: ("GO", "Every exit criterion is met."),
@@ -57,7 +58,8 @@ table.violations, table.pareto-table, table.units-table { font-size: 8.5pt; }
 table.line-operations, table.wip { font-size: 8.5pt; }
 .all-units { font-size: 8pt; line-height: 1.6; }
 .all-units a { white-space: nowrap; }
-table.golden { font-size: 8.5pt; }
+table.golden, table.gauge, table.resources { font-size: 8.5pt; }
+.finding { color: #b3261e; font-weight: 600; }
 table.golden td { white-space: nowrap; }
 table.violations th:last-child { text-align: left; }
 table.stats th { background: none; font-weight: 400; color: #52606d; }
@@ -169,6 +171,9 @@ CRITERION_LABEL = {
 def _criterion_label(c: Criterion) -> str:
     if c.name in CRITERION_LABEL:
         return CRITERION_LABEL[c.name]
+    if c.name.startswith("gauge_cg "):
+        what = escape(c.name.removeprefix("gauge_cg "))
+        return f"Gauge Cg and Cgk of <b>{what}</b> (golden sample) ≥"
     return f"Cpk lower 95 % bound of <b>{escape(c.name.removeprefix('cpk_lower_95 '))}</b> ≥"
 
 
@@ -714,6 +719,8 @@ def render_html(
         *_capability_summary(report),
         *(_characteristic(c, unit_base) for c in report.characteristics),
         *_golden(report, unit_base),
+        *gauge_section(report),
+        *resources_section(report),
         *_signoff(report),
         *_units(report, unit_base),
         "</body></html>",

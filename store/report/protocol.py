@@ -133,6 +133,28 @@ class AqlCriterion(_Model):
         )
 
 
+class GaugeCriterion(_Model):
+    """A type-1 gauge study from the golden samples' repeated measurements at this operation:
+    Cg and Cgk against ``min_cg`` (docs/statistics.md)."""
+
+    min_cg: float = Field(
+        default=1.33, gt=0.0, description="Minimum Cg and Cgk of each referenced characteristic."
+    )
+    min_measurements: int = Field(
+        default=25, ge=2, description="Repeated measurements a study needs (usually 25 to 50)."
+    )
+    references: dict[str, dict[str, float]] = Field(
+        description="Golden sample serial -> characteristic -> its reference value."
+    )
+
+    @field_validator("references")
+    @classmethod
+    def _some(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        if not any(value.values()):
+            raise ValueError("name a golden sample and a characteristic's reference value")
+        return value
+
+
 class OperationCriteria(_Model):
     """The exit criteria of one operation. A criterion left out is not judged."""
 
@@ -168,6 +190,9 @@ class OperationCriteria(_Model):
     aql: AqlCriterion | None = Field(
         default=None, description="An AQL sampling plan judged on the units' first attempts."
     )
+    gauge: GaugeCriterion | None = Field(
+        default=None, description="A type-1 gauge study of the golden samples' measurements."
+    )
 
     _rules = field_validator("control_rules")(_known_rules)
 
@@ -176,6 +201,20 @@ class AllocationRequirement(_Model):
     min_units: int = Field(default=0, ge=0, description="Units whose current disposition it is.")
     min_users: int | None = Field(
         default=None, ge=1, description="field_test: distinct users (a disposition's detail.user)."
+    )
+
+
+class SuccessRunPlan(_Model):
+    reliability: float = Field(gt=0.0, lt=1.0, description="Reliability to demonstrate, R.")
+    confidence: float = Field(gt=0.0, lt=1.0, description="Confidence of the claim, C.")
+
+
+class CertificationTest(_Model):
+    """A destructive (or long) certification test judged on the units allocated to it: the
+    dispositions ``certification`` whose ``detail.test`` names it (docs/pilot-record.md)."""
+
+    success_run: SuccessRunPlan = Field(
+        description="Zero-failure plan: n = ceil(ln(1 - C) / ln(R)) units, none may fail."
     )
 
 
@@ -204,6 +243,13 @@ class Protocol(_Model):
     )
     allocation: dict[Allocation, AllocationRequirement] = Field(
         default_factory=dict, description="Units each disposition needs, e.g. golden: 3."
+    )
+    certification_tests: dict[
+        Annotated[str, Field(min_length=1, max_length=200)], CertificationTest
+    ] = Field(
+        default_factory=dict,
+        description="Per certification test (a certification disposition's detail.test): "
+        "its success-run plan.",
     )
 
     @field_validator("operations")

@@ -17,6 +17,11 @@
       c.in_spec === null ? "" : badge(c.in_spec ? "in_spec" : "out_of_spec"))));
   }
 
+  // Which operator, fixture, cavity and program made it (docs/traceability.md), as text.
+  function resources(made) {
+    return Object.entries(made || {}).map(([k, v]) => `${k}: ${text(v)}`).join(", ");
+  }
+
   function render(unit) {
     const current = document.getElementById("current");
     current.replaceChildren(unit.disposition
@@ -25,10 +30,11 @@
     const ops = unit.operations;
     document.getElementById("operations").replaceChildren(ops.length ? table(
       ["operation", "station", "slot", "attempt", "verdict", "failure code", "start (UTC)",
-       "end (UTC)", "cycle time (s)", "readings", "work order", "characteristics [LSL, USL]"],
+       "end (UTC)", "cycle time (s)", "readings", "work order", "resources",
+       "characteristics [LSL, USL]"],
       ops.map((o) => [o.operation, o.station, o.slot, o.attempt, badge(o.verdict),
                       o.failure_code, o.start_ts, o.end_ts, num(o.cycle_time_s, 1), o.readings,
-                      o.work_order, characteristics(o.characteristics)]),
+                      o.work_order, resources(o.resources), characteristics(o.characteristics)]),
       { id: "operations-table" }) : el("p", { class: "muted" }, "No unit record (readings only)."));
     const readings = document.getElementById("readings");
     readings.replaceChildren(`${unit.readings.length} reading${unit.readings.length === 1 ? "" : "s"} while at a station. `);
