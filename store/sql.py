@@ -89,6 +89,11 @@ def statements(sqlite: bool) -> dict[str, str]:
         "parked_ready": "SELECT DISTINCT p.collector, p.device, p.meta FROM parked p "
         "JOIN metas m ON m.collector = p.collector AND m.device = p.device "
         "AND m.meta = p.meta",
+        # Every parked message, newest first, for the parking bounds (store.parking).
+        "parked_sizes": "SELECT p.quarantine_id, p.collector, p.device, p.meta, "
+        "q.payload_bytes, q.received_at FROM parked p "
+        "JOIN quarantine q ON q.id = p.quarantine_id ORDER BY p.quarantine_id DESC",
+        "park_drop": "UPDATE quarantine SET kind = 'parked_dropped', reason = ? WHERE id = ?",
         "release_q": "DELETE FROM quarantine WHERE id = ?",
         "release_p": "DELETE FROM parked WHERE quarantine_id = ?",
         "replay_get": "SELECT seq, ts, num, text FROM readings WHERE stream = ? "
