@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -47,10 +47,10 @@ from store.metabook import (
     run_problem,
     same_content,
 )
-from store.parking import Dropped, ParkingLimits, over_bounds
+from store.parking import Dropped, Parked, ParkingLimits, giants, over_bounds
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
 from store.schema import to_micros
-from store.sql import audit, db_time, insert_readings, insert_units, statements
+from store.sql import audit, db_time, insert_readings, insert_units, read_time, statements
 
 log = logging.getLogger("store.ingest")
 
@@ -506,8 +506,36 @@ class Writer:
         """Drop the oldest parked messages past a parking bound into quarantine (in the
         batch's transaction: a message parked by it may be one of them)."""
         self._parking_checked = time.monotonic()
-        cur.execute(self._sql["parked_sizes"])
-        dropped = over_bounds(cur.fetchall(), self.parking, now)
+        limits = self.parking
+        cur.execute(self._sql["parked_totals"])
+        count, size, oldest = cur.fetchone()
+        total = Parked(int(count), int(size))
+        if (
+            total.messages <= limits.max_messages
+            and total.bytes <= limits.max_bytes
+            and (oldest is None or read_time(oldest) >= now - timedelta(seconds=limits.max_age_s))
+        ):
+            return []  # the usual case: one aggregate over a bounded table
+        dropped: list[Dropped] = []
+        if total.bytes > limits.max_bytes:
+            cur.execute(self._sql["parked_giants"], (limits.max_bytes,))
+            rows = cur.fetchall()
+            dropped += giants(rows, limits)
+            total.messages -= len(rows)
+            total.bytes -= sum(int(r[4]) for r in rows)
+        gone = {d.quarantine_id for d in dropped}
+        after, more = 0, True
+        while more:
+            # The oldest first, a chunk at a time: just past the count bound, usually.
+            chunk = max(100, total.messages - limits.max_messages + 1)
+            cur.execute(self._sql["parked_oldest"], (after, chunk))
+            fetched = cur.fetchall()
+            if not fetched:
+                break
+            after = int(fetched[-1][0])
+            rows = [r for r in fetched if int(r[0]) not in gone]
+            some, more = over_bounds(total, rows, limits, now)
+            dropped += some
         if dropped:
             cur.executemany(self._sql["park_drop"], [(d.reason, d.quarantine_id) for d in dropped])
             cur.executemany(self._sql["release_p"], [(d.quarantine_id,) for d in dropped])

@@ -50,39 +50,58 @@ class Dropped:
     reason: str
 
 
+@dataclass(slots=True)
+class Parked:
+    """What is parked now, in total (the database's count and sum)."""
+
+    messages: int
+    bytes: int
+
+
 def over_bounds(
-    rows: Sequence[Sequence[Any]], limits: ParkingLimits, now: datetime
-) -> list[Dropped]:
-    """The parked messages to drop, given every parked row newest first as (quarantine id,
-    collector, device, meta, payload bytes, received at). Newer ones are kept while they fit;
-    once one does not, it and every older one go (the oldest first, never a newer one in
-    place of an older); a message too old goes whatever room is left, and one larger than
-    ``max_bytes`` by itself goes alone."""
+    total: Parked, oldest: Iterable[Sequence[Any]], limits: ParkingLimits, now: datetime
+) -> tuple[list[Dropped], bool]:
+    """The parked messages to drop, oldest first, from ``oldest``: parked rows in the order
+    they were parked, as (quarantine id, collector, device, meta, payload bytes, received
+    at). Drops until what is left is within every bound; ``total`` is updated as it goes.
+    Returns the drops and whether ``oldest`` ran out before that (then more rows are needed).
+    A message larger than ``max_bytes`` by itself is dropped beforehand (:data:`GIANT`)."""
     cutoff = now - timedelta(seconds=limits.max_age_s)
-    count = size = 0
-    full: str | None = None
     out: list[Dropped] = []
-    for qid, collector, device, meta, nbytes, received in rows:
-        why: str | None
+    for qid, collector, device, meta, nbytes, received in oldest:
         if read_time(received) < cutoff:
             why = f"parked longer than ingest.parked_max_age_s = {limits.max_age_s:g}"
-        elif full is not None:
-            why = full
-        elif nbytes > limits.max_bytes:
-            why = f"{nbytes} bytes, over ingest.parked_max_bytes = {limits.max_bytes} alone"
-        elif count + 1 > limits.max_messages:
-            why = full = f"over ingest.parked_max_messages = {limits.max_messages}"
-        elif size + nbytes > limits.max_bytes:
-            why = full = f"over ingest.parked_max_bytes = {limits.max_bytes}"
+        elif total.messages > limits.max_messages:
+            why = f"over ingest.parked_max_messages = {limits.max_messages}"
+        elif total.bytes > limits.max_bytes:
+            why = f"over ingest.parked_max_bytes = {limits.max_bytes}"
         else:
-            count, size, why = count + 1, size + nbytes, None
-        if why is not None:
-            reason = (
-                f"meta version {meta} of {collector}/{device} not received: dropped from "
-                f"parking, oldest first ({why})"
+            return out, False
+        out.append(
+            Dropped(
+                int(qid), (collector, device, meta), dropped_reason(meta, collector, device, why)
             )
-            out.append(Dropped(int(qid), (collector, device, meta), reason))
-    return out
+        )
+        total.messages -= 1
+        total.bytes -= nbytes
+    return out, True
+
+
+def giants(rows: Iterable[Sequence[Any]], limits: ParkingLimits) -> list[Dropped]:
+    """Parked messages larger than ``max_bytes`` by themselves: they can never fit, and must
+    not push every older one out on their way."""
+    why = f"over ingest.parked_max_bytes = {limits.max_bytes} by itself"
+    return [
+        Dropped(int(qid), (collector, device, meta), dropped_reason(meta, collector, device, why))
+        for qid, collector, device, meta, _, _ in rows
+    ]
+
+
+def dropped_reason(meta: str, collector: str, device: str, why: str) -> str:
+    return (
+        f"meta version {meta} of {collector}/{device} not received: dropped from parking, "
+        f"oldest first ({why})"
+    )
 
 
 @dataclass(slots=True)

@@ -17,10 +17,11 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from bench.parking import publish_all
 from contract.metahash import meta_version
 from store.db import connect, create_schema
 from store.ingest import Incoming, Writer
-from store.parking import DROPPED, ParkingLimits, ParkLog, over_bounds
+from store.parking import DROPPED, Parked, ParkingLimits, ParkLog, over_bounds
 from store.schema import metas, parked, quarantine
 from tests.helpers import Mosquitto, wait_until
 from tests.store_fixtures import StoreProcess
@@ -178,25 +179,51 @@ def test_parking_is_bounded_by_bytes_and_by_age(engine: sa.Engine) -> None:
     assert count(engine, quarantine) == 30  # dropped into quarantine, never silently
 
 
-def test_the_bounds_keep_newer_messages_and_drop_a_lone_giant() -> None:
+def test_the_bounds_drop_the_oldest_until_everything_fits() -> None:
     now = datetime(2026, 12, 1, tzinfo=UTC)
     fresh, old = now - timedelta(seconds=5), now - timedelta(hours=2)
-    rows = [  # newest first
-        (5, "pc2", "d", "v5", 100, fresh),
-        (4, "pc2", "d", "v4", 5000, fresh),  # larger than the byte bound by itself
-        (3, "pc2", "d", "v3", 100, fresh),
-        (2, "pc2", "d", "v2", 100, fresh),
+    rows = [  # oldest first
         (1, "pc2", "d", "v1", 100, old),
+        (2, "pc2", "d", "v2", 100, fresh),
+        (3, "pc2", "d", "v3", 300, fresh),
+        (4, "pc2", "d", "v4", 100, fresh),
+        (5, "pc2", "d", "v5", 100, fresh),
     ]
     limits = ParkingLimits(max_messages=10, max_bytes=1000, max_age_s=3600)
-    assert [
-        (d.quarantine_id, d.reason.rsplit("(", 1)[1]) for d in over_bounds(rows, limits, now)
-    ] == [
-        (4, "5000 bytes, over ingest.parked_max_bytes = 1000 alone)"),
-        (1, "parked longer than ingest.parked_max_age_s = 3600)"),
+
+    def drops(total: Parked, limits: ParkingLimits) -> list[tuple[int, str]]:
+        dropped, more = over_bounds(total, rows, limits, now)
+        assert not more
+        return [(d.quarantine_id, d.reason.rsplit("(", 1)[1]) for d in dropped]
+
+    assert drops(Parked(5, 700), limits) == [
+        (1, "parked longer than ingest.parked_max_age_s = 3600)")
     ]
-    two = ParkingLimits(max_messages=2, max_bytes=1000, max_age_s=3600)
-    assert [d.quarantine_id for d in over_bounds(rows, two, now)] == [4, 2, 1]
+    assert drops(Parked(5, 700), ParkingLimits(2, 1000, 3600)) == [
+        (1, "parked longer than ingest.parked_max_age_s = 3600)"),
+        (2, "over ingest.parked_max_messages = 2)"),
+        (3, "over ingest.parked_max_messages = 2)"),
+    ]
+    assert drops(Parked(5, 700), ParkingLimits(10, 250, 86_400)) == [
+        (1, "over ingest.parked_max_bytes = 250)"),
+        (2, "over ingest.parked_max_bytes = 250)"),
+        (3, "over ingest.parked_max_bytes = 250)"),
+    ]
+    total = Parked(50, 700)  # more parked than these rows: the caller fetches more
+    assert over_bounds(total, rows, limits, now)[1] is True
+    assert (total.messages, total.bytes) == (45, 0)
+
+
+def test_a_message_larger_than_the_byte_bound_goes_alone(engine: sa.Engine) -> None:
+    size = len(unknown(0).payload)
+    writer = Writer(engine, parking=ParkingLimits(max_bytes=5 * size))
+    big = Incoming(R_TOPIC, positional("00abcdef", [(90, 0, [0.5] * 400)]))
+    assert len(big.payload) > 5 * size
+    writer.write([unknown(i) for i in range(3)])
+    result = writer.write([big])
+    assert [d.key[2] for d in result.dropped] == ["00abcdef"]
+    assert "by itself" in result.dropped[0].reason
+    assert count(engine, parked) == 3  # the older, smaller ones stay
 
 
 def test_parking_is_logged_at_most_once_a_minute_per_collector() -> None:
@@ -237,8 +264,7 @@ def test_the_store_service_bounds_20000_unknown_versions(
     client.loop_start()
     try:
         total = 20_000
-        infos = [client.publish(R_TOPIC, unknown(i).payload, qos=1) for i in range(total)]
-        infos[-1].wait_for_publish(60)
+        publish_all(client, R_TOPIC, (unknown(i).payload for i in range(total)))
         wait_until(lambda: store.metric("store_parked_total") == total, 120, "all parked")
         health = store.health()
         assert health["ingest"]["parked_dropped"] == total - 500
