@@ -162,21 +162,27 @@ def test_a_scanned_serial_holds_nothing() -> None:
     assert hold.held_total == 0
 
 
-def test_the_wait_ends_after_first_serial_wait_s() -> None:
+def test_a_held_reading_waits_first_serial_wait_s_at_most() -> None:
     now = [1000.0]
     _, hold, out = make(modbus_config(first_serial_wait_s=5), now)
-    hold.sink("probe", [Reading(1000.0, "temp", 20)])
-    now[0] = 1004.9
+    now[0] = 1003.0  # a slow connect: the wait starts with the first held reading
+    hold.sink("probe", [Reading(1003.0, "temp", 20)])
+    now[0] = 1007.9
     hold.tick()
     assert out.items == []
-    now[0] = 1005.0
+    now[0] = 1008.0
     hold.tick()
     assert out.serials() == [("temp", None)]
     assert (hold.released_untagged_total, hold.untagged_stations) == (1, ["ft-1"])
-    # ft-2 held nothing: its wait ended too; its station's readings now go out at once.
-    assert hold.status()["waiting_stations"] == []
-    hold.sink("other", [Reading(1006.0, "serial", "SN-9")])
+    hold.sink("probe", [Reading(1009.0, "temp", 21)])  # ft-1 waits no longer
+    assert out.serials()[-1] == ("temp", None)
+    # ft-2's device delivered nothing: it waits on, at no cost, for its first read.
+    assert hold.status()["waiting_stations"] == ["ft-2"]
+    now[0] = 2000.0
+    hold.tick()
+    hold.sink("other", [Reading(2000.0, "serial", "SN-9")])
     assert out.serials()[-1] == ("serial", "SN-9")
+    assert (hold.released_total, hold.status()["waiting_stations"]) == (1, [])
 
 
 def test_past_max_readings_the_station_that_waited_longest_goes_first() -> None:

@@ -196,8 +196,9 @@ class TaggingConfig(_Model):
         gt=0,
         le=3600,
         description="Readings of a station whose serial is a polled device tag wait at most "
-        "this long (seconds) for its first serial read; then they go out tagged by their own "
-        "time and are counted (released untagged).",
+        "this long (seconds, from the station's first held reading) for its first serial "
+        "read; then they go out tagged by their own time and are counted (released "
+        "untagged).",
     )
     first_serial_max_readings: int = Field(
         default=50_000,

@@ -15,14 +15,16 @@ releases them, tagged with what it shows, as of the read: a reading taken before
 as if taken at it (its own ``ts`` is kept in the message). What the first read shows is what
 was at the station when the collector started; an empty serial releases them with no unit.
 
-The wait is bounded: by ``tagging.first_serial_wait_s`` (from the start, or from the reload
-that added the station) and by ``tagging.first_serial_max_readings`` for all stations (then
-the station whose readings have waited longest goes first). At a bound the station's held
-readings go out tagged by their own time (no unit, or the stored one), counted as
-``released_untagged`` and logged once per station; the station then waits no longer. A
-scanner, an instrument in listen mode and the HTTP endpoint say nothing until a unit comes:
-their stations never hold. Counted on /status, /health and /metrics: held, released (by the
-first read) and released untagged (at a bound).
+The wait is bounded: a held reading waits at most ``tagging.first_serial_wait_s`` (from the
+station's first held reading: a slow connect does not eat into it), and
+``tagging.first_serial_max_readings`` bounds all stations together (then the station whose
+readings have waited longest goes first). A station none of whose devices delivers anything
+costs nothing while it waits; only its devices' readings take the slower path. At a bound
+the station's held readings go out tagged by their own time (no unit, or the stored one),
+counted as ``released_untagged`` and logged once per station; the station then waits no
+longer. A scanner, an instrument in listen mode and the HTTP endpoint say nothing until a
+unit comes: their stations never hold. Counted on /status, /health and /metrics: held,
+released (by the first read) and released untagged (at a bound).
 """
 
 from __future__ import annotations
@@ -69,10 +71,11 @@ class FirstReadHold:
         self._done: set[str] = set()
         #: station -> its held (device, reading) in arrival order
         self._held: dict[str, list[tuple[str, Reading]]] = {}
-        #: station -> when its first held reading came (monotonic): the oldest go first
+        #: station -> when its first held reading came (monotonic): how long it has waited
         self._since: dict[str, float] = {}
-        #: When the waiting began (start-up, or a reload): it lasts ``wait_s`` at most.
-        self._started = monotonic()
+        #: Devices whose readings may concern a waiting station (the others pass at once).
+        self._devices: set[str] = set()
+        self._find_devices()
         self.holding = 0
         self.held_total = 0
         self.released_total = 0
@@ -82,7 +85,7 @@ class FirstReadHold:
     def sink(self, device: str, readings: Sequence[Reading]) -> None:
         """A device's readings, as a poller hands them over."""
         context = self._context
-        if not self._waiting:  # the usual case after the first seconds
+        if device not in self._devices:  # the usual case after the first seconds
             self._submit(device, readings, context.tag(device, readings))
             return
         context.apply_signals(device, readings)
@@ -114,12 +117,16 @@ class FirstReadHold:
             )
 
     def tick(self) -> None:
-        """End the wait of every station still waiting ``wait_s`` after it began (called
-        twice a second by the service, whether or not readings come)."""
-        if not self._waiting or self._monotonic() - self._started < self.limits.wait_s:
+        """Release the stations whose first held reading has waited ``wait_s`` (called twice
+        a second by the service, whether or not readings come)."""
+        if not self._since:
             return
-        for station in list(self._waiting):
-            self._release(station, untagged=f"tagging.first_serial_wait_s = {self.limits.wait_s:g}")
+        now = self._monotonic()
+        for station, since in list(self._since.items()):
+            if now - since >= self.limits.wait_s:
+                self._release(
+                    station, untagged=f"tagging.first_serial_wait_s = {self.limits.wait_s:g}"
+                )
 
     def release_all(self, why: str) -> None:
         """Release everything held, tagged by its own time (the service stops)."""
@@ -132,16 +139,23 @@ class FirstReadHold:
         for station in [s for s in self._held if s not in context.first_read_stations()]:
             self._release(station, untagged="the station was removed by a config reload")
         self._context = context
-        waiting = context.first_read_stations() - self._done
-        if waiting - self._waiting:  # a station the reload added waits from now on
-            self._started = self._monotonic()
-        self._waiting = waiting
+        self._waiting = context.first_read_stations() - self._done
+        self._find_devices()
+
+    def _find_devices(self) -> None:
+        waiting = self._waiting
+        self._devices = {
+            device
+            for device, stations in self._context.stations_by_device().items()
+            if stations & waiting
+        }
 
     def _release(self, station: str, untagged: str | None) -> None:
         """The station's wait is over: its first serial was read (``untagged`` None: held
         readings tagged as of that read), or a bound was reached (``untagged`` names it)."""
         self._waiting.discard(station)
         self._done.add(station)
+        self._find_devices()
         self._since.pop(station, None)
         held = self._held.pop(station, [])
         if not held:

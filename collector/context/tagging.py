@@ -184,6 +184,13 @@ class StationContext:
         """When the station's serial was first read this run (its reading's ``ts``)."""
         return self._stations[station].first_read_ts
 
+    def stations_by_device(self) -> dict[str, set[str]]:
+        """Each device with a station: the stations its readings are tagged for."""
+        out = {device: {station.name} for device, station in self._station_of.items()}
+        for device, route in self._route.items():
+            out[device] = {station.name for station in route.values()}
+        return out
+
     def stations_of(self, device: str, readings: Sequence[Reading]) -> list[str | None]:
         """The station each reading is tagged for (None: no station's unit, e.g. a rack's
         own tags)."""
