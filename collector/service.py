@@ -20,6 +20,7 @@ from collector.acquisition.poller import DeviceStatus, Poller, phase_s
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
 from collector.config import Config, DeviceConfig, ValueKeys, load_config
 from collector.context import serials
+from collector.context.firstread import FirstReadHold, HoldLimits
 from collector.context.tagging import StationContext
 from collector.delivery.forwarder import Delivered, Forwarder, MqttStatus
 from collector.delivery.storesync import store_health
@@ -93,6 +94,13 @@ class Service:
             max_readings_per_batch=config.mqtt.max_readings_per_message,
             positional=config.mqtt.value_keys is ValueKeys.POSITION,
         )
+        tagging = config.tagging
+        #: Readings waiting for their station's first serial read (collector.context.firstread).
+        self.hold = FirstReadHold(
+            self.context,
+            self.writer.submit,
+            HoldLimits(tagging.first_serial_wait_s, tagging.first_serial_max_readings),
+        )
         self.forwarder: Forwarder | None = None
         self._set_meta(config)
         self.mqtt = MqttStatus()
@@ -117,7 +125,7 @@ class Service:
         self.left_in_buffer = 0
 
     def _sink(self, device: str, readings: Sequence[Reading]) -> None:
-        self.writer.submit(device, readings, self.context.tag(device, readings))
+        self.hold.sink(device, readings)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set. Raises StartupError if the buffer or the port is not to
@@ -203,6 +211,8 @@ class Service:
             async with self._reload_lock:  # a reload in progress finishes first
                 self._group = None
                 await cancel_and_wait([*self._polling.values(), ticking, watching])
+            # No serial can be read any more: what waited for one goes out as it is.
+            self.hold.release_all("the collector stops")
             self.context.tick(final=True)  # no late reading can come now: finish ended units
             await self.writer.flush()
             writer.cancel()
@@ -310,6 +320,7 @@ class Service:
         context = StationContext(new.stations, new.devices)
         context.restore(*snapshot)
         self.context = context
+        self.hold.set_context(context)
         self.writer.set_changes(context.take_changes)
 
     async def _tick(self) -> None:
@@ -317,6 +328,7 @@ class Service:
         whether or not any device delivers."""
         while True:
             await asyncio.sleep(0.5)
+            self.hold.tick()
             if self.context.tick():
                 self.writer.poke()
 
@@ -383,6 +395,13 @@ class Service:
         dropped = outbox.dropped_total - self._dropped_at_start + self.writer.overflow_dropped
         if dropped:
             reasons.append(f"{dropped} reading(s) dropped since start (buffer full)")
+        untagged = self.hold.released_untagged_total
+        if untagged:
+            reasons.append(
+                f"{untagged} reading(s) released untagged at start-up: no first serial read "
+                f"within the bounds (tagging.first_serial_*) at "
+                f"{', '.join(self.hold.untagged_stations[:5])}"
+            )
         quarantined = outbox.quarantined_total - self._quarantined_at_start
         if quarantined:
             reasons.append(f"{quarantined} reading(s) quarantined since start (broker refused)")
@@ -450,6 +469,8 @@ class Service:
             # Serials refused for control or format characters, per station
             # (collector.context.serials).
             "rejected_serials": dict(serials.rejected),
+            # Readings waiting for (or released by) stations' first serial reads.
+            "first_serial_hold": self.hold.status(),
             "buffer": {
                 "path": str(self.config.buffer.path),
                 "depth": stats.depth,

@@ -28,7 +28,7 @@ from store.pages import install as install_pages
 from store.pages.query import unit_query
 from store.record.api import install as install_record
 from store.report import Format, load_protocol, render_report
-from store.status import ServiceView, gap_report, old_gaps, parked_count
+from store.status import ServiceView, gap_report, old_gaps, parked_size
 
 
 def health(service: ServiceView) -> tuple[bool, dict[str, Any]]:
@@ -45,6 +45,7 @@ def health(service: ServiceView) -> tuple[bool, dict[str, Any]]:
     except Exception as exc:  # /health reports, it does not fail
         problems.append(f"gap audit unreadable: {exc}")
     problems.extend(f"gap: {line}" for line in old)
+    parking = _parking(service, problems)
     body = {
         "status": "ok" if not problems else "degraded",
         "problems": problems,
@@ -66,15 +67,41 @@ def health(service: ServiceView) -> tuple[bool, dict[str, Any]]:
             "quarantined": dict(s.quarantined),
             "parked": s.parked,
             "unparked": s.unparked,
+            "parked_dropped": s.parked_dropped,
             "acked": s.acked,
             "last_commit_age_s": None
             if s.last_commit is None
             else round(time.time() - s.last_commit, 1),
         },
+        "parking": parking,
         "old_gaps": old,
         "http": None if service.http_stats is None else service.http_stats(),
     }
     return not problems, body
+
+
+def _parking(service: ServiceView, problems: list[str]) -> dict[str, Any]:
+    """Parked messages now against their bounds (store.parking); drops are a problem."""
+    ingest, s = service.config.ingest, service.stats
+    try:
+        count, size = parked_size(service.engine)
+    except Exception as exc:  # /health reports, it does not fail
+        problems.append(f"parking unreadable: {exc}")
+        count = size = -1
+    if s.parked_dropped:
+        problems.append(
+            f"parking: {s.parked_dropped} parked readings message(s) dropped since start, "
+            "oldest first, at a bound of ingest.parked_max_* (their meta version never came; "
+            "kept in quarantine, kind parked_dropped)"
+        )
+    return {
+        "messages": count,
+        "bytes": size,
+        "max_messages": ingest.parked_max_messages,
+        "max_bytes": ingest.parked_max_bytes,
+        "max_age_s": ingest.parked_max_age_s,
+        "dropped": s.parked_dropped,
+    }
 
 
 def create_app(service: ServiceView) -> FastAPI:
@@ -89,7 +116,7 @@ def create_app(service: ServiceView) -> FastAPI:
     def get_metrics() -> Response:
         try:
             gaps = gap_report(service.engine)
-            waiting: int | None = parked_count(service.engine)
+            waiting: tuple[int, int] | None = parked_size(service.engine)
         except Exception:  # the counters are still worth a scrape
             gaps, waiting = [], None
         return Response(render(service, gaps, waiting), media_type=CONTENT_TYPE_LATEST)

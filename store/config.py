@@ -145,6 +145,29 @@ class IngestConfig(_Model):
         description="A quarantined payload is kept up to this many bytes (the size is noted); "
         "a parked one (waiting for its meta version) is kept whole.",
     )
+    # Parking (readings messages waiting for a meta version the store has not seen) is bounded
+    # three ways; past any bound the oldest parked messages are dropped into quarantine (kind
+    # parked_dropped), counted and logged (store.parking). A collector republishes the versions
+    # its buffer still needs on every connect, so a version that is not here within minutes is
+    # lost or never existed (a broken or hostile publisher).
+    parked_max_messages: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Readings messages parked at once, at most; the oldest go first.",
+    )
+    parked_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024 * 1024,
+        description="Bytes of parked payloads at once, at most; the oldest go first.",
+    )
+    parked_max_age_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=365 * 86_400.0,
+        description="A message parked longer than this is dropped into quarantine.",
+    )
 
 
 class GapsConfig(_Model):

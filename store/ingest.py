@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -36,10 +37,20 @@ from contract.decode import ContractError, FlatUnit, decode_units
 from store.announce import Note, parse_gaps
 from store.decode import CtxKey, Decoded, Decoder, unexpected
 from store.gaps import StreamState
-from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
+from store.metabook import (
+    MetaKey,
+    MetaVersion,
+    conflict_reason,
+    from_row,
+    parked_reason,
+    parse_meta,
+    run_problem,
+    same_content,
+)
+from store.parking import Dropped, Parked, ParkingLimits, giants, over_bounds
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
 from store.schema import to_micros
-from store.sql import audit, db_time, insert_readings, insert_units, statements
+from store.sql import audit, db_time, insert_readings, insert_units, read_time, statements
 
 log = logging.getLogger("store.ingest")
 
@@ -70,6 +81,10 @@ class BatchResult:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     #: The reason of each message parked until its meta version arrives.
     parked: list[str] = field(default_factory=list)
+    #: The meta version each of those waits for.
+    parked_keys: list[MetaKey] = field(default_factory=list)
+    #: Parked messages dropped into quarantine at a parking bound (store.parking).
+    dropped: list[Dropped] = field(default_factory=list)
     #: Parked messages ingested (their meta version arrived).
     unparked: int = 0
     #: Each stream the batch touched: (its collector's topic base, its gap state after the
@@ -90,9 +105,20 @@ class BatchResult:
         self.units_inserted += other.units_inserted
         self.quarantined.extend(other.quarantined)
         self.parked.extend(other.parked)
+        self.parked_keys.extend(other.parked_keys)
+        self.dropped.extend(other.dropped)
         self.unparked += other.unparked
         self.streams.update(other.streams)
         self.notes.extend(other.notes)
+
+
+def _add_meta(batch: _Batch, meta: MetaVersion, message: Incoming) -> None:
+    """A batch's meta version; another content under the same id in the batch is refused
+    (the first one received stays, as in the database)."""
+    first = batch.metas.setdefault(meta.key, meta)
+    batch.meta_messages.setdefault(meta.key, message)
+    if not same_content(first, meta):
+        raise ContractError("", conflict_reason(meta.key), "meta_conflict")
 
 
 def topic_kind(topic: str) -> str | None:
@@ -110,6 +136,8 @@ class _Batch:
     readings: list[tuple[Incoming, Decoded]] = field(default_factory=list)
     units: list[list[FlatUnit]] = field(default_factory=list)
     metas: dict[MetaKey, MetaVersion] = field(default_factory=dict)
+    #: The message that brought each of ``metas``.
+    meta_messages: dict[MetaKey, Incoming] = field(default_factory=dict)
     #: (message, kind, reason) of each message quarantined.
     bad: list[tuple[Incoming, str, str]] = field(default_factory=list)
     #: (message, the meta version it waits for) of each message parked.
@@ -123,13 +151,23 @@ class _Batch:
 class Writer:
     """Owns one database connection and writes batches through it (one thread at a time)."""
 
-    def __init__(self, engine: sa.Engine, quarantine_max_bytes: int = 65_536) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        quarantine_max_bytes: int = 65_536,
+        parking: ParkingLimits | None = None,
+    ) -> None:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
         self.quarantine_max_bytes = quarantine_max_bytes
+        self.parking = parking or ParkingLimits()
+        # When the parking bounds were last looked at (monotonic): the age bound needs a look
+        # now and then even while nothing parks.
+        self._parking_checked = -math.inf
         self._raw: Any = None
         self._ids = Ids()
-        #: Meta versions known to be in the database.
+        #: Meta versions as the database holds them (filled from it only: what a poll is
+        #: resolved through never differs between this process and the database).
         self._metas: dict[MetaKey, MetaVersion] = {}
         self._decoder = Decoder()
         self._ts_memo: dict[str, Any] = {}
@@ -239,6 +277,7 @@ class Writer:
         sorted_ = self._decode(batch, result)
         conn = self._connection()
         with self._rolled_back_on_error(conn):
+            self._check_metas(conn, sorted_, result)
             self._check_positional(conn, sorted_, result)
             now = datetime.now(UTC)
             try:
@@ -286,6 +325,10 @@ class Writer:
                     cur, message, "unknown_meta", parked_reason(key), now, whole=True
                 )
                 cur.execute(self._sql["park"], (qid, *key))
+            if sorted_.parked or time.monotonic() - self._parking_checked >= (
+                self.parking.check_interval_s
+            ):
+                result.dropped = self._bound_parking(cur, now)
             for qid in release:
                 cur.execute(self._sql["release_q"], (qid,))
                 cur.execute(self._sql["release_p"], (qid,))
@@ -303,7 +346,10 @@ class Writer:
         result.notes.extend(sorted_.notes)
         if len(self._metas) > _CACHE_LIMIT:
             self._metas.clear()
-        self._metas.update(sorted_.metas)
+        for key in sorted_.metas:
+            # Insert-or-ignore: what the database holds now (this batch's or one stored
+            # before) is read back when next needed, never assumed.
+            self._metas.pop(key, None)
         arrived = set(sorted_.metas)
         for key in {key for _, key in sorted_.parked}:
             # Stored by another store process meanwhile? Then its unpark may have run
@@ -425,7 +471,7 @@ class Writer:
                 elif kind == META:
                     meta = parse_meta(message.payload)
                     _same_collector(message.topic, kind, meta.collector)
-                    out.metas[meta.key] = meta
+                    _add_meta(out, meta, message)
                 elif kind == GAPS:
                     notes = parse_gaps(message.payload)
                     for note in notes:
@@ -444,6 +490,57 @@ class Writer:
                 result.quarantined.append((problem.kind, str(problem)))
         return out
 
+    def _check_metas(self, conn: Any, batch: _Batch, result: BatchResult) -> None:
+        """A meta version already stored with other content stays as stored: the message
+        bringing the other content is quarantined (``meta_conflict``), and this batch's
+        polls are resolved through the stored one."""
+        for key, meta in list(batch.metas.items()):
+            stored = self._version(conn, key, {})
+            if stored is not None and not same_content(stored, meta):
+                del batch.metas[key]
+                reason = conflict_reason(key)
+                batch.bad.append((batch.meta_messages[key], "meta_conflict", reason))
+                result.quarantined.append(("meta_conflict", reason))
+
+    def _bound_parking(self, cur: Any, now: datetime) -> list[Dropped]:
+        """Drop the oldest parked messages past a parking bound into quarantine (in the
+        batch's transaction: a message parked by it may be one of them)."""
+        self._parking_checked = time.monotonic()
+        limits = self.parking
+        cur.execute(self._sql["parked_totals"])
+        count, size, oldest = cur.fetchone()
+        total = Parked(int(count), int(size))
+        if (
+            total.messages <= limits.max_messages
+            and total.bytes <= limits.max_bytes
+            and (oldest is None or read_time(oldest) >= now - timedelta(seconds=limits.max_age_s))
+        ):
+            return []  # the usual case: one aggregate over a bounded table
+        dropped: list[Dropped] = []
+        if total.bytes > limits.max_bytes:
+            cur.execute(self._sql["parked_giants"], (limits.max_bytes,))
+            rows = cur.fetchall()
+            dropped += giants(rows, limits)
+            total.messages -= len(rows)
+            total.bytes -= sum(int(r[4]) for r in rows)
+        gone = {d.quarantine_id for d in dropped}
+        after, more = 0, True
+        while more:
+            # The oldest first, a chunk at a time: just past the count bound, usually.
+            chunk = max(100, total.messages - limits.max_messages + 1)
+            cur.execute(self._sql["parked_oldest"], (after, chunk))
+            fetched = cur.fetchall()
+            if not fetched:
+                break
+            after = int(fetched[-1][0])
+            rows = [r for r in fetched if int(r[0]) not in gone]
+            some, more = over_bounds(total, rows, limits, now)
+            dropped += some
+        if dropped:
+            cur.executemany(self._sql["park_drop"], [(d.reason, d.quarantine_id) for d in dropped])
+            cur.executemany(self._sql["release_p"], [(d.quarantine_id,) for d in dropped])
+        return dropped
+
     def _check_positional(self, conn: Any, batch: _Batch, result: BatchResult) -> None:
         """Resolve the meta version of each positional poll: a message naming a version not
         received yet is parked; one whose values run past the version's tags is bad."""
@@ -458,6 +555,7 @@ class Writer:
             if missing is not None:
                 batch.parked.append((message, missing))
                 result.parked.append(parked_reason(missing))
+                result.parked_keys.append(missing)
                 continue
             why = self._run_problem(conn, decoded, batch.metas) if decoded.needs else None
             if why is not None:

@@ -2,10 +2,14 @@
 
 A positional poll (``tag_index`` + ``value_list``, docs/messages.md) means something only
 with the meta version it names: value i is tag ``order[tag_index + i]`` of that version.
-Every meta message the store receives is kept in the ``metas`` table (an in-memory cache in
-front); a readings message naming a version the store has not seen is *parked*: kept whole in
-``quarantine`` (kind ``unknown_meta``) with a ``parked`` row saying what it waits for, and
-acknowledged. When that version arrives, :class:`store.ingest.Writer` ingests the parked
+Every meta message the store receives is checked (its ``meta`` must be the hash of its
+content, contract.metahash; else it is quarantined, kind ``meta_hash``) and kept in the
+``metas`` table. The first content stored under a version id stays: a later message with other
+content under that id is quarantined (kind ``meta_conflict``), and the in-memory cache is
+filled from the database only, so both always resolve a poll alike. A readings message
+naming a version the store has not seen is *parked*: kept whole in ``quarantine`` (kind
+``unknown_meta``) with a ``parked`` row saying what it waits for, and acknowledged (bounded:
+store.parking). When that version arrives, :class:`store.ingest.Writer` ingests the parked
 messages (insert-or-ignore makes a second ingest harmless) and deletes both rows.
 """
 
@@ -17,6 +21,7 @@ from typing import Any
 import orjson
 
 from contract.decode import ContractError, decode_meta
+from contract.metahash import meta_hash_problem
 
 #: (collector, device, meta version)
 MetaKey = tuple[str, str, str]
@@ -54,8 +59,22 @@ def parse_meta(payload: bytes) -> MetaVersion:
         if len(set(order)) != len(order):
             raise ContractError("order", "names a tag twice")
         order = tuple(order)
+    problem = meta_hash_problem(checked["meta"], order, checked["tags"])
+    if problem is not None:
+        raise ContractError("meta", problem, "meta_hash")
     return MetaVersion(checked["collector"], checked["device"], checked["meta"], order,
                        checked["tags"])  # fmt: skip
+
+
+def same_content(a: MetaVersion, b: MetaVersion) -> bool:
+    return a.order == b.order and a.tags == b.tags
+
+
+def conflict_reason(key: MetaKey) -> str:
+    return (
+        f"meta: version {key[2]} of {key[0]}/{key[1]} is already stored with other content "
+        "(the first one received stays: readings are resolved through it)"
+    )
 
 
 def from_row(key: MetaKey, order: str | None, tags: str) -> MetaVersion:

@@ -16,7 +16,10 @@ from store.status import ServiceView, StreamGaps
 
 class StoreCollector(Collector):
     def __init__(
-        self, service: ServiceView, gaps: list[StreamGaps], waiting: int | None = None
+        self,
+        service: ServiceView,
+        gaps: list[StreamGaps],
+        waiting: tuple[int, int] | None = None,
     ) -> None:
         self._service = service
         self._gaps = gaps
@@ -45,12 +48,17 @@ class StoreCollector(Collector):
              s.parked),
             ("store_unparked", "Parked messages ingested when their meta version arrived.",
              s.unparked),
+            ("store_parked_dropped", "Parked messages dropped into quarantine at a bound of "
+             "ingest.parked_max_* (oldest first).", s.parked_dropped),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         quarantined = CounterMetricFamily(
             "store_quarantined", "Messages quarantined, by kind.", labels=["kind"]
         )
-        for kind in ("json", "schema", "field", "topic", "identity", "conflict", "database"):
+        for kind in (
+            "json", "schema", "field", "topic", "identity", "conflict", "database",
+            "meta_hash", "meta_conflict",
+        ):  # fmt: skip
             quarantined.add_metric([kind], s.quarantined.get(kind, 0))
         yield quarantined
         errors = CounterMetricFamily(
@@ -68,7 +76,12 @@ class StoreCollector(Collector):
             yield GaugeMetricFamily(
                 "store_parked_messages",
                 "Readings messages parked now, waiting for their meta version (database).",
-                self._waiting,
+                self._waiting[0],
+            )
+            yield GaugeMetricFamily(
+                "store_parked_bytes",
+                "Payload bytes of the readings messages parked now (database).",
+                self._waiting[1],
             )
         labels = ["collector", "outbox", "kind"]
         high = GaugeMetricFamily(
@@ -106,7 +119,9 @@ class StoreCollector(Collector):
         yield lost
 
 
-def render(service: ServiceView, gaps: list[StreamGaps], waiting: int | None = None) -> bytes:
+def render(
+    service: ServiceView, gaps: list[StreamGaps], waiting: tuple[int, int] | None = None
+) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(service, gaps, waiting))
     return generate_latest(registry)

@@ -28,6 +28,7 @@ from store.db import connect, error_reason
 from store.ingest import Incoming, Writer, topic_kind
 from store.migrate import SchemaRefused, migrate
 from store.mqtt import Delivery, Subscriber
+from store.parking import ParkingLimits, ParkLog
 from store.retention import prune_readings
 from store.status import Stats
 
@@ -48,7 +49,14 @@ class StoreService:
         self.config = config
         self.engine = engine or database_engine(config)
         self.stats = Stats()
-        self.writer = Writer(self.engine, config.ingest.quarantine_max_bytes)
+        ingest = config.ingest
+        self.writer = Writer(
+            self.engine,
+            ingest.quarantine_max_bytes,
+            ParkingLimits(
+                ingest.parked_max_messages, ingest.parked_max_bytes, ingest.parked_max_age_s
+            ),
+        )
         self.http_port: int | None = None
         #: The HTTP server's connection figures (common.httpserver.ConnectionGuard.stats),
         #: once it serves.
@@ -58,7 +66,7 @@ class StoreService:
         # so it stops reading the socket and TCP holds the broker back.
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.mqtt.receive_maximum)
         self._closing = False
-        self._parked_logged: set[str] = set()
+        self._park_log = ParkLog()
         # Ranges collectors said they will never send (store.announce): not asked for again.
         self._settled: dict[tuple[str, str, str], set[tuple[int, int]]] = {}
         self.acks = AckBook(config.acks, settled=lambda key: self._settled.get(key, ()))
@@ -222,7 +230,8 @@ class StoreService:
                 log.warning("quarantined a message (%s): %s", kind, reason)
             s.parked += len(result.parked)
             s.unparked += result.unparked
-            self._log_parked(result.parked, result.unparked)
+            s.parked_dropped += len(result.dropped)
+            self._park_log.note(result.parked_keys, result.dropped)
             s.acked += subscriber.ack(batch)
             for note in result.notes:
                 key = (note.collector, note.outbox, note.stream)
@@ -247,16 +256,6 @@ class StoreService:
                 wait = max(0.01, self.acks.next_due_s(time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acks_changed.wait(), wait)
-
-    def _log_parked(self, reasons: list[str], unparked: int) -> None:
-        """Once per meta version waited for, not once per message (a device whose meta
-        was lost parks every message until it comes)."""
-        if unparked:
-            self._parked_logged.clear()
-        for reason in reasons:
-            if reason not in self._parked_logged:
-                self._parked_logged.add(reason)
-                log.warning("parked a readings message: %s", reason)
 
     def _db_failed(self, exc: BaseException) -> None:
         s = self.stats

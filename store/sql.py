@@ -36,6 +36,12 @@ _CHAR_COLUMNS = (
 )
 
 
+_PARKED_ROWS = (
+    "SELECT p.quarantine_id, p.collector, p.device, p.meta, q.payload_bytes, q.received_at "
+    "FROM parked p JOIN quarantine q ON q.id = p.quarantine_id"
+)
+
+
 def statements(sqlite: bool) -> dict[str, str]:
     """Every statement of the writer, with the driver's parameter style."""
     ignore = "INSERT OR IGNORE INTO" if sqlite else "INSERT INTO"
@@ -90,6 +96,13 @@ def statements(sqlite: bool) -> dict[str, str]:
         "parked_ready": "SELECT DISTINCT p.collector, p.device, p.meta FROM parked p "
         "JOIN metas m ON m.collector = p.collector AND m.device = p.device "
         "AND m.meta = p.meta",
+        # The parking bounds (store.parking): the totals, then the oldest rows past a bound.
+        "parked_totals": "SELECT count(*), coalesce(sum(q.payload_bytes), 0), "
+        "min(q.received_at) FROM parked p JOIN quarantine q ON q.id = p.quarantine_id",
+        "parked_oldest": f"{_PARKED_ROWS} WHERE p.quarantine_id > ? "
+        "ORDER BY p.quarantine_id LIMIT ?",
+        "parked_giants": f"{_PARKED_ROWS} WHERE q.payload_bytes > ?",
+        "park_drop": "UPDATE quarantine SET kind = 'parked_dropped', reason = ? WHERE id = ?",
         "release_q": "DELETE FROM quarantine WHERE id = ?",
         "release_p": "DELETE FROM parked WHERE quarantine_id = ?",
         "replay_get": "SELECT seq, ts, num, text FROM readings WHERE stream = ? "

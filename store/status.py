@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
-from store.schema import gaps, parked, seq_notes, streams
+from store.schema import gaps, parked, quarantine, seq_notes, streams
 
 if TYPE_CHECKING:
     from store.config import StoreConfig
@@ -31,6 +31,7 @@ class Stats:
     quarantined: Counter[str] = field(default_factory=Counter)  # by kind
     parked: int = 0  # messages parked until their meta version arrives
     unparked: int = 0  # parked messages ingested since
+    parked_dropped: int = 0  # parked messages dropped into quarantine at a bound (store.parking)
     batches: int = 0
     acked: int = 0
     last_commit: float | None = None
@@ -215,7 +216,12 @@ def old_gaps(report: list[StreamGaps], alert_after_s: float, now: datetime) -> l
     return out
 
 
-def parked_count(engine: sa.Engine) -> int:
-    """Readings messages parked now, waiting for their meta version (every process)."""
+def parked_size(engine: sa.Engine) -> tuple[int, int]:
+    """Readings messages parked now and their payload bytes (every process)."""
     with engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(parked)).scalar_one())
+        count, size = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(quarantine.c.payload_bytes), 0))
+            .select_from(parked)
+            .join(quarantine, quarantine.c.id == parked.c.quarantine_id)
+        ).one()
+    return int(count), int(size)

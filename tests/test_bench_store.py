@@ -32,3 +32,17 @@ def test_store_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
         assert figures[f"genealogy_{db}"]["stored_readings"] == 200_000
         assert figures[f"genealogy_{db}"]["unit_readings"] == 2000
         assert figures[f"backlog_{db}"]["readings"] == 20_000
+
+
+@pytest.mark.slow
+def test_parking_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
+    require_mosquitto()
+    out = tmp_path / "parking.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.parking", "--quick", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["messages"] == 2000
+    assert figures["parked_messages"] + figures["dropped_into_quarantine"] == 2000

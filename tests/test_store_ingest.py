@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from contract.encode import ReadingEncoder, build_message, encode_unit, ts_text, with_seq
+from contract.metahash import meta_version
 from contract.records import Context, Reading, UnitRecord
 from store.db import connect, create_schema
 from store.genealogy import UnitQuery, search_units, unit_genealogy, write_csv
@@ -222,13 +223,14 @@ def test_retention_prunes_old_readings_and_keeps_unit_records(engine: sa.Engine)
 
 
 def test_tag_metadata_gives_schema2_readings_their_engineering_unit(engine: sa.Engine) -> None:
+    tags: dict[str, Any] = {"v": {"unit": "V", "type": "float32", "scale": 1.0, "offset": 0.0}}
     meta = {
-        "schema": 2, "collector": "pc2", "device": "d", "meta": "a1b2c3d4",
-        "tags": {"v": {"unit": "V", "type": "float32", "scale": 1.0, "offset": 0.0}},
+        "schema": 2, "collector": "pc2", "device": "d", "meta": meta_version(None, tags),
+        "tags": tags,
     }  # fmt: skip
     doc = {
         "schema": 2, "collector": "pc2", "outbox": OUTBOX,
-        "polls": [{"seq": 1, "ts": "2026-11-21T10:15:02Z", "device": "d", "meta": "a1b2c3d4",
+        "polls": [{"seq": 1, "ts": "2026-11-21T10:15:02Z", "device": "d", "meta": meta["meta"],
                    "unit_serial": "S-1", "values": {"v": 12.5, "w": 1}}],
     }  # fmt: skip
     writer = Writer(engine)
@@ -244,7 +246,9 @@ def test_tag_metadata_gives_schema2_readings_their_engineering_unit(engine: sa.E
     assert [(r["tag"], r["value"], r["unit"]) for r in found["readings"]] == [
         ("v", 12.5, "V"), ("w", 1, None),
     ]  # fmt: skip
-    meta["tags"] = {"v": {"unit": "mV"}}  # a later metadata message changes the unit
+    # A later metadata version (its own id: the hash of its content) changes the unit.
+    meta["tags"] = {"v": {"unit": "mV"}}
+    meta["meta"] = meta_version(None, meta["tags"])
     writer.write([Incoming("collector/s/l/pc2/meta/d", orjson.dumps(meta))])
     found = unit_genealogy(engine, "S-1")
     assert found is not None

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from contract.metahash import meta_version
 from store.db import connect, create_schema
 from store.genealogy import unit_genealogy
 from store.ingest import Incoming, Writer
@@ -40,7 +41,8 @@ def meta_message(order: list[str] | None = ORDER, units: str = "V") -> tuple[str
     """A meta message as the spec defines it; returns (its version id, its payload)."""
     tags = {t: {"unit": f"{units}{t}", "type": "float32"} for t in ORDER}
     body: dict[str, Any] = {"tags": tags} if order is None else {"order": order, "tags": tags}
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    # Without order (a collector before positional values), the tags alone were hashed.
+    canonical = orjson.dumps(tags if order is None else body, option=orjson.OPT_SORT_KEYS)
     meta = hashlib.sha256(canonical).hexdigest()[:8]
     doc = {"schema": 2, "collector": "pc2", "device": "d", "meta": meta, **body}
     return meta, orjson.dumps(doc)
@@ -260,13 +262,12 @@ def test_series_of_a_meta_version_are_numbered_in_its_order(engine: sa.Engine) -
     poll's series ids are consecutive."""
     order = [f"r{i}" for i in range(12)]
     tags = {t: {"unit": None} for t in sorted(order)}
-    doc = {"schema": 2, "collector": "pc2", "device": "d", "meta": "0badcafe", "order": order,
+    meta = meta_version(order, tags)
+    doc = {"schema": 2, "collector": "pc2", "device": "d", "meta": meta, "order": order,
            "tags": tags}  # fmt: skip
     writer = Writer(engine)
     writer.write([Incoming(M_TOPIC, orjson.dumps(doc))])
-    writer.write(
-        [Incoming(R_TOPIC, positional("0badcafe", [(1, 0, [float(i) for i in range(12)])]))]
-    )
+    writer.write([Incoming(R_TOPIC, positional(meta, [(1, 0, [float(i) for i in range(12)])]))])
     with engine.connect() as conn:
         ids = dict(conn.execute(sa.text("SELECT tag, id FROM series")).all())
     assert [ids[t] for t in order] == list(range(ids["r0"], ids["r0"] + 12))
@@ -303,7 +304,7 @@ def test_the_store_service_parks_counts_and_releases(mosquitto: Mosquitto, tmp_p
         assert [r[1] for r in stored(engine)] == [*ORDER, "a", "b"]
         assert (count(engine, parked), count(engine, quarantine)) == (0, 1)
         log = store.log.read_text()
-        assert log.count("parked a readings message") == 1, log[-2000:]
+        assert log.count("readings message(s) parked") == 1, log[-2000:]
         assert "ingested 2 parked message(s)" in log
     finally:
         publisher.close()

@@ -1,10 +1,11 @@
 """Typed configuration: one declaration per option (type, default, description), validated once.
 
 Split by section: :mod:`~collector.config.base` (``collector``, ``buffer``, ``mqtt``,
-``health``), :mod:`~collector.config.stations`, :mod:`~collector.config.model` (the whole file
-and its device union, built from drivers.registry; each protocol's device models live in its
-package, drivers/<protocol>/config.py) and :mod:`~collector.config.loader` (YAML with line
-numbers, CSV register maps, the machine's secrets). docs/configuration.md documents every option.
+``health``, ``tagging``), :mod:`~collector.config.stations`, :mod:`~collector.config.model` (the
+whole file and its device union, built from drivers.registry; each protocol's device models live
+in its package, drivers/<protocol>/config.py) and :mod:`~collector.config.loader` (YAML with
+line numbers, CSV register maps, the machine's secrets). docs/configuration.md documents every
+option.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collector.config.base import (
     MqttConfig,
     MqttVersion,
     Synchronous,
+    TaggingConfig,
     TlsConfig,
     ValueKeys,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "StationConfig",
     "Synchronous",
     "TagRef",
+    "TaggingConfig",
     "TlsConfig",
     "UnitEnd",
     "ValueKeys",

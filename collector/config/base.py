@@ -187,6 +187,28 @@ class MqttConfig(ReconnectBackoff):
 # --------------------------------------------------------------------------- health
 
 
+class TaggingConfig(_Model):
+    """How long readings wait for a station's first serial read at start-up
+    (collector.context.firstread, docs/traceability.md)."""
+
+    first_serial_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Readings of a station whose serial is a polled device tag wait at most "
+        "this long (seconds, from the station's first held reading) for its first serial "
+        "read; then they go out tagged by their own time and are counted (released "
+        "untagged).",
+    )
+    first_serial_max_readings: int = Field(
+        default=50_000,
+        ge=1,
+        le=1_000_000,
+        description="Readings held for first serial reads at once, at most (all stations); "
+        "past it the station that waited longest goes out untagged, counted.",
+    )
+
+
 class HealthConfig(_Model):
     enabled: bool = Field(default=True, description="Serve /health and /status.")
     host: str = Field(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Self, Union
 
 from pydantic import Field, model_validator
 
-from collector.config.base import BufferConfig, HealthConfig, Identity, MqttConfig
+from collector.config.base import BufferConfig, HealthConfig, Identity, MqttConfig, TaggingConfig
 from collector.config.stations import StationConfig, TagRef, expand_slots
 from common.config import FieldPath, FileKind, SecretEnv, SecretFile
 from common.config import Model as _Model
@@ -37,6 +37,7 @@ class Config(_Model):
     buffer: BufferConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    tagging: TaggingConfig = Field(default_factory=TaggingConfig)
     stations: list[StationConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(min_length=1)
 

@@ -183,6 +183,45 @@ class StationContext:
         self._dirty: set[str] = set()
         self._finished: list[UnitRecord] = []
 
+    # ------------------------------------------------------------------ first serial read
+
+    def first_read_stations(self) -> set[str]:
+        """Stations whose serial is a polled device tag (it shows the unit while present):
+        what they show at their first read this run is what was there before it, so their
+        readings wait for it (collector.context.firstread). A scanner, an instrument in
+        listen mode and the HTTP endpoint say nothing until a unit comes: theirs do not."""
+        return {
+            name
+            for name, station in self._stations.items()
+            if station.presence and station.config.serial_source != "http"
+        }
+
+    def first_read_ts(self, station: str) -> float | None:
+        """When the station's serial was first read this run (its reading's ``ts``)."""
+        return self._stations[station].first_read_ts
+
+    def stations_by_device(self) -> dict[str, set[str]]:
+        """Each device with a station: the stations its readings are tagged for."""
+        out = {device: {station.name} for device, station in self._station_of.items()}
+        for device, route in self._route.items():
+            out[device] = {station.name for station in route.values()}
+        return out
+
+    def stations_of(self, device: str, readings: Sequence[Reading]) -> list[str | None]:
+        """The station each reading is tagged for (None: no station's unit, e.g. a rack's
+        own tags)."""
+        station = self._station_of.get(device)
+        if station is not None:
+            return [station.name] * len(readings)
+        route = self._route.get(device)
+        if route is None:
+            return [None] * len(readings)
+        names: list[str | None] = []
+        for reading in readings:
+            slot = route.get(reading.tag)
+            names.append(None if slot is None else slot.name)
+        return names
+
     # ------------------------------------------------------------------ restart
 
     def restore(self, stations: dict[str, bytes], attempts: dict[tuple[str, str], int]) -> None:
@@ -218,10 +257,11 @@ class StationContext:
         signals among them. Readings read at the same moment share one Context object: the
         work here is per distinct ``ts`` (one per request for a polled device), not per
         reading."""
-        station = self._station_of.get(device)
-        route = None if station is not None else self._route.get(device)
-        if station is None and route is None:
-            return [self._no_station] * len(readings)
+        self.apply_signals(device, readings)
+        return self.contexts(device, readings)
+
+    def apply_signals(self, device: str, readings: Sequence[Reading]) -> None:
+        """Apply the signals (serial, verdict, ...) among a device's readings."""
         kinds = self._signal_tags.get(device)
         if kinds:
             signals = []
@@ -235,6 +275,13 @@ class StationContext:
                 signals.sort(key=lambda s: s[:2])
                 for ts, _, kind, target, reading in signals:
                     self._signal(target, kind, ts, reading.value, event)
+
+    def contexts(self, device: str, readings: Sequence[Reading]) -> list[Context]:
+        """The context of each reading, by its ``ts`` (signals applied already)."""
+        station = self._station_of.get(device)
+        route = None if station is not None else self._route.get(device)
+        if station is None and route is None:
+            return [self._no_station] * len(readings)
         characteristics = self._characteristics.get(device)
         if station is None:
             assert route is not None
@@ -341,6 +388,10 @@ class StationContext:
         return True
 
     def _signal(self, station: Station, kind: str, ts: float, value: Value, event: bool) -> None:
+        if kind == "serial" and station.first_read_ts is None:
+            # Before the repeat check: a serial read after a restart that is the one stored
+            # is a first read all the same (collector.context.firstread waits for it).
+            station.first_read_ts = ts
         previous = station.last.get(kind, _MISSING)
         if not event and previous == value:
             return  # a polled value repeating: nothing new to store either

@@ -180,6 +180,8 @@ class Station:
         self.figures = Figures()
         self.no_unit = Context(self.out_name, None, self.operation, None, config.slot)
         self._context: tuple[Unit, str, Context] | None = None
+        #: When the serial was first read this run (not stored: each run reads it anew).
+        self.first_read_ts: float | None = None
 
     @property
     def current(self) -> Unit | None:

@@ -26,6 +26,7 @@ from collector.acquisition.poller import DeviceStatus
 from collector.buffer import AsyncOutbox, BufferWriter
 from collector.config import Config
 from collector.context import serials
+from collector.context.firstread import FirstReadHold
 from collector.context.tagging import StationContext
 from collector.context.units import RECENT_KEY
 from collector.delivery.publisher import MqttStatus
@@ -52,6 +53,9 @@ class MetricsSource(Protocol):
 
     @property
     def context(self) -> StationContext: ...
+
+    @property
+    def hold(self) -> FirstReadHold: ...
 
 
 @dataclass
@@ -158,6 +162,20 @@ class ServiceCollector(Collector):
             "collector_buffer_quarantined",
             "Readings the broker can never accept, moved aside.",
             value=outbox.quarantined_total,
+        )
+        hold = service.hold
+        for name, doc, value in (
+            ("held", "Readings held for their station's first serial read.", hold.held_total),
+            ("released", "Held readings released by the first serial read, tagged with what it "
+             "showed.", hold.released_total),
+            ("released_untagged", "Held readings released at a bound (tagging.first_serial_*), "
+             "tagged by their own time.", hold.released_untagged_total),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"collector_first_serial_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "collector_first_serial_holding",
+            "Readings waiting for their station's first serial read now.",
+            value=hold.holding,
         )
         bad_serials = CounterMetricFamily(
             "collector_rejected_serials",

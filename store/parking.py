@@ -1,0 +1,168 @@
+"""Bounds on parking: readings messages waiting for a meta version the store has not seen.
+
+A parked message is kept whole in ``quarantine`` with a ``parked`` row (store.metabook). Left
+alone, a publisher that names a new unknown version in every message (a broken collector, a
+hostile one) parks without end: the database grows and every version waited for gets its log
+line. So parking is bounded by count, bytes and age (``ingest.parked_max_*`` in store.yaml);
+past a bound the **oldest** parked messages are dropped first: the ``parked`` row goes, the
+quarantine row stays (kind ``parked_dropped``, the payload whole, the bound in its reason), so
+nothing is lost silently and an operator can still publish it again once its metadata is
+known. Drops are counted (/health, /metrics) and the log says it at most once per collector
+per minute (:class:`ParkLog`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from store.metabook import MetaKey
+from store.sql import read_time
+
+log = logging.getLogger("store.ingest")
+
+#: The quarantine kind of a parked message dropped at a bound.
+DROPPED = "parked_dropped"
+#: Distinct versions remembered per collector between two log lines (the count goes on).
+_VERSIONS_NOTED = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ParkingLimits:
+    max_messages: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_age_s: float = 86_400.0
+
+    @property
+    def check_interval_s(self) -> float:
+        """How often the age bound is looked at when nothing parks."""
+        return min(60.0, self.max_age_s / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    quarantine_id: int
+    key: MetaKey
+    reason: str
+
+
+@dataclass(slots=True)
+class Parked:
+    """What is parked now, in total (the database's count and sum)."""
+
+    messages: int
+    bytes: int
+
+
+def over_bounds(
+    total: Parked, oldest: Iterable[Sequence[Any]], limits: ParkingLimits, now: datetime
+) -> tuple[list[Dropped], bool]:
+    """The parked messages to drop, oldest first, from ``oldest``: parked rows in the order
+    they were parked, as (quarantine id, collector, device, meta, payload bytes, received
+    at). Drops until what is left is within every bound; ``total`` is updated as it goes.
+    Returns the drops and whether ``oldest`` ran out before that (then more rows are needed).
+    A message larger than ``max_bytes`` by itself is dropped beforehand (:data:`GIANT`)."""
+    cutoff = now - timedelta(seconds=limits.max_age_s)
+    out: list[Dropped] = []
+    for qid, collector, device, meta, nbytes, received in oldest:
+        if read_time(received) < cutoff:
+            why = f"parked longer than ingest.parked_max_age_s = {limits.max_age_s:g}"
+        elif total.messages > limits.max_messages:
+            why = f"over ingest.parked_max_messages = {limits.max_messages}"
+        elif total.bytes > limits.max_bytes:
+            why = f"over ingest.parked_max_bytes = {limits.max_bytes}"
+        else:
+            return out, False
+        out.append(
+            Dropped(
+                int(qid), (collector, device, meta), dropped_reason(meta, collector, device, why)
+            )
+        )
+        total.messages -= 1
+        total.bytes -= nbytes
+    return out, True
+
+
+def giants(rows: Iterable[Sequence[Any]], limits: ParkingLimits) -> list[Dropped]:
+    """Parked messages larger than ``max_bytes`` by themselves: they can never fit, and must
+    not push every older one out on their way."""
+    why = f"over ingest.parked_max_bytes = {limits.max_bytes} by itself"
+    return [
+        Dropped(int(qid), (collector, device, meta), dropped_reason(meta, collector, device, why))
+        for qid, collector, device, meta, _, _ in rows
+    ]
+
+
+def dropped_reason(meta: str, collector: str, device: str, why: str) -> str:
+    return (
+        f"meta version {meta} of {collector}/{device} not received: dropped from parking, "
+        f"oldest first ({why})"
+    )
+
+
+@dataclass(slots=True)
+class _Pending:
+    parked: int = 0
+    versions: set[MetaKey] = field(default_factory=set)
+    dropped: int = 0
+    why: str = ""
+
+
+class ParkLog:
+    """What parking did, logged at most once per collector per ``interval_s``: a line when a
+    collector first parks or drops, then one a minute at most with the counts since the last
+    line (the counters on /health and /metrics have every message)."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self._clock = clock
+        self._pending: dict[str, _Pending] = {}
+        self._last: dict[str, float] = {}
+
+    def note(self, parked: Iterable[MetaKey], dropped: Iterable[Dropped]) -> list[str]:
+        """Take a batch's parked and dropped messages; returns the lines logged now."""
+        for key in parked:
+            p = self._pending.setdefault(key[0], _Pending())
+            p.parked += 1
+            if len(p.versions) < _VERSIONS_NOTED:
+                p.versions.add(key)
+        for d in dropped:
+            p = self._pending.setdefault(d.key[0], _Pending())
+            p.dropped += 1
+            p.why = d.reason
+        now = self._clock()
+        lines = []
+        for collector in list(self._pending):
+            last = self._last.get(collector)
+            if last is not None and now - last < self.interval_s:
+                continue
+            p = self._pending.pop(collector)
+            self._last[collector] = now
+            lines.append(_line(collector, p, None if last is None else now - last))
+        for line in lines:
+            log.warning("%s", line)
+        return lines
+
+
+def _line(collector: str, p: _Pending, elapsed_s: float | None) -> str:
+    since = "since start" if elapsed_s is None else f"in the {elapsed_s:.0f} s since the last line"
+    parts = [f"collector {collector}:"]
+    if p.parked:
+        versions = len(p.versions)
+        shown = ", ".join(f"{d}/{m}" for _, d, m in sorted(p.versions)[:3])
+        more = f" (at least {versions})" if versions >= _VERSIONS_NOTED else ""
+        parts.append(
+            f"{p.parked} readings message(s) parked {since}, waiting for {versions}{more} "
+            f"meta version(s) not received yet (e.g. {shown});"
+        )
+    if p.dropped:
+        parts.append(
+            f"{p.dropped} parked message(s) dropped into quarantine (kind {DROPPED}); "
+            f"the last: {p.why};"
+        )
+    parts.append("logged at most once a minute per collector")
+    return " ".join(parts)
