@@ -618,3 +618,41 @@ def test_the_runs_commands_list_show_and_report(
     assert store_cli(["runs", "show", "--db", db_url]) == 2
     assert capsys.readouterr().err == "runs show: give the run's id\n"
     assert store_cli(["runs", "list"]) == 2  # neither --db nor --config
+
+
+def test_the_report_as_a_page_shows_the_record(app: tuple[TestClient, StoreService]) -> None:
+    client, _ = app
+    run_id = post_run(client, PROTOCOL).json()["id"]
+    client.post(
+        f"/runs/{run_id}/approvals",
+        headers=auth("alice"),
+        json={"function": "Quality", "decision": "approve"},
+    )
+    client.post(
+        f"/runs/{run_id}/deviations",
+        headers=auth("alice"),
+        json={"description": "<script>alert(1)</script> jam", "severity": "major",
+              "serials": ["PILOT-01"], "action": "set aside"},
+    )  # fmt: skip
+    client.post(
+        f"/runs/{run_id}/signoffs",
+        headers=auth("bob"),
+        json={"function": "Production", "decision": "no-go", "reason": "open major deviation"},
+    )
+    page = client.get(f"/runs/{run_id}/report?format=html")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["content-security-policy"].startswith("default-src 'none'; ")
+    html = page.text
+    assert "<script" not in html  # the description is escaped, and the page has no script
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; jam" in html
+    assert '<p id="run-state"><b>✗ NO-GO</b>: no-go signed by Bob P (Production).</p>' in html
+    assert "<td>Bob P</td><td><b>NO-GO</b></td><td>open major deviation</td>" in html
+    assert "not approved yet by Production, Engineering" in html
+    assert "audit trail verified, 5 entries" in html
+    assert client.get("/runs/999/report?format=html").json()["detail"] == "no run 999 in the store"
+    other = client.get(f"/runs/{run_id}/report?format=xml")
+    assert (other.status_code, other.json()["detail"]) == (
+        422,
+        "format 'xml': a run's report is json or html",
+    )
