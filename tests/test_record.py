@@ -613,6 +613,12 @@ def test_the_runs_commands_list_show_and_report(
     assert {k: v for k, v in report.items() if k != "generated_at"} == {
         k: v for k, v in over_http.items() if k != "generated_at"
     }
+    html_args = ["runs", "report", str(run_id), "--format", "html", "--unit-base", "http://s"]
+    assert store_cli([*html_args, "--db", db_url]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith("<!DOCTYPE html>")
+    assert '<a class="unit" href="http://s/units/PILOT-01">PILOT-01</a>' in page
+    assert '<p id="run-state"><b>⏳ AWAITING</b>: awaiting the signatures of ' in page
     assert store_cli(["runs", "report", "999", "--db", db_url]) == 1
     assert capsys.readouterr().err == "no run 999 in the store\n"
     assert store_cli(["runs", "show", "--db", db_url]) == 2
