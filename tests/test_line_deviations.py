@@ -161,6 +161,9 @@ async def test_a_deviation_recorded_while_the_broker_is_down_arrives_once(
             # The store's acknowledgement, not the broker's PUBACK, deletes it.
             await async_wait_until(lambda: outbox.deviations_depth == 0, 30, "acknowledged")
             assert service.mqtt.deviations_delivered == 1
+            metrics = (await service.metrics()).decode()
+            assert "collector_deviations_delivered_total 1.0" in metrics
+            assert "collector_buffer_deviations 0.0" in metrics
             status = await service.status()
             assert status["buffer"]["deviations_depth"] == 0
         [row] = line_rows(engine)
@@ -178,6 +181,8 @@ async def test_a_deviation_recorded_while_the_broker_is_down_arrives_once(
         )
         assert len(line_rows(engine)) == 1
         assert store.health()["ingest"]["deviations_inserted"] == 1
+        assert (store.metric("store_deviations_received_total"),
+                store.metric("store_deviations_inserted_total")) == (2, 1)  # fmt: skip
         report = store.get(f"/runs/{run_id}/report?format=json").json()
         [item] = report["deviations"]["items"]
         assert item["description"] == DEVIATION["description"]
