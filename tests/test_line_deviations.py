@@ -25,6 +25,7 @@ from contract.encode import encode_unit, envelope, with_seq
 from contract.fields import ContractError
 from contract.records import UnitRecord
 from drivers.modbus.sim import SimulatedModbusServer
+from store.announce import Note, parse_gaps
 from store.db import connect
 from store.migrate import alembic_config, migrate
 from store.record.audit import verify
@@ -344,3 +345,19 @@ def test_revision_0006_keeps_the_deviations_written_before_it(db_url: str) -> No
     assert found == {**written, **new}
     assert tuple(row) == (None, None, None, None)
     assert verify(engine).ok
+
+
+def test_a_collector_may_say_it_no_longer_holds_deviations() -> None:
+    """The store asks for a hole in a deviations stream again like in any other; the
+    collector's answer (``.../gaps``, stream deviations) is taken, not quarantined, so the
+    store stops asking."""
+    payload = orjson.dumps(
+        {"schema": 2, "collector": "pc1", "outbox": "0123456789abcdef",
+         "stream": "deviations", "unavailable": [[2, 3]]}
+    )  # fmt: skip
+    assert parse_gaps(payload) == [
+        Note("pc1", "0123456789abcdef", "deviations", "unavailable", 2, 3)
+    ]
+    with pytest.raises(ContractError) as raised:
+        parse_gaps(payload.replace(b"deviations", b"remarks"))
+    assert str(raised.value) == "stream: 'remarks' is not readings, units or deviations"
