@@ -29,7 +29,6 @@ from contract.fields import (
     _obj,
     _schema,
     _seq,
-    _show,
     _TsCheck,
     _wanted,
 )
@@ -102,18 +101,6 @@ def _required(obj: dict[str, Any], key: str, path: str) -> str:
     return value
 
 
-def _time(value: Any, path: str) -> float:
-    if type(value) is not str:
-        raise ContractError(path, _wanted("an RFC 3339 string", True, value))
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or "T" not in value:
-        raise ContractError(path, f"must be an RFC 3339 time with offset, got {_show(value)}")
-    return parsed.timestamp()
-
-
 def deviation_fields(obj: dict[str, Any], ts: float, path: str = "") -> Deviation:
     """A deviation from its JSON object (a message item without ``seq`` and ``ts``, or the
     collector's HTTP body), every field checked; ContractError names the first bad one."""
@@ -157,7 +144,9 @@ def _window(raw: Any, path: str) -> tuple[float, float] | None:
         return None
     if type(raw) is not dict or set(raw) != {"start", "end"}:
         raise ContractError(path, _wanted("an object {start, end}", True, raw))
-    start, end = _time(raw["start"], f"{path}.start"), _time(raw["end"], f"{path}.end")
+    check = _TsCheck()
+    start = datetime.fromisoformat(check(raw, f"{path}.", "start")).timestamp()
+    end = datetime.fromisoformat(check(raw, f"{path}.", "end")).timestamp()
     if start >= end:
         raise ContractError(path, "start must be before end")
     return start, end

@@ -128,10 +128,13 @@ class AsyncOutbox:
     async def ack_units(self, first_seq: int, last_seq: int) -> bool:
         """Delete delivered unit records; False if that failed (they are taken again later
         only by a restart: the forwarder's cursor moves past them)."""
+        return await self._delete(self.outbox.ack_units, "unit records", first_seq, last_seq)
+
+    async def _delete(self, delete: Any, what: str, first_seq: int, last_seq: int) -> bool:
         try:
-            await self._call(self.outbox.ack_units, first_seq, last_seq)
+            await self._call(delete, first_seq, last_seq)
         except sa.exc.OperationalError as exc:
-            log.error("buffer: cannot delete delivered unit records (%s)", exc.orig)  # noqa: TRY400
+            log.error("buffer: cannot delete delivered %s (%s)", what, exc.orig)  # noqa: TRY400
             return False
         return True
 
@@ -149,12 +152,7 @@ class AsyncOutbox:
 
     async def ack_deviations(self, first_seq: int, last_seq: int) -> bool:
         """Delete delivered deviations; False if that failed (like :meth:`ack_units`)."""
-        try:
-            await self._call(self.outbox.ack_deviations, first_seq, last_seq)
-        except sa.exc.OperationalError as exc:
-            log.error("buffer: cannot delete delivered deviations (%s)", exc.orig)  # noqa: TRY400
-            return False
-        return True
+        return await self._delete(self.outbox.ack_deviations, "deviations", first_seq, last_seq)
 
     async def take(
         self,
