@@ -81,8 +81,7 @@ def late_unnamed(report: dict[str, Any], reason: str) -> str | None:
         return None
     return (
         f"protocol version {number} was created or approved after the run's first unit "
-        f"record: the reason must name it ('version {number}'): "
-        + "; ".join(approvals["notes"])
+        f"record: the reason must name it ('version {number}'): " + "; ".join(approvals["notes"])
     )
 
 
