@@ -29,6 +29,7 @@ from store.ingest import Incoming, Writer, topic_kind
 from store.migrate import SchemaRefused, migrate
 from store.mqtt import Delivery, Subscriber
 from store.parking import ParkingLimits, ParkLog
+from store.record import line as line_deviations
 from store.retention import prune_readings
 from store.status import Stats
 
@@ -199,11 +200,25 @@ class StoreService:
             if not batch:
                 continue
             self.stats.queued = self._queue.qsize()
-            incoming = [Incoming(d.topic, d.payload) for d in batch]
+            # Deviations recorded on the line PC go to the record (store.record.line), the rest
+            # to the writer; both are committed before any of the batch is acknowledged.
+            line = [(d.topic, d.payload) for d in batch if d.topic.endswith(LINE_DEVIATIONS)]
+            incoming = [
+                Incoming(d.topic, d.payload) for d in batch if not d.topic.endswith(LINE_DEVIATIONS)
+            ]
             delay = self.config.ingest.retry_min_ms / 1000
             while True:
                 started = time.perf_counter()
                 try:
+                    if line:
+                        from_line = await asyncio.to_thread(
+                            line_deviations.ingest,
+                            self.engine,
+                            line,
+                            self.config.ingest.quarantine_max_bytes,
+                        )
+                        line = []  # committed: a retry of the rest does not redo them
+                        self._took_line(from_line)
                     result = await asyncio.to_thread(self.writer.write_isolating, incoming)
                 except Exception as exc:  # every failure: retry, never ack
                     self._db_failed(exc)
@@ -220,7 +235,10 @@ class StoreService:
             s.batches += 1
             s.last_commit = time.time()
             for d in batch:
-                s.messages[topic_kind(d.topic) or "other"] += 1
+                kind = topic_kind(d.topic) or (
+                    "deviations" if d.topic.endswith(LINE_DEVIATIONS) else "other"
+                )
+                s.messages[kind] += 1
             s.readings_received += result.readings
             s.readings_inserted += result.readings_inserted
             s.units_received += result.units
@@ -239,6 +257,17 @@ class StoreService:
             if result.streams:
                 self.acks.update(result.streams, time.monotonic())
                 self._acks_changed.set()
+
+    def _took_line(self, result: line_deviations.LineResult) -> None:
+        s = self.stats
+        s.deviations_received += result.received
+        s.deviations_inserted += result.inserted
+        for kind, reason in result.quarantined:
+            s.quarantined[kind] += 1
+            log.warning("quarantined a deviations message (%s): %s", kind, reason)
+        if result.streams:
+            self.acks.update(result.streams, time.monotonic())
+            self._acks_changed.set()
 
     async def _ack_loop(self, subscriber: Subscriber, stop: asyncio.Event) -> None:
         """Publish the store acknowledgements the book says are due (store.acks). Not while
@@ -292,6 +321,10 @@ class StoreService:
                 if pruned:
                     log.info("pruned %d reading(s) older than %s", pruned, cutoff.isoformat())
             await _wait(stop, retention.prune_interval_s)
+
+
+#: The last topic level of deviations recorded on the line PC.
+LINE_DEVIATIONS = f"/{line_deviations.STREAM}"
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -28,6 +28,9 @@ class Stats:
     readings_inserted: int = 0
     units_received: int = 0
     units_inserted: int = 0
+    #: Deviations recorded on the line PC (``.../deviations``, store.record.line).
+    deviations_received: int = 0
+    deviations_inserted: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)  # by kind
     parked: int = 0  # messages parked until their meta version arrives
     unparked: int = 0  # parked messages ingested since
