@@ -68,13 +68,16 @@ async def test_unit_records_leave_on_the_store_ack_and_a_hole_is_asked_for_and_f
             assert (outbox.units_depth, mqtt.store_waiting_units) == (1, 1)
             assert _lowest_seq(config) == 1, "no reading deleted without the store's ack"
 
-            # The store acknowledges: the unit records and the readings leave. (A store
-            # acknowledges the streams its batches touch since it started: the unit records'
-            # stream once the next unit record comes.)
+            # The store acknowledges: the unit record and the readings leave. (The new store
+            # process receives only readings: it reads the unit records' state from the
+            # database when it first sees this outbox.)
             await asyncio.to_thread(silent.stop)
             await asyncio.to_thread(store.start)
+            await async_wait_until(lambda: outbox.units_depth == 0, 30, "unit record 1 acked")
+            assert mqtt.units_delivered == 1  # acknowledged, not sent again
             await line.next_unit()
-            await async_wait_until(lambda: outbox.units_depth == 0, 30, "unit records 1-2 acked")
+            await async_wait_until(lambda: mqtt.units_delivered == 2, 30, "unit record 2 sent")
+            await async_wait_until(lambda: outbox.units_depth == 0, 30, "unit record 2 acked")
             await async_wait_until(lambda: _lowest_seq(config) > 1, 30, "readings acked")
             assert mqtt.store_waiting_units == 0
 
