@@ -31,7 +31,7 @@ from store.mqtt import Delivery, Subscriber
 from store.parking import ParkingLimits, ParkLog
 from store.record import line as line_deviations
 from store.retention import prune_readings
-from store.status import Stats
+from store.status import Stats, stream_states
 
 log = logging.getLogger("store")
 
@@ -256,6 +256,7 @@ class StoreService:
                 self._settled.setdefault(key, set()).add((note.first, note.last))
             if result.streams:
                 self.acks.update(result.streams, time.monotonic())
+                await self._load_siblings(list(result.streams))
                 self._acks_changed.set()
 
     def _took_line(self, result: line_deviations.LineResult) -> None:
@@ -268,6 +269,21 @@ class StoreService:
         if result.streams:
             self.acks.update(result.streams, time.monotonic())
             self._acks_changed.set()
+
+    async def _load_siblings(self, keys: list[tuple[str, str, str]]) -> None:
+        """Acknowledge the other stream of a collector's outbox too, from the database,
+        the first time this process sees the outbox (store.acks.AckBook.siblings_unknown)."""
+        bases = self.acks.siblings_unknown(keys)
+        if not bases:
+            return
+        try:
+            states = await asyncio.to_thread(stream_states, self.engine, bases)
+        except sa.exc.SQLAlchemyError:
+            return  # the next batch fails too and says why; asked again after it
+        self.acks.looked_up(bases)
+        found = {key: (bases[key], state) for key, state in states.items()}
+        if found:
+            self.acks.update(found, time.monotonic())
 
     async def _ack_loop(self, subscriber: Subscriber, stop: asyncio.Event) -> None:
         """Publish the store acknowledgements the book says are due (store.acks). Not while
