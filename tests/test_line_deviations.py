@@ -114,6 +114,7 @@ def publish(broker: Mosquitto, topic: str, payload: bytes) -> None:
         publisher.close()
 
 
+@pytest.mark.slow_on_postgresql
 async def test_a_deviation_recorded_while_the_broker_is_down_arrives_once(
     mosquitto: Mosquitto,
     modbus_server: SimulatedModbusServer,
