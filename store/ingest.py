@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from contract.decode import ContractError, FlatUnit, decode_units
 from store.announce import Note, parse_gaps
 from store.decode import CtxKey, Decoded, Decoder, unexpected
+from store.episodes import Episodes
 from store.gaps import StreamState
 from store.metabook import (
     MetaKey,
@@ -175,6 +176,7 @@ class Writer:
         self._parking_more = False
         #: The quarantine's bounds: told of every transaction's end (store.quarantine).
         self.quarantine = QuarantineBook(quarantine or QuarantineLimits(), self.sqlite)
+        self._split_log: Episodes[str, list[str]] = Episodes(list)
         self._raw: Any = None
         self._ids = Ids()
         #: Meta versions as the database holds them (filled from it only: what a poll is
@@ -703,7 +705,17 @@ class Writer:
         except Exception as exc:
             if not self.is_data_error(exc):
                 raise
-            log.warning("the database refused a batch (%s); writing its messages one by one", exc)
+            # Once a minute at most: a publisher sending what the database refuses in every
+            # message would otherwise give a line per batch (each refused message is logged
+            # as a quarantine, once per collector a minute too).
+            self._split_log.pending("split").append(str(exc).strip().splitlines()[0][:300])
+            for due in self._split_log.due():
+                log.warning(
+                    "the database refused %d batch(es) (the last: %s); writing their messages "
+                    "one by one (at most one line a minute)",
+                    len(due.pending),
+                    due.pending[-1],
+                )
         total = BatchResult()
         for message in batch:
             try:

@@ -9,9 +9,11 @@ broker and the store as a process."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
@@ -22,7 +24,14 @@ from store.db import connect, create_schema
 from store.episodes import Episodes
 from store.ingest import BatchResult, Incoming, Writer
 from store.parking import DROPPED, ParkingLimits
-from store.quarantine import PARKED, Kept, QuarantineLimits, QuarantineLog, collector_of
+from store.quarantine import (
+    PARKED,
+    Kept,
+    QuarantineBook,
+    QuarantineLimits,
+    QuarantineLog,
+    collector_of,
+)
 from store.schema import parked, quarantine
 from tests.helpers import Mosquitto, wait_until
 from tests.store_fixtures import StoreProcess
@@ -122,16 +131,46 @@ def test_old_quarantined_messages_are_pruned_by_the_idle_look(engine: sa.Engine)
     assert writer.maintain().pruned == []  # nothing more to do
 
 
-def test_a_rolled_back_batch_neither_counts_nor_logs(engine: sa.Engine) -> None:
-    """Only committed rows count: a batch the database refuses is written one by one, and
-    each message is kept (and logged) once."""
+def test_only_committed_rows_count_and_are_logged() -> None:
+    book = QuarantineBook(QuarantineLimits(max_rows=10), sqlite=True)
+    book.rows = 4  # as a look read it
+    book.begin()
+    book.added(R_TOPIC, "json", "not JSON", 100)
+    book.added(R_TOPIC, PARKED, "parked: not counted here", 50)
+    book.rollback()
+    assert (book.rows, book.bytes, book.take()) == (4, 0, ([], []))
+    book.begin()
+    book.added(M_TOPIC, "meta_hash", "forged", 100)
+    book.commit()
+    assert (book.rows, book.bytes) == (5, 100)
+    assert book.take() == ([Kept("pc2", "meta_hash", "forged")], [])
+
+
+def test_a_refused_batch_is_kept_once_and_its_split_logged_once_a_minute(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch the database refuses is written one by one: each message is kept (and
+    logged) once, and the split itself is logged once a minute, not once a batch."""
     writer = Writer(engine, quarantine=QuarantineLimits(max_rows=100))
-    too_big = Incoming(R_TOPIC, b'{"schema":2,"collector":"pc2","outbox":"6f1d0c2a9b7e4e55",'
-                       b'"polls":[{"seq":1,"ts":"2026-11-21T10:15:00Z","device":"d",'
-                       b'"values":{"x":18446744073709551616}}]}')  # fmt: skip
-    result = writer.write_isolating([bad(1), too_big])
-    assert sorted(k.kind for k in result.kept) == sorted(kind for kind, _ in result.quarantined)
-    assert len(result.kept) == count(engine, quarantine) == writer.quarantine.rows
+    results = []
+    for seq in range(1, 4):
+        huge = {  # a seq beyond the signed 64-bit column: the driver refuses it
+            "schema": 2, "collector": "pc2", "outbox": "6f1d0c2a9b7e4e55",
+            "polls": [{"seq": 2**63 + seq, "ts": "2026-11-21T10:15:02Z", "device": "d",
+                       "values": {"v": 1.5}}],
+        }  # fmt: skip
+        too_big = Incoming(R_TOPIC, orjson.dumps(huge))
+        with caplog.at_level(logging.WARNING, logger="store.ingest"):
+            results.append(writer.write_isolating([bad(seq), too_big]))
+    kept = [k for r in results for k in r.kept]
+    assert sorted(k.kind for k in kept) == ["database"] * 3 + ["json"] * 3
+    assert [k.kind for r in results for k in r.kept] == [
+        kind for r in results for kind, _ in r.quarantined
+    ]
+    assert len(kept) == count(engine, quarantine) == writer.quarantine.rows == 6
+    split = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(split) == 1, split
+    assert split[0].startswith("the database refused 1 batch(es) (the last: ")
 
 
 # ------------------------------------------------------------------------------- the log
