@@ -35,6 +35,7 @@ import yaml
 
 from bench import ceilings
 from tests.helpers import Mosquitto, free_port, mosquitto_binary, wait_until
+from tests.store_fixtures import StoreProcess
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # --profile: run the collector under cProfile (stats in each run's folder, kept with --workdir).
@@ -90,6 +91,8 @@ class Line:
     load: Workload
     broker_up: bool = True
     max_readings: int = 2_000_000
+    #: mqtt.delivery; with "store" a central store (SQLite, its defaults) acknowledges.
+    delivery: str = "broker"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,7 @@ class Line:
         self.arrivals = self.work / "arrivals.txt"
         self.health_port = free_port()
         self.collector: subprocess.Popen[bytes] | None = None
+        self.store: StoreProcess | None = None
 
     def _spawn(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         process = subprocess.Popen([sys.executable, "-m", *args], **kwargs)
@@ -115,6 +119,10 @@ class Line:
             "--ready", str(ready),
         )  # fmt: skip
         wait_until(ready.exists, 20, "the consumer to subscribe")
+        if self.delivery == "store":
+            db_url = f"sqlite:///{self.work / 'store.db'}"
+            self.store = StoreProcess(self.work / "store", self.broker, db_url, client_id="store")
+            self.store.start()
         if not self.broker_up:
             self.broker.stop()  # the consumer's session and subscription persist
         servers = (self.load.devices + 24) // 25
@@ -148,13 +156,14 @@ class Line:
                     {} if COMMIT_INTERVAL_MS is None else {"commit_interval_ms": COMMIT_INTERVAL_MS}
                 ),
             },
-            # No central store here: what is measured is line -> collector -> broker, so rows
-            # leave the buffer on the broker's PUBACK (mqtt.delivery: broker).
+            # What is measured is line -> collector -> broker: without a central store rows
+            # leave the buffer on the broker's PUBACK (mqtt.delivery: broker); bench/handover.py
+            # runs the same line with delivery: store and a store.
             "mqtt": {
                 "host": "127.0.0.1",
                 "port": self.broker.port,
                 "shutdown_grace_s": 2,
-                "delivery": "broker",
+                "delivery": self.delivery,
             },
             "health": {"port": self.health_port},
             "devices": [
@@ -199,6 +208,8 @@ class Line:
                     process.wait(10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+        if self.store is not None:
+            self.store.stop()
         self.broker.stop()
 
 

@@ -173,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
         "--buffer", type=Path, default=None, help="buffer file (default: in the temp folder)"
     )
     demo.add_argument("--quiet", action="store_true", help="no live view")
+    demo.add_argument(
+        "--delivery",
+        choices=["broker", "store"],
+        default="broker",
+        help="mqtt.delivery: broker (default: no store runs) or store (one runs)",
+    )
     # The description names every command from the parser itself, so none can be left out.
     parser.description = (
         f"Commands: {' | '.join(sub.choices)}. Exit codes: 0 success, 1 start-up failure "
@@ -248,7 +254,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "demo":
         from collector.demo.line import run_demo  # noqa: PLC0415 - only the demo needs the simulator
 
-        return run_demo(args.broker, args.duration, args.buffer, quiet=args.quiet)
+        return run_demo(
+            args.broker, args.duration, args.buffer, quiet=args.quiet, delivery=args.delivery
+        )
     return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands
 
 

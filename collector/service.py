@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from collector import __version__
 from collector.acquisition.poller import DeviceStatus, Poller, phase_s
 from collector.buffer import AsyncOutbox, BufferWriter, age_seconds
@@ -30,8 +32,10 @@ from common import systemd
 from common.backoff import Backoff
 from common.config import FileKind, dotted
 from common.errors import ConfigError
-from contract.encode import device_metas
+from contract.deviations import Deviation, encode_deviation
+from contract.encode import device_metas, ts_text
 from contract.records import Reading
+from contract.text import escaped
 from drivers.base import Driver
 from drivers.registry import create_driver
 
@@ -357,6 +361,26 @@ class Service:
             )
         self.writer.poke()
 
+    async def record_deviation(self, deviation: Deviation) -> dict[str, Any]:
+        """POST /deviations: committed (fsynced) to the outbox before the answer."""
+        try:
+            seq = await self.outbox.add_deviation(deviation.ts, encode_deviation(deviation))
+        except sa.exc.SQLAlchemyError as exc:
+            cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+            log.error("buffer: cannot keep a deviation (%s)", cause)  # noqa: TRY400
+            raise RuntimeError(f"the buffer cannot keep the deviation now: {cause}") from None
+        log.info(
+            "deviation %d recorded at station %s (%s)",
+            seq, escaped(deviation.station), deviation.severity,
+        )  # fmt: skip
+        return {
+            "seq": seq,
+            "outbox": self.outbox.outbox.outbox_id,
+            "ts": ts_text(deviation.ts),
+            "station": deviation.station,
+            "severity": deviation.severity,
+        }
+
     def station_unit(self, station: str) -> dict[str, Any]:
         return self.context.status()[station]
 
@@ -490,6 +514,7 @@ class Service:
                 "last_seq": stats.last_seq,
                 "units_depth": stats.units_depth,
                 "last_unit_seq": stats.last_unit_seq,
+                "deviations_depth": stats.deviations_depth,
                 "write_error": self.writer.last_error,
             },
             "mqtt": self.mqtt.snapshot(),

@@ -42,16 +42,23 @@ from contract.decode import (
     decode_units,
     flatten,
 )
+from contract.deviations import Deviation, FlatDeviation, decode_deviations, encode_deviation
 from contract.encode import SCHEMA_VERSION
 from contract.fields import SCHEMA_VERSIONS, ContractError
 from contract.records import Context, Quality, Reading, UnitRecord, Value
 
 #: The JSON Schema files shipped with the package, by message kind.
-SCHEMA_FILES = {"readings": "readings-2.json", "units": "units-2.json", "meta": "meta-2.json"}
+SCHEMA_FILES = {
+    "readings": "readings-2.json",
+    "units": "units-2.json",
+    "meta": "meta-2.json",
+    "deviations": "deviations-2.json",
+}
 
 
 def json_schema(kind: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of one message kind: ``readings``, ``units`` or ``meta``."""
+    """The JSON Schema (draft 2020-12) of one message kind: ``readings``, ``units``, ``meta``
+    or ``deviations``."""
     text = files("contract").joinpath("schema", SCHEMA_FILES[kind]).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
@@ -63,7 +70,9 @@ __all__ = [
     "SCHEMA_VERSIONS",
     "Context",
     "ContractError",
+    "Deviation",
     "ErrorCode",
+    "FlatDeviation",
     "FlatReading",
     "FlatUnit",
     "MetaBook",
@@ -73,10 +82,12 @@ __all__ = [
     "ReadingsMessage",
     "UnitRecord",
     "Value",
+    "decode_deviations",
     "decode_meta",
     "decode_polls",
     "decode_readings",
     "decode_units",
+    "encode_deviation",
     "flatten",
     "json_schema",
 ]

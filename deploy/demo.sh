@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Set up and run the demo line end to end on this machine:
 #   a virtual environment with the collector, a private mosquitto on a free loopback port,
-#   `collector demo` (a simulated line -> collector -> SQLite -> MQTT) for DURATION
-#   seconds (default 60; Ctrl-C stops it earlier), and the central store
-#   (`collector store run`: MQTT -> a SQLite database); once the store holds everything the
-#   line published, the pilot-run report (HTML file), how to look a unit up, and how to
-#   serve /report and /units again. It ends by itself.
+#   the central store (`collector store run`: MQTT -> a SQLite database) with three people
+#   (Quality, Production, Engineering), who open the pilot run and approve its protocol
+#   before the line starts; `collector demo` (a simulated line -> collector -> SQLite ->
+#   MQTT -> the store, mqtt.delivery: store) for DURATION seconds (default 60; Ctrl-C stops it
+#   earlier), where the operator records a deviation on the live page (POST /deviations);
+#   once the store holds everything the line published, units are allocated (golden, field
+#   tests, certification) and the three functions sign (Engineering: no-go, with its reason);
+#   then the run's report (HTML file: the record with the figures), how to look a unit up,
+#   and how to serve /runs, /report and /units again. It ends by itself.
 # Usage: bash deploy/demo.sh [DURATION]
 # DEMO_PYTHON=/path/to/python runs that interpreter's installed collector instead of .venv's
 # (the tests do); TMPDIR decides where the store's database, config and report go.
@@ -61,21 +65,41 @@ store_url="http://127.0.0.1:$store_port"
 report_file="${TMPDIR:-/tmp}/collector-demo-report.html"
 protocol="$repo/config/demo-protocol.yaml"
 rm -f "$store_db" "$store_db-wal" "$store_db-shm" "$report_file"
+# The people who keep the record (docs/pilot-record.md): one token file each, beside the
+# store's config so that it can be served again after the demo.
+tokens="${TMPDIR:-/tmp}/collector-demo-tokens"
+mkdir -p "$tokens"
+chmod 700 "$tokens"
+for who in quality production engineering; do
+  "$python_bin" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$tokens/$who"
+done
+chmod 600 "$tokens"/*
 cat > "$store_conf" <<CONF
 database: {url: "sqlite:///$store_db"}
 mqtt: {host: 127.0.0.1, port: $port, client_id: demo-store}
 http: {port: $store_port}
 report: {protocol: "$protocol"}
+people:
+  - {name: "Q. Demo", functions: [Quality], token_file: "$tokens/quality"}
+  - {name: "P. Demo", functions: [Production], token_file: "$tokens/production"}
+  - {name: "E. Demo", functions: [Engineering], token_file: "$tokens/engineering"}
 CONF
 "${collector[@]}" store run --config "$store_conf" >"$workdir/store.log" 2>&1 &
 store_pid=$!
 echo "demo: the store writes the stream into $store_db; while it runs:"
-echo "demo:   $store_url/report (the pilot-run report) and $store_url/units/PILOT-0001"
+echo "demo:   $store_url/runs (the pilot run), $store_url/report and $store_url/units/PILOT-0001"
+# The run is opened and its exit criteria approved before the first unit (the last line
+# printed is the run's id).
+"$python_bin" -m collector.demo.record open "$store_url" "$protocol" "$tokens" >"$workdir/run.out"
+run_id="$(tail -n 1 "$workdir/run.out")"
+head -n -1 "$workdir/run.out"
 
 echo "demo: mosquitto on 127.0.0.1:$port; running the line for ${duration} s"
 echo "demo: watch the stream with: mosquitto_sub -p $port -t 'collector/#' -v"
 # tee -i: Ctrl-C stops the line (which then says what it published), not the copy of its output.
-"${collector[@]}" demo --broker "127.0.0.1:$port" --duration "$duration" \
+# The collector's station token: the live page's deviation form sends it.
+COLLECTOR_DEMO_TOKEN="$("$python_bin" -c 'import secrets; print(secrets.token_urlsafe(24))')" \
+  "${collector[@]}" demo --broker "127.0.0.1:$port" --duration "$duration" --delivery store \
   --buffer "$workdir/buffer.db" | tee -i "$workdir/demo.out"
 
 # Wait (at most 30 s) until the store received every reading and unit record the broker
@@ -99,22 +123,27 @@ else:
     print(f"demo: the store received {got[0]} readings and {got[1]} unit records of "
           f"{want[0]} and {want[1]} within 30 s")
 PY
+# The office: the line's deviation in the record, units allocated, the three signatures.
+"$python_bin" -m collector.demo.record finish "$store_url" "$run_id" "$tokens"
 kill -TERM "$store_pid" 2>/dev/null && wait "$store_pid" || true
 store_pid=""
 echo "demo: what the store holds (per collector: high-water mark and missing seqs):"
 "${collector[@]}" store gaps --db "sqlite:///$store_db" || true
 
-"${collector[@]}" store report --config "$store_conf" --protocol "$protocol" --format html \
-  --out "$report_file" --unit-base "$store_url"
+# The run's report: the figures judged against the approved protocol, with the record
+# (approvals, the deviation, the allocation, the signatures, the audit trail).
+"${collector[@]}" store runs report "$run_id" --config "$store_conf" --format html \
+  --unit-base "$store_url" >"$report_file"
 # A unit with a retest if there is one (its genealogy shows both attempts), else the latest.
 serial="$( { "${collector[@]}" store units --db "sqlite:///$store_db" --verdict fail --limit 1
   "${collector[@]}" store units --db "sqlite:///$store_db" --limit 1; } \
   | "$python_bin" -c 'import json, sys; print(json.loads(sys.stdin.readline() or "{}").get("serial", "PILOT-0001"))')"
-echo "demo: the pilot-run report (yields, Cpk, control charts, the go/no-go gate):"
+echo "demo: the pilot run's report (yields, Cpk, control charts, approvals, deviations,"
+echo "demo: allocation, the signed go/no-go gate and the audit trail):"
 echo "demo:   $report_file"
 echo "demo: look a unit up (every operation, verdict, characteristic and reading):"
 echo "demo:   $shown store unit $serial --db sqlite:///$store_db"
 echo "demo: serve the report and the units again (the demo's broker is gone: the store"
 echo "demo: retries it in the background and answers from its database; Ctrl-C stops it):"
 echo "demo:   $shown store run --config $store_conf"
-echo "demo:   then open $store_url/report and $store_url/units/$serial"
+echo "demo:   then open $store_url/runs/$run_id, $store_url/report and $store_url/units/$serial"

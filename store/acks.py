@@ -55,6 +55,7 @@ class AckBook:
     #: Ranges a collector said it cannot send, per stream: not asked for again.
     settled: Callable[[StreamKey], Iterable[tuple[int, int]]] = field(default=lambda _k: ())
     _streams: dict[StreamKey, _Entry] = field(default_factory=dict)
+    _looked_up: set[StreamKey] = field(default_factory=set)
 
     def update(self, streams: dict[StreamKey, tuple[str, StreamState]], now: float) -> None:
         """The states a committed batch left (store.ingest.BatchResult.streams)."""
@@ -64,6 +65,24 @@ class AckBook:
                 self._streams[key] = _Entry(base, state, now)
             else:
                 entry.base, entry.state, entry.changed_at, entry.dirty = base, state, now, True
+
+    def siblings_unknown(self, keys: Iterable[StreamKey]) -> dict[StreamKey, str]:
+        """The other stream (readings or units) of each (collector, outbox) just touched,
+        when this book has not heard of it, with its topic base, until :meth:`looked_up`. A
+        store process acknowledges what its batches touch, so after a restart a collector's
+        unit records committed before it (their ack lost with the process) would otherwise
+        wait for the next unit record: the caller reads their state from the database."""
+        out: dict[StreamKey, str] = {}
+        for key in keys:
+            collector, outbox, kind = key
+            other = (collector, outbox, "units" if kind == "readings" else "readings")
+            if other not in self._streams and other not in self._looked_up:
+                out[other] = self._streams[key].base
+        return out
+
+    def looked_up(self, keys: Iterable[StreamKey]) -> None:
+        """These streams were read from the database (found or not): not asked for again."""
+        self._looked_up.update(keys)
 
     def due(self, now: float, wall: datetime | None = None) -> list[tuple[str, bytes]]:
         """(topic, payload) of each ack to publish now; marks them sent."""

@@ -1,6 +1,6 @@
 """A collector's word about seqs it will never send: ``{base}/gaps`` messages.
 
-    {"schema":2,"collector":C,"outbox":O,"stream":"readings"|"units",
+    {"schema":2,"collector":C,"outbox":O,"stream":"readings"|"units"|"deviations",
      "never_assigned":[[a,b],...],"unavailable":[[a,b],...],"dropped":[[a,b],...]}
 
 ``never_assigned``: a seq jump its buffer reserved (a power cut with ``buffer.synchronous:
@@ -20,6 +20,11 @@ from contract.decode import ContractError
 
 KINDS = ("never_assigned", "unavailable", "dropped")
 MAX_RANGES = 1000
+
+
+#: The streams a collector numbers (deviations: store/record/line.py acknowledges them; a
+#: collector asked for one it no longer holds says so here, and is not asked again).
+STREAMS = ("readings", "units", "deviations")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +47,10 @@ def parse_gaps(payload: bytes) -> list[Note]:
     collector, outbox, stream = body.get("collector"), body.get("outbox"), body.get("stream")
     if not isinstance(collector, str) or not isinstance(outbox, str):
         raise ContractError("", "collector and outbox must be strings", "field")
-    if stream not in ("readings", "units"):
-        raise ContractError("", f"stream: {str(stream)[:40]!r} is not readings or units", "field")
+    if stream not in STREAMS:
+        raise ContractError(
+            "", f"stream: {str(stream)[:40]!r} is not readings, units or deviations", "field"
+        )
     notes = []
     for kind in KINDS:
         ranges = body.get(kind, [])

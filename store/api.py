@@ -68,6 +68,8 @@ def health(service: ServiceView) -> tuple[bool, dict[str, Any]]:
             "readings_inserted": s.readings_inserted,
             "units_received": s.units_received,
             "units_inserted": s.units_inserted,
+            "deviations_received": s.deviations_received,
+            "deviations_inserted": s.deviations_inserted,
             "quarantined": dict(s.quarantined),
             "parked": s.parked,
             "unparked": s.unparked,

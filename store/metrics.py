@@ -41,6 +41,10 @@ class StoreCollector(Collector):
             ("store_readings_inserted", "Readings stored (new rows).", s.readings_inserted),
             ("store_units_received", "Unit records received.", s.units_received),
             ("store_units_inserted", "Unit records stored (new rows).", s.units_inserted),
+            ("store_deviations_received", "Deviations from line PCs received.",
+             s.deviations_received),
+            ("store_deviations_inserted", "Deviations from line PCs stored (new rows).",
+             s.deviations_inserted),
             ("store_batches", "Transactions committed.", s.batches),
             ("store_acks", "PUBACKs sent after a commit.", s.acked),
             ("store_collector_acks", "Store acknowledgements published to collectors "

@@ -61,6 +61,8 @@ def topic_filters(config: MqttConfig) -> list[str]:
     return [
         f"{share}{prefix}/+/+/+/readings",
         f"{share}{prefix}/+/+/+/units",
+        # Deviations recorded on the line PC (store.record.line).
+        f"{share}{prefix}/+/+/+/deviations",
         # A collector's word about seqs it will never send (store.announce).
         f"{share}{prefix}/+/+/+/gaps",
         # Retained tag metadata: brokers send no retained messages to shared subscriptions,

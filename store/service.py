@@ -34,8 +34,9 @@ from store.migrate import SchemaRefused, migrate
 from store.mqtt import Delivery, Subscriber
 from store.parking import ParkingLimits, ParkLog
 from store.quarantine import QuarantineLimits, QuarantineLog
+from store.record import line as line_deviations
 from store.retention import prune_readings
-from store.status import Stats
+from store.status import Stats, stream_states
 
 log = logging.getLogger("store")
 
@@ -216,11 +217,25 @@ class StoreService:
                     await self._idle()
                 continue
             self.stats.queued = self._queue.qsize()
-            incoming = [Incoming(d.topic, d.payload) for d in batch]
+            # Deviations recorded on the line PC go to the record (store.record.line), the rest
+            # to the writer; both are committed before any of the batch is acknowledged.
+            line = [(d.topic, d.payload) for d in batch if d.topic.endswith(LINE_DEVIATIONS)]
+            incoming = [
+                Incoming(d.topic, d.payload) for d in batch if not d.topic.endswith(LINE_DEVIATIONS)
+            ]
             delay = self.config.ingest.retry_min_ms / 1000
             while True:
                 started = time.perf_counter()
                 try:
+                    if line:
+                        from_line = await asyncio.to_thread(
+                            line_deviations.ingest,
+                            self.engine,
+                            line,
+                            self.config.ingest.quarantine_max_bytes,
+                        )
+                        line = []  # committed: a retry of the rest does not redo them
+                        self._took_line(from_line)
                     result = await asyncio.to_thread(self.writer.write_isolating, incoming)
                 except Exception as exc:  # every failure: retry, never ack
                     self._db_failed(exc)
@@ -237,7 +252,10 @@ class StoreService:
             s.batches += 1
             s.last_commit = time.time()
             for d in batch:
-                s.messages[topic_kind(d.topic) or "other"] += 1
+                kind = topic_kind(d.topic) or (
+                    "deviations" if d.topic.endswith(LINE_DEVIATIONS) else "other"
+                )
+                s.messages[kind] += 1
             s.readings_received += result.readings
             s.readings_inserted += result.readings_inserted
             s.units_received += result.units
@@ -253,6 +271,7 @@ class StoreService:
                 self._settled.setdefault(key, set()).add((note.first, note.last))
             if result.streams:
                 self.acks.update(result.streams, time.monotonic())
+                await self._load_siblings(list(result.streams))
                 self._acks_changed.set()
 
     def _count_bounds(self, result: BatchResult) -> None:
@@ -286,6 +305,32 @@ class StoreService:
             else:
                 self._db_recovered()
         self._count_bounds(result)
+
+    def _took_line(self, result: line_deviations.LineResult) -> None:
+        s = self.stats
+        s.deviations_received += result.received
+        s.deviations_inserted += result.inserted
+        for kind, _reason in result.quarantined:
+            s.quarantined[kind] += 1
+        self._quarantine_log.note(result.kept)  # once per collector and kind a minute
+        if result.streams:
+            self.acks.update(result.streams, time.monotonic())
+            self._acks_changed.set()
+
+    async def _load_siblings(self, keys: list[tuple[str, str, str]]) -> None:
+        """Acknowledge the other stream of a collector's outbox too, from the database,
+        the first time this process sees the outbox (store.acks.AckBook.siblings_unknown)."""
+        bases = self.acks.siblings_unknown(keys)
+        if not bases:
+            return
+        try:
+            states = await asyncio.to_thread(stream_states, self.engine, bases)
+        except sa.exc.SQLAlchemyError:
+            return  # the next batch fails too and says why; asked again after it
+        self.acks.looked_up(bases)
+        found = {key: (bases[key], state) for key, state in states.items()}
+        if found:
+            self.acks.update(found, time.monotonic())
 
     async def _ack_loop(self, subscriber: Subscriber, stop: asyncio.Event) -> None:
         """Publish the store acknowledgements the book says are due (store.acks). Not while
@@ -343,6 +388,8 @@ class StoreService:
 
 #: How long the ingest task waits for a message before its idle work (Writer.maintain).
 _IDLE_TICK_S = 1.0
+#: The last topic level of deviations recorded on the line PC.
+LINE_DEVIATIONS = f"/{line_deviations.STREAM}"
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

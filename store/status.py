@@ -6,13 +6,15 @@ store process)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
+from store.gaps import Hole as AuditHole
+from store.gaps import StreamState
 from store.schema import gaps, parked, quarantine, seq_notes, streams
 
 if TYPE_CHECKING:
@@ -28,6 +30,9 @@ class Stats:
     readings_inserted: int = 0
     units_received: int = 0
     units_inserted: int = 0
+    #: Deviations recorded on the line PC (``.../deviations``, store.record.line).
+    deviations_received: int = 0
+    deviations_inserted: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)  # by kind
     parked: int = 0  # messages parked until their meta version arrives
     unparked: int = 0  # parked messages ingested since
@@ -205,6 +210,31 @@ def gap_report(engine: sa.Engine) -> list[StreamGaps]:
                     unavailable,
                 )
             )
+    return out
+
+
+def stream_states(
+    engine: sa.Engine, keys: Iterable[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], StreamState]:
+    """The gap audit's state of these streams ((collector, outbox, kind)), as a committed
+    batch leaves it (store.acks): those the database has."""
+    wanted = set(keys)
+    out: dict[tuple[str, str, str], StreamState] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(
+            sa.select(streams.c.id, streams.c.collector, streams.c.outbox, streams.c.kind,
+                      streams.c.low_seq, streams.c.high_seq)
+            .where(streams.c.collector.in_({c for c, _, _ in wanted}))
+        ):  # fmt: skip
+            key = (row.collector, row.outbox, row.kind)
+            if key not in wanted:
+                continue
+            holes = conn.execute(
+                sa.select(gaps.c.first_seq, gaps.c.last_seq, gaps.c.opened_at)
+                .where(gaps.c.stream == row.id)
+                .order_by(gaps.c.first_seq)
+            )
+            out[key] = StreamState(row.low_seq, row.high_seq, tuple(AuditHole(*h) for h in holes))
     return out
 
 

@@ -21,7 +21,11 @@ from tests.store_fixtures import db_url, postgres  # noqa: F401 - fixtures of th
 #: path).
 FAULT_GROUPS = {
     "faults": ("tests/faults/",),
-    "handover": ("tests/test_store_delivery.py", "tests/test_store_reconnect.py"),
+    "handover": (
+        "tests/test_store_delivery.py",
+        "tests/test_store_reconnect.py",
+        "tests/test_store_faults.py",
+    ),
 }
 
 

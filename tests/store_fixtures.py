@@ -8,6 +8,7 @@ import itertools
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,22 @@ class StoreProcess:
                 if self.process.poll() is None:
                     self.process.kill()
                 self.process = None
+
+
+def forget_session(broker: Mosquitto, client_id: str) -> None:
+    """Make the broker drop a stopped client's session and everything queued for it (a
+    connect with clean start and no session expiry): a range the broker took (PUBACK) that
+    the store will never receive, without restarting the broker."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    connected = threading.Event()
+    client.on_connect = lambda *_: connected.set()
+    client.connect(broker.host, broker.port, keepalive=5, clean_start=True)
+    client.loop_start()
+    try:
+        wait_until(connected.is_set, 10, f"a clean connect as {client_id}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class Publisher:

@@ -64,3 +64,23 @@ def test_tagging_benchmark_runs() -> None:
         "rack_ns_per_reading",
         "rack_signals_ns_per_reading",
     }
+
+
+@pytest.mark.slow
+def test_handover_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """bench.handover: delivery broker and store side by side, and a hole healed."""
+    require_mosquitto()
+    out = tmp_path / "handover.json"
+    command = [sys.executable, "-m", "bench.handover", "--repeat", "1", "--warmup", "1"]
+    command += ["--measure", "2", "--hole", "500", "--json", str(out)]
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "collector CPU, % of one core" in result.stdout
+    runs = json.loads(out.read_text())
+    assert [r["delivery"] for r in runs["broker"] + runs["store"]] == ["broker", "store"]
+    assert runs["store"][0]["ack_bytes_per_reading"] > 0
+    (heal,) = runs["heal"]
+    assert heal["hole_readings"] >= 500
+    assert heal["collector_resent"] >= heal["hole_readings"]

@@ -160,13 +160,36 @@ def test_demo_script_runs_the_chain_to_the_report_and_says_where_to_look(tmp_pat
         engine.dispose()
 
     # The HTML report, written where the script says; its unit links go to the store's URL.
-    store_url = re.search(r"then open (http://127\.0\.0\.1:\d+)/report and ", out)
+    store_url = re.search(r"then open (http://127\.0\.0\.1:\d+)/runs/1, ", out)
     assert store_url is not None, out[-2000:]
     assert f"demo:   {report}\n" in out
     page = report.read_text()
     assert "Demo pilot run" in page
     assert f'href="{store_url.group(1)}/units/PILOT-0001"' in page
     assert f"demo:   {sys.executable} -m collector store run --config {conf}\n" in out
+
+    # The record (docs/pilot-record.md): the run opened and approved before the line started,
+    # the deviation recorded on the live page (POST /deviations on the collector) in the
+    # store, units allocated, three signatures (one no-go with its reason), all in the page.
+    assert "demo: pilot run 1 opened (protocol version 1, " in out
+    assert "approved by Quality, Production, Engineering before the line starts" in out
+    assert "demo: deviation 1 recorded on the live page (POST /deviations): minor at ft-1" in out
+    assert "\ndeviation 1 published: minor at ft-1\n" in out  # the live view
+    assert re.search(r"demo: deviation \d+ in the store: minor, recorded by Demo operator at "
+                     r"ft-1 \(line PC demo-pc1\)", out), out[-3000:]  # fmt: skip
+    for disposition in ("golden", "field_test", "certification"):
+        assert f"allocated to {disposition}\n" in out
+    assert "demo: E. Demo signed no-go for Engineering" in out
+    assert "demo: the run's state: no-go" in out
+    assert '<p id="run-state"><b>✗ NO-GO</b>: no-go signed by E. Demo (Engineering)' in page
+    assert "Too few units for a capability claim" in page
+    assert "before the run&#x27;s first unit record" in page
+    assert "Tester clamp re-seated after a jam" in page
+    assert "line PC demo-pc1" in page
+    assert "<td>golden</td><td>1</td>" in page
+    assert "<td>field_test</td><td>2</td>" in page
+    assert "<td>certification</td><td>1</td>" in page
+    assert "audit trail verified, " in page
 
     # Its JSON variant: a decision, the functional test's figures, the characteristics.
     as_json = run_cli(

@@ -305,6 +305,45 @@ def test_pages_in_chromium(
             expect(deviate.locator(".message")).to_contain_text("(minor, open)")
             expect(page.locator("#deviations-table tbody tr")).to_have_count(2)
 
+            # The first one closed through the form: cause and action.
+            closing = page.locator("#close")
+            first = str(deviation.json()["id"])
+            expect(closing.locator("select[name=deviation] option")).to_have_count(2)
+            closing.locator("select[name=deviation]").select_option(first)
+            closing.locator("textarea[name=cause]").fill("worn clamp " + HOSTILE)
+            closing.locator("textarea[name=action]").fill("clamp pads on the weekly check")
+            closing.locator("input[name=token]").fill("carol-token-3")
+            closing.locator("button[type=submit]").click()
+            expect(closing.locator(".message")).to_contain_text(
+                f"deviation {first} closed by Carol E at "
+            )
+            closed_row = page.locator("#deviations-table tbody tr").first
+            expect(closed_row.locator("td").nth(1)).to_have_text("○ closed")
+            expect(closed_row.locator("td").nth(8)).to_contain_text("worn clamp " + HOSTILE)
+            expect(closing.locator("select[name=deviation] option")).to_have_count(1)
+
+            # The report as a page, linked from the run page: the record in place of the
+            # empty signature lines.
+            page.click("#html-report")
+            expect(page.locator("h1")).to_contain_text("pilot-run report")
+            expect(page.locator("#run-state")).to_contain_text("✗ NO-GO")
+            signed_rows = page.locator("table.signoffs tbody tr")
+            expect(signed_rows).to_have_count(3)
+            expect(signed_rows.nth(2)).to_contain_text("Carol E")
+            expect(signed_rows.nth(2)).to_contain_text("open major deviation")
+            expect(signed_rows.nth(0)).to_contain_text("⚠ OVERRIDE")
+            expect(page.locator("#approval-notes")).to_contain_text("approved by every function")
+            expect(page.locator("table.deviations-table tbody tr")).to_have_count(2)
+            expect(page.locator("table.deviations-table")).to_contain_text(
+                "clamp replaced " + HOSTILE
+            )
+            expect(page.locator("table.deviations-table")).to_contain_text("cause worn clamp")
+            expect(page.locator("#audit")).to_contain_text("audit trail verified, ")
+            assert page.locator("img").count() == 0
+            assert page.evaluate("window.pwned") is None
+            page.screenshot(path=str(shots / "run-report-1366.png"), full_page=True)
+            page.go_back()
+
             # A tablet.
             page.set_viewport_size({"width": 800, "height": 1200})
             page.reload()

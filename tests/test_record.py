@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -363,6 +364,23 @@ def test_a_late_protocol_needs_a_reason_and_every_go_makes_go(
     )
     assert bare.status_code == 422
     assert "after the run's first unit record" in bare.json()["detail"]
+    # A reason that does not name the late version is not enough (docs/pilot-record.md).
+    vague = client.post(
+        f"/runs/{run_id}/signoffs",
+        headers=auth("carol"),
+        json={"function": "Engineering", "decision": "go", "reason": "fine by me"},
+    )
+    assert vague.status_code == 422
+    assert vague.json()["detail"].startswith(
+        "body.reason: protocol version 1 was created or approved after the run's first unit "
+        "record: the reason must name it ('version 1'): protocol version 1 was created at "
+    )
+    wrong = client.post(
+        f"/runs/{run_id}/signoffs",
+        headers=auth("carol"),
+        json={"function": "Engineering", "decision": "go", "reason": "version 12 accepted"},
+    )
+    assert wrong.status_code == 422
     for who, function in (("alice", "Quality"), ("bob", "Production"), ("carol", "Engineering")):
         answer = client.post(
             f"/runs/{run_id}/signoffs",
@@ -370,7 +388,7 @@ def test_a_late_protocol_needs_a_reason_and_every_go_makes_go(
             json={
                 "function": function,
                 "decision": "go",
-                "reason": "late protocol accepted: same as draft v0",
+                "reason": "late protocol Version 1 accepted: same as draft v0",
             },
         )
         assert answer.status_code == 201, answer.text
@@ -551,4 +569,96 @@ def test_people_config_problems_are_said_at_load(
         load_store_config(path)
     assert raised.value.problems[0].endswith(
         "people[0]: give exactly one of token_sha256, token_file, token_env"
+    )
+
+
+def test_the_runs_commands_list_show_and_report(
+    app: tuple[TestClient, StoreService], db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, _ = app
+    assert store_cli(["runs", "list", "--db", db_url]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    run_id = post_run(client, PROTOCOL).json()["id"]
+    post_run(client, {**PROTOCOL, "run": {**PROTOCOL["run"], "product": "X rev B"}}, "bob")
+    client.post(
+        f"/runs/{run_id}/approvals",
+        headers=auth("alice"),
+        json={"function": "Quality", "decision": "approve", "version": 1},
+    )
+    assert store_cli(["runs", "list", "--db", db_url]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["name"], r["created_by"], r["latest_version"]) for r in listed] == [
+        (run_id, PROTOCOL["run"]["name"], "Alice Q", 2)
+    ]
+    assert store_cli(["runs", "show", str(run_id), "--db", db_url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(v["version"], v["created_by"]) for v in shown["versions"]] == [
+        (1, "Alice Q"),
+        (2, "Bob P"),
+    ]
+    assert shown["versions"][1]["scope"]["product"] == "X rev B"
+    assert [(a["version"], a["function"], a["person"]) for a in shown["approvals"]] == [
+        (1, "Quality", "Alice Q")
+    ]
+    assert store_cli(["runs", "report", str(run_id), "--version", "1", "--db", db_url]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["protocol_version"]["version"] == 1
+    assert report["protocol_version"]["latest_version"] == 2
+    assert report["approvals"]["approved"] is False
+    assert report["approvals"]["missing"] == ["Production", "Engineering"]
+    assert report["audit"]["entries"] == 4
+    assert report["state"] == "awaiting"
+    # The same report as over HTTP, but for its time.
+    over_http = client.get(f"/runs/{run_id}/report?format=json&version=1").json()
+    assert {k: v for k, v in report.items() if k != "generated_at"} == {
+        k: v for k, v in over_http.items() if k != "generated_at"
+    }
+    html_args = ["runs", "report", str(run_id), "--format", "html", "--unit-base", "http://s"]
+    assert store_cli([*html_args, "--db", db_url]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith("<!DOCTYPE html>")
+    assert '<a class="unit" href="http://s/units/PILOT-01">PILOT-01</a>' in page
+    assert '<p id="run-state"><b>⏳ AWAITING</b>: awaiting the signatures of ' in page
+    assert store_cli(["runs", "report", "999", "--db", db_url]) == 1
+    assert capsys.readouterr().err == "no run 999 in the store\n"
+    assert store_cli(["runs", "show", "--db", db_url]) == 2
+    assert capsys.readouterr().err == "runs show: give the run's id\n"
+    assert store_cli(["runs", "list"]) == 2  # neither --db nor --config
+
+
+def test_the_report_as_a_page_shows_the_record(app: tuple[TestClient, StoreService]) -> None:
+    client, _ = app
+    run_id = post_run(client, PROTOCOL).json()["id"]
+    client.post(
+        f"/runs/{run_id}/approvals",
+        headers=auth("alice"),
+        json={"function": "Quality", "decision": "approve"},
+    )
+    client.post(
+        f"/runs/{run_id}/deviations",
+        headers=auth("alice"),
+        json={"description": "<script>alert(1)</script> jam", "severity": "major",
+              "serials": ["PILOT-01"], "action": "set aside"},
+    )  # fmt: skip
+    client.post(
+        f"/runs/{run_id}/signoffs",
+        headers=auth("bob"),
+        json={"function": "Production", "decision": "no-go", "reason": "open major deviation"},
+    )
+    page = client.get(f"/runs/{run_id}/report?format=html")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["content-security-policy"].startswith("default-src 'none'; ")
+    html = page.text
+    assert "<script" not in html  # the description is escaped, and the page has no script
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; jam" in html
+    assert '<p id="run-state"><b>✗ NO-GO</b>: no-go signed by Bob P (Production).</p>' in html
+    assert "<td>Bob P</td><td><b>NO-GO</b></td><td>open major deviation</td>" in html
+    assert "not approved yet by Production, Engineering" in html
+    assert "audit trail verified, 5 entries" in html
+    assert client.get("/runs/999/report?format=html").json()["detail"] == "no run 999 in the store"
+    other = client.get(f"/runs/{run_id}/report?format=xml")
+    assert (other.status_code, other.json()["detail"]) == (
+        422,
+        "format 'xml': a run's report is json or html",
     )

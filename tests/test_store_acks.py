@@ -8,14 +8,16 @@ from pathlib import Path
 
 import orjson
 
+from contract.encode import encode_unit, envelope, with_seq
 from store.acks import AckBook
 from store.config import AcksConfig
 from store.db import connect, create_schema
 from store.gaps import Hole, StreamState
 from store.ingest import Incoming, Writer
-from store.status import gap_report, old_gaps
+from store.status import gap_report, old_gaps, stream_states
 from tests.helpers import Mosquitto, Subscriber, wait_until
-from tests.store_fixtures import Publisher, StoreProcess
+from tests.store_fixtures import Publisher, StoreProcess, pilot_unit_records
+from tests.test_store_decode import OUTBOX, keyed_message
 from tests.test_store_ingest import R_TOPIC, schema1
 from tests.test_store_service import PER_MESSAGE, TOPIC, message
 
@@ -183,3 +185,30 @@ def test_a_conflicting_replay_is_quarantined_never_a_second_row(db_url: str) -> 
     assert [kind for kind, _ in same_time.quarantined] == ["conflict"]
     assert "seq 4: stored value 3.25, replayed with value 7.5" in same_time.quarantined[0][1]
     assert writer.write([Incoming(R_TOPIC, schema1(1, 10))]).quarantined == []
+
+
+def test_the_other_stream_of_an_outbox_is_looked_up_once(db_url: str) -> None:
+    """A store process acknowledges the streams its batches touch; the first batch of an
+    outbox also brings the other stream's state from the database (a restarted store would
+    otherwise leave unit records committed before it waiting for the next one)."""
+    engine = connect(db_url)
+    create_schema(engine)
+    writer = Writer(engine)
+    units_topic = R_TOPIC.rsplit("/", 1)[0] + "/units"
+    record = encode_unit(pilot_unit_records()[0])
+    units = envelope("pc1", OUTBOX, with_seq([(1, record)]), b"units")
+    writer.write([Incoming(units_topic, units)])
+    readings = orjson.dumps(keyed_message())  # pc1, the same outbox
+    result = writer.write([Incoming(R_TOPIC, readings)])
+    book = AckBook(AcksConfig())
+    book.update(result.streams, now=0.0)
+    (key,) = result.streams
+    assert key == ("pc1", OUTBOX, "readings")
+    unknown = book.siblings_unknown([key])
+    assert unknown == {("pc1", OUTBOX, "units"): result.streams[key][0]}
+    states = stream_states(engine, [*unknown, ("pc9", OUTBOX, "units")])
+    assert {k: (s.low, s.high, s.holes) for k, s in states.items()} == {
+        ("pc1", OUTBOX, "units"): (1, 1, ())
+    }
+    book.looked_up(unknown)
+    assert book.siblings_unknown([key]) == {}

@@ -99,6 +99,7 @@ def test_topic_filters_with_and_without_a_shared_group() -> None:
     config = parse_store_config("mqtt: {shared_group: stores, topic_prefix: plant}\n")
     assert topic_filters(config.mqtt) == [
         "$share/stores/plant/+/+/+/readings", "$share/stores/plant/+/+/+/units",
+        "$share/stores/plant/+/+/+/deviations",  # recorded on line PCs (store/record/line.py)
         "$share/stores/plant/+/+/+/gaps",  # what collectors say of seqs they will never send
         "plant/+/+/+/meta/+",  # retained: never shared
     ]  # fmt: skip

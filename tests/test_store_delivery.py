@@ -6,7 +6,6 @@ malformed acknowledgement deletes nothing."""
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,13 +20,13 @@ from collector.delivery.storeack import BadAck, parse_ack
 from contract.ranges import intersect, subtract
 from drivers.modbus.sim import SimulatedModbusServer
 from store.db import connect
+from tests import handover
+from tests.handover import kill, store_config, stored_seqs
 from tests.helpers import (
     Mosquitto,
     RunningService,
     Subscriber,
     async_wait_until,
-    config_dict,
-    mosquitto_binary,
     run_cli,
     set_tester,
 )
@@ -38,17 +37,9 @@ BASE = "collector/plant-a/line-1/pc1"
 
 @pytest.fixture
 def volatile_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A mosquitto without persistence: a restart forgets every session and subscription
-    (what lost 14 % of the readings in issue 23)."""
-    if mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed")
-    broker = Mosquitto(tmp_path / "mq")
-    broker.conf.write_text(broker.conf.read_text().replace("persistence true", "persistence false"))
-    broker.start()
-    yield broker
-    if broker.process is not None:
-        broker.process.kill()
-        broker.process.wait(10)
+    """A mosquitto without persistence: a restart forgets every session and subscription."""
+    with handover.broker(tmp_path / "mq", persistence=False) as broker:
+        yield broker
 
 
 @pytest.fixture
@@ -57,40 +48,6 @@ async def simulator() -> AsyncIterator[SimulatedModbusServer]:
     await server.start()
     yield server
     await server.stop()
-
-
-def store_config(broker: Mosquitto, modbus: SimulatedModbusServer, tmp_path: Path) -> Config:
-    raw = config_dict(
-        broker,
-        modbus.port,
-        tmp_path / "b.db",
-        delivery="store",
-        reconnect_min_ms=100,
-        reconnect_max_ms=500,
-        store_resend_after_s=3,
-    )
-    return Config.model_validate(raw)
-
-
-def stored_seqs(engine: sa.Engine) -> tuple[int, int]:
-    """(rows, distinct seqs) of the collector's readings."""
-    sql = (
-        "SELECT count(*), count(DISTINCT r.seq) FROM readings r "
-        "JOIN streams s ON s.id = r.stream WHERE s.collector = 'pc1'"
-    )
-    try:
-        with engine.connect() as conn:
-            row = conn.exec_driver_sql(sql).one()
-    except sa.exc.SQLAlchemyError:
-        return 0, 0  # the store makes its tables when it starts
-    return int(row[0]), int(row[1])
-
-
-def kill(broker: Mosquitto) -> None:
-    assert broker.process is not None
-    broker.process.send_signal(signal.SIGKILL)
-    broker.process.wait(10)
-    broker.process = None
 
 
 async def test_broker_restart_without_persistence_and_a_stopped_store_lose_nothing(

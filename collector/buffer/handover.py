@@ -50,6 +50,7 @@ class AsyncOutbox:
         #: Set whenever rows were appended; the forwarder waits on it.
         self.appended = asyncio.Event()
         self.units_appended = asyncio.Event()
+        self.deviations_appended = asyncio.Event()
         # Delivered ranges not deleted yet, (first seq, last seq, when noted): they go with the
         # next commit, or alone (and are retried if that fails, e.g. on a full disk); never
         # taken again meanwhile, so a delivered reading is not sent twice.
@@ -127,12 +128,31 @@ class AsyncOutbox:
     async def ack_units(self, first_seq: int, last_seq: int) -> bool:
         """Delete delivered unit records; False if that failed (they are taken again later
         only by a restart: the forwarder's cursor moves past them)."""
+        return await self._delete(self.outbox.ack_units, "unit records", first_seq, last_seq)
+
+    async def _delete(self, delete: Any, what: str, first_seq: int, last_seq: int) -> bool:
         try:
-            await self._call(self.outbox.ack_units, first_seq, last_seq)
+            await self._call(delete, first_seq, last_seq)
         except sa.exc.OperationalError as exc:
-            log.error("buffer: cannot delete delivered unit records (%s)", exc.orig)  # noqa: TRY400
+            log.error("buffer: cannot delete delivered %s (%s)", what, exc.orig)  # noqa: TRY400
             return False
         return True
+
+    async def add_deviation(self, ts: float, body: bytes) -> int:
+        """Commit a deviation (see :meth:`Outbox.add_deviation`); its seq once committed."""
+        seq: int = await self._call(self.outbox.add_deviation, ts, body)
+        self.deviations_appended.set()
+        return seq
+
+    async def take_deviations(self, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
+        rows: list[tuple[int, bytes]] = await self._call(
+            self.outbox.take_deviations, after_seq, max_rows
+        )
+        return rows
+
+    async def ack_deviations(self, first_seq: int, last_seq: int) -> bool:
+        """Delete delivered deviations; False if that failed (like :meth:`ack_units`)."""
+        return await self._delete(self.outbox.ack_deviations, "deviations", first_seq, last_seq)
 
     async def take(
         self,
@@ -164,7 +184,7 @@ class AsyncOutbox:
 
     def held_ranges(self, stream: str, first: int, last: int) -> list[tuple[int, int]]:
         """The seq ranges within [first, last] the buffer still holds, of ``stream``
-        (readings or units); read on the event loop like :meth:`take` (bounded: past
+        (readings, units or deviations); read on the event loop like :meth:`take` (bounded: past
         :data:`HELD_LIMIT` rows the rest of the range counts as held)."""
         assert self._reader is not None, "open() first"
         if stream == "readings":
@@ -173,7 +193,8 @@ class AsyncOutbox:
                 "ORDER BY last_seq LIMIT ?"
             )
         else:
-            sql = "SELECT seq, seq FROM units WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?"
+            table = "deviations" if stream == "deviations" else "units"
+            sql = f"SELECT seq, seq FROM {table} WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?"  # noqa: S608
         try:
             rows = self._reader.exec_driver_sql(sql, (first, last, HELD_LIMIT)).all()
             self._reader.commit()

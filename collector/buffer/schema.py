@@ -48,6 +48,17 @@ units_table = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
+# Deviations recorded on the line PC (POST /deviations, contract.deviations): a third stream,
+# with its own seq, delivered like unit records on ``.../deviations``. Rare (people write them),
+# so each is committed alone and fsynced (Outbox.add_deviation).
+deviations_table = sa.Table(
+    "deviations",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
 # The station context's state, stored in the same transaction as the readings it tagged: each
 # station's open and ending units, and how often each serial went through each operation.
 stations_table = sa.Table(
@@ -145,6 +156,7 @@ class BufferStats:
     last_seq: int
     units_depth: int = 0
     last_unit_seq: int = 0
+    deviations_depth: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ from collector.buffer.schema import (
     SeqHint,
     attempts_table,
     batches_table,
+    deviations_table,
     jumps_table,
     meta_table,
     metadata,
@@ -83,6 +84,7 @@ class Outbox:
         self.reset: BufferReset | None = None
         self.hint = SeqHint(path)
         self._durable = synchronous is Synchronous.FULL
+        self._synchronous = synchronous.value.upper()
         # Seqs reserved in the hint (not durable commits only): (readings, units).
         self._reserved = (0, 0)
         self.max_readings = max_readings
@@ -138,6 +140,10 @@ class Outbox:
         ).scalar_one()
         self.last_seq = self._last_seq("batches")
         self.last_unit_seq = self._last_seq("units")
+        self.deviations_depth = self._conn.execute(
+            sa.select(sa.func.count()).select_from(deviations_table)
+        ).scalar_one()
+        self.last_deviation_seq = self._last_seq("deviations")
         #: 16 hex digits, the same for the file's whole life (docs/messages.md).
         self.outbox_id = (self._meta(OUTBOX_KEY) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big").hex()
         self._conn.commit()
@@ -403,21 +409,58 @@ class Outbox:
         return stations, attempts
 
     def take_units(self, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
+        return self._take_rows(units_table, after_seq, max_rows)
+
+    def ack_units(self, first_seq: int, last_seq: int) -> int:
+        deleted = self._delete_rows(units_table, first_seq, last_seq)
+        self.units_depth -= deleted
+        return deleted
+
+    def add_deviation(self, ts: float, body: bytes) -> int:
+        """Commit one deviation (contract.deviations.encode_deviation) and return its seq.
+        Fsynced whatever ``buffer.synchronous`` says: the 201 that follows tells a person
+        their deviation is kept, and a commit lost to a power cut could hand its seq out
+        again. (A person writes a few a shift: the fsync costs nothing that matters.)"""
+        if not self._durable:
+            self._conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            self._conn.commit()
+        try:
+            with self._conn.begin():
+                seq = self._conn.execute(
+                    deviations_table.insert().values(ts=ts, body=body)
+                ).inserted_primary_key
+        finally:
+            if not self._durable:
+                self._conn.exec_driver_sql(f"PRAGMA synchronous={self._synchronous}")
+                self._conn.commit()
+        assert seq is not None
+        self.deviations_depth += 1
+        self.last_deviation_seq = max(self.last_deviation_seq, int(seq[0]))
+        return int(seq[0])
+
+    def take_deviations(self, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
+        return self._take_rows(deviations_table, after_seq, max_rows)
+
+    def ack_deviations(self, first_seq: int, last_seq: int) -> int:
+        deleted = self._delete_rows(deviations_table, first_seq, last_seq)
+        self.deviations_depth -= deleted
+        return deleted
+
+    def _take_rows(self, table: sa.Table, after_seq: int, max_rows: int) -> list[tuple[int, bytes]]:
         rows = self._conn.execute(
-            sa.select(units_table.c.seq, units_table.c.body)
-            .where(units_table.c.seq > after_seq)
-            .order_by(units_table.c.seq)
+            sa.select(table.c.seq, table.c.body)
+            .where(table.c.seq > after_seq)
+            .order_by(table.c.seq)
             .limit(max_rows)
         ).all()
         self._conn.commit()
         return [(seq, body) for seq, body in rows]
 
-    def ack_units(self, first_seq: int, last_seq: int) -> int:
+    def _delete_rows(self, table: sa.Table, first_seq: int, last_seq: int) -> int:
         with self._conn.begin():
-            deleted = self._conn.execute(
-                units_table.delete().where(units_table.c.seq.between(first_seq, last_seq))
+            deleted: int = self._conn.execute(
+                table.delete().where(table.c.seq.between(first_seq, last_seq))
             ).rowcount
-        self.units_depth -= deleted
         return deleted
 
     def take(
@@ -510,6 +553,7 @@ class Outbox:
             self.last_seq,
             self.units_depth,
             self.last_unit_seq,
+            self.deviations_depth,
         )
 
 

@@ -219,7 +219,8 @@ class HealthConfig(_Model):
     token_env: str | None = Field(
         default=None,
         description="Environment variable holding the bearer token for the endpoints that "
-        "change state (POST /stations/{name}/unit). No token: those endpoints are off.",
+        "change state (POST /stations/{name}/unit, POST /deviations). No token: those "
+        "endpoints are off.",
     )
     token_file: Path | None = Field(default=None, description="File holding that token.")
     max_unsent_age_s: float | None = Field(

@@ -48,7 +48,7 @@ from collector.delivery.publisher import (
     Publisher,
 )
 from collector.delivery.storesync import StoreSync, gaps_message
-from collector.delivery.streams import ReadingsStream, Stream, UnitsStream
+from collector.delivery.streams import DeviationsStream, ReadingsStream, Stream, UnitsStream
 from common.backoff import Backoff
 from contract.encode import DeviceMeta, envelope
 
@@ -184,7 +184,10 @@ class Forwarder:
                 self._mqtt.max_readings_per_message,
             ),
             UnitsStream(outbox, self.units_topic),
+            DeviationsStream(outbox, f"{topic_base(config)}/deviations"),
         ]
+        self._stream_keys = {id(self._streams[0]): "readings", id(self._streams[1]): "units",
+                             id(self._streams[2]): "deviations"}  # fmt: skip
         self._deliveries: list[_Delivery] = []
         # mqtt.delivery store: rows leave the buffer on the store's acknowledgement.
         self.store_sync: StoreSync | None = None
@@ -192,7 +195,7 @@ class Forwarder:
             self.store_sync = StoreSync(
                 self._mqtt,
                 lambda: self._outbox.outbox.outbox_id,
-                {"readings": self._streams[0], "units": self._streams[1]},
+                {self._stream_keys[id(s)]: s for s in self._streams},
                 self.status,
                 self._wake_stream,
                 held=self._outbox.held_ranges,
@@ -256,7 +259,7 @@ class Forwarder:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _wake_stream(self, name: str) -> None:
-        """A store acknowledgement for a stream ("readings" or "units") arrived."""
+        """A store acknowledgement for a stream ("readings", "units", "deviations") arrived."""
         for delivery in self._deliveries:
             if delivery.stream.topic.endswith(f"/{name}"):
                 delivery.wake.set()
@@ -393,7 +396,7 @@ class Forwarder:
                 elif refused is False:
                     backoff.reset()
             if self.store_sync is not None:
-                key = "readings" if stream is self._streams[0] else "units"
+                key = self._stream_keys[id(stream)]
                 if await self.store_sync.settle(key):
                     d.stale = True  # asked for again: taken again, oldest first
             # The deletes of what the broker acknowledged ride along with the buffer writer's

@@ -104,6 +104,8 @@ class MqttStatus:
     messages_accepted: int = 0
     readings_delivered: int = 0
     units_delivered: int = 0
+    #: Deviations recorded on the line PC (POST /deviations) the broker took.
+    deviations_delivered: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
     in_flight: int = 0
@@ -124,6 +126,7 @@ class MqttStatus:
     #: store's acknowledgement (still in the buffer), and when (epoch s) the last one came.
     store_waiting_readings: int = 0
     store_waiting_units: int = 0
+    store_waiting_deviations: int = 0
     #: When (epoch s) the oldest of them was sent (updated about once a second).
     store_waiting_since: float | None = None
     last_store_ack_ts: float | None = None
@@ -142,6 +145,7 @@ class MqttStatus:
             "messages_accepted": self.messages_accepted,
             "readings_delivered": self.readings_delivered,
             "units_delivered": self.units_delivered,
+            "deviations_delivered": self.deviations_delivered,
             "rejected": dict(self.rejected),
             "quarantined": self.quarantined,
             "in_flight": self.in_flight,
@@ -153,6 +157,7 @@ class MqttStatus:
             "refused_since_success": self.refused_since_success,
             "store_waiting_readings": self.store_waiting_readings,
             "store_waiting_units": self.store_waiting_units,
+            "store_waiting_deviations": self.store_waiting_deviations,
             "store_waiting_since": self.store_waiting_since,
             "last_store_ack_ts": self.last_store_ack_ts,
             "store_acks": self.store_acks,

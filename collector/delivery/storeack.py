@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
-STREAMS = ("readings", "units")
+STREAMS = ("readings", "units", "deviations")
 #: Ranges per list at most: the store caps its lists at acks.max_ranges (default 100).
 MAX_RANGES = 10_000
 
@@ -62,7 +62,7 @@ def parse_ack(payload: bytes, outbox_id: str, last_assigned: dict[str, int]) -> 
     if not isinstance(outbox, str):
         raise BadAck("outbox: not a string")
     if stream not in STREAMS:
-        raise BadAck(f"stream: {str(stream)[:40]!r} is not readings or units")
+        raise BadAck(f"stream: {str(stream)[:40]!r} is not readings, units or deviations")
     if outbox != outbox_id:
         return None
     first, through = _seq(body, "from"), _seq(body, "through")

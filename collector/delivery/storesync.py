@@ -197,7 +197,13 @@ class StoreSync:
         readings, units = self._streams.get("readings"), self._streams.get("units")
         self.status.store_waiting_readings = readings.marks.items if readings else 0
         self.status.store_waiting_units = units.marks.items if units else 0
-        if not self.status.store_waiting_readings and not self.status.store_waiting_units:
+        deviations = self._streams.get("deviations")
+        self.status.store_waiting_deviations = deviations.marks.items if deviations else 0
+        if not (
+            self.status.store_waiting_readings
+            or self.status.store_waiting_units
+            or self.status.store_waiting_deviations
+        ):
             self.status.store_waiting_since = None
 
     def waiting_since(self) -> float | None:
@@ -214,7 +220,9 @@ def store_health(status: MqttStatus, config: MqttConfig, now: float) -> list[str
     acknowledgement came for ``mqtt.store_ack_timeout_s``."""
     if config.delivery.value != "store":
         return []
-    waiting = status.store_waiting_readings + status.store_waiting_units
+    waiting = (
+        status.store_waiting_readings + status.store_waiting_units + status.store_waiting_deviations
+    )
     since = status.store_waiting_since
     last = status.last_store_ack_ts
     limit = config.store_ack_timeout_s

@@ -1,6 +1,6 @@
-"""The streams the forwarder delivers: readings and unit records, each a numbered sequence of
-stored items in the buffer, seen through one interface so one delivery loop serves both
-(collector.delivery.forwarder).
+"""The streams the forwarder delivers: readings, unit records and deviations, each a numbered
+sequence of stored items in the buffer, seen through one interface so one delivery loop serves
+them all (collector.delivery.forwarder).
 
 They differ only in where their rows live and in a few parameters:
 
@@ -11,6 +11,8 @@ They differ only in where their rows live and in a few parameters:
 - **unit records**: one row per record, few and small (one per unit per operation): one
   message in flight at a time; a record the broker refuses stays and is retried (there is no
   quarantine for them); a record whose delete failed is not sent again.
+- **deviations** (recorded on the line PC, POST /deviations): like unit records, from a table
+  and seq of their own, on ``.../deviations``.
 """
 
 from __future__ import annotations
@@ -157,14 +159,20 @@ class UnitsStream:
         return self._outbox.outbox.units_depth
 
     async def newest_seq(self) -> int:
-        return self._outbox.outbox.last_unit_seq
+        return self.last_assigned()
+
+    async def _rows(self, after_seq: int, max_items: int) -> list[tuple[int, bytes]]:
+        return await self._outbox.take_units(after_seq, max_items)
+
+    async def _delete(self, first_seq: int, last_seq: int) -> None:
+        await self._outbox.ack_units(first_seq, last_seq)
 
     async def take(
         self, after_seq: int, max_items: int, max_bytes: int, up_to: int | None
     ) -> list[Batch]:
         after = max(after_seq, self._delivered_through)
         while True:
-            rows = await self._outbox.take_units(after, max_items)
+            rows = await self._rows(after, max_items)
             # Each record is a batch of one, numbered as it goes out (stored without its
             # seq); its read time does not matter here (0.0): no unsent age is shown.
             kept: list[Batch] = []
@@ -182,7 +190,7 @@ class UnitsStream:
 
     async def delivered(self, first_seq: int, last_seq: int) -> None:
         self._delivered_through = max(self._delivered_through, last_seq)
-        await self._outbox.ack_units(first_seq, last_seq)
+        await self._delete(first_seq, last_seq)
 
     async def split(self, first_seq: int, last_seq: int, per_batch: int) -> bool:
         return True  # a record is a batch of one already
@@ -201,7 +209,36 @@ class UnitsStream:
 
     async def store_acked(self, ranges: list[tuple[int, int]]) -> None:
         for first, last in ranges:
-            await self._outbox.ack_units(first, last)
+            await self._delete(first, last)
 
     def last_assigned(self) -> int:
         return self._outbox.outbox.last_unit_seq
+
+
+class DeviationsStream(UnitsStream):
+    """Deviations recorded on the line PC (contract.deviations): delivered exactly like unit
+    records (one row per item, one message in flight), from their own table and seq, on
+    their own topic."""
+
+    name = "deviations"
+    key = b"deviations"
+
+    def __init__(self, outbox: AsyncOutbox, topic: str) -> None:
+        super().__init__(outbox, topic)
+        self.appended = outbox.deviations_appended
+
+    @property
+    def depth(self) -> int:
+        return self._outbox.outbox.deviations_depth
+
+    async def _rows(self, after_seq: int, max_items: int) -> list[tuple[int, bytes]]:
+        return await self._outbox.take_deviations(after_seq, max_items)
+
+    async def _delete(self, first_seq: int, last_seq: int) -> None:
+        await self._outbox.ack_deviations(first_seq, last_seq)
+
+    def count_delivered(self, status: MqttStatus, items: int) -> None:
+        status.deviations_delivered += items
+
+    def last_assigned(self) -> int:
+        return self._outbox.outbox.last_deviation_seq

@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
 import signal
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +81,24 @@ def demo_config(  # noqa: PLR0917 - one value for each simulated part
     buffer: Path,
     scanner_port: str,
     rack_endpoint: str,
+    delivery: str = "broker",
 ) -> Config:
+    # The station token of POST /deviations (the live page's form), when the caller set one
+    # (deploy/demo.sh does); without it that endpoint is off.
+    token = {"token_env": TOKEN_ENV} if os.environ.get(TOKEN_ENV) else {}
     return Config.model_validate(
         {
             "collector": {"id": "demo-pc1", "site": "demo-plant", "line": "pilot-line-1"},
             "buffer": {"path": str(buffer), "max_readings": 1_000_000},
-            # No central store in the demo: readings leave the buffer on the broker's PUBACK.
+            # delivery broker (no central store): readings leave the buffer on the broker's
+            # PUBACK; store (deploy/demo.sh runs one): on the store's acknowledgement.
             "mqtt": {
                 "host": broker_host,
                 "port": broker_port,
                 "shutdown_grace_s": 3,
-                "delivery": "broker",
+                "delivery": delivery,
             },
-            "health": {"host": "127.0.0.1", "port": 0},
+            "health": {"host": "127.0.0.1", "port": 0, **token},
             "stations": [
                 {
                     "name": "ft-1",
@@ -308,6 +316,21 @@ async def run_rack(rack: SimulatedBurnInRack) -> None:
         await asyncio.sleep(0.5)
 
 
+#: The environment variable holding the collector's station token in the demo.
+TOKEN_ENV = "COLLECTOR_DEMO_TOKEN"  # noqa: S105 - a variable's name, not a secret
+#: The deviation the demo's operator records on the live page once a few units are done.
+DEVIATION = {
+    "description": "Tester clamp re-seated after a jam; the units tested just before were "
+    "set aside for a check",
+    "severity": "minor",
+    "station": "ft-1",
+    "operation": "functional-test",
+    "device": "tester-1",
+    "action": "Clamp re-seated, the two units before the jam retested",
+    "who": "Demo operator",
+}
+
+
 class LiveView:
     """Prints one compact line per message the broker accepted."""
 
@@ -315,10 +338,18 @@ class LiveView:
         self.quiet = quiet
         self.delivered = 0
         self.units = 0  # unit records the broker accepted
+        #: Serials of the units that passed, in the order their records were published.
+        self.serials: list[str] = []
+        self.three_passed = asyncio.Event()
         #: The tag metadata the readings refer to (their tags are sent by position).
         self.book = MetaBook()
 
     def on_message(self, payload: bytes) -> None:
+        if b'","deviations":[' in payload[:200]:  # right after the header: not a tag name
+            for d in orjson.loads(payload)["deviations"]:
+                print(f"deviation {d['seq']} published: {d['severity']} at {d['station']}",
+                      flush=True)  # fmt: skip
+            return
         if b'"units":' in payload:
             self._units(orjson.loads(payload)["units"])
             return
@@ -350,6 +381,9 @@ class LiveView:
 
     def _units(self, units: list[dict[str, Any]]) -> None:
         self.units += len(units)
+        self.serials.extend(u["serial"] for u in units if u["verdict"] == "pass")
+        if len(self.serials) >= 3:
+            self.three_passed.set()
         if self.quiet:
             return
         for u in units:
@@ -361,16 +395,24 @@ class LiveView:
             )
 
 
-def run_demo(broker: str, duration: float | None, buffer: Path | None, quiet: bool = False) -> int:
+def run_demo(
+    broker: str,
+    duration: float | None,
+    buffer: Path | None,
+    quiet: bool = False,
+    delivery: str = "broker",
+) -> int:
     host, _, port_text = broker.rpartition(":")
     if not host or not port_text.isdigit():
         print(f"--broker: expected HOST:PORT, got {broker!r}", file=sys.stderr)
         return 2
     buffer = buffer or Path(tempfile.gettempdir()) / "collector-demo.db"
-    return asyncio.run(_demo(host, int(port_text), duration, buffer, quiet))
+    return asyncio.run(_demo(host, int(port_text), duration, buffer, quiet, delivery))
 
 
-async def _demo(host: str, port: int, duration: float | None, buffer: Path, quiet: bool) -> int:
+async def _demo(  # noqa: PLR0917 - the command line's options
+    host: str, port: int, duration: float | None, buffer: Path, quiet: bool, delivery: str
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -381,7 +423,7 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
     await rack.start()
     await load_rack(rack)
     scanner = SimulatedScanner()
-    config = demo_config(host, port, server.port, buffer, scanner.port, rack.endpoint)
+    config = demo_config(host, port, server.port, buffer, scanner.port, rack.endpoint, delivery)
     view = LiveView(quiet)
     service = Service(config, on_delivered=view.on_message)
     for meta in service.writer.metas.values():
@@ -395,6 +437,7 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
     tester = asyncio.create_task(_start_line(service, SimulatedTester(server, config, scanner)))
     reporter = asyncio.create_task(_report_outage(service, stop))
     heater = asyncio.create_task(run_rack(rack))
+    deviation = asyncio.create_task(_record_deviation(service, view))
     try:
         if duration is not None:
             with contextlib.suppress(TimeoutError):
@@ -402,9 +445,9 @@ async def _demo(host: str, port: int, duration: float | None, buffer: Path, quie
             stop.set()
         await running
     finally:
-        for task in (tester, reporter, heater):
+        for task in (tester, reporter, heater, deviation):
             task.cancel()
-        await asyncio.gather(tester, reporter, heater, return_exceptions=True)
+        await asyncio.gather(tester, reporter, heater, deviation, return_exceptions=True)
         await server.stop()
         await rack.stop()
         scanner.close()
@@ -426,6 +469,42 @@ async def _start_line(service: Service, tester: SimulatedTester) -> None:
             break
         await asyncio.sleep(0.1)
     await tester.run()
+
+
+async def _record_deviation(service: Service, view: LiveView) -> None:
+    """Once three units passed, the operator records a deviation on the live page: the same
+    request its form sends, POST /deviations with the station token, naming the two units
+    before the jam. Only when the demo has a token (deploy/demo.sh sets one)."""
+    token = os.environ.get(TOKEN_ENV)
+    await service.ready.wait()
+    if not token or service.health_server is None:
+        return
+    url = f"http://127.0.0.1:{service.health_server.bound_port}"
+    print(f"demo: the collector's live page: {url}/ (its form records deviations)", flush=True)
+    await view.three_passed.wait()
+    body = {**DEVIATION, "serials": view.serials[1:3]}
+    request = urllib.request.Request(  # noqa: S310 - the demo's own loopback address
+        f"{url}/deviations",
+        data=orjson.dumps(body),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        # A thread: the collector answering this request runs on this very loop.
+        answer = await asyncio.to_thread(_post, request)
+    except (OSError, urllib.error.URLError) as exc:
+        print(f"demo: recording the deviation failed: {exc}", flush=True)
+        return
+    print(
+        f"demo: deviation {answer['seq']} recorded on the live page (POST /deviations): "
+        f"{answer['severity']} at {answer['station']}, units {', '.join(body['serials'])}",
+        flush=True,
+    )
+
+
+def _post(request: urllib.request.Request) -> dict[str, Any]:
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+        found: dict[str, Any] = orjson.loads(answer.read())
+        return found
 
 
 async def _report_outage(service: Service, stop: asyncio.Event) -> None:

@@ -1,9 +1,10 @@
 """Health and status over HTTP (FastAPI, served by uvicorn in the service's loop).
 
-GET /health and /status only read state through :class:`StatusSource`. The one endpoint that
-changes state, POST /stations/{name}/unit (a unit serial from an MES or manual entry), needs
-the bearer token from the config, checked before the (size-limited) body is read; with no token
-configured it is off. ``GET /`` is the live page for technicians (collector/operations/live.py).
+GET /health and /status only read state through :class:`StatusSource`. The endpoints that
+change state, POST /stations/{name}/unit (a unit serial from an MES or manual entry) and POST
+/deviations (a deviation recorded on the line, contract.deviations), need the bearer token
+from the config, checked before the (size-limited) body is read; with no token configured
+they are off. ``GET /`` is the live page for technicians (collector/operations/live.py).
 Nothing here can stop collection: it is a common.httpserver.BoundedServer (connections bounded and
 idle ones closed, so that no client can take the file descriptors or the event loop's time the
 polls need). It binds to 127.0.0.1 unless the config says otherwise.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import socket
+import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Protocol
 
@@ -26,6 +28,8 @@ from collector import __version__
 from collector.context.serials import accepted
 from collector.operations.live import LiveFeed, add_page_routes, encode_status
 from common.httpserver import BoundedServer
+from contract.deviations import Deviation, deviation_fields
+from contract.fields import ContractError
 from contract.text import MAX_SERIAL_CHARS, serial_problem
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,6 +69,12 @@ class StatusSource(Protocol):
         (a reload can change it)."""
         ...
 
+    async def record_deviation(self, deviation: Deviation) -> dict[str, Any]:
+        """Commit a deviation to the outbox (delivered like a unit record); what the 201
+        says: its ``seq``, ``outbox`` and ``ts``. RuntimeError when the buffer cannot keep
+        it."""
+        ...
+
 
 # Module level: FastAPI resolves these (string) annotations in the module's namespace.
 _bearer = HTTPBearer(auto_error=False)
@@ -98,6 +108,16 @@ class UnitIn(BaseModel):
 # The unit endpoint's body is a small JSON object; anything bigger is refused before it is read
 # (a 200 MB body once cost 400 MB of memory that stayed).
 MAX_UNIT_BODY_BYTES = 4096
+
+
+#: A deviation's body: a description and an action of a few paragraphs, a list of serials.
+MAX_DEVIATION_BODY_BYTES = 64 * 1024
+
+
+def _refused(detail: str) -> JSONResponse:
+    """422 with the field named first, as the store's record API words it (``body.field:
+    problem``); the live page shows it as it is."""
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _unit_message(error: Any) -> str:
@@ -200,6 +220,39 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         return source.station_unit(station)
+
+    @app.post(
+        "/deviations",
+        dependencies=[Depends(authorised)],
+        status_code=201,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {}}}},
+    )
+    async def record_deviation(request: Request) -> Any:
+        """Record a deviation (docs/pilot-record.md, "Deviations on the line PC"): committed
+        to the outbox before the 201, then delivered to the store like a unit record."""
+        body = await _bounded_body(request, MAX_DEVIATION_BODY_BYTES)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _refused(f"body: not valid JSON: {exc}")
+        if type(data) is not dict:
+            return _refused("body: must be a JSON object")
+        if stamped := sorted({"seq", "ts"} & set(data)):
+            return _refused(f"body.{stamped[0]}: unknown field (the collector sets it)")
+        try:
+            deviation = deviation_fields(data, time.time(), "body.")
+        except ContractError as exc:
+            return _refused(str(exc))
+        stations = source.serial_sources()
+        if deviation.station not in stations:
+            return _refused(
+                f"body.station: no station {deviation.station!r} on this line PC; stations: "
+                f"{', '.join(sorted(stations))}"
+            )
+        try:
+            return await source.record_deviation(deviation)
+        except RuntimeError as exc:
+            raise HTTPException(503, str(exc)) from None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

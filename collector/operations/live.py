@@ -32,11 +32,16 @@ log = logging.getLogger(__name__)
 #: The page's files, shipped as package data (no CDN: a line PC often has no internet).
 PAGE_FILES = {
     "page.js": "text/javascript; charset=utf-8",
+    "deviation.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
 }
-#: Only this origin's scripts and styles, no framing: the page needs nothing else.
+#: Only this origin's scripts and styles, no framing, no form posted by the browser itself
+#: (the deviation form is sent by deviation.js, with the token as a header): the page needs
+#: nothing else.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "Content-Security-Policy": (
+        "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }

@@ -134,6 +134,11 @@ class ServiceCollector(Collector):
             "Unit records the broker accepted (this run).",
             value=mqtt.units_delivered,
         )
+        yield CounterMetricFamily(
+            "collector_deviations_delivered",
+            "Deviations the broker accepted (this run).",
+            value=mqtt.deviations_delivered,
+        )
         yield GaugeMetricFamily(
             "collector_buffer_readings", "Readings buffered.", value=outbox.depth
         )
@@ -142,6 +147,11 @@ class ServiceCollector(Collector):
         )
         yield GaugeMetricFamily(
             "collector_buffer_unit_records", "Unit records buffered.", value=outbox.units_depth
+        )
+        yield GaugeMetricFamily(
+            "collector_buffer_deviations",
+            "Deviations recorded on this PC (POST /deviations) and not delivered yet.",
+            value=outbox.deviations_depth,
         )
         yield GaugeMetricFamily(
             "collector_buffer_bytes",

@@ -34,6 +34,8 @@ from store.record.bodies import (
     parse,
 )
 from store.record.errors import RecordError
+from store.record.html import CSP as HTML_CSP
+from store.record.html import run_report_html
 from store.record.people import People, Person
 from store.record.report import run_report
 from store.status import ServiceView
@@ -45,6 +47,13 @@ T = TypeVar("T")
 
 #: Reads the guard leaves open: probes and scrapers carry no token.
 OPEN_PATHS = frozenset({"/health", "/metrics"})
+#: The run's report as a page: self-contained, no script (store/record/html.py).
+HTML_HEADERS = {
+    "Content-Security-Policy": HTML_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 async def read_body(request: Request) -> bytes:
@@ -130,8 +139,14 @@ def record_router(service: ServiceView) -> APIRouter:
 
     @router.get("/runs/{run_id}/report")
     async def get_report(run_id: int, format: str = "json", version: int | None = None) -> Response:
+        if format == "html":
+            try:
+                page = await run_in_threadpool(run_report_html, engine, run_id, version)
+            except RecordError as exc:
+                return _problem(exc)
+            return Response(page, media_type="text/html; charset=utf-8", headers=HTML_HEADERS)
         if format != "json":
-            return _problem(RecordError(422, f"format {format!r}: a run's report is json"))
+            return _problem(RecordError(422, f"format {format!r}: a run's report is json or html"))
         return await handle(None, None, lambda _: run_report(engine, run_id, version))
 
     @router.get("/runs/{run_id}/signoffs/{signoff_id}/report")

@@ -1,4 +1,5 @@
-"""``collector store audit verify`` and ``collector store runs [list | show ID | report ID]``.
+"""``collector store audit verify`` and ``collector store runs [list | show ID | report ID
+[--format json|html]]``.
 
 ``audit verify`` exits 0 when the chain and every record row match, 1 naming the first entry
 that does not (or when the database cannot be read), 2 on a bad command line.
@@ -27,6 +28,12 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> N
     runs.add_argument("action", choices=["list", "show", "report"])
     runs.add_argument("id", type=int, nargs="?", help="the run (show, report)")
     runs.add_argument("--version", type=int, default=None, help="report: protocol version")
+    runs.add_argument(
+        "--format", choices=["json", "html"], default="json", help="report: json or html"
+    )
+    runs.add_argument(
+        "--unit-base", default="", help="report html: prefix of the unit links (the store's URL)"
+    )
 
 
 def _engine(config: StoreConfig, url: str | None, given_config: bool) -> sa.Engine | None:
@@ -99,6 +106,12 @@ def _runs(engine: sa.Engine, args: argparse.Namespace) -> int:
                     "versions": runs.version_rows(conn, args.id),
                     "approvals": runs.approval_rows(conn, args.id),
                 }
+        elif args.format == "html":
+            from store.record.html import run_report_html  # noqa: PLC0415
+
+            page = run_report_html(engine, args.id, args.version, args.unit_base)
+            sys.stdout.write(page.decode("utf-8"))
+            return 0
         else:
             found = run_report(engine, args.id, args.version)
     except RecordError as exc:

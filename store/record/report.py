@@ -14,13 +14,21 @@ from store.record import criteria, deviations, dispositions, runs, signoffs
 from store.record.audit import now_text, verify
 from store.record.bodies import DISPOSITIONS
 from store.report.as_json import report_dict
-from store.report.evaluate import evaluate
+from store.report.evaluate import Report, evaluate
 from store.report.load import load_run
 
 
 def run_report(
     engine: sa.Engine, run_id: int, version: int | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
+    return build_run_report(engine, run_id, version, now)[0]
+
+
+def build_run_report(
+    engine: sa.Engine, run_id: int, version: int | None = None, now: datetime | None = None
+) -> tuple[dict[str, Any], Report, datetime]:
+    """The report's JSON, the judged report it was made from (store/report's HTML renders
+    that one) and its time."""
     with engine.connect() as conn:
         judged = runs.find_version(conn, run_id, version)
         found = deviations.of_run(conn, run_id)
@@ -34,7 +42,8 @@ def run_report(
     deviation_section = deviations.summary(found)
     extra = criteria.judge(protocol, deviation_section["open_by_severity"], current)
     report = evaluate(data, protocol, extra)
-    doc = report_dict(report, now or datetime.now(UTC))
+    generated_at = now or datetime.now(UTC)
+    doc = report_dict(report, generated_at)
     first_unit = None if report.first_record is None else now_text(report.first_record)
 
     doc["protocol_version"] = {
@@ -66,4 +75,4 @@ def run_report(
     doc["evidence_sha256"] = evidence
     checked = verify(engine)
     doc["audit"] = checked.as_dict()
-    return doc
+    return doc, report, generated_at

@@ -74,11 +74,14 @@ approvals = sa.Table(
     sa.Column("at", sa.Text, nullable=False),
 )
 
+#: Written at the office (POST /runs/{id}/deviations) or on the line PC (``.../deviations``,
+#: store.record.line): those keep when the line PC recorded them and their dedupe key
+#: (collector, outbox, seq), and may have no run (none selected them; run_id null).
 deviations = sa.Table(
     "record_deviations",
     metadata,
     _key(),
-    sa.Column("run_id", sa.Integer, nullable=False, index=True),
+    sa.Column("run_id", sa.Integer, nullable=True, index=True),
     sa.Column("description", sa.Text, nullable=False),
     sa.Column("severity", sa.Text, nullable=False),
     sa.Column("operation", sa.Text, nullable=True),
@@ -91,6 +94,11 @@ deviations = sa.Table(
     sa.Column("who", sa.Text, nullable=False),
     sa.Column("person", sa.Text, nullable=False),
     sa.Column("at", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.Text, nullable=True),
+    sa.Column("collector", sa.Text, nullable=True),
+    sa.Column("outbox", sa.Text, nullable=True),
+    sa.Column("seq", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("collector", "outbox", "seq", name="record_deviations_line_key"),
 )
 
 #: A deviation is closed by a row of its own (rows are never updated).

@@ -15,6 +15,7 @@ report's) is flagged ``stale``.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -65,6 +66,25 @@ def exceptions_of(report: dict[str, Any]) -> list[str]:
     return found
 
 
+def late_unnamed(report: dict[str, Any], reason: str) -> str | None:
+    """Why ``reason`` does not name the late protocol version a go signs over, or None.
+
+    A version created or approved after the run's first unit record is named when the reason
+    says ``version N`` (N: the version judged; any case, e.g. "accept Version 2: only the
+    limits' wording changed"). A reason such as "ok" would sign over a protocol written after
+    the data without saying which one was accepted."""
+    approvals = report["approvals"]
+    if approvals["before_first_unit"]:
+        return None
+    number = approvals["version"]
+    if re.search(rf"\bversion\s*{number}(?!\d)", reason, re.IGNORECASE):
+        return None
+    return (
+        f"protocol version {number} was created or approved after the run's first unit "
+        f"record: the reason must name it ('version {number}'): " + "; ".join(approvals["notes"])
+    )
+
+
 def sign(
     engine: sa.Engine,
     person: Person,
@@ -89,6 +109,8 @@ def sign(
             422, "body.reason: a go over these needs a reason naming them: "
             + "; ".join(exceptions)
         )  # fmt: skip
+    if body.decision == "go" and (unnamed := late_unnamed(report, body.reason or "")):
+        raise RecordError(422, f"body.reason: {unnamed}")
     text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
     sha = hashlib.sha256(text.encode()).hexdigest()
     at = now_text()

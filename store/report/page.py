@@ -5,7 +5,7 @@ samples, the units (each linking to its genealogy page) and the sign-off block."
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
 from urllib.parse import quote
@@ -702,9 +702,16 @@ def _signoff(report: Report) -> list[str]:
 
 
 def render_html(
-    report: Report, generated_at: datetime, protocol_name: str = "", unit_base: str = ""
+    report: Report,
+    generated_at: datetime,
+    protocol_name: str = "",
+    unit_base: str = "",
+    *,
+    record: Sequence[str] | None = None,
 ) -> bytes:
-    """The whole report as one HTML document. Unit links go to ``{unit_base}/units/{serial}``."""
+    """The whole report as one HTML document. Unit links go to ``{unit_base}/units/{serial}``.
+    ``record``: the pilot record's sections (store/record/html.py), shown in place of the
+    empty signature lines."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -721,7 +728,7 @@ def render_html(
         *_golden(report, unit_base),
         *gauge_section(report),
         *resources_section(report),
-        *_signoff(report),
+        *(_signoff(report) if record is None else record),
         *_units(report, unit_base),
         "</body></html>",
     ]

@@ -3,7 +3,7 @@ fixture, cavity, program) in a new nullable column of ``units``, JSON text. Reco
 before it have none (null).
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 Create Date: 2026-12-07
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0003"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,6 +1,6 @@
 /* A pilot run: its report (GET /runs/{id}/report?format=json: the protocol version, approvals,
-   decision and criteria, deviations, allocation and sign-off state), the form to sign and the
-   form to record a deviation. */
+   decision and criteria, deviations, allocation and sign-off state), the form to sign, the
+   form to record a deviation and the form to close one (cause and action). */
 "use strict";
 
 (() => {
@@ -8,6 +8,7 @@
   const id = location.pathname.replace(/^\/runs\//, "").replace(/\/$/, "");
   const base = "/runs/" + id;
   document.getElementById("full-report").href = base + "/report?format=json";
+  document.getElementById("html-report").href = base + "/report?format=html";
   const put = (elementId, ...nodes) => document.getElementById(elementId).replaceChildren(...nodes);
 
   function criterionRow(scope, c) {
@@ -81,6 +82,14 @@
            s.exceptions.length ? el("div", { class: "prose" }, "exceptions: " + s.exceptions.join("; ")) : ""),
         el("span", { class: "prose" }, text(s.reason)), el("span", { class: "prose" }, s.meaning)]),
       { id: "signoffs-table" }) : el("p", { class: "muted" }, "No signature yet."));
+    const open = d.items.filter((x) => x.open);
+    const closing = document.getElementById("close-deviation");
+    const picked = closing.value;
+    closing.replaceChildren(...(open.length
+      ? open.map((x) => el("option", { value: String(x.id) },
+          `${x.id}: ${x.severity} — ${x.description.slice(0, 60)}`))
+      : [el("option", { value: "" }, "no open deviation")]));
+    if (open.some((x) => String(x.id) === picked)) closing.value = picked;
     const select = document.getElementById("sign-function");
     const chosen = select.value;
     select.replaceChildren(...a.required.map((f) => el("option", { value: f }, f)));
@@ -118,6 +127,12 @@
              window: start === undefined ? undefined : { start, end },
              action: field(data, "action") || "" };
   }, (x) => `deviation ${x.id} recorded (${x.severity}, open)`);
+  const closing = document.getElementById("close-deviation");
+  writeForm(document.getElementById("close"),
+    () => `${base}/deviations/${encodeURIComponent(closing.value)}/close`, (data) => {
+      if (!closing.value) throw new Error("there is no open deviation to close");
+      return { cause: field(data, "cause") || "", action: field(data, "action") || "" };
+    }, (x) => `deviation ${x.id} closed by ${x.closed.person} at ${x.closed.at}`);
   for (const form of document.querySelectorAll("form.write")) form.addEventListener("written", load);
   load();
 })();
