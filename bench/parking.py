@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.parking                      # 100,000 messages
     .venv/bin/python -m bench.parking --messages 20000 --json out.json
     .venv/bin/python -m bench.parking --quick              # 2,000 (a smoke test)
+    .venv/bin/python -m bench.parking --quarantine-max-rows 100000000   # quarantine unbounded
 
 ``collector store run`` (a subprocess, SQLite, store.yaml defaults but the port) on a private
 mosquitto; ``--messages`` readings messages are published at QoS 1, each a positional poll of
@@ -10,8 +11,10 @@ mosquitto; ``--messages`` readings messages are published at QoS 1, each a posit
 publisher sends: issue 24 saw 100,000 of them grow a database from 10 to 59 MB with 100,000
 log lines and nothing on /health). Printed once the store has taken them all: the database
 file's size before and after (WAL included), the parked rows and bytes at the end, the
-messages dropped from parking into quarantine, /health's status and the store's log lines
-about parking. Figures are printed (and written as JSON with --json FILE), never asserted.
+messages dropped from parking into quarantine, the quarantine's rows and bytes at the end and
+what its bound pruned (``ingest.quarantine_max_*``: store.yaml's defaults unless given),
+/health's status and the store's log lines about parking and quarantine. Figures are printed
+(and written as JSON with --json FILE), never asserted.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ def _db_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
+def _wal_bytes(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
 def _metric(http: int, name: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=10).text
     return sum(
@@ -72,7 +80,7 @@ def _metric(http: int, name: str) -> float:
     )
 
 
-def run(total: int, workdir: Path) -> dict[str, Any]:
+def run(total: int, workdir: Path, ingest: dict[str, Any] | None = None) -> dict[str, Any]:
     import paho.mqtt.client as mqtt  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
@@ -85,6 +93,7 @@ def run(total: int, workdir: Path) -> dict[str, Any]:
         "database": {"url": f"sqlite:///{db}"},
         "mqtt": {"host": broker.host, "port": broker.port, "client_id": "bench-parking"},
         "http": {"port": http},
+        "ingest": ingest or {},
     }))  # fmt: skip
     log_path = workdir / "store.log"
     log = log_path.open("ab")
@@ -111,6 +120,7 @@ def run(total: int, workdir: Path) -> dict[str, Any]:
         wall = time.perf_counter() - started
         health = httpx.get(f"http://127.0.0.1:{http}/health", timeout=10).json()
         dropped = _metric(http, "store_parked_dropped_total")
+        pruned = _metric(http, "store_quarantine_pruned_total")
         publisher.loop_stop()
         publisher.disconnect()
         store.terminate()
@@ -121,20 +131,29 @@ def run(total: int, workdir: Path) -> dict[str, Any]:
             store.wait(30)
         log.close()
         broker.stop()
-    lines = [line for line in log_path.read_text().splitlines() if "parked" in line]
+    text = log_path.read_text().splitlines()
+    lines = [line for line in text if "parked" in line]
+    quarantined = [line for line in text if "quarantined a message" in line]
     return {
         "messages": total,
         "message_bytes": len(message(0)),
         "seconds": round(wall, 1),
         "db_mb_before": round(before / 1e6, 2),
         "db_mb_after": round(_db_bytes(db) / 1e6, 2),
+        "of_which_wal_mb": round(_wal_bytes(db) / 1e6, 2),
         "parked_messages": health["parking"]["messages"],
         "parked_bytes": health["parking"]["bytes"],
         "dropped_into_quarantine": int(dropped),
+        "quarantine_rows": health["quarantine"]["rows"],
+        "quarantine_bytes": health["quarantine"]["bytes"],
+        "quarantine_max_rows": health["quarantine"]["max_rows"],
+        "quarantine_pruned": int(pruned),
         "health_status": health["status"],
         "health_problems": [p for p in health["problems"] if p.startswith("parking")],
+        "health_warnings": health["warnings"],
         "log_lines_about_parking": len(lines),
         "log_lines": lines,
+        "log_lines_about_quarantine": len(quarantined),
     }
 
 
@@ -143,10 +162,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="2,000 messages")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument(
+        "--quarantine-max-rows", type=int, help="ingest.quarantine_max_rows (default: store's)"
+    )
     args = parser.parse_args()
     total = 2_000 if args.quick else args.messages
+    ingest = {}
+    if args.quarantine_max_rows is not None:
+        ingest["quarantine_max_rows"] = args.quarantine_max_rows
     with tempfile.TemporaryDirectory() as folder:
-        figures = run(total, Path(folder))
+        figures = run(total, Path(folder), ingest)
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

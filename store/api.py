@@ -26,6 +26,7 @@ from store.genealogy import UnitQuery, search_units, unit_genealogy
 from store.metrics import render
 from store.pages import install as install_pages
 from store.pages.query import unit_query
+from store.quarantine import quarantine_size
 from store.record.api import install as install_record
 from store.report import Format, load_protocol, render_report
 from store.status import ServiceView, gap_report, old_gaps, parked_size
@@ -46,9 +47,12 @@ def health(service: ServiceView) -> tuple[bool, dict[str, Any]]:
         problems.append(f"gap audit unreadable: {exc}")
     problems.extend(f"gap: {line}" for line in old)
     parking = _parking(service, problems)
+    warnings: list[str] = []
+    kept = _quarantine(service, problems, warnings)
     body = {
         "status": "ok" if not problems else "degraded",
         "problems": problems,
+        "warnings": warnings,
         "database": {
             "ok": s.db_ok,
             "reason": s.db_reason or None,
@@ -76,6 +80,7 @@ def health(service: ServiceView) -> tuple[bool, dict[str, Any]]:
             else round(time.time() - s.last_commit, 1),
         },
         "parking": parking,
+        "quarantine": kept,
         "old_gaps": old,
         "http": None if service.http_stats is None else service.http_stats(),
     }
@@ -106,6 +111,43 @@ def _parking(service: ServiceView, problems: list[str]) -> dict[str, Any]:
     }
 
 
+def _quarantine(service: ServiceView, problems: list[str], warnings: list[str]) -> dict[str, Any]:
+    """The quarantine now against its bounds (store.quarantine). A prune is a warning, not a
+    problem: the bound doing its work (the flood itself shows in ``quarantined``)."""
+    ingest, s = service.config.ingest, service.stats
+    try:
+        rows, size = quarantine_size(service.engine)
+    except Exception as exc:  # /health reports, it does not fail
+        problems.append(f"quarantine unreadable: {exc}")
+        rows = size = -1
+    pruned = sum(s.quarantine_pruned.values())
+    first, last = _utc(s.quarantine_pruned_first), _utc(s.quarantine_pruned_last)
+    if pruned:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(s.quarantine_pruned.items()))
+        warnings.append(
+            f"quarantine: {pruned} quarantined message(s) pruned since {first} (the last at "
+            f"{last}: {s.quarantine_pruned_why}), oldest first, at a bound of "
+            f"ingest.quarantine_max_*; by kind: {kinds}"
+        )
+    return {
+        "rows": rows,
+        "bytes": size,
+        "max_rows": ingest.quarantine_max_rows,
+        "max_bytes": ingest.quarantine_max_total_bytes,
+        "max_age_days": ingest.quarantine_max_age_days,
+        "pruned": dict(s.quarantine_pruned),
+        "pruned_bytes": s.quarantine_pruned_bytes,
+        "first_pruned_at": first,
+        "last_pruned_at": last,
+    }
+
+
+def _utc(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def create_app(service: ServiceView) -> FastAPI:
     app = FastAPI(title="collector store", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -119,9 +161,10 @@ def create_app(service: ServiceView) -> FastAPI:
         try:
             gaps = gap_report(service.engine)
             waiting: tuple[int, int] | None = parked_size(service.engine)
+            kept: tuple[int, int] | None = quarantine_size(service.engine)
         except Exception:  # the counters are still worth a scrape
-            gaps, waiting = [], None
-        return Response(render(service, gaps, waiting), media_type=CONTENT_TYPE_LATEST)
+            gaps, waiting, kept = [], None, None
+        return Response(render(service, gaps, waiting, kept), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/gaps")
     def get_gaps() -> list[dict[str, Any]]:

@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from common.config import ReconnectBackoff, secret
 from common.errors import ConfigError
@@ -168,6 +176,41 @@ class IngestConfig(_Model):
         le=365 * 86_400.0,
         description="A message parked longer than this is dropped into quarantine.",
     )
+    # The quarantine (bad messages, and parked ones dropped at a parking bound) is bounded three
+    # ways too; past any bound the oldest rows are pruned, counted per kind, a warning on
+    # /health (store.quarantine). Parked messages count against parked_max_*, not these.
+    quarantine_max_rows: int = Field(
+        default=10_000,
+        ge=10,
+        le=100_000_000,
+        description="Quarantined messages kept at once, at most; the oldest are pruned first.",
+    )
+    quarantine_max_total_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024 * 1024,
+        description="Payload bytes kept in quarantine at once, at most (each payload as kept: "
+        "cut to quarantine_max_bytes, or whole when dropped from parking); the oldest go first.",
+    )
+    quarantine_max_age_days: float = Field(
+        default=90.0,
+        gt=0,
+        le=3650,
+        description="A quarantined message older than this is pruned.",
+    )
+
+    @field_validator("quarantine_max_total_bytes")
+    @classmethod
+    def _total_holds_one(cls, value: int, info: ValidationInfo) -> int:
+        """A payload cut to quarantine_max_bytes must fit the total: else each bad message
+        would prune every older one."""
+        each = info.data.get("quarantine_max_bytes")
+        if each is not None and value < each:
+            raise ValueError(
+                f"is {value}, must be >= ingest.quarantine_max_bytes ({each}): "
+                "one kept payload must fit"
+            )
+        return value
 
 
 class GapsConfig(_Model):

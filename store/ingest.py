@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from contract.decode import ContractError, FlatUnit, decode_units
 from store.announce import Note, parse_gaps
 from store.decode import CtxKey, Decoded, Decoder, unexpected
+from store.episodes import Episodes
 from store.gaps import StreamState
 from store.metabook import (
     MetaKey,
@@ -47,10 +48,11 @@ from store.metabook import (
     run_problem,
     same_content,
 )
-from store.parking import Dropped, Parked, ParkingLimits, giants, over_bounds
+from store.parking import DROPS_A_LOOK, Dropped, ParkingLimits, bound_parking
+from store.quarantine import Kept, Pruned, QuarantineBook, QuarantineLimits
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
 from store.schema import to_micros
-from store.sql import audit, db_time, insert_readings, insert_units, read_time, statements
+from store.sql import audit, db_time, insert_readings, insert_units, statements
 
 log = logging.getLogger("store.ingest")
 
@@ -87,6 +89,10 @@ class BatchResult:
     dropped: list[Dropped] = field(default_factory=list)
     #: Parked messages ingested (their meta version arrived).
     unparked: int = 0
+    #: Every message quarantined and committed, with its topic's collector (for the log).
+    kept: list[Kept] = field(default_factory=list)
+    #: What the quarantine's bounds pruned (store.quarantine).
+    pruned: list[Pruned] = field(default_factory=list)
     #: Each stream the batch touched: (its collector's topic base, its gap state after the
     #: commit); what the store acknowledges to the collector (store.acks).
     streams: dict[StreamKey, tuple[str, StreamState]] = field(default_factory=dict)
@@ -108,6 +114,8 @@ class BatchResult:
         self.parked_keys.extend(other.parked_keys)
         self.dropped.extend(other.dropped)
         self.unparked += other.unparked
+        self.kept.extend(other.kept)
+        self.pruned.extend(other.pruned)
         self.streams.update(other.streams)
         self.notes.extend(other.notes)
 
@@ -156,14 +164,19 @@ class Writer:
         engine: sa.Engine,
         quarantine_max_bytes: int = 65_536,
         parking: ParkingLimits | None = None,
+        quarantine: QuarantineLimits | None = None,
     ) -> None:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
         self.quarantine_max_bytes = quarantine_max_bytes
         self.parking = parking or ParkingLimits()
         # When the parking bounds were last looked at (monotonic): the age bound needs a look
-        # now and then even while nothing parks.
+        # now and then even while nothing parks; and whether more were past a bound then.
         self._parking_checked = -math.inf
+        self._parking_more = False
+        #: The quarantine's bounds: told of every transaction's end (store.quarantine).
+        self.quarantine = QuarantineBook(quarantine or QuarantineLimits(), self.sqlite)
+        self._split_log: Episodes[str, list[str]] = Episodes(list)
         self._raw: Any = None
         self._ids = Ids()
         #: Meta versions as the database holds them (filled from it only: what a poll is
@@ -198,6 +211,7 @@ class Writer:
             self._raw = None
         self._ids.clear()
         self._metas.clear()
+        self.quarantine.forget()
 
     def close(self) -> None:
         if self._raw is not None:
@@ -205,6 +219,7 @@ class Writer:
             self._raw = None
 
     def _begin(self, conn: Any) -> Any:
+        self.quarantine.begin()
         cur = conn.cursor()
         if self.sqlite:
             cur.execute("BEGIN IMMEDIATE")
@@ -215,9 +230,11 @@ class Writer:
             cur.execute("COMMIT")
         else:
             conn.commit()
+        self.quarantine.commit()
         cur.close()
 
     def _rollback(self, conn: Any) -> None:
+        self.quarantine.rollback()
         try:
             if self.sqlite:
                 if conn.in_transaction:
@@ -265,6 +282,7 @@ class Writer:
             self._swept = True
         if arrived:
             result.add(self._unpark(arrived))
+        result.kept, result.pruned = self.quarantine.take()
         return result
 
     def _write(
@@ -325,10 +343,10 @@ class Writer:
                     cur, message, "unknown_meta", parked_reason(key), now, whole=True
                 )
                 cur.execute(self._sql["park"], (qid, *key))
-            if sorted_.parked or time.monotonic() - self._parking_checked >= (
-                self.parking.check_interval_s
-            ):
+            if sorted_.parked or self._parking_due():
                 result.dropped = self._bound_parking(cur, now)
+            if self.quarantine.due():
+                self.quarantine.prune(cur, now)
             for qid in release:
                 cur.execute(self._sql["release_q"], (qid,))
                 cur.execute(self._sql["release_p"], (qid,))
@@ -502,44 +520,39 @@ class Writer:
                 batch.bad.append((batch.meta_messages[key], "meta_conflict", reason))
                 result.quarantined.append(("meta_conflict", reason))
 
+    def _parking_due(self) -> bool:
+        return self._parking_more or (
+            time.monotonic() - self._parking_checked >= self.parking.check_interval_s
+        )
+
     def _bound_parking(self, cur: Any, now: datetime) -> list[Dropped]:
-        """Drop the oldest parked messages past a parking bound into quarantine (in the
-        batch's transaction: a message parked by it may be one of them)."""
+        """Drop the oldest parked messages past a parking bound into quarantine
+        (store.parking), in the open transaction."""
         self._parking_checked = time.monotonic()
-        limits = self.parking
-        cur.execute(self._sql["parked_totals"])
-        count, size, oldest = cur.fetchone()
-        total = Parked(int(count), int(size))
-        if (
-            total.messages <= limits.max_messages
-            and total.bytes <= limits.max_bytes
-            and (oldest is None or read_time(oldest) >= now - timedelta(seconds=limits.max_age_s))
-        ):
-            return []  # the usual case: one aggregate over a bounded table
-        dropped: list[Dropped] = []
-        if total.bytes > limits.max_bytes:
-            cur.execute(self._sql["parked_giants"], (limits.max_bytes,))
-            rows = cur.fetchall()
-            dropped += giants(rows, limits)
-            total.messages -= len(rows)
-            total.bytes -= sum(int(r[4]) for r in rows)
-        gone = {d.quarantine_id for d in dropped}
-        after, more = 0, True
-        while more:
-            # The oldest first, a chunk at a time: just past the count bound, usually.
-            chunk = max(100, total.messages - limits.max_messages + 1)
-            cur.execute(self._sql["parked_oldest"], (after, chunk))
-            fetched = cur.fetchall()
-            if not fetched:
-                break
-            after = int(fetched[-1][0])
-            rows = [r for r in fetched if int(r[0]) not in gone]
-            some, more = over_bounds(total, rows, limits, now)
-            dropped += some
-        if dropped:
-            cur.executemany(self._sql["park_drop"], [(d.reason, d.quarantine_id) for d in dropped])
-            cur.executemany(self._sql["release_p"], [(d.quarantine_id,) for d in dropped])
+        dropped, self._parking_more = bound_parking(cur, self._sql, self.parking, now, DROPS_A_LOOK)
+        self.quarantine.from_parking(dropped)
         return dropped
+
+    def maintenance_due(self) -> bool:
+        """Whether :meth:`maintain` has database work to do (itself none)."""
+        return self._parking_due() or self.quarantine.due()
+
+    def maintain(self) -> BatchResult:
+        """The bounds' look that no batch brought (the service's idle tick): the parking
+        bounds (their age bound on a store with no traffic) and the quarantine's, when due;
+        a transaction of bounded work (store.parking.DROPS_A_LOOK,
+        store.quarantine.PRUNES_A_LOOK). Raises on a database error."""
+        result = BatchResult()
+        parking = self._parking_due()
+        if self.maintenance_due():
+            with self._transaction(self._connection()) as cur:
+                now = datetime.now(UTC)
+                if parking:
+                    result.dropped = self._bound_parking(cur, now)
+                if self.quarantine.due():
+                    self.quarantine.prune(cur, now)
+        result.kept, result.pruned = self.quarantine.take()
+        return result
 
     def _check_positional(self, conn: Any, batch: _Batch, result: BatchResult) -> None:
         """Resolve the meta version of each positional poll: a message naming a version not
@@ -641,6 +654,7 @@ class Writer:
                 with self._transaction(conn) as cur:
                     cur.execute(self._sql["refused"], (reason, qid))
                     cur.execute(self._sql["release_p"], (qid,))
+                    self.quarantine.added(message.topic, "database", reason, len(message.payload))
                 total.quarantined.append(("database", reason))
         return total
 
@@ -661,6 +675,7 @@ class Writer:
             self._sql["quarantine"],
             (self._time(now), message.topic, kind, reason, payload, len(message.payload)),
         )
+        self.quarantine.added(message.topic, kind, reason, len(payload))
         return int(cur.fetchone()[0])
 
     def _meta(self, cur: Any, meta: MetaVersion, now: datetime) -> None:
@@ -690,7 +705,17 @@ class Writer:
         except Exception as exc:
             if not self.is_data_error(exc):
                 raise
-            log.warning("the database refused a batch (%s); writing its messages one by one", exc)
+            # Once a minute at most: a publisher sending what the database refuses in every
+            # message would otherwise give a line per batch (each refused message is logged
+            # as a quarantine, once per collector a minute too).
+            self._split_log.pending("split").append(str(exc).strip().splitlines()[0][:300])
+            for due in self._split_log.due():
+                log.warning(
+                    "the database refused %d batch(es) (the last: %s); writing their messages "
+                    "one by one (at most one line a minute)",
+                    len(due.pending),
+                    due.pending[-1],
+                )
         total = BatchResult()
         for message in batch:
             try:
@@ -715,7 +740,8 @@ class Writer:
         conn = self._connection()
         with self._transaction(conn) as cur:
             self._quarantine(cur, message, "database", reason, datetime.now(UTC))
-        return BatchResult(messages=1, quarantined=[("database", reason)])
+        kept, pruned = self.quarantine.take()
+        return BatchResult(messages=1, quarantined=[("database", reason)], kept=kept, pruned=pruned)
 
     def _rows(self, batch: _Batch) -> BatchRows:
         """Every row of the batch from the cached ids; KeyError when one is not cached."""

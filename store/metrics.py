@@ -20,10 +20,12 @@ class StoreCollector(Collector):
         service: ServiceView,
         gaps: list[StreamGaps],
         waiting: tuple[int, int] | None = None,
+        kept: tuple[int, int] | None = None,
     ) -> None:
         self._service = service
         self._gaps = gaps
         self._waiting = waiting
+        self._kept = kept
 
     def collect(self) -> Iterator[Metric]:
         s = self._service.stats
@@ -65,6 +67,32 @@ class StoreCollector(Collector):
         ):  # fmt: skip
             quarantined.add_metric([kind], s.quarantined.get(kind, 0))
         yield quarantined
+        pruned = CounterMetricFamily(
+            "store_quarantine_pruned",
+            "Quarantined messages pruned at a bound of ingest.quarantine_max_* (oldest first), "
+            "by kind.",
+            labels=["kind"],
+        )
+        for kind, n in sorted(s.quarantine_pruned.items()):
+            pruned.add_metric([kind], n)
+        yield pruned
+        if s.quarantine_pruned_last is not None:
+            yield GaugeMetricFamily(
+                "store_quarantine_last_pruned_timestamp_seconds",
+                "When quarantined messages were last pruned at a bound (Unix time).",
+                s.quarantine_pruned_last,
+            )
+        if self._kept is not None:
+            yield GaugeMetricFamily(
+                "store_quarantine_rows",
+                "Quarantined messages kept now, parked ones aside (database).",
+                self._kept[0],
+            )
+            yield GaugeMetricFamily(
+                "store_quarantine_bytes",
+                "Payload bytes of the quarantined messages kept now, parked ones aside (database).",
+                self._kept[1],
+            )
         errors = CounterMetricFamily(
             "store_db_errors", "Failed database writes, by reason.", labels=["reason"]
         )
@@ -124,8 +152,11 @@ class StoreCollector(Collector):
 
 
 def render(
-    service: ServiceView, gaps: list[StreamGaps], waiting: tuple[int, int] | None = None
+    service: ServiceView,
+    gaps: list[StreamGaps],
+    waiting: tuple[int, int] | None = None,
+    kept: tuple[int, int] | None = None,
 ) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(service, gaps, waiting))
+    registry.register(StoreCollector(service, gaps, waiting, kept))
     return generate_latest(registry)

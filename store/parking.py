@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from store.episodes import Episodes
 from store.metabook import MetaKey
 from store.sql import read_time
 
@@ -29,6 +30,8 @@ log = logging.getLogger("store.ingest")
 DROPPED = "parked_dropped"
 #: Distinct versions remembered per collector between two log lines (the count goes on).
 _VERSIONS_NOTED = 1000
+#: Parked messages dropped per look at most (one transaction's work); the rest at the next.
+DROPS_A_LOOK = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,8 @@ class Dropped:
     quarantine_id: int
     key: MetaKey
     reason: str
+    #: Its payload's size: what the quarantine it stays in holds more now (store.quarantine).
+    bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -79,7 +84,10 @@ def over_bounds(
             return out, False
         out.append(
             Dropped(
-                int(qid), (collector, device, meta), dropped_reason(meta, collector, device, why)
+                int(qid),
+                (collector, device, meta),
+                dropped_reason(meta, collector, device, why),
+                int(nbytes),
             )
         )
         total.messages -= 1
@@ -92,9 +100,59 @@ def giants(rows: Iterable[Sequence[Any]], limits: ParkingLimits) -> list[Dropped
     not push every older one out on their way."""
     why = f"over ingest.parked_max_bytes = {limits.max_bytes} by itself"
     return [
-        Dropped(int(qid), (collector, device, meta), dropped_reason(meta, collector, device, why))
-        for qid, collector, device, meta, _, _ in rows
+        Dropped(
+            int(qid),
+            (collector, device, meta),
+            dropped_reason(meta, collector, device, why),
+            int(nbytes),
+        )
+        for qid, collector, device, meta, nbytes, _ in rows
     ]
+
+
+def bound_parking(
+    cur: Any, sql: dict[str, str], limits: ParkingLimits, now: datetime, max_drops: int
+) -> tuple[list[Dropped], bool]:
+    """Drop the oldest parked messages past a parking bound into quarantine, through ``cur``
+    (in the transaction of a batch when it parks: a message it parked may be one of them),
+    at most ``max_drops`` of them (bounded work for the idle tick). Returns the drops and
+    whether more are past a bound (dropped at the next look)."""
+    cur.execute(sql["parked_totals"])
+    count, size, oldest = cur.fetchone()
+    total = Parked(int(count), int(size))
+    if (
+        total.messages <= limits.max_messages
+        and total.bytes <= limits.max_bytes
+        and (oldest is None or read_time(oldest) >= now - timedelta(seconds=limits.max_age_s))
+    ):
+        return [], False  # the usual case: one aggregate over a bounded table
+    dropped: list[Dropped] = []
+    if total.bytes > limits.max_bytes:
+        cur.execute(sql["parked_giants"], (limits.max_bytes,))
+        rows = cur.fetchall()
+        dropped += giants(rows, limits)
+        total.messages -= len(rows)
+        total.bytes -= sum(int(r[4]) for r in rows)
+    gone = {d.quarantine_id for d in dropped}
+    after, more = 0, True
+    while more and len(dropped) < max_drops:
+        # The oldest first, a chunk at a time: just past the count bound, usually.
+        chunk = max(100, total.messages - limits.max_messages + 1)
+        cur.execute(sql["parked_oldest"], (after, min(chunk, max_drops)))
+        fetched = cur.fetchall()
+        if not fetched:
+            more = False
+            break
+        after = int(fetched[-1][0])
+        rows = [r for r in fetched if int(r[0]) not in gone]
+        some, more = over_bounds(total, rows, limits, now)
+        dropped += some
+    if len(dropped) > max_drops:
+        dropped, more = dropped[:max_drops], True
+    if dropped:
+        cur.executemany(sql["park_drop"], [(d.reason, d.quarantine_id) for d in dropped])
+        cur.executemany(sql["release_p"], [(d.quarantine_id,) for d in dropped])
+    return dropped, more
 
 
 def dropped_reason(meta: str, collector: str, device: str, why: str) -> str:
@@ -113,39 +171,33 @@ class _Pending:
 
 
 class ParkLog:
-    """What parking did, logged at most once per collector per ``interval_s``: a line when a
-    collector first parks or drops, then one a minute at most with the counts since the last
-    line (the counters on /health and /metrics have every message)."""
+    """What parking did, logged at most once per collector per ``interval_s``
+    (store.episodes): a line when a collector first parks or drops, then one a minute at most
+    with the counts since the last line (the counters on /health and /metrics have every
+    message)."""
 
     def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self.interval_s = interval_s
-        self._clock = clock
-        self._pending: dict[str, _Pending] = {}
-        self._last: dict[str, float] = {}
+        self._episodes: Episodes[str, _Pending] = Episodes(_Pending, interval_s, clock)
 
     def note(self, parked: Iterable[MetaKey], dropped: Iterable[Dropped]) -> list[str]:
         """Take a batch's parked and dropped messages; returns the lines logged now."""
         for key in parked:
-            p = self._pending.setdefault(key[0], _Pending())
+            p = self._episodes.pending(key[0])
             p.parked += 1
             if len(p.versions) < _VERSIONS_NOTED:
                 p.versions.add(key)
         for d in dropped:
-            p = self._pending.setdefault(d.key[0], _Pending())
+            p = self._episodes.pending(d.key[0])
             p.dropped += 1
             p.why = d.reason
-        now = self._clock()
-        lines = []
-        for collector in list(self._pending):
-            last = self._last.get(collector)
-            if last is not None and now - last < self.interval_s:
-                continue
-            p = self._pending.pop(collector)
-            self._last[collector] = now
-            lines.append(_line(collector, p, None if last is None else now - last))
+        lines = [_line(due.key, due.pending, due.elapsed_s) for due in self._episodes.due()]
         for line in lines:
             log.warning("%s", line)
         return lines
+
+    def flush(self) -> list[str]:
+        """The lines of counts gathered a minute after the last line (the idle tick's)."""
+        return self.note((), ())
 
 
 def _line(collector: str, p: _Pending, elapsed_s: float | None) -> str:

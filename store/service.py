@@ -6,7 +6,10 @@ broker's Receive Maximum bounds); the ingest task takes up to ``ingest.max_batch
 transaction, and only then acknowledges them to the broker. A database error acknowledges
 nothing: the batch is retried with exponential backoff until the database takes it, and
 /health says why meanwhile. The prune task deletes raw readings past the retention age; the
-HTTP server (store.api) reads state and the database and cannot stop ingest.
+HTTP server (store.api) reads state and the database and cannot stop ingest. When no message
+comes for a second, the ingest task does the bounds' look that no batch brought (the parking
+age bound and the quarantine's, store.ingest.Writer.maintain) and logs the counts gathered
+since a minute (store.episodes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,10 +29,11 @@ from common import systemd
 from store.acks import AckBook
 from store.config import StoreConfig
 from store.db import connect, error_reason
-from store.ingest import Incoming, Writer, topic_kind
+from store.ingest import BatchResult, Incoming, Writer, topic_kind
 from store.migrate import SchemaRefused, migrate
 from store.mqtt import Delivery, Subscriber
 from store.parking import ParkingLimits, ParkLog
+from store.quarantine import QuarantineLimits, QuarantineLog
 from store.record import line as line_deviations
 from store.retention import prune_readings
 from store.status import Stats, stream_states
@@ -57,6 +62,11 @@ class StoreService:
             ParkingLimits(
                 ingest.parked_max_messages, ingest.parked_max_bytes, ingest.parked_max_age_s
             ),
+            QuarantineLimits(
+                ingest.quarantine_max_rows,
+                ingest.quarantine_max_total_bytes,
+                ingest.quarantine_max_age_days,
+            ),
         )
         self.http_port: int | None = None
         #: The HTTP server's connection figures (common.httpserver.ConnectionGuard.stats),
@@ -68,6 +78,8 @@ class StoreService:
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.mqtt.receive_maximum)
         self._closing = False
         self._park_log = ParkLog()
+        self._quarantine_log = QuarantineLog()
+        self._idle_after = -math.inf  # the idle work waits until then after a database error
         # Ranges collectors said they will never send (store.announce): not asked for again.
         self._settled: dict[tuple[str, str, str], set[tuple[int, int]]] = {}
         self.acks = AckBook(config.acks, settled=lambda key: self._settled.get(key, ()))
@@ -164,10 +176,13 @@ class StoreService:
                 return
 
     async def _next_batch(self, stop: asyncio.Event) -> list[Delivery]:
+        """The next batch; empty when stopping, or when nothing came within _IDLE_TICK_S."""
         queue = self._queue
         getting = asyncio.ensure_future(queue.get())
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([getting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [getting, stopping], timeout=_IDLE_TICK_S, return_when=asyncio.FIRST_COMPLETED
+        )
         stopping.cancel()
         if not getting.done():
             getting.cancel()
@@ -198,6 +213,8 @@ class StoreService:
         while not stop.is_set():
             batch = await self._next_batch(stop)
             if not batch:
+                if not stop.is_set():
+                    await self._idle()
                 continue
             self.stats.queued = self._queue.qsize()
             # Deviations recorded on the line PC go to the record (store.record.line), the rest
@@ -243,13 +260,11 @@ class StoreService:
             s.readings_inserted += result.readings_inserted
             s.units_received += result.units
             s.units_inserted += result.units_inserted
-            for kind, reason in result.quarantined:
+            for kind, _reason in result.quarantined:
                 s.quarantined[kind] += 1
-                log.warning("quarantined a message (%s): %s", kind, reason)
             s.parked += len(result.parked)
             s.unparked += result.unparked
-            s.parked_dropped += len(result.dropped)
-            self._park_log.note(result.parked_keys, result.dropped)
+            self._count_bounds(result)
             s.acked += subscriber.ack(batch)
             for note in result.notes:
                 key = (note.collector, note.outbox, note.stream)
@@ -259,13 +274,45 @@ class StoreService:
                 await self._load_siblings(list(result.streams))
                 self._acks_changed.set()
 
+    def _count_bounds(self, result: BatchResult) -> None:
+        """What the bounds did (parking drops, quarantine prunes) counted, and the log lines
+        of the quarantined and parked messages, at most one a minute per collector (and
+        kind)."""
+        s = self.stats
+        s.parked_dropped += len(result.dropped)
+        for pruned in result.pruned:
+            s.quarantine_pruned.update(pruned.kinds)
+            s.quarantine_pruned_bytes += pruned.bytes
+            s.quarantine_pruned_why = pruned.why
+            s.quarantine_pruned_last = time.time()
+            if s.quarantine_pruned_first is None:
+                s.quarantine_pruned_first = s.quarantine_pruned_last
+        self._quarantine_log.note(result.kept)
+        self._park_log.note(result.parked_keys, result.dropped)
+
+    async def _idle(self) -> None:
+        """No message for a second: the bounds' look that no batch brought, when due (an
+        idle store drops a parked message past its age too), and the log lines of counts
+        gathered since a minute. After a database error it waits ingest.retry_max_ms."""
+        result = BatchResult()
+        if time.monotonic() >= self._idle_after and self.writer.maintenance_due():
+            try:
+                result = await asyncio.to_thread(self.writer.maintain)
+            except Exception as exc:  # said on /health; a batch retries on its own
+                self._db_failed(exc)
+                await asyncio.to_thread(self.writer.reset)
+                self._idle_after = time.monotonic() + self.config.ingest.retry_max_ms / 1000
+            else:
+                self._db_recovered()
+        self._count_bounds(result)
+
     def _took_line(self, result: line_deviations.LineResult) -> None:
         s = self.stats
         s.deviations_received += result.received
         s.deviations_inserted += result.inserted
-        for kind, reason in result.quarantined:
+        for kind, _reason in result.quarantined:
             s.quarantined[kind] += 1
-            log.warning("quarantined a deviations message (%s): %s", kind, reason)
+        self._quarantine_log.note(result.kept)  # once per collector and kind a minute
         if result.streams:
             self.acks.update(result.streams, time.monotonic())
             self._acks_changed.set()
@@ -339,6 +386,8 @@ class StoreService:
             await _wait(stop, retention.prune_interval_s)
 
 
+#: How long the ingest task waits for a message before its idle work (Writer.maintain).
+_IDLE_TICK_S = 1.0
 #: The last topic level of deviations recorded on the line PC.
 LINE_DEVIATIONS = f"/{line_deviations.STREAM}"
 

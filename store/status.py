@@ -37,6 +37,13 @@ class Stats:
     parked: int = 0  # messages parked until their meta version arrives
     unparked: int = 0  # parked messages ingested since
     parked_dropped: int = 0  # parked messages dropped into quarantine at a bound (store.parking)
+    #: Quarantined messages pruned at a bound (store.quarantine), by kind; their payload bytes,
+    #: the bound(s) of the last prune, and when the first and the last prune were (time.time()).
+    quarantine_pruned: Counter[str] = field(default_factory=Counter)
+    quarantine_pruned_bytes: int = 0
+    quarantine_pruned_why: str = ""
+    quarantine_pruned_first: float | None = None
+    quarantine_pruned_last: float | None = None
     batches: int = 0
     acked: int = 0
     last_commit: float | None = None

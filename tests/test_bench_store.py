@@ -46,3 +46,6 @@ def test_parking_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["messages"] == 2000
     assert figures["parked_messages"] + figures["dropped_into_quarantine"] == 2000
+    # Under the quarantine's bound: everything dropped from parking is still kept.
+    assert figures["quarantine_rows"] == figures["dropped_into_quarantine"]
+    assert figures["quarantine_pruned"] == 0

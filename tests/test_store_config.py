@@ -23,6 +23,11 @@ def test_example_config_loads_with_the_defaults_it_documents() -> None:
     assert config.database.url == "sqlite:////var/lib/collector-store/store.db"
     assert config.http.host == "127.0.0.1"
     assert config.mqtt.shared_group is None
+    assert (
+        config.ingest.quarantine_max_rows,
+        config.ingest.quarantine_max_total_bytes,
+        config.ingest.quarantine_max_age_days,
+    ) == (10_000, 64 * 1024 * 1024, 90.0)
     assert parse_store_config("") == parse_store_config(
         "mqtt: {receive_maximum: 200}\nhttp: {port: 8190}\n"
     )
@@ -42,6 +47,28 @@ def test_example_config_loads_with_the_defaults_it_documents() -> None:
         (
             "mqtt: {reconnect_min_ms: 900, reconnect_max_ms: 100}\n",
             "f.yaml:1: (top level): mqtt.reconnect_max_ms must be >= mqtt.reconnect_min_ms",
+        ),
+        (
+            "ingest:\n  quarantine_max_rows: 0\n",
+            "f.yaml:2: ingest.quarantine_max_rows: Input should be greater than or equal to 10",
+        ),
+        (
+            "ingest:\n  quarantine_max_age_days: 0\n",
+            "f.yaml:2: ingest.quarantine_max_age_days: Input should be greater than 0",
+        ),
+        (
+            "ingest:\n  quarantine_max_bytes: 100000\n  quarantine_max_total_bytes: 50000\n",
+            "f.yaml:3: ingest.quarantine_max_total_bytes: is 50000, must be >= "
+            "ingest.quarantine_max_bytes (100000): one kept payload must fit",
+        ),
+        (
+            "ingest:\n  quarantine_max_total_bytes: 2000\n",
+            "f.yaml:2: ingest.quarantine_max_total_bytes: is 2000, must be >= "
+            "ingest.quarantine_max_bytes (65536)",
+        ),
+        (
+            "ingest:\n  quarantine_max_rows: ten\n",
+            "f.yaml:2: ingest.quarantine_max_rows: Input should be a valid integer",
         ),
         ("a: [\n", "f.yaml:2: (yaml): "),
     ],

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from contract.deviations import FlatDeviation, decode_deviations
 from contract.fields import ContractError
 from store.gaps import StreamState, merge
+from store.quarantine import Kept, collector_of
 from store.record.audit import append, lock, now_text
 from store.record.runs import protocol_of
 from store.record.schema import deviations, runs, versions
@@ -46,6 +47,8 @@ class LineResult:
     inserted: int = 0
     #: (kind, reason) of each message kept in ``quarantine``.
     quarantined: list[tuple[str, str]] = field(default_factory=list)
+    #: The same with the topic's collector, for the log (store.quarantine.QuarantineLog).
+    kept: list[Kept] = field(default_factory=list)
     #: (collector, outbox, "deviations") -> (topic base, what the table holds).
     streams: dict[tuple[str, str, str], tuple[str, StreamState]] = field(default_factory=dict)
 
@@ -65,6 +68,7 @@ def ingest(
                 engine, topic, payload, kind=exc.kind, reason=str(exc), limit=quarantine_max_bytes
             )
             result.quarantined.append((exc.kind, str(exc)))
+            result.kept.append(Kept(collector_of(topic), exc.kind, str(exc)))
             continue
         base = topic.rsplit("/", 1)[0]
         with engine.begin() as conn:
