@@ -32,9 +32,9 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from contract.decode import ContractError, FlatUnit, decode_units
+from contract.decode import ContractError, FlatUnit, decode_context, decode_units
 from store.announce import Note, parse_gaps
-from store.decode import CtxKey, Decoded, Decoder, unexpected
+from store.decode import CTX_KEY_FIELDS, CtxKey, Decoded, Decoder, unexpected
 from store.gaps import StreamState
 from store.metabook import MetaKey, MetaVersion, from_row, parked_reason, parse_meta, run_problem
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
@@ -45,6 +45,7 @@ log = logging.getLogger("store.ingest")
 
 META = "meta"
 GAPS = "gaps"
+CONTEXT = "context"
 _CACHE_LIMIT = 100_000
 
 #: (collector, outbox, kind): one stream of the gap audit.
@@ -96,11 +97,24 @@ class BatchResult:
 
 
 def topic_kind(topic: str) -> str | None:
-    """readings, units, gaps or meta (``.../meta/{device}``), from the topic's last levels."""
-    levels = topic.rsplit("/", 2)
-    if len(levels) == 3 and levels[1] == META:
+    """readings, units, gaps, meta (``.../meta/{device}``) or context
+    (``.../context/{station}``, ``.../context/{station}/{slot}``), from the topic's last
+    levels."""
+    levels = topic.split("/")
+    if len(levels) >= 2 and levels[-2] == META:
         return META
+    if _context_level(levels):
+        return CONTEXT
     return levels[-1] if levels[-1] in (READINGS, UNITS, GAPS) else None
+
+
+def _context_level(levels: list[str]) -> int:
+    """The index (from the end) of the collector's level in a context topic; 0: not one."""
+    if len(levels) >= 3 and levels[-2] == CONTEXT:
+        return -3
+    if len(levels) >= 4 and levels[-3] == CONTEXT:
+        return -4
+    return 0
 
 
 @dataclass(slots=True)
@@ -112,8 +126,11 @@ class _Batch:
     metas: dict[MetaKey, MetaVersion] = field(default_factory=dict)
     #: (message, kind, reason) of each message quarantined.
     bad: list[tuple[Incoming, str, str]] = field(default_factory=list)
-    #: (message, the meta version it waits for) of each message parked.
+    #: (message, the meta version it waits for) of each message parked; one waiting for a
+    #: unit-context version waits for (collector, "", ctx).
     parked: list[tuple[Incoming, MetaKey]] = field(default_factory=list)
+    #: (collector, ctx) -> the context, of each unit-context version in the batch.
+    contexts: dict[tuple[str, str], CtxKey] = field(default_factory=dict)
     #: The topic base (topic minus its last level) each stream came in under.
     bases: dict[StreamKey, str] = field(default_factory=dict)
     #: A collector's word about seqs it will never send (store.announce).
@@ -131,6 +148,8 @@ class Writer:
         self._ids = Ids()
         #: Meta versions known to be in the database.
         self._metas: dict[MetaKey, MetaVersion] = {}
+        #: Unit-context versions known to be in the database: (collector, ctx) -> context.
+        self._contexts: dict[tuple[str, str], CtxKey] = {}
         self._decoder = Decoder()
         self._ts_memo: dict[str, Any] = {}
         self._swept = False
@@ -160,6 +179,7 @@ class Writer:
             self._raw = None
         self._ids.clear()
         self._metas.clear()
+        self._contexts.clear()
 
     def close(self) -> None:
         if self._raw is not None:
@@ -240,6 +260,7 @@ class Writer:
         conn = self._connection()
         with self._rolled_back_on_error(conn):
             self._check_positional(conn, sorted_, result)
+            self._check_contexts(conn, sorted_, result)
             now = datetime.now(UTC)
             try:
                 rows = self._rows(sorted_)
@@ -279,12 +300,19 @@ class Writer:
             )
             for meta in sorted_.metas.values():
                 self._meta(cur, meta, now)
+            for (collector, ctx), members in sorted_.contexts.items():
+                cur.execute(
+                    self._sql["ctxv_add"],
+                    (collector, ctx, orjson.dumps(members).decode(), self._time(now)),
+                )
             for message, kind, reason in sorted_.bad:
                 self._quarantine(cur, message, kind, reason, now)
             for message, key in sorted_.parked:
-                qid = self._quarantine(
-                    cur, message, "unknown_meta", parked_reason(key), now, whole=True
-                )
+                kind, reason = (
+                    ("unknown_context", _context_reason(key)) if not key[1]
+                    else ("unknown_meta", parked_reason(key))
+                )  # fmt: skip
+                qid = self._quarantine(cur, message, kind, reason, now, whole=True)
                 cur.execute(self._sql["park"], (qid, *key))
             for qid in release:
                 cur.execute(self._sql["release_q"], (qid,))
@@ -304,11 +332,18 @@ class Writer:
         if len(self._metas) > _CACHE_LIMIT:
             self._metas.clear()
         self._metas.update(sorted_.metas)
-        arrived = set(sorted_.metas)
+        if len(self._contexts) > _CACHE_LIMIT:
+            self._contexts.clear()
+        self._contexts.update(sorted_.contexts)
+        arrived = set(sorted_.metas) | {(c, "", ctx) for c, ctx in sorted_.contexts}
         for key in {key for _, key in sorted_.parked}:
             # Stored by another store process meanwhile? Then its unpark may have run
             # before this park was committed: look again now that it is.
-            if self._version(conn, key, {}) is not None:
+            found = (
+                self._context(conn, (key[0], key[2]), {}) if not key[1]
+                else self._version(conn, key, {})
+            )  # fmt: skip
+            if found is not None:
                 arrived.add(key)
         return result, arrived
 
@@ -426,6 +461,14 @@ class Writer:
                     meta = parse_meta(message.payload)
                     _same_collector(message.topic, kind, meta.collector)
                     out.metas[meta.key] = meta
+                elif kind == CONTEXT:
+                    if not message.payload:
+                        continue  # a retained context cleared: nothing to keep
+                    version = decode_context(message.payload)
+                    _same_collector(message.topic, kind, version["collector"])
+                    out.contexts[(version["collector"], version["ctx"])] = tuple(  # type: ignore[assignment]
+                        version[name] for name in CTX_KEY_FIELDS
+                    )
                 elif kind == GAPS:
                     notes = parse_gaps(message.payload)
                     for note in notes:
@@ -466,6 +509,42 @@ class Writer:
                 continue
             kept.append((message, decoded))
         batch.readings = kept
+
+    def _check_contexts(self, conn: Any, batch: _Batch, result: BatchResult) -> None:
+        """Resolve the unit-context versions schema-3 polls name: a message naming one not
+        received yet is parked (like an unknown meta version, waiting for
+        (collector, "", ctx)); the others have their runs' contexts filled in."""
+        kept: list[tuple[Incoming, Decoded]] = []
+        for message, decoded in batch.readings:
+            if not decoded.contexts_needed:
+                kept.append((message, decoded))
+                continue
+            found: dict[str, CtxKey] = {}
+            missing = None
+            for ctx in sorted(decoded.contexts_needed):
+                context = self._context(conn, (decoded.collector, ctx), batch.contexts)
+                if context is None:
+                    missing = (decoded.collector, "", ctx)
+                    break
+                found[ctx] = context
+            if missing is not None:
+                batch.parked.append((message, missing))
+                result.parked.append(_context_reason(missing))
+                continue
+            decoded.resolved(found)
+            kept.append((message, decoded))
+        batch.readings = kept
+
+    def _context(
+        self, conn: Any, key: tuple[str, str], batch: dict[tuple[str, str], CtxKey]
+    ) -> CtxKey | None:
+        """A unit-context version: this batch's, the cache's, or the database's."""
+        context = batch.get(key) or self._contexts.get(key)
+        if context is None:
+            rows = self._select(self._sql["ctxv_get"], key, conn)
+            if rows:
+                context = self._contexts[key] = tuple(orjson.loads(rows[0][0]))  # type: ignore[assignment]
+        return context
 
     def _run_problem(
         self, conn: Any, decoded: Decoded, metas: dict[MetaKey, MetaVersion]
@@ -751,7 +830,7 @@ def _same_collector(topic: str, kind: str, collector: str) -> None:
     checked and a payload naming another collector is forged (issue 23: another client's
     values won under the victim's id)."""
     levels = topic.split("/")
-    at = -3 if kind == META else -2
+    at = -3 if kind == META else _context_level(levels) if kind == CONTEXT else -2
     topic_id = levels[at] if len(levels) >= -at else ""
     if topic_id != collector:
         raise ContractError(
@@ -759,6 +838,12 @@ def _same_collector(topic: str, kind: str, collector: str) -> None:
             f"{collector[:64]!r} published under the topic of collector {topic_id[:64]!r}",
             "identity",
         )
+
+
+def _context_reason(key: MetaKey) -> str:
+    return (
+        f"unit context version {key[2]} of {key[0]} not received yet: parked until it arrives"
+    )
 
 
 def _bad_topic(topic: str) -> ContractError:
