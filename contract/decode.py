@@ -427,7 +427,7 @@ def _listed(
         raise ContractError(f"{path}value_list", _wanted("an array", "value_list" in poll, raw))
     given = [key for key in ("tags", "tag_list", "tag_index") if key in poll]
     if len(given) > 1:
-        raise ContractError(f"{path}{given[1]}", f"a poll has one of tags, tag_list, tag_index")
+        raise ContractError(f"{path}{given[1]}", "a poll has one of tags, tag_list, tag_index")
     if given == ["tags"]:
         tags = poll["tags"]
         if type(tags) is not list or len(tags) != len(raw):
@@ -492,7 +492,8 @@ def _points(
         low = out[-1][0] + 1 if out else 0
         if type(index) is not int or not low <= index < count:
             raise ContractError(
-                f"{where}[0]", f"must be a value index from {low} to {count - 1}, got {_show(index)}"
+                f"{where}[0]",
+                f"must be a value index from {low} to {count - 1}, got {_show(index)}",
             )
         out.append((index, check(point[1], f"{where}[1]", f"{where}[1].")))
     return out

@@ -508,7 +508,7 @@ def cut_poll(poll: dict[str, Any], start: int, end: int) -> dict[str, Any]:
         if naming["tag_index"] + start:
             out["tag_index"] = naming["tag_index"] + start
     else:
-        (key, names), = naming.items()
+        ((key, names),) = naming.items()
         out[key] = names[start:end]
     if "dt" in poll:
         dt = [p for p in _rebase(poll["dt"], start, end, 0) if p != [0, 0]]

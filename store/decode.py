@@ -254,7 +254,7 @@ class Decoder:
         if "ctx" in poll:
             if not _is_ctx(ctx) or any(k in poll for k in CTX_KEY_FIELDS):
                 raise _Refused
-            head = head._replace(context=ctx)
+            head = head._replace(context=str(ctx))
         tags = poll.get("tags")
         if "tags" in poll:
             if "tag_index" in poll or type(tags) is not list or len(tags) != count:

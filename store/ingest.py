@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import sqlalchemy as sa
@@ -466,7 +466,7 @@ class Writer:
                         continue  # a retained context cleared: nothing to keep
                     version = decode_context(message.payload)
                     _same_collector(message.topic, kind, version["collector"])
-                    out.contexts[(version["collector"], version["ctx"])] = tuple(  # type: ignore[assignment]
+                    out.contexts[(version["collector"], version["ctx"])] = tuple(
                         version[name] for name in CTX_KEY_FIELDS
                     )
                 elif kind == GAPS:
@@ -543,7 +543,7 @@ class Writer:
         if context is None:
             rows = self._select(self._sql["ctxv_get"], key, conn)
             if rows:
-                context = self._contexts[key] = tuple(orjson.loads(rows[0][0]))  # type: ignore[assignment]
+                context = self._contexts[key] = tuple(orjson.loads(rows[0][0]))
         return context
 
     def _run_problem(
@@ -719,8 +719,9 @@ class Writer:
         for _, msg in batch.readings:
             streams.add((msg.collector, msg.outbox, READINGS))
             for run in msg.runs:
-                if run.context not in ids.contexts:
-                    contexts[run.context] = None
+                context = cast(CtxKey, run.context)  # resolved (_check_contexts)
+                if context not in ids.contexts:
+                    contexts[context] = None
                 if run.tags is None:
                     key = (msg.collector, run.device, run.meta or "")
                     version = None if key in ids.orders else self._version(conn, key, batch.metas)
@@ -841,9 +842,7 @@ def _same_collector(topic: str, kind: str, collector: str) -> None:
 
 
 def _context_reason(key: MetaKey) -> str:
-    return (
-        f"unit context version {key[2]} of {key[0]} not received yet: parked until it arrives"
-    )
+    return f"unit context version {key[2]} of {key[0]} not received yet: parked until it arrives"
 
 
 def _bad_topic(topic: str) -> ContractError:

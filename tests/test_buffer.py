@@ -147,7 +147,8 @@ def test_message_joins_the_stored_readings_with_their_seq(tmp_path: Path) -> Non
     # One object for the whole poll: each value's time as an offset (ms) where it differs
     # from the poll's ts, each one's context by its version id; null members left out.
     with_unit, without = ENCODER.version(unit), ENCODER.version(contexts[2])
-    assert with_unit is not None and without is not None
+    assert with_unit is not None
+    assert without is not None
     assert message["polls"] == [
         {
             "seq": 1,
@@ -159,7 +160,9 @@ def test_message_joins_the_stored_readings_with_their_seq(tmp_path: Path) -> Non
             "value_list": [0.0, 1.0, {"value": None, "quality": "bad", "error": "timeout"}],
         },
     ]
-    assert [(r["seq"], r["ts"], r["tag"], r["unit_serial"]) for r in objects(box.take(0, 9, 1 << 20))] == [
+    assert [
+        (r["seq"], r["ts"], r["tag"], r["unit_serial"]) for r in objects(box.take(0, 9, 1 << 20))
+    ] == [
         (1, "2023-11-14T22:13:20Z", "t0", "SN1"),
         (2, "2023-11-14T22:13:21Z", "t1", "SN1"),
         (3, "2023-11-14T22:13:20.500000Z", "temp", None),

@@ -38,7 +38,9 @@ def _messages() -> list[tuple[str, bytes]]:
         [CONTEXT, CONTEXT], meta,
     )  # fmt: skip
     # By position (it needs the meta to resolve) and naming its context version.
-    assert b'"value_list"' in polls and b'"tags"' not in polls and b'"ctx"' in polls
+    assert b'"value_list"' in polls
+    assert b'"tags"' not in polls
+    assert b'"ctx"' in polls
     version = encoder.version(CONTEXT)
     assert version is not None
     unit = UnitRecord(

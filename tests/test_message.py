@@ -240,7 +240,8 @@ def test_slot_phase_and_golden_are_written_when_set_and_decoded_back() -> None:
     encoder = PollEncoder()
     body = encoder.encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [after])
     version = encoder.version(after)
-    assert version is not None and version.station_key == "rack-a/7"
+    assert version is not None
+    assert version.station_key == "rack-a/7"
     assert body == (
         b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"rack","ctx":"%b",'
         b'"tags":["slot07.temp"],"value_list":[41]}' % version.ctx.encode()

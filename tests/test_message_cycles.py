@@ -113,7 +113,8 @@ async def test_lines_written_together_are_each_a_reading_in_order_decoded_and_st
         got = serials(sub)
         assert [v for _, v in got if v != "SN-0"] == wanted  # every line, in order
         seqs = [s for s, _ in got]
-        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == len(seqs)
         # They were sent as samples of one tag in one poll object, never as repeated keys.
         polls = [p for m in sub.payloads() for p in m["polls"] if p["device"] == "scanner-1"]
         assert any(len(p["value_list"]) >= 2 for p in polls), polls
@@ -181,7 +182,7 @@ async def test_a_consumer_that_subscribes_late_resolves_every_readings_context(
         metas, contexts = MetaBook(), ContextBook()
         unresolved = 0
         tagged: list[str | None] = []
-        for topic, payload, retained in list(late.messages):
+        for topic, payload, _retained in list(late.messages):
             if "/meta/" in topic:
                 metas.add(payload)
             elif "/context/" in topic:
@@ -189,15 +190,16 @@ async def test_a_consumer_that_subscribes_late_resolves_every_readings_context(
             elif topic.endswith("/readings"):
                 try:
                     got = decode_readings(payload, metas, contexts)
-                except ContractError as exc:
-                    assert exc.kind == "unknown_context", exc
-                    unresolved += 1
+                except ContractError:
+                    unresolved += 1  # its context (or metadata) never reached this consumer
                     continue
                 tagged += [r.unit_serial for r in got if r.device == "tester-1"]
         assert unresolved == 0
-        assert tagged and set(tagged) <= {"SN-A1", "SN-B2"}
+        assert tagged
+        assert set(tagged) <= {"SN-A1", "SN-B2"}
         first = tagged.index("SN-B2")
-        assert set(tagged[:first]) == {"SN-A1"} and set(tagged[first:]) == {"SN-B2"}
+        assert set(tagged[:first]) == {"SN-A1"}
+        assert set(tagged[first:]) == {"SN-B2"}
         # SN-A1's context reached it retained (it was published before it subscribed).
         retained = [
             orjson.loads(p)["unit_serial"]
@@ -207,7 +209,8 @@ async def test_a_consumer_that_subscribes_late_resolves_every_readings_context(
         assert retained[:1] == ["SN-A1"]
         # The tester's coil and two register blocks: one poll object per cycle.
         polls = [p for m in late.payloads() for p in m["polls"] if p["device"] == "tester-1"]
-        assert polls and all(len(p["value_list"]) == 4 for p in polls)
+        assert polls
+        assert all(len(p["value_list"]) == 4 for p in polls)
     finally:
         early.close()
         if late is not None:
@@ -231,7 +234,8 @@ async def test_the_store_parks_a_poll_whose_context_it_has_not_seen_and_ingests_
     ((version, _),) = encoder.used
     writer = Writer(engine)
     first = writer.write([Incoming(f"{LINE}/readings", envelope("pc1", "0" * 16, body))])
-    assert first.parked and first.readings == 0
+    assert first.parked
+    assert first.readings == 0
     second = writer.write([Incoming(f"{LINE}/context/ft-1", version.message("pc1"))])
     assert second.unparked == 1
     with engine.connect() as conn:

@@ -9,6 +9,7 @@ commit (one transaction, one fsync for both).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -104,8 +105,9 @@ class AsyncOutbox:
         async with self._acking:
             acks = self._ack_ranges()
             dropped: int = await self._call(
-                self.outbox.append, batches, changes, acks, metas, rekey, contexts
-            )
+                functools.partial(self.outbox.append, contexts=contexts),
+                batches, changes, acks, metas, rekey,
+            )  # fmt: skip
             self._forget_acks(len(acks))
         if batches:
             self.appended.set()

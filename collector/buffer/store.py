@@ -52,8 +52,8 @@ from collector.buffer.schema import (
     QUARANTINED_KEY,
     Batch,
     BufferReset,
-    ContextRow,
     BufferStats,
+    ContextRow,
     MetaUpdate,
     SeqHint,
     attempts_table,
@@ -254,6 +254,7 @@ class Outbox:
         acks: Sequence[tuple[int, int]] = (),
         metas: MetaUpdate | None = None,
         rekey: Sequence[tuple[str, str]] = (),
+        *,
         contexts: Sequence[ContextRow] = (),
     ) -> int:
         """Append in one transaction, with the station context's changes that go with these
@@ -263,9 +264,8 @@ class Outbox:
         meta; see :meth:`key_by_name`) and the deletes of delivered ranges (``acks``, see
         :meth:`ack_ranges`); drop the oldest readings if over the cap. Returns how many were
         dropped."""
-        if not batches and not changes and not acks and metas is None and not rekey:
-            if not contexts:
-                return 0
+        if not (batches or changes or acks or metas is not None or rekey or contexts):
+            return 0
         dropped = 0
         count = sum(b.count for b in batches)
         if not self._durable:
@@ -552,7 +552,9 @@ PRUNE_CONTEXTS = (
 )
 
 
-def stored_contexts(conn: Connection, after: int = -1, through: int | None = None) -> list[ContextRow]:
+def stored_contexts(
+    conn: Connection, after: int = -1, through: int | None = None
+) -> list[ContextRow]:
     """The kept context versions whose ``changed_seq`` is above ``after`` (and at most
     ``through``), oldest change first: (ctx, station key, body, changed_seq, last_seq)."""
     sql = "SELECT ctx, station, body, changed_seq, last_seq FROM contexts WHERE changed_seq > ?"
@@ -562,7 +564,9 @@ def stored_contexts(conn: Connection, after: int = -1, through: int | None = Non
         params = (after, through)
     rows = conn.exec_driver_sql(sql + " ORDER BY changed_seq", params).all()
     conn.commit()
-    return [(ctx, station, bytes(body), changed, last) for ctx, station, body, changed, last in rows]
+    return [
+        (ctx, station, bytes(body), changed, last) for ctx, station, body, changed, last in rows
+    ]
 
 
 def stored_metas(conn: Connection) -> list[tuple[str, str, bytes]]:
