@@ -120,9 +120,10 @@ async def _rack(work: Path, broker: Mosquitto) -> tuple[Config, Any]:
 
     async def change(cycle: int) -> None:
         for slot in range(1, 33):
-            await rack.set(f"Slot{slot:02d}.Temp", 80 + (cycle + slot) % 10 / 10)
-            await rack.set(f"Slot{slot:02d}.Voltage", 12 + (cycle * 3 + slot) % 10 / 100)
-            await rack.set(f"Slot{slot:02d}.Current", 0.5 + (cycle * 7 + slot) % 10 / 100)
+            # As a sensor reports them: two or three decimals.
+            await rack.set(f"Slot{slot:02d}.Temp", round(80 + (cycle + slot) % 10 / 10, 1))
+            await rack.set(f"Slot{slot:02d}.Voltage", round(12 + (cycle * 3 + slot) % 10 / 100, 2))
+            await rack.set(f"Slot{slot:02d}.Current", round(0.5 + (cycle * 7 + slot) % 10 / 100, 2))
 
     return config, (rack, change)
 

@@ -454,6 +454,24 @@ class PollEncoder:
         return b'{"value":' + value + tail
 
 
+def by_context(
+    readings: Sequence[Reading], contexts: Sequence[Context]
+) -> tuple[Sequence[Reading], Sequence[Context]]:
+    """A poll cycle's readings grouped by context, in the order each context first appears
+    (stable: a tag's samples keep their order): a rack's subscription changes arrive
+    interleaved across its slots, and a poll object names a context per change point
+    (``ctx``), so grouped they cost one point per slot, not one per value. A cycle with one
+    context (nearly every poll; its readings share one Context object) is returned as is."""
+    if contexts.count(contexts[0]) == len(contexts):
+        return readings, contexts
+    rank: dict[Context, int] = {}
+    keys = [rank.setdefault(c, len(rank)) for c in contexts]
+    if all(a <= b for a, b in zip(keys, keys[1:], strict=False)):
+        return readings, contexts
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [readings[i] for i in order], [contexts[i] for i in order]
+
+
 def _ms(us: int) -> bytes:
     """An offset in microseconds as milliseconds: ``12``, ``12.5``, ``-0.001``."""
     if us % 1000 == 0:

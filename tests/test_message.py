@@ -201,6 +201,22 @@ def test_one_poll_object_carries_every_value_of_the_cycle_by_tag() -> None:
     assert {r.outbox for r in flat} == {"0123456789abcdef"}
 
 
+def test_a_cycle_with_several_contexts_is_grouped_by_context_keeping_each_tags_samples() -> None:
+    from contract.encode import by_context
+
+    slot1, slot2 = Context("rack", None, "op", slot=1), Context("rack", None, "op", slot=2)
+    tags = ["s1.t", "s2.t", "s1.v", "s1.t", "s2.v"]
+    readings = [Reading(1.0 + i, tag, i) for i, tag in enumerate(tags)]
+    contexts = [slot1, slot2, slot1, slot1, slot2]
+    got, their = by_context(readings, contexts)
+    assert [(r.tag, r.value) for r in got] == [
+        ("s1.t", 0), ("s1.v", 2), ("s1.t", 3), ("s2.t", 1), ("s2.v", 4),
+    ]  # fmt: skip
+    assert [c.slot for c in their] == [1, 1, 1, 2, 2]
+    one = [slot1] * 5
+    assert by_context(readings, one) == (readings, one)  # as is: nothing to group
+
+
 def test_split_polls_keeps_every_value_its_seq_and_its_poll_fields() -> None:
     from contract.decode import ContextBook, decode_readings
     from contract.encode import PollEncoder, envelope, split_polls

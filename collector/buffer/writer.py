@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from collector.buffer.handover import AsyncOutbox
 from collector.buffer.schema import Batch, ContextRow, MetaUpdate
-from contract.encode import DeviceMeta, PollEncoder
+from contract.encode import DeviceMeta, PollEncoder, by_context
 from contract.records import Context, ContextChanges, Reading
 
 log = logging.getLogger(__package__)
@@ -186,6 +186,7 @@ class BufferWriter:
             self.overflow_dropped += count
             return
         meta = self.metas.get(device)
+        readings, contexts = by_context(readings, contexts)
         parts = make_batches(
             self._encoder,
             first,
