@@ -466,7 +466,7 @@ def by_context(
         return readings, contexts
     rank: dict[Context, int] = {}
     keys = [rank.setdefault(c, len(rank)) for c in contexts]
-    if all(a <= b for a, b in zip(keys, keys[1:], strict=False)):
+    if all(a <= b for a, b in itertools.pairwise(keys)):
         return readings, contexts
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return [readings[i] for i in order], [contexts[i] for i in order]
