@@ -271,9 +271,11 @@ class Decoder:
         """A poll with change points (``dt``, ``contexts``) or a ``tag_list``: one run per
         stretch of values with one time, one context and consecutive tag positions."""
         ctx = poll.get("ctx")
-        if ctx is not None and any(k in poll for k in CTX_KEY_FIELDS):
+        if "ctx" in poll and (
+            any(k in poll for k in CTX_KEY_FIELDS) or (type(ctx) is not list and not _is_ctx(ctx))
+        ):
             raise _Refused
-        if ctx is not None and type(ctx) is not list and not _is_ctx(ctx):
+        if "dt" in poll and type(poll["dt"]) is not list:
             raise _Refused
         base = {k: v for k, v in poll.items() if k not in _PER_VALUE3}
         head = self._run({**base, "values": {}})
