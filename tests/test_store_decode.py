@@ -117,8 +117,13 @@ def variants() -> Iterator[tuple[str, bytes]]:
             doc = copy.deepcopy(base)
             doc["polls"][0]["value_list"][i] = bad
             yield f"value_list[{i}]={bad!r}", orjson.dumps(doc)
-    for key, bad_point in (("dt", [[9, 1]]), ("dt", [[0, "1"]]), ("dt", [[4, 1], [2, 1]]),
-                           ("ctx", [[0, "nothex"]]), ("ctx", [[0, None], [0, None]])):
+    for key, bad_point in (
+        ("dt", [[9, 1]]),
+        ("dt", [[0, "1"]]),
+        ("dt", [[4, 1], [2, 1]]),
+        ("ctx", [[0, "nothex"]]),
+        ("ctx", [[0, None], [0, None]]),
+    ):
         doc = copy.deepcopy(base)
         doc["polls"][0][key] = bad_point
         yield f"polls[0].{key}={bad_point!r}", orjson.dumps(doc)
