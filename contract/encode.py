@@ -342,6 +342,10 @@ class PollEncoder:
         self._versions[context] = version
         return version
 
+    def known_versions(self) -> list[ContextVersion]:
+        """The context versions encoded lately (those still cached)."""
+        return [v for v in self._versions.values() if v is not None]
+
     def encode(
         self,
         first_seq: int,

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from collector.buffer.handover import AsyncOutbox
 from collector.buffer.schema import Batch, ContextRow, MetaUpdate
-from contract.encode import DeviceMeta, PollEncoder, by_context
+from contract.encode import ContextVersion, DeviceMeta, PollEncoder, by_context
 from contract.records import Context, ContextChanges, Reading
 
 log = logging.getLogger(__package__)
@@ -209,6 +209,11 @@ class BufferWriter:
         """The context versions the poll just encoded names, as rows to keep with it."""
         rows = context_rows(self._encoder, self._current, last_seq)
         return _Contexts(rows) if rows else None
+
+    def context_versions(self) -> list[ContextVersion]:
+        """The unit-context versions its polls named lately (for an in-process view of the
+        delivered messages: the demo's)."""
+        return self._encoder.known_versions()
 
     @property
     def keeping_up(self) -> bool:

@@ -118,7 +118,9 @@ async def test_refused_publishes_degrade_health_until_one_is_accepted(
     """A broker that denies the topic by ACL (MQTT v5: PUBACK 0x87) while connected."""
     acl = tmp_path / "acl"
     status_topic = "collector/plant-a/line-1/pc1/status"
-    acl.write_text(f"topic write {status_topic}\n")
+    # The unit contexts (schema 3) allowed, as docs/store.md's ACL does: the readings are what
+    # the broker refuses here.
+    acl.write_text(f"topic write {status_topic}\ntopic write collector/+/+/pc1/context/#\n")
     broker = Mosquitto(tmp_path / "acl-broker", f"acl_file {acl}\n")
     broker.start()
     raw = config_dict(
