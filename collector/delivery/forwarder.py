@@ -33,6 +33,7 @@ Topics and payloads are documented in docs/messages.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -217,6 +218,10 @@ class Forwarder:
         # The highest changed_seq of the context versions published on this connection
         # (collector.buffer.schema: contexts_table).
         self._contexts_through = -1
+        # The broker refused a context version (its ACL): why, and none is published again
+        # until the collector restarts (mosquitto drops the connection after a refusal, so
+        # publishing them at every connect would keep the readings from ever flowing).
+        self.contexts_refused: str | None = None
         self._publisher.set_listener(self._changed)
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
@@ -280,6 +285,8 @@ class Forwarder:
         its latest. Not awaited, like the metadata: one lost with its connection goes again
         on the next connect."""
         done = self._contexts_through
+        if self.contexts_refused is not None:
+            return
         if through is not None and (
             through <= done or self._outbox.outbox.context_changed_seq <= done
         ):
@@ -288,12 +295,29 @@ class Forwarder:
         rows = self._outbox.stored_contexts(done, through)
         for ctx, station_key, body, _changed, _last in rows:
             message = context_message(collector_id, ctx, body)
-            future = self._publisher.publish(self.context_topic(station_key), message, retain=True)
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            topic = self.context_topic(station_key)
+            future = self._publisher.publish(topic, message, retain=True)
+            future.add_done_callback(functools.partial(self._context_answered, topic=topic))
         if through is None:
             self._contexts_through = max([done, *(row[3] for row in rows)])
         else:
             self._contexts_through = max(done, through)
+
+    def _context_answered(self, future: asyncio.Future[Ack], *, topic: str) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # lost with its connection: published again on the next connect
+        ack = future.result()
+        if ack.is_failure and self.contexts_refused is None:
+            self.contexts_refused = f"{topic}: {ack}"
+            log.error(
+                "mqtt: the broker refused the unit context on %s (%s); no context is "
+                "published any more until the collector restarts, and consumers cannot resolve "
+                "the unit of the readings that name one: allow the collector to publish on "
+                "%s/context/# (docs/store.md)",
+                topic,
+                ack,
+                topic_base(self._config),
+            )
 
     def meta_topic(self, device: str) -> str:
         return f"{topic_base(self._config)}/meta/{device}"
