@@ -1,4 +1,4 @@
-"""Bytes per reading on the wire and on disk, schema 1 against schema 2 (its keyed form,
+"""Bytes per reading on the wire and on disk, schema 1 against schema 3 (tags by name,
 ``mqtt.value_keys: name``, and its positional form, the default), at the reference load.
 
     .venv/bin/python -m bench.bytes
@@ -124,8 +124,8 @@ def main() -> None:
     print(f"{DEVICES} devices x {REGISTERS} uint16 registers, {POLLS} polls each")
     for name, schema, batches in (
         ("schema 1           ", 1, batches_v1(work)),
-        ("schema 2 keyed     ", 2, batches_v2(work, positional=False)),
-        ("schema 2 positional", 2, batches_v2(work, positional=True)),
+        ("schema 3 by name   ", 3, batches_v2(work, positional=False)),
+        ("schema 3 positional", 3, batches_v2(work, positional=True)),
     ):
         with tempfile.TemporaryDirectory() as folder:
             on_disk = disk(batches, Path(folder))

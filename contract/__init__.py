@@ -7,13 +7,15 @@ It depends on orjson only: a consumer takes it without the collector's protocol 
 
     import contract
 
-    metas = contract.MetaBook()
+    metas, contexts = contract.MetaBook(), contract.ContextBook()
 
     def on_message(topic: str, payload: bytes) -> None:
         if "/meta/" in topic:
             metas.add(payload)  # positional polls name their tags here
+        elif "/context/" in topic:
+            contexts.add(payload)  # polls name their unit context here
         elif topic.endswith("/readings"):
-            for r in contract.decode_readings(payload, metas):
+            for r in contract.decode_readings(payload, metas, contexts):
                 key = (r.collector, r.outbox, r.seq)  # the dedupe key: never reused
                 print(key, r.device, r.tag, r.value, r.quality, r.unit_serial, r.operation)
         elif topic.endswith("/units"):
@@ -31,11 +33,13 @@ from typing import Any
 
 from contract.codes import ErrorCode
 from contract.decode import (
+    ContextBook,
     FlatReading,
     FlatUnit,
     MetaBook,
     Poll,
     ReadingsMessage,
+    decode_context,
     decode_meta,
     decode_polls,
     decode_readings,
@@ -43,13 +47,14 @@ from contract.decode import (
     flatten,
 )
 from contract.deviations import Deviation, FlatDeviation, decode_deviations, encode_deviation
-from contract.encode import SCHEMA_VERSION
+from contract.encode import READINGS_SCHEMA, SCHEMA_VERSION
 from contract.fields import SCHEMA_VERSIONS, ContractError
 from contract.records import Context, Quality, Reading, UnitRecord, Value
 
 #: The JSON Schema files shipped with the package, by message kind.
 SCHEMA_FILES = {
-    "readings": "readings-2.json",
+    "readings": "readings-3.json",
+    "context": "context-3.json",
     "units": "units-2.json",
     "meta": "meta-2.json",
     "deviations": "deviations-2.json",
@@ -57,18 +62,20 @@ SCHEMA_FILES = {
 
 
 def json_schema(kind: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of one message kind: ``readings``, ``units``, ``meta``
-    or ``deviations``."""
+    """The JSON Schema (draft 2020-12) of one message kind: ``readings``, ``context``,
+    ``units``, ``meta`` or ``deviations``."""
     text = files("contract").joinpath("schema", SCHEMA_FILES[kind]).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
 
 __all__ = [
+    "READINGS_SCHEMA",
     "SCHEMA_FILES",
     "SCHEMA_VERSION",
     "SCHEMA_VERSIONS",
     "Context",
+    "ContextBook",
     "ContractError",
     "Deviation",
     "ErrorCode",
@@ -82,6 +89,7 @@ __all__ = [
     "ReadingsMessage",
     "UnitRecord",
     "Value",
+    "decode_context",
     "decode_deviations",
     "decode_meta",
     "decode_polls",

@@ -1,4 +1,4 @@
-"""The reference decoder of the MQTT message contract (schema 1 and 2, docs/messages.md).
+"""The reference decoder of the MQTT message contract (schema 1, 2 and 3, docs/messages.md).
 
 Pure and dependent on orjson only, so consumers (the central store in ``store/``, a plant's own
 tools) import it without the collector's runtime. It checks every field's type and raises
@@ -19,7 +19,10 @@ consecutive seqs are joined into one :class:`Poll`.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any, TypeGuard
 
@@ -27,6 +30,7 @@ import orjson
 
 from contract.fields import (
     _HEX,
+    CONTEXT_CHECKS,
     PHASES,
     QUALITIES,
     SCHEMA_VERSIONS,
@@ -62,6 +66,7 @@ __all__ = [
     "SCHEMA_VERSIONS",
     "VERDICTS",
     "WRAPPED_QUALITIES",
+    "ContextBook",
     "ContractError",
     "FlatReading",
     "FlatUnit",
@@ -70,11 +75,13 @@ __all__ = [
     "PollValue",
     "ReadingsMessage",
     "Value",
+    "decode_context",
     "decode_meta",
     "decode_polls",
     "decode_readings",
     "decode_units",
     "flatten",
+    "shifted",
 ]
 
 
@@ -209,23 +216,95 @@ class MetaBook:
         return len(self._orders)
 
 
+class ContextBook:
+    """The unit-context versions a consumer has seen (the messages on
+    ``.../context/{station}``, retained and not), for resolving schema-3 polls' ``ctx``:
+    (collector, ctx) -> the context members. Feed it every context message as it arrives
+    (:meth:`add`); like the :class:`MetaBook`, keep it while readings of those versions may
+    still come."""
+
+    def __init__(self) -> None:
+        self._members: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(self, payload: bytes) -> tuple[str, str] | None:
+        """Take a context message; returns its key (collector, ctx), or None for an empty
+        payload (a retained message cleared). Raises ContractError for a bad message."""
+        if not payload:
+            return None
+        doc = decode_context(bytes(payload))
+        key = (doc["collector"], doc["ctx"])
+        self._members[key] = {name: doc[name] for name in _CONTEXT_MEMBERS}
+        return key
+
+    def members(self, collector: str, ctx: str) -> dict[str, Any] | None:
+        """The context's members (station, slot, unit_serial...); None if never added."""
+        return self._members.get((collector, ctx))
+
+    def stand_in(self, collector: str, ctx: str, members: dict[str, Any]) -> None:
+        """Resolve ``ctx`` to ``members`` (the others at their defaults) without its message:
+        for a tool that shows stored polls whose version is gone (collector ``buffer``)."""
+        self._members[(collector, ctx)] = {**_context({}, ""), **members}
+
+    def copy(self) -> ContextBook:
+        book = ContextBook()
+        book._members = dict(self._members)
+        return book
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+
+def decode_context(payload: bytes) -> dict[str, Any]:
+    """A unit-context message (schema 3, retained on ``.../context/{station}``), checked:
+    ``{"schema", "collector", "ctx", "station", "slot", "unit_serial", "operation",
+    "attempt", "phase", "golden"}`` (members absent from the message at their defaults). The
+    ``ctx`` must be the hash of the members (docs/messages.md): a mismatch is refused, so a
+    version id always means one content."""
+    doc = _load(payload)
+    schema = _schema(doc)
+    if schema != 3:
+        raise ContractError("schema", "context messages exist from schema 3 on", "schema")
+    collector = _nonempty(doc, "collector", "")
+    ctx = _ctx_id(doc.get("ctx"), "ctx", "")
+    members = _context(doc, "")
+    extra = sorted(set(doc) - {"schema", "collector", "ctx", *_CONTEXT_MEMBERS})
+    if extra:
+        raise ContractError(extra[0], "not a context member")
+    canonical = orjson.dumps(
+        {k: v for k, v in members.items() if v is not None and v is not False},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    if hashlib.sha256(canonical).hexdigest()[:12] != ctx:
+        raise ContractError("ctx", f"{ctx} is not the hash of the context's members", "field")
+    return {"schema": schema, "collector": collector, "ctx": ctx, **members}
+
+
 # --- readings ------------------------------------------------------------------------------
 
 
-def decode_polls(payload: bytes, metas: MetaBook | None = None) -> ReadingsMessage:
-    """A readings message (schema 1 or 2), its polls in message order, with the tags of
-    positional polls resolved through ``metas``. A positional poll whose meta version
-    ``metas`` does not hold (or with no ``metas``) raises ContractError of kind
-    ``unknown_meta``, once the whole message was found valid otherwise."""
+def decode_polls(
+    payload: bytes, metas: MetaBook | None = None, contexts: ContextBook | None = None
+) -> ReadingsMessage:
+    """A readings message (schema 1, 2 or 3), its polls in message order (a schema-3 poll as
+    one Poll per run of values that share time and context), with the tags of positional
+    polls resolved through ``metas`` and the context versions of schema 3 through
+    ``contexts``. A poll whose meta version ``metas`` does not hold (or with no ``metas``)
+    raises ContractError of kind ``unknown_meta``, one whose context version ``contexts``
+    does not hold ``unknown_context``, once the whole message was found valid otherwise."""
     doc = _load(payload)
     schema = _schema(doc)
     collector, outbox = _header(doc, schema)
     ts_check = _TsCheck()
-    if schema == 2:
-        resolve = _Resolve(collector, metas)
+    if schema >= 2:
+        resolve = _Resolve(collector, metas, contexts=contexts)
+        read = _poll2 if schema == 2 else _poll3
         polls = [
-            _poll2(item, f"polls[{i}].", ts_check, resolve)
+            poll
             for i, item in enumerate(_list(doc, "polls"))
+            for poll in read(item, f"polls[{i}].", ts_check, resolve)
         ]
         if resolve.missing:
             missing = resolve.missing
@@ -236,6 +315,16 @@ def decode_polls(payload: bytes, metas: MetaBook | None = None) -> ReadingsMessa
                 "decode again once that version arrived on meta/" + device,
                 "unknown_meta",
                 tuple(dict.fromkeys(m[1:] for m in missing)),
+            )
+        if resolve.missing_contexts:
+            gone = resolve.missing_contexts
+            path, _, ctx = gone[0]
+            raise ContractError(
+                path,
+                f"unknown context version {ctx} (collector {collector}): decode again once "
+                "that version arrived on context/#",
+                "unknown_context",
+                tuple(dict.fromkeys((c, "context", x) for _, c, x in gone)),
             )
     else:
         polls = _polls1(_list(doc, "readings"), ts_check)
@@ -250,9 +339,12 @@ class _Resolve:
     collector: str
     metas: MetaBook | None
     missing: list[tuple[str, str, str, str]] = field(default_factory=list)
+    contexts: ContextBook | None = None
+    #: (path, collector, ctx) of each context version the book lacked.
+    missing_contexts: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _poll2(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> Poll:
+def _poll2(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> list[Poll]:
     poll = _obj(item, path)
     _phase(poll, "phase", path)  # named before the rest: the first check a poll had
     meta = poll.get("meta")
@@ -267,14 +359,210 @@ def _poll2(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> Po
         values = _keyed(poll, path)
     else:
         values = _positional(poll, path, device, meta, resolve)
-    return Poll(
-        seq=_seq(poll, path),
-        ts=ts_check(poll, path),
-        device=device,
-        meta=meta,
-        **_context(poll, path),
-        values=values,
-    )
+    return [
+        Poll(
+            seq=_seq(poll, path),
+            ts=ts_check(poll, path),
+            device=device,
+            meta=meta,
+            **_context(poll, path),
+            values=values,
+        )
+    ]
+
+
+#: A poll's unit context members (contract.records.CONTEXT_FIELDS).
+_CONTEXT_MEMBERS = tuple(CONTEXT_CHECKS)
+
+
+def _poll3(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> list[Poll]:
+    """A schema-3 poll object: every value of one poll cycle, decoded into one Poll per run
+    of values that share their time and context (value i has seq ``seq + i``)."""
+    poll = _obj(item, path)
+    meta = poll.get("meta")
+    if meta is not None and type(meta) is not str:
+        raise ContractError(f"{path}meta", _wanted("a string", True, meta))
+    device = _nonempty(poll, "device", path)
+    seq = _seq(poll, path)
+    ts = ts_check(poll, path)
+    if "values" in poll:
+        # A poll buffered by a schema-2 collector (docs/messages.md): keyed by tag.
+        if any(key in poll for key in _NAMING):
+            raise ContractError(f"{path}values", "a poll has either values or value_list")
+        values = _keyed(poll, path)
+    else:
+        values = _listed(poll, path, device, meta, resolve)
+    count = len(poll["values"] if "values" in poll else poll["value_list"])
+    times = _points(poll, "dt", count, path, _offset)
+    contexts = _contexts(poll, count, path, resolve)
+    if not values:  # meta unknown (checked, parked by the caller) or no values
+        return []
+    if contexts is None:  # a context version not known (checked, parked by the caller)
+        return []
+    cuts = sorted({0, *(i for i, _ in times), *(i for i, _ in contexts)})
+    out = []
+    for a, b in zip(cuts, [*cuts[1:], count], strict=True):
+        offset = _at(times, a, 0)
+        out.append(
+            Poll(
+                seq=seq + a,
+                ts=ts if not offset else shifted(ts, offset),
+                device=device,
+                meta=meta,
+                **_at(contexts, a, _NO_CONTEXT),
+                values=values[a:b],
+            )
+        )
+    return out
+
+
+_NAMING = ("value_list", "tags", "tag_list", "tag_index")
+
+
+def _listed(
+    poll: dict[str, Any], path: str, device: str, meta: str | None, resolve: _Resolve
+) -> list[PollValue]:
+    """The values of ``value_list`` with their tags: by name (``tags``), by index in the
+    meta version's order (``tag_list``) or from ``tag_index`` on (0 when absent)."""
+    raw = poll.get("value_list")
+    if type(raw) is not list:
+        raise ContractError(f"{path}value_list", _wanted("an array", "value_list" in poll, raw))
+    given = [key for key in ("tags", "tag_list", "tag_index") if key in poll]
+    if len(given) > 1:
+        raise ContractError(f"{path}{given[1]}", "a poll has one of tags, tag_list, tag_index")
+    if given == ["tags"]:
+        tags = poll["tags"]
+        if type(tags) is not list or len(tags) != len(raw):
+            raise ContractError(f"{path}tags", f"must be an array of {len(raw)} tag names")
+        for i, tag in enumerate(tags):
+            if type(tag) is not str:
+                raise ContractError(f"{path}tags[{i}]", _wanted("a string", True, tag))
+        return _tagged(tags, raw, path)
+    if given == ["tag_list"]:
+        indexes = poll["tag_list"]
+        if type(indexes) is not list or len(indexes) != len(raw):
+            raise ContractError(f"{path}tag_list", f"must be an array of {len(raw)} integers")
+        for i, index in enumerate(indexes):
+            if type(index) is not int or index < 0:
+                raise ContractError(f"{path}tag_list[{i}]", _wanted("an integer >= 0", True, index))
+    else:
+        index = poll.get("tag_index", 0)
+        if type(index) is not int or index < 0:
+            raise ContractError(f"{path}tag_index", _wanted("an integer >= 0", True, index))
+        indexes = list(range(index, index + len(raw)))
+    if meta is None:
+        raise ContractError(f"{path}meta", "missing (a poll without tags needs its meta)")
+    metas, collector = resolve.metas, resolve.collector
+    order = metas.order(collector, device, meta) if metas is not None else None
+    if order is None:
+        # Checked all the same, so that only a missing meta, never a bad value, parks it.
+        for i, value in enumerate(raw):
+            _value("", value, f"{path}value_list[{i}]")
+        resolve.missing.append((f"{path}meta", collector, device, meta))
+        return []
+    if raw and max(indexes) >= len(order):
+        raise ContractError(
+            f"{path}value_list",
+            f"tag position {max(indexes)} is past the {len(order)} tags of meta {meta}",
+        )
+    return _tagged([order[i] for i in indexes], raw, path)
+
+
+def _tagged(tags: list[str], raw: list[Any], path: str) -> list[PollValue]:
+    scalars = _SCALARS
+    return [
+        (tag, value, "good", None, None)
+        if type(value) in scalars
+        else _value(tag, value, f"{path}value_list[{i}]")
+        for i, (tag, value) in enumerate(zip(tags, raw, strict=True))
+    ]
+
+
+def _points(
+    poll: dict[str, Any], key: str, count: int, path: str, check: Callable[[Any, str, str], Any]
+) -> list[tuple[int, Any]]:
+    """Change points ``[[from value index, x], ...]``: indexes increasing, below ``count``."""
+    raw = poll.get(key, [])
+    if type(raw) is not list:
+        raise ContractError(f"{path}{key}", _wanted("an array", True, raw))
+    out: list[tuple[int, Any]] = []
+    for n, point in enumerate(raw):
+        where = f"{path}{key}[{n}]"
+        if type(point) is not list or len(point) != 2:
+            raise ContractError(where, _wanted("a [value index, ...] pair", True, point))
+        index = point[0]
+        low = out[-1][0] + 1 if out else 0
+        if type(index) is not int or not low <= index < count:
+            raise ContractError(
+                f"{where}[0]",
+                f"must be a value index from {low} to {count - 1}, got {_show(index)}",
+            )
+        out.append((index, check(point[1], f"{where}[1]", f"{where}[1].")))
+    return out
+
+
+_NO_CONTEXT: dict[str, Any] = _context({}, "")
+
+
+def _contexts(
+    poll: dict[str, Any], count: int, path: str, resolve: _Resolve
+) -> list[tuple[int, dict[str, Any]]] | None:
+    """A schema-3 poll's context change points (value index, members): from ``ctx`` (one
+    version id, or ``[[from value index, id or null], ...]``) through the context book, or
+    the poll's own members (a poll buffered by a schema-2 collector). None when a version is
+    not in the book (noted in ``resolve.missing_contexts``)."""
+    if "ctx" not in poll:
+        return [(0, _context(poll, path))]
+    for name in _CONTEXT_MEMBERS:
+        if name in poll:
+            raise ContractError(f"{path}{name}", "a poll names its context by ctx or by members")
+    raw = poll["ctx"]
+    points = [(0, raw)] if type(raw) is str else _points(poll, "ctx", count, path, _ctx_id)
+    if type(raw) is str:
+        _ctx_id(raw, f"{path}ctx", "")
+    out: list[tuple[int, dict[str, Any]]] = []
+    missing = False
+    for index, ctx in points:
+        if ctx is None:
+            out.append((index, _NO_CONTEXT))
+            continue
+        members = resolve.contexts.members(resolve.collector, ctx) if resolve.contexts else None
+        if members is None:
+            resolve.missing_contexts.append((f"{path}ctx", resolve.collector, ctx))
+            missing = True
+        else:
+            out.append((index, members))
+    return None if missing else out
+
+
+def _ctx_id(value: Any, path: str, _prefix: str) -> str | None:
+    if value is None and path.endswith("[1]"):
+        return None
+    if type(value) is not str or len(value) != 12 or not set(value) <= _HEX:
+        raise ContractError(path, f"must be 12 lowercase hex digits, got {_show(value)}")
+    return value
+
+
+def _offset(value: Any, path: str, _prefix: str) -> float:
+    if type(value) not in (int, float):
+        raise ContractError(path, _wanted("a number of milliseconds", True, value))
+    return float(value)
+
+
+def _at(points: list[tuple[int, Any]], index: int, default: Any) -> Any:
+    """What the change points say for value ``index``."""
+    found = default
+    for at, x in points:
+        if at > index:
+            break
+        found = x
+    return found
+
+
+def shifted(ts: str, offset_ms: float) -> str:
+    """``ts`` moved on by ``offset_ms`` milliseconds, as RFC 3339 text (microseconds)."""
+    moved = datetime.fromisoformat(ts) + timedelta(microseconds=round(offset_ms * 1000))
+    return orjson.dumps(moved, option=orjson.OPT_UTC_Z)[1:-1].decode()
 
 
 def _keyed(poll: dict[str, Any], path: str) -> list[PollValue]:
@@ -452,10 +740,13 @@ def flatten(message: ReadingsMessage) -> list[FlatReading]:
     return out
 
 
-def decode_readings(payload: bytes, metas: MetaBook | None = None) -> list[FlatReading]:
+def decode_readings(
+    payload: bytes, metas: MetaBook | None = None, contexts: ContextBook | None = None
+) -> list[FlatReading]:
     """Every reading of a readings message, in message order, positional polls resolved
-    through ``metas`` (see :func:`decode_polls`). Raises ContractError."""
-    return flatten(decode_polls(payload, metas))
+    through ``metas`` and context versions through ``contexts`` (see
+    :func:`decode_polls`). Raises ContractError."""
+    return flatten(decode_polls(payload, metas, contexts))
 
 
 # --- unit records --------------------------------------------------------------------------

@@ -25,8 +25,10 @@ import orjson
 
 from contract.records import CONTEXT_FIELDS, Context, Quality, Reading, UnitRecord
 
-#: The readings and units messages the collector emits (docs/messages.md).
+#: The units, tag-metadata and status messages the collector emits (docs/messages.md).
 SCHEMA_VERSION = 2
+#: The readings message the collector emits: one poll object per device and poll cycle.
+READINGS_SCHEMA = 3
 #: The previous contract: one object per reading. Still encoded here for converting a buffer of
 #: that format and for consumers' tests; the collector no longer publishes it.
 SCHEMA_1 = 1
@@ -234,6 +236,39 @@ class DeviceMeta:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ContextVersion:
+    """A unit context as a version (docs/messages.md, schema 3): the retained message on
+    ``context/{station}`` (``context/{station}/{slot}`` for a rack's slot) that polls name by
+    ``ctx``, the first 12 hex digits of the SHA-256 of :attr:`body`. The same context is the
+    same id, on every collector run: nothing to number, nothing to keep in step."""
+
+    context: Context
+    #: The topic's last levels: the station, or station/slot.
+    station_key: str = field(init=False)
+    #: The canonical JSON (keys sorted, no spaces) of the context's members that are set.
+    body: bytes = field(init=False)
+    ctx: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        members = {k: v for k, v in zip(CONTEXT_FIELDS, self.context, strict=True) if _set(v)}
+        body = orjson.dumps(members, option=orjson.OPT_SORT_KEYS)
+        object.__setattr__(self, "body", body)
+        object.__setattr__(self, "ctx", hashlib.sha256(body).hexdigest()[:12])
+        station, slot = self.context.station, self.context.slot
+        key = f"{station}" if slot is None else f"{station}/{slot}"
+        object.__setattr__(self, "station_key", key)
+
+    def message(self, collector_id: str) -> bytes:
+        return context_message(collector_id, self.ctx, self.body)
+
+
+def context_message(collector_id: str, ctx: str, body: bytes) -> bytes:
+    """The context message of a version kept as (ctx, :attr:`ContextVersion.body`)."""
+    head = orjson.dumps({"schema": READINGS_SCHEMA, "collector": collector_id, "ctx": ctx})
+    return head[:-1] + b"," + body[1:] if body != b"{}" else head
+
+
 class _Described(Protocol):
     @property
     def name(self) -> str: ...
@@ -263,17 +298,24 @@ def device_metas(devices: Iterable[_Described]) -> dict[str, DeviceMeta]:
 
 
 class PollEncoder:
-    """Schema 2: encodes the readings of one poll into poll objects (docs/messages.md).
+    """Schema 3: encodes the readings of one poll cycle into one poll object
+    (docs/messages.md).
 
-    One object per run of readings that share their ``ts`` and context, with the shared fields
-    once; value i has seq ``seq + i``. The values are positional (``tag_index`` +
-    ``value_list``: value i is tag ``order[tag_index + i]`` of the device's metadata) when
-    ``positional`` is on, the device's metadata is known and the run's tags are a contiguous
-    slice of its order (a whole poll, a station's run within it); otherwise keyed by tag
-    (``values``). A good value is written bare; a bad or uncertain one as
-    ``{"value", "quality", "error"}``. Members whose value is the default (null) are left out.
-    The pieces that repeat (timestamp, device head, context, tag keys) are encoded once and
-    cached; per reading it is a look-up or two and one format.
+    Every value of the cycle is in ``value_list``, whatever the number of read requests; value
+    i has seq ``seq + i``. Which tag value i is: by position in the device's metadata
+    (``order``) when ``positional`` is on and the metadata is known: ``tag_index`` (left out
+    when 0) when the tags are a contiguous slice of the order, else ``tag_list`` (each value's
+    index in the order; a tag read twice in the cycle, e.g. a scanner's two lines in one
+    write, is two samples with the same index); otherwise by name, ``tags`` (one name per
+    value, repeats allowed). Never an object keyed by tag: a key cannot repeat, a sample can.
+    Each value's own time, where it differs from the poll's ``ts`` (a later request of the
+    cycle), is given by ``dt`` change points ``[from value index, offset ms]``; its unit
+    context by the poll's context members, or, when the cycle's readings have several (a
+    rack's slots, a unit that changed within the cycle), by ``contexts`` change points
+    ``[from value index, {members}]``. A good value is written bare; a bad or uncertain one as
+    ``{"value", "quality", "error"}``. Members whose value is the default are left out. The
+    pieces that repeat (device head, context, tag names) are encoded once and cached; per
+    reading it is a look-up or two and one format.
     """
 
     def __init__(self, positional: bool = True) -> None:
@@ -281,8 +323,28 @@ class PollEncoder:
         self.positional = positional
         self._device: dict[tuple[str, str | None], bytes] = {}
         self._tag: dict[str, bytes] = {}
-        self._context: dict[Context, bytes] = {}
+        self._versions: dict[Context, ContextVersion | None] = {}
         self._wrap: dict[tuple[object, ...], bytes] = {}
+        #: The context versions named by the polls encoded since the caller last took them,
+        #: with the seq of the first value read under each (collector.buffer.writer keeps
+        #: them for the forwarder to publish).
+        self.used: list[tuple[ContextVersion, int]] = []
+
+    def version(self, context: Context) -> ContextVersion | None:
+        """The context's version; None for no context at all (no station): no ``ctx``."""
+        try:
+            return self._versions[context]
+        except KeyError:
+            pass
+        if len(self._versions) >= _CACHE_LIMIT:
+            self._versions.clear()
+        version = None if not any(map(_set, context)) else ContextVersion(context)
+        self._versions[context] = version
+        return version
+
+    def known_versions(self) -> list[ContextVersion]:
+        """The context versions encoded lately (those still cached)."""
+        return [v for v in self._versions.values() if v is not None]
 
     def encode(
         self,
@@ -294,70 +356,84 @@ class PollEncoder:
         *,
         positional: bool = True,
     ) -> bytes:
-        """The readings as comma-separated poll objects, numbered from ``first_seq``;
-        ``contexts[i]`` is the context of ``readings[i]``. ``positional`` False: keyed
-        whatever the config says (a device whose metadata the broker refused)."""
+        """The readings (one poll cycle, or a part of one) as one poll object numbered from
+        ``first_seq``; ``contexts[i]`` is the context of ``readings[i]``. ``positional``
+        False: by name whatever the config says (a device whose metadata the broker
+        refused)."""
         float32 = meta.float32 if meta is not None else frozenset()
-        # No positions: every run keyed.
+        # No positions: tags by name.
         position: Mapping[str, int] = (
             meta.position if meta is not None and positional and self.positional else {}
         )
-        head = self._device_bytes(device, meta.meta if meta is not None else None)
-        polls: list[bytes] = []
+        ts0 = readings[0].ts
+        us0 = round(ts0 * 1e6)
         texts: list[bytes] = []
-        tags: list[str] = []
-        last_ts: float | None = None
+        indexes: list[int] = []
+        times: list[bytes] = []  # dt change points
+        runs: list[tuple[int, Context]] = []  # context change points
+        last_ts = ts0
         last_context: Context | None = None
-        start = b""
-        seq = first_seq
-        first = expected = -1  # the run's tag_index; the position its next tag must have
-        for reading, context in zip(readings, contexts, strict=True):
-            tag = reading.tag
-            if reading.ts != last_ts or context is not last_context:
-                if texts:
-                    polls.append(self._close(start, first, expected, tags, texts))
-                    texts, tags = [], []
-                last_ts, last_context = reading.ts, context
-                start = b'{"seq":%d,"ts":"%b",%b%b' % (
-                    seq,
-                    ts_text(reading.ts).encode(),
-                    head,
-                    self._context_bytes(context),
-                )
-                first = expected = position.get(tag, -1)
-            if expected >= 0:
-                # Still a contiguous slice of the order? (-1 from here on if not: keyed.)
-                expected = expected + 1 if position.get(tag) == expected else -1
+        known = bool(position)
+        for i, (reading, context) in enumerate(zip(readings, contexts, strict=True)):
+            if reading.ts != last_ts:
+                last_ts = reading.ts
+                times.append(b"[%d,%b]" % (i, _ms(round(reading.ts * 1e6) - us0)))
+            if context is not last_context and context != last_context:
+                runs.append((i, context))
+            last_context = context
+            if known:
+                at = position.get(reading.tag)
+                if at is None:
+                    known = False
+                else:
+                    indexes.append(at)
             value = reading.value
             if type(value) is int:  # most values: no call into orjson
                 text = b"%d" % value
-            elif type(value) is float and tag in float32:
+            elif type(value) is float and reading.tag in float32:
                 text = float32_text(value)
             else:
                 text = orjson.dumps(value)
             if reading.quality is not Quality.GOOD:
                 text = self._wrapped(reading, text)
             texts.append(text)
-            tags.append(tag)
-            seq += 1
-        if texts:
-            polls.append(self._close(start, first, expected, tags, texts))
-        return b",".join(polls)
-
-    def _close(
-        self, start: bytes, first: int, expected: int, tags: list[str], texts: list[bytes]
-    ) -> bytes:
-        """A run's poll object: positional if its tags were a contiguous slice, else keyed."""
-        if expected >= 0:
-            return b'%b"tag_index":%d,"value_list":[%b]}' % (start, first, b",".join(texts))
-        keys = self._tag
-        out = []
-        for tag, text in zip(tags, texts, strict=True):
-            key = keys.get(tag)
-            if key is None:
-                key = _put(keys, tag, _json(tag) + b":")
-            out.append(key + text)
-        return b'%b"values":{%b}}' % (start, b",".join(out))
+        out = [
+            b'{"seq":%d,"ts":"%b",%b' % (first_seq, ts_text(ts0).encode(),
+                                          self._device_bytes(device, meta.meta if meta else None))
+        ]  # fmt: skip
+        versions = [(i, self.version(c)) for i, c in runs]
+        self.used += [(v, first_seq + i) for i, v in versions if v is not None]
+        if len(versions) == 1:
+            if versions[0][1] is not None:
+                out.append(b'"ctx":"%b",' % versions[0][1].ctx.encode())
+        else:
+            out.append(
+                b'"ctx":[%b],'
+                % b",".join(
+                    b'[%d,"%b"]' % (i, v.ctx.encode()) if v else b"[%d,null]" % i
+                    for i, v in versions
+                )
+            )
+        if known:
+            first = indexes[0]
+            if indexes == list(range(first, first + len(indexes))):
+                if first:
+                    out.append(b'"tag_index":%d,' % first)
+            else:
+                out.append(b'"tag_list":[%b],' % b",".join(b"%d" % i for i in indexes))
+        else:
+            names = self._tag
+            tags = []
+            for reading in readings:
+                name = names.get(reading.tag)
+                if name is None:
+                    name = _put(names, reading.tag, _json(reading.tag))
+                tags.append(name)
+            out.append(b'"tags":[%b],' % b",".join(tags))
+        if times:
+            out.append(b'"dt":[%b],' % b",".join(times))
+        out.append(b'"value_list":[%b]}' % b",".join(texts))
+        return b"".join(out)
 
     def _device_bytes(self, device: str, meta: str | None) -> bytes:
         key = (device, meta)
@@ -368,17 +444,6 @@ class PollEncoder:
                 head += b'"meta":"%b",' % meta.encode()
             head = _put(self._device, key, head)
         return head
-
-    def _context_bytes(self, context: Context) -> bytes:
-        part = self._context.get(context)
-        if part is None:
-            part = b"".join(
-                b'"%b":%b,' % (k.encode(), _json(v))
-                for k, v in zip(CONTEXT_FIELDS, context, strict=True)
-                if _set(v)
-            )
-            part = _put(self._context, context, part)
-        return part
 
     def _wrapped(self, reading: Reading, value: bytes) -> bytes:
         key = (reading.quality, reading.error)
@@ -393,55 +458,136 @@ class PollEncoder:
         return b'{"value":' + value + tail
 
 
+def by_context(
+    readings: Sequence[Reading], contexts: Sequence[Context]
+) -> tuple[Sequence[Reading], Sequence[Context]]:
+    """A poll cycle's readings grouped by context, in the order each context first appears
+    (stable: a tag's samples keep their order): a rack's subscription changes arrive
+    interleaved across its slots, and a poll object names a context per change point
+    (``ctx``), so grouped they cost one point per slot, not one per value. A cycle with one
+    context (nearly every poll; its readings share one Context object) is returned as is."""
+    if contexts.count(contexts[0]) == len(contexts):
+        return readings, contexts
+    rank: dict[Context, int] = {}
+    keys = [rank.setdefault(c, len(rank)) for c in contexts]
+    if all(a <= b for a, b in itertools.pairwise(keys)):
+        return readings, contexts
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [readings[i] for i in order], [contexts[i] for i in order]
+
+
+def _ms(us: int) -> bytes:
+    """An offset in microseconds as milliseconds: ``12``, ``12.5``, ``-0.001``."""
+    if us % 1000 == 0:
+        return b"%d" % (us // 1000)
+    return (b"%.3f" % (us / 1000)).rstrip(b"0")
+
+
+#: The members of a poll object that hold or describe its values one by one.
+_PER_VALUE = ("seq", "values", "value_list", "tag_index", "tag_list", "tags", "dt", "ctx")
+
+
+def _values_of(poll: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """A stored poll's values and how their tags are named: ``{"tags": [...]}``,
+    ``{"tag_list": [...]}`` or ``{"tag_index": i}`` (a poll buffered by schema 2 with
+    ``values`` keyed by tag reads as ``tags``)."""
+    if "values" in poll:
+        return list(poll["values"].values()), {"tags": list(poll["values"])}
+    values = poll["value_list"]
+    for key in ("tags", "tag_list"):
+        if key in poll:
+            return values, {key: poll[key]}
+    return values, {"tag_index": poll.get("tag_index", 0)}
+
+
+def _rebase(points: list[list[Any]], start: int, end: int, before: Any) -> list[list[Any]]:
+    """Change points ``[from index, x]`` for the values ``start..end-1`` of a poll, counted
+    from ``start``; ``before`` is what applies ahead of the first point."""
+    at_start = before
+    for index, x in points:
+        if index <= start:
+            at_start = x
+    out = [] if at_start is None else [[0, at_start]]
+    return out + [[i - start, x] for i, x in points if start < i < end]
+
+
+def cut_poll(poll: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+    """Values ``start..end-1`` of a stored poll as a poll of their own: same values, seqs,
+    tags, times and contexts (its ``seq``, ``tag_index``, ``tag_list``, ``tags``, ``dt``
+    and ``contexts`` moved on)."""
+    values, naming = _values_of(poll)
+    out = {k: v for k, v in poll.items() if k not in _PER_VALUE}
+    out["seq"] = poll["seq"] + start
+    if type(poll.get("ctx")) is list:
+        ctx = [p for p in _rebase(poll["ctx"], start, end, None) if p != [0, None]]
+        if len(ctx) == 1 and ctx[0][0] == 0:
+            out["ctx"] = ctx[0][1]
+        elif ctx:
+            out["ctx"] = ctx
+    elif "ctx" in poll:
+        out["ctx"] = poll["ctx"]
+    if "tag_index" in naming:
+        if naming["tag_index"] + start:
+            out["tag_index"] = naming["tag_index"] + start
+    else:
+        ((key, names),) = naming.items()
+        out[key] = names[start:end]
+    if "dt" in poll:
+        dt = [p for p in _rebase(poll["dt"], start, end, 0) if p != [0, 0]]
+        if dt:
+            out["dt"] = dt
+    out["value_list"] = values[start:end]
+    return out
+
+
 def split_polls(body: bytes, per_part: int) -> list[tuple[int, int, float, bytes]]:
     """A stored body of poll objects cut into parts of at most ``per_part`` values each:
     (first seq, last seq, oldest ts, body). Same values, same seqs, same members, same form
-    (a part of a positional poll is positional, its ``tag_index`` moved on as its ``seq``);
-    for the rare message the broker will not take whole, so it may decode."""
+    (:func:`cut_poll`); for the rare message the broker will not take whole, so it may
+    decode."""
     polls: list[dict[str, Any]] = orjson.loads(b"[" + body + b"]")
-    # (poll, position in it, tag or None (positional), value) for every value, in seq order
-    entries: list[tuple[int, int, str | None, Any]] = []
+    # (poll, position in it) for every value, in seq order
+    entries: list[tuple[int, int]] = []
     for p, poll in enumerate(polls):
-        if "values" in poll:
-            entries += [(p, i, tag, v) for i, (tag, v) in enumerate(poll["values"].items())]
-        else:
-            entries += [(p, i, None, v) for i, v in enumerate(poll["value_list"])]
+        entries += [(p, i) for i in range(len(_values_of(poll)[0]))]
     parts = []
     for start in range(0, len(entries), per_part):
         group = entries[start : start + per_part]
         objects = []
+        times = []
         for p, run in itertools.groupby(group, key=lambda e: e[0]):
-            values = list(run)
-            poll, offset = polls[p], values[0][1]
-            changed: dict[str, Any]
-            if "values" in poll:
-                changed = {"values": {tag: value for _, _, tag, value in values}}
-            else:
-                changed = {
-                    "tag_index": poll["tag_index"] + offset,
-                    "value_list": [value for *_, value in values],
-                }
-            objects.append(orjson.dumps({**poll, "seq": poll["seq"] + offset, **changed}))
+            offsets = [i for _, i in run]
+            cut = cut_poll(polls[p], offsets[0], offsets[-1] + 1)
+            objects.append(orjson.dumps(cut))
+            dt = cut.get("dt", [])
+            ms = [x for _, x in dt] + ([0] if not dt or dt[0][0] else [])
+            times.append(datetime.fromisoformat(cut["ts"]).timestamp() + min(ms) / 1000)
         first = polls[group[0][0]]["seq"] + group[0][1]
-        oldest = min(datetime.fromisoformat(polls[p]["ts"]).timestamp() for p, *_ in group)
-        parts.append((first, first + len(group) - 1, oldest, b",".join(objects)))
+        parts.append((first, first + len(group) - 1, min(times), b",".join(objects)))
     return parts
 
 
 def keyed_polls(body: bytes, device: str, meta: str, order: Sequence[str]) -> bytes | None:
-    """A stored body with the positional polls of that device and meta version rewritten in
-    the keyed form (same values, same seqs, the other members as they were); None if it has
-    none. For a version whose metadata the broker refused: consumers could never resolve
-    them. Rare, so it may decode."""
+    """A stored body with the positional polls of that device and meta version rewritten
+    with their tags by name (``tags``; same values, same seqs, the other members as they
+    were); None if it has none. For a version whose metadata the broker refused: consumers
+    could never resolve them. Rare, so it may decode."""
     polls: list[dict[str, Any]] = orjson.loads(b"[" + body + b"]")
     changed = False
     for i, poll in enumerate(polls):
-        if "tag_index" in poll and poll["device"] == device and poll.get("meta") == meta:
-            start = poll.pop("tag_index")
-            values = poll.pop("value_list")
-            poll["values"] = dict(zip(order[start:], values, strict=False))
-            polls[i] = poll
-            changed = True
+        if poll["device"] != device or poll.get("meta") != meta or "values" in poll:
+            continue
+        if "tags" in poll:
+            continue
+        values = poll["value_list"]
+        if "tag_list" in poll:
+            names = [order[j] for j in poll.pop("tag_list")]
+        else:
+            start = poll.pop("tag_index", 0)
+            names = list(order[start : start + len(values)])
+        rest = {k: v for k, v in poll.items() if k != "value_list"}
+        polls[i] = {**rest, "tags": names, "value_list": values}
+        changed = True
     return b",".join(orjson.dumps(p) for p in polls) if changed else None
 
 
@@ -523,9 +669,10 @@ def build_message(collector_id: str, items: bytes, key: bytes = b"readings") -> 
 
 
 def envelope(collector_id: str, outbox: str, items: bytes, key: bytes = b"polls") -> bytes:
-    """A schema-2 message around comma-separated JSON objects: ``polls`` (stored poll
-    objects, joined as stored) or ``units``."""
-    head = orjson.dumps({"schema": SCHEMA_VERSION, "collector": collector_id, "outbox": outbox})
+    """A message around comma-separated JSON objects: ``polls`` (stored poll objects, joined
+    as stored: schema 3) or ``units`` (schema 2)."""
+    schema = READINGS_SCHEMA if key == b"polls" else SCHEMA_VERSION
+    head = orjson.dumps({"schema": schema, "collector": collector_id, "outbox": outbox})
     return head[:-1] + b',"' + key + b'":[' + items + b"]}"
 
 

@@ -4,13 +4,15 @@ one idea; consumers import everything from :mod:`contract.decode`."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
 import orjson
 
-SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSIONS = (1, 2, 3)
 
 Value = bool | int | float | str | None
 
@@ -31,6 +33,8 @@ class ContractError(ValueError):
     tag-metadata version the decoder was not given: the message is otherwise valid; park it
     and decode it again once that version arrived on ``meta/{device}``). With
     ``unknown_meta``, ``missing`` lists every (collector, device, meta) the message waits for.
+    ``duplicate_key``: an object of the message names a key twice (every JSON parser keeps
+    only one of the two values, so a reading would be lost silently).
     """
 
     def __init__(
@@ -54,14 +58,55 @@ def _load(payload: bytes) -> dict[str, Any]:
         raise ContractError("", f"not JSON ({exc})", "json") from None
     if type(doc) is not dict:
         raise ContractError("", "not a JSON object", "json")
+    check_keys(payload, count_keys(doc))
     return doc
+
+
+#: A key's end in JSON text: a quote, blanks, a colon. Every key of a document ends so; text
+#: inside a string can match too (``"a\":b"``, ``":x"``), so the count is never below the
+#: number of keys written, and equals it in the collector's messages.
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')
+_NESTED = (dict, list)
+
+
+def count_keys(node: Any) -> int:
+    """How many keys the parsed document holds (a repeated key counts once: the parser kept
+    one of its values)."""
+    if type(node) is dict:
+        return len(node) + sum(count_keys(v) for v in node.values() if type(v) in _NESTED)
+    return sum(count_keys(v) for v in node if type(v) in _NESTED)
+
+
+def check_keys(payload: bytes, parsed_keys: int) -> None:
+    """Raise ContractError (kind ``duplicate_key``) if the JSON text names a key twice in one
+    object. orjson, like every parser, keeps the last value of a repeated key, so the check
+    is explicit: the text's key count (one regular-expression scan in C) against the parsed
+    document's; only when they differ (a repeat, or key-like text inside a string) does the
+    slow exact check run (the standard library's parser, seeing each object's pairs)."""
+    if len(_KEY_END.findall(payload)) == parsed_keys:
+        return
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise ContractError(
+                    "",
+                    f"the key {_show(key)} appears twice in one object (a JSON parser keeps "
+                    "only one of the two values)",
+                    "duplicate_key",
+                )
+            seen[key] = value
+        return seen
+
+    json.loads(payload, object_pairs_hook=pairs)
 
 
 def _schema(doc: dict[str, Any]) -> int:
     schema = doc.get("schema")
     if type(schema) is not int or schema not in SCHEMA_VERSIONS:
         what = "missing" if schema is None else f"unsupported version {_show(schema)}"
-        raise ContractError("schema", f"{what} (known: 1, 2)", "schema")
+        raise ContractError("schema", f"{what} (known: 1, 2, 3)", "schema")
     return schema
 
 

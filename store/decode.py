@@ -29,6 +29,8 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from contract.decode import ContractError, Poll, decode_polls
+from contract.decode import shifted as _shifted
+from contract.fields import check_keys
 
 #: A reading's context as the store keys it: the unit context's fields
 #: (contract.records.CONTEXT_FIELDS) in the order of the ``contexts`` table, whose ``key``
@@ -56,6 +58,8 @@ _PHASES = frozenset({None, "test", "after"})
 _SCALARS = frozenset({bool, int, float, str, type(None)})
 _WRAPPED_QUALITIES = frozenset({"bad", "uncertain"})
 _POSITIONAL = ("tag_index", "value_list")
+_NAMING3 = ("value_list", "tags", "tag_list", "tag_index")
+_PER_VALUE3 = (*_NAMING3, "dt", "ctx")
 _SCHEMA1_HEAD = b'{"schema":1'  # also 10, 1.5...: the reference decoder names those
 
 
@@ -66,7 +70,8 @@ class Run(NamedTuple):
     ts: str
     device: str
     meta: str | None
-    context: CtxKey
+    #: The context; a schema-3 run names its version (``ctx``) until the writer resolved it.
+    context: CtxKey | str
     #: The tags of a keyed poll (its ``values`` object: iterating gives the keys); None for
     #: a positional poll, whose tags are ``order[tag_index:]`` of its meta version.
     tags: Collection[str] | None
@@ -87,6 +92,16 @@ class Decoded:
     polls: list[Poll] = field(default_factory=list)
     #: (device, meta) of every positional run: what the writer must know to resolve them.
     needs: set[tuple[str, str]] = field(default_factory=set)
+    #: The unit-context versions (``ctx``) its runs name: the writer resolves them
+    #: (:meth:`resolved`) before it builds rows.
+    contexts_needed: set[str] = field(default_factory=set)
+
+    def resolved(self, contexts: dict[str, CtxKey]) -> None:
+        """Each run's context version id replaced by the context it names."""
+        self.runs = [
+            r._replace(context=contexts[r.context]) if type(r.context) is str else r
+            for r in self.runs
+        ]
 
     @property
     def count(self) -> int:
@@ -142,7 +157,7 @@ class Decoder:
         if schema == 1 and type(schema) is int:
             message = decode_polls(payload)  # raises ContractError itself
             return Decoded(message.collector, message.outbox, polls=message.polls)
-        if schema != 2 or type(schema) is not int:
+        if schema not in (2, 3) or type(schema) is not int:
             raise _Refused
         collector, outbox, polls = doc.get("collector"), doc.get("outbox"), doc.get("polls")
         if type(collector) is not str or not collector or type(polls) is not list:
@@ -155,11 +170,24 @@ class Decoder:
             self._outboxes[outbox] = None
         decoded = Decoded(collector, outbox)
         add = decoded.runs.append
+        keys = len(doc)  # the keys orjson kept: a repeated key is one less than written
+        read = self._runs2 if schema == 2 else self._runs3
         for poll in polls:
-            run = self._run(poll)
-            if run.tags is None:
-                decoded.needs.add((run.device, run.meta))  # type: ignore[arg-type]
-            add(run)
+            for run in read(poll):
+                if run.tags is None:
+                    decoded.needs.add((run.device, run.meta))  # type: ignore[arg-type]
+                if type(run.context) is str:
+                    decoded.contexts_needed.add(run.context)
+                if not run.plain:
+                    keys += sum(len(v) for v in run.values if type(v) is dict)
+                add(run)
+            keys += len(poll)
+            if "values" in poll:
+                keys += len(poll["values"])
+        try:
+            check_keys(payload, keys)
+        except ContractError:
+            raise _Refused from None
         return decoded
 
     def _run(self, poll: Any) -> Run:
@@ -202,6 +230,123 @@ class Decoder:
             raise _Refused
         return Run(seq, ts, device, meta, context, None, index, values, _plain(values))
 
+    def _runs2(self, poll: Any) -> list[Run]:
+        return [self._run(poll)]
+
+    def _runs3(self, poll: Any) -> list[Run]:
+        """A schema-3 poll object as runs of values that share their time, context and a
+        contiguous slice of tags: one run in the usual case (one request, or several read
+        at one time, by ``tag_index`` or ``tags``)."""
+        if type(poll) is not dict:
+            raise _Refused
+        if "values" in poll:  # buffered by a schema-2 collector
+            if any(key in poll for key in _NAMING3) or "dt" in poll or "contexts" in poll:
+                raise _Refused
+            return [self._run(poll)]
+        values = poll.get("value_list")
+        if type(values) is not list:
+            raise _Refused
+        count = len(values)
+        ctx = poll.get("ctx")
+        if type(ctx) is list or "dt" in poll or "tag_list" in poll:
+            return self._cut3(poll, values, count)
+        head = self._run({**{k: v for k, v in poll.items() if k not in _NAMING3}, "values": {}})
+        if "ctx" in poll:
+            if not _is_ctx(ctx) or any(k in poll for k in CTX_KEY_FIELDS):
+                raise _Refused
+            head = head._replace(context=str(ctx))
+        tags = poll.get("tags")
+        if "tags" in poll:
+            if "tag_index" in poll or type(tags) is not list or len(tags) != count:
+                raise _Refused
+            if set(map(type, tags)) - {str}:
+                raise _Refused
+            return [head._replace(tags=tags, values=values, plain=_plain(values))]
+        index = poll.get("tag_index", 0)
+        if type(index) is not int or index < 0 or head.meta is None:
+            raise _Refused
+        return [head._replace(tags=None, tag_index=index, values=values, plain=_plain(values))]
+
+    def _cut3(self, poll: dict[str, Any], values: list[Any], count: int) -> list[Run]:
+        """A poll with change points (``dt``, ``contexts``) or a ``tag_list``: one run per
+        stretch of values with one time, one context and consecutive tag positions."""
+        ctx = poll.get("ctx")
+        if "ctx" in poll and (
+            any(k in poll for k in CTX_KEY_FIELDS) or (type(ctx) is not list and not _is_ctx(ctx))
+        ):
+            raise _Refused
+        if "dt" in poll and type(poll["dt"]) is not list:
+            raise _Refused
+        base = {k: v for k, v in poll.items() if k not in _PER_VALUE3}
+        head = self._run({**base, "values": {}})
+        points: dict[int, dict[str, Any]] = {}
+        for key in ("dt", "ctx"):
+            listed = poll.get(key, ())
+            if type(listed) is not list:
+                continue  # a ctx of one version: the head's
+            last = -1
+            for point in listed:
+                if type(point) is not list or len(point) != 2:
+                    raise _Refused
+                index, x = point
+                if type(index) is not int or not last < index < count:
+                    raise _Refused
+                if key == "dt" and type(x) not in (int, float):
+                    raise _Refused
+                if key == "ctx" and x is not None and not _is_ctx(x):
+                    raise _Refused
+                points.setdefault(index, {})[key] = x
+                last = index
+        names = poll.get("tags")
+        indexes = poll.get("tag_list")
+        if (names is not None) + (indexes is not None) + ("tag_index" in poll) > 1:
+            raise _Refused
+        for listed in (names, indexes):
+            if listed is not None and (type(listed) is not list or len(listed) != count):
+                raise _Refused
+        if names is not None and set(map(type, names)) - {str}:
+            raise _Refused
+        if indexes is not None and (
+            set(map(type, indexes)) - {int} or (indexes and min(indexes) < 0)
+        ):
+            raise _Refused
+        if names is None and head.meta is None:
+            raise _Refused
+        start = poll.get("tag_index", 0)
+        if type(start) is not int or start < 0:
+            raise _Refused
+        runs: list[Run] = []
+        context: CtxKey | str = head.context if type(ctx) is not str else ctx
+        ts, run_start = head.ts, 0
+        for i in range(count + 1):
+            change = points.get(i)
+            cut = i == count or change is not None
+            if not cut and indexes is not None:
+                cut = indexes[i] != indexes[i - 1] + 1
+            if not cut:
+                continue
+            if i > run_start:
+                part = values[run_start:i]
+                runs.append(
+                    head._replace(
+                        seq=head.seq + run_start,
+                        ts=ts,
+                        context=context,
+                        tags=None if names is None else names[run_start:i],
+                        tag_index=start + run_start if indexes is None else indexes[run_start],
+                        values=part,
+                        plain=_plain(part),
+                    )
+                )
+            run_start = i
+            if change is not None:
+                if "dt" in change:
+                    ts = head.ts if not change["dt"] else _shifted(head.ts, change["dt"])
+                    self._check_time(ts)
+                if "ctx" in change:
+                    context = change["ctx"] if change["ctx"] is not None else _NO_CONTEXT
+        return runs
+
     def _check_time(self, ts: object) -> None:
         if type(ts) is not str or "T" not in ts:
             raise _Refused
@@ -214,6 +359,14 @@ class Decoder:
         if len(self._times) > 10_000:
             self._times.clear()
         self._times[ts] = None
+
+
+_NO_CONTEXT: CtxKey = (None, None, None, None, None, None, False)
+
+
+def _is_ctx(value: object) -> bool:
+    """A unit-context version id: 12 lowercase hex digits."""
+    return type(value) is str and len(value) == 12 and set(value) <= _HEX
 
 
 def _plain(values: Sequence[Any]) -> int:
@@ -249,12 +402,12 @@ def _is_positional(poll: object) -> bool:
 
 def explain(payload: bytes) -> ContractError | None:
     """What is wrong with a readings message, in the reference decoder's words; None when
-    nothing is. A poll whose meta version is unknown is not wrong (the store parks it); the
-    reference decoder checks its values all the same."""
+    nothing is. A poll whose meta or context version is unknown is not wrong (the store
+    parks it); the reference decoder checks its values all the same."""
     try:
         decode_polls(payload)
     except ContractError as exc:
-        return None if exc.kind == "unknown_meta" else exc
+        return None if exc.kind in ("unknown_meta", "unknown_context") else exc
     except _CRASHES as exc:
         return unexpected(exc)
     return None

@@ -28,14 +28,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import sqlalchemy as sa
 
-from contract.decode import ContractError, FlatUnit, decode_units
+from contract.decode import ContractError, FlatUnit, decode_context, decode_units
 from store.announce import Note, parse_gaps
-from store.decode import CtxKey, Decoded, Decoder, unexpected
+from store.decode import CTX_KEY_FIELDS, CtxKey, Decoded, Decoder, unexpected
 from store.episodes import Episodes
 from store.gaps import StreamState
 from store.metabook import (
@@ -58,6 +58,7 @@ log = logging.getLogger("store.ingest")
 
 META = "meta"
 GAPS = "gaps"
+CONTEXT = "context"
 _CACHE_LIMIT = 100_000
 
 #: (collector, outbox, kind): one stream of the gap audit.
@@ -130,11 +131,24 @@ def _add_meta(batch: _Batch, meta: MetaVersion, message: Incoming) -> None:
 
 
 def topic_kind(topic: str) -> str | None:
-    """readings, units, gaps or meta (``.../meta/{device}``), from the topic's last levels."""
-    levels = topic.rsplit("/", 2)
-    if len(levels) == 3 and levels[1] == META:
+    """readings, units, gaps, meta (``.../meta/{device}``) or context
+    (``.../context/{station}``, ``.../context/{station}/{slot}``), from the topic's last
+    levels."""
+    levels = topic.split("/")
+    if len(levels) >= 2 and levels[-2] == META:
         return META
+    if _context_level(levels):
+        return CONTEXT
     return levels[-1] if levels[-1] in (READINGS, UNITS, GAPS) else None
+
+
+def _context_level(levels: list[str]) -> int:
+    """The index (from the end) of the collector's level in a context topic; 0: not one."""
+    if len(levels) >= 3 and levels[-2] == CONTEXT:
+        return -3
+    if len(levels) >= 4 and levels[-3] == CONTEXT:
+        return -4
+    return 0
 
 
 @dataclass(slots=True)
@@ -148,8 +162,11 @@ class _Batch:
     meta_messages: dict[MetaKey, Incoming] = field(default_factory=dict)
     #: (message, kind, reason) of each message quarantined.
     bad: list[tuple[Incoming, str, str]] = field(default_factory=list)
-    #: (message, the meta version it waits for) of each message parked.
+    #: (message, the meta version it waits for) of each message parked; one waiting for a
+    #: unit-context version waits for (collector, "", ctx).
     parked: list[tuple[Incoming, MetaKey]] = field(default_factory=list)
+    #: (collector, ctx) -> the context, of each unit-context version in the batch.
+    contexts: dict[tuple[str, str], CtxKey] = field(default_factory=dict)
     #: The topic base (topic minus its last level) each stream came in under.
     bases: dict[StreamKey, str] = field(default_factory=dict)
     #: A collector's word about seqs it will never send (store.announce).
@@ -182,6 +199,8 @@ class Writer:
         #: Meta versions as the database holds them (filled from it only: what a poll is
         #: resolved through never differs between this process and the database).
         self._metas: dict[MetaKey, MetaVersion] = {}
+        #: Unit-context versions known to be in the database: (collector, ctx) -> context.
+        self._contexts: dict[tuple[str, str], CtxKey] = {}
         self._decoder = Decoder()
         self._ts_memo: dict[str, Any] = {}
         self._swept = False
@@ -212,6 +231,7 @@ class Writer:
         self._ids.clear()
         self._metas.clear()
         self.quarantine.forget()
+        self._contexts.clear()
 
     def close(self) -> None:
         if self._raw is not None:
@@ -297,6 +317,7 @@ class Writer:
         with self._rolled_back_on_error(conn):
             self._check_metas(conn, sorted_, result)
             self._check_positional(conn, sorted_, result)
+            self._check_contexts(conn, sorted_, result)
             now = datetime.now(UTC)
             try:
                 rows = self._rows(sorted_)
@@ -336,12 +357,19 @@ class Writer:
             )
             for meta in sorted_.metas.values():
                 self._meta(cur, meta, now)
+            for (collector, ctx), members in sorted_.contexts.items():
+                cur.execute(
+                    self._sql["ctxv_add"],
+                    (collector, ctx, orjson.dumps(members).decode(), self._time(now)),
+                )
             for message, kind, reason in sorted_.bad:
                 self._quarantine(cur, message, kind, reason, now)
             for message, key in sorted_.parked:
-                qid = self._quarantine(
-                    cur, message, "unknown_meta", parked_reason(key), now, whole=True
-                )
+                kind, reason = (
+                    ("unknown_context", _context_reason(key)) if not key[1]
+                    else ("unknown_meta", parked_reason(key))
+                )  # fmt: skip
+                qid = self._quarantine(cur, message, kind, reason, now, whole=True)
                 cur.execute(self._sql["park"], (qid, *key))
             if sorted_.parked or self._parking_due():
                 result.dropped = self._bound_parking(cur, now)
@@ -368,11 +396,18 @@ class Writer:
             # Insert-or-ignore: what the database holds now (this batch's or one stored
             # before) is read back when next needed, never assumed.
             self._metas.pop(key, None)
-        arrived = set(sorted_.metas)
+        if len(self._contexts) > _CACHE_LIMIT:
+            self._contexts.clear()
+        self._contexts.update(sorted_.contexts)
+        arrived = set(sorted_.metas) | {(c, "", ctx) for c, ctx in sorted_.contexts}
         for key in {key for _, key in sorted_.parked}:
             # Stored by another store process meanwhile? Then its unpark may have run
             # before this park was committed: look again now that it is.
-            if self._version(conn, key, {}) is not None:
+            found = (
+                self._context(conn, (key[0], key[2]), {}) if not key[1]
+                else self._version(conn, key, {})
+            )  # fmt: skip
+            if found is not None:
                 arrived.add(key)
         return result, arrived
 
@@ -490,6 +525,14 @@ class Writer:
                     meta = parse_meta(message.payload)
                     _same_collector(message.topic, kind, meta.collector)
                     _add_meta(out, meta, message)
+                elif kind == CONTEXT:
+                    if not message.payload:
+                        continue  # a retained context cleared: nothing to keep
+                    version = decode_context(message.payload)
+                    _same_collector(message.topic, kind, version["collector"])
+                    out.contexts[(version["collector"], version["ctx"])] = tuple(
+                        version[name] for name in CTX_KEY_FIELDS
+                    )
                 elif kind == GAPS:
                     notes = parse_gaps(message.payload)
                     for note in notes:
@@ -577,6 +620,42 @@ class Writer:
                 continue
             kept.append((message, decoded))
         batch.readings = kept
+
+    def _check_contexts(self, conn: Any, batch: _Batch, result: BatchResult) -> None:
+        """Resolve the unit-context versions schema-3 polls name: a message naming one not
+        received yet is parked (like an unknown meta version, waiting for
+        (collector, "", ctx)); the others have their runs' contexts filled in."""
+        kept: list[tuple[Incoming, Decoded]] = []
+        for message, decoded in batch.readings:
+            if not decoded.contexts_needed:
+                kept.append((message, decoded))
+                continue
+            found: dict[str, CtxKey] = {}
+            missing = None
+            for ctx in sorted(decoded.contexts_needed):
+                context = self._context(conn, (decoded.collector, ctx), batch.contexts)
+                if context is None:
+                    missing = (decoded.collector, "", ctx)
+                    break
+                found[ctx] = context
+            if missing is not None:
+                batch.parked.append((message, missing))
+                result.parked.append(_context_reason(missing))
+                continue
+            decoded.resolved(found)
+            kept.append((message, decoded))
+        batch.readings = kept
+
+    def _context(
+        self, conn: Any, key: tuple[str, str], batch: dict[tuple[str, str], CtxKey]
+    ) -> CtxKey | None:
+        """A unit-context version: this batch's, the cache's, or the database's."""
+        context = batch.get(key) or self._contexts.get(key)
+        if context is None:
+            rows = self._select(self._sql["ctxv_get"], key, conn)
+            if rows:
+                context = self._contexts[key] = tuple(orjson.loads(rows[0][0]))
+        return context
 
     def _run_problem(
         self, conn: Any, decoded: Decoded, metas: dict[MetaKey, MetaVersion]
@@ -764,8 +843,9 @@ class Writer:
         for _, msg in batch.readings:
             streams.add((msg.collector, msg.outbox, READINGS))
             for run in msg.runs:
-                if run.context not in ids.contexts:
-                    contexts[run.context] = None
+                context = cast(CtxKey, run.context)  # resolved (_check_contexts)
+                if context not in ids.contexts:
+                    contexts[context] = None
                 if run.tags is None:
                     key = (msg.collector, run.device, run.meta or "")
                     version = None if key in ids.orders else self._version(conn, key, batch.metas)
@@ -875,7 +955,7 @@ def _same_collector(topic: str, kind: str, collector: str) -> None:
     checked and a payload naming another collector is forged (issue 23: another client's
     values won under the victim's id)."""
     levels = topic.split("/")
-    at = -3 if kind == META else -2
+    at = -3 if kind == META else _context_level(levels) if kind == CONTEXT else -2
     topic_id = levels[at] if len(levels) >= -at else ""
     if topic_id != collector:
         raise ContractError(
@@ -883,6 +963,10 @@ def _same_collector(topic: str, kind: str, collector: str) -> None:
             f"{collector[:64]!r} published under the topic of collector {topic_id[:64]!r}",
             "identity",
         )
+
+
+def _context_reason(key: MetaKey) -> str:
+    return f"unit context version {key[2]} of {key[0]} not received yet: parked until it arrives"
 
 
 def _bad_topic(topic: str) -> ContractError:

@@ -68,6 +68,8 @@ def topic_filters(config: MqttConfig) -> list[str]:
         # Retained tag metadata: brokers send no retained messages to shared subscriptions,
         # and writing it twice is harmless, so every store process takes all of it.
         f"{prefix}/+/+/+/meta/+",
+        # Retained unit-context versions (schema 3), the same way.
+        f"{prefix}/+/+/+/context/#",
     ]
 
 

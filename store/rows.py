@@ -127,7 +127,8 @@ def _reading_rows(ids: Ids, msg: Decoded, ts_value: Callable[[str], Any], out: B
         n = len(run.values)
         if not n:
             continue
-        seq, ts, ctx = run.seq, ts_value(run.ts), contexts[run.context]
+        # Resolved by the writer before rows are built (store.decode.Decoded.resolved).
+        seq, ts, ctx = run.seq, ts_value(run.ts), contexts[cast(CtxKey, run.context)]
         sids: Sequence[int] | Iterable[int]
         if run.tags is None:
             order = ids.orders[(collector, run.device, run.meta or "")]

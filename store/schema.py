@@ -238,7 +238,8 @@ quarantine = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("topic", sa.Text, nullable=False),
-    # json / schema / field / topic / database / unknown_meta (parked: see ``parked``)
+    # json / schema / field / topic / database / duplicate_key / identity / unknown_meta or
+    # unknown_context (parked: see ``parked``)
     sa.Column("kind", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
@@ -259,6 +260,21 @@ metas = sa.Table(
     sa.Column("tags", sa.Text, nullable=False),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.PrimaryKeyConstraint("collector", "device", "meta", name="metas_pkey"),
+)
+
+#: Every unit-context version a collector published (``.../context/{station}``, schema 3):
+#: ``members`` is the CTX_KEY_FIELDS tuple (store.decode) as JSON, the key of its
+#: ``contexts`` row. A schema-3 poll names its context by ``ctx``, resolved through this
+#: whenever the poll arrives; one that names a version not received yet is parked like an
+#: unknown meta version (``parked`` with ``device`` empty and ``meta`` the ctx).
+context_versions = sa.Table(
+    "context_versions",
+    metadata,
+    sa.Column("collector", sa.Text, nullable=False),
+    sa.Column("ctx", sa.Text, nullable=False),
+    sa.Column("members", sa.Text, nullable=False),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("collector", "ctx", name="context_versions_pkey"),
 )
 
 #: Readings messages parked in ``quarantine`` (kind ``unknown_meta``, payload kept whole)

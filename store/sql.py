@@ -95,7 +95,13 @@ def statements(sqlite: bool) -> dict[str, str]:
         f"LIMIT {UNPARK_CHUNK}",
         "parked_ready": "SELECT DISTINCT p.collector, p.device, p.meta FROM parked p "
         "JOIN metas m ON m.collector = p.collector AND m.device = p.device "
-        "AND m.meta = p.meta",
+        "AND m.meta = p.meta UNION SELECT DISTINCT p.collector, p.device, p.meta FROM parked p "
+        "JOIN context_versions c ON p.device = '' AND c.collector = p.collector "
+        "AND c.ctx = p.meta",
+        # Unit-context versions (schema 3); parked messages waiting for one have device ''.
+        "ctxv_add": f"{ignore} context_versions (collector, ctx, members, received_at) "
+        f"VALUES (?, ?, ?, ?){tail}",
+        "ctxv_get": "SELECT members FROM context_versions WHERE collector = ? AND ctx = ?",
         # The parking bounds (store.parking): the totals, then the oldest rows past a bound.
         "parked_totals": "SELECT count(*), coalesce(sum(q.payload_bytes), 0), "
         "min(q.received_at) FROM parked p JOIN quarantine q ON q.id = p.quarantine_id",

@@ -26,7 +26,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.service import Service
-from contract.decode import FlatReading, MetaBook, decode_readings
+from contract.decode import ContextBook, FlatReading, MetaBook, decode_readings
 from drivers.modbus.sim import codecs
 
 if TYPE_CHECKING:
@@ -237,15 +237,25 @@ class Subscriber:
     def readings(self) -> list[dict[str, Any]]:
         """One dict per reading (contract.decode.FlatReading's fields), whatever the
         schema, read with the reference decoder; positional polls resolved with the tag
-        metadata received on meta/{device} (subscribe to it too: the line's ``#``)."""
-        book = self.meta_book()
+        metadata received on meta/{device} and the unit contexts on context/# (subscribe to
+        them too: the line's ``#``)."""
+        book, contexts = self.meta_book(), self.context_book()
         with self._lock:
             payloads = [p for t, p, _ in self.messages if t.endswith("/readings")]
         return [
             {name: getattr(r, name) for name in FlatReading.__slots__}
             for payload in payloads
-            for r in decode_readings(payload, book)
+            for r in decode_readings(payload, book, contexts)
         ]
+
+    def context_book(self) -> ContextBook:
+        """Every unit-context version received (retained or not), for decode_readings."""
+        book = ContextBook()
+        with self._lock:
+            for topic, payload, _ in self.messages:
+                if "/context/" in topic:
+                    book.add(payload)
+        return book
 
     def meta_book(self) -> MetaBook:
         """Every tag-metadata version received (retained or not), for decode_readings."""

@@ -84,3 +84,22 @@ def test_handover_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     (heal,) = runs["heal"]
     assert heal["hole_readings"] >= 500
     assert heal["collector_resent"] >= heal["hole_readings"]
+
+
+def test_wire_benchmark_runs_every_shape_on_real_servers() -> None:
+    """bench.wire (issue 24's byte targets) on a few seconds of each shape: every reading
+    it got decoded (contexts and metadata resolved), figures printed, none asserted."""
+    require_mosquitto()
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.wire", "--seconds", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    shapes = [line for line in result.stdout.splitlines() if line.startswith("{'shape'")]
+    assert [line.split("'")[3] for line in shapes] == ["grid", "tester", "rack", "wide"]
+    assert all("'wire_bytes_per_reading'" in line and "'readings': 0," not in line
+               for line in shapes)  # fmt: skip

@@ -15,10 +15,13 @@ from collector.buffer.inspection import readings_of
 from collector.buffer.schema import HINT_RESERVE_UNITS, SeqHint
 from collector.config import Synchronous
 from contract.codes import ErrorCode
+from contract.decode import ContextBook
 from contract.encode import PollEncoder, ReadingEncoder, build_message, envelope, with_seq
 from contract.records import Context, ContextChanges, Reading, UnitRecord
 
 ENCODER = PollEncoder()
+#: The unit-context versions ENCODER's polls named (what a consumer gets on context/#).
+CONTEXTS = ContextBook()
 
 
 def poll(box: Outbox, n: int, start: int = 0, serial: str | None = "SN1") -> list[Batch]:
@@ -36,7 +39,10 @@ def seqs(batches: list[Batch]) -> list[tuple[int, int]]:
 
 def objects(batches: list[Batch]) -> list[dict[str, object]]:
     """One dict per reading of the batches (the stored poll objects, flattened)."""
-    return [o for b in batches for o in readings_of(b.body)]
+    for version, _ in ENCODER.used:
+        CONTEXTS.add(version.message("buffer"))
+    ENCODER.used.clear()
+    return [o for b in batches for o in readings_of(b.body, contexts=CONTEXTS)]
 
 
 def test_append_take_ack_in_order(tmp_path: Path) -> None:
@@ -134,38 +140,32 @@ def test_message_joins_the_stored_readings_with_their_seq(tmp_path: Path) -> Non
     box.append([make_batch(ENCODER, 1, "dev", readings, contexts)])
     body = b",".join(b.body for b in box.take(0, 10, 1 << 20))
     message = json.loads(envelope("pc1", box.outbox_id, body))
-    assert message["schema"] == 2
+    assert message["schema"] == 3
     assert message["collector"] == "pc1"
     assert message["outbox"] == box.outbox_id
     assert len(box.outbox_id) == 16
-    # One object per run of readings sharing ts and context; null members left out.
+    # One object for the whole poll: each value's time as an offset (ms) where it differs
+    # from the poll's ts, each one's context by its version id; null members left out.
+    with_unit, without = ENCODER.version(unit), ENCODER.version(contexts[2])
+    assert with_unit is not None
+    assert without is not None
     assert message["polls"] == [
         {
             "seq": 1,
             "ts": "2023-11-14T22:13:20Z",
             "device": "dev",
-            "station": "st",
-            "unit_serial": "SN1",
-            "operation": "op",
-            "values": {"t0": 0.0},
+            "ctx": [[0, with_unit.ctx], [2, without.ctx]],
+            "tags": ["t0", "t1", "temp"],
+            "dt": [[1, 1000], [2, 500]],
+            "value_list": [0.0, 1.0, {"value": None, "quality": "bad", "error": "timeout"}],
         },
-        {
-            "seq": 2,
-            "ts": "2023-11-14T22:13:21Z",
-            "device": "dev",
-            "station": "st",
-            "unit_serial": "SN1",
-            "operation": "op",
-            "values": {"t1": 1.0},
-        },
-        {
-            "seq": 3,
-            "ts": "2023-11-14T22:13:20.500000Z",
-            "device": "dev",
-            "station": "st",
-            "operation": "op",
-            "values": {"temp": {"value": None, "quality": "bad", "error": "timeout"}},
-        },
+    ]
+    assert [
+        (r["seq"], r["ts"], r["tag"], r["unit_serial"]) for r in objects(box.take(0, 9, 1 << 20))
+    ] == [
+        (1, "2023-11-14T22:13:20Z", "t0", "SN1"),
+        (2, "2023-11-14T22:13:21Z", "t1", "SN1"),
+        (3, "2023-11-14T22:13:20.500000Z", "temp", None),
     ]
     box.close()
 

@@ -56,8 +56,9 @@ async def test_versions_are_kept_while_their_readings_are_pending_then_pruned(
         assert stored(box.outbox) == {("dev", v1.meta), ("dev", v2.meta)}
         assert {(d, m) for d, m, _ in box.stored_metas()} == stored(box.outbox)  # the reader
         bodies = [b.body for b in await box.take(0, 100, 1 << 20)]
-        assert b'"meta":"%b","tag_index":0' % v1.meta.encode() in bodies[0]
-        assert b'"meta":"%b","tag_index":0' % v2.meta.encode() in bodies[1]
+        # Positional from the first tag of each version's order (tag_index 0, left out).
+        assert b'"meta":"%b","value_list":' % v1.meta.encode() in bodies[0]
+        assert b'"meta":"%b","value_list":' % v2.meta.encode() in bodies[1]
         # The v1 poll delivered, but the v2 poll committed with the change may still be v1's
         # (the bound is the last seq of that commit): kept.
         await box.ack(1, 2)
@@ -183,11 +184,11 @@ async def test_a_refused_version_has_its_pending_polls_keyed_and_the_next_ones_t
         bodies = [orjson.loads(b.body) for b in await box.take(0, 100, 1 << 20)]
     finally:
         await box.close()
-    assert [(p["seq"], p.get("values"), p.get("tag_index")) for p in bodies] == [
-        (1, {"b": 0, "c": 1}, None),
-        (3, None, 0),  # another device: still positional
-        (4, {"a": 0, "b": 1}, None),
-        (6, {"a": 0}, None),
+    assert [(p["seq"], p.get("tags"), p["value_list"], p.get("tag_index")) for p in bodies] == [
+        (1, ["b", "c"], [0, 1], None),
+        (3, None, [5], None),  # another device: still positional (from tag_index 0)
+        (4, ["a", "b"], [0, 1], None),
+        (6, ["a"], [0], None),
     ]
     assert all(p["meta"] == (v1.meta if p["device"] == "dev" else other.meta) for p in bodies)
-    assert list(bodies[0]) == ["seq", "ts", "device", "meta", "values"]
+    assert list(bodies[0]) == ["seq", "ts", "device", "meta", "tags", "value_list"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from collector.buffer import Outbox, make_batch
+from collector.buffer.writer import context_rows
 from collector.cli import parse_since
 from contract.encode import PollEncoder
 from contract.records import Context, ContextChanges, Reading, UnitRecord
@@ -50,7 +51,8 @@ def buffer(tmp_path: Path) -> Path:
         for first in range(0, 1005, 5)
     ]
     unit = UnitRecord("SN1", "st", "op", 1, 1.7e9, 1.7e9 + 5, "verdict", "pass", None, 3, {})
-    box.append(batches, ContextChanges([unit], {}, {}))
+    contexts = context_rows(encoder, {}, 1005)  # the unit context the polls name, as kept
+    box.append(batches, ContextChanges([unit], {}, {}), contexts=contexts)
     box.ack(6, 10)
     box.split(11, 15, 1)
     box.quarantine(11, "too large")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from contract import encode
-from contract.decode import FlatReading, Poll, decode_polls
+from contract.decode import ContextBook, FlatReading, Poll, decode_context, decode_polls
 from contract.encode import PollEncoder, envelope
 from contract.fields import CONTEXT_CHECKS
 from contract.records import CONTEXT_FIELDS, Context, Reading
@@ -54,11 +54,21 @@ def test_the_stores_context_key_and_table_name_every_field() -> None:
 
 def test_a_set_context_goes_through_encoder_reference_decoder_and_store() -> None:
     context = Context(**SET)  # type: ignore[arg-type]
-    body = PollEncoder().encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [context])
+    encoder = PollEncoder()
+    body = encoder.encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [context])
     payload = envelope("pc1", "0123456789abcdef", body)
-    (poll,) = decode_polls(payload).polls
+    # The context travels as a version (its own message), which names every field.
+    version = encoder.version(context)
+    assert version is not None
+    book = ContextBook()
+    book.add(version.message("pc1"))
+    assert set(decode_context(version.message("pc1"))) >= set(CONTEXT_FIELDS)
+    (poll,) = decode_polls(payload, None, book).polls
     assert {name: getattr(poll, name) for name in CONTEXT_FIELDS} == SET
-    (run,) = Decoder().decode(payload).runs
+    decoded = Decoder().decode(payload)
+    members = decode_context(version.message("pc1"))
+    decoded.resolved({version.ctx: tuple(members[name] for name in CTX_KEY_FIELDS)})  # type: ignore[dict-item]
+    (run,) = decoded.runs
     assert run.context == ctx_key(poll)
     assert dict(zip(CTX_KEY_FIELDS, run.context, strict=True)) == SET
     columns = dict(zip(CTX_KEY_FIELDS, ctx_columns(run.context), strict=True))

@@ -131,7 +131,7 @@ def test_schema2_uncertain_keeps_value_and_slot_may_be_int_or_text() -> None:
         (b"not json", "not JSON", "json"),
         (b"[1,2]", "not a JSON object", "json"),
         ({"collector": "c", "polls": []}, "schema: missing", "schema"),
-        ({"schema": 3, "collector": "c", "polls": []}, "schema: unsupported version 3", "schema"),
+        ({"schema": 4, "collector": "c", "polls": []}, "schema: unsupported version 4", "schema"),
         ({"schema": "2", "collector": "c"}, 'schema: unsupported version "2"', "schema"),
         ({"schema": True, "collector": "c"}, "schema: unsupported version true", "schema"),
         ({**readings2(), "outbox": "ABC"}, "outbox: must be 16 lowercase hex", "field"),

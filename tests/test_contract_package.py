@@ -32,11 +32,17 @@ def _messages() -> list[tuple[str, bytes]]:
     tag = {"type": "float64", "scale": 1.0, "offset": 0.0, "station": "ft-1"}
     tags = {"current": {**tag, "unit": "A"}, "voltage": {**tag, "unit": "V"}}
     meta = DeviceMeta("tester-1", tags)
-    polls = PollEncoder().encode(
+    encoder = PollEncoder()
+    polls = encoder.encode(
         41, "tester-1", [Reading(1.0, "current", 0.52), Reading(1.0, "voltage", 12.1)],
         [CONTEXT, CONTEXT], meta,
     )  # fmt: skip
-    assert b'"tag_index"' in polls  # the positional form: it needs the meta to resolve
+    # By position (it needs the meta to resolve) and naming its context version.
+    assert b'"value_list"' in polls
+    assert b'"tags"' not in polls
+    assert b'"ctx"' in polls
+    version = encoder.version(CONTEXT)
+    assert version is not None
     unit = UnitRecord(
         serial="PV-000106", station="ft-1", operation="functional-test", attempt=1,
         start_ts=0.5, end_ts=1.5, ended_by="verdict", verdict="pass", failure_code=None,
@@ -46,6 +52,7 @@ def _messages() -> list[tuple[str, bytes]]:
     units = with_seq([(7, encode_unit(unit))])
     return [
         (f"{base}/meta/tester-1", meta.message("line1-pc1")),
+        (f"{base}/context/ft-1", version.message("line1-pc1")),
         (f"{base}/readings", envelope("line1-pc1", OUTBOX, polls)),
         (f"{base}/units", envelope("line1-pc1", OUTBOX, units, b"units")),
     ]  # fmt: skip
@@ -73,11 +80,11 @@ def test_docs_show_the_same_example() -> None:
 
 def test_the_json_schemas_ship_in_the_package_and_validate_real_messages() -> None:
     for topic, payload in _messages():
-        kind = re.sub(r".*/(readings|units|meta)(/.*)?$", r"\1", topic)
+        kind = re.sub(r".*/(readings|units|meta|context)(/.*)?$", r"\1", topic)
         schema = contract.json_schema(kind)
         jsonschema.Draft202012Validator(schema).validate(json.loads(payload))
     # deviations: tests/test_line_deviations.py validates a real one.
-    assert set(contract.SCHEMA_FILES) == {"readings", "units", "meta", "deviations"}
+    assert set(contract.SCHEMA_FILES) == {"readings", "context", "units", "meta", "deviations"}
 
 
 def test_importing_the_contract_loads_no_protocol_or_web_library() -> None:

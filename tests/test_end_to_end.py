@@ -58,16 +58,18 @@ async def test_values_and_tags_arrive_at_a_real_subscriber(
             health = (await http.get("/health")).json()
             status = (await http.get("/status")).json()
     message = sub.payloads()[0]
-    assert message["schema"] == 2
+    assert message["schema"] == 3
     assert message["collector"] == "pc1"
     assert re.fullmatch("[0-9a-f]{16}", message["outbox"])
     with sub._lock:
         sent = list(sub.messages)
     for topic, payload, _ in sent:  # every real message against the published JSON Schema
         if topic.endswith("/readings"):
-            assert_valid(payload, "readings-2.json")
+            assert_valid(payload, "readings-3.json")
         elif "/meta/" in topic:
             assert_valid(payload, "meta-2.json")
+        elif "/context/" in topic and payload:
+            assert_valid(payload, "context-3.json")
     metas = {t.rsplit("/", 1)[1]: json.loads(p) for t, p, retained in sent if "/meta/" in t}
     assert set(metas) == {"tester-1", "fixture-1"}
     assert metas["tester-1"]["tags"]["voltage"] == {

@@ -143,8 +143,10 @@ def config(tmp_path: Path, **mqtt: Any) -> Config:
 
 
 async def store_polls(box: AsyncOutbox, polls: int, per_poll: int, tag: str = "t") -> None:
-    """``polls`` polls of ``per_poll`` readings each, stored as the writer stores them."""
-    context = Context("st", "SN1", "op")
+    """``polls`` polls of ``per_poll`` readings each, stored as the writer stores them (with
+    no unit context: these tests follow seqs, and a context version is kept by the writer,
+    not here)."""
+    context = Context(None, None, None)
     batches = []
     seq = box.outbox.last_seq + 1
     for p in range(polls):

@@ -119,7 +119,7 @@ def test_the_message_wraps_the_stored_readings() -> None:
     assert [r["seq"] for r in message["readings"]] == [7]
 
 
-# --------------------------------------------------------------------------- schema 2
+# --------------------------------------------------------------------------- schema 3
 
 
 def test_float32_values_are_written_at_float32_precision() -> None:
@@ -143,9 +143,22 @@ def test_float32_values_are_written_at_float32_precision() -> None:
         assert len(text) <= len(repr(widened(x)))
 
 
-def test_poll_objects_carry_the_shared_fields_once_and_the_values_by_tag() -> None:
+def book_of(encoder: object) -> object:
+    """The context versions an encoder's polls named, as a consumer's ContextBook holds them
+    after reading ``context/#``."""
+    from contract.decode import ContextBook
+    from contract.encode import PollEncoder
+
+    assert isinstance(encoder, PollEncoder)
+    book = ContextBook()
+    for version, _ in encoder.used:
+        book.add(version.message("pc1"))
+    return book
+
+
+def test_one_poll_object_carries_every_value_of_the_cycle_by_tag() -> None:
     from contract.codes import ErrorCode
-    from contract.decode import decode_readings
+    from contract.decode import ContextBook, decode_readings
     from contract.encode import DeviceMeta, PollEncoder, envelope
 
     meta = DeviceMeta(
@@ -160,33 +173,58 @@ def test_poll_objects_carry_the_shared_fields_once_and_the_values_by_tag() -> No
         Reading(1.0, "v", 354.31500244140625),  # a float32 register holding 354.315
         Reading(1.0, "n", 7),
         Reading.bad(1.0, "t", ErrorCode.TIMEOUT),
-        Reading(2.0, "n", 8, quality=Quality.UNCERTAIN),
+        Reading(2.0, "n", 8, quality=Quality.UNCERTAIN),  # a second request, 1 s later
     ]
-    body = PollEncoder(positional=False).encode(5, "dev", readings, [unit] * 4, meta)
+    encoder = PollEncoder(positional=False)
+    body = encoder.encode(5, "dev", readings, [unit] * 4, meta)
+    version = encoder.version(unit)
+    assert version is not None
     assert body == (
-        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","station":"st",'
-        b'"unit_serial":"SN1","operation":"op","attempt":1,"values":{"v":354.315,"n":7,'
-        b'"t":{"value":null,"quality":"bad","error":"timeout"}}},'
-        b'{"seq":8,"ts":"1970-01-01T00:00:02Z","device":"dev","meta":"%b","station":"st",'
-        b'"unit_serial":"SN1","operation":"op","attempt":1,'
-        b'"values":{"n":{"value":8,"quality":"uncertain","error":null}}}'
-    ) % (meta.meta.encode(), meta.meta.encode())
-    flat = decode_readings(envelope("pc1", "0123456789abcdef", body))
-    assert [(r.seq, r.tag, r.value, r.quality) for r in flat] == [
-        (5, "v", 354.315, "good"),
-        (6, "n", 7, "good"),
-        (7, "t", None, "bad"),
-        (8, "n", 8, "uncertain"),
+        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","ctx":"%b",'
+        b'"tags":["v","n","t","n"],"dt":[[3,1000]],"value_list":[354.315,7,'
+        b'{"value":null,"quality":"bad","error":"timeout"},'
+        b'{"value":8,"quality":"uncertain","error":null}]}'
+    ) % (meta.meta.encode(), version.ctx.encode())
+    assert version.message("pc1") == (
+        b'{"schema":3,"collector":"pc1","ctx":"%b","attempt":1,"operation":"op",'
+        b'"station":"st","unit_serial":"SN1"}' % version.ctx.encode()
+    )
+    contexts = book_of(encoder)
+    assert isinstance(contexts, ContextBook)
+    flat = decode_readings(envelope("pc1", "0123456789abcdef", body), None, contexts)
+    assert [(r.seq, r.ts, r.tag, r.value, r.quality, r.unit_serial) for r in flat] == [
+        (5, "1970-01-01T00:00:01Z", "v", 354.315, "good", "SN1"),
+        (6, "1970-01-01T00:00:01Z", "n", 7, "good", "SN1"),
+        (7, "1970-01-01T00:00:01Z", "t", None, "bad", "SN1"),
+        (8, "1970-01-01T00:00:02Z", "n", 8, "uncertain", "SN1"),
     ]
     assert {r.outbox for r in flat} == {"0123456789abcdef"}
 
 
+def test_a_cycle_with_several_contexts_is_grouped_by_context_keeping_each_tags_samples() -> None:
+    from contract.encode import by_context
+
+    slot1, slot2 = Context("rack", None, "op", slot=1), Context("rack", None, "op", slot=2)
+    tags = ["s1.t", "s2.t", "s1.v", "s1.t", "s2.v"]
+    readings = [Reading(1.0 + i, tag, i) for i, tag in enumerate(tags)]
+    contexts = [slot1, slot2, slot1, slot1, slot2]
+    got, their = by_context(readings, contexts)
+    assert [(r.tag, r.value) for r in got] == [
+        ("s1.t", 0), ("s1.v", 2), ("s1.t", 3), ("s2.t", 1), ("s2.v", 4),
+    ]  # fmt: skip
+    assert [c.slot for c in their] == [1, 1, 1, 2, 2]
+    one = [slot1] * 5
+    assert by_context(readings, one) == (readings, one)  # as is: nothing to group
+
+
 def test_split_polls_keeps_every_value_its_seq_and_its_poll_fields() -> None:
-    from contract.decode import decode_readings
+    from contract.decode import ContextBook, decode_readings
     from contract.encode import PollEncoder, envelope, split_polls
 
     readings = [Reading(1.0 + i // 3, f"t{i}", i) for i in range(7)]
-    body = PollEncoder().encode(11, "dev", readings, [Context("st", "SN", "op")] * 7)
+    serials = ["SN"] * 4 + ["SN2"] * 3  # a unit that changed within the cycle
+    encoder = PollEncoder()
+    body = encoder.encode(11, "dev", readings, [Context("st", s, "op") for s in serials])
     parts = split_polls(body, 2)
     assert [(first, last) for first, last, _, _ in parts] == [
         (11, 12),
@@ -195,29 +233,41 @@ def test_split_polls_keeps_every_value_its_seq_and_its_poll_fields() -> None:
         (17, 17),
     ]
     assert [ts for _, _, ts, _ in parts] == [1.0, 1.0, 2.0, 3.0]
+    contexts = book_of(encoder)
+    assert isinstance(contexts, ContextBook)
 
-    def flat(b: bytes) -> list[tuple[int, str, object, str | None]]:
+    def flat(b: bytes) -> list[tuple[int, str, str, object, str | None]]:
         return [
-            (r.seq, r.tag, r.value, r.unit_serial)
-            for r in decode_readings(envelope("pc1", "0" * 16, b))
+            (r.seq, r.ts, r.tag, r.value, r.unit_serial)
+            for r in decode_readings(envelope("pc1", "0" * 16, b), None, contexts)
         ]
 
     assert [x for _, _, _, b in parts for x in flat(b)] == flat(body)
+    assert [x[4] for x in flat(body)] == serials
 
 
 def test_slot_phase_and_golden_are_written_when_set_and_decoded_back() -> None:
-    """A rack slot's reading after its unit's verdict, of a golden sample: the poll names the
-    slot, the phase and the golden flag (left out at their defaults, as above)."""
-    from contract.decode import decode_readings
+    """A rack slot's reading after its unit's verdict, of a golden sample: its context
+    version names the slot, the phase and the golden flag (left out at their defaults)."""
+    from contract.decode import ContextBook, decode_readings
     from contract.encode import PollEncoder, envelope
 
     after = Context("rack-a", "GOLD-1", "burn-in", 2, slot=7, phase="after", golden=True)
-    body = PollEncoder().encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [after])
+    encoder = PollEncoder()
+    body = encoder.encode(1, "rack", [Reading(1.0, "slot07.temp", 41)], [after])
+    version = encoder.version(after)
+    assert version is not None
+    assert version.station_key == "rack-a/7"
     assert body == (
-        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"rack","station":"rack-a",'
-        b'"unit_serial":"GOLD-1","operation":"burn-in","attempt":2,"slot":7,"phase":"after",'
-        b'"golden":true,"values":{"slot07.temp":41}}'
+        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"rack","ctx":"%b",'
+        b'"tags":["slot07.temp"],"value_list":[41]}' % version.ctx.encode()
     )
-    (flat,) = decode_readings(envelope("pc1", "0123456789abcdef", body))
+    assert version.body == (
+        b'{"attempt":2,"golden":true,"operation":"burn-in","phase":"after","slot":7,'
+        b'"station":"rack-a","unit_serial":"GOLD-1"}'
+    )
+    contexts = book_of(encoder)
+    assert isinstance(contexts, ContextBook)
+    (flat,) = decode_readings(envelope("pc1", "0123456789abcdef", body), None, contexts)
     assert (flat.station, flat.slot, flat.phase, flat.golden) == ("rack-a", 7, "after", True)
     assert (flat.unit_serial, flat.attempt) == ("GOLD-1", 2)

@@ -49,13 +49,17 @@ def readings_message(positional: bool) -> bytes:
 def test_real_messages_of_both_forms_are_valid() -> None:
     positional = readings_message(True)
     keyed = readings_message(False)
-    assert b'"tag_index":0,"value_list":[12.03,' in positional
-    assert b'"tag_index":1,"value_list":[0.51]' in positional
-    assert b'"values":{"supply_voltage":12.03,' in keyed
+    # One poll object for the cycle: the last value read later (dt), current read twice.
+    assert b'"tag_list":[0,1,2,1],"dt":[[3,250]],"value_list":[12.03,' in positional
+    assert b'"tags":["supply_voltage","current","serial","current"],' in keyed
     assert b"tag_index" not in keyed
-    assert_valid(positional, "readings-2.json")
-    assert_valid(keyed, "readings-2.json")
+    assert b'"ctx":"%b"' % PollEncoder().version(UNIT).ctx.encode() in positional  # type: ignore[union-attr]
+    assert_valid(positional, "readings-3.json")
+    assert_valid(keyed, "readings-3.json")
     assert_valid(META.message("line1-pc1"), "meta-2.json")
+    version = PollEncoder().version(UNIT)
+    assert version is not None
+    assert_valid(version.message("line1-pc1"), "context-3.json")
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -66,30 +70,48 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
     ("change", "remove"),
     [
         ({"values": {"supply_voltage": 1}}, ()),  # both forms at once
-        ({}, ("meta",)),  # positional without its meta
-        ({}, ("value_list",)),  # half of the positional form
-        ({"tag_index": -1}, ()),
+        ({}, ("meta",)),  # by position without its meta
+        ({}, ("value_list",)),
+        ({"tag_list": [-1, 0, 1, 1]}, ()),
+        ({"tag_index": 0}, ()),  # tag_list and tag_index
+        ({"tags": ["a", "b", "c", "d"]}, ()),  # by name and by position
         ({"value_list": []}, ()),
         ({"value_list": [[1]]}, ()),
         ({"value_list": [{"value": 1, "quality": "good", "error": None}]}, ()),
+        ({"ctx": "PILOT"}, ()),
+        ({"ctx": [[0]]}, ()),
+        ({"dt": [[3, "250"]]}, ()),
+        ({"station": "ft-1"}, ()),  # a context by ctx and by members
     ],
 )
-def test_broken_positional_polls_are_invalid(
-    change: dict[str, Any], remove: tuple[str, ...]
-) -> None:
+def test_broken_polls_are_invalid(change: dict[str, Any], remove: tuple[str, ...]) -> None:
     doc = json.loads(readings_message(True))
     poll = doc["polls"][0]
     poll.update(change)
     for name in remove:
         del poll[name]
-    assert not validator("readings-2.json").is_valid(doc)
+    assert not validator("readings-3.json").is_valid(doc)
 
 
-def test_a_poll_with_neither_form_and_a_meta_without_order_are_invalid() -> None:
+def test_a_poll_with_no_values_and_a_meta_without_order_are_invalid() -> None:
     doc = json.loads(readings_message(False))
-    del doc["polls"][0]["values"]
-    assert not validator("readings-2.json").is_valid(doc)
+    del doc["polls"][0]["value_list"]
+    assert not validator("readings-3.json").is_valid(doc)
     meta = json.loads(META.message("line1-pc1"))
     assert validator("meta-2.json").is_valid(meta)
     del meta["order"]
     assert not validator("meta-2.json").is_valid(meta)
+    version = PollEncoder().version(UNIT)
+    assert version is not None
+    context = json.loads(version.message("line1-pc1"))
+    context["work_station"] = "x"
+    assert not validator("context-3.json").is_valid(context)
+
+
+def test_a_poll_buffered_by_a_schema_2_collector_is_valid_in_a_schema_3_message() -> None:
+    doc = json.loads(readings_message(True))
+    doc["polls"].append(
+        {"seq": 1, "ts": "2026-11-21T10:15:02Z", "device": "tester-1", "station": "ft-1",
+         "unit_serial": "PILOT-0041", "values": {"supply_voltage": 12.0}}
+    )  # fmt: skip
+    assert validator("readings-3.json").is_valid(doc)

@@ -24,12 +24,14 @@ from tests.helpers import (
 
 STATUS = "collector/plant-a/line-1/pc1/status"
 READINGS = "collector/plant-a/line-1/pc1/readings"
+CONTEXTS = "collector/plant-a/line-1/pc1/context/#"
 
 
 def acl(path: Path, allow_readings: bool) -> None:
     path.write_text(
         "user collector\n"
         f"topic write {STATUS}\n"
+        f"topic write {CONTEXTS}\n"  # the unit contexts (schema 3) the readings name
         + (f"topic write {READINGS}\n" if allow_readings else "")
         + "user consumer\ntopic read collector/#\n"
     )
@@ -99,7 +101,7 @@ async def test_refused_publish_is_kept_and_delivered_once_allowed(
     # The ACL still refuses the tag metadata: no positional poll went out without it (those
     # buffered before the refusal were rewritten keyed), so every tag is named.
     assert sub.metas() == []
-    assert all("values" in p for m in sub.payloads() for p in m["polls"])
+    assert all("tags" in p for m in sub.payloads() for p in m["polls"])
     assert {r["tag"] for r in sub.readings() if r["device"] == "tester-1"} == {
         "voltage",
         "serial",

@@ -13,13 +13,32 @@ import orjson
 import pytest
 
 from contract.codes import ErrorCode
-from contract.decode import ContractError, MetaBook, decode_meta, decode_polls, decode_readings
-from contract.encode import DeviceMeta, PollEncoder, device_metas, envelope, split_polls
+from contract.decode import (
+    ContextBook,
+    ContractError,
+    MetaBook,
+    decode_meta,
+    decode_polls,
+    decode_readings,
+)
+from contract.encode import (
+    ContextVersion,
+    DeviceMeta,
+    PollEncoder,
+    device_metas,
+    envelope,
+    split_polls,
+)
 from contract.records import Context, Quality, Reading
 
 OUTBOX = "0123456789abcdef"
 ST = Context("st", "SN1", "op", 1)
 NONE = Context(None, None, None)
+#: ST's context version, as a consumer gets it on context/st.
+ST_VERSION = ContextVersion(ST)
+ST_CTX = ST_VERSION.ctx.encode()
+CONTEXTS = ContextBook()
+CONTEXTS.add(ST_VERSION.message("pc1"))
 
 
 def tag(kind: str = "uint16", station: str | None = "st") -> dict[str, Any]:
@@ -44,7 +63,7 @@ def book(*metas: DeviceMeta, collector: str = "pc1") -> MetaBook:
 def flat(body: bytes, metas: MetaBook | None) -> list[tuple[int, str, object, str, str | None]]:
     return [
         (r.seq, r.tag, r.value, r.quality, r.error)
-        for r in decode_readings(envelope("pc1", OUTBOX, body), metas)
+        for r in decode_readings(envelope("pc1", OUTBOX, body), metas, CONTEXTS)
     ]
 
 
@@ -120,11 +139,11 @@ def test_a_whole_poll_is_positional_with_bad_and_uncertain_values_wrapped() -> N
         Reading(1.0, "t", 9, quality=Quality.UNCERTAIN),
     ]
     body = PollEncoder().encode(5, "dev", readings, [ST] * 3, META)
+    # From the first tag of the order: tag_index 0 is left out.
     assert body == (
-        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","station":"st",'
-        b'"unit_serial":"SN1","operation":"op","attempt":1,"tag_index":0,"value_list":'
-        b'[354.315,{"value":null,"quality":"bad","error":"timeout"},'
-        b'{"value":9,"quality":"uncertain","error":null}]}' % META.meta.encode()
+        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","ctx":"%b",'
+        b'"value_list":[354.315,{"value":null,"quality":"bad","error":"timeout"},'
+        b'{"value":9,"quality":"uncertain","error":null}]}' % (META.meta.encode(), ST_CTX)
     )
     assert flat(body, book(META)) == [
         (5, "v", 354.315, "good", None),
@@ -133,48 +152,58 @@ def test_a_whole_poll_is_positional_with_bad_and_uncertain_values_wrapped() -> N
     ]
 
 
-def test_each_run_of_a_poll_is_positional_from_its_own_tag_index() -> None:
-    """A poll read in two requests (two timestamps): two runs, each a slice of the order."""
-    readings = [Reading(1.0, "v", f32(0.1)), Reading(2.0, "n", 7), Reading(2.0, "t", 8)]
+def test_a_poll_read_in_two_requests_is_one_object_with_the_later_time_as_an_offset() -> None:
+    readings = [Reading(1.0, "v", f32(0.1)), Reading(1.25, "n", 7), Reading(1.25, "t", 8)]
     body = PollEncoder().encode(10, "dev", readings, [ST] * 3, META)
-    polls = orjson.loads(b"[" + body + b"]")
-    assert [(p["seq"], p["tag_index"], p["value_list"]) for p in polls] == [
-        (10, 0, [0.1]),
-        (11, 1, [7, 8]),
-    ]
-    assert all("values" not in p for p in polls)
+    (poll,) = orjson.loads(b"[" + body + b"]")
+    assert (poll["seq"], poll.get("tag_index"), poll["dt"], poll["value_list"]) == (
+        10, None, [[1, 250]], [0.1, 7, 8],
+    )  # fmt: skip
     assert flat(body, book(META)) == [
         (10, "v", 0.1, "good", None),
         (11, "n", 7, "good", None),
         (12, "t", 8, "good", None),
     ]
+    got = decode_readings(envelope("pc1", OUTBOX, body), book(META), CONTEXTS)
+    assert [r.ts for r in got] == ["1970-01-01T00:00:01Z"] + ["1970-01-01T00:00:01.250000Z"] * 2
 
 
 @pytest.mark.parametrize(
-    "tags",
+    ("tags", "tag_list"),
     [
-        ["n", "v"],  # out of order
-        ["v", "t"],  # a gap
-        ["v", "x"],  # a tag the metadata does not know
-        ["n", "n"],  # the same tag twice
+        (["n", "v"], [1, 0]),  # out of order
+        (["v", "t"], [0, 2]),  # a gap
+        (["n", "n"], [1, 1]),  # the same tag twice: two samples, never a repeated key
     ],
 )
-def test_a_run_that_is_not_a_contiguous_slice_is_keyed(tags: list[str]) -> None:
+def test_tags_that_are_not_a_contiguous_slice_are_listed_by_position(
+    tags: list[str], tag_list: list[int]
+) -> None:
     readings = [Reading(1.0, name, i) for i, name in enumerate(tags)]
     body = PollEncoder().encode(1, "dev", readings, [ST] * len(tags), META)
     (poll,) = orjson.loads(b"[" + body + b"]")
     assert "tag_index" not in poll
-    assert "value_list" not in poll
-    assert list(poll["values"]) == list(dict.fromkeys(tags))
-    assert poll["meta"] == META.meta  # keyed polls still name their version
-    if len(set(tags)) == len(tags):
-        assert flat(body, None) == [(1 + i, t, i, "good", None) for i, t in enumerate(tags)]
+    assert (poll["tag_list"], poll["value_list"]) == (tag_list, list(range(len(tags))))
+    assert flat(body, book(META)) == [(1 + i, t, i, "good", None) for i, t in enumerate(tags)]
 
 
-def test_keyed_when_switched_off_refused_or_without_metadata() -> None:
+def test_a_tag_the_metadata_does_not_know_names_every_tag() -> None:
+    tags = ["v", "x", "x"]
+    readings = [Reading(1.0, name, i) for i, name in enumerate(tags)]
+    body = PollEncoder().encode(1, "dev", readings, [ST] * 3, META)
+    (poll,) = orjson.loads(b"[" + body + b"]")
+    assert poll["tags"] == tags
+    assert poll["meta"] == META.meta  # polls by name still name their version
+    assert flat(body, None) == [(1 + i, t, i, "good", None) for i, t in enumerate(tags)]
+
+
+def test_by_name_when_switched_off_refused_or_without_metadata() -> None:
     readings = [Reading(1.0, "v", f32(12.5)), Reading(1.0, "n", 3)]
-    keyed = b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev",%b"values":{"v":12.5,"n":3}}'
-    with_meta = keyed % b'"meta":"%b",' % META.meta.encode()
+    named = (
+        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev",%b'
+        b'"tags":["v","n"],"value_list":[12.5,3]}'
+    )
+    with_meta = named % b'"meta":"%b",' % META.meta.encode()
     # mqtt.value_keys: name
     assert PollEncoder(positional=False).encode(1, "dev", readings, [NONE] * 2, META) == with_meta
     # a device whose metadata the broker refused
@@ -183,7 +212,7 @@ def test_keyed_when_switched_off_refused_or_without_metadata() -> None:
     )
     # no metadata at all: no float32 either, and no meta member
     assert PollEncoder().encode(1, "dev", [readings[1]], [NONE], None) == (
-        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev","values":{"n":3}}'
+        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev","tags":["n"],"value_list":[3]}'
     )
 
 
@@ -207,11 +236,10 @@ def test_split_polls_keeps_each_form_and_every_value_with_its_seq() -> None:
         assert [(first, last) for first, last, _, _ in parts] == [(11, 13), (14, 16), (17, 17)]
         assert [ts for _, _, ts, _ in parts] == [1.0, 1.0, 2.0]
         assert [x for *_, b in parts for x in flat(b, metas)] == flat(body, metas)
-    second = orjson.loads(b"[" + split_polls(positional, 3)[1][3] + b"]")
-    assert [(p["seq"], p["tag_index"], p["value_list"]) for p in second] == [
-        (14, 3, [103]),
-        (15, 4, [104, 105]),
-    ]
+    (second,) = orjson.loads(b"[" + split_polls(positional, 3)[1][3] + b"]")
+    assert (second["seq"], second["tag_index"], second["dt"], second["value_list"]) == (
+        14, 3, [[1, 1000]], [103, 104, 105],
+    )  # fmt: skip
 
 
 # --- the decoder ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from collector.config import load_config
-from contract.decode import ContractError, FlatReading, MetaBook, decode_readings
+from contract.decode import ContextBook, ContractError, FlatReading, MetaBook, decode_readings
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import (
     TOPIC,
@@ -31,25 +31,28 @@ from tests.helpers import (
 
 
 class Consumer:
-    """What docs/messages.md tells a consumer to do: every meta message into the MetaBook;
-    each readings message decoded with it, or parked (``unknown_meta``) until the version
-    it waits for arrives."""
+    """What docs/messages.md tells a consumer to do: every meta message into the MetaBook,
+    every unit-context message into the ContextBook; each readings message decoded with
+    them, or parked (``unknown_meta``) until the version it waits for arrives."""
 
     def __init__(self) -> None:
         self.book = MetaBook()
+        self.contexts = ContextBook()
         self.parked: list[bytes] = []
         self.readings: list[FlatReading] = []
         self.polls_by_meta: dict[str, list[list[str]]] = {}
 
     def take(self, topic: str, payload: bytes) -> None:
-        if "/meta/" in topic:
+        if "/context/" in topic:
+            self.contexts.add(payload)
+        elif "/meta/" in topic:
             self.book.add(payload)
             parked, self.parked = self.parked, []
             for message in parked:
                 self.take("readings", message)
         elif topic.endswith("readings"):
             try:
-                got = decode_readings(payload, self.book)
+                got = decode_readings(payload, self.book, self.contexts)
             except ContractError as exc:
                 if exc.kind != "unknown_meta":
                     raise
@@ -57,7 +60,7 @@ class Consumer:
                 return
             self.readings += got
             for poll in orjson.loads(payload)["polls"]:
-                if "tag_index" in poll:
+                if "tags" not in poll:  # by position
                     self.polls_by_meta.setdefault(poll["meta"], []).append(
                         [
                             r.tag
@@ -172,17 +175,19 @@ async def test_value_keys_name_gives_keyed_polls_a_consumer_reads_without_metada
     path.write_text(yaml.safe_dump(raw))
     config = load_config(path)
     await set_tester(modbus_server, config, voltage=3.5, serial="SN9", result=1)
-    sub = Subscriber(mosquitto, "collector/plant-a/line-1/pc1/readings")
+    sub = Subscriber(mosquitto, "collector/plant-a/line-1/pc1/#")
     try:
         async with RunningService(config):
             await async_wait_until(lambda: len(sub.payloads()) >= 3, 10, "readings")
     finally:
         sub.close()
     polls = [p for m in sub.payloads() for p in m["polls"]]
-    assert all("values" in p and "tag_index" not in p for p in polls)
+    assert all("tags" in p and "tag_index" not in p and "tag_list" not in p for p in polls)
     with sub._lock:
-        payloads = [p for _, p, _ in sub.messages]
-    readings = [r for p in payloads for r in decode_readings(p)]  # no MetaBook needed
+        payloads = [p for t, p, _ in sub.messages if t.endswith("/readings")]
+    contexts = sub.context_book()  # the unit contexts, on context/ft-1
+    readings = [r for p in payloads for r in decode_readings(p, None, contexts)]  # no MetaBook
+    assert {r.unit_serial for r in readings if r.device == "tester-1"} == {"SN9"}
     assert {(r.tag, r.value) for r in readings if r.device == "tester-1"} == {
         ("voltage", 3.5),
         ("serial", "SN9"),

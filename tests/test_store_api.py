@@ -24,10 +24,9 @@ def unit(seq: int, serial: str, verdict: str, work_order: str | None = None) -> 
         serial=serial, station="ft-1", operation="functional-test", attempt=1,
         start_ts=T0 + seq, end_ts=T0 + seq + 30, ended_by="verdict", verdict=verdict,
         failure_code=None, readings=0, characteristics={"v": (1.0, 0.5, 1.5)},
+        work_order=work_order,
     )  # fmt: skip
     body = encode_unit(record)
-    if work_order is not None:  # a schema-2 field, as the collector will send it
-        body = body[:-1] + b',"work_order":"' + work_order.encode() + b'"}'
     payload = build_message("pc1", with_seq([(seq, body)]), b"units")
     return Incoming("collector/s/l/pc1/units", payload)
 

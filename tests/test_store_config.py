@@ -102,6 +102,7 @@ def test_topic_filters_with_and_without_a_shared_group() -> None:
         "$share/stores/plant/+/+/+/deviations",  # recorded on line PCs (store/record/line.py)
         "$share/stores/plant/+/+/+/gaps",  # what collectors say of seqs they will never send
         "plant/+/+/+/meta/+",  # retained: never shared
+        "plant/+/+/+/context/#",  # unit-context versions (schema 3), retained: the same
     ]  # fmt: skip
     assert topic_filters(parse_store_config("").mqtt)[0] == "collector/+/+/+/readings"
 

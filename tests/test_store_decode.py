@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from contract.codes import ErrorCode
-from contract.decode import ContractError, decode_polls
-from contract.encode import PollEncoder, ReadingEncoder, build_message, envelope
+from contract.decode import ContextBook, ContractError, decode_polls
+from contract.encode import ContextVersion, PollEncoder, ReadingEncoder, build_message, envelope
 from contract.records import Context, Quality, Reading
 from store.decode import FLOATS, NUMBERS, Decoded, Decoder
 
@@ -27,12 +27,22 @@ def collector_readings(values: list[Any]) -> list[Reading]:
 
 
 def keyed_message() -> dict[str, Any]:
-    """A schema-2 message from the collector's own encoder: values of every kind."""
+    """A schema-3 message from the collector's own encoder, tags by name (no metadata):
+    values of every kind, the second half read 25 ms after the first (``dt``)."""
     readings = collector_readings([1.5, 7, 2**60, True, "OK", None])
     readings.append(Reading.bad(T0, "t6", next(iter(ErrorCode))))
     readings.append(Reading(T0, "t7", 0.5, "V", Quality.UNCERTAIN))
+    readings[4:] = [r._replace(ts=T0 + 0.025) for r in readings[4:]]
     body = PollEncoder().encode(1, "dev", readings, [CTX] * len(readings))
     return orjson.loads(envelope("pc1", OUTBOX, body))  # type: ignore[no-any-return]
+
+
+#: CTX's version, as a consumer has it from context/ft-1/3, and as the store keys it.
+VERSION = ContextVersion(CTX)
+BOOK = ContextBook()
+BOOK.add(VERSION.message("pc1"))
+CTX_KEY = (CTX.station, CTX.slot, CTX.unit_serial, CTX.operation, CTX.attempt, CTX.phase,
+           CTX.golden)  # fmt: skip
 
 
 def flat(decoded: Decoded) -> list[tuple[Any, ...]]:
@@ -56,17 +66,23 @@ def flat(decoded: Decoded) -> list[tuple[Any, ...]]:
 
 def reference(payload: bytes) -> list[tuple[Any, ...]] | tuple[str, str]:
     try:
-        message = decode_polls(payload)
+        message = decode_polls(payload, None, BOOK)
     except ContractError as exc:
+        if exc.kind == "unknown_context":  # the store parks it (its writer resolves ctx)
+            return ("unknown_context", "")
         return (exc.kind, str(exc))
     return flat(Decoded(message.collector, message.outbox, polls=message.polls))
 
 
 def store(payload: bytes) -> list[tuple[Any, ...]] | tuple[str, str]:
     try:
-        return flat(Decoder().decode(payload))
+        decoded = Decoder().decode(payload)
     except ContractError as exc:
         return (exc.kind, str(exc))
+    if decoded.collector != "pc1" or decoded.contexts_needed - {VERSION.ctx}:  # parked
+        return ("unknown_context", "")
+    decoded.resolved({VERSION.ctx: CTX_KEY})
+    return flat(decoded)
 
 
 BAD_VALUES: list[Any] = [None, -1, "x", 1.5, True, [], {}, "2026-11-21T10:00:00", "1" * 50]
@@ -96,11 +112,28 @@ def variants() -> Iterator[tuple[str, bytes]]:
         doc = copy.deepcopy(base)
         doc["polls"][0].pop(key, None)
         yield f"no polls[0].{key}", orjson.dumps(doc)
-    for tag in poll["values"]:
+    for i in range(len(poll["value_list"])):
         for bad in [*BAD_VALUES, *BAD_WRAPPERS]:
             doc = copy.deepcopy(base)
-            doc["polls"][0]["values"][tag] = bad
-            yield f"values.{tag}={bad!r}", orjson.dumps(doc)
+            doc["polls"][0]["value_list"][i] = bad
+            yield f"value_list[{i}]={bad!r}", orjson.dumps(doc)
+    for key, bad_point in (
+        ("dt", [[9, 1]]),
+        ("dt", [[0, "1"]]),
+        ("dt", [[4, 1], [2, 1]]),
+        ("ctx", [[0, "nothex"]]),
+        ("ctx", [[0, None], [0, None]]),
+    ):
+        doc = copy.deepcopy(base)
+        doc["polls"][0][key] = bad_point
+        yield f"polls[0].{key}={bad_point!r}", orjson.dumps(doc)
+    doc = copy.deepcopy(base)
+    doc["polls"][0]["ctx"] = [[0, None], [2, VERSION.ctx]]
+    yield "a context from value 2 on", orjson.dumps(doc)
+    doc = copy.deepcopy(base)
+    doc["polls"][0]["station"] = "ft-1"
+    yield "ctx and a context member", orjson.dumps(doc)
+    yield "a repeated key", orjson.dumps(base).replace(b'"seq":1,', b'"seq":1,"seq":2,', 1)
     doc = copy.deepcopy(base)
     doc["polls"].append("not a poll")
     yield "a poll that is no object", orjson.dumps(doc)
@@ -135,8 +168,10 @@ def test_a_shape_the_reference_decoder_fails_on_is_still_a_field_error() -> None
     field error naming the field: the store quarantines such a message, it never retries its
     batch forever."""
     doc = keyed_message()
-    doc["polls"][0]["values"]["t0"] = {"value": 1, "quality": ["bad"]}
+    doc["polls"][0]["value_list"][0] = {"value": 1, "quality": ["bad"]}
     with pytest.raises(ContractError) as caught:
         Decoder().decode(orjson.dumps(doc))
     assert caught.value.kind == "field"
-    assert str(caught.value).startswith('polls[0].values.t0.quality: must be "bad" or "uncertain"')
+    assert str(caught.value).startswith(
+        'polls[0].value_list[0].quality: must be "bad" or "uncertain"'
+    )

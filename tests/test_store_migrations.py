@@ -151,6 +151,9 @@ def test_a_database_made_before_migrations_is_upgraded_in_place(
     engine = connect(db_url)
     create_as_before_migrations(engine)
     writer = Writer(engine)
+    # The writer of that time swept no parked messages waiting for a unit-context version
+    # (a table of revision 0004): today's would at its first batch, on a migrated database.
+    writer._swept = True
     writer.write([Incoming(R_TOPIC, _readings(1, 4)), Incoming(U_TOPIC, _unit(1))])
     writer.write([Incoming(R_TOPIC, _readings(9, 2))])  # seq 5-8 missing: a gap row
     writer.close()

@@ -9,6 +9,7 @@ commit (one transaction, one fsync for both).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -21,8 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from collector.buffer.recovery import open_outbox
-from collector.buffer.schema import Batch, BufferStats, MetaUpdate
-from collector.buffer.store import Outbox, stored_metas, take_batches
+from collector.buffer.schema import Batch, BufferStats, ContextRow, MetaUpdate
+from collector.buffer.store import Outbox, stored_contexts, stored_metas, take_batches
 from collector.config import Synchronous
 from common.errors import StartupError
 from contract.records import ContextChanges
@@ -98,14 +99,16 @@ class AsyncOutbox:
         changes: ContextChanges | None = None,
         metas: MetaUpdate | None = None,
         rekey: Sequence[tuple[str, str]] = (),
+        contexts: Sequence[ContextRow] = (),
     ) -> int:
         """Append (see :meth:`Outbox.append`); the deletes of the ranges delivered so far go
         in the same transaction (one fsync for both)."""
         async with self._acking:
             acks = self._ack_ranges()
             dropped: int = await self._call(
-                self.outbox.append, batches, changes, acks, metas, rekey
-            )
+                functools.partial(self.outbox.append, contexts=contexts),
+                batches, changes, acks, metas, rekey,
+            )  # fmt: skip
             self._forget_acks(len(acks))
         if batches:
             self.appended.set()
@@ -215,6 +218,17 @@ class AsyncOutbox:
             return stored_metas(self._reader)
         except sa.exc.SQLAlchemyError as exc:
             log.error("buffer: cannot read the kept tag metadata (%s)", exc)  # noqa: TRY400
+            return []
+
+    def stored_contexts(self, after: int = -1, through: int | None = None) -> list[ContextRow]:
+        """The kept unit-context versions changed after ``after`` (through ``through``),
+        oldest change first, read on the event loop like :meth:`stored_metas`; none when the
+        file cannot be read (logged)."""
+        assert self._reader is not None, "open() first"
+        try:
+            return stored_contexts(self._reader, after, through)
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("buffer: cannot read the kept unit contexts (%s)", exc)  # noqa: TRY400
             return []
 
     async def split(self, first_seq: int, last_seq: int, per_batch: int) -> bool:

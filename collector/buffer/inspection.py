@@ -16,8 +16,8 @@ import orjson
 
 from collector.buffer.schema import COUNT_SQL, DROPPED_KEY, QUARANTINED_KEY, epoch
 from common.errors import StartupError
-from contract.decode import ContractError, MetaBook, decode_readings
-from contract.encode import DeviceMeta, envelope, ts_text, with_seq
+from contract.decode import ContextBook, ContractError, MetaBook, decode_readings
+from contract.encode import DeviceMeta, context_message, envelope, ts_text, with_seq
 
 EXPORT_TABLES = ("readings", "units", "quarantine")
 
@@ -99,6 +99,18 @@ def meta_book(db: sqlite3.Connection) -> MetaBook:
     return book
 
 
+def context_book(db: sqlite3.Connection) -> ContextBook:
+    """The kept unit-context versions, for reading the stored polls' ``ctx``."""
+    book = ContextBook()
+    try:
+        rows = list(db.execute("SELECT ctx, body FROM contexts"))
+    except sqlite3.OperationalError:  # no such table: a file older than schema 3
+        rows = []
+    for ctx, body in rows:
+        book.add(context_message(_COLLECTOR, ctx, bytes(body)))
+    return book
+
+
 # A batch's readings were read within one poll: a batch older than ``since`` by more than this
 # holds none read at or after it.
 _BATCH_SPAN_S = 3600.0
@@ -112,7 +124,7 @@ def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[
         raise ValueError(f"table must be one of {', '.join(EXPORT_TABLES)}")
     floor = since if since is not None else float("-inf")
     with contextlib.closing(_open_read_only(path)) as db:
-        metas = meta_book(db)
+        metas, contexts = meta_book(db), context_book(db)
         if table == "units":
             for seq, body in db.execute(
                 "SELECT seq, body FROM units WHERE ts >= ? ORDER BY seq", (floor,)
@@ -124,7 +136,7 @@ def export_rows(path: Path, table: str, since: float | None = None) -> Iterator[
         else:
             query = "SELECT ts, body, NULL FROM batches WHERE ts >= ? ORDER BY last_seq"
         for ts, body, reason in db.execute(query, (floor - _BATCH_SPAN_S,)):
-            for item in readings_of(bytes(body), metas):
+            for item in readings_of(bytes(body), metas, contexts):
                 if ts < floor and epoch(item["ts"]) < floor:
                     continue
                 if reason is not None:
@@ -151,19 +163,38 @@ _EXPORTED = (
 _COLLECTOR = "buffer"
 
 
-def readings_of(body: bytes, metas: MetaBook | None = None) -> list[dict[str, Any]]:
+def readings_of(
+    body: bytes, metas: MetaBook | None = None, contexts: ContextBook | None = None
+) -> list[dict[str, Any]]:
     """A stored body's poll objects as one object per reading, read with the reference
-    decoder (contract.decode) and the buffer's kept tag metadata. A positional poll whose
-    version is no longer kept (a quarantined one, kept longer than its metadata) names its
-    tags by position: ``"#3"`` is the tag at index 3 of that version's order."""
+    decoder (contract.decode) and the buffer's kept tag metadata and unit contexts. A
+    positional poll whose version is no longer kept (a quarantined one, kept longer than its
+    metadata) names its tags by position: ``"#3"`` is the tag at index 3 of that version's
+    order; a context no longer kept shows as ``"station": "ctx:<id>"``."""
     message = envelope(_COLLECTOR, "0" * 16, body)
-    try:
-        flat = decode_readings(message, metas)
-    except ContractError as exc:
-        if exc.kind != "unknown_meta":
-            raise
-        flat = decode_readings(message, _by_position(body, metas))
+    for _ in range(3):  # at most: the metadata, then the contexts, named by what is known
+        try:
+            flat = decode_readings(message, metas, contexts)
+            break
+        except ContractError as exc:
+            if exc.kind == "unknown_meta":
+                metas = _by_position(body, metas)
+            elif exc.kind == "unknown_context":
+                contexts = _by_id(exc.missing, contexts)
+            else:
+                raise
+    else:  # pragma: no cover - both kinds are resolved above
+        flat = decode_readings(message, metas, contexts)
     return [{name: getattr(r, name) for name in _EXPORTED} for r in flat]
+
+
+def _by_id(missing: tuple[tuple[str, str, str], ...], contexts: ContextBook | None) -> ContextBook:
+    """``contexts`` plus, for each version it lacks, a stand-in naming it (station
+    ``ctx:<id>``)."""
+    book = contexts.copy() if contexts is not None else ContextBook()
+    for _collector, _, ctx in missing:
+        book.stand_in(_COLLECTOR, ctx, {"station": f"ctx:{ctx}"})
+    return book
 
 
 def _by_position(body: bytes, metas: MetaBook | None) -> MetaBook:
@@ -171,9 +202,13 @@ def _by_position(body: bytes, metas: MetaBook | None) -> MetaBook:
     book = metas.copy() if metas is not None else MetaBook()
     sizes: dict[tuple[str, str], int] = {}
     for poll in orjson.loads(b"[" + body + b"]"):
-        if "tag_index" in poll:
+        if "value_list" in poll and "tags" not in poll:  # by position
             key = (poll["device"], poll["meta"])
-            size = poll["tag_index"] + len(poll["value_list"])
+            listed = poll.get("tag_list")
+            if listed is not None:
+                size = max(listed, default=-1) + 1
+            else:
+                size = poll.get("tag_index", 0) + len(poll["value_list"])
             sizes[key] = max(sizes.get(key, 0), size)
     for (device, meta), size in sizes.items():
         if book.order(_COLLECTOR, device, meta) is None:

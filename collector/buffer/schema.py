@@ -86,6 +86,21 @@ metas_table = sa.Table(
     sa.Column("meta", sa.String, primary_key=True),
     sa.Column("body", sa.LargeBinary, nullable=False),
 )
+# Every unit-context version readings were encoded with (contract.encode.ContextVersion: a poll
+# names it by ``ctx``), for the forwarder to publish before the readings that name it: those
+# that changed (``changed_seq``: the seq of the first value read under it since it last became
+# its station's context) after the last ones it published, and all of them on every connect.
+# ``last_seq``: the last seq of a poll that named it; deleted once every batch up to it is
+# gone, unless it is its station's latest (the one a consumer that joins later gets retained).
+contexts_table = sa.Table(
+    "contexts",
+    metadata,
+    sa.Column("ctx", sa.String, primary_key=True),
+    sa.Column("station", sa.String, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("changed_seq", sa.Integer, nullable=False),
+    sa.Column("last_seq", sa.Integer, nullable=False),
+)
 meta_table = sa.Table(
     "meta",
     metadata,
@@ -135,6 +150,11 @@ class Batch:
     @property
     def count(self) -> int:
         return self.last_seq - self.first_seq + 1
+
+
+#: A context version to keep (collector.buffer.writer): ctx, station key, body, the seq it
+#: (last) became its station's context at, the last seq of a poll that named it.
+ContextRow = tuple[str, str, bytes, int, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from collector.buffer.schema import (
     Batch,
     BufferReset,
     BufferStats,
+    ContextRow,
     MetaUpdate,
     SeqHint,
     attempts_table,
@@ -144,6 +145,11 @@ class Outbox:
             sa.select(sa.func.count()).select_from(deviations_table)
         ).scalar_one()
         self.last_deviation_seq = self._last_seq("deviations")
+        #: The highest ``changed_seq`` of the kept context versions: the forwarder publishes
+        #: the versions above what it published last (collector.delivery.forwarder).
+        self.context_changed_seq = int(
+            self._conn.exec_driver_sql("SELECT max(changed_seq) FROM contexts").scalar() or 0
+        )
         #: 16 hex digits, the same for the file's whole life (docs/messages.md).
         self.outbox_id = (self._meta(OUTBOX_KEY) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big").hex()
         self._conn.commit()
@@ -254,14 +260,17 @@ class Outbox:
         acks: Sequence[tuple[int, int]] = (),
         metas: MetaUpdate | None = None,
         rekey: Sequence[tuple[str, str]] = (),
+        *,
+        contexts: Sequence[ContextRow] = (),
     ) -> int:
         """Append in one transaction, with the station context's changes that go with these
-        batches, the tag-metadata versions they were encoded with (``metas``), the versions
+        batches, the unit-context versions they name (``contexts``), the tag-metadata
+        versions they were encoded with (``metas``), the versions
         whose stored positional polls are to be keyed by tag from now on (``rekey``: device,
         meta; see :meth:`key_by_name`) and the deletes of delivered ranges (``acks``, see
         :meth:`ack_ranges`); drop the oldest readings if over the cap. Returns how many were
         dropped."""
-        if not batches and not changes and not acks and metas is None and not rekey:
+        if not (batches or changes or acks or metas is not None or rekey or contexts):
             return 0
         dropped = 0
         count = sum(b.count for b in batches)
@@ -279,6 +288,8 @@ class Outbox:
                     "INSERT OR IGNORE INTO metas (device, meta, body) VALUES (?, ?, ?)",
                     list(metas.rows),
                 )
+            if contexts:
+                self._conn.exec_driver_sql(UPSERT_CONTEXTS, list(contexts))
             if batches:
                 # The driver's own executemany: SQLAlchemy's per-row parameter processing costs
                 # more than the insert (bench/, docs/performance.md).
@@ -295,7 +306,11 @@ class Outbox:
                 self._key_by_name(device, meta)
             newest = max([self.last_seq, *(b.last_seq for b in batches)])
             pruned = self._prune_metas(self._retire_metas(metas, newest))
+            if deleted or dropped:
+                self._prune_contexts()
         self._retired = pruned
+        if contexts:
+            self.context_changed_seq = max(self.context_changed_seq, *(c[3] for c in contexts))
         if changes and changes.units:
             self.units_depth += len(changes.units)
             self.last_unit_seq += len(changes.units)
@@ -360,6 +375,15 @@ class Outbox:
     def stored_metas(self) -> list[tuple[str, str, bytes]]:
         """Every kept metadata version: (device, meta, body)."""
         return stored_metas(self._conn)
+
+    def _prune_contexts(self) -> None:
+        """In the caller's transaction: delete the context versions no pending batch can
+        name any more, except each station's latest."""
+        self._conn.exec_driver_sql(PRUNE_CONTEXTS)
+
+    def stored_contexts(self, after: int = -1, through: int | None = None) -> list[ContextRow]:
+        """See :func:`stored_contexts`."""
+        return stored_contexts(self._conn, after, through)
 
     def _drop_oldest(self, at_least: int) -> int:
         dropped, through = 0, None
@@ -481,6 +505,8 @@ class Outbox:
         with self._conn.begin():
             deleted = self._delete_ranges(ranges)
             left = self._prune_metas(self._retired)
+            if deleted:
+                self._prune_contexts()
         self.depth -= deleted
         self._retired = left
         return deleted
@@ -555,6 +581,36 @@ class Outbox:
             self.last_unit_seq,
             self.deviations_depth,
         )
+
+
+#: Keep a context version; one named again keeps its highest seqs.
+UPSERT_CONTEXTS = (
+    "INSERT INTO contexts (ctx, station, body, changed_seq, last_seq) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (ctx) DO UPDATE SET changed_seq = max(changed_seq, excluded.changed_seq), "
+    "last_seq = max(last_seq, excluded.last_seq)"
+)
+PRUNE_CONTEXTS = (
+    "DELETE FROM contexts WHERE last_seq < coalesce((SELECT min(first_seq) FROM batches), "
+    "9223372036854775807) AND changed_seq < (SELECT max(c.changed_seq) FROM contexts c "
+    "WHERE c.station = contexts.station)"
+)
+
+
+def stored_contexts(
+    conn: Connection, after: int = -1, through: int | None = None
+) -> list[ContextRow]:
+    """The kept context versions whose ``changed_seq`` is above ``after`` (and at most
+    ``through``), oldest change first: (ctx, station key, body, changed_seq, last_seq)."""
+    sql = "SELECT ctx, station, body, changed_seq, last_seq FROM contexts WHERE changed_seq > ?"
+    params: tuple[int, ...] = (after,)
+    if through is not None:
+        sql += " AND changed_seq <= ?"
+        params = (after, through)
+    rows = conn.exec_driver_sql(sql + " ORDER BY changed_seq", params).all()
+    conn.commit()
+    return [
+        (ctx, station, bytes(body), changed, last) for ctx, station, body, changed, last in rows
+    ]
 
 
 def stored_metas(conn: Connection) -> list[tuple[str, str, bytes]]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from collector.buffer.handover import AsyncOutbox
-from collector.buffer.schema import Batch, MetaUpdate
-from contract.encode import DeviceMeta, PollEncoder
+from collector.buffer.schema import Batch, ContextRow, MetaUpdate
+from contract.encode import ContextVersion, DeviceMeta, PollEncoder, by_context
 from contract.records import Context, ContextChanges, Reading
 
 log = logging.getLogger(__package__)
@@ -74,6 +74,31 @@ def make_batch(
     )
 
 
+def context_rows(
+    encoder: PollEncoder, current: dict[str, tuple[str, int]], last_seq: int
+) -> list[ContextRow]:
+    """The context versions the encoder's polls named since the last call (taken from it),
+    as rows for the buffer's ``contexts`` table; ``last_seq``: the polls' last seq.
+    ``current``: each station key's latest version and the seq it became so at, kept by the
+    caller from call to call (a version named again without a change keeps that seq)."""
+    rows: list[ContextRow] = []
+    for version, seq in encoder.used:
+        key = version.station_key
+        known = current.get(key)
+        if known is None or known[0] != version.ctx:
+            known = current[key] = (version.ctx, seq)
+        rows.append((version.ctx, key, version.body, known[1], last_seq))
+    encoder.used.clear()
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Contexts:
+    """The context versions a poll names (stored in the commit that stores the poll)."""
+
+    rows: list[ContextRow]
+
+
 @dataclass(frozen=True, slots=True)
 class _Rekey:
     """The broker refused this version of a device's metadata: its stored positional polls
@@ -122,7 +147,7 @@ class BufferWriter:
         self._outbox = outbox
         self._commit_interval = commit_interval_s
         # Batches, pokes (None), metadata changes and refusals, in the order they came.
-        self._queue: deque[Batch | MetaUpdate | _Rekey | None] = deque()
+        self._queue: deque[Batch | MetaUpdate | _Rekey | _Contexts | None] = deque()
         self._queued = 0  # bytes in the queue
         self._max_pending = max_pending_bytes
         self._held_back = False
@@ -133,6 +158,10 @@ class BufferWriter:
         #: (device, meta) versions the broker refused to take: encoded keyed (meta_refused).
         self._keyed: set[tuple[str, str]] = set()
         self._next_seq: int | None = None
+        # Each station's (key: station or station/slot) latest context version and the seq it
+        # became so at: a version named again without a change keeps that seq, so the
+        # forwarder publishes a version again only when it becomes current again.
+        self._current: dict[str, tuple[str, int]] = {}
         # What the station context wants stored along with the readings it tagged.
         self._changes = changes
         self.overflow_dropped = 0
@@ -157,6 +186,7 @@ class BufferWriter:
             self.overflow_dropped += count
             return
         meta = self.metas.get(device)
+        readings, contexts = by_context(readings, contexts)
         parts = make_batches(
             self._encoder,
             first,
@@ -167,10 +197,23 @@ class BufferWriter:
             meta=meta,
             positional=meta is None or (device, meta.meta) not in self._keyed,
         )
+        rows = self._context_rows(first + count - 1)
+        if rows:
+            self._queue.append(rows)
         for batch in parts:
             self._queue.append(batch)
             self._queued += len(batch.body)
         self._ready.set()
+
+    def _context_rows(self, last_seq: int) -> _Contexts | None:
+        """The context versions the poll just encoded names, as rows to keep with it."""
+        rows = context_rows(self._encoder, self._current, last_seq)
+        return _Contexts(rows) if rows else None
+
+    def context_versions(self) -> list[ContextVersion]:
+        """The unit-context versions its polls named lately (for an in-process view of the
+        delivered messages: the demo's)."""
+        return self._encoder.known_versions()
 
     @property
     def keeping_up(self) -> bool:
@@ -240,7 +283,8 @@ class BufferWriter:
                     await asyncio.sleep(wait)  # more polls join this commit meanwhile
                 self._ready.clear()
                 while self._queue:
-                    await self._commit(*self._drain())
+                    batches, metas, rekey, contexts = self._drain()
+                    await self._commit(batches, metas, rekey, contexts)
                 last_commit = loop.time()
         except asyncio.CancelledError:
             await self.flush()
@@ -249,18 +293,22 @@ class BufferWriter:
     async def flush(self) -> None:
         """Commit everything queued so far, and the context's changes."""
         while True:
-            batches, metas, rekey = self._drain()
+            batches, metas, rekey, contexts = self._drain()
             changes = self._changes() if self._changes is not None else None
             if not batches and not changes and metas is None and not rekey:
                 return
-            await self._commit(batches, metas, rekey, changes)
+            await self._commit(batches, metas, rekey, contexts, changes)
 
-    def _drain(self) -> tuple[list[Batch], MetaUpdate | None, list[tuple[str, str]]]:
+    def _drain(
+        self,
+    ) -> tuple[list[Batch], MetaUpdate | None, list[tuple[str, str]], list[ContextRow]]:
         """The next commit's batches, the metadata versions to store with them (every version
-        of the changes drained, current: the last one's) and the refused versions."""
+        of the changes drained, current: the last one's), the refused versions and the
+        context versions the batches name (one row each, its highest seqs)."""
         batches: list[Batch] = []
         metas: MetaUpdate | None = None
         rekey: list[tuple[str, str]] = []
+        contexts: dict[str, ContextRow] = {}
         readings = 0
         while self._queue and readings < self.MAX_READINGS_PER_COMMIT:
             item = self._queue.popleft()
@@ -270,15 +318,22 @@ class BufferWriter:
                 self._queued -= len(item.body)
             elif isinstance(item, MetaUpdate):
                 metas = item if metas is None else MetaUpdate(metas.rows + item.rows, item.current)
+            elif isinstance(item, _Contexts):
+                for row in item.rows:
+                    old = contexts.get(row[0])
+                    contexts[row[0]] = (
+                        row if old is None else (*row[:3], max(old[3], row[3]), row[4])
+                    )
             elif item is not None:
                 rekey.append((item.device, item.meta))
-        return batches, metas, rekey
+        return batches, metas, rekey, list(contexts.values())
 
     async def _commit(
         self,
         batches: list[Batch],
         metas: MetaUpdate | None = None,
         rekey: Sequence[tuple[str, str]] = (),
+        contexts: Sequence[ContextRow] = (),
         changes: ContextChanges | None = None,
     ) -> None:
         if changes is None and self._changes is not None and not self._queue:
@@ -288,7 +343,7 @@ class BufferWriter:
         delay = 0.1
         while True:
             try:
-                await self._outbox.append(batches, changes, metas, rekey)
+                await self._outbox.append(batches, changes, metas, rekey, contexts)
             except sa.exc.OperationalError as exc:
                 # e.g. "database or disk is full": keep the batches, retry, say so once.
                 message = str(exc.orig) if exc.orig is not None else str(exc)

@@ -19,6 +19,9 @@ messages. The rules:
   device's tag metadata still kept in the buffer that is not current (readings encoded with
   it may still be pending), non-retained, then the current one, retained. A device whose
   metadata the broker refuses has its polls encoded keyed by tag from then on.
+- **Unit contexts before the readings that name them.** The context versions a poll names
+  (``ctx``) are published retained on ``context/{station}`` when they change, before the
+  first message of readings that names them, and all that are kept on every connect.
 - **A message the broker refuses** is kept and retried after a backoff; one refused as too
   large (or that repeatedly kills the connection) is resent one reading per message (its
   batches split in the buffer), and a single reading that still cannot be delivered is moved
@@ -30,6 +33,7 @@ Topics and payloads are documented in docs/messages.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -50,7 +54,7 @@ from collector.delivery.publisher import (
 from collector.delivery.storesync import StoreSync, gaps_message
 from collector.delivery.streams import DeviationsStream, ReadingsStream, Stream, UnitsStream
 from common.backoff import Backoff
-from contract.encode import DeviceMeta, envelope
+from contract.encode import DeviceMeta, context_message, envelope
 
 __all__ = ["Delivered", "Forwarder", "MqttStatus", "topic_base", "topics"]
 
@@ -214,6 +218,13 @@ class Forwarder:
         #: Told (device, meta version) when the broker refuses a version of a device's
         #: metadata (the buffer writer then keys that version's polls by tag).
         self.on_meta_refused: Callable[[str, str | None], None] | None = None
+        # The highest changed_seq of the context versions published on this connection
+        # (collector.buffer.schema: contexts_table).
+        self._contexts_through = -1
+        # The broker refused a context version (its ACL): why, and none is published again
+        # until the collector restarts (mosquitto drops the connection after a refusal, so
+        # publishing them at every connect would keep the readings from ever flowing).
+        self.contexts_refused: str | None = None
         self._publisher.set_listener(self._changed)
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
@@ -228,6 +239,8 @@ class Forwarder:
             self._connection_seen = state
             if self._publisher.connected:
                 self._announce_jumps()
+                self._contexts_through = -1
+                self._publish_contexts(None)
                 self._publish_old_metas()
                 for device, message in self._meta.items():
                     if device not in self._meta_refused:
@@ -263,6 +276,51 @@ class Forwarder:
         for delivery in self._deliveries:
             if delivery.stream.topic.endswith(f"/{name}"):
                 delivery.wake.set()
+
+    def context_topic(self, station_key: str) -> str:
+        return f"{topic_base(self._config)}/context/{station_key}"
+
+    def _publish_contexts(self, through: int | None) -> None:
+        """The unit-context versions readings up to seq ``through`` name and that were not
+        published on this connection yet, retained on ``context/{station}``, before those
+        readings (one connection, QoS 1: they arrive first). ``through`` None (a connect):
+        every kept version, oldest change first, so each station's retained message ends as
+        its latest. Not awaited, like the metadata: one lost with its connection goes again
+        on the next connect."""
+        done = self._contexts_through
+        if self.contexts_refused is not None:
+            return
+        if through is not None and (
+            through <= done or self._outbox.outbox.context_changed_seq <= done
+        ):
+            return
+        collector_id = self._config.collector.id
+        rows = self._outbox.stored_contexts(done, through)
+        for ctx, station_key, body, _changed, _last in rows:
+            message = context_message(collector_id, ctx, body)
+            topic = self.context_topic(station_key)
+            future = self._publisher.publish(topic, message, retain=True)
+            future.add_done_callback(functools.partial(self._context_answered, topic=topic))
+        if through is None:
+            self._contexts_through = max([done, *(row[3] for row in rows)])
+        else:
+            self._contexts_through = max(done, through)
+
+    def _context_answered(self, future: asyncio.Future[Ack], *, topic: str) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # lost with its connection: published again on the next connect
+        ack = future.result()
+        if ack.is_failure and self.contexts_refused is None:
+            self.contexts_refused = f"{topic}: {ack}"
+            log.error(
+                "mqtt: the broker refused the unit context on %s (%s); no context is "
+                "published any more until the collector restarts, and consumers cannot resolve "
+                "the unit of the readings that name one: allow the collector to publish on "
+                "%s/context/# (docs/store.md)",
+                topic,
+                ack,
+                topic_base(self._config),
+            )
 
     def meta_topic(self, device: str) -> str:
         return f"{topic_base(self._config)}/meta/{device}"
@@ -467,6 +525,8 @@ class Forwarder:
                 lanes.live_cursor = batches[-1].last_seq
             lanes.turn_backlog = not backlog
             self._show_backlog(d)
+            if stream.key == b"polls":
+                self._publish_contexts(batches[-1].last_seq)
             future = self._publisher.publish(stream.topic, payload)
             future.add_done_callback(lambda _: d.wake.set())
             return _InFlight(

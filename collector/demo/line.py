@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ import orjson
 
 from collector.config import Config
 from collector.service import Service
-from contract.decode import ContractError, MetaBook, decode_readings
+from contract.decode import ContextBook, ContractError, MetaBook, decode_readings
+from contract.encode import ContextVersion
 from drivers.modbus.sim import SimulatedModbusServer, codecs
 from drivers.opcua.sim import RACK_NAMESPACE, SimulatedBurnInRack, rack_slot_tags
 from drivers.serial.sim import SimulatedScanner
@@ -343,6 +345,11 @@ class LiveView:
         self.three_passed = asyncio.Event()
         #: The tag metadata the readings refer to (their tags are sent by position).
         self.book = MetaBook()
+        #: The unit contexts they name, and where to find a version not seen yet (the
+        #: writer's: this view sees only the delivered readings, not the context topic).
+        self.contexts = ContextBook()
+        self.versions: Callable[[], list[ContextVersion]] = list
+        self.collector = ""
 
     def on_message(self, payload: bytes) -> None:
         if b'","deviations":[' in payload[:200]:  # right after the header: not a tag name
@@ -355,7 +362,14 @@ class LiveView:
             return
         # The reference decoder: one record per reading, whatever the schema.
         try:
-            records = decode_readings(payload, self.book)
+            try:
+                records = decode_readings(payload, self.book, self.contexts)
+            except ContractError as exc:
+                if exc.kind != "unknown_context":
+                    raise
+                for version in self.versions():
+                    self.contexts.add(version.message(self.collector))
+                records = decode_readings(payload, self.book, self.contexts)
         except ContractError:  # e.g. polls of a version from a previous run's buffer
             polls = orjson.loads(payload)["polls"]
             self.delivered += sum(len(p.get("values") or p.get("value_list") or ()) for p in polls)
@@ -428,6 +442,7 @@ async def _demo(  # noqa: PLR0917 - the command line's options
     service = Service(config, on_delivered=view.on_message)
     for meta in service.writer.metas.values():
         view.book.add(meta.message(config.collector.id))
+    view.versions, view.collector = service.writer.context_versions, config.collector.id
     print(
         f"demo: simulated tester on 127.0.0.1:{server.port}, scanner on {scanner.port}, "
         f"burn-in rack on {rack.endpoint}, broker {host}:{port}, buffer {buffer}",

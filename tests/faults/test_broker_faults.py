@@ -320,11 +320,11 @@ async def test_backlog_drains_oldest_first_while_live_readings_keep_flowing(
     live_before_end = [s for s in order[:last_backlog_at] if s > boundary]
     # Live readings did not wait for the end of the drain: they went out as they were read,
     # in messages between the backlog's (how many depends on how fast the drain is).
-    book = sub.meta_book()
+    book, contexts = sub.meta_book(), sub.context_book()
     live_messages = [
         seqs
         for seqs in (
-            [r.seq for r in decode_readings(payload, book)]
+            [r.seq for r in decode_readings(payload, book, contexts)]
             for topic, payload, _ in sub.messages
             if topic.endswith("/readings")
         )
