@@ -71,6 +71,7 @@ WAITS = (
     "Event.wait (threading.py",
 )
 IDLE = "idle (waiting)"
+SAMPLER = "py-spy's own cost (its stops, charged to every thread), estimated"
 
 _THREAD = re.compile(r"^thread \((\d+)\)")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
@@ -108,6 +109,17 @@ def parts_of(raw: Path) -> dict[int, Counter[str]]:
     return counts
 
 
+def thread_names(raw: Path) -> dict[int, str]:
+    """Each sampled thread's Python name (MainThread, outbox_0: the buffer's writer, paho's
+    network thread, asyncio_0: the default executor), numbered threads without the number."""
+    names = {}
+    for line in raw.read_text().splitlines():
+        match = re.match(r"^thread \((\d+)\): ([^;]*)", line)
+        if match:
+            names[int(match.group(1))] = re.sub(r"_\d+$", "", match.group(2).strip())
+    return names
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds (utime + stime) of each thread of ``pid``, from /proc."""
     out = {}
@@ -143,27 +155,38 @@ def one_run(work: Path, seconds: float, rate: int) -> dict[str, Any]:
     n = polls1 - polls0
     cpu = cpu1 - cpu0
     # Each thread's CPU (from /proc, not from the samples: a thread waiting for the disk in
-    # fsync is sampled as busy but costs no CPU) shared out over its own samples.
+    # fsync is sampled as busy but costs no CPU) shared out over its own samples. py-spy stops
+    # every thread for every sample, and the kernel charges that to the thread: a thread that
+    # never runs (asyncio's default executor, idle in every sample) shows that cost alone, so
+    # it is taken off every thread and shown on a line of its own.
+    samples = parts_of(raw)
+    names = thread_names(raw)
+    spent = {t: threads1.get(t, 0.0) - threads0.get(t, 0.0) for t in samples}
+    idle_threads = [spent[t] for t, counts in samples.items() if not set(counts) - {IDLE}]
+    overhead = statistics.median(idle_threads) if idle_threads else 0.0
     parts: dict[str, float] = defaultdict(float)
     idle = 0
     per_thread: dict[int, float] = {}
-    for tid, counts in parts_of(raw).items():
+    for tid, counts in samples.items():
         idle += counts.pop(IDLE, 0)
-        spent = threads1.get(tid, 0.0) - threads0.get(tid, 0.0)
         busy = sum(counts.values())
-        per_thread[tid] = 1e6 * spent / n
+        per_thread[tid] = 1e6 * spent[tid] / n
+        own = max(0.0, spent[tid] - overhead) if busy else 0.0
+        parts[SAMPLER] += spent[tid] - own
         for part, c in counts.items():
-            parts[part] += 1e6 * spent * c / busy / n
-    sampled = sum(per_thread.values())
-    # CPU of threads that gave no busy sample (the process's CPU minus theirs)
-    parts["unattributed (threads without busy samples)"] = max(0.0, 1e6 * cpu / n - sampled)
+            parts[part] += own * c / busy
+    parts = {p: 1e6 * v / n for p, v in parts.items()}
+    # CPU of threads that gave no sample at all (the process's CPU minus the sampled threads')
+    parts["unattributed (threads without samples)"] = max(
+        0.0, 1e6 * cpu / n - sum(per_thread.values())
+    )
     return {
         "polls": n,
         "cpu_s": cpu,
         "cpu_pct_of_one_core": 100 * cpu / (t1 - t0),
         "us_per_poll": 1e6 * cpu / n,
         "idle_samples_left_out": idle,
-        "threads_us_per_poll": per_thread,
+        "threads_us_per_poll": {names.get(t, str(t)): v for t, v in per_thread.items()},
         "parts_us_per_poll": dict(parts),
         "load_average": os.getloadavg(),
     }
@@ -220,6 +243,16 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         if value > 0:
             print(f"| {part} | {value:,.0f} | {value / total:.0%} |")
     print(f"| **total** | **{total:,.0f}** | |")
+    without = total - median(SAMPLER)
+    print(f"| total without py-spy's cost | {without:,.0f} | |")
+    threads = sorted({t for r in runs for t in r["threads_us_per_poll"]})
+    print(
+        "\nCPU by thread, µs per poll (median; py-spy's cost included): "
+        + ", ".join(
+            f"{t} {statistics.median(r['threads_us_per_poll'].get(t, 0.0) for r in runs):,.0f}"
+            for t in threads
+        )
+    )
     print(
         f"\nCPU {statistics.median(cpus):.1f} % of one core (runs: "
         + ", ".join(f"{c:.1f}" for c in cpus)
