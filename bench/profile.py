@@ -120,13 +120,14 @@ def thread_names(raw: Path) -> dict[int, str]:
     return names
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (utime + stime) of each thread of ``pid``, from /proc."""
+def thread_cpu(pid: int, kernel_only: bool = False) -> dict[int, float]:
+    """CPU seconds (utime + stime, or stime alone) of each thread of ``pid``, from /proc."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+            user, system = int(fields[11]), int(fields[12])
+            out[int(task.name)] = (system if kernel_only else user + system) / TICKS
     return out
 
 
@@ -143,14 +144,14 @@ def one_run(work: Path, seconds: float, rate: int) -> dict[str, Any]:
     with running(work, load) as line:
         time.sleep(3.0)  # warm-up, as bench.run
         polls0, cpu0, t0 = polls(line.status()), cpu_seconds(line.pid), time.time()
-        threads0 = thread_cpu(line.pid)
+        threads0, kernel0 = thread_cpu(line.pid), thread_cpu(line.pid, kernel_only=True)
         subprocess.run(
             [spy, "record", "--pid", str(line.pid), "--threads",
              "--rate", str(rate), "--duration", str(int(seconds)), "--format", "raw",
              "--output", str(raw)],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        threads1 = thread_cpu(line.pid)
+        threads1, kernel1 = thread_cpu(line.pid), thread_cpu(line.pid, kernel_only=True)
         polls1, cpu1, t1 = polls(line.status()), cpu_seconds(line.pid), time.time()
     n = polls1 - polls0
     cpu = cpu1 - cpu0
@@ -187,6 +188,11 @@ def one_run(work: Path, seconds: float, rate: int) -> dict[str, Any]:
         "us_per_poll": 1e6 * cpu / n,
         "idle_samples_left_out": idle,
         "threads_us_per_poll": {names.get(t, str(t)): v for t, v in per_thread.items()},
+        # The kernel's part of each thread's CPU (system calls, fsync, wake-ups, py-spy's stops)
+        "threads_kernel_us_per_poll": {
+            names.get(t, str(t)): 1e6 * (kernel1.get(t, 0.0) - kernel0.get(t, 0.0)) / n
+            for t in per_thread
+        },
         "parts_us_per_poll": dict(parts),
         "load_average": os.getloadavg(),
     }
@@ -250,6 +256,14 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         "\nCPU by thread, µs per poll (median; py-spy's cost included): "
         + ", ".join(
             f"{t} {statistics.median(r['threads_us_per_poll'].get(t, 0.0) for r in runs):,.0f}"
+            for t in threads
+        )
+    )
+    print(
+        "of which in the kernel: "
+        + ", ".join(
+            f"{t} "
+            f"{statistics.median(r['threads_kernel_us_per_poll'].get(t, 0.0) for r in runs):,.0f}"
             for t in threads
         )
     )
