@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+from contract.records import Quality, Reading
 from drivers.modbus.codec import TagCodec, decode, encode
 from drivers.modbus.config import ByteOrder, ModbusTable, ModbusTag, WordOrder
 
@@ -145,6 +146,81 @@ def test_the_fast_path_decodes_exactly_as_the_general_one(
         expected = decode(codec, [word])
         assert reading.value == expected
         assert type(reading.value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("table", "addresses", "words"),
+    [
+        # every register of the request, in order: the reply itself is the values
+        ("holding_register", [0, 1, 2, 3], [0, 1, 0x8000, 0xFFFF]),
+        # holes and an overlap in the request: the values are picked by offset
+        ("input_register", [10, 12, 15], [7, 0, 8, 0, 0, 9]),
+        # bits come padded to whole bytes: the padding is no reading
+        ("coil", [0, 1, 2], [1, 0, 1, 0, 0, 0, 0, 0]),
+    ],
+)
+def test_a_block_of_plain_registers_reads_as_tag_by_tag(
+    table: str, addresses: list[int], words: list[int]
+) -> None:
+    """Requests whose tags are all plain one-register (or one-bit) values are decoded in one
+    go; the readings must be the ones the tag-by-tag decode makes, types and units included."""
+    from drivers.modbus.plan import Request, readings_from_reply
+
+    bits = table == "coil"
+    codecs = tuple(
+        TagCodec(
+            ModbusTag.model_validate(
+                {
+                    "name": f"t{a}",
+                    "table": table,
+                    "address": a,
+                    "type": "bool" if bits else "uint16",
+                    **({} if i % 2 else {"unit": "bar"}),
+                }
+            ),
+            ByteOrder.BIG,
+            WordOrder.BIG,
+        )
+        for i, a in enumerate(addresses)
+    )
+    first = addresses[0]
+    count = addresses[-1] - first + 1
+    request = Request(ModbusTable(table), first, count, codecs)
+    assert request.block is not None  # the fast path is the one under test
+    # ints for bits too: whatever the reply holds, a bit reads as a bool, as tag by tag
+    values = words
+    readings = readings_from_reply(request, values, 5.0)
+    expected = [
+        Reading(
+            5.0,
+            c.tag.name,
+            (bool if bits else int)(values[c.tag.address - first]),
+            c.tag.unit,
+        )
+        for c in codecs
+    ]
+    assert readings == expected
+    assert [type(r) for r in readings] == [Reading] * len(codecs)
+    assert [type(r.value) for r in readings] == [type(e.value) for e in expected]
+    assert [r.quality for r in readings] == [Quality.GOOD] * len(codecs)
+
+
+def test_a_block_with_one_converted_tag_is_decoded_tag_by_tag() -> None:
+    from drivers.modbus.plan import Request, readings_from_reply
+
+    plain, scaled = (
+        TagCodec(
+            ModbusTag.model_validate(
+                {"name": name, "table": "holding_register", "address": a, "type": "uint16", **x}
+            ),
+            ByteOrder.BIG,
+            WordOrder.BIG,
+        )
+        for name, a, x in (("p", 0, {}), ("s", 1, {"scale": 0.5}))
+    )
+    request = Request(ModbusTable.HOLDING_REGISTER, 0, 2, (plain, scaled))
+    assert request.block is None
+    assert [r.value for r in readings_from_reply(request, [3, 3], 1.0)] == [3, 1.5]
 
 
 def test_float32_is_published_at_float32_precision() -> None:

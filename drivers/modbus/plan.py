@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from contract.codes import ErrorCode
-from contract.records import Reading, Value
+from contract.records import Quality, Reading, Value
 from drivers.base import RequestError
 from drivers.modbus.codec import TagCodec, decode
 from drivers.modbus.config import (
@@ -67,6 +69,49 @@ def _fast_decoder(codec: TagCodec, bits: bool) -> Callable[[int], Value] | None:
     return None
 
 
+def _as_is(codec: TagCodec, bits: bool) -> bool:
+    """Whether the tag's value is its one register or bit unchanged: a plain big-endian uint16
+    (pymodbus hands registers over as ints) or a coil / discrete input (as bools)."""
+    if bits:
+        return True
+    tag = codec.tag
+    return (
+        tag.type is ModbusType.UINT16
+        and codec.byte_order is ByteOrder.BIG
+        and tag.scale == 1.0
+        and tag.offset == 0.0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """A request whose every tag is one register or bit taken as is (the usual plain-register
+    device): its readings are made in C (``map`` over ``zip``), without a Python statement
+    per reading."""
+
+    names: tuple[str, ...]
+    units: tuple[str | None, ...]
+    # None: the tags are the reply's values in order, one each; else their offsets.
+    pick: Callable[[Sequence[Any]], Sequence[Any]] | None
+
+
+def _block(steps: tuple[_Step, ...], count: int, bits: bool) -> _Block | None:
+    if len(steps) < 2 or not all(_as_is(c, bits) for *_, c in steps):
+        return None
+    offsets = [offset for _, _, offset, _, _, _ in steps]
+    whole = offsets == list(range(count))
+    return _Block(
+        names=tuple(name for name, *_ in steps),
+        units=tuple(unit for _, unit, *_ in steps),
+        pick=None if whole else itemgetter(*offsets),
+    )
+
+
+# tuple.__new__(Reading, fields) makes a Reading from a tuple in C; Reading(...) would call
+# the named tuple's Python-level __new__ once per reading.
+_new_tuple = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One read request: a contiguous span of a table covering one or more tags."""
@@ -76,6 +121,7 @@ class Request:
     count: int
     tags: tuple[TagCodec, ...]
     steps: tuple[_Step, ...] = field(default=(), compare=False, repr=False)
+    block: _Block | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         bits = self.table.is_bit_table
@@ -91,6 +137,7 @@ class Request:
             for c in self.tags
         )
         object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "block", _block(steps, self.count, bits))
 
     def __str__(self) -> str:
         return f"{self.table.value}[{self.address}..{self.address + self.count - 1}]"
@@ -149,6 +196,15 @@ def readings_from_reply(
     request: Request, values: Sequence[int] | Sequence[bool], ts: float
 ) -> list[Reading]:
     """Decode the tags of a request from its reply values (words or bits)."""
+    block = request.block
+    if block is not None and len(values) >= request.count:
+        picked = values if block.pick is None else block.pick(values)
+        if request.table.is_bit_table:
+            picked = list(map(bool, picked))
+        fields = zip(
+            repeat(ts), block.names, picked, block.units, repeat(Quality.GOOD), repeat(None)
+        )
+        return list(map(_new_tuple, repeat(Reading), fields))
     out: list[Reading] = []
     for name, unit, offset, width, fast, codec in request.steps:
         try:
