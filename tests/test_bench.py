@@ -86,6 +86,7 @@ def test_handover_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert heal["collector_resent"] >= heal["hole_readings"]
 
 
+@pytest.mark.slow
 def test_wire_benchmark_runs_every_shape_on_real_servers() -> None:
     """bench.wire (issue 24's byte targets) on a few seconds of each shape: every reading
     it got decoded (contexts and metadata resolved), figures printed, none asserted."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import Config
-from contract.decode import FlatReading, MetaBook, decode_readings
+from contract.decode import ContextBook, FlatReading, MetaBook, decode_readings
 from drivers.modbus.sim import SimulatedModbusServer
 from store.db import connect
 from tests.handover import Line, store_config
@@ -32,14 +32,17 @@ from tests.store_fixtures import StoreProcess, forget_session
 
 def received(consumer: Subscriber) -> list[FlatReading]:
     """Every reading of every readings message, in arrival order, positional polls resolved
-    through the tag metadata received on the same subscription."""
-    book = MetaBook()
+    through the tag metadata and unit contexts received on the same subscription (the
+    collector publishes both before the readings that name them)."""
+    book, contexts = MetaBook(), ContextBook()
     out: list[FlatReading] = []
     for topic, payload, _retained in list(consumer.messages):
         if "/meta/" in topic and payload:
             book.add(payload)
+        elif "/context/" in topic and payload:
+            contexts.add(payload)
         elif topic.endswith("/readings"):
-            out.extend(decode_readings(payload, book))
+            out.extend(decode_readings(payload, book, contexts))
     return out
 
 

@@ -72,7 +72,7 @@ async def test_http_refuses_unknown_fields_naming_them(port: tuple[RunningServic
         {
             "type": "extra_forbidden",
             "loc": ["body", "admin"],
-            "msg": "unknown field 'admin'; the fields are serial, golden, work_order",
+            "msg": "unknown field 'admin'; the fields are serial, golden, work_order, operator",
         }
     ]
     assert ok.status_code == 200, ok.text

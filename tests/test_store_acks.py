@@ -17,7 +17,7 @@ from store.ingest import Incoming, Writer
 from store.status import gap_report, old_gaps, stream_states
 from tests.helpers import Mosquitto, Subscriber, wait_until
 from tests.store_fixtures import Publisher, StoreProcess, pilot_unit_records
-from tests.test_store_decode import OUTBOX, keyed_message
+from tests.test_store_decode import OUTBOX, VERSION, keyed_message
 from tests.test_store_ingest import R_TOPIC, schema1
 from tests.test_store_service import PER_MESSAGE, TOPIC, message
 
@@ -199,7 +199,9 @@ def test_the_other_stream_of_an_outbox_is_looked_up_once(db_url: str) -> None:
     units = envelope("pc1", OUTBOX, with_seq([(1, record)]), b"units")
     writer.write([Incoming(units_topic, units)])
     readings = orjson.dumps(keyed_message())  # pc1, the same outbox
-    result = writer.write([Incoming(R_TOPIC, readings)])
+    # Its unit context first (schema 3), as the collector publishes it.
+    context = Incoming(R_TOPIC.rsplit("/", 1)[0] + "/context/ft-1/3", VERSION.message("pc1"))
+    result = writer.write([context, Incoming(R_TOPIC, readings)])
     book = AckBook(AcksConfig())
     book.update(result.streams, now=0.0)
     (key,) = result.streams
