@@ -8,12 +8,12 @@
 
 - ingest: the store's batch writer (store.ingest.Writer, what one store process runs per
   batch) fed with the collector's own stream: messages made by its own encoder
-  (contract.encode.PollEncoder with the device's tag metadata, in its envelope: schema 2,
+  (contract.encode.PollEncoder with the device's tag metadata, in its envelope: schema 3,
   values by position, the default ``mqtt.value_keys``), ``--per-message`` readings a message
   and the default 100 messages a transaction, into a fresh SQLite file and a fresh PostgreSQL
-  database, after the device's retained meta message. Readings per second = readings committed
-  / wall time of the writes (decode included). ``--repeat N``: N runs, the median reported;
-  ``--profile DIR``: a cProfile of each run.
+  database, after the device's retained meta message and the unit contexts the readings name.
+  Readings per second = readings committed / wall time of the writes (decode included).
+  ``--repeat N``: N runs, the median reported; ``--profile DIR``: a cProfile of each run.
 - ingest1: the same readings in schema 1 (one object per reading), as a collector older
   than issue 16 sends them.
 - ingestk: the same readings keyed by tag name (schema 2 with ``mqtt.value_keys: name``).
@@ -49,7 +49,14 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
-from contract.encode import DeviceMeta, PollEncoder, ReadingEncoder, build_message, envelope
+from contract.encode import (
+    ContextVersion,
+    DeviceMeta,
+    PollEncoder,
+    ReadingEncoder,
+    build_message,
+    envelope,
+)
 from contract.records import Context, Reading
 from store.db import connect, create_schema
 from store.genealogy import unit_genealogy
@@ -66,6 +73,7 @@ OUTBOX = "6f1d0c2a9b7e4e55"
 DEVICE = "tester-1"
 READINGS_TOPIC = "collector/plant/line/pc1/readings"
 META_TOPIC = f"collector/plant/line/pc1/meta/{DEVICE}"
+CONTEXT_TOPIC = "collector/plant/line/pc1/context/ft-1"
 
 
 def _tag_meta() -> dict[str, dict[str, object]]:
@@ -125,6 +133,17 @@ def _encoded_polls(
         yield b",".join(items)
 
 
+def context_messages(total: int, per_message: int, collector: str = "pc1") -> list[bytes]:
+    """The unit-context versions the readings name (schema 3), in the order of their first
+    poll, as the collector publishes them before those readings (docs/messages.md)."""
+    versions: dict[str, bytes] = {}
+    for polls in _polls(total, per_message):
+        for _seq, poll, _ts in polls:
+            version = ContextVersion(_context(poll))
+            versions.setdefault(version.ctx, version.message(collector))
+    return list(versions.values())
+
+
 def collector_messages(
     total: int, per_message: int, collector: str = "pc1", positional: bool = True
 ) -> list[bytes]:
@@ -173,8 +192,8 @@ def server_cpu_seconds(pg: PostgresServer | None) -> float:
 
 #: The ingest variants: the form of the messages (all carry the same readings).
 FORMS = {
-    "ingest": collector_messages,  # the collector's own stream (schema 2, values by position)
-    "ingestk": keyed_messages,  # schema 2, values keyed by tag (mqtt.value_keys: name)
+    "ingest": collector_messages,  # the collector's own stream (schema 3, values by position)
+    "ingestk": keyed_messages,  # schema 3, values keyed by tag (mqtt.value_keys: name)
     "ingest1": schema1_messages,  # schema 1, one object per reading
 }
 
@@ -194,8 +213,9 @@ def bench_ingest(
     create_schema(engine)
     writer = Writer(engine)
     incoming = [Incoming(READINGS_TOPIC, m) for m in messages]
-    # The retained meta comes first, as the collector publishes it on connect.
-    writer.write([Incoming(META_TOPIC, device_meta().message("pc1"))])
+    # The retained meta and the unit contexts come first, as the collector publishes them.
+    contexts = [Incoming(CONTEXT_TOPIC, m) for m in context_messages(total, per_message)]
+    writer.write([Incoming(META_TOPIC, device_meta().message("pc1")), *contexts])
     writer.write(incoming[:1])  # the dimension rows and the connection: not what is measured
     rest = incoming[1:]
     started = time.perf_counter()
@@ -440,6 +460,10 @@ def bench_backlog(url: str, total: int, per_message: int, workdir: Path) -> dict
         # The tag metadata first, retained, as the collector publishes it on connect: without
         # it the store would park every positional message (docs/store.md).
         publisher.publish(META_TOPIC, device_meta().message("pc1"), qos=1, retain=True)
+        # The unit contexts the readings name (schema 3), queued for the store's session
+        # like the readings, as the collector sends the versions its buffer still needs.
+        for context in context_messages(total, per_message):
+            publisher.publish(CONTEXT_TOPIC, context, qos=1).wait_for_publish(30)
         for payload in messages:
             publisher.publish("collector/plant/line/pc1/readings", payload, qos=1).wait_for_publish(
                 30
