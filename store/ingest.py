@@ -50,6 +50,7 @@ from store.metabook import (
 )
 from store.parking import DROPS_A_LOOK, Dropped, ParkingLimits, bound_parking
 from store.quarantine import Kept, Pruned, QuarantineBook, QuarantineLimits
+from store.replays import defer_overlaps, defer_unit_overlaps, unit_difference
 from store.rows import READINGS, UNITS, BatchRows, Ids, build, ctx_columns, ctx_key
 from store.schema import to_micros
 from store.sql import audit, db_time, insert_readings, insert_units, statements
@@ -157,6 +158,8 @@ class _Batch:
 
     readings: list[tuple[Incoming, Decoded]] = field(default_factory=list)
     units: list[list[FlatUnit]] = field(default_factory=list)
+    #: The message that brought each of ``units``.
+    unit_messages: list[Incoming] = field(default_factory=list)
     metas: dict[MetaKey, MetaVersion] = field(default_factory=dict)
     #: The message that brought each of ``metas``.
     meta_messages: dict[MetaKey, Incoming] = field(default_factory=dict)
@@ -318,6 +321,15 @@ class Writer:
             self._check_metas(conn, sorted_, result)
             self._check_positional(conn, sorted_, result)
             self._check_contexts(conn, sorted_, result)
+            # Seqs two messages of this batch both carry: the later message is written
+            # after this transaction, where it is judged as any replay (store.replays).
+            deferred = self._defer_overlaps(sorted_)
+            later_release: list[int] = []
+            if deferred and release:
+                qids = dict(zip(map(id, batch), release, strict=True))
+                later_release = [qids[id(m)] for m in deferred]
+                held = set(later_release)
+                release = [q for q in release if q not in held]
             now = datetime.now(UTC)
             try:
                 rows = self._rows(sorted_)
@@ -352,9 +364,13 @@ class Writer:
                 cur.executemany(
                     self._sql["span"], [(*key, *span) for key, span in sorted(rows.spans.items())]
                 )
+            units_replayed = self._unit_replays(
+                cur, replayed, sorted_, rows, result=result, now=now
+            )
             result.units, result.units_inserted = insert_units(
                 cur, self._sql, rows.units, rows.chars
             )
+            result.units += units_replayed
             for meta in sorted_.metas.values():
                 self._meta(cur, meta, now)
             for (collector, ctx), members in sorted_.contexts.items():
@@ -409,7 +425,76 @@ class Writer:
             )  # fmt: skip
             if found is not None:
                 arrived.add(key)
+        if deferred:
+            later, more = self._write(deferred, later_release)
+            later.messages = 0  # counted in this batch
+            result.add(later)
+            arrived |= more
         return result, arrived
+
+    def _defer_overlaps(self, batch: _Batch) -> list[Incoming]:
+        """Take out of the batch each readings or units message carrying a seq that an
+        earlier one of the batch carries (not the same bytes); those messages."""
+        batch.readings, deferred = defer_overlaps(batch.readings, _payload)
+        if len(batch.units) > 1:
+            batch.units, batch.unit_messages, more = defer_unit_overlaps(
+                batch.units, batch.unit_messages, _payload
+            )
+            deferred += more
+        return deferred
+
+    def _unit_replays(
+        self,
+        cur: Any,
+        replayed: dict[int, list[tuple[int, int]]],
+        batch: _Batch,
+        rows: BatchRows,
+        *,
+        result: BatchResult,
+        now: datetime,
+    ) -> int:
+        """Unit records whose seq the stream already had: one with other content (another
+        ``end_ts`` would be a second row: it is in the key) is not inserted, and its message
+        is kept in quarantine (``conflict``) with both versions; a redelivery goes on to
+        insert-or-ignore. The number of records taken out of ``rows``."""
+        if not replayed or not rows.units:
+            return 0
+        streams = self._ids.streams
+        lines: dict[int, tuple[Incoming, list[str]]] = {}
+        out: set[tuple[str, str, int]] = set()
+        records = (
+            (message, u) for units, message in zip(batch.units, batch.unit_messages, strict=True)
+            for u in units
+        )  # fmt: skip
+        for (message, u), row in zip(records, rows.units, strict=True):
+            spans = replayed.get(streams[(u.collector, u.outbox, UNITS)], ())
+            if not any(a <= u.seq <= b for a, b in spans):
+                continue
+            cur.execute(self._sql["unit_get"], (u.collector, u.outbox, u.seq))
+            stored = cur.fetchall()
+            diffs = [unit_difference(tuple(s), row) for s in stored]
+            if not stored or None in diffs:
+                continue  # a redelivery: insert-or-ignore
+            out.add((u.collector, u.outbox, u.seq))
+            lines.setdefault(id(message), (message, []))[1].append(cast(str, diffs[0]))
+        if not out:
+            return 0
+        rows.units = [r for r in rows.units if (r[0], r[1], r[2]) not in out]
+        rows.chars = [r for r in rows.chars if (r[0], r[1], r[2]) not in out]
+        for message, found in lines.values():
+            self._keep_conflict(cur, message, found, result, now)
+        return len(out)
+
+    def _keep_conflict(
+        self, cur: Any, message: Incoming, lines: list[str], result: BatchResult, now: datetime
+    ) -> None:
+        """Keep a replay with other content in quarantine (``conflict``), both versions in
+        its reason (the first 20 seqs)."""
+        reason = "conflicting replay (kept: the stored version): " + "; ".join(lines[:20])
+        if len(lines) > 20:
+            reason += f"; ... ({len(lines)} seqs)"
+        self._quarantine(cur, message, "conflict", reason, now, whole=True)
+        result.quarantined.append(("conflict", reason))
 
     def _stored(
         self, cur: Any, replayed: dict[int, list[tuple[int, int]]], batch: _Batch
@@ -484,11 +569,7 @@ class Writer:
                             f"replayed with ts {ts} value {new!r}"
                         )
         for message, lines in bad.values():
-            reason = "conflicting replay (kept: the stored version): " + "; ".join(lines[:20])
-            if len(lines) > 20:
-                reason += f"; ... ({len(lines)} seqs)"
-            self._quarantine(cur, message, "conflict", reason, now, whole=True)
-            result.quarantined.append(("conflict", reason))
+            self._keep_conflict(cur, message, lines, result, now)
         return deleted
 
     def _message_of(self, batch: _Batch, stream: int, seq: int) -> Incoming | None:
@@ -519,6 +600,7 @@ class Writer:
                     for u in units:
                         _same_collector(message.topic, kind, u.collector)
                     out.units.append(units)
+                    out.unit_messages.append(message)
                     for u in units:
                         out.bases[(u.collector, u.outbox, UNITS)] = base
                 elif kind == META:
@@ -934,6 +1016,10 @@ def incoming_values(
             if (stream, seq0 + i) in wanted:
                 out[(stream, seq0 + i)] = (value, None)
     return out
+
+
+def _payload(message: Incoming) -> bytes:
+    return message.payload
 
 
 def _same_value(stored: tuple[Any, Any], incoming: tuple[Any, Any]) -> bool:

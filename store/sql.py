@@ -113,6 +113,8 @@ def statements(sqlite: bool) -> dict[str, str]:
         "release_p": "DELETE FROM parked WHERE quarantine_id = ?",
         "replay_get": "SELECT seq, ts, num, text FROM readings WHERE stream = ? "
         "AND seq BETWEEN ? AND ?",
+        "unit_get": f"SELECT {_UNIT_COLUMNS} FROM units "  # noqa: S608 - constants
+        "WHERE collector = ? AND outbox = ? AND seq = ?",
         "replay_del": "DELETE FROM readings WHERE stream = ? AND seq = ? AND ts = ?",
         "refused": "UPDATE quarantine SET kind = 'database', reason = ? WHERE id = ?",
         # A collector's word about seqs it will never send (store.announce): the widest
