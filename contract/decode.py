@@ -301,11 +301,12 @@ def decode_polls(
     if schema >= 2:
         resolve = _Resolve(collector, metas, contexts=contexts)
         read = _poll2 if schema == 2 else _poll3
-        polls = [
-            poll
-            for i, item in enumerate(_list(doc, "polls"))
-            for poll in read(item, f"polls[{i}].", ts_check, resolve)
-        ]
+        polls: list[Poll] = []
+        next_seq = 0
+        for i, item in enumerate(_list(doc, "polls")):
+            path = f"polls[{i}]."
+            polls += read(item, path, ts_check, resolve)
+            next_seq = _rising(item, path, next_seq)
         if resolve.missing:
             missing = resolve.missing
             path, _, device, meta = missing[0]
@@ -329,6 +330,20 @@ def decode_polls(
     else:
         polls = _polls1(_list(doc, "readings"), ts_check)
     return ReadingsMessage(schema, collector, outbox, polls)
+
+
+def _rising(poll: dict[str, Any], path: str, next_seq: int) -> int:
+    """A poll's seqs come after the previous poll's (a seq is one reading, once: two values
+    of one seq in a message would be two rows for one dedupe key); the next free seq."""
+    seq: int = poll["seq"]
+    if seq < next_seq:
+        raise ContractError(
+            f"{path}seq",
+            f"{seq} repeats a seq of an earlier poll of this message (up to {next_seq - 1}): "
+            "seqs rise within a message",
+        )
+    values = poll.get("values", poll.get("value_list"))
+    return seq + (len(values) if isinstance(values, dict | list) else 0)
 
 
 @dataclass(slots=True)
@@ -760,10 +775,16 @@ def decode_units(payload: bytes) -> list[FlatUnit]:
     schema = _schema(doc)
     collector, outbox = _header(doc, schema)
     ts_check = _TsCheck()
-    units = []
+    units: list[FlatUnit] = []
     for i, item in enumerate(_list(doc, "units")):
         path = f"units[{i}]."
         unit = _obj(item, path)
+        if units and type(unit.get("seq")) is int and unit["seq"] <= units[-1].seq:
+            raise ContractError(
+                f"{path}seq",
+                f"{unit['seq']} is not above the previous unit record's {units[-1].seq}: seqs "
+                "rise within a message",
+            )
         verdict = unit.get("verdict")
         if not _one_of(verdict, VERDICTS):
             raise ContractError(

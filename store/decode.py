@@ -172,8 +172,12 @@ class Decoder:
         add = decoded.runs.append
         keys = len(doc)  # the keys orjson kept: a repeated key is one less than written
         read = self._runs2 if schema == 2 else self._runs3
+        next_seq = 0
         for poll in polls:
             for run in read(poll):
+                if run.seq < next_seq:
+                    raise _Refused  # a seq twice: the reference decoder names it
+                next_seq = run.seq + len(run.values)
                 if run.tags is None:
                     decoded.needs.add((run.device, run.meta))  # type: ignore[arg-type]
                 if type(run.context) is str:

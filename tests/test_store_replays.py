@@ -221,3 +221,44 @@ def test_parked_replays_released_together(db_url: str) -> None:
     assert table(engine, "SELECT seq, num FROM readings ORDER BY seq") == [(1, 1.0), (2, 2.0)]
     assert table(engine, "SELECT kind FROM quarantine") == [("conflict",)]
     assert table(engine, "SELECT count(*) FROM parked") == [(0,)]
+
+
+def _seq_twice() -> bytes:
+    """One schema-3 message whose second poll starts inside the first's seqs (1-3, then 3-5):
+    seq 3 twice, with another time (a second row for one seq, if it were taken)."""
+    values = [1.0, 2.0, 3.0]
+    first = PollEncoder().encode(1, "dev", collector_readings(values), [CTX] * 3)
+    later = [r._replace(ts=r.ts + 1) for r in collector_readings(values)]
+    second = PollEncoder().encode(3, "dev", later, [CTX] * 3)
+    return envelope("pc1", OUTBOX, first + b"," + second)
+
+
+def test_one_message_with_a_seq_twice_is_refused_by_both_decoders() -> None:
+    from contract.decode import ContractError, decode_polls, decode_units  # noqa: PLC0415
+
+    payload = _seq_twice()
+    words = (
+        "polls[1].seq: 3 repeats a seq of an earlier poll of this message (up to 3): seqs rise "
+        "within a message"
+    )
+    with pytest.raises(ContractError) as reference:
+        decode_polls(payload)
+    with pytest.raises(ContractError) as store:
+        Decoder().decode(payload)
+    for raised in (reference.value, store.value):
+        assert (str(raised), raised.kind) == (words, "field")
+    records = with_seq([(5, encode_unit(pilot_unit_records()[0])),
+                        (5, encode_unit(pilot_unit_records()[1]))])  # fmt: skip
+    with pytest.raises(ContractError) as units:
+        decode_units(envelope("pc1", OUTBOX, records, b"units"))
+    assert str(units.value) == (
+        "units[1].seq: 5 is not above the previous unit record's 5: seqs rise within a message"
+    )
+
+
+def test_one_message_with_a_seq_twice_is_quarantined_whole(db_url: str) -> None:
+    engine, writer = writer_on(db_url)
+    context = Incoming(f"{BASE}/context/ft-1/3", VERSION.message("pc1"))
+    result = writer.write([context, Incoming(R_TOPIC, _seq_twice())])
+    assert [kind for kind, _ in result.quarantined] == ["field"]
+    assert table(engine, "SELECT count(*) FROM readings") == [(0,)]
