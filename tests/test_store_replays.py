@@ -11,6 +11,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from contract.decode import ContractError, decode_polls, decode_units
 from contract.encode import PollEncoder, encode_unit, envelope, with_seq
 from contract.records import UnitRecord
 from store.db import connect, create_schema
@@ -234,8 +235,6 @@ def _seq_twice() -> bytes:
 
 
 def test_one_message_with_a_seq_twice_is_refused_by_both_decoders() -> None:
-    from contract.decode import ContractError, decode_polls, decode_units  # noqa: PLC0415
-
     payload = _seq_twice()
     words = (
         "polls[1].seq: 3 repeats a seq of an earlier poll of this message (up to 3): seqs rise "
