@@ -2,9 +2,9 @@
 # Install what the tests need on this machine, then run a tier of them.
 #
 #   bash tests/run.sh            the default tier: every real component (mosquitto, PostgreSQL,
-#                                Chromium, asyncua, pymodbus), about 5 minutes on 2 cores
+#                                Chromium, asyncua, pymodbus), about 4½ minutes on 2 cores
 #   bash tests/run.sh slow       the slow tier: package installs, the demo script, bench smokes,
-#                                soaks (about 5 minutes more)
+#                                soaks (about 11 minutes more)
 #   bash tests/run.sh all        both, one after the other (what CI runs)
 #   bash tests/run.sh -- ARGS    pytest with ARGS, after the same set-up (e.g. -- tests/test_buffer.py)
 #
