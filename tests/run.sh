@@ -4,7 +4,7 @@
 #   bash tests/run.sh            the default tier: every real component (mosquitto, PostgreSQL,
 #                                Chromium, asyncua, pymodbus), about 4½ minutes on 2 cores
 #   bash tests/run.sh slow       the slow tier: package installs, the demo script, bench smokes,
-#                                soaks (about 11 minutes more)
+#                                soaks (about 9 minutes more)
 #   bash tests/run.sh all        both, one after the other (what CI runs)
 #   bash tests/run.sh -- ARGS    pytest with ARGS, after the same set-up (e.g. -- tests/test_buffer.py)
 #
