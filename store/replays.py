@@ -8,7 +8,7 @@ written right after the batch committed, where it is such a replay. A message wh
 are those of one kept in the batch stays: insert-or-ignore makes it the duplicate it is.
 
 Unit records have no seq in their key's uniqueness alone (``end_ts`` is in it):
-:func:`unit_conflicts` compares a replayed unit record with the stored one.
+:func:`unit_difference` compares a replayed unit record with the stored one.
 """
 
 from __future__ import annotations
