@@ -37,14 +37,15 @@ from store.sql import read_time
 
 log = logging.getLogger("store.ingest")
 
-#: The kind of a parked message's quarantine row (store.parking bounds those).
-PARKED = "unknown_meta"
+#: The kinds of a parked message's quarantine row, waiting for its tag metadata or its unit
+#: context (store.parking bounds those; pruning one would lose the message it holds).
+PARKED_KINDS = ("unknown_meta", "unknown_context")
 #: Rows pruned per look at most (one transaction's work); the rest at the next look.
 PRUNES_A_LOOK = 10_000
 #: Past a bound, rows are pruned down to this share of it (a look per twentieth of the bound).
 LOW_WATER = 0.95
 
-_SETTLED = f"kind <> '{PARKED}'"
+_SETTLED = "kind NOT IN (" + ", ".join(f"'{kind}'" for kind in PARKED_KINDS) + ")"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class QuarantineBook:
 
     def added(self, topic: str, kind: str, reason: str, stored_bytes: int) -> None:
         """A row inserted in the open transaction (a parked one is not counted here)."""
-        if kind == PARKED:
+        if kind in PARKED_KINDS:
             return
         self._txn.rows += 1
         self._txn.bytes += stored_bytes
@@ -263,7 +264,7 @@ def quarantine_size(engine: sa.Engine) -> tuple[int, int]:
             sa.select(
                 sa.func.count(),
                 sa.func.coalesce(sa.func.sum(sa.func.length(quarantine.c.payload)), 0),
-            ).where(quarantine.c.kind != PARKED)
+            ).where(quarantine.c.kind.not_in(PARKED_KINDS))
         ).one()
     return int(rows), int(size)
 

@@ -25,16 +25,17 @@ from store.episodes import Episodes
 from store.ingest import BatchResult, Incoming, Writer
 from store.parking import DROPPED, ParkingLimits
 from store.quarantine import (
-    PARKED,
+    PARKED_KINDS,
     Kept,
     QuarantineBook,
     QuarantineLimits,
     QuarantineLog,
     collector_of,
 )
-from store.schema import parked, quarantine
+from store.schema import parked, quarantine, readings
 from tests.helpers import Mosquitto, wait_until
 from tests.store_fixtures import StoreProcess
+from tests.test_store_decode import VERSION, keyed_message
 from tests.test_store_metas import TEMP_FIRST, meta_payload, unknown
 from tests.test_store_positional import M_TOPIC, R_TOPIC, count
 
@@ -56,7 +57,7 @@ def kept_rows(engine: sa.Engine) -> list[tuple[str, bytes]]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(quarantine.c.kind, quarantine.c.payload)
-            .where(quarantine.c.kind != PARKED)
+            .where(quarantine.c.kind.not_in(PARKED_KINDS))
             .order_by(quarantine.c.id)
         ).all()
     return [(kind, bytes(payload)) for kind, payload in rows]
@@ -110,8 +111,25 @@ def test_parked_messages_are_not_pruned_but_those_dropped_from_parking_are(
                 sa.select(quarantine.c.kind, sa.func.count()).group_by(quarantine.c.kind)
             ).all()
         )
-    assert kinds == {PARKED: 10, DROPPED: 19}  # 90 dropped from parking; 71 of them pruned
+    assert kinds == {"unknown_meta": 10, DROPPED: 19}  # 90 dropped from parking; 71 of them pruned
     assert pruned(results) == {DROPPED: 71}
+
+
+def test_a_message_waiting_for_its_unit_context_outlives_a_pruned_flood(
+    engine: sa.Engine,
+) -> None:
+    """A schema-3 message parked for its context version is no settled quarantine: a flood
+    that prunes the quarantine leaves it, and it is stored when the version comes."""
+    writer = Writer(engine, quarantine=QuarantineLimits(max_rows=20))
+    base = "collector/site/line1/pc1"  # keyed_message's collector
+    writer.write([Incoming(f"{base}/readings", orjson.dumps(keyed_message()))])
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(quarantine.c.kind)).scalars().all() == ["unknown_context"]
+    assert count(engine, parked) == 1
+    results = [writer.write([bad(i) for i in range(s, s + 20)]) for s in range(0, 100, 20)]
+    assert pruned(results) == {"json": 81}
+    writer.write([Incoming(f"{base}/context/ft-1/3", VERSION.message("pc1"))])
+    assert (count(engine, parked), count(engine, readings)) == (0, 8)
 
 
 def test_old_quarantined_messages_are_pruned_by_the_idle_look(engine: sa.Engine) -> None:
@@ -136,7 +154,7 @@ def test_only_committed_rows_count_and_are_logged() -> None:
     book.rows = 4  # as a look read it
     book.begin()
     book.added(R_TOPIC, "json", "not JSON", 100)
-    book.added(R_TOPIC, PARKED, "parked: not counted here", 50)
+    book.added(R_TOPIC, "unknown_meta", "parked: not counted here", 50)
     book.rollback()
     assert (book.rows, book.bytes, book.take()) == (4, 0, ([], []))
     book.begin()
