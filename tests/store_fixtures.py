@@ -28,14 +28,19 @@ from tests.postgres import PostgresServer, require_postgres
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def running_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster in a temporary folder, started, removed afterwards."""
     require_postgres()
     server = PostgresServer()
     server.init()
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    yield from running_postgres()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -18,8 +18,8 @@ from drivers.modbus.sim import SimulatedModbusServer
 from store.db import connect
 from tests.handover import FLOW_S, Line, broker, kill, store_config
 from tests.helpers import Mosquitto, RunningService, async_wait_until, set_tester
-from tests.postgres import PostgresServer, require_postgres
-from tests.store_fixtures import StoreProcess
+from tests.postgres import PostgresServer
+from tests.store_fixtures import StoreProcess, running_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -44,12 +44,7 @@ def queue_limited_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL for this test alone: it is stopped in the middle of the test."""
-    require_postgres()
-    server = PostgresServer()
-    server.init()
-    server.start()
-    yield server
-    server.cleanup()
+    yield from running_postgres()
 
 
 async def test_broker_restarts_a_store_kill_and_a_database_outage_lose_nothing(
