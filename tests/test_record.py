@@ -572,6 +572,40 @@ def test_people_config_problems_are_said_at_load(
     )
 
 
+def test_pilot_open_opens_a_run_as_the_tokens_person(
+    app: tuple[TestClient, StoreService],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``collector store pilot open --protocol FILE``: what POST /runs does, by the person
+    whose token it is given; the same text again is the same version."""
+    client, _ = app
+    config = str(tmp_path / "store.yaml")  # the app's, with its people
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump(PROTOCOL))
+    opened = ["pilot", "open", "--protocol", str(protocol), "--config", config, "--db", db_url]
+    monkeypatch.delenv("COLLECTOR_STORE_TOKEN", raising=False)
+    assert store_cli(opened) == 2  # no token: nobody
+    assert "is no person's of the config's people" in capsys.readouterr().err
+    monkeypatch.setenv("COLLECTOR_STORE_TOKEN", TOKENS["bob"])
+    assert store_cli(opened) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["version"], first["created"]) == (1, True)
+    shown = client.get(f"/runs/{first['id']}").json()
+    assert shown["versions"][0]["created_by"] == "Bob P"
+    token_file = tmp_path / "alice.token"  # written by store_yaml
+    assert store_cli([*opened, "--token-file", str(token_file)]) == 0
+    assert json.loads(capsys.readouterr().out) == {**first, "created": False}
+    protocol.write_text("run: {name: x}\noperations: 7\n")
+    assert store_cli(opened) == 2
+    refused = capsys.readouterr().err
+    assert refused.startswith(f"pilot open: {protocol}: ")
+    assert "operations" in refused
+    assert TOKENS["bob"] not in refused
+
+
 def test_the_runs_commands_list_show_and_report(
     app: tuple[TestClient, StoreService], db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
