@@ -30,6 +30,7 @@ from tests.helpers import LoopbackTcpServer, Mosquitto, Subscriber, async_wait_u
 ENCODER = PollEncoder()
 HOLD = -1  # the fake keeps the message unanswered until the test answers it
 DROP = -2  # the connection dies with the message in flight
+REFUSE_AND_DROP = -3  # refused (Not authorized), then the broker ends the connection
 ACCEPT = 0x00
 NOT_AUTHORIZED = 0x87
 TOO_LARGE = 0x95
@@ -76,6 +77,9 @@ class FakePublisher:
             self.held.append(future)
         elif verdict == DROP:
             loop.call_soon(self.drop)
+        elif verdict == REFUSE_AND_DROP:
+            loop.call_soon(self.resolve, future, NOT_AUTHORIZED)
+            loop.call_soon(self.drop, True)
         else:
             loop.call_soon(self.resolve, future, verdict)
         return future
@@ -89,12 +93,12 @@ class FakePublisher:
                 self.acknowledged.append(self._messages[id(future)])
         self._listener()
 
-    def drop(self) -> None:
+    def drop(self, after_refusal: bool = False) -> None:
         """The connection ends: what is in flight fails; connected again at once."""
         self.connection += 1
         for future in self._in_flight:
             if not future.done():
-                future.set_exception(ConnectionLost(self.connection))
+                future.set_exception(ConnectionLost(self.connection, after_refusal))
         self._in_flight.clear()
         self.held.clear()
         self.outstanding = 0
@@ -295,6 +299,33 @@ async def test_the_size_learned_from_a_broker_that_drops_large_messages_is_appli
     assert sorted(set(run.delivered_seqs())) == list(range(1, 401))
     # A limit for batching, not one reading per message for ever:
     assert max(len(m) for m in fake.payloads()[learned_at:]) > 1
+
+
+async def test_a_broker_that_ends_the_connection_after_a_refusal_is_not_taken_for_a_size_limit(
+    tmp_path: Path,
+) -> None:
+    """mosquitto 2.0.11 with ``max_queued_messages 0`` ends the connection after every refused
+    publish (an ACL denial), taking the messages in flight behind the refused one with it. Those
+    are not suspects: no split, no learned size; once allowed, everything goes in batches."""
+    refusals = 0
+
+    def answer(topic: str, _payload: bytes) -> int:
+        nonlocal refusals
+        if topic.endswith("/readings") and refusals < 6:
+            refusals += 1
+            return REFUSE_AND_DROP
+        return ACCEPT
+
+    fake = FakePublisher(answer)
+    async with forwarding(
+        tmp_path, fake, before=40, max_readings_per_message=20, max_inflight_messages=4
+    ) as run:
+        await async_wait_until(lambda: len(set(run.delivered_seqs())) == 200, 5, "all")
+    assert refusals == 6
+    assert set(run.forwarder.status.rejected) == {"Not authorized"}
+    assert run.forwarder._learned_max_bytes is None
+    assert min(len(m) for m in fake.payloads()) == 20  # never split to one per message
+    assert sorted(set(run.delivered_seqs())) == list(range(1, 201))
 
 
 async def test_a_poll_stored_larger_than_a_message_is_split_in_the_buffer(tmp_path: Path) -> None:

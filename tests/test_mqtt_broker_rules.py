@@ -76,10 +76,13 @@ async def test_refused_publish_is_kept_and_delivered_once_allowed(
     try:
         async with RunningService(config) as running:
             service = running.service
-            await async_wait_until(lambda: service.mqtt.rejected, 10, "a refused publish")
+            # The tests' mosquitto (2.0.11, max_queued_messages 0) ends the connection after
+            # every refused publish, the tag metadata's first: each costs a reconnect backoff
+            # (1 s, 2 s, 4 s, ...) before the readings' own refusal can arrive.
+            await async_wait_until(lambda: service.mqtt.rejected, 30, "a refused publish")
             # A refusal comes in a PUBACK, so the collector had authenticated with the password
-            # from the environment. (mosquitto then closes the connection; the forwarder
-            # reconnects and retries the kept batch after a backoff.)
+            # from the environment. (The forwarder reconnects and retries the kept batch after
+            # a backoff.)
             assert "Not authorized" in next(iter(service.mqtt.rejected))
             assert sub.readings() == []
             assert service.outbox.outbox.depth > 0  # refused readings are kept

@@ -600,6 +600,10 @@ class Forwarder:
         connection was lost (it will be sent again)."""
         exc = item.future.exception()
         if isinstance(exc, ConnectionLost):
+            if exc.after_refusal:
+                # The broker ended the connection after refusing a message (perhaps another
+                # stream's, or tag metadata): not a sign that this one is too large.
+                return None
             if exc.connection != d.suspect_noted:
                 # Only the oldest message of a lost connection is a suspect.
                 d.suspect_noted = exc.connection

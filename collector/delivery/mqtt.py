@@ -83,6 +83,7 @@ class MqttPublisher:
         self._closing = asyncio.Event()
         self._refused = False
         self._connection = 0
+        self._refused_here = False  # whether the current connection saw a refused publish
         self._listener: Callable[[], None] = lambda: None
         # Subscribed on every connect (the store's acknowledgements); handed to the loop.
         self._topics: list[str] = []
@@ -144,6 +145,7 @@ class MqttPublisher:
         while not self._closing.is_set():
             self._lost.clear()
             self._acked_connect, self._last_error_line, self._ended_by_us = False, None, None
+            self._refused_here = False
             try:
                 # A TLS file can go missing while running: that is a failed attempt, too.
                 client = self._make_client()
@@ -255,7 +257,7 @@ class MqttPublisher:
         self._sent_at.clear()
         for future in self._futures.values():
             if not future.done():
-                future.set_exception(ConnectionLost(self._connection))
+                future.set_exception(ConnectionLost(self._connection, self._refused_here))
                 future.exception()  # read by the forwarder, or moot if it is stopping
         self._futures.clear()
         self._listener()
@@ -369,6 +371,7 @@ class MqttPublisher:
             status.refused_since_success = 0
         else:
             status.refused_since_success += 1
+            self._refused_here = True
         future = self._futures.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(ack)

@@ -50,9 +50,13 @@ class Ack:
 class ConnectionLost(Exception):
     """Set on in-flight futures when their connection ended before the PUBACK."""
 
-    def __init__(self, connection: int) -> None:
+    def __init__(self, connection: int, after_refusal: bool = False) -> None:
         super().__init__(f"connection {connection} lost")
         self.connection = connection
+        #: The broker had refused a message on that connection before it ended. Some brokers
+        #: end the connection after a refusal (mosquitto 2.0.11 with ``max_queued_messages 0``
+        #: does, after every one): the refusal ended it, not the messages still in flight.
+        self.after_refusal = after_refusal
 
 
 class Publisher(Protocol):
