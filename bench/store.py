@@ -43,6 +43,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,13 @@ from contract.encode import (
     PollEncoder,
     ReadingEncoder,
     build_message,
+    by_context,
     envelope,
 )
 from contract.records import Context, Reading
 from store.db import connect, create_schema
 from store.genealogy import unit_genealogy
-from store.ingest import Incoming, Writer
+from store.ingest import BatchResult, Incoming, Writer
 from store.schema import KIND_FLOAT, units
 from tests.helpers import Mosquitto, free_port, port_open, wait_until
 from tests.postgres import PostgresServer
@@ -168,6 +171,170 @@ def schema1_messages(total: int, per_message: int, collector: str = "pc1") -> li
     return [build_message(collector, items) for items in _encoded_polls(total, per_message, True)]
 
 
+# --------------------------------------------------------------------------- schema-3 lines
+
+#: A functional tester (bench/wire.py's ``tester`` shape): a coil and two blocks of 8 holding
+#: registers, read as three requests a 200 ms cycle, at a station with a unit; a new unit
+#: every TESTER_POLLS_PER_UNIT cycles (3 s), so a new context version every 3 s.
+TESTER = "ft-tester"
+TESTER_STATION = "ft-2"
+TESTER_TAGS = ("running", *(f"v{i}" for i in range(1, 9)), *(f"t{i}" for i in range(1, 9)))
+TESTER_POLLS_PER_UNIT = 15
+#: A 32-slot OPC-UA burn-in rack (bench/wire.py's ``rack`` shape, with a fifth node): each
+#: slot a station with its own unit; Temp, Voltage, Current and Power change every
+#: subscription batch (each value with the time the server stamped it), Serial only when the
+#: slot's unit changes (every RACK_BATCHES_PER_UNIT batches, the slots staggered).
+RACK = "rack-a"
+RACK_SLOTS = 32
+RACK_NODES = ("temp", "voltage", "current", "power", "serial")
+RACK_BATCHES_PER_UNIT = 50
+
+
+def _meta_of(device: str, types: dict[str, str]) -> DeviceMeta:
+    return DeviceMeta(device, {
+        tag: {"unit": None, "type": kind, "scale": 1.0, "offset": 0.0, "station": None}
+        for tag, kind in types.items()
+    })  # fmt: skip
+
+
+def tester_meta() -> DeviceMeta:
+    return _meta_of(TESTER, {t: "bool" if t == "running" else "uint16" for t in TESTER_TAGS})
+
+
+def rack_meta() -> DeviceMeta:
+    kinds = {"serial": "string", "temp": "float64", "voltage": "float64",
+             "current": "float64", "power": "float64"}  # fmt: skip
+    # The order the collector gives a slot-expanded tag list: each template over the slots.
+    return _meta_of(
+        RACK,
+        {f"slot{s:02d}.{n}": kinds[n] for n in RACK_NODES for s in range(1, RACK_SLOTS + 1)},
+    )
+
+
+def _tester_polls(total: int) -> Iterator[tuple[list[Reading], list[Context]]]:
+    """The tester's cycles: the coil, then each block, each request with its own time."""
+    cycle = 0
+    while total > 0:
+        ts = T0 + cycle * 0.2
+        context = Context(TESTER_STATION, f"FT-{cycle // TESTER_POLLS_PER_UNIT:07d}",
+                          "functional-test", 1, phase="test")  # fmt: skip
+        readings = [Reading(ts, "running", cycle % 50 != 49)]
+        for block, when in (("v", ts + 0.0042), ("t", ts + 0.0087)):
+            readings += [Reading(when, f"{block}{i}", (cycle * 7 + i * 13) % 1000)
+                         for i in range(1, 9)]  # fmt: skip
+        readings = readings[:total]
+        total -= len(readings)
+        cycle += 1
+        yield readings, [context] * len(readings)
+
+
+def _rack_polls(total: int) -> Iterator[tuple[list[Reading], list[Context]]]:
+    """The rack's subscription batches, as the collector hands them to its buffer: values in
+    the order the server sent them, each at its own source time, grouped by slot
+    (contract.encode.by_context, as collector.buffer.writer does)."""
+    batch = 0
+    while total > 0:
+        ts = T0 + batch * 0.2
+        readings, contexts = [], []
+        slot_context = {}
+        for s in range(1, RACK_SLOTS + 1):
+            unit, age = divmod(batch + s * 7, RACK_BATCHES_PER_UNIT)
+            slot_context[s] = (
+                Context(RACK, f"PV-{s:02d}-{unit:06d}", "burn-in", 1, slot=s, phase="test"),
+                age,
+            )
+        k = 0
+        for node in RACK_NODES:
+            for s in range(1, RACK_SLOTS + 1):
+                context, age = slot_context[s]
+                if node == "serial":
+                    if age:
+                        continue
+                    value: float | str | None = context.unit_serial
+                else:
+                    value = round(80 + (batch + s) % 10 / 10 + RACK_NODES.index(node), 2)
+                k += 1
+                # Sampled every 100 ms, reported every 200 ms: each its own stamp (µs).
+                readings.append(Reading(ts + (k * 1237 % 200_000) / 1e6, f"slot{s:02d}.{node}",
+                                        value))  # fmt: skip
+                contexts.append(context)
+        readings, contexts = readings[:total], contexts[:total]
+        total -= len(readings)
+        batch += 1
+        yield _grouped(readings, contexts)
+
+
+def _grouped(
+    readings: list[Reading], contexts: list[Context]
+) -> tuple[list[Reading], list[Context]]:
+    grouped = by_context(readings, contexts)
+    return list(grouped[0]), list(grouped[1])
+
+
+@dataclass
+class Stream:
+    """What one ingest run writes: ``setup`` (the retained meta, the contexts and the first
+    readings message: the dimension rows, not measured), then ``measured`` in batches."""
+
+    setup: list[Incoming]
+    measured: list[Incoming]
+    #: Readings messages (the rest are context messages) among ``measured``.
+    readings_messages: int
+    message_bytes: int
+
+
+def line_stream(
+    device: DeviceMeta,
+    polls: Iterator[tuple[list[Reading], list[Context]]],
+    per_message: int,
+    collector: str = "pc1",
+) -> Stream:
+    """A line's stream as its collector publishes it: each poll through the collector's
+    encoder (contract.encode.PollEncoder, positional, with the device's metadata), polls
+    joined whole into messages of at most ``per_message`` readings (0: one poll a message,
+    as a live line sends each cycle as soon as it is stored) in its envelope, and each
+    unit-context version published on ``context/{station}[/{slot}]`` before the first
+    message that names it (docs/messages.md)."""
+    base = f"collector/plant/line/{collector}"
+    encoder = PollEncoder()
+    published: set[str] = set()
+    out: list[Incoming] = []
+    items: list[bytes] = []
+    contexts: list[Incoming] = []
+    count = seq = 0
+    sizes = []
+
+    def flush() -> None:
+        nonlocal count
+        payload = envelope(collector, OUTBOX, b",".join(items))
+        sizes.append(len(payload))
+        out.extend(contexts)
+        out.append(Incoming(f"{base}/readings", payload))
+        items.clear()
+        contexts.clear()
+        count = 0
+
+    for readings, poll_contexts in polls:
+        if items and count + len(readings) > per_message:
+            flush()
+        items.append(encoder.encode(seq + 1, device.device, readings, poll_contexts, device))
+        seq += len(readings)
+        count += len(readings)
+        for version, _seq in encoder.used:
+            if version.ctx not in published:
+                published.add(version.ctx)
+                contexts.append(
+                    Incoming(f"{base}/context/{version.station_key}", version.message(collector))
+                )
+        encoder.used.clear()
+    if items:
+        flush()
+    first = next(i for i, m in enumerate(out) if m.topic.endswith("/readings")) + 1
+    meta = Incoming(f"{base}/meta/{device.device}", device.message(collector))
+    return Stream([meta, *out[:first]], out[first:], len(sizes) - 1,
+                  round(sum(sizes) / len(sizes)))  # fmt: skip
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -190,11 +357,30 @@ def server_cpu_seconds(pg: PostgresServer | None) -> float:
     return total
 
 
-#: The ingest variants: the form of the messages (all carry the same readings).
+def _flat_stream(form: str, total: int, per_message: int) -> Stream:
+    """The 50-tag stream in one of its forms, its meta and every unit context first."""
+    messages = FORMS[form](total, per_message)
+    incoming = [Incoming(READINGS_TOPIC, m) for m in messages]
+    contexts = [Incoming(CONTEXT_TOPIC, m) for m in context_messages(total, per_message)]
+    meta = Incoming(META_TOPIC, device_meta().message("pc1"))
+    return Stream([meta, *contexts, incoming[0]], incoming[1:], len(incoming) - 1,
+                  round(sum(map(len, messages)) / len(messages)))  # fmt: skip
+
+
+#: The ingest variants: the form of the 50-tag messages (all carry the same readings).
 FORMS = {
     "ingest": collector_messages,  # the collector's own stream (schema 3, values by position)
     "ingestk": keyed_messages,  # schema 3, values keyed by tag (mqtt.value_keys: name)
     "ingest1": schema1_messages,  # schema 1, one object per reading
+}
+#: Every ingest workload: (total readings, readings a message) -> its stream.
+WORKLOADS: dict[str, Callable[[int, int], Stream]] = {
+    **{form: partial(_flat_stream, form) for form in FORMS},
+    # A tester's cycles joined into messages (a backlog draining), and one a message (live).
+    "tester": lambda total, per: line_stream(tester_meta(), _tester_polls(total), per),
+    "tester1": lambda total, _per: line_stream(tester_meta(), _tester_polls(total), 0),
+    "rack": lambda total, per: line_stream(rack_meta(), _rack_polls(total), per),
+    "rack1": lambda total, _per: line_stream(rack_meta(), _rack_polls(total), 0),
 }
 
 
@@ -208,25 +394,23 @@ def bench_ingest(
     pg: PostgresServer | None = None,
     profile: Path | None = None,
 ) -> dict[str, Any]:
-    messages = FORMS[form](total, per_message)
+    stream = WORKLOADS[form](total, per_message)
     engine = connect(url)
     create_schema(engine)
     writer = Writer(engine)
-    incoming = [Incoming(READINGS_TOPIC, m) for m in messages]
-    # The retained meta and the unit contexts come first, as the collector publishes them.
-    contexts = [Incoming(CONTEXT_TOPIC, m) for m in context_messages(total, per_message)]
-    writer.write([Incoming(META_TOPIC, device_meta().message("pc1")), *contexts])
-    writer.write(incoming[:1])  # the dimension rows and the connection: not what is measured
-    rest = incoming[1:]
+    # The retained meta, the unit contexts and the first message come first: the dimension
+    # rows and the connection, not what is measured.
+    setup = writer.write(stream.setup)
+    rest = stream.measured
     started = time.perf_counter()
     cpu = time.process_time()
     server = server_cpu_seconds(pg)
-    inserted = 0
+    result = BatchResult()
     profiler = cProfile.Profile() if profile is not None else None
     if profiler is not None:
         profiler.enable()
     for i in range(0, len(rest), batch):
-        inserted += writer.write(rest[i : i + batch]).readings_inserted
+        result.add(writer.write(rest[i : i + batch]))
     wall = time.perf_counter() - started
     if profiler is not None and profile is not None:
         profiler.disable()
@@ -236,17 +420,29 @@ def bench_ingest(
     writer.close()
     size = readings_bytes(engine)
     engine.dispose()
+    inserted = result.readings_inserted
     return {
-        "readings_table_mb_per_million": round(size / (inserted + per_message) * 1e6 / 2**20, 1),
+        "readings_table_mb_per_million": round(
+            size / (inserted + setup.readings_inserted) * 1e6 / 2**20, 1
+        ),
         "readings": inserted,
+        # The first message's, written before the clock starts.
+        "warm_up_readings": setup.readings_inserted,
+        "messages": stream.readings_messages,
+        # The context versions published among the readings (schema 3's lines).
+        "context_messages": len(rest) - stream.readings_messages,
+        # Anything but 0 makes the figure meaningless: every message must go in.
+        "parked": len(setup.parked) + len(result.parked),
+        "quarantined": len(setup.quarantined) + len(result.quarantined),
         "seconds": round(wall, 2),
         "readings_per_s": round(inserted / wall),
+        "messages_per_s": round(stream.readings_messages / wall),
         "store_cpu_share": round(cpu / wall, 2),
         # What one core would do if this process had it to itself (the machine is shared).
         "readings_per_cpu_s": round(inserted / cpu),
         # PostgreSQL's own work (its processes' CPU); 0 for SQLite, which runs in the store.
         "db_server_cpu_s": round(server, 1),
-        "message_bytes": round(sum(map(len, messages)) / len(messages)),
+        "message_bytes": stream.message_bytes,
     }
 
 
@@ -558,7 +754,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="ingest,ingestk,ingest1,genealogy,backlog")
+    parser.add_argument(
+        "--only", default="ingest,ingestk,ingest1,tester,tester1,rack,rack1,genealogy,backlog"
+    )
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--readings", type=int, default=1_000_000, help="ingest size")
     parser.add_argument("--per-message", type=int, default=500, help="readings per message")
@@ -597,7 +795,7 @@ def main() -> int:
             return pg.create_database(f"bench{n}")
 
         for db in databases:
-            for form in (f for f in FORMS if f in only):
+            for form in (f for f in WORKLOADS if f in only):
                 r = ingest_runs(url, db, form, args, pg if db == "postgresql" else None)
                 results[f"{form}_{db}"] = r
                 print(f"{form} {db}: {r}", flush=True)

@@ -29,6 +29,13 @@ def test_store_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
         assert figures[f"ingest_{db}"]["readings"] == 19_500  # the first message warms up
         assert figures[f"ingest1_{db}"]["readings"] == 19_500
         assert figures[f"ingestk_{db}"]["readings"] == 19_500
+        # The lines of schema 3: every reading in, none parked for its unit context (each
+        # version is published before the first message naming it), none quarantined.
+        for line in ("tester", "tester1", "rack", "rack1"):
+            run = figures[f"{line}_{db}"]
+            assert run["readings"] + run["warm_up_readings"] == 20_000, line
+            assert (run["parked"], run["quarantined"]) == (0, 0), line
+            assert run["context_messages"] > 0, line
         assert figures[f"genealogy_{db}"]["stored_readings"] == 200_000
         assert figures[f"genealogy_{db}"]["unit_readings"] == 2000
         assert figures[f"backlog_{db}"]["readings"] == 20_000
