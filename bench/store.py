@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.store                        # everything, default sizes
     .venv/bin/python -m bench.store --only ingest --readings 500000 --repeat 3
+    .venv/bin/python -m bench.store --only ingest,tester,tester1,rack,rack1 --repeat 3
     .venv/bin/python -m bench.store --only genealogy --stored 10000000
     .venv/bin/python -m bench.store --only backlog --backlog 1000000
     .venv/bin/python -m bench.store --quick                # tiny sizes (a smoke test)
@@ -16,7 +17,14 @@
   ``--repeat N``: N runs, the median reported; ``--profile DIR``: a cProfile of each run.
 - ingest1: the same readings in schema 1 (one object per reading), as a collector older
   than issue 16 sends them.
-- ingestk: the same readings keyed by tag name (schema 2 with ``mqtt.value_keys: name``).
+- ingestk: the same readings keyed by tag name (schema 3 with ``mqtt.value_keys: name``).
+- tester, rack: schema 3's other lines (issue 28): a functional tester (a coil and two
+  blocks of 8 registers, three request times a cycle, a new unit every 3 s) and a 32-slot
+  OPC-UA rack (5 nodes a slot, subscription batches by ``tag_list`` with a ``dt`` point a
+  value and a ``ctx`` point a slot), through the same encoder, each context version
+  published just before the first message naming it (measured with the readings); cycles
+  joined into messages of ``--per-message`` readings. tester1, rack1: one cycle a message,
+  as a live line sends them.
 - genealogy: ``--stored`` readings written straight into the tables with bulk inserts
   (4 collectors, 50 tags a poll, two stations per collector whose polls interleave, a unit
   every 40 polls), then the genealogy of one unit (store.genealogy.unit_genealogy, what
