@@ -20,6 +20,7 @@ consecutive seqs are joined into one :class:`Poll`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -80,6 +81,7 @@ __all__ = [
     "decode_polls",
     "decode_readings",
     "decode_units",
+    "fill_implied",
     "flatten",
     "shifted",
 ]
@@ -303,7 +305,10 @@ def decode_polls(
         read = _poll2 if schema == 2 else _poll3
         polls: list[Poll] = []
         next_seq = 0
-        for i, item in enumerate(_list(doc, "polls")):
+        items = _list(doc, "polls")
+        if schema == 3:
+            fill_implied(items)
+        for i, item in enumerate(items):
             path = f"polls[{i}]."
             polls += read(item, path, ts_check, resolve)
             next_seq = _rising(item, path, next_seq)
@@ -330,6 +335,28 @@ def decode_polls(
     else:
         polls = _polls1(_list(doc, "readings"), ts_check)
     return ReadingsMessage(schema, collector, outbox, polls)
+
+
+def fill_implied(polls: list[Any]) -> int:
+    """The ``seq`` and ``ts`` a schema-3 message leaves out of a poll after its first
+    (docs/messages.md), filled in, in place: ``seq`` the previous poll's seq plus its number
+    of values, ``ts`` the previous poll's ts. For a consumer that reads the JSON itself; the
+    decoders call it. A previous poll that is not well formed implies nothing (the decoders
+    then refuse the message for it). Returns how many members it filled in."""
+    filled = 0
+    for prev, poll in itertools.pairwise(polls):  # a filled poll is the next one's prev
+        if type(poll) is not dict or type(prev) is not dict:
+            continue
+        if "seq" not in poll:
+            seq = prev.get("seq")
+            values: Any = prev.get("value_list", prev.get("values"))
+            if type(seq) is int and type(values) in (list, dict):
+                poll["seq"] = seq + len(values)
+                filled += 1
+        if "ts" not in poll and type(prev.get("ts")) is str:
+            poll["ts"] = prev["ts"]
+            filled += 1
+    return filled
 
 
 def _rising(poll: dict[str, Any], path: str, next_seq: int) -> int:

@@ -54,6 +54,13 @@ def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+def ms_text(ms: int) -> bytes:
+    """RFC 3339 text of an epoch time in whole milliseconds (a schema-3 poll's ``ts``), UTC
+    with ``Z``: ``2026-11-21T10:15:02.250Z`` (the fraction left out when zero)."""
+    text = ts_text(ms / 1000)  # exact: a float64 holds today's epoch to a fraction of a µs
+    return (text[:23] + "Z" if "." in text else text).encode()
+
+
 def _json(value: object) -> bytes:
     return orjson.dumps(value)
 
@@ -365,19 +372,25 @@ class PollEncoder:
         position: Mapping[str, int] = (
             meta.position if meta is not None and positional and self.positional else {}
         )
-        ts0 = readings[0].ts
-        us0 = round(ts0 * 1e6)
+        # Times to the millisecond (docs/messages.md): the poll's ts, and each value's offset
+        # from it in whole milliseconds, so the values of one request, and of a subscription
+        # batch reported within a millisecond, share one time.
+        ms0 = round(readings[0].ts * 1000)
         texts: list[bytes] = []
         indexes: list[int] = []
         times: list[bytes] = []  # dt change points
         runs: list[tuple[int, Context]] = []  # context change points
-        last_ts = ts0
+        last_ts = readings[0].ts
+        last_ms = ms0
         last_context: Context | None = None
         known = bool(position)
         for i, (reading, context) in enumerate(zip(readings, contexts, strict=True)):
-            if reading.ts != last_ts:
+            if reading.ts != last_ts:  # once per request, not per reading
                 last_ts = reading.ts
-                times.append(b"[%d,%b]" % (i, _ms(round(reading.ts * 1e6) - us0)))
+                ms = round(reading.ts * 1000)
+                if ms != last_ms:
+                    last_ms = ms
+                    times.append(b"[%d,%d]" % (i, ms - ms0))
             if context is not last_context and context != last_context:
                 runs.append((i, context))
             last_context = context
@@ -398,7 +411,7 @@ class PollEncoder:
                 text = self._wrapped(reading, text)
             texts.append(text)
         out = [
-            b'{"seq":%d,"ts":"%b",%b' % (first_seq, ts_text(ts0).encode(),
+            b'{"seq":%d,"ts":"%b",%b' % (first_seq, ms_text(ms0),
                                           self._device_bytes(device, meta.meta if meta else None))
         ]  # fmt: skip
         versions = [(i, self.version(c)) for i, c in runs]
@@ -474,13 +487,6 @@ def by_context(
         return readings, contexts
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return [readings[i] for i in order], [contexts[i] for i in order]
-
-
-def _ms(us: int) -> bytes:
-    """An offset in microseconds as milliseconds: ``12``, ``12.5``, ``-0.001``."""
-    if us % 1000 == 0:
-        return b"%d" % (us // 1000)
-    return (b"%.3f" % (us / 1000)).rstrip(b"0")
 
 
 #: The members of a poll object that hold or describe its values one by one.
@@ -674,6 +680,38 @@ def envelope(collector_id: str, outbox: str, items: bytes, key: bytes = b"polls"
     schema = READINGS_SCHEMA if key == b"polls" else SCHEMA_VERSION
     head = orjson.dumps({"schema": schema, "collector": collector_id, "outbox": outbox})
     return head[:-1] + b',"' + key + b'":[' + items + b"]}"
+
+
+def join_polls(parts: Iterable[tuple[int, int, bytes]]) -> bytes:
+    """Stored poll objects, (first seq, number of values, body) each, joined for one readings
+    message: a poll whose ``seq`` follows on from the previous poll's (its seq + its number
+    of values) goes without ``seq``, and one with the previous poll's ``ts`` without ``ts``
+    (docs/messages.md: a decoder takes them from the previous poll). The devices of a line
+    polled in the same millisecond share one ts: each poll then costs no seq or ts. Only a
+    body that is one poll object as the encoder writes it (``{"seq":first,"ts":"...",``) is
+    touched; any other (several polls, a part of a split, a schema-2 poll) is joined as
+    stored and breaks the chain, which the next poll starts again with both members."""
+    out = []
+    next_seq, last_ts = -1, b""
+    for first, count, body in parts:
+        head = b'{"seq":%d,"ts":"' % first
+        # One poll: JSON text names "seq": once per poll object (inside a string the quote
+        # would be escaped); a schema-2 poll keyed by a tag named seq counts twice: as stored.
+        if not body.startswith(head) or body.count(b'"seq":') != 1:
+            out.append(body)
+            next_seq, last_ts = -1, b""
+            continue
+        end = body.index(b'"', len(head))
+        ts = body[len(head) : end]
+        rest = body[end + 2 :]  # after the ts's closing quote and its comma
+        kept = b"{"
+        if first != next_seq:
+            kept += b'"seq":%d,' % first
+        if ts != last_ts:
+            kept += b'"ts":"%b",' % ts
+        out.append(kept + rest)
+        next_seq, last_ts = first + count, ts
+    return b",".join(out)
 
 
 def status_message(collector_id: str, state: str, version: str) -> bytes:

@@ -201,6 +201,40 @@ def test_one_poll_object_carries_every_value_of_the_cycle_by_tag() -> None:
     assert {r.outbox for r in flat} == {"0123456789abcdef"}
 
 
+def test_times_are_written_to_the_millisecond() -> None:
+    """A poll's ts to the millisecond, each value's offset in whole milliseconds: requests
+    (or subscription changes) within one millisecond share a time, so they cost no ``dt``
+    point; one a millisecond or more later has its point."""
+    from contract.decode import decode_readings
+    from contract.encode import PollEncoder, envelope
+
+    t0 = 1_795_000_000.2501  # .250 1 ms: written .250
+    readings = [
+        Reading(t0, "a", 1),
+        Reading(t0 + 0.0003, "b", 2),  # .250 4 ms: the same millisecond as written
+        Reading(t0 + 0.0012, "c", 3),  # .251 3 ms: 1 ms after .250
+        Reading(t0 + 0.0016, "d", 4),  # .251 7 ms: 2
+        Reading(t0 + 0.0017, "e", 5),  # .251 8 ms: still 2
+        Reading(t0 - 0.0031, "f", 6),  # .247 0 ms (a clock step back): -3
+    ]
+    none = Context(None, None, None)
+    body = PollEncoder(positional=False).encode(1, "dev", readings, [none] * 6)
+    assert body == (
+        b'{"seq":1,"ts":"2026-11-18T11:06:40.250Z","device":"dev",'
+        b'"tags":["a","b","c","d","e","f"],"dt":[[2,1],[3,2],[5,-3]],'
+        b'"value_list":[1,2,3,4,5,6]}'
+    )
+    flat = decode_readings(envelope("pc1", "0" * 16, body))
+    assert [r.ts for r in flat] == [
+        "2026-11-18T11:06:40.250Z",
+        "2026-11-18T11:06:40.250Z",
+        "2026-11-18T11:06:40.251000Z",
+        "2026-11-18T11:06:40.252000Z",
+        "2026-11-18T11:06:40.252000Z",
+        "2026-11-18T11:06:40.247000Z",
+    ]
+
+
 def test_a_cycle_with_several_contexts_is_grouped_by_context_keeping_each_tags_samples() -> None:
     from contract.encode import by_context
 
