@@ -18,7 +18,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from contract.decode import fill_implied
+from contract.decode import expand_polls
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
         body = orjson.loads(msg.payload)
         if "polls" in body:  # schema 2: value i of a poll has seq poll.seq + i
             if body.get("schema") == 3:
-                fill_implied(body["polls"])  # seq and ts a poll takes from the previous one
+                expand_polls(body["polls"])  # seq and ts a poll takes from the previous one
             lines = [
                 f"{p['seq'] + i} {now:.6f} {read_ts(p['ts']):.6f}\n"
                 for p in body["polls"]

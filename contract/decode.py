@@ -20,7 +20,6 @@ consecutive seqs are joined into one :class:`Poll`.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +31,7 @@ import orjson
 from contract.fields import (
     _HEX,
     CONTEXT_CHECKS,
+    MAX_EPOCH_MS,
     PHASES,
     QUALITIES,
     SCHEMA_VERSIONS,
@@ -59,6 +59,7 @@ from contract.fields import (
     _str,
     _TsCheck,
     _wanted,
+    ms_text,
 )
 
 __all__ = [
@@ -81,7 +82,7 @@ __all__ = [
     "decode_polls",
     "decode_readings",
     "decode_units",
-    "fill_implied",
+    "expand_polls",
     "flatten",
     "shifted",
 ]
@@ -299,7 +300,7 @@ def decode_polls(
     doc = _load(payload)
     schema = _schema(doc)
     collector, outbox = _header(doc, schema)
-    ts_check = _TsCheck()
+    ts_check = _TsCheck("an RFC 3339 string or epoch milliseconds") if schema == 3 else _TsCheck()
     if schema >= 2:
         resolve = _Resolve(collector, metas, contexts=contexts)
         read = _poll2 if schema == 2 else _poll3
@@ -307,7 +308,7 @@ def decode_polls(
         next_seq = 0
         items = _list(doc, "polls")
         if schema == 3:
-            fill_implied(items)
+            expand_polls(items)
         for i, item in enumerate(items):
             path = f"polls[{i}]."
             polls += read(item, path, ts_check, resolve)
@@ -337,25 +338,34 @@ def decode_polls(
     return ReadingsMessage(schema, collector, outbox, polls)
 
 
-def fill_implied(polls: list[Any]) -> int:
-    """The ``seq`` and ``ts`` a schema-3 message leaves out of a poll after its first
-    (docs/messages.md), filled in, in place: ``seq`` the previous poll's seq plus its number
-    of values, ``ts`` the previous poll's ts. For a consumer that reads the JSON itself; the
-    decoders call it. A previous poll that is not well formed implies nothing (the decoders
-    then refuse the message for it). Returns how many members it filled in."""
+def expand_polls(polls: list[Any]) -> int:
+    """A schema-3 message's polls as a consumer that reads the JSON itself wants them, in
+    place (docs/messages.md): a ``ts`` in epoch milliseconds written as RFC 3339 text (as
+    the decoders give it), and the ``seq`` and ``ts`` a poll after the first leaves out
+    filled in: ``seq`` the previous poll's seq plus its number of values, ``ts`` the previous
+    poll's ts. The decoders call it. What is not well formed is left as it is (a previous
+    poll that is not implies nothing): the decoders then refuse the message for it. Returns
+    how many members it filled in."""
     filled = 0
-    for prev, poll in itertools.pairwise(polls):  # a filled poll is the next one's prev
-        if type(poll) is not dict or type(prev) is not dict:
+    prev: Any = None
+    for poll in polls:
+        if type(poll) is not dict:
+            prev = None
             continue
-        if "seq" not in poll:
-            seq = prev.get("seq")
-            values: Any = prev.get("value_list", prev.get("values"))
-            if type(seq) is int and type(values) in (list, dict):
-                poll["seq"] = seq + len(values)
+        ts = poll.get("ts")
+        if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS:
+            poll["ts"] = ms_text(ts)
+        if prev is not None:
+            if "seq" not in poll:
+                seq = prev.get("seq")
+                values: Any = prev.get("value_list", prev.get("values"))
+                if type(seq) is int and type(values) in (list, dict):
+                    poll["seq"] = seq + len(values)
+                    filled += 1
+            if "ts" not in poll and type(prev.get("ts")) is str:
+                poll["ts"] = prev["ts"]
                 filled += 1
-        if "ts" not in poll and type(prev.get("ts")) is str:
-            poll["ts"] = prev["ts"]
-            filled += 1
+        prev = poll
     return filled
 
 

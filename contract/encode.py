@@ -54,13 +54,6 @@ def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def ms_text(ms: int) -> bytes:
-    """RFC 3339 text of an epoch time in whole milliseconds (a schema-3 poll's ``ts``), UTC
-    with ``Z``: ``2026-11-21T10:15:02.250Z`` (the fraction left out when zero)."""
-    text = ts_text(ms / 1000)  # exact: a float64 holds today's epoch to a fraction of a µs
-    return (text[:23] + "Z" if "." in text else text).encode()
-
-
 def _json(value: object) -> bytes:
     return orjson.dumps(value)
 
@@ -372,9 +365,9 @@ class PollEncoder:
         position: Mapping[str, int] = (
             meta.position if meta is not None and positional and self.positional else {}
         )
-        # Times to the millisecond (docs/messages.md): the poll's ts, and each value's offset
-        # from it in whole milliseconds, so the values of one request, and of a subscription
-        # batch reported within a millisecond, share one time.
+        # Times to the millisecond (docs/messages.md): the poll's ts in epoch milliseconds,
+        # and each value's offset from it in whole milliseconds, so the values of one request,
+        # and of a subscription batch reported within a millisecond, share one time.
         ms0 = round(readings[0].ts * 1000)
         texts: list[bytes] = []
         indexes: list[int] = []
@@ -411,7 +404,7 @@ class PollEncoder:
                 text = self._wrapped(reading, text)
             texts.append(text)
         out = [
-            b'{"seq":%d,"ts":"%b",%b' % (first_seq, ms_text(ms0),
+            b'{"seq":%d,"ts":%d,%b' % (first_seq, ms0,
                                           self._device_bytes(device, meta.meta if meta else None))
         ]  # fmt: skip
         versions = [(i, self.version(c)) for i, c in runs]
@@ -567,7 +560,9 @@ def split_polls(body: bytes, per_part: int) -> list[tuple[int, int, float, bytes
             objects.append(orjson.dumps(cut))
             dt = cut.get("dt", [])
             ms = [x for _, x in dt] + ([0] if not dt or dt[0][0] else [])
-            times.append(datetime.fromisoformat(cut["ts"]).timestamp() + min(ms) / 1000)
+            ts = cut["ts"]  # epoch ms, or RFC 3339 text (a poll stored before schema 3)
+            read = ts / 1000 if type(ts) is int else datetime.fromisoformat(ts).timestamp()
+            times.append(read + min(ms) / 1000)
         first = polls[group[0][0]]["seq"] + group[0][1]
         parts.append((first, first + len(group) - 1, min(times), b",".join(objects)))
     return parts
@@ -688,27 +683,29 @@ def join_polls(parts: Iterable[tuple[int, int, bytes]]) -> bytes:
     of values) goes without ``seq``, and one with the previous poll's ``ts`` without ``ts``
     (docs/messages.md: a decoder takes them from the previous poll). The devices of a line
     polled in the same millisecond share one ts: each poll then costs no seq or ts. Only a
-    body that is one poll object as the encoder writes it (``{"seq":first,"ts":"...",``) is
-    touched; any other (several polls, a part of a split, a schema-2 poll) is joined as
-    stored and breaks the chain, which the next poll starts again with both members."""
+    body that is one poll object as the encoder writes it (``{"seq":first,"ts":...,``) is
+    touched; any other (several polls, a part of a split) is joined as stored and breaks the
+    chain, which the next poll starts again with both members."""
     out = []
     next_seq, last_ts = -1, b""
     for first, count, body in parts:
-        head = b'{"seq":%d,"ts":"' % first
+        head = b'{"seq":%d,"ts":' % first
         # One poll: JSON text names "seq": once per poll object (inside a string the quote
         # would be escaped); a schema-2 poll keyed by a tag named seq counts twice: as stored.
         if not body.startswith(head) or body.count(b'"seq":') != 1:
             out.append(body)
             next_seq, last_ts = -1, b""
             continue
-        end = body.index(b'"', len(head))
-        ts = body[len(head) : end]
-        rest = body[end + 2 :]  # after the ts's closing quote and its comma
+        # The ts: epoch milliseconds up to the comma (the encoder's), or a quoted text.
+        at = len(head)
+        end = body.index(b'"', at + 1) + 1 if body[at : at + 1] == b'"' else body.index(b",", at)
+        ts = body[at:end]
+        rest = body[end + 1 :]  # after the ts's comma
         kept = b"{"
         if first != next_seq:
             kept += b'"seq":%d,' % first
         if ts != last_ts:
-            kept += b'"ts":"%b",' % ts
+            kept += b'"ts":%b,' % ts
         out.append(kept + rest)
         next_seq, last_ts = first + count, ts
     return b",".join(out)

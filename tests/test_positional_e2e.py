@@ -21,7 +21,7 @@ from contract.decode import (
     FlatReading,
     MetaBook,
     decode_readings,
-    fill_implied,
+    expand_polls,
 )
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import (
@@ -67,7 +67,7 @@ class Consumer:
                 return
             self.readings += got
             polls = orjson.loads(payload)["polls"]
-            fill_implied(polls)  # a poll after the first may leave out its seq and ts
+            expand_polls(polls)  # a poll after the first may leave out its seq and ts
             for poll in polls:
                 if "tags" not in poll:  # by position
                     self.polls_by_meta.setdefault(poll["meta"], []).append(

@@ -167,6 +167,10 @@ def variants() -> Iterator[tuple[str, bytes]]:
         (0, "value_list", "x"),  # the next poll's seq cannot follow from it
         (1, "value_list", {}),
         (1, "ts", "yesterday"),
+        (1, "ts", "2025-11-24T16:00:00.251Z"),  # RFC 3339 text (a poll buffered by schema 2)
+        (1, "ts", 1_764_000_000_251),  # epoch ms
+        (0, "ts", 10**16),  # past the year 9999
+        (0, "ts", 0),
         (2, "seq", 4),  # repeats the seqs of the poll before
         (2, "seq", -1),
         (3, "ts", None),  # its ts from poll 2, which takes its own from poll 1's
