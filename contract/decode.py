@@ -612,9 +612,12 @@ def _at(points: list[tuple[int, Any]], index: int, default: Any) -> Any:
 
 
 def shifted(ts: str, offset_ms: float) -> str:
-    """``ts`` moved on by ``offset_ms`` milliseconds, as RFC 3339 text (microseconds)."""
+    """``ts`` moved on by ``offset_ms`` milliseconds, as RFC 3339 text: 3 fraction digits
+    (none when zero) as schema 3's times have, 6 where there are microseconds (a fraction
+    of a millisecond, or a ts with microseconds from a poll buffered by schema 2)."""
     moved = datetime.fromisoformat(ts) + timedelta(microseconds=round(offset_ms * 1000))
-    return orjson.dumps(moved, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    text = orjson.dumps(moved, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    return text[:-4] + "Z" if moved.microsecond and not moved.microsecond % 1000 else text
 
 
 def _keyed(poll: dict[str, Any], path: str) -> list[PollValue]:
