@@ -4,6 +4,7 @@ one idea; consumers import everything from :mod:`contract.decode`."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -229,6 +230,7 @@ def _wanted(what: str, present: bool, value: object) -> str:
 MAX_EPOCH_MS: Final = 253_402_300_799_999
 
 
+@functools.lru_cache(maxsize=4096)  # the polls of a message share a handful of times
 def ms_text(ms: int) -> str:
     """RFC 3339 text (UTC, ``Z``) of a time in epoch milliseconds (a schema-3 poll's ``ts``):
     ``2026-11-21T10:15:02.250Z``, the fraction left out when zero."""
