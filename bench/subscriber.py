@@ -18,6 +18,8 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from contract.decode import expand_polls
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -46,6 +48,8 @@ def main() -> None:
         now = time.time()
         body = orjson.loads(msg.payload)
         if "polls" in body:  # schema 2: value i of a poll has seq poll.seq + i
+            if body.get("schema") == 3:
+                expand_polls(body["polls"])  # seq and ts a poll takes from the previous one
             lines = [
                 f"{p['seq'] + i} {now:.6f} {read_ts(p['ts']):.6f}\n"
                 for p in body["polls"]

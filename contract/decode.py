@@ -31,6 +31,7 @@ import orjson
 from contract.fields import (
     _HEX,
     CONTEXT_CHECKS,
+    MAX_EPOCH_MS,
     PHASES,
     QUALITIES,
     SCHEMA_VERSIONS,
@@ -58,6 +59,7 @@ from contract.fields import (
     _str,
     _TsCheck,
     _wanted,
+    ms_text,
 )
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "decode_polls",
     "decode_readings",
     "decode_units",
+    "expand_polls",
     "flatten",
     "shifted",
 ]
@@ -297,13 +300,16 @@ def decode_polls(
     doc = _load(payload)
     schema = _schema(doc)
     collector, outbox = _header(doc, schema)
-    ts_check = _TsCheck()
+    ts_check = _TsCheck("an RFC 3339 string or epoch milliseconds") if schema == 3 else _TsCheck()
     if schema >= 2:
         resolve = _Resolve(collector, metas, contexts=contexts)
         read = _poll2 if schema == 2 else _poll3
         polls: list[Poll] = []
         next_seq = 0
-        for i, item in enumerate(_list(doc, "polls")):
+        items = _list(doc, "polls")
+        if schema == 3:
+            expand_polls(items)
+        for i, item in enumerate(items):
             path = f"polls[{i}]."
             polls += read(item, path, ts_check, resolve)
             next_seq = _rising(item, path, next_seq)
@@ -330,6 +336,37 @@ def decode_polls(
     else:
         polls = _polls1(_list(doc, "readings"), ts_check)
     return ReadingsMessage(schema, collector, outbox, polls)
+
+
+def expand_polls(polls: list[Any]) -> int:
+    """A schema-3 message's polls as a consumer that reads the JSON itself wants them, in
+    place (docs/messages.md): a ``ts`` in epoch milliseconds written as RFC 3339 text (as
+    the decoders give it), and the ``seq`` and ``ts`` a poll after the first leaves out
+    filled in: ``seq`` the previous poll's seq plus its number of values, ``ts`` the previous
+    poll's ts. The decoders call it. What is not well formed is left as it is (a previous
+    poll that is not implies nothing): the decoders then refuse the message for it. Returns
+    how many members it filled in."""
+    filled = 0
+    prev: Any = None
+    for poll in polls:
+        if type(poll) is not dict:
+            prev = None
+            continue
+        ts = poll.get("ts")
+        if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS:
+            poll["ts"] = ms_text(ts)
+        if prev is not None:
+            if "seq" not in poll:
+                seq = prev.get("seq")
+                values: Any = prev.get("value_list", prev.get("values"))
+                if type(seq) is int and type(values) in (list, dict):
+                    poll["seq"] = seq + len(values)
+                    filled += 1
+            if "ts" not in poll and type(prev.get("ts")) is str:
+                poll["ts"] = prev["ts"]
+                filled += 1
+        prev = poll
+    return filled
 
 
 def _rising(poll: dict[str, Any], path: str, next_seq: int) -> int:
@@ -575,9 +612,12 @@ def _at(points: list[tuple[int, Any]], index: int, default: Any) -> Any:
 
 
 def shifted(ts: str, offset_ms: float) -> str:
-    """``ts`` moved on by ``offset_ms`` milliseconds, as RFC 3339 text (microseconds)."""
+    """``ts`` moved on by ``offset_ms`` milliseconds, as RFC 3339 text: 3 fraction digits
+    (none when zero) as schema 3's times have, 6 where there are microseconds (a fraction
+    of a millisecond, or a ts with microseconds from a poll buffered by schema 2)."""
     moved = datetime.fromisoformat(ts) + timedelta(microseconds=round(offset_ms * 1000))
-    return orjson.dumps(moved, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    text = orjson.dumps(moved, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    return text[:-4] + "Z" if moved.microsecond and not moved.microsecond % 1000 else text
 
 
 def _keyed(poll: dict[str, Any], path: str) -> list[PollValue]:

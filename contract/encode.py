@@ -365,19 +365,25 @@ class PollEncoder:
         position: Mapping[str, int] = (
             meta.position if meta is not None and positional and self.positional else {}
         )
-        ts0 = readings[0].ts
-        us0 = round(ts0 * 1e6)
+        # Times to the millisecond (docs/messages.md): the poll's ts in epoch milliseconds,
+        # and each value's offset from it in whole milliseconds, so the values of one request,
+        # and of a subscription batch reported within a millisecond, share one time.
+        ms0 = round(readings[0].ts * 1000)
         texts: list[bytes] = []
         indexes: list[int] = []
         times: list[bytes] = []  # dt change points
         runs: list[tuple[int, Context]] = []  # context change points
-        last_ts = ts0
+        last_ts = readings[0].ts
+        last_ms = ms0
         last_context: Context | None = None
         known = bool(position)
         for i, (reading, context) in enumerate(zip(readings, contexts, strict=True)):
-            if reading.ts != last_ts:
+            if reading.ts != last_ts:  # once per request, not per reading
                 last_ts = reading.ts
-                times.append(b"[%d,%b]" % (i, _ms(round(reading.ts * 1e6) - us0)))
+                ms = round(reading.ts * 1000)
+                if ms != last_ms:
+                    last_ms = ms
+                    times.append(b"[%d,%d]" % (i, ms - ms0))
             if context is not last_context and context != last_context:
                 runs.append((i, context))
             last_context = context
@@ -398,7 +404,7 @@ class PollEncoder:
                 text = self._wrapped(reading, text)
             texts.append(text)
         out = [
-            b'{"seq":%d,"ts":"%b",%b' % (first_seq, ts_text(ts0).encode(),
+            b'{"seq":%d,"ts":%d,%b' % (first_seq, ms0,
                                           self._device_bytes(device, meta.meta if meta else None))
         ]  # fmt: skip
         versions = [(i, self.version(c)) for i, c in runs]
@@ -474,13 +480,6 @@ def by_context(
         return readings, contexts
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return [readings[i] for i in order], [contexts[i] for i in order]
-
-
-def _ms(us: int) -> bytes:
-    """An offset in microseconds as milliseconds: ``12``, ``12.5``, ``-0.001``."""
-    if us % 1000 == 0:
-        return b"%d" % (us // 1000)
-    return (b"%.3f" % (us / 1000)).rstrip(b"0")
 
 
 #: The members of a poll object that hold or describe its values one by one.
@@ -561,7 +560,9 @@ def split_polls(body: bytes, per_part: int) -> list[tuple[int, int, float, bytes
             objects.append(orjson.dumps(cut))
             dt = cut.get("dt", [])
             ms = [x for _, x in dt] + ([0] if not dt or dt[0][0] else [])
-            times.append(datetime.fromisoformat(cut["ts"]).timestamp() + min(ms) / 1000)
+            ts = cut["ts"]  # epoch ms, or RFC 3339 text (a poll stored before schema 3)
+            read = ts / 1000 if type(ts) is int else datetime.fromisoformat(ts).timestamp()
+            times.append(read + min(ms) / 1000)
         first = polls[group[0][0]]["seq"] + group[0][1]
         parts.append((first, first + len(group) - 1, min(times), b",".join(objects)))
     return parts
@@ -674,6 +675,40 @@ def envelope(collector_id: str, outbox: str, items: bytes, key: bytes = b"polls"
     schema = READINGS_SCHEMA if key == b"polls" else SCHEMA_VERSION
     head = orjson.dumps({"schema": schema, "collector": collector_id, "outbox": outbox})
     return head[:-1] + b',"' + key + b'":[' + items + b"]}"
+
+
+def join_polls(parts: Iterable[tuple[int, int, bytes]]) -> bytes:
+    """Stored poll objects, (first seq, number of values, body) each, joined for one readings
+    message: a poll whose ``seq`` follows on from the previous poll's (its seq + its number
+    of values) goes without ``seq``, and one with the previous poll's ``ts`` without ``ts``
+    (docs/messages.md: a decoder takes them from the previous poll). The devices of a line
+    polled in the same millisecond share one ts: each poll then costs no seq or ts. Only a
+    body that is one poll object as the encoder writes it (``{"seq":first,"ts":...,``) is
+    touched; any other (several polls, a part of a split) is joined as stored and breaks the
+    chain, which the next poll starts again with both members."""
+    out = []
+    next_seq, last_ts = -1, b""
+    for first, count, body in parts:
+        head = b'{"seq":%d,"ts":' % first
+        # One poll: JSON text names "seq": once per poll object (inside a string the quote
+        # would be escaped); a schema-2 poll keyed by a tag named seq counts twice: as stored.
+        if not body.startswith(head) or body.count(b'"seq":') != 1:
+            out.append(body)
+            next_seq, last_ts = -1, b""
+            continue
+        # The ts: epoch milliseconds up to the comma (the encoder's), or a quoted text.
+        at = len(head)
+        end = body.index(b'"', at + 1) + 1 if body[at : at + 1] == b'"' else body.index(b",", at)
+        ts = body[at:end]
+        rest = body[end + 1 :]  # after the ts's comma
+        kept = b"{"
+        if first != next_seq:
+            kept += b'"seq":%d,' % first
+        if ts != last_ts:
+            kept += b'"ts":%b,' % ts
+        out.append(kept + rest)
+        next_seq, last_ts = first + count, ts
+    return b",".join(out)
 
 
 def status_message(collector_id: str, state: str, version: str) -> bytes:

@@ -4,10 +4,11 @@ one idea; consumers import everything from :mod:`contract.decode`."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -225,20 +226,34 @@ def _wanted(what: str, present: bool, value: object) -> str:
     return f"must be {what}, got {_show(value)}" if present else f"missing (must be {what})"
 
 
+#: The latest epoch millisecond a schema-3 ``ts`` may give (the end of the year 9999).
+MAX_EPOCH_MS: Final = 253_402_300_799_999
+
+
+@functools.lru_cache(maxsize=4096)  # the polls of a message share a handful of times
+def ms_text(ms: int) -> str:
+    """RFC 3339 text (UTC, ``Z``) of a time in epoch milliseconds (a schema-3 poll's ``ts``):
+    ``2026-11-21T10:15:02.250Z``, the fraction left out when zero."""
+    seconds, milli = divmod(ms, 1000)
+    text = orjson.dumps(datetime.fromtimestamp(seconds, UTC), option=orjson.OPT_UTC_Z)
+    return text[1:-1].decode() if not milli else f"{text[1:-2].decode()}.{milli:03d}Z"
+
+
 class _TsCheck:
     """RFC 3339 check with a one-entry memory: the readings of a poll share their ts."""
 
-    __slots__ = ("last",)
+    __slots__ = ("last", "what")
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "an RFC 3339 string") -> None:
         self.last = ""
+        self.what = what
 
     def __call__(self, obj: dict[str, Any], path: str, key: str = "ts") -> str:
         value = obj.get(key)
         if value == self.last and type(value) is str:
             return value
         if type(value) is not str:
-            raise ContractError(f"{path}{key}", _wanted("an RFC 3339 string", key in obj, value))
+            raise ContractError(f"{path}{key}", _wanted(self.what, key in obj, value))
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:

@@ -28,7 +28,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from contract.decode import ContractError, Poll, decode_polls
+from contract.decode import ContractError, Poll, decode_polls, expand_polls
 from contract.decode import shifted as _shifted
 from contract.fields import check_keys
 
@@ -172,6 +172,8 @@ class Decoder:
         add = decoded.runs.append
         keys = len(doc)  # the keys orjson kept: a repeated key is one less than written
         read = self._runs2 if schema == 2 else self._runs3
+        if schema == 3:
+            keys -= expand_polls(polls)  # a seq or ts taken from the previous poll
         next_seq = 0
         for poll in polls:
             for run in read(poll):

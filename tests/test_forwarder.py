@@ -389,6 +389,23 @@ def body_of(packet: bytes) -> bytes:
     return packet[index + 1 :]
 
 
+TOPIC_ALIAS = 0x23
+
+
+def publish_topic(body: bytes, aliases: dict[bytes, bytes]) -> bytes:
+    """The topic of a QoS-1 MQTT v5 PUBLISH (its body), also when it travels as a Topic Alias
+    (collector.delivery.mqtt): ``aliases`` is the connection's alias -> topic."""
+    topic_len = int.from_bytes(body[:2], "big")
+    topic = body[2 : 2 + topic_len]
+    at = 4 + topic_len  # after the packet id: the properties' length, then the properties
+    if body[at] and body[at + 1] == TOPIC_ALIAS:  # the only property the collector sets
+        alias = body[at + 2 : at + 4]
+        if topic:
+            aliases[alias] = topic  # this message names the alias
+        return aliases.get(alias, b"")
+    return topic
+
+
 class PubackCutter(LoopbackTcpServer):
     """A proxy to a real broker, packet by packet, that loses the PUBACK of the first readings
     message and ends the connection there (both ends, no DISCONNECT): the broker has the message,
@@ -425,13 +442,14 @@ class PubackCutter(LoopbackTcpServer):
         readings_ids: set[bytes],
         ends: tuple[asyncio.StreamWriter, ...],
     ) -> None:
+        aliases: dict[bytes, bytes] = {}
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while True:
                 packet = await read_packet(source)
                 if packet[0] >> 4 == PUBLISH and (packet[0] >> 1) & 3:  # QoS 1 or 2
                     body = body_of(packet)
                     topic_len = int.from_bytes(body[:2], "big")
-                    if body[2 : 2 + topic_len].endswith(b"/readings"):
+                    if publish_topic(body, aliases).endswith(b"/readings"):
                         # Noted before the broker can answer it.
                         readings_ids.add(body[2 + topic_len : 4 + topic_len])
                         if not self.cut.is_set():

@@ -180,7 +180,7 @@ def test_one_poll_object_carries_every_value_of_the_cycle_by_tag() -> None:
     version = encoder.version(unit)
     assert version is not None
     assert body == (
-        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","ctx":"%b",'
+        b'{"seq":5,"ts":1000,"device":"dev","meta":"%b","ctx":"%b",'
         b'"tags":["v","n","t","n"],"dt":[[3,1000]],"value_list":[354.315,7,'
         b'{"value":null,"quality":"bad","error":"timeout"},'
         b'{"value":8,"quality":"uncertain","error":null}]}'
@@ -199,6 +199,40 @@ def test_one_poll_object_carries_every_value_of_the_cycle_by_tag() -> None:
         (8, "1970-01-01T00:00:02Z", "n", 8, "uncertain", "SN1"),
     ]
     assert {r.outbox for r in flat} == {"0123456789abcdef"}
+
+
+def test_times_are_written_to_the_millisecond() -> None:
+    """A poll's ts to the millisecond, each value's offset in whole milliseconds: requests
+    (or subscription changes) within one millisecond share a time, so they cost no ``dt``
+    point; one a millisecond or more later has its point."""
+    from contract.decode import decode_readings
+    from contract.encode import PollEncoder, envelope
+
+    t0 = 1_795_000_000.2501  # .250 1 ms: written .250
+    readings = [
+        Reading(t0, "a", 1),
+        Reading(t0 + 0.0003, "b", 2),  # .250 4 ms: the same millisecond as written
+        Reading(t0 + 0.0012, "c", 3),  # .251 3 ms: 1 ms after .250
+        Reading(t0 + 0.0016, "d", 4),  # .251 7 ms: 2
+        Reading(t0 + 0.0017, "e", 5),  # .251 8 ms: still 2
+        Reading(t0 - 0.0031, "f", 6),  # .247 0 ms (a clock step back): -3
+    ]
+    none = Context(None, None, None)
+    body = PollEncoder(positional=False).encode(1, "dev", readings, [none] * 6)
+    assert body == (
+        b'{"seq":1,"ts":1795000000250,"device":"dev",'
+        b'"tags":["a","b","c","d","e","f"],"dt":[[2,1],[3,2],[5,-3]],'
+        b'"value_list":[1,2,3,4,5,6]}'
+    )
+    flat = decode_readings(envelope("pc1", "0" * 16, body))
+    assert [r.ts for r in flat] == [
+        "2026-11-18T11:06:40.250Z",
+        "2026-11-18T11:06:40.250Z",
+        "2026-11-18T11:06:40.251Z",
+        "2026-11-18T11:06:40.252Z",
+        "2026-11-18T11:06:40.252Z",
+        "2026-11-18T11:06:40.247Z",
+    ]
 
 
 def test_a_cycle_with_several_contexts_is_grouped_by_context_keeping_each_tags_samples() -> None:
@@ -259,7 +293,7 @@ def test_slot_phase_and_golden_are_written_when_set_and_decoded_back() -> None:
     assert version is not None
     assert version.station_key == "rack-a/7"
     assert body == (
-        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"rack","ctx":"%b",'
+        b'{"seq":1,"ts":1000,"device":"rack","ctx":"%b",'
         b'"tags":["slot07.temp"],"value_list":[41]}' % version.ctx.encode()
     )
     assert version.body == (

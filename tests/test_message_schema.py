@@ -115,3 +115,54 @@ def test_a_poll_buffered_by_a_schema_2_collector_is_valid_in_a_schema_3_message(
          "unit_serial": "PILOT-0041", "values": {"supply_voltage": 12.0}}
     )  # fmt: skip
     assert validator("readings-3.json").is_valid(doc)
+
+
+def test_polls_joined_without_the_seq_and_ts_the_previous_poll_implies() -> None:
+    """The forwarder joins stored polls leaving out a seq that follows on and a ts equal to
+    the previous poll's (contract.encode.join_polls): the JSON Schema takes it, and both
+    decoders read the same readings as from the polls with every member."""
+    from contract.decode import ContextBook, decode_readings
+    from contract.encode import join_polls
+    from store.decode import Decoder
+
+    encoder = PollEncoder()
+    t0 = 1_764_000_000.25
+    parts = []
+    times = ((1, "a", t0), (3, "b", t0 + 0.0004), (5, "c", t0 + 0.002), (9, "d", t0 + 0.002))
+    for seq, device, at in times:
+        readings = [Reading(at, "v", seq), Reading(at, "w", seq + 1)]
+        parts.append((seq, 2, encoder.encode(seq, device, readings, [UNIT] * 2)))
+    joined = join_polls(parts)
+    version = encoder.version(UNIT)
+    assert version is not None
+    ctx = b'"ctx":"%b",' % version.ctx.encode()
+    tail = b'"tags":["v","w"],"value_list":[%d,%d]}'
+    assert joined == (
+        b'{"seq":1,"ts":1764000000250,"device":"a",%b' % ctx + tail % (1, 2)
+        # the same millisecond, seq 3 follows on from 1 + 2 values: neither member
+        + b',{"device":"b",%b' % ctx + tail % (3, 4)
+        + b',{"ts":1764000000252,"device":"c",%b' % ctx + tail % (5, 6)
+        # after a gap in the seqs: its seq, and the ts of the poll before
+        + b',{"seq":9,"device":"d",%b' % ctx + tail % (9, 10)
+    )  # fmt: skip
+    message = envelope("line1-pc1", "6f1d0c2a9b7e4e55", joined)
+    assert_valid(message, "readings-3.json")
+    full = envelope("line1-pc1", "6f1d0c2a9b7e4e55", b",".join(p[2] for p in parts))
+    book = ContextBook()
+    book.add(version.message("line1-pc1"))
+    got = decode_readings(message, None, book)
+    assert got == decode_readings(full, None, book)
+    assert [(r.seq, r.ts, r.device) for r in got][::2] == [
+        (1, "2025-11-24T16:00:00.250Z", "a"),
+        (3, "2025-11-24T16:00:00.250Z", "b"),
+        (5, "2025-11-24T16:00:00.252Z", "c"),
+        (9, "2025-11-24T16:00:00.252Z", "d"),
+    ]
+    store = Decoder().decode(message)
+    assert [(r.seq, r.ts, r.device) for r in store.runs] == [
+        (r.seq, r.ts, r.device) for r in Decoder().decode(full).runs
+    ]
+    # The first poll has nothing to take them from.
+    first = json.loads(message)
+    del first["polls"][0]["seq"]
+    assert not validator("readings-3.json").is_valid(first)

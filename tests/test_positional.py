@@ -141,7 +141,7 @@ def test_a_whole_poll_is_positional_with_bad_and_uncertain_values_wrapped() -> N
     body = PollEncoder().encode(5, "dev", readings, [ST] * 3, META)
     # From the first tag of the order: tag_index 0 is left out.
     assert body == (
-        b'{"seq":5,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b","ctx":"%b",'
+        b'{"seq":5,"ts":1000,"device":"dev","meta":"%b","ctx":"%b",'
         b'"value_list":[354.315,{"value":null,"quality":"bad","error":"timeout"},'
         b'{"value":9,"quality":"uncertain","error":null}]}' % (META.meta.encode(), ST_CTX)
     )
@@ -165,7 +165,7 @@ def test_a_poll_read_in_two_requests_is_one_object_with_the_later_time_as_an_off
         (12, "t", 8, "good", None),
     ]
     got = decode_readings(envelope("pc1", OUTBOX, body), book(META), CONTEXTS)
-    assert [r.ts for r in got] == ["1970-01-01T00:00:01Z"] + ["1970-01-01T00:00:01.250000Z"] * 2
+    assert [r.ts for r in got] == ["1970-01-01T00:00:01Z"] + ["1970-01-01T00:00:01.250Z"] * 2
 
 
 @pytest.mark.parametrize(
@@ -199,10 +199,7 @@ def test_a_tag_the_metadata_does_not_know_names_every_tag() -> None:
 
 def test_by_name_when_switched_off_refused_or_without_metadata() -> None:
     readings = [Reading(1.0, "v", f32(12.5)), Reading(1.0, "n", 3)]
-    named = (
-        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev",%b'
-        b'"tags":["v","n"],"value_list":[12.5,3]}'
-    )
+    named = b'{"seq":1,"ts":1000,"device":"dev",%b"tags":["v","n"],"value_list":[12.5,3]}'
     with_meta = named % b'"meta":"%b",' % META.meta.encode()
     # mqtt.value_keys: name
     assert PollEncoder(positional=False).encode(1, "dev", readings, [NONE] * 2, META) == with_meta
@@ -212,7 +209,7 @@ def test_by_name_when_switched_off_refused_or_without_metadata() -> None:
     )
     # no metadata at all: no float32 either, and no meta member
     assert PollEncoder().encode(1, "dev", [readings[1]], [NONE], None) == (
-        b'{"seq":1,"ts":"1970-01-01T00:00:01Z","device":"dev","tags":["n"],"value_list":[3]}'
+        b'{"seq":1,"ts":1000,"device":"dev","tags":["n"],"value_list":[3]}'
     )
 
 

@@ -15,7 +15,14 @@ import orjson
 import yaml
 
 from collector.config import load_config
-from contract.decode import ContextBook, ContractError, FlatReading, MetaBook, decode_readings
+from contract.decode import (
+    ContextBook,
+    ContractError,
+    FlatReading,
+    MetaBook,
+    decode_readings,
+    expand_polls,
+)
 from drivers.modbus.sim import SimulatedModbusServer
 from tests.helpers import (
     TOPIC,
@@ -59,7 +66,9 @@ class Consumer:
                 self.parked.append(payload)
                 return
             self.readings += got
-            for poll in orjson.loads(payload)["polls"]:
+            polls = orjson.loads(payload)["polls"]
+            expand_polls(polls)  # a poll after the first may leave out its seq and ts
+            for poll in polls:
                 if "tags" not in poll:  # by position
                     self.polls_by_meta.setdefault(poll["meta"], []).append(
                         [

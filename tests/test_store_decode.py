@@ -13,7 +13,14 @@ import pytest
 
 from contract.codes import ErrorCode
 from contract.decode import ContextBook, ContractError, decode_polls
-from contract.encode import ContextVersion, PollEncoder, ReadingEncoder, build_message, envelope
+from contract.encode import (
+    ContextVersion,
+    PollEncoder,
+    ReadingEncoder,
+    build_message,
+    envelope,
+    join_polls,
+)
 from contract.records import Context, Quality, Reading
 from store.decode import FLOATS, NUMBERS, Decoded, Decoder
 
@@ -35,6 +42,21 @@ def keyed_message() -> dict[str, Any]:
     readings[4:] = [r._replace(ts=T0 + 0.025) for r in readings[4:]]
     body = PollEncoder().encode(1, "dev", readings, [CTX] * len(readings))
     return orjson.loads(envelope("pc1", OUTBOX, body))  # type: ignore[no-any-return]
+
+
+def joined_message() -> bytes:
+    """Four polls as the forwarder joins them (contract.encode.join_polls): devices a and b
+    read in the same millisecond, c 2 ms later, d after a gap in the seqs."""
+    encoder, parts = PollEncoder(), []
+    for seq, device, at in (
+        (1, "a", T0),
+        (4, "b", T0),
+        (7, "c", T0 + 0.002),
+        (20, "d", T0 + 0.002),
+    ):
+        readings = [Reading(at, f"t{i}", 10 * seq + i, "V") for i in range(3)]
+        parts.append((seq, 3, encoder.encode(seq, device, readings, [CTX] * 3)))
+    return envelope("pc1", OUTBOX, join_polls(parts))
 
 
 #: CTX's version, as a consumer has it from context/ft-1/3, and as the store keys it.
@@ -137,6 +159,32 @@ def variants() -> Iterator[tuple[str, bytes]]:
     doc = copy.deepcopy(base)
     doc["polls"].append("not a poll")
     yield "a poll that is no object", orjson.dumps(doc)
+    joined = orjson.loads(joined_message())
+    yield "polls without the seq and ts the previous poll implies", orjson.dumps(joined)
+    for i, key, bad in (
+        (0, "seq", None),  # the first poll: nothing to take them from
+        (0, "ts", None),
+        (0, "value_list", "x"),  # the next poll's seq cannot follow from it
+        (1, "value_list", {}),
+        (1, "ts", "yesterday"),
+        (1, "ts", "2025-11-24T16:00:00.251Z"),  # RFC 3339 text (a poll buffered by schema 2)
+        (1, "ts", 1_764_000_000_251),  # epoch ms
+        (0, "ts", 10**16),  # past the year 9999
+        (0, "ts", 0),
+        (2, "seq", 4),  # repeats the seqs of the poll before
+        (2, "seq", -1),
+        (3, "ts", None),  # its ts from poll 2, which takes its own from poll 1's
+    ):
+        doc = copy.deepcopy(joined)
+        if bad is None:
+            doc["polls"][i].pop(key, None)
+        else:
+            doc["polls"][i][key] = bad
+        yield f"joined: polls[{i}].{key}={bad!r}", orjson.dumps(doc)
+    yield (
+        "joined: a repeated key",
+        joined_message().replace(b'"device":"b",', b'"device":"b","ts":"x","ts":"y",', 1),
+    )
     yield "not json", b"{not json"
     yield "an array", b"[1, 2]"
     old = build_message("pc1", ReadingEncoder().encode(5, "dev", collector_readings([1.0, 2]),

@@ -54,7 +54,7 @@ from collector.delivery.publisher import (
 from collector.delivery.storesync import StoreSync, gaps_message
 from collector.delivery.streams import DeviationsStream, ReadingsStream, Stream, UnitsStream
 from common.backoff import Backoff
-from contract.encode import DeviceMeta, context_message, envelope
+from contract.encode import DeviceMeta, context_message, envelope, join_polls
 
 __all__ = ["Delivered", "Forwarder", "MqttStatus", "topic_base", "topics"]
 
@@ -229,6 +229,10 @@ class Forwarder:
         # A message size that broke connections, learned from a broker that drops large
         # messages without saying so; applies until the collector restarts.
         self._learned_max_bytes: int | None = None
+
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
 
     def _changed(self) -> None:
         """The publisher's news: a connect or disconnect wakes every stream. (An answer wakes
@@ -511,11 +515,12 @@ class Forwarder:
                     lanes.backlog_cursor = lanes.boundary  # the backlog is drained
                     self._show_backlog(d)
                 continue
+            if stream.key == b"polls":  # seq and ts left out where the previous poll implies them
+                items = join_polls((b.first_seq, b.count, b.body) for b in batches)
+            else:
+                items = b",".join(b.body for b in batches)
             payload = envelope(
-                self._config.collector.id,
-                self._outbox.outbox.outbox_id,
-                b",".join(b.body for b in batches),
-                stream.key,
+                self._config.collector.id, self._outbox.outbox.outbox_id, items, stream.key
             )
             if len(batches) == 1 and await self._oversized(d, batches[0], len(payload), max_items):
                 return await self._publish_next(d)  # split or moved aside: look again

@@ -20,6 +20,12 @@ imports paho.
 - **A broker that takes messages but never acknowledges them is left.** A message without its
   PUBACK for ``mqtt.keepalive_s`` ends the connection (its readings go again on the next one);
   :attr:`MqttStatus.unacknowledged_since` lets /health say so, also across reconnects.
+- **Topic aliases** (MQTT v5): the first non-retained message on a topic names it with a
+  Topic Alias, later ones on that connection send the alias instead of the topic (2 bytes
+  instead of about 30 a message: the readings topic carries a message every poll cycle), up
+  to the Topic Alias Maximum the broker's CONNACK offers (none offered: none used). Retained
+  messages (status, metadata, unit contexts: many topics, each published rarely) keep their
+  topic. A new connection starts without aliases.
 - **A refused connection says why, and what to set**: the TLS alert the broker sent (``certificate
   required``, ``unknown ca``: paho only says "Unspecified error"), a certificate the broker's
   does not verify against, a plaintext client at a TLS port (:func:`explain_failure`).
@@ -37,6 +43,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -56,6 +63,21 @@ EXTRA_IN_FLIGHT = 2
 
 def _ack(reason: ReasonCode) -> Ack:
     return Ack(reason.value, str(reason))
+
+
+def _varint_bytes(n: int) -> int:
+    """Bytes of an MQTT variable byte integer."""
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
+
+
+def publish_packet_bytes(topic_bytes: int, payload_bytes: int, v5: bool, alias: bool) -> int:
+    """The bytes of a QoS-1 PUBLISH packet on the wire: fixed header, topic (empty when it
+    travels as a Topic Alias), packet id, properties (v5: their length, and the alias, 3
+    bytes), payload."""
+    properties = (3 if alias else 0) if v5 else -1  # -1: no properties length either
+    rest = 2 + topic_bytes + 2 + (properties + _varint_bytes(properties) if v5 else 0)
+    rest += payload_bytes
+    return 1 + _varint_bytes(rest) + rest
 
 
 class MqttPublisher:
@@ -88,6 +110,13 @@ class MqttPublisher:
         # Subscribed on every connect (the store's acknowledgements); handed to the loop.
         self._topics: list[str] = []
         self._handler: Callable[[str, bytes], None] | None = None
+        # Topic aliases of this connection (MQTT v5): topic -> alias, and how many the
+        # broker takes (its CONNACK's Topic Alias Maximum).
+        self._aliases: dict[str, int] = {}
+        self._alias_max = 0
+        #: PUBLISH packets handed to the client, per topic: [messages, bytes on the wire]
+        #: (publish_packet_bytes): what bench.wire reports.
+        self.sent: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ Publisher
 
@@ -117,7 +146,20 @@ class MqttPublisher:
         if client is None:
             future.set_exception(ConnectionLost(self._connection + 1))
             return future
-        info = client.publish(topic, payload, qos=1, retain=retain)
+        alias, name = self._alias(topic, retain)
+        if alias is None:
+            info = client.publish(topic, payload, qos=1, retain=retain)
+        else:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.TopicAlias = alias
+            info = client.publish(name, payload, qos=1, retain=retain, properties=properties)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            sent = self.sent.setdefault(topic, [0, 0])
+            sent[0] += 1
+            sent[1] += publish_packet_bytes(
+                len(name.encode()), len(payload), self._mqtt.version is MqttVersion.V5,
+                alias is not None,
+            )  # fmt: skip
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             future.set_exception(ConnectionLost(self._connection + 1))
         elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -133,6 +175,18 @@ class MqttPublisher:
                 self.status.unacknowledged_since = time.time()
         return future
 
+    def _alias(self, topic: str, retain: bool) -> tuple[int | None, str]:
+        """(Topic Alias or None, the topic to send: empty once the alias names it)."""
+        if retain or not self._alias_max:
+            return None, topic
+        alias = self._aliases.get(topic)
+        if alias is not None:
+            return alias, ""
+        if len(self._aliases) >= self._alias_max:
+            return None, topic
+        alias = self._aliases[topic] = len(self._aliases) + 1
+        return alias, topic  # this message names it: the broker maps the alias from now on
+
     async def run(self) -> None:
         """Connect, wait for the connection to end, back off, repeat, until closing."""
         self._loop = loop = asyncio.get_running_loop()
@@ -146,6 +200,7 @@ class MqttPublisher:
             self._lost.clear()
             self._acked_connect, self._last_error_line, self._ended_by_us = False, None, None
             self._refused_here = False
+            self._aliases, self._alias_max = {}, 0  # per connection
             try:
                 # A TLS file can go missing while running: that is a failed attempt, too.
                 client = self._make_client()
@@ -278,8 +333,9 @@ class MqttPublisher:
                 # Every connect: the connection starts clean, so no subscription survives.
                 _c.subscribe([(topic, 1) for topic in self._topics])
             limit = getattr(props, "MaximumPacketSize", None) if props is not None else None
+            aliases = getattr(props, "TopicAliasMaximum", 0) if props is not None else 0
             self._loop.call_soon_threadsafe(
-                self._connected_changed, True, str(reason), False, limit
+                self._connected_changed, True, str(reason), False, limit, aliases
             )
 
     def _on_disconnect(
@@ -311,7 +367,12 @@ class MqttPublisher:
     # ------------------------------------------------------------------ on the event loop
 
     def _connected_changed(
-        self, connected: bool, reason: str, refused: bool = False, max_packet: int | None = None
+        self,
+        connected: bool,
+        reason: str,
+        refused: bool = False,
+        max_packet: int | None = None,
+        alias_max: int = 0,
     ) -> None:
         was = self.status.connected
         if not connected and not refused and self._refused and not was:
@@ -324,6 +385,8 @@ class MqttPublisher:
             self.status.connects += 1
             self.status.last_connect_error = None
             self.status.max_packet_bytes = max_packet
+            self._aliases = {}
+            self._alias_max = alias_max if self._mqtt.version is MqttVersion.V5 else 0
             m = self._mqtt
             log.info("mqtt: connected to %s:%d", m.host, m.port)
             if self._client is not None:

@@ -68,9 +68,12 @@ async def with_trace_tag(
     tmp_path: Path,
     poll_ms: int,
     tester_only: bool,
+    trace_word: int = 0x4142,
     **mqtt: Any,
 ) -> Config:
-    """The tester with one more tag: 250 characters of text, larger than small brokers take."""
+    """The tester with one more tag: 250 characters of text, larger than small brokers take
+    (``trace_word``: the two characters of each register, "AB"; 0x5C5C, two backslashes,
+    doubles its bytes in JSON)."""
     raw = config_dict(broker, modbus.port, tmp_path / "b.db", **{**FAST_RECONNECT, **mqtt})
     raw["devices"][0]["tags"].append(TRACE_TAG)
     raw["devices"][0]["poll_interval_ms"] = poll_ms
@@ -78,7 +81,7 @@ async def with_trace_tag(
         raw["devices"].pop()
     config = Config.model_validate(raw)
     await set_tester(modbus, config, voltage=1.0, serial="SN1", result=0)
-    await modbus.set_registers(1, ModbusTable.HOLDING_REGISTER, 100, [0x4142] * 125)
+    await modbus.set_registers(1, ModbusTable.HOLDING_REGISTER, 100, [trace_word] * 125)
     return config
 
 
@@ -219,11 +222,15 @@ async def test_a_broker_that_drops_oversized_messages_and_disconnects(
 ) -> None:
     """mosquitto's legacy message_size_limit answers with an illegal PUBACK and the connection
     drops. The collector isolates the offending reading, quarantines it, delivers the rest."""
+    # The trace reading alone makes a message of about 690 bytes (its 250 backslashes are 500
+    # bytes of JSON), over the limit; the tag metadata message (447 bytes) and the other
+    # readings' messages are under it.
     broker = Mosquitto(tmp_path / "drops", "message_size_limit 450\n")
     broker.start()
     config = await with_trace_tag(
-        broker, modbus_server, tmp_path, 2000, True, max_readings_per_message=200
-    )
+        broker, modbus_server, tmp_path, 2000, True, trace_word=0x5C5C,
+        max_readings_per_message=200,
+    )  # fmt: skip
     sub = Subscriber(broker, TOPIC)
     try:
         async with RunningService(config) as running:
