@@ -12,9 +12,10 @@ import orjson
 import pytest
 
 from contract.codes import ErrorCode
-from contract.decode import ContextBook, ContractError, decode_polls
+from contract.decode import ContextBook, ContractError, MetaBook, decode_polls
 from contract.encode import (
     ContextVersion,
+    DeviceMeta,
     PollEncoder,
     ReadingEncoder,
     build_message,
@@ -22,7 +23,7 @@ from contract.encode import (
     join_polls,
 )
 from contract.records import Context, Quality, Reading
-from store.decode import FLOATS, NUMBERS, Decoded, Decoder
+from store.decode import CTX_KEY_FIELDS, FLOATS, NUMBERS, Decoded, Decoder
 
 OUTBOX = "6f1d0c2a9b7e4e55"
 T0 = 1_795_000_000.25
@@ -65,14 +66,24 @@ BOOK = ContextBook()
 BOOK.add(VERSION.message("pc1"))
 CTX_KEY = (CTX.station, CTX.slot, CTX.unit_serial, CTX.operation, CTX.attempt, CTX.phase,
            CTX.golden)  # fmt: skip
+#: The tag metadata of device "dev" (6 tags), as a consumer has it from meta/dev.
+META = DeviceMeta("dev", {f"t{i}": {"unit": "V", "type": "float64", "scale": 1.0, "offset": 0.0,
+                                    "station": None} for i in range(6)})  # fmt: skip
+METAS = MetaBook()
+METAS.add(META.message("pc1"))
 
 
 def flat(decoded: Decoded) -> list[tuple[Any, ...]]:
     """(seq, tag, value, quality, error, context...) of every reading of a keyed message."""
     out = []
     for run in decoded.runs:
-        assert run.tags is not None
-        for i, (tag, value) in enumerate(zip(run.tags, run.values, strict=True)):
+        # A positional run's tags: its meta version's order from tag_index on (the writer's).
+        tags = run.tags
+        if tags is None:
+            order = METAS.order(decoded.collector, run.device, run.meta)  # type: ignore[arg-type]
+            assert order is not None
+            tags = order[run.tag_index : run.tag_index + len(run.values)]
+        for i, (tag, value) in enumerate(zip(tags, run.values, strict=True)):
             v, q, e = (
                 (value["value"], value["quality"], value.get("error"))
                 if type(value) is dict
@@ -88,10 +99,12 @@ def flat(decoded: Decoded) -> list[tuple[Any, ...]]:
 
 def reference(payload: bytes) -> list[tuple[Any, ...]] | tuple[str, str]:
     try:
-        message = decode_polls(payload, None, BOOK)
+        message = decode_polls(payload, METAS, BOOK)
     except ContractError as exc:
-        if exc.kind == "unknown_context":  # the store parks it (its writer resolves ctx)
-            return ("unknown_context", "")
+        if exc.kind in ("unknown_meta", "unknown_context"):  # the store parks it
+            return (exc.kind, "")
+        if "past the" in str(exc):  # the store's writer refuses it in its own words
+            return ("field", "past the order")
         return (exc.kind, str(exc))
     return flat(Decoded(message.collector, message.outbox, polls=message.polls))
 
@@ -101,6 +114,12 @@ def store(payload: bytes) -> list[tuple[Any, ...]] | tuple[str, str]:
         decoded = Decoder().decode(payload)
     except ContractError as exc:
         return (exc.kind, str(exc))
+    if any(METAS.order(decoded.collector, *need) is None for need in decoded.needs):
+        return ("unknown_meta", "")  # parked until its meta version arrives
+    for run in decoded.runs:  # the writer's check (store.metabook.run_problem)
+        order = METAS.order(decoded.collector, run.device, run.meta) if run.tags is None else ()
+        if run.tags is None and run.tag_index + len(run.values) > len(order or ()):
+            return ("field", "past the order")
     if decoded.collector != "pc1" or decoded.contexts_needed - {VERSION.ctx}:  # parked
         return ("unknown_context", "")
     decoded.resolved({VERSION.ctx: CTX_KEY})
@@ -198,6 +217,85 @@ def variants() -> Iterator[tuple[str, bytes]]:
 @pytest.mark.parametrize(("name", "payload"), list(variants()), ids=lambda v: str(v)[:60])
 def test_same_readings_or_same_error_as_the_reference_decoder(name: str, payload: bytes) -> None:
     assert store(payload) == reference(payload), name
+
+
+def usual_message() -> dict[str, Any]:
+    """Three polls as the collector usually sends them (store.decode's fast path): by
+    position (tag_index), one context version, one time each; the second and third joined
+    without the seq and ts that follow from the poll before."""
+    encoder, parts = PollEncoder(), []
+    for seq, at, first in ((1, T0, 0), (4, T0, 3), (7, T0 + 0.1, 1)):
+        readings = [Reading(at, f"t{first + i}", 0.5 * (seq + i), "V") for i in range(3)]
+        parts.append((seq, 3, encoder.encode(seq, "dev", readings, [CTX] * 3, META)))
+    doc = orjson.loads(envelope("pc1", OUTBOX, join_polls(parts)))
+    assert [sorted(p) for p in doc["polls"]] == [
+        ["ctx", "device", "meta", "seq", "ts", "value_list"],
+        ["ctx", "device", "meta", "tag_index", "value_list"],
+        ["ctx", "device", "meta", "tag_index", "ts", "value_list"],
+    ]
+    return doc  # type: ignore[no-any-return]
+
+
+#: What the fast path checks, each broken in a poll of the usual shape: the first (all its
+#: members written) and the second (seq and ts implied by the first).
+USUAL_FIELDS = ("seq", "device", "meta", "ctx", "tag_index", "ts", "value_list")
+#: A schema-2 context member beside ``ctx``: valid on its own, refused with ``ctx``.
+MEMBERS: dict[str, Any] = {"station": "ft-1", "slot": 3, "unit_serial": "S-1",
+                           "operation": "functional-test", "attempt": 2, "phase": "test",
+                           "golden": False}  # fmt: skip
+
+
+def usual_variants() -> Iterator[tuple[str, bytes]]:
+    base = usual_message()
+    yield "usual", orjson.dumps(base)
+    for i in (0, 1):
+        for key in USUAL_FIELDS:
+            for bad in [*BAD_VALUES, 10**16, "0123456789ab", VERSION.ctx.upper(), 0]:
+                doc = copy.deepcopy(base)
+                doc["polls"][i][key] = bad
+                yield f"polls[{i}].{key}={bad!r}", orjson.dumps(doc)
+            doc = copy.deepcopy(base)
+            doc["polls"][i].pop(key, None)
+            yield f"no polls[{i}].{key}", orjson.dumps(doc)
+        for key, value in MEMBERS.items():
+            doc = copy.deepcopy(base)
+            doc["polls"][i][key] = value
+            yield f"polls[{i}]: ctx and {key}", orjson.dumps(doc)
+        for j in range(3):
+            for bad in [*BAD_VALUES, *BAD_WRAPPERS]:
+                doc = copy.deepcopy(base)
+                doc["polls"][i]["value_list"][j] = bad
+                yield f"polls[{i}].value_list[{j}]={bad!r}", orjson.dumps(doc)
+        doc = copy.deepcopy(base)
+        doc["polls"][i]["remark"] = "x"  # a member no decoder reads: not the fast path's
+        yield f"polls[{i}].remark", orjson.dumps(doc)
+    yield (
+        "usual: a repeated key",
+        orjson.dumps(base).replace(b'"tag_index":3,', b'"tag_index":3,"tag_index":3,', 1),
+    )
+
+
+@pytest.mark.parametrize(("name", "payload"), list(usual_variants()), ids=lambda v: str(v)[:60])
+def test_the_usual_poll_gives_the_same_readings_or_error(name: str, payload: bytes) -> None:
+    assert store(payload) == reference(payload), name
+
+
+def test_the_usual_poll_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual poll is one Run built at once (never the slow path's _run), the same Run
+    the slow path builds."""
+    payload = orjson.dumps(usual_message())
+    slow = Decoder().decode(payload)
+    assert CTX_KEY_FIELDS  # the slow path refuses a member of them beside ctx
+
+    def refuse(*_args: Any) -> None:
+        raise AssertionError("the slow path")
+
+    monkeypatch.setattr(Decoder, "_run", refuse)
+    fast = Decoder().decode(payload)
+    assert fast == slow
+    assert [(r.seq, r.tag_index, r.context, r.plain) for r in fast.runs] == [
+        (1, 0, VERSION.ctx, FLOATS), (4, 3, VERSION.ctx, FLOATS), (7, 1, VERSION.ctx, FLOATS)
+    ]  # fmt: skip
 
 
 def test_plain_number_polls_take_the_fast_path() -> None:
