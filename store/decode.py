@@ -11,6 +11,9 @@ Python loop per reading. Values of other kinds (strings, booleans, null, the
 Both forms of a schema-2 poll are read (docs/messages.md): ``values`` (an object keyed by
 tag) and the positional ``tag_index`` + ``value_list`` (value i is tag
 ``order[tag_index + i]`` of the meta version the poll names; the writer resolves it).
+A schema-3 poll of the collector's usual shape (by position, one context version ``ctx``,
+one time) is one :class:`Run` built at once (``Decoder._runs3``); any other shape, or one
+whose check fails, goes the general way.
 
 Errors keep the reference decoder's wording: when a check here fails, the message goes
 through :func:`contract.decode.decode_polls`, whose :class:`ContractError` (naming the
