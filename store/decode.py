@@ -181,17 +181,19 @@ class Decoder:
         if schema == 3:
             keys -= expand_polls(polls)  # a seq or ts taken from the previous poll
         next_seq = 0
+        need, need_context = decoded.needs.add, decoded.contexts_needed.add
         for poll in polls:
             for run in read(poll):
-                if run.seq < next_seq:
+                seq, _, device, meta, context, tags, _, values, plain = run
+                if seq < next_seq:
                     raise _Refused  # a seq twice: the reference decoder names it
-                next_seq = run.seq + len(run.values)
-                if run.tags is None:
-                    decoded.needs.add((run.device, run.meta))  # type: ignore[arg-type]
-                if type(run.context) is str:
-                    decoded.contexts_needed.add(run.context)
-                if not run.plain:
-                    keys += sum(len(v) for v in run.values if type(v) is dict)
+                next_seq = seq + len(values)
+                if tags is None:
+                    need((device, meta))  # type: ignore[arg-type]
+                if type(context) is str:
+                    need_context(context)
+                if not plain:
+                    keys += sum(len(v) for v in values if type(v) is dict)
                 add(run)
             keys += len(poll)
             if "values" in poll:
