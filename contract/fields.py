@@ -245,7 +245,7 @@ class _TsCheck:
     __slots__ = ("last", "what")
 
     def __init__(self, what: str = "an RFC 3339 string") -> None:
-        self.last = ""
+        self.last: str | None = None  # not "": an empty ts must be parsed, and refused
         self.what = what
 
     def __call__(self, obj: dict[str, Any], path: str, key: str = "ts") -> str:
