@@ -230,13 +230,19 @@ def _wanted(what: str, present: bool, value: object) -> str:
 MAX_EPOCH_MS: Final = 253_402_300_799_999
 
 
-@functools.lru_cache(maxsize=4096)  # the polls of a message share a handful of times
 def ms_text(ms: int) -> str:
     """RFC 3339 text (UTC, ``Z``) of a time in epoch milliseconds (a schema-3 poll's ``ts``):
     ``2026-11-21T10:15:02.250Z``, the fraction left out when zero."""
     seconds, milli = divmod(ms, 1000)
+    text = _second_text(seconds)
+    return f"{text}Z" if not milli else f"{text}.{milli:03d}Z"
+
+
+@functools.lru_cache(maxsize=1024)  # polls fall in few seconds; each has its own millisecond
+def _second_text(seconds: int) -> str:
+    """``2026-11-21T10:15:02`` of a Unix second."""
     text = orjson.dumps(datetime.fromtimestamp(seconds, UTC), option=orjson.OPT_UTC_Z)
-    return text[1:-1].decode() if not milli else f"{text[1:-2].decode()}.{milli:03d}Z"
+    return text[1:-2].decode()
 
 
 class _TsCheck:

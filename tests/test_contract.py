@@ -367,3 +367,18 @@ def test_meta_message() -> None:
         with pytest.raises(ContractError) as caught:
             decode_meta(dumps({**doc, **bad}))
         assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_ms_text_writes_rfc_3339_with_the_millisecond_only_when_not_zero() -> None:
+    """A schema-3 ts (Unix milliseconds) as the decoders write it; the second's text is cached
+    (contract.fields._second_text), so neighbouring milliseconds must not share a fraction."""
+    from datetime import UTC, datetime, timedelta
+
+    from contract.fields import MAX_EPOCH_MS, ms_text
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for ms in (0, 1, 999, 1000, 1795256102250, 1795256102251, 1795256102000, MAX_EPOCH_MS):
+        at = epoch + timedelta(milliseconds=ms)
+        expected = at.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
+        assert ms_text(ms) == expected
+    assert ms_text(1795256102250) == "2026-11-21T10:15:02.250Z"
