@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from contract.encode import ContextVersion, DeviceMeta, PollEncoder, by_context
 from contract.records import Context, ContextChanges, Reading
 
 log = logging.getLogger(__package__)
+
+_ts = operator.attrgetter("ts")
 
 
 def make_batches(
@@ -70,7 +73,7 @@ def make_batch(
     return Batch(
         first_seq,
         first_seq + len(readings) - 1,
-        min(r.ts for r in readings),
+        min(map(_ts, readings)),
         encoder.encode(first_seq, device, readings, contexts, meta, positional=positional),
     )
 
