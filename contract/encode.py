@@ -56,7 +56,10 @@ def utc(ts: float) -> datetime:
 
 
 def _json(value: object) -> bytes:
-    return orjson.dumps(value)
+    """A value's JSON, of its own size: orjson's output keeps the buffer it was written in
+    (4 KB at least), and the pieces made here are cached (issue 28: 4,096 cached tag names
+    held 16 MB)."""
+    return memoryview(orjson.dumps(value)).tobytes()
 
 
 K = TypeVar("K")
@@ -214,9 +217,8 @@ class DeviceMeta:
     def body(self) -> bytes:
         """The canonical JSON (keys sorted, no spaces) of ``{"order", "tags"}``: what ``meta``
         hashes, and what the buffer keeps of each version (its ``metas`` table)."""
-        return orjson.dumps(
-            {"order": list(self.order), "tags": self.tags}, option=orjson.OPT_SORT_KEYS
-        )
+        body = {"order": list(self.order), "tags": self.tags}
+        return memoryview(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).tobytes()
 
     @classmethod
     def from_body(cls, device: str, body: bytes) -> DeviceMeta:

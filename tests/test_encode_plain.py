@@ -87,3 +87,19 @@ def test_a_plain_poll_of_registers_takes_the_plain_path() -> None:
     # A float of a float32 tag needs float32 text: the loop writes it.
     floats = [r._replace(value=0.1) for r in readings]
     assert encode._plain(floats, [ONE] * 8, META.position, META.float32) is None
+
+
+def test_the_pieces_the_encoder_keeps_take_their_own_size() -> None:
+    """orjson's output keeps the buffer it was written in (4 KB at least); what the encoder
+    caches (tag names, device heads) and the metadata bodies are copies of their own size."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [encode._json(f"tag{i}") for i in range(1000)]
+        per_piece = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_piece < 200
+    assert len(META.body) < 1000
