@@ -169,6 +169,10 @@ class AsyncOutbox:
         pending, nor those ``skip`` says (by last seq: sent, waiting for the store's
         acknowledgement); a contiguous run of them."""
         assert self._reader is not None, "open() first"
+        if after_seq >= self.outbox.last_seq:
+            # Nothing committed after it (the forwarder looks after every acknowledgement):
+            # no read. last_seq changes only once a commit is done.
+            return []
         while True:
             batches = take_batches(self._reader, after_seq, max_readings, max_bytes, up_to)
             if not self._pending_acks and skip is None:
