@@ -144,7 +144,7 @@ class BufferWriter:
     def __init__(
         self,
         outbox: AsyncOutbox,
-        max_pending_bytes: int = 16 << 20,
+        max_pending_bytes: int = 4 << 20,  # at saturation RSS holds it (issue 28)
         changes: Callable[[], ContextChanges] | None = None,
         commit_interval_s: float = 0.02,  # buffer.commit_interval_ms
         max_readings_per_batch: int | None = None,  # mqtt.max_readings_per_message
