@@ -227,16 +227,17 @@ class DeviceMeta:
         return cls(device, doc["tags"], tuple(doc["order"]))
 
     def message(self, collector_id: str) -> bytes:
-        return orjson.dumps(
-            {
-                "schema": SCHEMA_VERSION,
-                "collector": collector_id,
-                "device": self.device,
-                "meta": self.meta,
-                "order": list(self.order),
-                "tags": self.tags,
-            }
-        )
+        """The retained message (kept by the forwarder while the config runs: of its own
+        size, see :func:`_json`)."""
+        message = {
+            "schema": SCHEMA_VERSION,
+            "collector": collector_id,
+            "device": self.device,
+            "meta": self.meta,
+            "order": list(self.order),
+            "tags": self.tags,
+        }
+        return memoryview(orjson.dumps(message)).tobytes()
 
 
 @dataclass(frozen=True, slots=True)

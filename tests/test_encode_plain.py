@@ -99,7 +99,11 @@ def test_the_pieces_the_encoder_keeps_take_their_own_size() -> None:
         before = tracemalloc.get_traced_memory()[0]
         kept = [encode._json(f"tag{i}") for i in range(1000)]
         per_piece = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+        before = tracemalloc.get_traced_memory()[0]
+        messages = [META.message("pc1") for _ in range(10)]
+        per_message = (tracemalloc.get_traced_memory()[0] - before) / len(messages)
     finally:
         tracemalloc.stop()
     assert per_piece < 200
+    assert per_message < 2 * len(messages[0]) < 4096
     assert len(META.body) < 1000

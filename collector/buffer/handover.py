@@ -32,6 +32,8 @@ log = logging.getLogger(__package__)
 
 #: Rows :meth:`AsyncOutbox.held_ranges` reads at most.
 HELD_LIMIT = 10_000
+#: The forwarder's reader connection's page cache, KiB.
+READER_CACHE_KB = 256
 
 
 class AsyncOutbox:
@@ -73,6 +75,9 @@ class AsyncOutbox:
             )
             self._reader = engine.connect()
             self._reader.exec_driver_sql("PRAGMA query_only=1")
+            # It reads the few newest rows (or walks the backlog once): SQLite's default 2 MB
+            # page cache would only be resident memory (issue 28 item 3).
+            self._reader.exec_driver_sql(f"PRAGMA cache_size=-{READER_CACHE_KB}")
             self._reader.commit()
         except sa.exc.SQLAlchemyError as exc:
             cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
