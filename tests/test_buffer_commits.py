@@ -99,12 +99,16 @@ def test_delivered_ranges_that_touch_are_deleted_as_one(tmp_path: Path) -> None:
     box.close()
 
 
-async def test_the_forwarders_reader_keeps_a_small_page_cache(tmp_path: Path) -> None:
-    """It reads the newest rows: SQLite's default 2 MB cache would only be resident memory."""
+async def test_the_buffers_connections_keep_small_page_caches(tmp_path: Path) -> None:
+    """They touch a few pages at the table's ends: SQLite's default 2 MB cache would only be
+    resident memory."""
     from collector.buffer.handover import READER_CACHE_KB
+    from collector.buffer.store import WRITER_CACHE_KB
 
     box = AsyncOutbox(tmp_path / "b.db", 10_000)
     await box.open()
     assert box._reader is not None
     assert box._reader.exec_driver_sql("PRAGMA cache_size").scalar() == -READER_CACHE_KB
+    cache = box.outbox._conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    assert cache == -WRITER_CACHE_KB
     await box.close()

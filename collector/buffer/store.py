@@ -71,6 +71,9 @@ from collector.config import Synchronous
 from contract.encode import encode_unit, keyed_polls, split_polls
 from contract.records import ContextChanges
 
+#: The writer connection's page cache, KiB (issue 28 item 3: 512 KiB commits as fast as 2 MB).
+WRITER_CACHE_KB = 512
+
 
 class Outbox:
     """Synchronous outbox on one SQLite connection. Use it from one thread only."""
@@ -110,6 +113,9 @@ class Outbox:
         # so a committed reading survives a power cut (NORMAL risks the last commits, not the file).
         self._conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         self._conn.exec_driver_sql(f"PRAGMA synchronous={synchronous.value.upper()}")
+        # Inserts at one end of the table, deletes at the other: a few pages each. SQLite's
+        # default 2 MB cache would fill with pages never read again (resident memory).
+        self._conn.exec_driver_sql(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
         self._conn.commit()
         with self._conn.begin():
             # IF NOT EXISTS, not create_all's check-then-create: another process (a
