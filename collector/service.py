@@ -166,6 +166,7 @@ class Service:
             Backoff(device.reconnect_min_ms / 1000, device.reconnect_max_ms / 1000),
             phase_s=phase_s(index, len(self.config.devices), interval),
             can_take=self.writer.can_take,
+            under_way=(self.writer.poll_started, self.writer.poll_ended),
         )
         self._polling[device.name] = group.create_task(poller.run(), name=f"poll:{device.name}")
 

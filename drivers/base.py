@@ -65,6 +65,29 @@ class SharedLine(NamedTuple):
     settings: dict[str, object]
 
 
+# Each distinct tag metadata, one dict for every tag that has it: a line of 120 devices x 125
+# registers has 15,000 tags and a handful of distinct metadata, kept for as long as the config
+# runs (4 MB when each tag had its own; issue 28). Bounded by the distinct ones configs hold.
+_METAS: dict[tuple[object, ...], dict[str, object]] = {}
+
+
+def _shared_meta(
+    unit: object, kind: str | None, scale: float, offset: float, station: str | None
+) -> dict[str, object]:
+    """One tag's metadata (never changed once made: read-only for everyone)."""
+    key = (unit, kind, scale.hex(), offset.hex(), station)  # -0.0 is not 0.0 in the JSON
+    meta = _METAS.get(key)
+    if meta is None:
+        meta = _METAS[key] = {
+            "unit": unit,
+            "type": kind,
+            "scale": scale,
+            "offset": offset,
+            "station": station,
+        }
+    return meta
+
+
 class DeviceBase(ReconnectBackoff):
     """What every device has, whatever its protocol."""
 
@@ -108,13 +131,13 @@ class DeviceBase(ReconnectBackoff):
         for name in sorted(self.tag_names):
             tag = declared.get(name)
             kind = getattr(tag, "type", None)
-            meta[name] = {
-                "unit": getattr(tag, "unit", None),
-                "type": None if kind is None else str(kind),
-                "scale": float(getattr(tag, "scale", 1.0)),
-                "offset": float(getattr(tag, "offset", 0.0)),
-                "station": self.station,
-            }
+            meta[name] = _shared_meta(
+                getattr(tag, "unit", None),
+                None if kind is None else str(kind),
+                float(getattr(tag, "scale", 1.0)),
+                float(getattr(tag, "offset", 0.0)),
+                self.station,
+            )
         return meta
 
     def secret_files(self) -> list[SecretFile]:

@@ -109,6 +109,24 @@ async def test_a_failure_is_counted_by_its_kind(
     assert status.last_error == f"{code}: {text}"
 
 
+async def test_the_writer_is_told_when_each_poll_starts_and_ends() -> None:
+    """Every poll, good or failed, is announced and ended (the buffer writer commits the
+    polls under way together), the readings handed over in between."""
+    driver = ScriptedDriver(reads=[None, ValueError("a bug"), None])
+    events: list[str] = []
+    poller = Poller(
+        driver,
+        DeviceStatus("d", "scripted", None),
+        0.01,
+        lambda _device, readings: events.append(f"sink {readings[0].value}"),
+        Backoff(0.01, 0.02),
+        under_way=(lambda: events.append("start"), lambda: events.append("end")),
+    )
+    await run_until(poller, lambda: driver.good_reads >= 2, "two good polls")
+    assert events[:7] == ["start", "sink 1", "end", "start", "end", "start", "sink 2"]
+    assert events.count("start") == events.count("end")  # a cancelled poll ends too
+
+
 async def test_a_good_poll_starts_the_backoff_again() -> None:
     """Failed connects make the delay grow; a good poll resets it, so the next failure waits
     the shortest delay again, not the grown one."""

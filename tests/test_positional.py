@@ -380,3 +380,54 @@ def test_meta_messages_checked_and_kept_by_the_book() -> None:
     assert ("pc1", "dev", META.meta) in metas
     assert metas.order("pc1", "dev", META.meta) == ("v", "n", "t")
     assert metas.order("pc2", "dev", META.meta) is None  # per collector
+
+
+def test_tags_with_the_same_metadata_share_one_dict_and_keep_their_values() -> None:
+    """A big line keeps one metadata dict per distinct metadata, not one per tag (issue 28)."""
+    from collector.config import Config
+
+    config = Config.model_validate(
+        {
+            "collector": {"id": "pc1", "site": "s", "line": "l"},
+            "buffer": {"path": "/tmp/never-opened.db"},
+            "devices": [
+                {
+                    "name": f"plc{d}",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "tags": [
+                        {
+                            "name": "a",
+                            "table": "holding_register",
+                            "address": 0,
+                            "type": "uint16",
+                            "unit": "V",
+                        },
+                        {
+                            "name": "b",
+                            "table": "holding_register",
+                            "address": 1,
+                            "type": "uint16",
+                            "unit": "V",
+                        },
+                        {
+                            "name": "c",
+                            "table": "holding_register",
+                            "address": 2,
+                            "type": "int16",
+                            "offset": -0.0,
+                        },
+                    ],
+                }
+                for d in range(2)
+            ],
+        }
+    )
+    metas = device_metas(config.devices)
+    a, b, c = (metas["plc0"].tags[t] for t in "abc")
+    assert a is b is metas["plc1"].tags["a"]
+    assert a == {"unit": "V", "type": "uint16", "scale": 1.0, "offset": 0.0, "station": None}
+    assert c is not a
+    assert orjson.dumps(c) == (
+        b'{"unit":null,"type":"int16","scale":1.0,"offset":-0.0,"station":null}'
+    )

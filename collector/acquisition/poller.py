@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import operator
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -128,6 +129,14 @@ def phase_s(index: int, devices: int, interval_s: float) -> float:
     return min(interval_s, MAX_PHASE_S) * (index // PHASE_GROUP) / max(groups, 1)
 
 
+def _nothing() -> None:
+    pass
+
+
+_tag = operator.attrgetter("tag")
+_quality = operator.attrgetter("quality")
+
+
 class Poller:
     def __init__(
         self,
@@ -139,11 +148,15 @@ class Poller:
         *,
         phase_s: float = 0.0,
         can_take: Callable[[], bool] = lambda: True,
+        under_way: tuple[Callable[[], None], Callable[[], None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._driver = driver
         self._phase = phase_s
         self._can_take = can_take
+        # Told when a poll starts and when it has ended (the buffer writer commits the polls
+        # of a phase group together: collector.buffer.writer).
+        self._started, self._ended = under_way or (_nothing, _nothing)
         self.status = status
         self._interval = interval_s
         self._sink = sink
@@ -182,7 +195,11 @@ class Poller:
                 await self._wait_for(next_at)
                 self.status.start_late_s.append(max(0.0, loop.time() - next_at))
                 if self._can_take():
-                    await self._poll_once()
+                    self._started()
+                    try:
+                        await self._poll_once()
+                    finally:
+                        self._ended()
                 else:
                     # More offered than the buffer can take (it says so, once): a reading not
                     # read is better than one read and then dropped.
@@ -216,9 +233,7 @@ class Poller:
         readings = self._driver.take_changes()
         if not readings:
             return
-        last = self.status.last_readings
-        for reading in readings:
-            last[reading.tag] = reading
+        self.status.last_readings.update(zip(map(_tag, readings), readings, strict=True))
         self._sink(self.status.name, readings)
 
     async def _connect(self) -> bool:
@@ -255,10 +270,13 @@ class Poller:
         status.poll_seconds.observe(time.perf_counter() - started)
         if isinstance(self._driver, CountsInputErrors):  # e.g. serial lines matching nothing
             status.errors.update(self._driver.take_input_errors())
-        last = status.last_readings
-        for reading in readings:
-            last[reading.tag] = reading
-        bad = Counter(r.error.value for r in readings if r.quality is Quality.BAD and r.error)
+        # In C, not a Python loop per reading: 7 µs for 100 tags instead of 22 (issue 28).
+        status.last_readings.update(zip(map(_tag, readings), readings, strict=True))
+        bad = (
+            Counter(r.error.value for r in readings if r.quality is Quality.BAD and r.error)
+            if Quality.BAD in map(_quality, readings)
+            else None
+        )
         if bad:
             status.errors.update(bad)
             for code in bad.keys() - status._logged_codes:

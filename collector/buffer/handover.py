@@ -32,6 +32,8 @@ log = logging.getLogger(__package__)
 
 #: Rows :meth:`AsyncOutbox.held_ranges` reads at most.
 HELD_LIMIT = 10_000
+#: The forwarder's reader connection's page cache, KiB.
+READER_CACHE_KB = 256
 
 
 class AsyncOutbox:
@@ -73,6 +75,9 @@ class AsyncOutbox:
             )
             self._reader = engine.connect()
             self._reader.exec_driver_sql("PRAGMA query_only=1")
+            # It reads the few newest rows (or walks the backlog once): SQLite's default 2 MB
+            # page cache would only be resident memory (issue 28 item 3).
+            self._reader.exec_driver_sql(f"PRAGMA cache_size=-{READER_CACHE_KB}")
             self._reader.commit()
         except sa.exc.SQLAlchemyError as exc:
             cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
@@ -169,6 +174,10 @@ class AsyncOutbox:
         pending, nor those ``skip`` says (by last seq: sent, waiting for the store's
         acknowledgement); a contiguous run of them."""
         assert self._reader is not None, "open() first"
+        if after_seq >= self.outbox.last_seq:
+            # Nothing committed after it (the forwarder looks after every acknowledgement):
+            # no read. last_seq changes only once a commit is done.
+            return []
         while True:
             batches = take_batches(self._reader, after_seq, max_readings, max_bytes, up_to)
             if not self._pending_acks and skip is None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,9 @@ from collector.config import Synchronous
 from contract.encode import encode_unit, keyed_polls, split_polls
 from contract.records import ContextChanges
 
+#: The writer connection's page cache, KiB (issue 28 item 3: 512 KiB commits as fast as 2 MB).
+WRITER_CACHE_KB = 512
+
 
 class Outbox:
     """Synchronous outbox on one SQLite connection. Use it from one thread only."""
@@ -95,6 +99,9 @@ class Outbox:
         self._retired: dict[tuple[str, str], int] = {}
         self._engine: Engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
         self._conn: Connection = self._engine.connect()
+        # The same connection without SQLAlchemy, for the statements of every commit
+        # (:func:`run_sql`); statements run on it belong to the transaction ``_conn`` began.
+        self._dbapi = dbapi_of(self._conn)
         try:
             self._open(synchronous, seq_floor)
         except BaseException:
@@ -106,6 +113,9 @@ class Outbox:
         # so a committed reading survives a power cut (NORMAL risks the last commits, not the file).
         self._conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         self._conn.exec_driver_sql(f"PRAGMA synchronous={synchronous.value.upper()}")
+        # Inserts at one end of the table, deletes at the other: a few pages each. SQLite's
+        # default 2 MB cache would fill with pages never read again (resident memory).
+        self._conn.exec_driver_sql(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
         self._conn.commit()
         with self._conn.begin():
             # IF NOT EXISTS, not create_all's check-then-create: another process (a
@@ -210,6 +220,17 @@ class Outbox:
             ).scalar_one()
         )
 
+    def _sql(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        """See :func:`run_sql`: in the caller's transaction."""
+        return run_sql(self._dbapi, sql, params)
+
+    def _sql_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """:meth:`_sql` with many rows (the driver's executemany)."""
+        try:
+            self._dbapi.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise sa.exc.DBAPIError.instance(sql, rows, exc, sqlite3.Error) from exc
+
     def _last_seq(self, table: str) -> int:
         value = self._conn.execute(
             sa.text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": table}
@@ -289,11 +310,11 @@ class Outbox:
                     list(metas.rows),
                 )
             if contexts:
-                self._conn.exec_driver_sql(UPSERT_CONTEXTS, list(contexts))
+                self._sql_many(UPSERT_CONTEXTS, contexts)
             if batches:
                 # The driver's own executemany: SQLAlchemy's per-row parameter processing costs
                 # more than the insert (bench/, docs/performance.md).
-                self._conn.exec_driver_sql(
+                self._sql_many(
                     INSERT_BATCHES, [(b.last_seq, b.first_seq, b.ts, b.body) for b in batches]
                 )
             if over > 0:
@@ -307,7 +328,7 @@ class Outbox:
             newest = max([self.last_seq, *(b.last_seq for b in batches)])
             pruned = self._prune_metas(self._retire_metas(metas, newest))
             if deleted or dropped:
-                self._prune_contexts()
+                self._prune_contexts(bool(contexts))
         self._retired = pruned
         if contexts:
             self.context_changed_seq = max(self.context_changed_seq, *(c[3] for c in contexts))
@@ -376,10 +397,13 @@ class Outbox:
         """Every kept metadata version: (device, meta, body)."""
         return stored_metas(self._conn)
 
-    def _prune_contexts(self) -> None:
+    def _prune_contexts(self, stored_now: bool = False) -> None:
         """In the caller's transaction: delete the context versions no pending batch can
-        name any more, except each station's latest."""
-        self._conn.exec_driver_sql(PRUNE_CONTEXTS)
+        name any more, except each station's latest. Nothing to do in a buffer that never
+        kept one (no stations: ``context_changed_seq`` is the highest kept, 0 for none) and
+        stores none in this transaction (``stored_now``)."""
+        if self.context_changed_seq or stored_now:
+            self._sql(PRUNE_CONTEXTS)
 
     def stored_contexts(self, after: int = -1, through: int | None = None) -> list[ContextRow]:
         """See :func:`stored_contexts`."""
@@ -512,12 +536,14 @@ class Outbox:
         return deleted
 
     def _delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
-        where = "WHERE last_seq BETWEEN :first AND :last"
+        """In the caller's transaction: delete the batches of the ranges; how many readings
+        they held. Adjacent ranges (the messages of one commit, acknowledged in turn) are
+        deleted as one."""
         deleted = 0
-        for first_seq, last_seq in ranges:
-            bounds = {"first": first_seq, "last": last_seq}
-            deleted += self._count_readings(where, **bounds)
-            self._conn.execute(sa.text(f"DELETE FROM batches {where}"), bounds)  # noqa: S608
+        for first_seq, last_seq in adjacent_merged(ranges):
+            bounds = (first_seq, last_seq)
+            deleted += int(self._sql(COUNT_RANGE, bounds).fetchone()[0])
+            self._sql(DELETE_RANGE, bounds)
         return deleted
 
     def split(self, first_seq: int, last_seq: int, per_batch: int) -> int:
@@ -583,6 +609,23 @@ class Outbox:
         )
 
 
+_IN_RANGE = "FROM batches WHERE last_seq BETWEEN ? AND ?"
+COUNT_RANGE = f"SELECT coalesce(sum({COUNT_SQL}), 0) {_IN_RANGE}"
+DELETE_RANGE = f"DELETE {_IN_RANGE}"
+
+
+def adjacent_merged(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges in order, those that touch end to start joined: ``[(1, 5), (6, 9)]`` is
+    ``[(1, 9)]``; overlapping or apart ones stay as they are."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if out and out[-1][1] + 1 == first:
+            out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return out
+
+
 #: Keep a context version; one named again keeps its highest seqs.
 UPSERT_CONTEXTS = (
     "INSERT INTO contexts (ctx, station, body, changed_seq, last_seq) VALUES (?, ?, ?, ?, ?) "
@@ -629,16 +672,40 @@ def take_batches(
     if up_to is not None:
         sql += " AND last_seq <= ?"
         params = (after_seq, up_to)
-    result = conn.exec_driver_sql(sql + " ORDER BY last_seq", params)
+    # On the DBAPI connection (the forwarder reads before every message, on the event loop):
+    # SQLAlchemy's result machinery cost more than the read. Outside a transaction a SELECT
+    # holds its read snapshot only until the cursor is closed, so WAL checkpoints proceed.
+    cursor = run_sql(dbapi_of(conn), sql + " ORDER BY last_seq", params)
     out: list[Batch] = []
     readings = size = 0
-    for row in result:
-        batch = Batch(*row)
-        readings += batch.count
-        size += len(batch.body) + 1
-        if out and (readings > max_readings or size > max_bytes):
-            break
-        out.append(batch)
-    result.close()
-    conn.commit()  # end the read transaction so WAL checkpoints can proceed
+    try:
+        for row in cursor:
+            batch = Batch(*row)
+            readings += batch.count
+            size += len(batch.body) + 1
+            if out and (readings > max_readings or size > max_bytes):
+                break
+            out.append(batch)
+    finally:
+        cursor.close()
+    conn.commit()  # a read transaction SQLAlchemy began earlier on it ends too
     return out
+
+
+def dbapi_of(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under a SQLAlchemy one."""
+    dbapi = conn.connection.driver_connection
+    assert isinstance(dbapi, sqlite3.Connection)
+    return dbapi
+
+
+def run_sql(dbapi: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+    """One statement straight on the DBAPI connection (in the transaction its SQLAlchemy
+    connection began, if any), for the statements of every commit and every message:
+    SQLAlchemy's execution machinery costs them several times SQLite's own work
+    (docs/performance.md, issue 28). Errors are raised as SQLAlchemy's, which is what callers
+    catch (a full disk is an OperationalError)."""
+    try:
+        return dbapi.execute(sql, params)
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc

@@ -9,7 +9,9 @@ time, so the forwarder never has to split it in the buffer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from contract.encode import ContextVersion, DeviceMeta, PollEncoder, by_context
 from contract.records import Context, ContextChanges, Reading
 
 log = logging.getLogger(__package__)
+
+_ts = operator.attrgetter("ts")
 
 
 def make_batches(
@@ -69,7 +73,7 @@ def make_batch(
     return Batch(
         first_seq,
         first_seq + len(readings) - 1,
-        min(r.ts for r in readings),
+        min(map(_ts, readings)),
         encoder.encode(first_seq, device, readings, contexts, meta, positional=positional),
     )
 
@@ -117,8 +121,12 @@ class BufferWriter:
     than a message may carry (so the forwarder never rewrites it in the buffer).
 
     Commits are at least ``commit_interval_s`` apart: each one is an fsync, and pollers
-    on spread phases would otherwise each get their own; a poll after a quiet spell is
-    committed at once. Pollers call :meth:`submit` (never blocks). The queue is bounded in
+    on spread phases would otherwise each get their own. A poll after a quiet spell waits only
+    for the polls under way with it (pollers say when one starts and ends:
+    :meth:`poll_started`, :meth:`poll_ended`), and never longer than ``commit_interval_s``:
+    the devices of a phase group start at one wake-up, so their polls share one commit and
+    one message instead of the first one going alone and the rest a commit interval later.
+    Pollers call :meth:`submit` (never blocks). The queue is bounded in
     bytes; if the outbox cannot keep up for long (e.g. the disk is full) and the queue
     overflows, the overflowing poll is dropped and counted in ``overflow_dropped`` rather than
     growing memory without bound. Its seqs are used up, so consumers see the drop as a gap.
@@ -136,7 +144,7 @@ class BufferWriter:
     def __init__(
         self,
         outbox: AsyncOutbox,
-        max_pending_bytes: int = 16 << 20,
+        max_pending_bytes: int = 4 << 20,  # at saturation RSS holds it (issue 28)
         changes: Callable[[], ContextChanges] | None = None,
         commit_interval_s: float = 0.02,  # buffer.commit_interval_ms
         max_readings_per_batch: int | None = None,  # mqtt.max_readings_per_message
@@ -168,6 +176,9 @@ class BufferWriter:
         #: Readings handed to the writer since start (for /metrics).
         self.collected = 0
         self.last_error: str | None = None
+        # Polls under way (poll_started .. poll_ended); set when the last of them ended.
+        self._under_way = 0
+        self._settled = asyncio.Event()
 
     def submit(self, device: str, readings: Sequence[Reading], contexts: Sequence[Context]) -> None:
         """Number and encode one poll's readings (``contexts[i]`` is that of ``readings[i]``)
@@ -234,6 +245,17 @@ class BufferWriter:
                 )
         return room
 
+    def poll_started(self) -> None:
+        """A poller starts a poll: its readings are to go in the commit of those queued
+        meanwhile (if it ends within the commit interval)."""
+        self._under_way += 1
+
+    def poll_ended(self) -> None:
+        """The poll :meth:`poll_started` announced is over (submitted, held or failed)."""
+        self._under_way -= 1
+        if not self._under_way:
+            self._settled.set()
+
     def set_meta(self, metas: Mapping[str, DeviceMeta]) -> None:
         """The devices' tag metadata (at start and after a reload): polls from now on refer
         to it, and it is stored with them."""
@@ -278,6 +300,13 @@ class BufferWriter:
         try:
             while True:
                 await self._ready.wait()
+                if self._under_way and self._commit_interval > 0:
+                    # The polls started with this one (a phase group's) come in within a few
+                    # milliseconds: one commit, one message for them all, with no timer per poll.
+                    self._settled.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._commit_interval):
+                            await self._settled.wait()
                 wait = last_commit + self._commit_interval - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)  # more polls join this commit meanwhile
