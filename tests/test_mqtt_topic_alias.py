@@ -8,7 +8,7 @@ import asyncio
 
 from collector.config import MqttConfig, MqttVersion
 from collector.delivery.mqtt import MqttPublisher, publish_packet_bytes
-from collector.delivery.publisher import Ack, MqttStatus
+from collector.delivery.publisher import Ack, ConnectionLost, MqttStatus
 from tests.helpers import Mosquitto, Subscriber, async_wait_until
 
 BASE = "collector/lab/bench/pc1"
@@ -91,3 +91,19 @@ def test_packet_bytes_count_every_header_byte() -> None:
     assert publish_packet_bytes(0, 20, v5=True, alias=True) == 1 + 1 + 2 + 2 + 4 + 20
     # 3.1.1 has no properties; a remaining length of 128 or more takes two bytes.
     assert publish_packet_bytes(30, 200, v5=False, alias=False) == 1 + 2 + 234
+
+
+async def test_an_alias_whose_message_never_left_is_named_again() -> None:
+    """paho did not take the message that was to name the alias (here: a client that never
+    connected answers MQTT_ERR_NO_CONN): the broker never learned the alias, so it is
+    forgotten and the next message on the topic names it again instead of sending an alias
+    the broker would refuse as a protocol error."""
+    config = MqttConfig(host="127.0.0.1", port=1, version=MqttVersion.V5)
+    publisher = MqttPublisher(config, "pc1", f"{BASE}/status", MqttStatus())
+    publisher._client = publisher._make_client()  # a real paho client, never connected
+    publisher._alias_max = 10
+    future = publisher.publish(READINGS, b"{}")
+    assert future.done()
+    assert isinstance(future.exception(), ConnectionLost)
+    assert publisher._aliases == {}
+    assert publisher._alias(READINGS, retain=False) == (1, READINGS)  # named again

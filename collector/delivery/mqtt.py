@@ -153,6 +153,10 @@ class MqttPublisher:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.TopicAlias = alias
             info = client.publish(name, payload, qos=1, retain=retain, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and alias is not None and name:
+            # The message that was to name the alias never left: the broker does not know it,
+            # so the next message on the topic names it again.
+            del self._aliases[topic]
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             sent = self.sent.setdefault(topic, [0, 0])
             sent[0] += 1
