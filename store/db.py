@@ -8,6 +8,8 @@ extension is installed), and sorting database errors into the few reasons /healt
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +20,10 @@ import store.record.schema  # noqa: F401 - the record's tables join the metadata
 from store.migrate import SQLITE_BEGIN, migrate
 
 log = logging.getLogger("store.db")
+
+#: How long a connection to a new SQLite file waits for another process's lock to switch it
+#: to WAL (the busy timeout, 30 s, does not apply to that switch).
+WAL_SWITCH_WAIT_S = 30.0
 
 
 def connect(url: str | URL, password: str | None = None, synchronous: str = "full") -> sa.Engine:
@@ -41,6 +47,23 @@ def connect(url: str | URL, password: str | None = None, synchronous: str = "ful
     return sa.create_engine(parsed, pool_pre_ping=True)
 
 
+def _journal_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the file to WAL (a no-op once it is). On a new file, store processes starting
+    together race here: the switch fails at once with "database is locked" while another
+    holds its lock (the migration's BEGIN IMMEDIATE), without waiting on the busy timeout. So
+    it is tried again, for at most WAL_SWITCH_WAIT_S."""
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        else:
+            return
+        time.sleep(0.02)
+
+
 def _sqlite_setup(engine: Engine, synchronous: str) -> None:
     sync = {"full": "FULL", "normal": "NORMAL"}[synchronous]
 
@@ -50,7 +73,7 @@ def _sqlite_setup(engine: Engine, synchronous: str) -> None:
         # queue on the lock instead of failing on a read-to-write upgrade).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _journal_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={sync}")
         cursor.execute("PRAGMA foreign_keys=OFF")
         cursor.close()

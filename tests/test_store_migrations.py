@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -263,7 +265,7 @@ def test_concurrent_starts_migrate_once_without_an_error(
         assert starter.stdout.readline() == "ready\n"
     go.touch()
     outputs = [p.communicate(timeout=60) for p in starters]
-    assert [p.returncode for p in starters] == [0] * 4, outputs
+    assert [p.returncode for p in starters] == [0] * 4, "\n".join(err for _, err in outputs)
     assert sorted(out for out, _ in outputs) == sorted(
         ["from None\n", *[f"from {head_revision()}\n"] * 3]
     )
@@ -400,3 +402,34 @@ def test_a_database_at_the_head_is_only_read(db_url: str) -> None:
             started = time.monotonic()
             assert migrate(engine, timescaledb=False).at_head
             assert time.monotonic() - started < 5  # the lock's wait is 30 s (SQLite) or forever
+
+
+def test_a_new_sqlite_file_locked_by_another_process_is_switched_to_wal_once_free(
+    tmp_path: Path,
+) -> None:
+    """Store processes starting together on a new SQLite file: while one holds the write lock
+    (the migration's BEGIN IMMEDIATE), another's switch to WAL fails at once with "database
+    is locked" (SQLite does not wait on the busy timeout for it). It is retried until the
+    lock is free, so the second store starts instead of dying with a traceback."""
+    path = tmp_path / "store.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE held (x)")  # a rollback-journal file, as a first start makes
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO held VALUES (1)")
+    result: dict[str, object] = {}
+
+    def open_store() -> None:
+        try:
+            with connect(f"sqlite:///{path}").connect() as conn:
+                result["mode"] = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        except Exception as exc:  # the test reports it
+            result["error"] = repr(exc)
+
+    opener = threading.Thread(target=open_store)
+    opener.start()
+    opener.join(0.5)  # it fails at once without the retry; with it, it waits
+    assert opener.is_alive(), result
+    holder.execute("COMMIT")
+    holder.close()
+    opener.join(15)
+    assert result == {"mode": "wal"}
