@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import itemgetter
-from typing import Any, TypeGuard
+from typing import Any, Self, TypeGuard
 
 import orjson
 
@@ -174,7 +174,25 @@ class FlatUnit:
     resources: dict[str, str] = field(default_factory=dict)
 
 
-class MetaBook:
+class _Book:
+    """What the two books share: a dict from a version's key to what it resolves to."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, ...], Any] = {}
+
+    def copy(self) -> Self:
+        book = type(self)()
+        book._entries = dict(self._entries)
+        return book
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class MetaBook(_Book):
     """The tag metadata versions a consumer has seen (the messages on ``.../meta/{device}``,
     retained and not), for resolving positional polls: (collector, device, meta) -> order.
 
@@ -182,9 +200,6 @@ class MetaBook:
     those versions may still come (a collector republishes the versions its buffer still
     needs, non-retained, on every connect, so a consumer that was away gets them again).
     """
-
-    def __init__(self) -> None:
-        self._orders: dict[tuple[str, str, str], tuple[str, ...]] = {}
 
     def add(self, meta: bytes | dict[str, Any]) -> tuple[str, str, str] | None:
         """Take a meta message (its payload, or the dict :func:`decode_meta` returned).
@@ -200,34 +215,21 @@ class MetaBook:
         if doc["order"] is None:
             return None
         key = (doc["collector"], doc["device"], doc["meta"])
-        self._orders[key] = tuple(doc["order"])
+        self._entries[key] = tuple(doc["order"])
         return key
 
     def order(self, collector: str, device: str, meta: str) -> tuple[str, ...] | None:
         """The tags of that version in order; None if it was never added."""
-        return self._orders.get((collector, device, meta))
-
-    def copy(self) -> MetaBook:
-        book = MetaBook()
-        book._orders = dict(self._orders)
-        return book
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._orders
-
-    def __len__(self) -> int:
-        return len(self._orders)
+        order: tuple[str, ...] | None = self._entries.get((collector, device, meta))
+        return order
 
 
-class ContextBook:
+class ContextBook(_Book):
     """The unit-context versions a consumer has seen (the messages on
     ``.../context/{station}``, retained and not), for resolving schema-3 polls' ``ctx``:
     (collector, ctx) -> the context members. Feed it every context message as it arrives
     (:meth:`add`); like the :class:`MetaBook`, keep it while readings of those versions may
     still come."""
-
-    def __init__(self) -> None:
-        self._members: dict[tuple[str, str], dict[str, Any]] = {}
 
     def add(self, payload: bytes) -> tuple[str, str] | None:
         """Take a context message; returns its key (collector, ctx), or None for an empty
@@ -236,28 +238,18 @@ class ContextBook:
             return None
         doc = decode_context(bytes(payload))
         key = (doc["collector"], doc["ctx"])
-        self._members[key] = {name: doc[name] for name in _CONTEXT_MEMBERS}
+        self._entries[key] = {name: doc[name] for name in _CONTEXT_MEMBERS}
         return key
 
     def members(self, collector: str, ctx: str) -> dict[str, Any] | None:
         """The context's members (station, slot, unit_serial...); None if never added."""
-        return self._members.get((collector, ctx))
+        members: dict[str, Any] | None = self._entries.get((collector, ctx))
+        return members
 
     def stand_in(self, collector: str, ctx: str, members: dict[str, Any]) -> None:
         """Resolve ``ctx`` to ``members`` (the others at their defaults) without its message:
         for a tool that shows stored polls whose version is gone (collector ``buffer``)."""
-        self._members[(collector, ctx)] = {**_context({}, ""), **members}
-
-    def copy(self) -> ContextBook:
-        book = ContextBook()
-        book._members = dict(self._members)
-        return book
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._members
-
-    def __len__(self) -> int:
-        return len(self._members)
+        self._entries[(collector, ctx)] = {**_context({}, ""), **members}
 
 
 def decode_context(payload: bytes) -> dict[str, Any]:
