@@ -389,7 +389,6 @@ class MqttPublisher:
             self.status.connects += 1
             self.status.last_connect_error = None
             self.status.max_packet_bytes = max_packet
-            self._aliases = {}
             self._alias_max = alias_max if self._mqtt.version is MqttVersion.V5 else 0
             m = self._mqtt
             log.info("mqtt: connected to %s:%d", m.host, m.port)
