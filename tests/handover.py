@@ -38,16 +38,12 @@ def broker(
 ) -> Iterator[Mosquitto]:
     """A mosquitto as the hand-over tests need it: without persistence (a restart forgets
     every session and subscription: what lost 14 % of the readings in issue 23), and with
-    mosquitto's default ``max_queued_messages`` (1000) instead of the tests' unlimited queue."""
+    mosquitto's default ``max_queued_messages`` (1000) instead of the tests' bound of a million."""
     if mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed")
-    mq = Mosquitto(folder)
-    text = mq.conf.read_text()
+    mq = Mosquitto(folder, max_queued=None if queue_limit else 1_000_000)
     if not persistence:
-        text = text.replace("persistence true\n", "persistence false\n")
-    if queue_limit:
-        text = text.replace("max_queued_messages 0\n", "")
-    mq.conf.write_text(text)
+        mq.conf.write_text(mq.conf.read_text().replace("persistence true\n", "persistence false\n"))
     mq.start()
     try:
         yield mq

@@ -145,7 +145,12 @@ class Mosquitto:
     """A real mosquitto on a free loopback port; can be stopped and started on the same port."""
 
     def __init__(
-        self, workdir: Path, extra_conf: str = "", anonymous: bool = True, port: int | None = None
+        self,
+        workdir: Path,
+        extra_conf: str = "",
+        anonymous: bool = True,
+        port: int | None = None,
+        max_queued: int | None = 1_000_000,
     ) -> None:
         binary = mosquitto_binary()
         assert binary is not None
@@ -165,8 +170,11 @@ class Mosquitto:
             # restart, so a test consumer misses nothing published while it reconnects.
             "persistence true\n"
             f"persistence_location {workdir}/\n"
-            "max_queued_messages 0\n"
-            "max_inflight_messages 0\n"
+            # A bound far above any test's traffic, where mosquitto's default (1000) would drop
+            # a slow consumer's messages; None keeps the default. Not 0 (unbounded): mosquitto
+            # 2.0.11 then ends a client's connection after every publish it refuses.
+            + (f"max_queued_messages {max_queued}\n" if max_queued is not None else "")
+            + "max_inflight_messages 0\n"
             f"log_dest file {workdir}/mosquitto.log\n"
             "log_type error\nlog_type warning\nlog_type notice\n" + extra_conf
         )

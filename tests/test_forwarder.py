@@ -56,6 +56,7 @@ class FakePublisher:
         self.held: list[asyncio.Future[Ack]] = []
         self.outstanding = 0
         self.most_outstanding = 0
+        self.outstanding_before: list[int] = []  # unanswered when each message was sent
         self._listener: Callable[[], None] = lambda: None
         self._closed = asyncio.Event()
         self._in_flight: list[asyncio.Future[Ack]] = []
@@ -70,6 +71,7 @@ class FakePublisher:
         self.retained.append(retain)
         self._in_flight.append(future)
         self._messages[id(future)] = (topic, payload)
+        self.outstanding_before.append(self.outstanding)
         self.outstanding += 1
         self.most_outstanding = max(self.most_outstanding, self.outstanding)
         verdict = self.answer(topic, payload)
@@ -326,6 +328,34 @@ async def test_a_broker_that_ends_the_connection_after_a_refusal_is_not_taken_fo
     assert run.forwarder._learned_max_bytes is None
     assert min(len(m) for m in fake.payloads()) == 20  # never split to one per message
     assert sorted(set(run.delivered_seqs())) == list(range(1, 201))
+
+
+async def test_after_a_lost_connection_its_oldest_message_goes_alone_until_answered(
+    tmp_path: Path,
+) -> None:
+    """The oldest message a connection died with is sent alone on the next one: if it ends
+    that connection too, nothing else in flight shares the blame, and a broker that refuses it
+    and hangs up has no unread data to reset the connection with (mosquitto 2.0.11 loses the
+    refusal's PUBACK in that reset). Once it is answered, the window fills again."""
+    verdicts = [DROP]
+
+    def answer(_topic: str, _payload: bytes) -> int:
+        return verdicts.pop(0) if verdicts else HOLD
+
+    fake = FakePublisher(answer)
+    async with forwarding(
+        tmp_path, fake, before=20, max_readings_per_message=5, max_inflight_messages=4
+    ) as run:
+        await async_wait_until(lambda: fake.connection == 1 and fake.held, 5, "sent again")
+        again = len(fake.sent) - 1
+        assert fake.payloads()[again] == [1, 2, 3, 4, 5]  # the suspect, resent...
+        fake.resolve(fake.held.pop(0))
+        await async_wait_until(lambda: len(fake.held) == 4, 5, "the window filled again")
+        assert fake.outstanding_before[again:] == [0, 0, 1, 2, 3]  # ...alone until answered
+        fake.answer = lambda _t, _p: ACCEPT
+        for future in list(fake.held):
+            fake.resolve(future)
+        await async_wait_until(lambda: len(set(run.delivered_seqs())) == 100, 5, "all")
 
 
 async def test_a_poll_stored_larger_than_a_message_is_split_in_the_buffer(tmp_path: Path) -> None:

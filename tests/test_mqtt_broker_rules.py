@@ -37,11 +37,9 @@ def acl(path: Path, allow_readings: bool) -> None:
     )
 
 
-@pytest.fixture
-def secured_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A mosquitto with a password file and an ACL."""
+def start_secured(work: Path, max_queued: int = 1_000_000) -> Mosquitto:
+    """A mosquitto with a password file and an ACL that refuses the readings."""
     require_mosquitto()
-    work = tmp_path / "secured"
     work.mkdir()
     passwd = work / "passwd"
     passwd.touch()
@@ -49,9 +47,18 @@ def secured_broker(tmp_path: Path) -> Iterator[Mosquitto]:
         subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
     acl(work / "acl", allow_readings=False)
     broker = Mosquitto(
-        work, anonymous=False, extra_conf=f"password_file {passwd}\nacl_file {work / 'acl'}\n"
+        work,
+        anonymous=False,
+        extra_conf=f"password_file {passwd}\nacl_file {work / 'acl'}\n",
+        max_queued=max_queued,
     )
     broker.start()
+    return broker
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = start_secured(tmp_path / "secured")
     yield broker
     broker.stop()
 
@@ -76,9 +83,6 @@ async def test_refused_publish_is_kept_and_delivered_once_allowed(
     try:
         async with RunningService(config) as running:
             service = running.service
-            # The tests' mosquitto (2.0.11, max_queued_messages 0) ends the connection after
-            # every refused publish, the tag metadata's first: each costs a reconnect backoff
-            # (1 s, 2 s, 4 s, ...) before the readings' own refusal can arrive.
             await async_wait_until(lambda: service.mqtt.rejected, 30, "a refused publish")
             # A refusal comes in a PUBACK, so the collector had authenticated with the password
             # from the environment. (The forwarder reconnects and retries the kept batch after
@@ -110,6 +114,50 @@ async def test_refused_publish_is_kept_and_delivered_once_allowed(
         "serial",
         "result",
     }
+
+
+async def test_a_broker_that_ends_the_connection_after_each_refusal_splits_and_quarantines_nothing(
+    modbus_server: SimulatedModbusServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mosquitto 2.0.11 with ``max_queued_messages 0`` ends a client's connection after every
+    publish it refuses; with more messages in flight behind the refused one, its PUBACK is
+    often lost in the reset (the broker closes a socket that holds unread data). The lost
+    connections must not be taken for a broker that drops large messages: no reading split
+    off, none quarantined, no message size learned; all delivered once the ACL allows them."""
+    broker = start_secured(tmp_path / "secured", max_queued=0)
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "collector-pw")
+    raw = config_dict(
+        broker,
+        modbus_server.port,
+        tmp_path / "b.db",
+        username="collector",
+        password_env="TEST_MQTT_PASSWORD",
+        reconnect_min_ms=100,
+        reconnect_max_ms=300,
+        max_readings_per_message=5,  # a backlog goes out as many messages in flight at once
+    )
+    config = Config.model_validate(raw)
+    await set_tester(modbus_server, config, voltage=1.0, serial="SN1", result=0)
+    sub = Subscriber(broker, TOPIC, username="consumer", password="consumer-pw")
+    try:
+        async with RunningService(config) as running:
+            service = running.service
+            # Each refusal costs a connection (and a refused stream waits the reconnect backoff,
+            # 100-300 ms here): twenty of them, with the readings refused throughout.
+            await async_wait_until(lambda: service.mqtt.connects >= 20, 60, "reconnects")
+            assert service.mqtt.quarantined == 0
+            assert service.forwarder._learned_max_bytes is None
+            assert sub.readings() == []
+            acl(broker.workdir / "acl", allow_readings=True)
+            broker.reload()
+            buffered = (await service.outbox.stats()).last_seq
+            await async_wait_until(lambda: sub.has_all(buffered), 60, "delivered once allowed")
+            assert service.mqtt.quarantined == 0
+            assert service.outbox.outbox.quarantined_total == 0
+    finally:
+        sub.close()
+        broker.stop()
+    assert_no_gaps(sub.seqs())
 
 
 async def test_wrong_password_is_reported_and_retried(

@@ -7,7 +7,8 @@ messages. The rules:
 
 - **A row leaves the buffer only on a success PUBACK.** A message lost with its connection is
   sent again from the buffer on the next one (duplicates stay within the in-flight window).
-- **A window of messages in flight**, settled oldest first.
+- **A window of messages in flight**, settled oldest first; one alone while a message that
+  was in flight when a connection ended has not been answered (it may be what ends them).
 - **A backlog does not starve live data.** On each (re)connect, rows up to the newest seq form
   the backlog lane, replayed oldest first; newer rows form the live lane. While both have rows,
   messages alternate between them.
@@ -23,9 +24,9 @@ messages. The rules:
   (``ctx``) are published retained on ``context/{station}`` when they change, before the
   first message of readings that names them, and all that are kept on every connect.
 - **A message the broker refuses** is kept and retried after a backoff; one refused as too
-  large (or that repeatedly kills the connection) is resent one reading per message (its
-  batches split in the buffer), and a single reading that still cannot be delivered is moved
-  aside to the buffer's quarantine table and counted.
+  large (or that repeatedly kills the connection, unless a refusal explains that) is resent one
+  reading per message (its batches split in the buffer), and a single reading that still
+  cannot be delivered is moved aside to the buffer's quarantine table and counted.
 
 Topics and payloads are documented in docs/messages.md.
 """
@@ -76,8 +77,6 @@ LEARNED_MIN_BYTES = 256
 ACK_LINGER_S = 0.1
 # Reason codes after which the same message can never succeed: split it.
 TOO_LARGE = {PACKET_TOO_LARGE}
-# After a refusal, nothing more of that stream is sent for a backoff of this range (seconds).
-REFUSAL_BACKOFF_S = (1.0, 60.0)
 
 # Called with the payload of each accepted message, readings or unit records alike.
 Delivered = Callable[[bytes], None]
@@ -167,7 +166,7 @@ class Forwarder:
         on_delivered: Delivered | None = None,
         *,
         publisher: Publisher | None = None,
-        refusal_backoff_s: tuple[float, float] = REFUSAL_BACKOFF_S,
+        refusal_backoff_s: tuple[float, float] | None = None,
     ) -> None:
         self._config = config
         self._mqtt = config.mqtt
@@ -179,7 +178,12 @@ class Forwarder:
         self._publisher = publisher or MqttPublisher(
             self._mqtt, config.collector.id, self.status_topic, self.status
         )
-        self._refusal_backoff_s = refusal_backoff_s
+        # After a refusal, nothing more of that stream is sent for a backoff: the broker
+        # reconnect's (mqtt.reconnect_min_ms ... reconnect_max_ms), as a retry of the broker.
+        self._refusal_backoff_s = refusal_backoff_s or (
+            self._mqtt.reconnect_min_ms / 1000,
+            self._mqtt.reconnect_max_ms / 1000,
+        )
         self._streams: list[Stream] = [
             ReadingsStream(
                 outbox,
@@ -479,11 +483,13 @@ class Forwarder:
                 self._show_backlog(d)
                 d.stale = False
             sent = False
+            # While a message is suspected of ending connections, or its readings are resent
+            # one per message, only one message is in flight: a lost connection then points at
+            # it, and a broker that refuses and hangs up has no unread data to reset the
+            # connection with, so its refusal's PUBACK arrives.
+            window = 1 if d.suspect[1] or d.cap is not None else stream.window
             while (
-                publisher.connected
-                and not d.stale
-                and retry_at is None
-                and len(in_flight) < stream.window
+                publisher.connected and not d.stale and retry_at is None and len(in_flight) < window
             ):
                 published = await self._publish_next(d)
                 if published is None:
@@ -618,10 +624,10 @@ class Forwarder:
             raise exc
         reason = item.future.result()
         self.status.publish_rtt.observe(time.perf_counter() - item.sent_at)
+        if d.suspect[0] == item.first_seq:
+            d.suspect = (0, 0)  # answered: the broker read it whole
         if not reason.is_failure:
             await self._delivered(d, item)
-            if d.suspect[0] == item.first_seq:
-                d.suspect = (0, 0)
             return False
         self.status.rejected[str(reason)] += 1
         if reason.value in TOO_LARGE:

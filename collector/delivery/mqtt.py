@@ -105,7 +105,10 @@ class MqttPublisher:
         self._closing = asyncio.Event()
         self._refused = False
         self._connection = 0
-        self._refused_here = False  # whether the current connection saw a refused publish
+        # Whether the broker refused a publish and has accepted none of ours since. Kept across
+        # connections: a broker that ends the connection after a refusal may lose that
+        # refusal's PUBACK in the reset, so later lost connections are explained by it too.
+        self._refusal_unresolved = False
         self._listener: Callable[[], None] = lambda: None
         # Subscribed on every connect (the store's acknowledgements); handed to the loop.
         self._topics: list[str] = []
@@ -203,7 +206,6 @@ class MqttPublisher:
         while not self._closing.is_set():
             self._lost.clear()
             self._acked_connect, self._last_error_line, self._ended_by_us = False, None, None
-            self._refused_here = False
             self._aliases, self._alias_max = {}, 0  # per connection
             try:
                 # A TLS file can go missing while running: that is a failed attempt, too.
@@ -316,7 +318,7 @@ class MqttPublisher:
         self._sent_at.clear()
         for future in self._futures.values():
             if not future.done():
-                future.set_exception(ConnectionLost(self._connection, self._refused_here))
+                future.set_exception(ConnectionLost(self._connection, self._refusal_unresolved))
                 future.exception()  # read by the forwarder, or moot if it is stopping
         self._futures.clear()
         self._listener()
@@ -437,8 +439,10 @@ class MqttPublisher:
             status.refused_since_success = 0
         else:
             status.refused_since_success += 1
-            self._refused_here = True
+            self._refusal_unresolved = True
         future = self._futures.pop(mid, None)
+        if future is not None and not ack.is_failure:
+            self._refusal_unresolved = False  # one of ours got through (not just our status)
         if future is not None and not future.done():
             future.set_result(ack)
         self._listener()

@@ -53,9 +53,11 @@ class ConnectionLost(Exception):
     def __init__(self, connection: int, after_refusal: bool = False) -> None:
         super().__init__(f"connection {connection} lost")
         self.connection = connection
-        #: The broker had refused a message on that connection before it ended. Some brokers
-        #: end the connection after a refusal (mosquitto 2.0.11 with ``max_queued_messages 0``
-        #: does, after every one): the refusal ended it, not the messages still in flight.
+        #: The broker had refused a message, and accepted none of ours since, before the
+        #: connection ended. Some brokers end the connection after a refusal (mosquitto 2.0.11
+        #: with ``max_queued_messages 0`` does, after every one, and the refusal's PUBACK is often
+        #: lost in the reset when more messages were in flight): the refusal ended it, not the
+        #: messages still in flight.
         self.after_refusal = after_refusal
 
 
