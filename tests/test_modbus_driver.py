@@ -340,12 +340,13 @@ async def test_polls_keep_a_fixed_grid(modbus_server: SimulatedModbusServer) -> 
     await async_wait_until(lambda: len(times) >= 11, 10, "11 polls")
     # Python 3.11's wait_for (inside pymodbus) can swallow one cancel: cancel until it stops.
     await cancel_and_wait([task])
-    # 10 periods on the grid span 1.0 s; drifting by 60 ms a poll would span >= 1.6 s. A
-    # crowded machine can make one 60 ms read overrun its 100 ms slot (seen at load 8.5): that
-    # slot is skipped, the next stays on the grid (1.1 s), which the bounds allow.
+    # 10 periods on the grid span 1.0 s; drifting by 60 ms a poll would span >= 1.6 s (and
+    # skip nothing). A crowded machine can make a 60 ms read overrun its 100 ms slot (seen at
+    # load 5 to 8.5): that slot is skipped and counted, the next stays on the grid, 0.1 s
+    # later per skip.
     span = times[10] - times[0]
-    assert 0.9 < span < 1.4, span
-    assert poller.status.skipped_polls <= 2
+    skipped = poller.status.skipped_polls
+    assert 0.9 < span < 1.3 + 0.1 * skipped, (span, skipped)
 
 
 async def test_a_float32_reads_at_float32_precision(

@@ -483,11 +483,7 @@ class Forwarder:
                 self._show_backlog(d)
                 d.stale = False
             sent = False
-            # While a message is suspected of ending connections, or its readings are resent
-            # one per message, only one message is in flight: a lost connection then points at
-            # it, and a broker that refuses and hangs up has no unread data to reset the
-            # connection with, so its refusal's PUBACK arrives.
-            window = 1 if d.suspect[1] or d.cap is not None else stream.window
+            window = 1 if self._isolating(d) else stream.window
             while (
                 publisher.connected and not d.stale and retry_at is None and len(in_flight) < window
             ):
@@ -581,6 +577,20 @@ class Forwarder:
         self.status.backlog_next_seq = lanes.backlog_cursor + 1 if lanes.backlog_active else None
 
     @staticmethod
+    def _isolating(d: _Delivery) -> bool:
+        """Whether one message at a time goes out: while the message a connection died with is
+        unanswered, and while a split range is resent one reading per message. A lost
+        connection then points at the one message in flight, and a broker that refuses it and
+        hangs up has no unread data to reset the connection with, so its refusal's PUBACK
+        arrives (mosquitto 2.0.11 with max_queued_messages 0 loses it otherwise)."""
+        if d.suspect[1]:
+            return True
+        if d.cap is None:
+            return False
+        until, lanes = d.cap[1], d.lanes
+        return lanes.live_cursor < until or (lanes.backlog_active and lanes.backlog_cursor < until)
+
+    @staticmethod
     def _max_items(d: _Delivery, cursor: int) -> int:
         items = d.stream.max_items
         if d.cap is not None:
@@ -624,8 +634,9 @@ class Forwarder:
             raise exc
         reason = item.future.result()
         self.status.publish_rtt.observe(time.perf_counter() - item.sent_at)
-        if d.suspect[0] == item.first_seq:
-            d.suspect = (0, 0)  # answered: the broker read it whole
+        # Answered: the connection carries messages again. (Normally the suspect itself, sent
+        # first and alone after the loss; if something else went first, judge afresh.)
+        d.suspect = (0, 0)
         if not reason.is_failure:
             await self._delivered(d, item)
             return False
