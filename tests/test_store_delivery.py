@@ -229,8 +229,9 @@ async def test_a_power_cut_jump_is_never_assigned_not_missing(
             # jump go out alternately: until the backlog is stored, its seqs are missing (not
             # yet delivered), rightly. Wait for both, not for a moment between them.
             await async_wait_until(
-                lambda: gaps()["never_assigned_seqs"] == reserved - last
-                and gaps()["missing_seqs"] == 0,
+                lambda: (
+                    gaps()["never_assigned_seqs"] == reserved - last and gaps()["missing_seqs"] == 0
+                ),
                 30,
                 "jump recorded, the backlog stored",
             )
