@@ -330,14 +330,16 @@ def decode_polls(
     return ReadingsMessage(schema, collector, outbox, polls)
 
 
-def expand_polls(polls: list[Any]) -> int:
+def expand_polls(polls: list[Any], made: dict[str, int] | None = None) -> int:
     """A schema-3 message's polls as a consumer that reads the JSON itself wants them, in
     place (docs/messages.md): a ``ts`` in epoch milliseconds written as RFC 3339 text (as
     the decoders give it), and the ``seq`` and ``ts`` a poll after the first leaves out
     filled in: ``seq`` the previous poll's seq plus its number of values, ``ts`` the previous
     poll's ts. The decoders call it. What is not well formed is left as it is (a previous
     poll that is not implies nothing): the decoders then refuse the message for it. Returns
-    how many members it filled in."""
+    how many members it filled in. ``made``: each text written from epoch milliseconds is
+    added to it with its time in epoch microseconds (a consumer that needs the number, as
+    the store does, need not parse the text back: it is RFC 3339 by construction)."""
     filled = 0
     prev: Any = None
     for poll in polls:
@@ -346,7 +348,9 @@ def expand_polls(polls: list[Any]) -> int:
             continue
         ts = poll.get("ts")
         if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS:
-            poll["ts"] = ms_text(ts)
+            poll["ts"] = text = ms_text(ts)
+            if made is not None:
+                made[text] = ts * 1000
         if prev is not None:
             if "seq" not in poll:
                 seq = prev.get("seq")

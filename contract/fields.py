@@ -83,8 +83,16 @@ def check_keys(payload: bytes, parsed_keys: int) -> None:
     object. orjson, like every parser, keeps the last value of a repeated key, so the check
     is explicit: the text's key count (one regular-expression scan in C) against the parsed
     document's; only when they differ (a repeat, or key-like text inside a string) does the
-    slow exact check run (the standard library's parser, seeing each object's pairs)."""
-    if len(_KEY_END.findall(payload)) == parsed_keys:
+    slow exact check run (the standard library's parser, seeing each object's pairs).
+
+    First the colons are counted (a byte count, a tenth of the scan's time on a schema-3
+    message): each key written is followed by a colon of its own and a colon byte is never
+    part of another character in UTF-8, so the text holds at least as many colons as
+    ``_KEY_END`` matches, and those at least as many as the keys written. When the colons
+    are exactly the parsed keys, so are the keys written: nothing was repeated. Schema 3
+    writes its times as numbers, so its messages usually have no other colon; a colon in a
+    string (an RFC 3339 time, a URL) sends the message on to the scan."""
+    if payload.count(b":") == parsed_keys or len(_KEY_END.findall(payload)) == parsed_keys:
         return
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import orjson
 from contract.decode import ContractError, Poll, decode_polls, expand_polls
 from contract.decode import shifted as _shifted
 from contract.fields import check_keys
+from store.schema import to_micros
 
 #: A reading's context as the store keys it: the unit context's fields
 #: (contract.records.CONTEXT_FIELDS) in the order of the ``contexts`` table, whose ``key``
@@ -123,8 +124,16 @@ class Decoder:
     polls of a message share a handful of times, a collector has one outbox)."""
 
     def __init__(self) -> None:
-        self._times: dict[str, None] = {}
+        #: Every time checked lately (text as sent, or as made from schema 3's epoch
+        #: milliseconds) -> its Unix microseconds: the writer's readings.ts on SQLite
+        #: (:meth:`micros`), so that a time is parsed once, or not at all.
+        self._times: dict[str, int] = {}
         self._outboxes: dict[str, None] = {}
+
+    def micros(self, ts: str) -> int | None:
+        """The Unix microseconds of a time this decoder checked lately; None when it has
+        forgotten it (the caller parses the text)."""
+        return self._times.get(ts)
 
     def decode(self, payload: bytes) -> Decoded:
         """A readings message, checked; raises :class:`ContractError` as the reference
@@ -169,7 +178,7 @@ class Decoder:
         if type(collector) is not str or not collector or type(polls) is not list:
             raise _Refused
         if outbox not in self._outboxes:
-            if type(outbox) is not str or len(outbox) != 16 or not set(outbox) <= _HEX:
+            if type(outbox) is not str or len(outbox) != 16 or not _HEX.issuperset(outbox):
                 raise _Refused
             if len(self._outboxes) > 1000:
                 self._outboxes.clear()
@@ -179,7 +188,12 @@ class Decoder:
         keys = len(doc)  # the keys orjson kept: a repeated key is one less than written
         read = self._runs2 if schema == 2 else self._runs3
         if schema == 3:
-            keys -= expand_polls(polls)  # a seq or ts taken from the previous poll
+            if len(self._times) > 10_000:
+                self._times.clear()
+            # A seq or ts taken from the previous poll; each time made from epoch
+            # milliseconds is remembered as checked (RFC 3339 by construction), with its
+            # microseconds: neither _time_ok nor the writer parses it again.
+            keys -= expand_polls(polls, self._times)
         next_seq = 0
         need, need_context = decoded.needs.add, decoded.contexts_needed.add
         for poll in polls:
@@ -399,7 +413,7 @@ class Decoder:
             return False
         if len(self._times) > 10_000:
             self._times.clear()
-        self._times[ts] = None
+        self._times[ts] = to_micros(parsed)
         return True
 
 
@@ -408,7 +422,7 @@ _NO_CONTEXT: CtxKey = (None, None, None, None, None, None, False)
 
 def _is_ctx(value: object) -> TypeGuard[str]:
     """A unit-context version id: 12 lowercase hex digits."""
-    return type(value) is str and len(value) == 12 and set(value) <= _HEX
+    return type(value) is str and len(value) == 12 and _HEX.issuperset(value)
 
 
 def _plain(values: Sequence[Any]) -> int:

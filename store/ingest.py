@@ -986,12 +986,16 @@ class Writer:
         RFC 3339 text itself for PostgreSQL's COPY."""
         if not self.sqlite:
             return text
-        memo = self._ts_memo
-        value = memo.get(text)
+        # The decoder has just checked the time (and made most from epoch milliseconds): it
+        # knows the microseconds; parsed here only when it has forgotten them.
+        value = self._decoder.micros(text)
         if value is None:
-            if len(memo) > 10_000:
-                memo.clear()
-            value = memo[text] = to_micros(datetime.fromisoformat(text))
+            memo = self._ts_memo
+            value = memo.get(text)
+            if value is None:
+                if len(memo) > 10_000:
+                    memo.clear()
+                value = memo[text] = to_micros(datetime.fromisoformat(text))
         return value
 
 

@@ -57,8 +57,19 @@ class _Seen:
 
 
 def _intervals(decoded: Decoded) -> list[tuple[int, int]]:
-    out = [(r.seq, r.seq + len(r.values) - 1) for r in decoded.runs if r.values]
-    out.extend((p.seq, p.seq + len(p.values) - 1) for p in decoded.polls if p.values)
+    """The message's seq intervals, sorted, those that touch or overlap joined: the same
+    seqs in fewer intervals (a message's polls usually follow each other without a gap:
+    one interval for the message)."""
+    spans = [(r.seq, r.seq + len(r.values) - 1) for r in decoded.runs if r.values]
+    spans.extend((p.seq, p.seq + len(p.values) - 1) for p in decoded.polls if p.values)
+    spans.sort()
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if out and a <= out[-1][1] + 1:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
     return out
 
 
@@ -79,7 +90,7 @@ def defer_overlaps(
             kept.append((message, decoded))
             continue
         stream = seen.setdefault((decoded.collector, decoded.outbox), _Seen())
-        first = min(a for a, _ in intervals)
+        first = intervals[0][0]
         if first <= stream.high and any(stream.overlaps(a, b) for a, b in intervals):
             same = any(
                 payload(m) == payload(message)
@@ -91,7 +102,7 @@ def defer_overlaps(
             else:
                 deferred.append(message)
             continue
-        for a, b in sorted(intervals):
+        for a, b in intervals:
             stream.add(a, b)
         kept.append((message, decoded))
     return kept, deferred

@@ -276,6 +276,19 @@ def usual_variants() -> Iterator[tuple[str, bytes]]:
         "usual: a repeated key",
         orjson.dumps(joined).replace(b'"tag_index":3,', b'"tag_index":3,"tag_index":3,', 1),
     )
+    # contract.fields.check_keys counts colons first: a key written with blanks before its
+    # colon, or a colon inside a string, must still leave a repeated key found.
+    yield (
+        "usual: a repeated key, blanks before its colon",
+        orjson.dumps(joined).replace(b'"tag_index":3,', b'"tag_index":3,"tag_index" :3,', 1),
+    )
+    with_colon = copy.deepcopy(joined)
+    with_colon["polls"][0]["device"] = 'line:1 "dev":'
+    yield "usual: colons in a string", orjson.dumps(with_colon)
+    yield (
+        "usual: colons in a string and a repeated key",
+        orjson.dumps(with_colon).replace(b'"tag_index":3,', b'"tag_index":3,"tag_index":3,', 1),
+    )
 
 
 @pytest.mark.parametrize(("name", "payload"), list(usual_variants()), ids=lambda v: str(v)[:60])
@@ -324,3 +337,53 @@ def test_a_shape_the_reference_decoder_fails_on_is_still_a_field_error() -> None
     assert str(caught.value).startswith(
         'polls[0].value_list[0].quality: must be "bad" or "uncertain"'
     )
+
+
+def test_a_time_made_from_epoch_milliseconds_has_the_microseconds_of_its_text() -> None:
+    """The store's decoder gives the writer the microseconds of a schema-3 time from its
+    epoch milliseconds (Decoder.micros), not from the text made of them: the same number
+    as parsing that text, from the first millisecond to the last schema 3 takes."""
+    from datetime import datetime
+
+    from contract.decode import expand_polls
+    from contract.fields import MAX_EPOCH_MS, ms_text
+    from store.schema import to_micros
+
+    for ms in (0, 1, 999, 1000, 1_795_000_000_250, 1_795_000_000_000, MAX_EPOCH_MS,
+               *range(1_795_000_000_000, 1_795_000_003_000, 7)):  # fmt: skip
+        made: dict[str, int] = {}
+        assert expand_polls([{"ts": ms}], made) == 0
+        assert made == {ms_text(ms): ms * 1000}
+        assert to_micros(datetime.fromisoformat(ms_text(ms))) == ms * 1000, ms
+    decoder = Decoder()
+    payload = orjson.dumps(usual_message())
+    runs = decoder.decode(payload).runs
+    for run in runs:
+        assert decoder.micros(run.ts) == to_micros(datetime.fromisoformat(run.ts))
+    assert Decoder().micros(runs[0].ts) is None  # not checked by that decoder: parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "repeated"),
+    [
+        (b'{"a":1,"b":{"c":2}}', False),
+        (b'{"a":1,"a":2}', True),
+        (b'{"a":1,"a" :2}', True),
+        (b'{"a" : 1, "b" : 2}', False),
+        (b'{"a":"x:y","b":"\\":"}', False),
+        (b'{"a":"x:y","a":2}', True),
+        (b'{"a":"\\":","a":2}', True),
+        (b'{"t":"2026-12-07T10:00:00Z","p":[{"a":1},{"a":1,"a":1}]}', True),
+    ],
+)
+def test_check_keys_finds_every_repeated_key(text: bytes, repeated: bool) -> None:
+    """The colon count that check_keys tries first never lets a repeated key through: the
+    same answer as the standard library's parser seeing every pair."""
+    from contract.fields import check_keys, count_keys
+
+    if repeated:
+        with pytest.raises(ContractError) as caught:
+            check_keys(text, count_keys(orjson.loads(text)))
+        assert caught.value.kind == "duplicate_key"
+    else:
+        check_keys(text, count_keys(orjson.loads(text)))

@@ -261,3 +261,26 @@ def test_one_message_with_a_seq_twice_is_quarantined_whole(db_url: str) -> None:
     result = writer.write([context, Incoming(R_TOPIC, _seq_twice())])
     assert [kind for kind, _ in result.quarantined] == ["field"]
     assert table(engine, "SELECT count(*) FROM readings") == [(0,)]
+
+
+def test_a_message_with_a_gap_between_its_polls_leaves_the_gap_free() -> None:
+    """A message's touching polls count as one seq interval (store.replays._intervals joins
+    them); a gap between its polls stays a gap: a message filling it is kept, one that
+    overlaps either side is deferred."""
+    from store.decode import FLOATS, Decoded, Run
+
+    def message(*spans: tuple[int, int]) -> Decoded:
+        runs = [Run(a, "2026-12-07T10:00:00Z", "d", "m", "c", None, 0, [0.5] * (b - a + 1),
+                    FLOATS) for a, b in spans]  # fmt: skip
+        return Decoded("pc1", "6f1d0c2a9b7e4e55", runs=runs)
+
+    batch = [
+        ("first", message((1, 3), (4, 6), (10, 12), (13, 15))),  # 1-6 and 10-15
+        ("the gap", message((7, 9))),
+        ("over the gap's end", message((9, 10))),
+        ("after", message((16, 20))),
+        ("inside", message((2, 2))),
+    ]
+    kept, deferred = defer_overlaps(batch, lambda name: name)
+    assert [name for name, _ in kept] == ["first", "the gap", "after"]
+    assert deferred == ["over the gap's end", "inside"]
