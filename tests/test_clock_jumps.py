@@ -124,10 +124,13 @@ async def test_polling_keeps_its_grid_through_wall_clock_steps(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert status.skipped_polls == 0
-    # No burst, no stop: every interval between two polls is about the 100 ms grid.
+    # A scheduler on the wall clock would count the day's step as 864,000 skipped polls and
+    # stop for the hour's; a crowded machine may miss a slot or two (counted, on the grid).
+    assert status.skipped_polls < 5
+    # No burst, no stop: every interval between two polls is the 100 ms grid, or a few of its
+    # slots where the machine missed one.
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(polls)]
-    assert all(0.05 < gap < 0.3 for gap in gaps), gaps
+    assert all(0.05 < gap < 1.0 for gap in gaps), gaps
     # The readings carry the wall clock's time, steps included.
     ts = [readings[0].ts for _, readings in polls]
     assert abs(ts[back + 2] - (time.time() - HOUR)) < 2 * HOUR  # stamped an hour back
