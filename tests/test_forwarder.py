@@ -462,8 +462,9 @@ class PubackCutter(LoopbackTcpServer):
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         readings_ids: set[bytes] = set()  # packet ids of this connection's readings messages
         ends = (writer, up_writer)
-        self._track(asyncio.create_task(self._up(reader, up_writer, readings_ids, ends)))
-        self._track(asyncio.create_task(self._down(up_reader, writer, readings_ids, ends)))
+        cut = asyncio.Event()  # this connection's cut (self.cut: the first one's, for the test)
+        self._track(asyncio.create_task(self._up(reader, up_writer, readings_ids, ends, cut)))
+        self._track(asyncio.create_task(self._down(up_reader, writer, readings_ids, ends, cut)))
 
     async def _up(
         self,
@@ -471,11 +472,14 @@ class PubackCutter(LoopbackTcpServer):
         sink: asyncio.StreamWriter,
         readings_ids: set[bytes],
         ends: tuple[asyncio.StreamWriter, ...],
+        cut: asyncio.Event,
     ) -> None:
         aliases: dict[bytes, bytes] = {}
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while True:
                 packet = await read_packet(source)
+                if cut.is_set():
+                    break  # cut: nothing more reaches the broker (its side is ending cleanly)
                 if packet[0] >> 4 == PUBLISH and (packet[0] >> 1) & 3:  # QoS 1 or 2
                     body = body_of(packet)
                     topic_len = int.from_bytes(body[:2], "big")
@@ -486,8 +490,9 @@ class PubackCutter(LoopbackTcpServer):
                             self.readings_before_cut += 1
                 sink.write(packet)
                 await sink.drain()
-        for end in ends:
-            end.close()
+        if not cut.is_set():
+            for end in ends:
+                end.close()
 
     async def _down(
         self,
@@ -495,6 +500,7 @@ class PubackCutter(LoopbackTcpServer):
         sink: asyncio.StreamWriter,
         readings_ids: set[bytes],
         ends: tuple[asyncio.StreamWriter, ...],
+        cut: asyncio.Event,
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while True:
@@ -505,12 +511,28 @@ class PubackCutter(LoopbackTcpServer):
                     and body_of(packet)[:2] in readings_ids
                 ):
                     self.refusing = True
+                    cut.set()
                     self.cut.set()
                     break  # the PUBACK is lost with the connection
                 sink.write(packet)
                 await sink.drain()
-        for end in ends:
-            end.close()
+        if not cut.is_set():
+            for end in ends:
+                end.close()
+            return
+        collector_side, broker_side = ends
+        collector_side.close()
+        # The broker's side ends cleanly: a FIN after what was forwarded, then its answers read
+        # to its own end. Closed with answers unread, the socket would send a reset, and the
+        # broker's kernel could drop PUBLISH data mosquitto had not read yet (seen under load):
+        # "what the broker got" would no longer be what was forwarded.
+        with contextlib.suppress(OSError):
+            broker_side.write_eof()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(5):
+                while await source.read(1 << 16):
+                    pass
+        broker_side.close()
 
 
 async def test_a_message_whose_connection_died_before_its_puback_is_kept_and_sent_again(
