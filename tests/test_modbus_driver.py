@@ -208,6 +208,35 @@ async def test_a_request_timeout_gives_bad_readings_with_timeout() -> None:
     await silent.stop()
 
 
+async def test_a_device_that_closes_the_link_under_a_request_is_a_lost_connection_at_once() -> (
+    None
+):
+    """pymodbus itself waits out the request's timeout and says "no response": the driver
+    must call it a lost connection, and at once, not a silent device a timeout later."""
+    request_seen = asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the first request, never answered
+        request_seen.set()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # A 60 s timeout: failing within the 20 s below can only be the lost link.
+    driver = ModbusTcpDriver(device(port, timeout_ms=60_000))
+    try:
+        await driver.connect()
+        async with asyncio.timeout(20):
+            with pytest.raises(NotConnectedError) as raised:
+                await driver.read()
+        assert request_seen.is_set()
+        assert raised.value.code is ErrorCode.CONNECTION
+        assert "connection lost: the device closed the link" in str(raised.value)
+    finally:
+        await driver.close()
+        server.close()
+
+
 async def test_a_dead_device_never_delays_another_devices_schedule(
     modbus_server: SimulatedModbusServer,
 ) -> None:
@@ -302,7 +331,10 @@ async def test_poller_reconnects_after_the_device_comes_back() -> None:
         await async_wait_until(lambda: 1.0 in values, 5, "first value")
         await server.stop()
         await async_wait_until(lambda: not status.connected, 5, "device marked down")
+        # Whether the stop came between requests or under one, the device went away: a lost
+        # connection, never a timeout (pymodbus alone would report one under a request).
         assert status.errors["connection"] >= 1
+        assert status.errors["timeout"] == 0
         server = SimulatedModbusServer(unit_ids=[1], port=port)
         await server.start()
         await fill(server, cfg, {"voltage": 2.0})

@@ -51,6 +51,14 @@ class _UndecodableFrameFilter(logging.Filter):
 logging.getLogger("asyncio").addFilter(_UndecodableFrameFilter())
 
 
+class _LinkClosed(ConnectionException):
+    """The link closed while a request waited for its reply."""
+
+    def __init__(self, why: Exception | None) -> None:
+        self.why = "the device closed the link" if why is None else f"the link failed: {why}"
+        super().__init__(self.why)
+
+
 class _Traffic:
     """What arrived on a link, counted by pymodbus's trace hooks: bytes and decoded frames.
     Bytes without a frame mean garbled replies (bad_frame), not silence (timeout)."""
@@ -58,6 +66,7 @@ class _Traffic:
     def __init__(self) -> None:
         self.received_bytes = 0
         self.frames = 0
+        self.requests_waiting = 0
 
     def watch(self, client: Any) -> None:
         """Count every byte the client's protocol receives, before pymodbus looks at it. Its
@@ -72,6 +81,20 @@ class _Traffic:
             received(data, addr)
 
         protocol.datagram_received = counted
+
+        # pymodbus waits out a request's whole timeout even when the device has closed the
+        # link under it, and then reports "No response received": a device that went away
+        # looked like a silent one (timeout) and was noticed a timeout late. Its waiting
+        # request now fails at once as a lost connection.
+        disconnected: Callable[[Exception | None], None] = protocol.callback_disconnected
+
+        def lost(exc: Exception | None) -> None:
+            disconnected(exc)
+            future = protocol.response_future
+            if self.requests_waiting and not future.done():
+                future.set_exception(_LinkClosed(exc))
+
+        protocol.callback_disconnected = lost
 
     def pdu(self, sending: bool, pdu: Any) -> Any:
         if not sending:
@@ -185,10 +208,19 @@ class _ModbusDriver:
             ModbusTable.INPUT_REGISTER: client.read_input_registers,
         }[request.table]
         mark = self._received_mark()
+        traffic = self._traffic()
+        if traffic is not None:
+            traffic.requests_waiting += 1
         try:
             reply = await read(request.address, count=request.count, device_id=unit)
         except ConnectionException as exc:
-            raise NotConnectedError(f"connection lost: {exc}") from exc
+            why = exc.why if isinstance(exc, _LinkClosed) else str(exc)
+            if self._garbled_since(mark):  # asyncio closes the link on an undecodable reply
+                raise NotConnectedError(
+                    f"reply that is no valid Modbus frame, link closed: {why}",
+                    ErrorCode.BAD_FRAME,
+                ) from exc
+            raise NotConnectedError(f"connection lost: {why}") from exc
         except ModbusIOException as exc:
             garbled = self._garbled_since(mark)
             code = ErrorCode.BAD_FRAME if garbled else ErrorCode.TIMEOUT
@@ -202,6 +234,9 @@ class _ModbusDriver:
             raise RequestError(ErrorCode.BAD_REPLY, f"{request}: {exc}") from exc
         except OSError as exc:
             raise NotConnectedError(f"connection lost: {exc}") from exc
+        finally:
+            if traffic is not None:
+                traffic.requests_waiting -= 1
         return check_reply(request, reply)
 
 
