@@ -6,9 +6,11 @@ a wrong token, hostile text, the CSP and the console."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
+import json
 import os
 import threading
 import time
@@ -19,15 +21,26 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import uvicorn
+import yaml
 from fastapi.testclient import TestClient
 
 from contract.records import Spec
 from store.api import create_app
+from store.ingest import Incoming
 from store.pages.serve import CSP
 from store.record.schema import signoffs
 from store.service import StoreService
 from tests.helpers import CHROMIUM_ARGS, chromium_or_skip, free_port
-from tests.test_record import PROTOCOL, app, auth, post_run, unit, units_message  # noqa: F401
+from tests.test_record import (  # noqa: F401
+    PROTOCOL,
+    TOKENS,
+    app,
+    auth,
+    make_app,
+    post_run,
+    unit,
+    units_message,
+)
 
 #: Typed on the shop floor: must show as text, never run.
 HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
@@ -154,6 +167,13 @@ def served(
     client, service = app
     run_id = opened(client)
     add_records(service)
+    with serving(service) as base:
+        yield base, client, service, run_id
+
+
+@contextlib.contextmanager
+def serving(service: StoreService) -> Iterator[str]:
+    """The store's app served by uvicorn on a free loopback port."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
@@ -165,7 +185,7 @@ def served(
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", client, service, run_id
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -374,3 +394,65 @@ def test_pages_in_chromium(
     genealogy: dict[str, Any] = client.get("/units/PILOT-03").json()
     assert genealogy["disposition"] == "rework"
     assert genealogy["remarks"][0]["text"] == HOSTILE
+
+
+def test_links_behind_the_read_token_save_their_files_in_chromium(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under http.read_token a followed link carries no token (a 401 page): once the tab has
+    been asked for the token, the report, JSON and CSV links fetch with it and save files."""
+    monkeypatch.setenv("REC_TEST_BOB", TOKENS["bob"])
+    client, service = make_app(db_url, tmp_path, read_token=True)
+    reader = {"Authorization": "Bearer reader"}
+    created = client.post("/runs", content=yaml.safe_dump(PROTOCOL), headers=auth("alice"))
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    assert client.get(f"/runs/{run_id}/report?format=html").status_code == 401
+    tagged = {
+        "schema": 2, "collector": "pc9", "outbox": "00000000000000a9",
+        "polls": [{"seq": 1, "ts": "2033-05-18T03:33:05Z", "device": "d", "station": "ft-1",
+                   "unit_serial": "PILOT-03", "values": {"current": 1.5, "voltage": 12}}],
+    }  # fmt: skip
+    incoming = Incoming("collector/s/l/pc9/readings", json.dumps(tagged).encode())
+    assert service.writer.write([incoming]).quarantined == []
+    chromium = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    with serving(service) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            page.goto(base + f"/runs/{run_id}")
+            problem = page.locator("#problem")
+            expect(problem).to_contain_text("401 not signed in")
+            problem.locator("input.token").fill("reader")
+            problem.locator("button[type=submit]").click()
+            expect(page.locator("#title")).to_contain_text(f"Pilot run {run_id}")
+
+            with page.expect_download() as download:
+                page.click("#html-report")
+            assert download.value.suggested_filename == f"pilot-run-{run_id}-report.html"
+            html = Path(download.value.path()).read_text()
+            assert "pilot-run report" in html
+            assert html == client.get(f"/runs/{run_id}/report?format=html", headers=reader).text
+            with page.expect_download() as download:
+                page.click("#full-report")
+            saved = json.loads(Path(download.value.path()).read_text())
+            assert saved["protocol_version"]["run_id"] == run_id
+
+            page.goto(base + "/search?serial=PILOT-0*")  # the token is kept by the tab
+            expect(page.locator("#count")).to_have_text("10 unit records")
+            with page.expect_download() as download:
+                page.click("#csv")
+            rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+            assert len(rows) == 10
+
+            page.goto(base + "/units/PILOT-03")
+            with page.expect_download() as download:
+                page.click("#readings-csv")
+            assert download.value.suggested_filename == "readings-PILOT-03.csv"
+            expected = client.get("/readings.csv?serial=PILOT-03", headers=reader).content
+            assert Path(download.value.path()).read_bytes() == expected
+            assert expected.count(b"\r\n") == 3  # the header and the two readings
+        finally:
+            browser.close()

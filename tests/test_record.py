@@ -102,7 +102,14 @@ def app(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[TestClient, StoreService]:
     monkeypatch.setenv("REC_TEST_BOB", TOKENS["bob"])
-    config = load_store_config(store_yaml(tmp_path, db_url))
+    return make_app(db_url, tmp_path)
+
+
+def make_app(
+    db_url: str, tmp_path: Path, read_token: bool = False
+) -> tuple[TestClient, StoreService]:
+    """A store with the pilot records (``read_token``: reads need the token ``reader``)."""
+    config = load_store_config(store_yaml(tmp_path, db_url, read_token))
     service = StoreService(config, connect(db_url))
     create_schema(service.engine, timescaledb=False)
     records = [

@@ -7,6 +7,8 @@
 
 const Pages = (() => {
   const TOKEN_KEY = "store.token";
+  // Set when a read of this tab was refused for want of a token (http.read_token is on).
+  const GUARDED_KEY = "store.reads-guarded";
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -99,6 +101,7 @@ const Pages = (() => {
     } catch (err) {
       return { ok: false, status: 0, body: null, words: "the store did not answer (" + err.message + ")" };
     }
+    if (method === "GET" && response.status === 401) sessionStorage.setItem(GUARDED_KEY, "1");
     let parsed = null;
     try { parsed = await response.json(); } catch (err) { parsed = null; }
     return {
@@ -169,6 +172,39 @@ const Pages = (() => {
     });
   }
 
+  /* A link to something behind http.read_token (a report, a CSV). A browser cannot send a
+     bearer token when it follows a link, so once this tab has seen reads refused, the link
+     fetches with the tab's token and saves the answer as ``filename`` (an HTML report saved
+     so opens from disk with its styles). Otherwise it stays a plain link. ``onProblem``
+     gets a refusal in words. */
+  function guardedLink(link, filename, onProblem) {
+    link.addEventListener("click", async (event) => {
+      const given = token();
+      if (!given || !sessionStorage.getItem(GUARDED_KEY)) return;
+      event.preventDefault();
+      let response;
+      try {
+        response = await fetch(link.href, { headers: { Authorization: "Bearer " + given },
+                                            credentials: "omit", cache: "no-store" });
+      } catch (err) {
+        onProblem("the store did not answer (" + err.message + ")");
+        return;
+      }
+      if (!response.ok) {
+        let detail = "";
+        try { detail = detailOf(await response.json()); } catch (err) { detail = ""; }
+        onProblem(problem(response.status, detail));
+        return;
+      }
+      const url = URL.createObjectURL(await response.blob());
+      const save = el("a", { href: url, download: filename, class: "hidden" });
+      document.body.append(save);
+      save.click();
+      save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    });
+  }
+
   /* Optional text fields: empty means absent. */
   function field(data, name) {
     const value = (data.get(name) || "").toString().trim();
@@ -180,5 +216,5 @@ const Pages = (() => {
   }
 
   return { el, text, badge, table, num, token, setToken, call, say, readFailed, writeForm,
-           field, unitLink, problem };
+           field, unitLink, problem, guardedLink };
 })();

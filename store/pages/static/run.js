@@ -9,6 +9,13 @@
   const base = "/runs/" + id;
   document.getElementById("full-report").href = base + "/report?format=json";
   document.getElementById("html-report").href = base + "/report?format=html";
+  const linkFailed = (words) => {
+    const message = el("p", {});
+    Pages.say(message, "bad", words);
+    document.getElementById("problem").replaceChildren(message);
+  };
+  Pages.guardedLink(document.getElementById("html-report"), `pilot-run-${id}-report.html`, linkFailed);
+  Pages.guardedLink(document.getElementById("full-report"), `pilot-run-${id}-report.json`, linkFailed);
   const put = (elementId, ...nodes) => document.getElementById(elementId).replaceChildren(...nodes);
 
   function criterionRow(scope, c) {

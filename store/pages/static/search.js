@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { el, badge, table, num, call, readFailed, unitLink, token } = Pages;
+  const { badge, table, num, call, readFailed, unitLink } = Pages;
   const form = document.getElementById("filters");
   const results = document.getElementById("results");
   const count = document.getElementById("count");
@@ -71,22 +71,6 @@
     search();
   });
   window.addEventListener("popstate", search);
-  // Behind http.read_token a plain link cannot send the token: fetch it and save the file.
-  csv.addEventListener("click", async (event) => {
-    if (!token()) return;
-    event.preventDefault();
-    const response = await fetch(csv.href, { headers: { Authorization: "Bearer " + token() },
-                                             credentials: "omit" });
-    if (!response.ok) {
-      count.textContent = Pages.problem(response.status, "");
-      return;
-    }
-    const url = URL.createObjectURL(await response.blob());
-    const save = el("a", { href: url, download: "units.csv", class: "hidden" });
-    document.body.append(save);
-    save.click();
-    save.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
-  });
+  Pages.guardedLink(csv, "units.csv", (words) => { count.textContent = words; });
   search();
 })();

@@ -39,8 +39,14 @@
     const readings = document.getElementById("readings");
     readings.replaceChildren(`${unit.readings.length} reading${unit.readings.length === 1 ? "" : "s"} while at a station. `);
     if (unit.readings.length) {
-      readings.append(el("a", { href: "/readings.csv?serial=" + encodeURIComponent(serial), id: "readings-csv" },
-                         "Readings as CSV"));
+      const link = el("a", { href: "/readings.csv?serial=" + encodeURIComponent(serial), id: "readings-csv" },
+                      "Readings as CSV");
+      readings.append(link);
+      Pages.guardedLink(link, "readings-" + serial.replace(/[^A-Za-z0-9._-]/g, "_") + ".csv", (words) => {
+        const message = el("p", {});
+        Pages.say(message, "bad", words);
+        readings.append(message);
+      });
     }
     document.getElementById("deviations").replaceChildren(unit.deviations.length ? table(
       ["id", "state", "severity", "description", "operation / station", "action", "recorded"],
