@@ -118,6 +118,20 @@ def test_units_carry_the_operator_and_the_resources_at_their_start_and_after_a_r
     ]
 
 
+def test_the_status_shows_what_the_unit_at_the_station_is_made_with() -> None:
+    cell = Cell(config(**RESOURCES))
+    assert cell.ctx.status()["press-2"]["resources"] == {}
+    cell.poll(0.5, result=0, nest=2, program="v1.4")
+    cell.scan(0.8, "badge", "OP-anna")
+    cell.scan(1.0, "serial", "SN1")
+    shown = cell.ctx.status()["press-2"]
+    assert (shown["unit_serial"], shown["work_order"]) == ("SN1", None)
+    assert shown["resources"] == {"fixture": "2", "operator": "OP-anna", "program": "v1.4"}
+    cell.poll(2.0, result=1, nest=2, program="v1.4")  # the verdict: a scanned unit is gone
+    shown = cell.ctx.status()["press-2"]
+    assert (shown["present_serial"], shown["resources"]) == (None, {})
+
+
 def test_a_station_without_resources_writes_records_without_them() -> None:
     cell = Cell(config())
     cell.poll(0.5, result=0, nest=1, program="v1.4")

@@ -36,6 +36,8 @@ def status() -> dict[str, Any]:
                 "unit_serial": None,
                 "present_serial": "SN-9",
                 "phase": "after",
+                "work_order": "WO-1001",
+                "resources": {"fixture": "nest-3", "operator": HOSTILE},
                 "takt_s": 45,
                 "last_verdicts": ["pass", "fail", "pass"],
                 "figures": {
@@ -143,6 +145,8 @@ async def test_slots_figures_bad_values_and_hostile_text_render_as_text() -> Non
         # Present after its verdict: the serial still shows, with the phase.
         await expect(burn_in.locator('[data-field="serial"]')).to_have_text("SN-9")
         await expect(burn_in).to_contain_text("Phaseafter")
+        await expect(burn_in).to_contain_text("Work orderWO-1001")
+        await expect(burn_in).to_contain_text(f"Made withfixture: nest-3, operator: {HOSTILE}")
         await expect(burn_in).to_contain_text("First pass yield95.3 %")
         await expect(burn_in).to_contain_text("Cycle time42 s, mean 40 s (takt 45 s)")
         await expect(burn_in).to_contain_text("Units43 (41 pass, 2 fail, 1 retests)")

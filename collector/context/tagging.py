@@ -652,6 +652,9 @@ class StationContext:
                 "present_serial": None if present is None else present.serial,
                 "phase": None if present is None else ("test" if current else "after"),
                 "golden": None if present is None else present.golden,
+                # What the unit at the station is made with (docs/traceability.md).
+                "work_order": None if present is None else present.work_order,
+                "resources": {} if present is None else dict(sorted(present.resources.items())),
                 "last_unit": None
                 if last is None
                 else {

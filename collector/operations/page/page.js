@@ -152,6 +152,10 @@
     add("Operation", u.operation);
     add("Attempt", u.attempt);
     add("Phase", u.phase);
+    add("Work order", u.work_order);
+    // Who and what the unit is made with: operator, fixture, cavity, program.
+    const made = Object.entries(u.resources || {});
+    add("Made with", made.length ? made.map(([kind, value]) => `${kind}: ${value}`).join(", ") : null);
     add("At station", u.time_at_station_s === null || u.time_at_station_s === undefined
       ? null : duration(u.time_at_station_s));
     // The station's live figures since the collector started (/status stations.*.figures).
