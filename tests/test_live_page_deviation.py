@@ -5,7 +5,10 @@ CSP, at 1366x768 and on a tablet."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Page, expect
 
@@ -85,5 +88,36 @@ async def test_the_deviation_form_records_a_deviation_with_the_token(
             box = await button.bounding_box()
             assert box is not None
             assert box["height"] >= 40  # a finger's target
+
+            # A time window is typed in the tablet's zone, which the form names, and sent
+            # in UTC (Asia/Kolkata: UTC+05:30 all year).
+            tablet = await chromium.new_page(timezone_id="Asia/Kolkata")
+            await tablet.goto(line.collector.url + "/")
+            form = tablet.locator("#deviation-form")
+            await expect(tablet.locator("#deviation-zone")).to_have_text(
+                re.compile(  # ICU may give the zone its older name
+                    r"Times in this device's zone: Asia/(Kolkata|Calcutta), UTC\+05:30\. "
+                    r"The collector keeps them in UTC\."
+                )
+            )
+            await expect(form.locator("select[name=station]")).to_have_value("ft-1")
+            await form.locator("textarea[name=description]").fill("Torque drift")
+            await form.locator("input[name=start]").fill("2026-12-08T10:00:00")
+            await form.locator("input[name=end]").fill("2026-12-08T10:15:00")
+            await form.locator("textarea[name=action]").fill("Units held")
+            await form.locator("input[name=token]").fill(TOKEN)
+            await form.locator("button[type=submit]").click()
+            await expect(tablet.locator("#deviation-result")).to_have_text(
+                "✔ Deviation 2 recorded at ft-1 (minor), units from 2026-12-08T04:30:00.000Z to "
+                "2026-12-08T04:45:00.000Z (UTC): kept on this PC until the central store has it"
+            )
+
+            def second() -> list[Any]:
+                sent = [m for t, m, _ in list(witness.messages) if t.endswith("/deviations")]
+                return [f for m in sent for f in decode_deviations(m) if f.seq == 2]
+
+            await async_wait_until(second, 20, "the second deviation published")
+            start = datetime(2026, 12, 8, 4, 30, tzinfo=UTC).timestamp()
+            assert second()[0].deviation.window == (start, start + 900)
     finally:
         witness.close()

@@ -46,9 +46,20 @@
     result.textContent = `${kind === "ok" ? "✔" : "✖"} ${text}`;
   }
 
-  // A datetime-local value is the tablet's local time; the collector takes RFC 3339.
+  // A datetime-local value is the tablet's local time; the collector takes RFC 3339 (UTC).
+  // The form says which zone it reads them in, so a tablet set to the wrong zone shows it.
   function utc(value) {
     return value ? new Date(value).toISOString() : null;
+  }
+  const zone = document.getElementById("deviation-zone");
+  if (zone) {
+    const minutes = -new Date().getTimezoneOffset();
+    const hours = String(Math.floor(Math.abs(minutes) / 60)).padStart(2, "0");
+    const offset = `UTC${minutes < 0 ? "-" : "+"}${hours}:${String(Math.abs(minutes) % 60).padStart(2, "0")}`;
+    let name = "";
+    try { name = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { name = ""; }
+    zone.textContent = `Times in this device's zone: ${name ? name + ", " : ""}${offset}. ` +
+      "The collector keeps them in UTC.";
   }
 
   function body() {
@@ -76,11 +87,12 @@
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
+    const sent = body();
     try {
       const answer = await fetch("deviations", {
         method: "POST",
         headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
-        body: JSON.stringify(body()),
+        body: JSON.stringify(sent),
       });
       let detail = "";
       let made = null;
@@ -91,7 +103,8 @@
         detail = answer.statusText;
       }
       if (answer.status === 201) {
-        show("ok", `Deviation ${made.seq} recorded at ${made.station} (${made.severity}): kept on this PC until the central store has it`);
+        const span = sent.window ? `, units from ${sent.window.start} to ${sent.window.end} (UTC)` : "";
+        show("ok", `Deviation ${made.seq} recorded at ${made.station} (${made.severity})${span}: kept on this PC until the central store has it`);
         for (const name of ["description", "serials", "action", "start", "end"]) field(name).value = "";
       } else if (answer.status === 401) {
         show("bad", `401 not signed in: the token is missing or wrong — ${detail}`);
