@@ -13,6 +13,7 @@ from quality.compare import (
     chi_square_independence,
     fisher_exact,
     group_capability,
+    holm_adjusted,
     welch_anova,
     wilson_interval,
 )
@@ -113,6 +114,25 @@ def test_welch_anova_two_groups_is_welch_t_squared_and_three_groups() -> None:
 def statistics_var(values: list[float]) -> float:
     mean = math.fsum(values) / len(values)
     return math.fsum((x - mean) ** 2 for x in values) / (len(values) - 1)
+
+
+def test_holm_adjusted_worked_examples() -> None:
+    # The four hypotheses of the textbook example (alpha 0.05: H4 and H1 rejected, H3 and H2
+    # not): adjusted p = min(1, (m - i + 1) p_(i)), made non-decreasing, as R's
+    # p.adjust(p, "holm").
+    adjusted = holm_adjusted([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [a < 0.05 for a in adjusted] == [True, False, False, True]
+    # Six tests (R p.adjust(c(0.01, 0.04, 0.20, 0.03, 0.005, 0.07), "holm")): the step-down
+    # keeps 0.04's adjusted p at 0.12, not 3 x 0.04, and caps nothing above 1 here.
+    assert holm_adjusted([0.01, 0.04, 0.20, 0.03, 0.005, 0.07]) == pytest.approx(
+        [0.05, 0.12, 0.20, 0.12, 0.03, 0.14]
+    )
+    assert holm_adjusted([0.5, 0.6]) == [1.0, 1.0]
+    assert holm_adjusted([0.004]) == [0.004]  # one test: unchanged
+    assert holm_adjusted([]) == []
+    with pytest.raises(ValueError, match="a p-value must be in"):
+        holm_adjusted([0.1, 1.5])
 
 
 def test_group_capability_reuses_capability() -> None:

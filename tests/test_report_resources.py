@@ -20,10 +20,12 @@ import sqlalchemy as sa
 from scipy import stats
 
 from bench.pilot_run import fill_pilot_run, golden_reference, specs
+from quality.compare import holm_adjusted, wilson_interval
 from store.record.criteria import judge
 from store.report import Protocol, render_report
 from store.report.load import load_run
 from store.report.protocol import RunSelection
+from store.report.resources import ResourceGroup, ResourceSplit, Test, _with_findings
 
 SPECS = {s.name: s for s in specs(2)}  # supply_voltage (two-sided), leakage_current (upper)
 
@@ -105,12 +107,22 @@ def test_a_worse_fixture_nest_is_named_at_the_1_percent_level(tmp_path: Path) ->
     assert welch["test"] == "welch_anova"
     assert welch["p_value"] < 0.01
 
+    # Every test's p adjusted by Holm's method over all the tests of the report.
+    made = [s["yield_test"] for s in doc["resources"] if s["yield_test"]] + [
+        m for s in doc["resources"] for m in s["mean_tests"] if m.get("test")
+    ]
+    assert len(made) > 4
+    expected = holm_adjusted([t["p_value"] for t in made])
+    assert [t["p_adjusted"] for t in made] == pytest.approx(expected, rel=1e-12)
+    assert fixture["yield_test"]["p_adjusted"] < 0.01
+
     findings = doc["resource_findings"]
     assert fixture["differs"]
     assert findings[0].startswith(
         "Fixture nest-3 at press-fit differs at the 1 % level: first-pass yield "
     )
     assert "(chi-square test, p = " in findings[0]
+    assert ", Holm-adjusted " in findings[0]
     assert all("press-fit" in f for f in findings if f.startswith("Fixture"))  # one operation
     assert not any(f.startswith("Cavity") for f in findings)  # cavities are not in step with nests
     assert split(doc, "press-fit", "cavity")["yield_test"]["p_value"] > 0.01
@@ -349,3 +361,29 @@ def test_bad_gauge_and_success_run_options_name_file_line_and_path(
     with pytest.raises(ConfigError) as info:
         parse_protocol(text, "pilot.yaml")
     assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
+
+
+def _fixture_split(operation: str, p_value: float) -> ResourceSplit:
+    groups = tuple(
+        ResourceGroup(nest, 20, passes, wilson_interval(passes, 20), ())
+        for nest, passes in (("nest-1", 19), ("nest-2", 12))
+    )
+    test = Test("fisher_exact", 12.0, p_value)
+    return ResourceSplit(operation, "fixture", groups, 0, test, "", (), ())
+
+
+def test_a_p_below_one_percent_is_no_finding_when_the_report_made_many_tests() -> None:
+    """p = 0.006 alone is named; beside another test at 0.008, Holm's adjusted p of both is
+    0.012 (2 x 0.006, then no lower for the larger) and neither is: the chance of a false call
+    among the tests stays at most 1 %."""
+    [alone] = _with_findings([_fixture_split("press-fit", 0.006)])
+    assert alone.yield_test is not None
+    assert alone.yield_test.p_adjusted == 0.006
+    assert alone.findings == (
+        "Fixture nest-2 at press-fit differs at the 1 % level: first-pass yield 60.0 % (95 % CI "
+        "38.7 % to 78.1 %, 20 units) against 95.0 % for the other fixture values (Fisher's "
+        "exact test, p = 0.006, Holm-adjusted 0.006).",
+    )
+    pair = _with_findings([_fixture_split("press-fit", 0.006), _fixture_split("flash", 0.008)])
+    assert [s.yield_test.p_adjusted for s in pair if s.yield_test] == pytest.approx([0.012, 0.012])
+    assert [s.findings for s in pair] == [(), ()]

@@ -23,6 +23,7 @@ def _test(t: Test | None) -> dict[str, Any] | None:
         "test": t.name,
         "statistic": _num(t.statistic),
         "p_value": t.p_value,
+        "p_adjusted": t.p_adjusted,
         "df": t.df,
         "df_denominator": _num(t.df_denominator),
     }

@@ -27,9 +27,11 @@ def _g(value: float | None, digits: int = 4) -> str:
 def _p(test: Test | None) -> str:
     if test is None:
         return "—"
-    p = test.p_value
-    shown = f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
-    return f"{TEST_NAMES.get(test.name, test.name)}: p = {shown}"
+    def shown(p: float) -> str:
+        return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+    adjusted = "" if test.p_adjusted is None else f" (Holm-adjusted {shown(test.p_adjusted)})"
+    return f"{TEST_NAMES.get(test.name, test.name)}: p = {shown(test.p_value)}{adjusted}"
 
 
 def _split(s: ResourceSplit) -> str:
@@ -77,8 +79,9 @@ def resources_section(report: Report) -> list[str]:
         '<p class="note">Per operation and resource kind, each unit counted once by its first '
         "attempt; first-pass yield with its 95 % Wilson interval, each critical characteristic's "
         "mean and Cpk per value. Yields are compared with Fisher's exact test (two values) or the "
-        "chi-square test (more), means with Welch's ANOVA; a resource is named when the test "
-        "gives p &lt; 0.01.</p>",
+        "chi-square test (more), means with Welch's ANOVA; a resource is named when the test's "
+        "p, adjusted by Holm's method for every test of this section, is below 0.01 (so the "
+        "chance of naming any resource by chance stays at most 1 %).</p>",
         f'<ul class="findings" id="resource-findings">{summary}</ul>',
         *(_split(s) for s in report.resources),
     ]

@@ -2,7 +2,8 @@
 each value's units, first-pass yield with its 95 % Wilson interval and each critical
 characteristic's mean and Cpk; a test for a difference between the values (Fisher's exact
 test for two, Pearson's chi-square for more; Welch's ANOVA for the means) and a sentence
-naming a resource that differs at the 1 % level.
+naming a resource that differs at the 1 % level after Holm's adjustment for every test of
+the report (quality.compare.holm_adjusted).
 
 Pure: works on loaded :class:`~store.report.load.RunData`. Each unit counts once per
 operation, by its first attempt there (the process before rework), golden samples left out;
@@ -14,20 +15,22 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from quality.capability import indices, sd_within
 from quality.compare import (
     Interval,
     chi_square_independence,
     fisher_exact,
+    holm_adjusted,
     welch_anova,
     wilson_interval,
 )
 from quality.yields import INCOMPLETE, PASS
 from store.report.load import RunData
 
-#: The significance level the report names a differing resource at.
+#: The significance level the report names a differing resource at, for the Holm-adjusted p
+#: of each test: the chance of naming any resource by chance in a run stays at most 1 %.
 ALPHA = 0.01
 #: The order kinds are shown in; a kind a record names beyond these follows, by name.
 KINDS = ("operator", "fixture", "cavity", "program")
@@ -57,6 +60,8 @@ class Test:
     p_value: float
     df: float | None = None
     df_denominator: float | None = None
+    #: Holm's adjusted p over every test of the report (set once all are made).
+    p_adjusted: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,8 @@ class ResourceSplit:
     yield_note: str  # why no test, or what it assumed
     means: tuple[MeanComparison, ...]
     findings: tuple[str, ...]  # the sentences naming a resource that differs at ALPHA
+    #: Per compared characteristic, the values' measurements (for the finding's sentence).
+    usable: dict[str, dict[str, list[float]]] = field(default_factory=dict, compare=False)
 
 
 def _pct(value: float) -> str:
@@ -109,10 +116,14 @@ def _yield_test(groups: Sequence[ResourceGroup]) -> tuple[Test | None, str]:
     return Test("chi_square", result.statistic, result.p_value, result.df), note
 
 
+def _adjusted(test: Test) -> str:
+    return f"p = {_p(test.p_value)}, Holm-adjusted {_p(test.p_adjusted or test.p_value)}"
+
+
 def _yield_finding(
     operation: str, kind: str, groups: Sequence[ResourceGroup], test: Test
 ) -> str | None:
-    if test.p_value >= ALPHA:
+    if test.p_adjusted is None or test.p_adjusted >= ALPHA:
         return None
     worst = min(groups, key=lambda g: g.first_passes / g.units)
     others_units = sum(g.units for g in groups if g is not worst)
@@ -124,17 +135,15 @@ def _yield_finding(
         f"{kind.capitalize()} {worst.value} at {operation} differs at the 1 % level: first-pass "
         f"yield {_pct(fpy.estimate)} (95 % CI {_pct(fpy.lower)} to {_pct(fpy.upper)}, "
         f"{worst.units} units) against {_pct(others_passes / others_units)} for the other "
-        f"{kind} values ({how}, p = {_p(test.p_value)})."
+        f"{kind} values ({how}, {_adjusted(test)})."
     )
 
 
 def _means(
-    operation: str,
-    kind: str,
-    values_of: dict[str, dict[str, list[float]]],
-    names: Sequence[str],
-) -> tuple[list[MeanComparison], list[str]]:
-    comparisons, findings = [], []
+    kind: str, values_of: dict[str, dict[str, list[float]]], names: Sequence[str]
+) -> tuple[list[MeanComparison], dict[str, dict[str, list[float]]]]:
+    """Welch's ANOVA of each characteristic over the values, and the measurements compared."""
+    comparisons, compared = [], {}
     for name in names:
         groups = {value: found[name] for value, found in values_of.items() if found.get(name)}
         usable = {v: xs for v, xs in groups.items() if len(xs) >= 2 and _spread(xs)}
@@ -153,19 +162,68 @@ def _means(
             else ""
         )
         comparisons.append(MeanComparison(name, test, note))
-        if test.p_value < ALPHA:
-            everything = [x for xs in usable.values() for x in xs]
-            grand = math.fsum(everything) / len(everything)
-            means = {v: math.fsum(xs) / len(xs) for v, xs in usable.items()}
-            far = max(means, key=lambda v: abs(means[v] - grand))
-            rest = [x for v, xs in usable.items() if v != far for x in xs]
-            findings.append(
-                f"{kind.capitalize()} {far} at {operation} differs at the 1 % level in the mean "
-                f"of {name}: {means[far]:.4g} against {math.fsum(rest) / len(rest):.4g} for the "
-                f"other {kind} values (Welch's ANOVA, F = {test.statistic:.3g}, "
-                f"p = {_p(test.p_value)})."
+        compared[name] = usable
+    return comparisons, compared
+
+
+def _mean_finding(
+    operation: str, kind: str, name: str, usable: dict[str, list[float]], test: Test
+) -> str | None:
+    if test.p_adjusted is None or test.p_adjusted >= ALPHA:
+        return None
+    everything = [x for xs in usable.values() for x in xs]
+    grand = math.fsum(everything) / len(everything)
+    means = {v: math.fsum(xs) / len(xs) for v, xs in usable.items()}
+    far = max(means, key=lambda v: abs(means[v] - grand))
+    rest = [x for v, xs in usable.items() if v != far for x in xs]
+    return (
+        f"{kind.capitalize()} {far} at {operation} differs at the 1 % level in the mean "
+        f"of {name}: {means[far]:.4g} against {math.fsum(rest) / len(rest):.4g} for the "
+        f"other {kind} values (Welch's ANOVA, F = {test.statistic:.3g}, {_adjusted(test)})."
+    )
+
+
+def _with_findings(splits: Sequence[ResourceSplit]) -> tuple[ResourceSplit, ...]:
+    """Every test's Holm-adjusted p over all the report's tests, then the findings."""
+    made = [s.yield_test for s in splits if s.yield_test is not None] + [
+        m.test for s in splits for m in s.means if m.test is not None
+    ]
+    adjusted = iter(holm_adjusted([t.p_value for t in made]))
+    yields = [
+        None if s.yield_test is None else replace(s.yield_test, p_adjusted=next(adjusted))
+        for s in splits
+    ]
+    out = []
+    for split, yield_test in zip(splits, yields, strict=True):
+        means = tuple(
+            m if m.test is None else replace(m, test=replace(m.test, p_adjusted=next(adjusted)))
+            for m in split.means
+        )
+        findings = (
+            []
+            if yield_test is None
+            else [_yield_finding(split.operation, split.kind, split.groups, yield_test)]
+        )
+        findings += [
+            _mean_finding(
+                split.operation,
+                split.kind,
+                m.characteristic,
+                split.usable[m.characteristic],
+                m.test,
             )
-    return comparisons, findings
+            for m in means
+            if m.test is not None
+        ]
+        out.append(
+            replace(
+                split,
+                yield_test=yield_test,
+                means=means,
+                findings=tuple(f for f in findings if f is not None),
+            )
+        )
+    return tuple(out)
 
 
 def _spread(values: Sequence[float]) -> bool:
@@ -225,20 +283,9 @@ def resource_splits(data: RunData, operations: Sequence[str]) -> tuple[ResourceS
                     ResourceGroup(value, n, passes, wilson_interval(passes, n), tuple(chars))
                 )
             test, note = _yield_test(groups)
-            findings = []
-            if test is not None and (found_yield := _yield_finding(operation, kind, groups, test)):
-                findings.append(found_yield)
-            means, mean_findings = _means(operation, kind, values_of, names)
-            splits.append(
-                ResourceSplit(
-                    operation,
-                    kind,
-                    tuple(groups),
-                    without,
-                    test,
-                    note,
-                    tuple(means),
-                    tuple(findings + mean_findings),
-                )
+            means, compared = _means(kind, values_of, names)
+            split = ResourceSplit(
+                operation, kind, tuple(groups), without, test, note, tuple(means), (), compared
             )
-    return tuple(splits)
+            splits.append(split)
+    return _with_findings(splits)
