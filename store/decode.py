@@ -116,9 +116,10 @@ class Decoded:
     def named(self, devices: dict[str, str]) -> None:
         """Each run without a device given the one its meta version names (``devices``:
         meta -> device), and :attr:`needs` with them."""
+        # Built anew, as in resolved().
         self.runs = [
-            r if r.device else r._replace(device=devices[r.meta])  # type: ignore[index]
-            for r in self.runs
+            Run(seq, ts, device or devices[meta], meta, c, tags, i, values, p)  # type: ignore[index]
+            for seq, ts, device, meta, c, tags, i, values, p in self.runs
         ]
         self.needs = {(d or devices[m], m) for d, m in self.needs}
 
