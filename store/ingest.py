@@ -719,7 +719,7 @@ class Writer:
                 batch.bad.append((message, "field", bad))
                 result.quarantined.append(("field", bad))
                 continue
-            if devices:
+            if devices and missing is None:  # (a parked message is named when it comes back)
                 decoded.named(devices)
             if missing is not None:
                 batch.parked.append((message, missing))

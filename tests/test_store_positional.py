@@ -395,8 +395,11 @@ def test_a_poll_without_device_naming_an_unknown_version_parks_until_it_arrives(
     engine: sa.Engine,
 ) -> None:
     meta, meta_payload = meta3_message("d")
-    payload = positional3([(1, meta, [1.0, 2.0, 3.0])])
+    known, known_payload = meta3_message("e")
+    # A poll of a known version beside it: the message waits whole.
+    payload = positional3([(1, meta, [1.0, 2.0, 3.0]), (4, known, [4.0])])
     writer = Writer(engine)
+    writer.write([Incoming(M_TOPIC.replace("/meta/d", "/meta/e"), known_payload)])
     result = writer.write([Incoming(R_TOPIC, payload)])
     assert result.parked == [
         f"meta version {meta} of pc2 not received yet: parked until it arrives"
@@ -408,8 +411,8 @@ def test_a_poll_without_device_naming_an_unknown_version_parks_until_it_arrives(
     assert [tuple(w) for w in waits] == [("pc2", "/", meta)]
     assert kinds == ["unknown_meta"]
     arrived = Writer(engine).write([Incoming(M_TOPIC, meta_payload)])  # e.g. after a restart
-    assert (arrived.unparked, arrived.readings_inserted) == (1, 3)
-    assert devices_of(engine) == [(1, "d", "a"), (2, "d", "b"), (3, "d", "c")]
+    assert (arrived.unparked, arrived.readings_inserted) == (1, 4)
+    assert devices_of(engine) == [(1, "d", "a"), (2, "d", "b"), (3, "d", "c"), (4, "e", "a")]
     assert (count(engine, quarantine), count(engine, parked)) == (0, 0)
 
 
