@@ -447,3 +447,32 @@ def test_a_schema_2_version_names_no_device_for_a_poll_without_one(engine: sa.En
     assert "names no one device" in result.quarantined[0][1]
     ok = writer.write([Incoming(R_TOPIC, positional(meta, [(2, 0, [2.0])]))])
     assert ok.readings_inserted == 1
+
+
+def test_a_poll_buffered_before_the_upgrade_is_stored_with_its_schema_2_version(
+    engine: sa.Engine,
+) -> None:
+    """After an upgrade the collector republishes the version its buffer kept as it was
+    (schema 2, its id over {"order", "tags"}: contract.encode.DeviceMeta.from_body) and sends
+    the buffered poll (device, value_list) in a schema-3 envelope, beside new polls."""
+    from contract.encode import DeviceMeta, envelope
+
+    tags = {t: {"unit": f"V{t}", "type": "float32"} for t in ORDER}
+    old_body = orjson.dumps({"order": ORDER, "tags": tags}, option=orjson.OPT_SORT_KEYS)
+    old = DeviceMeta.from_body("d", old_body)
+    new = DeviceMeta("d", tags, tuple(ORDER))
+    assert (old.schema, new.schema) == (2, 3)
+    assert old.meta != new.meta
+    buffered = orjson.dumps(
+        {"seq": 1, "ts": "2026-11-21T10:15:01.5Z", "device": "d", "meta": old.meta,
+         "station": "ft-2", "unit_serial": "S-1", "attempt": 1, "tag_index": 3,
+         "value_list": [3.0, 4.0]}
+    )  # fmt: skip
+    fresh = b'{"seq":3,"ts":1795000000000,"meta":"%b","v":[0.5]}' % new.meta.encode()
+    result = Writer(engine).write([
+        Incoming(M_TOPIC, old.message("pc2")),
+        Incoming(M_TOPIC, new.message("pc2")),
+        Incoming(R_TOPIC, envelope("pc2", OUTBOX, buffered + b"," + fresh)),
+    ])  # fmt: skip
+    assert (result.quarantined, result.parked, result.readings_inserted) == ([], [], 3)
+    assert devices_of(engine) == [(1, "d", "d"), (2, "d", "e"), (3, "d", "a")]
