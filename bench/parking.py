@@ -39,12 +39,14 @@ TOPIC = "collector/plant/line/pc9/readings"
 
 
 def message(i: int) -> bytes:
-    """A positional readings message naming version ``i`` (hex), which nobody publishes."""
+    """A positional readings message naming version ``i`` (hex), which nobody publishes: a
+    schema-3 poll by position, which names its device by that version alone (the store
+    parks it under (collector, "/", meta): store.metabook.BY_META)."""
     return orjson.dumps({
-        "schema": 2, "collector": "pc9", "outbox": "0123456789abcdef",
-        "polls": [{"seq": 10 * i + 1, "ts": "2026-11-21T10:15:00.5Z", "device": "d",
-                   "meta": f"{i:08x}", "station": "ft-1", "unit_serial": "S-1", "attempt": 1,
-                   "tag_index": 0, "value_list": [float(v) for v in range(10)]}],
+        "schema": 3, "collector": "pc9", "outbox": "0123456789abcdef",
+        "polls": [{"seq": 10 * i + 1, "ts": 1_795_000_000_500, "meta": f"{i:08x}",
+                   "station": "ft-1", "unit_serial": "S-1", "attempt": 1,
+                   "v": [float(v) for v in range(10)]}],
     })  # fmt: skip
 
 

@@ -49,7 +49,8 @@ def main() -> None:
         body = orjson.loads(msg.payload)
         if "polls" in body:  # schema 2: value i of a poll has seq poll.seq + i
             if body.get("schema") == 3:
-                expand_polls(body["polls"])  # seq and ts a poll takes from the previous one
+                # seq and ts a poll takes from the previous one; its values in value_list
+                expand_polls(body["polls"])
             lines = [
                 f"{p['seq'] + i} {now:.6f} {read_ts(p['ts']):.6f}\n"
                 for p in body["polls"]

@@ -56,7 +56,7 @@ SCHEMA_FILES = {
     "readings": "readings-3.json",
     "context": "context-3.json",
     "units": "units-2.json",
-    "meta": "meta-2.json",
+    "meta": "meta-3.json",
     "deviations": "deviations-2.json",
 }
 

@@ -194,12 +194,23 @@ class _Book:
 
 class MetaBook(_Book):
     """The tag metadata versions a consumer has seen (the messages on ``.../meta/{device}``,
-    retained and not), for resolving positional polls: (collector, device, meta) -> order.
+    retained and not), for resolving positional polls: (collector, device, meta) -> order,
+    and (collector, meta) -> device for the versions of schema 3, whose id covers the device
+    (a positional poll of schema 3 names its device by its ``meta`` alone).
 
     Feed it every meta message as it arrives (:meth:`add`); keep it as long as readings of
     those versions may still come (a collector republishes the versions its buffer still
     needs, non-retained, on every connect, so a consumer that was away gets them again).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._devices: dict[tuple[str, str], str] = {}
+
+    def copy(self) -> Self:
+        book = super().copy()
+        book._devices = dict(self._devices)
+        return book
 
     def add(self, meta: bytes | dict[str, Any]) -> tuple[str, str, str] | None:
         """Take a meta message (its payload, or the dict :func:`decode_meta` returned).
@@ -216,12 +227,18 @@ class MetaBook(_Book):
             return None
         key = (doc["collector"], doc["device"], doc["meta"])
         self._entries[key] = tuple(doc["order"])
+        if doc["schema"] >= 3:
+            self._devices[(doc["collector"], doc["meta"])] = doc["device"]
         return key
 
     def order(self, collector: str, device: str, meta: str) -> tuple[str, ...] | None:
         """The tags of that version in order; None if it was never added."""
         order: tuple[str, ...] | None = self._entries.get((collector, device, meta))
         return order
+
+    def device(self, collector: str, meta: str) -> str | None:
+        """The device a schema-3 version names; None if no such version was added."""
+        return self._devices.get((collector, meta))
 
 
 class ContextBook(_Book):
@@ -300,7 +317,8 @@ def decode_polls(
         next_seq = 0
         items = _list(doc, "polls")
         if schema == 3:
-            expand_polls(items)
+            devices = metas.device if metas is not None else None
+            expand_polls(items, devices=devices, collector=collector)
         for i, item in enumerate(items):
             path = f"polls[{i}]."
             polls += read(item, path, ts_check, resolve)
@@ -308,10 +326,11 @@ def decode_polls(
         if resolve.missing:
             missing = resolve.missing
             path, _, device, meta = missing[0]
+            of = f" of device {device}" if device else ""
             raise ContractError(
                 path,
-                f"unknown meta version {meta} of device {device} (collector {collector}): "
-                "decode again once that version arrived on meta/" + device,
+                f"unknown meta version {meta}{of} (collector {collector}): decode again once "
+                f"that version arrived on meta/{device or '#'}",
                 "unknown_meta",
                 tuple(dict.fromkeys(m[1:] for m in missing)),
             )
@@ -330,14 +349,25 @@ def decode_polls(
     return ReadingsMessage(schema, collector, outbox, polls)
 
 
-def expand_polls(polls: list[Any], made: dict[str, int] | None = None) -> int:
+def expand_polls(
+    polls: list[Any],
+    made: dict[str, int] | None = None,
+    *,
+    devices: Callable[[str, str], str | None] | None = None,
+    collector: str = "",
+) -> int:
     """A schema-3 message's polls as a consumer that reads the JSON itself wants them, in
-    place (docs/messages.md): a ``ts`` in epoch milliseconds written as RFC 3339 text (as
-    the decoders give it), and the ``seq`` and ``ts`` a poll after the first leaves out
-    filled in: ``seq`` the previous poll's seq plus its number of values, ``ts`` the previous
-    poll's ts. The decoders call it. What is not well formed is left as it is (a previous
-    poll that is not implies nothing): the decoders then refuse the message for it. Returns
-    how many members it filled in. ``made``: each text written from epoch milliseconds is
+    place (docs/messages.md): the values under ``value_list`` whichever key the poll used
+    (``v``, as the collector writes them, or ``value_list``, a poll buffered by schema 2; a
+    poll with both is left so, and refused by the decoders), a ``ts`` in epoch milliseconds
+    written as RFC 3339 text (as the decoders give it), and the ``seq`` and ``ts`` a poll
+    after the first leaves out filled in: ``seq`` the previous poll's seq plus its number of
+    values, ``ts`` the previous poll's ts; and, given ``devices`` (e.g.
+    :meth:`MetaBook.device`) and the message's ``collector``, the ``device`` of a poll by
+    position, which its meta version names (left out when not known yet). The decoders call
+    it. What is not well formed is left as it is (a previous poll that is not implies
+    nothing): the decoders then refuse the message for it. Returns how many members it
+    filled in (seq, ts, device). ``made``: each text written from epoch milliseconds is
     added to it with its time in epoch microseconds (a consumer that needs the number, as
     the store does, need not parse the text back: it is RFC 3339 by construction)."""
     filled = 0
@@ -346,6 +376,14 @@ def expand_polls(polls: list[Any], made: dict[str, int] | None = None) -> int:
         if type(poll) is not dict:
             prev = None
             continue
+        if "v" in poll and "value_list" not in poll:
+            poll["value_list"] = poll.pop("v")
+        if devices is not None and "device" not in poll and "tags" not in poll:
+            meta = poll.get("meta")
+            device = devices(collector, meta) if type(meta) is str else None
+            if device is not None:
+                poll["device"] = device
+                filled += 1
         ts = poll.get("ts")
         if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS:
             poll["ts"] = text = ms_text(ts)
@@ -430,7 +468,16 @@ def _poll3(item: object, path: str, ts_check: _TsCheck, resolve: _Resolve) -> li
     meta = poll.get("meta")
     if meta is not None and type(meta) is not str:
         raise ContractError(f"{path}meta", _wanted("a string", True, meta))
-    device = _nonempty(poll, "device", path)
+    if "v" in poll:  # expand_polls renamed it unless value_list is there too
+        raise ContractError(f"{path}v", "a poll has its values in v or value_list, not both")
+    # A poll by position names its device by its meta version (expand_polls filled it in
+    # when the book has it); one by name, or without meta, names it itself.
+    device = (
+        ""
+        if "device" not in poll and meta is not None and "tags" not in poll
+        and "values" not in poll
+        else _nonempty(poll, "device", path)
+    )  # fmt: skip
     seq = _seq(poll, path)
     ts = ts_check(poll, path)
     if "values" in poll:
@@ -501,7 +548,7 @@ def _listed(
     if meta is None:
         raise ContractError(f"{path}meta", "missing (a poll without tags needs its meta)")
     metas, collector = resolve.metas, resolve.collector
-    order = metas.order(collector, device, meta) if metas is not None else None
+    order = metas.order(collector, device, meta) if metas is not None and device else None
     if order is None:
         # Checked all the same, so that only a missing meta, never a bad value, parks it.
         for i, value in enumerate(raw):
@@ -908,16 +955,19 @@ def _characteristics(unit: dict[str, Any], path: str) -> dict[str, dict[str, obj
 
 
 def decode_meta(payload: bytes) -> dict[str, Any]:
-    """A tag-metadata message (schema 2, retained on ``.../meta/{device}``), checked.
+    """A tag-metadata message (schema 2 or 3, retained on ``.../meta/{device}``), checked.
 
     Returns ``{"schema", "collector", "device", "meta", "order", "tags"}`` with ``tags``
     mapping each tag to its object (``unit``, ``type``, ``scale``, ``offset``, ``station``...
     as sent) and ``order`` the device's tags in the order positional polls use (None in a
-    message written before positional values: it resolves no positional poll).
+    message written before positional values: it resolves no positional poll). The ``meta``
+    of schema 3 hashes the device too (contract.metahash): it names one device of the
+    collector, and a positional poll names its device by it. This does not check the hash
+    (contract.metahash.meta_hash_problem does: the store quarantines a mismatch).
     """
     doc = _load(payload)
     schema = _schema(doc)
-    if schema != 2:
+    if schema not in (2, 3):
         raise ContractError("schema", "tag metadata exists from schema 2 on", "schema")
     collector = _nonempty(doc, "collector", "")
     device = _nonempty(doc, "device", "")
@@ -936,6 +986,8 @@ def decode_meta(payload: bytes) -> dict[str, Any]:
         _opt_num(obj, "scale", path)
         _opt_num(obj, "offset", path)
     order = doc.get("order")
+    if order is None and schema == 3:
+        raise ContractError("order", "missing (a tag-metadata message of schema 3 has one)")
     if order is not None:
         if type(order) is not list:
             raise ContractError("order", _wanted("an array", True, order))

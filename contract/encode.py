@@ -24,11 +24,13 @@ from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 
+from contract.metahash import meta_body
 from contract.records import CONTEXT_FIELDS, Context, Quality, Reading, UnitRecord
 
-#: The units, tag-metadata and status messages the collector emits (docs/messages.md).
+#: The units and status messages the collector emits (docs/messages.md).
 SCHEMA_VERSION = 2
-#: The readings message the collector emits: one poll object per device and poll cycle.
+#: The readings message the collector emits (one poll object per device and poll cycle), its
+#: context and tag-metadata messages (a tag-metadata version id covers its device).
 READINGS_SCHEMA = 3
 #: The previous contract: one object per reading. Still encoded here for converting a buffer of
 #: that format and for consumers' tests; the collector no longer publishes it.
@@ -188,7 +190,12 @@ def float32_text(value: float) -> bytes:
 class DeviceMeta:
     """A device's tag metadata (the retained ``meta/{device}`` message) and what the encoder
     takes from it: the version id a poll refers to, each tag's position in ``order`` (the
-    positional form's ``tag_index``), and which tags are float32."""
+    positional form's ``tag_index``), and which tags are float32.
+
+    The version id is of schema 3 (contract.metahash): it hashes the device with the tags, so
+    that it names one device of the collector and a positional poll need not name its device.
+    ``schema`` 2: a version kept in the buffer by a collector before that (its ``body`` has no
+    device), republished as it was with its old id, which its buffered polls name."""
 
     device: str
     #: tag -> {"unit", "type", "scale", "offset", "station"} (docs/messages.md).
@@ -196,6 +203,8 @@ class DeviceMeta:
     #: Every tag of the device in config order, the order the poller emits them; empty: the
     #: order of ``tags``.
     order: tuple[str, ...] = ()
+    #: The meta message's schema, which says what its id hashes (contract.metahash).
+    schema: int = READINGS_SCHEMA
     meta: str = field(init=False)
     float32: frozenset[str] = field(init=False)
     #: tag -> its index in ``order``.
@@ -215,22 +224,25 @@ class DeviceMeta:
 
     @property
     def body(self) -> bytes:
-        """The canonical JSON (keys sorted, no spaces) of ``{"order", "tags"}``: what ``meta``
-        hashes, and what the buffer keeps of each version (its ``metas`` table)."""
-        body = {"order": list(self.order), "tags": self.tags}
-        return memoryview(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).tobytes()
+        """The canonical JSON (keys sorted, no spaces) of ``{"device", "order", "tags"}``
+        (schema 2: ``{"order", "tags"}``): what ``meta`` hashes, and what the buffer keeps of
+        each version (its ``metas`` table)."""
+        device = self.device if self.schema >= READINGS_SCHEMA else None
+        return memoryview(meta_body(self.order, self.tags, device)).tobytes()
 
     @classmethod
     def from_body(cls, device: str, body: bytes) -> DeviceMeta:
-        """A version kept in the buffer (:attr:`body`), as it was."""
+        """A version kept in the buffer (:attr:`body`), as it was: one kept before schema 3
+        (no ``device`` in its body) keeps its schema-2 id."""
         doc = orjson.loads(body)
-        return cls(device, doc["tags"], tuple(doc["order"]))
+        schema = READINGS_SCHEMA if "device" in doc else SCHEMA_VERSION
+        return cls(device, doc["tags"], tuple(doc["order"]), schema)
 
     def message(self, collector_id: str) -> bytes:
         """The retained message (kept by the forwarder while the config runs: of its own
         size, see :func:`_json`)."""
         message = {
-            "schema": SCHEMA_VERSION,
+            "schema": self.schema,
             "collector": collector_id,
             "device": self.device,
             "meta": self.meta,
@@ -305,27 +317,27 @@ class PollEncoder:
     """Schema 3: encodes the readings of one poll cycle into one poll object
     (docs/messages.md).
 
-    Every value of the cycle is in ``value_list``, whatever the number of read requests; value
-    i has seq ``seq + i``. Which tag value i is: by position in the device's metadata
-    (``order``) when ``positional`` is on and the metadata is known: ``tag_index`` (left out
-    when 0) when the tags are a contiguous slice of the order, else ``tag_list`` (each value's
-    index in the order; a tag read twice in the cycle, e.g. a scanner's two lines in one
-    write, is two samples with the same index); otherwise by name, ``tags`` (one name per
-    value, repeats allowed). Never an object keyed by tag: a key cannot repeat, a sample can.
-    Each value's own time, where it differs from the poll's ``ts`` (a later request of the
-    cycle), is given by ``dt`` change points ``[from value index, offset ms]``; its unit
-    context by the poll's context members, or, when the cycle's readings have several (a
-    rack's slots, a unit that changed within the cycle), by ``contexts`` change points
-    ``[from value index, {members}]``. A good value is written bare; a bad or uncertain one as
-    ``{"value", "quality", "error"}``. Members whose value is the default are left out. The
-    pieces that repeat (device head, context, tag names) are encoded once and cached; per
-    reading it is a look-up or two and one format.
+    Every value of the cycle is in ``v``, whatever the number of read requests; value i has
+    seq ``seq + i``. Which tag value i is: by position in the device's metadata (``order``)
+    when ``positional`` is on and the metadata is known: ``tag_index`` (left out when 0) when
+    the tags are a contiguous slice of the order, else ``tag_list`` (each value's index in the
+    order; a tag read twice in the cycle, e.g. a scanner's two lines in one write, is two
+    samples with the same index), and no ``device`` (the meta version names it); otherwise by
+    name, ``tags`` (one name per value, repeats allowed), with ``device``. Never an object
+    keyed by tag: a key cannot repeat, a sample can. Each value's own time, where it differs
+    from the poll's ``ts`` (a later request of the cycle), is given by ``dt`` change points
+    ``[from value index, offset ms]``; its unit context by the poll's context members, or,
+    when the cycle's readings have several (a rack's slots, a unit that changed within the
+    cycle), by ``contexts`` change points ``[from value index, {members}]``. A good value is
+    written bare; a bad or uncertain one as ``{"value", "quality", "error"}``. Members whose
+    value is the default are left out. The pieces that repeat (device head, context, tag
+    names) are encoded once and cached; per reading it is a look-up or two and one format.
     """
 
     def __init__(self, positional: bool = True) -> None:
         #: mqtt.value_keys: ``position`` (True) or ``name``.
         self.positional = positional
-        self._device: dict[tuple[str, str | None], bytes] = {}
+        self._device: dict[tuple[str, str | None, bool], bytes] = {}
         self._tag: dict[str, bytes] = {}
         self._versions: dict[Context, ContextVersion | None] = {}
         self._wrap: dict[tuple[object, ...], bytes] = {}
@@ -413,10 +425,9 @@ class PollEncoder:
             if reading.quality is not Quality.GOOD:
                 text = self._wrapped(reading, text)
             texts.append(text)
-        out = [
-            b'{"seq":%d,"ts":%d,%b' % (first_seq, ms0,
-                                          self._device_bytes(device, meta.meta if meta else None))
-        ]  # fmt: skip
+        # By position the meta version names the device (its id covers it): no device.
+        head = self._device_bytes(device, meta.meta if meta else None, named=not known)
+        out = [b'{"seq":%d,"ts":%d,%b' % (first_seq, ms0, head)]
         versions = [(i, self.version(c)) for i, c in runs]
         self.used += [(v, first_seq + i) for i, v in versions if v is not None]
         if len(versions) == 1:
@@ -448,14 +459,16 @@ class PollEncoder:
             out.append(b'"tags":[%b],' % b",".join(tags))
         if times:
             out.append(b'"dt":[%b],' % b",".join(times))
-        out.append(b'"value_list":[%b]}' % b",".join(texts))
+        out.append(b'"v":[%b]}' % b",".join(texts))
         return b"".join(out)
 
-    def _device_bytes(self, device: str, meta: str | None) -> bytes:
-        key = (device, meta)
+    def _device_bytes(self, device: str, meta: str | None, *, named: bool) -> bytes:
+        """``"device":...,"meta":...,``; a poll by position (``named`` False) leaves out the
+        device, which its meta version names."""
+        key = (device, meta, named)
         head = self._device.get(key)
         if head is None:
-            head = b'"device":%b,' % _json(device)
+            head = b'"device":%b,' % _json(device) if named or meta is None else b""
             if meta is not None:
                 head += b'"meta":"%b",' % meta.encode()
             head = _put(self._device, key, head)
@@ -532,7 +545,13 @@ def by_context(
 
 
 #: The members of a poll object that hold or describe its values one by one.
-_PER_VALUE = ("seq", "values", "value_list", "tag_index", "tag_list", "tags", "dt", "ctx")
+_PER_VALUE = ("seq", "values", "value_list", "v", "tag_index", "tag_list", "tags", "dt", "ctx")
+
+
+def _values_key(poll: dict[str, Any]) -> str:
+    """Where a stored poll has its list of values: ``v`` (schema 3), ``value_list`` (a
+    positional poll buffered by schema 2)."""
+    return "v" if "v" in poll else "value_list"
 
 
 def _values_of(poll: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -541,7 +560,7 @@ def _values_of(poll: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     ``values`` keyed by tag reads as ``tags``)."""
     if "values" in poll:
         return list(poll["values"].values()), {"tags": list(poll["values"])}
-    values = poll["value_list"]
+    values = poll[_values_key(poll)]
     for key in ("tags", "tag_list"):
         if key in poll:
             return values, {key: poll[key]}
@@ -584,7 +603,8 @@ def cut_poll(poll: dict[str, Any], start: int, end: int) -> dict[str, Any]:
         dt = [p for p in _rebase(poll["dt"], start, end, 0) if p != [0, 0]]
         if dt:
             out["dt"] = dt
-    out["value_list"] = values[start:end]
+    # The poll's own key (a keyed schema-2 poll cut becomes a schema-3 one, by tags).
+    out["value_list" if "value_list" in poll else "v"] = values[start:end]
     return out
 
 
@@ -620,23 +640,28 @@ def split_polls(body: bytes, per_part: int) -> list[tuple[int, int, float, bytes
 def keyed_polls(body: bytes, device: str, meta: str, order: Sequence[str]) -> bytes | None:
     """A stored body with the positional polls of that device and meta version rewritten
     with their tags by name (``tags``; same values, same seqs, the other members as they
-    were); None if it has none. For a version whose metadata the broker refused: consumers
-    could never resolve them. Rare, so it may decode."""
+    were, ``device`` added: a poll by name names its device); None if it has none. For a
+    version whose metadata the broker refused: consumers could never resolve them. Rare, so
+    it may decode. A positional poll of schema 3 has no ``device`` (its meta version names
+    it); one buffered by schema 2 has."""
     polls: list[dict[str, Any]] = orjson.loads(b"[" + body + b"]")
     changed = False
     for i, poll in enumerate(polls):
-        if poll["device"] != device or poll.get("meta") != meta or "values" in poll:
+        if poll.get("device", device) != device or poll.get("meta") != meta:
             continue
-        if "tags" in poll:
+        if "tags" in poll or "values" in poll:
             continue
-        values = poll["value_list"]
+        key = _values_key(poll)
+        values = poll[key]
         if "tag_list" in poll:
             names = [order[j] for j in poll.pop("tag_list")]
         else:
             start = poll.pop("tag_index", 0)
             names = list(order[start : start + len(values)])
-        rest = {k: v for k, v in poll.items() if k != "value_list"}
-        polls[i] = {**rest, "tags": names, "value_list": values}
+        # seq and ts first, as the encoder writes them (join_polls looks for them there).
+        head: dict[str, Any] = {k: poll[k] for k in ("seq", "ts") if k in poll}
+        rest = {k: v for k, v in poll.items() if k not in (key, "device", "seq", "ts")}
+        polls[i] = {**head, "device": device, **rest, "tags": names, key: values}
         changed = True
     return b",".join(orjson.dumps(p) for p in polls) if changed else None
 

@@ -61,7 +61,7 @@ _SLOT = frozenset({int, str, type(None)})
 _PHASES = frozenset({None, "test", "after"})
 _SCALARS = frozenset({bool, int, float, str, type(None)})
 _WRAPPED_QUALITIES = frozenset({"bad", "uncertain"})
-_POSITIONAL = ("tag_index", "value_list")
+_POSITIONAL = ("tag_index", "value_list", "v")
 _NAMING3 = ("value_list", "tags", "tag_list", "tag_index")
 _PER_VALUE3 = (*_NAMING3, "dt", "ctx")
 #: The members of the collector's usual schema-3 poll (Decoder._runs3's fast path).
@@ -74,6 +74,8 @@ class Run(NamedTuple):
 
     seq: int
     ts: str
+    #: "" for a schema-3 poll by position, whose meta version names its device (the writer
+    #: resolves it: Decoded.named).
     device: str
     meta: str | None
     #: The context; a schema-3 run names its version (``ctx``) until the writer resolved it.
@@ -96,7 +98,8 @@ class Decoded:
     outbox: str
     runs: list[Run] = field(default_factory=list)
     polls: list[Poll] = field(default_factory=list)
-    #: (device, meta) of every positional run: what the writer must know to resolve them.
+    #: (device, meta) of every positional run: what the writer must know to resolve them
+    #: (device "": the version names it, schema 3).
     needs: set[tuple[str, str]] = field(default_factory=set)
     #: The unit-context versions (``ctx``) its runs name: the writer resolves them
     #: (:meth:`resolved`) before it builds rows.
@@ -109,6 +112,16 @@ class Decoded:
             Run(seq, ts, device, meta, contexts[c] if type(c) is str else c, tags, i, values, p)
             for seq, ts, device, meta, c, tags, i, values, p in self.runs
         ]
+
+    def named(self, devices: dict[str, str]) -> None:
+        """Each run without a device given the one its meta version names (``devices``:
+        meta -> device), and :attr:`needs` with them."""
+        # Built anew, as in resolved().
+        self.runs = [
+            Run(seq, ts, device or devices[meta], meta, c, tags, i, values, p)  # type: ignore[index]
+            for seq, ts, device, meta, c, tags, i, values, p in self.runs
+        ]
+        self.needs = {(d or devices[m], m) for d, m in self.needs}
 
     @property
     def count(self) -> int:
@@ -218,11 +231,12 @@ class Decoder:
             raise _Refused from None
         return decoded
 
-    def _run(self, poll: Any) -> Run:
+    def _run(self, poll: Any, by_meta: bool = False) -> Run:
+        """``by_meta``: a schema-3 poll by position, which may leave out its device."""
         if type(poll) is not dict:
             raise _Refused
         get = poll.get
-        seq, device, meta = get("seq"), get("device"), get("meta")
+        seq, device, meta = get("seq"), get("device", "" if by_meta else None), get("meta")
         ts: Any = get("ts")
         station, slot, serial = get("station"), get("slot"), get("unit_serial")
         operation, attempt, phase = get("operation"), get("attempt"), get("phase")
@@ -231,7 +245,7 @@ class Decoder:
             type(seq) is not int
             or seq < 0
             or type(device) is not str
-            or not device
+            or not (device or (by_meta and type(meta) is str and "device" not in poll))
             or type(meta) not in _OPT_STR
             or type(station) not in _OPT_STR
             or type(slot) not in _SLOT
@@ -273,13 +287,13 @@ class Decoder:
             # _run's); when one fails the slow path runs and refuses (or accepts) the poll,
             # so what is refused, and the reference decoder's words for it, stay the same.
             get = poll.get
-            seq, device, meta, ctx = get("seq"), get("device"), get("meta"), get("ctx")
+            seq, device, meta, ctx = get("seq"), get("device", ""), get("meta"), get("ctx")
             ts, index, values = get("ts"), get("tag_index", 0), get("value_list")
             if (
                 type(seq) is int
                 and seq >= 0
                 and type(device) is str
-                and device
+                and (device or "device" not in poll)
                 and type(meta) is str
                 and _is_ctx(ctx)
                 and type(index) is int
@@ -289,6 +303,8 @@ class Decoder:
                 and (ts in self._times or self._time_ok(ts))
             ):
                 return [Run(seq, ts, device, meta, ctx, None, index, values, _plain(values))]
+        if "v" in poll:  # left by expand_polls: value_list is there too
+            raise _Refused
         if "values" in poll:  # buffered by a schema-2 collector
             if any(key in poll for key in _NAMING3) or "dt" in poll or "contexts" in poll:
                 raise _Refused
@@ -300,7 +316,10 @@ class Decoder:
         ctx = poll.get("ctx")
         if type(ctx) is list or "dt" in poll or "tag_list" in poll:
             return self._cut3(poll, values, count)
-        head = self._run({**{k: v for k, v in poll.items() if k not in _NAMING3}, "values": {}})
+        head = self._run(
+            {**{k: v for k, v in poll.items() if k not in _NAMING3}, "values": {}},
+            by_meta="tags" not in poll,
+        )
         if "ctx" in poll:
             if not _is_ctx(ctx) or any(k in poll for k in CTX_KEY_FIELDS):
                 raise _Refused
@@ -328,7 +347,7 @@ class Decoder:
         if "dt" in poll and type(poll["dt"]) is not list:
             raise _Refused
         base = {k: v for k, v in poll.items() if k not in _PER_VALUE3}
-        head = self._run({**base, "values": {}})
+        head = self._run({**base, "values": {}}, by_meta="tags" not in poll)
         points: dict[int, dict[str, Any]] = {}
         for key in ("dt", "ctx"):
             listed = poll.get(key, ())

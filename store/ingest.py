@@ -39,10 +39,12 @@ from store.decode import CTX_KEY_FIELDS, CtxKey, Decoded, Decoder, unexpected
 from store.episodes import Episodes
 from store.gaps import StreamState
 from store.metabook import (
+    BY_META,
     MetaKey,
     MetaVersion,
     conflict_reason,
     from_row,
+    names_device,
     parked_reason,
     parse_meta,
     run_problem,
@@ -202,6 +204,8 @@ class Writer:
         #: Meta versions as the database holds them (filled from it only: what a poll is
         #: resolved through never differs between this process and the database).
         self._metas: dict[MetaKey, MetaVersion] = {}
+        #: (collector, meta) -> the device a schema-3 version in the database names.
+        self._devices: dict[tuple[str, str], str] = {}
         #: Unit-context versions known to be in the database: (collector, ctx) -> context.
         self._contexts: dict[tuple[str, str], CtxKey] = {}
         self._decoder = Decoder()
@@ -233,6 +237,7 @@ class Writer:
             self._raw = None
         self._ids.clear()
         self._metas.clear()
+        self._devices.clear()
         self.quarantine.forget()
         self._contexts.clear()
 
@@ -408,6 +413,7 @@ class Writer:
         result.notes.extend(sorted_.notes)
         if len(self._metas) > _CACHE_LIMIT:
             self._metas.clear()
+            self._devices.clear()
         for key in sorted_.metas:
             # Insert-or-ignore: what the database holds now (this batch's or one stored
             # before) is read back when next needed, never assumed.
@@ -416,11 +422,14 @@ class Writer:
             self._contexts.clear()
         self._contexts.update(sorted_.contexts)
         arrived = set(sorted_.metas) | {(c, "", ctx) for c, ctx in sorted_.contexts}
+        # Messages whose polls name their device by a version that came now.
+        arrived |= {(c, BY_META, m) for (c, _, m), v in sorted_.metas.items() if names_device(v)}
         for key in {key for _, key in sorted_.parked}:
             # Stored by another store process meanwhile? Then its unpark may have run
             # before this park was committed: look again now that it is.
-            found = (
+            found: object = (
                 self._context(conn, (key[0], key[2]), {}) if not key[1]
+                else self._device(conn, key[0], key[2], {})[1] or None if key[1] == BY_META
                 else self._version(conn, key, {})
             )  # fmt: skip
             if found is not None:
@@ -685,11 +694,33 @@ class Writer:
         kept: list[tuple[Incoming, Decoded]] = []
         for message, decoded in batch.readings:
             missing = None
+            devices: dict[str, str] = {}
+            bad = None
             for device, meta in sorted(decoded.needs):
+                if not device:  # schema 3 by position: the version names the device
+                    named, known = self._device(conn, decoded.collector, meta, batch.metas)
+                    if named is not None:
+                        devices[meta] = named
+                        continue
+                    if known:
+                        bad = (
+                            f"meta: version {meta} of {decoded.collector} names no one device "
+                            "(a tag-metadata version of schema 2): a poll by position that "
+                            "leaves out its device needs a version of schema 3"
+                        )
+                    else:
+                        missing = (decoded.collector, BY_META, meta)
+                    break
                 key = (decoded.collector, device, meta)
                 if self._version(conn, key, batch.metas) is None:
                     missing = key
                     break
+            if bad is not None:
+                batch.bad.append((message, "field", bad))
+                result.quarantined.append(("field", bad))
+                continue
+            if devices and missing is None:  # (a parked message is named when it comes back)
+                decoded.named(devices)
             if missing is not None:
                 batch.parked.append((message, missing))
                 result.parked.append(parked_reason(missing))
@@ -750,6 +781,31 @@ class Writer:
                 if why is not None:
                     return why
         return None
+
+    def _device(
+        self, conn: Any, collector: str, meta: str, batch: dict[MetaKey, MetaVersion]
+    ) -> tuple[str | None, bool]:
+        """The device a schema-3 meta version of the collector names (this batch's, the
+        cache's or the database's), and whether any version of that id is known (one of
+        schema 2 names no one device: several may share its id)."""
+        device = self._devices.get((collector, meta))
+        if device is not None:
+            return device, True
+        known = False
+        for (c, _, m), version in batch.items():
+            if c == collector and m == meta:
+                known = True
+                if names_device(version):
+                    return version.device, True
+        for device, order, tags in self._select(self._sql["meta_devices"], (collector, meta), conn):
+            known = True
+            version = from_row((collector, device, meta), order, tags)
+            if names_device(version):
+                if len(self._devices) > _CACHE_LIMIT:
+                    self._devices.clear()
+                self._devices[(collector, meta)] = device
+                return device, True
+        return None, known
 
     def _version(
         self, conn: Any, key: MetaKey, batch: dict[MetaKey, MetaVersion]

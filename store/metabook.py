@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from contract.decode import ContractError, decode_meta
-from contract.metahash import meta_hash_problem
+from contract.metahash import meta_hash_problem, meta_version
 
 #: (collector, device, meta version)
 MetaKey = tuple[str, str, str]
@@ -59,7 +59,10 @@ def parse_meta(payload: bytes) -> MetaVersion:
         if len(set(order)) != len(order):
             raise ContractError("order", "names a tag twice")
         order = tuple(order)
-    problem = meta_hash_problem(checked["meta"], order, checked["tags"])
+    # Schema 3 hashes the device too (a version then names one device: positional polls
+    # leave their device out); schema 2's form is kept for its messages (contract.metahash).
+    device = checked["device"] if checked["schema"] >= 3 else None
+    problem = meta_hash_problem(checked["meta"], order, checked["tags"], device)
     if problem is not None:
         raise ContractError("meta", problem, "meta_hash")
     return MetaVersion(checked["collector"], checked["device"], checked["meta"], order,
@@ -97,5 +100,20 @@ def run_problem(version: MetaVersion, tag_index: int, count: int, path: str) -> 
     return None
 
 
+#: The device of the parking key of a message whose poll names its device by its meta version
+#: only (schema 3, by position) and that version is unknown: no device is named so (a device
+#: is a topic level, which never holds a ``/``).
+BY_META = "/"
+
+
+def names_device(version: MetaVersion) -> bool:
+    """Whether the version's id covers its device (schema 3's form, contract.metahash): then
+    a poll naming it by ``meta`` alone is of that device."""
+    return version.order is not None and version.meta == meta_version(
+        version.order, version.tags, version.device
+    )
+
+
 def parked_reason(key: MetaKey) -> str:
-    return f"meta version {key[2]} of {key[0]}/{key[1]} not received yet: parked until it arrives"
+    of = key[0] if key[1] == BY_META else f"{key[0]}/{key[1]}"
+    return f"meta version {key[2]} of {of} not received yet: parked until it arrives"

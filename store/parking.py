@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from store.episodes import Episodes
-from store.metabook import MetaKey
+from store.metabook import BY_META, MetaKey
 from store.sql import read_time
 
 log = logging.getLogger("store.ingest")
@@ -156,10 +156,9 @@ def bound_parking(
 
 
 def dropped_reason(meta: str, collector: str, device: str, why: str) -> str:
-    return (
-        f"meta version {meta} of {collector}/{device} not received: dropped from parking, "
-        f"oldest first ({why})"
-    )
+    # A poll by position names its device by its meta version only (BY_META).
+    of = collector if device == BY_META else f"{collector}/{device}"
+    return f"meta version {meta} of {of} not received: dropped from parking, oldest first ({why})"
 
 
 @dataclass(slots=True)
@@ -205,7 +204,7 @@ def _line(collector: str, p: _Pending, elapsed_s: float | None) -> str:
     parts = [f"collector {collector}:"]
     if p.parked:
         versions = len(p.versions)
-        shown = ", ".join(f"{d}/{m}" for _, d, m in sorted(p.versions)[:3])
+        shown = ", ".join(m if d == BY_META else f"{d}/{m}" for _, d, m in sorted(p.versions)[:3])
         more = f" (at least {versions})" if versions >= _VERSIONS_NOTED else ""
         parts.append(
             f"{p.parked} readings message(s) parked {since}, waiting for {versions}{more} "

@@ -88,6 +88,9 @@ def statements(sqlite: bool) -> dict[str, str]:
         f"VALUES (?, ?, ?, ?, ?, ?){tail}",
         "meta_get": "SELECT tag_order, tags FROM metas "
         "WHERE collector = ? AND device = ? AND meta = ?",
+        # The versions of an id (schema 3: one, its id covers the device).
+        "meta_devices": "SELECT device, tag_order, tags FROM metas "
+        "WHERE collector = ? AND meta = ?",
         "park": "INSERT INTO parked (quarantine_id, collector, device, meta) VALUES (?, ?, ?, ?)",
         "parked_get": "SELECT q.id, q.topic, q.payload FROM parked p "  # noqa: S608 - constants
         "JOIN quarantine q ON q.id = p.quarantine_id "
@@ -97,8 +100,11 @@ def statements(sqlite: bool) -> dict[str, str]:
         "JOIN metas m ON m.collector = p.collector AND m.device = p.device "
         "AND m.meta = p.meta UNION SELECT DISTINCT p.collector, p.device, p.meta FROM parked p "
         "JOIN context_versions c ON p.device = '' AND c.collector = p.collector "
-        "AND c.ctx = p.meta",
+        "AND c.ctx = p.meta UNION SELECT DISTINCT p.collector, p.device, p.meta FROM parked p "
+        "JOIN metas m ON p.device = '/' AND m.collector = p.collector AND m.meta = p.meta",
         # Unit-context versions (schema 3); parked messages waiting for one have device ''.
+        # Messages whose polls name their device by a version not received have device '/'
+        # (store.metabook.BY_META).
         "ctxv_add": f"{ignore} context_versions (collector, ctx, members, received_at) "
         f"VALUES (?, ?, ?, ?){tail}",
         "ctxv_get": "SELECT members FROM context_versions WHERE collector = ? AND ctx = ?",

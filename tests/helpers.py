@@ -26,7 +26,14 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.service import Service
-from contract.decode import ContextBook, ContractError, FlatReading, MetaBook, decode_readings
+from contract.decode import (
+    ContextBook,
+    ContractError,
+    FlatReading,
+    MetaBook,
+    decode_readings,
+    expand_polls,
+)
 from drivers.modbus.sim import codecs
 
 if TYPE_CHECKING:
@@ -241,6 +248,20 @@ class Subscriber:
     def payloads(self, suffix: str = "/readings") -> list[dict[str, Any]]:
         with self._lock:
             return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def polls(self, device: str | None = None) -> list[dict[str, Any]]:
+        """The poll objects of the readings messages received (of ``device`` only, if
+        given), as a consumer reading the JSON itself gets them from
+        contract.decode.expand_polls: ``device`` filled in from the tag metadata received
+        (a poll by position names it by its meta version), the values in ``value_list``."""
+        book = self.meta_book()
+        out = []
+        for message in self.payloads():
+            polls = message["polls"]
+            if message.get("schema") == 3:
+                expand_polls(polls, devices=book.device, collector=message["collector"])
+            out += [p for p in polls if device is None or p.get("device") == device]
+        return out
 
     def readings(self) -> list[dict[str, Any]]:
         """One dict per reading (contract.decode.FlatReading's fields), whatever the

@@ -157,7 +157,7 @@ def test_message_joins_the_stored_readings_with_their_seq(tmp_path: Path) -> Non
             "ctx": [[0, with_unit.ctx], [2, without.ctx]],
             "tags": ["t0", "t1", "temp"],
             "dt": [[1, 1000], [2, 500]],
-            "value_list": [0.0, 1.0, {"value": None, "quality": "bad", "error": "timeout"}],
+            "v": [0.0, 1.0, {"value": None, "quality": "bad", "error": "timeout"}],
         },
     ]
     assert [

@@ -57,8 +57,8 @@ async def test_versions_are_kept_while_their_readings_are_pending_then_pruned(
         assert {(d, m) for d, m, _ in box.stored_metas()} == stored(box.outbox)  # the reader
         bodies = [b.body for b in await box.take(0, 100, 1 << 20)]
         # Positional from the first tag of each version's order (tag_index 0, left out).
-        assert b'"meta":"%b","value_list":' % v1.meta.encode() in bodies[0]
-        assert b'"meta":"%b","value_list":' % v2.meta.encode() in bodies[1]
+        assert b'"ts":1000,"meta":"%b","v":' % v1.meta.encode() in bodies[0]
+        assert b'"ts":2000,"meta":"%b","v":' % v2.meta.encode() in bodies[1]
         # The v1 poll delivered, but the v2 poll committed with the change may still be v1's
         # (the bound is the last seq of that commit): kept.
         await box.ack(1, 2)
@@ -184,11 +184,13 @@ async def test_a_refused_version_has_its_pending_polls_keyed_and_the_next_ones_t
         bodies = [orjson.loads(b.body) for b in await box.take(0, 100, 1 << 20)]
     finally:
         await box.close()
-    assert [(p["seq"], p.get("tags"), p["value_list"], p.get("tag_index")) for p in bodies] == [
+    assert [(p["seq"], p.get("tags"), p["v"], p.get("tag_index")) for p in bodies] == [
         (1, ["b", "c"], [0, 1], None),
         (3, None, [5], None),  # another device: still positional (from tag_index 0)
         (4, ["a", "b"], [0, 1], None),
         (6, ["a"], [0], None),
     ]
-    assert all(p["meta"] == (v1.meta if p["device"] == "dev" else other.meta) for p in bodies)
-    assert list(bodies[0]) == ["seq", "ts", "device", "meta", "tags", "value_list"]
+    # Keyed by name, a poll names its device; by position its meta version does.
+    assert [p.get("device") for p in bodies] == ["dev", None, "dev", "dev"]
+    assert [p["meta"] for p in bodies] == [v1.meta, other.meta, v1.meta, v1.meta]
+    assert list(bodies[0]) == ["seq", "ts", "device", "meta", "tags", "v"]

@@ -38,7 +38,8 @@ def _messages() -> list[tuple[str, bytes]]:
         [CONTEXT, CONTEXT], meta,
     )  # fmt: skip
     # By position (it needs the meta to resolve) and naming its context version.
-    assert b'"value_list"' in polls
+    assert b'"v":' in polls
+    assert b'"device"' not in polls  # its meta version names it
     assert b'"tags"' not in polls
     assert b'"ctx"' in polls
     version = encoder.version(CONTEXT)

@@ -67,7 +67,7 @@ async def test_values_and_tags_arrive_at_a_real_subscriber(
         if topic.endswith("/readings"):
             assert_valid(payload, "readings-3.json")
         elif "/meta/" in topic:
-            assert_valid(payload, "meta-2.json")
+            assert_valid(payload, "meta-3.json")
         elif "/context/" in topic and payload:
             assert_valid(payload, "context-3.json")
     metas = {t.rsplit("/", 1)[1]: json.loads(p) for t, p, retained in sent if "/meta/" in t}
@@ -79,7 +79,7 @@ async def test_values_and_tags_arrive_at_a_real_subscriber(
         "offset": 0.0,
         "station": "ft-1",
     }
-    poll = next(p for p in message["polls"] if p["device"] == "tester-1")
+    poll = next(p for p in sub.polls("tester-1"))  # by position: its meta names the device
     assert poll["meta"] == metas["tester-1"]["meta"]
     readings = [r for r in sub.readings() if r["device"] == "tester-1"]
     first = {r["tag"]: r for r in readings if r["seq"] < readings[0]["seq"] + 3}

@@ -181,7 +181,7 @@ def test_one_poll_object_carries_every_value_of_the_cycle_by_tag() -> None:
     assert version is not None
     assert body == (
         b'{"seq":5,"ts":1000,"device":"dev","meta":"%b","ctx":"%b",'
-        b'"tags":["v","n","t","n"],"dt":[[3,1000]],"value_list":[354.315,7,'
+        b'"tags":["v","n","t","n"],"dt":[[3,1000]],"v":[354.315,7,'
         b'{"value":null,"quality":"bad","error":"timeout"},'
         b'{"value":8,"quality":"uncertain","error":null}]}'
     ) % (meta.meta.encode(), version.ctx.encode())
@@ -222,7 +222,7 @@ def test_times_are_written_to_the_millisecond() -> None:
     assert body == (
         b'{"seq":1,"ts":1795000000250,"device":"dev",'
         b'"tags":["a","b","c","d","e","f"],"dt":[[2,1],[3,2],[5,-3]],'
-        b'"value_list":[1,2,3,4,5,6]}'
+        b'"v":[1,2,3,4,5,6]}'
     )
     flat = decode_readings(envelope("pc1", "0" * 16, body))
     assert [r.ts for r in flat] == [
@@ -294,7 +294,7 @@ def test_slot_phase_and_golden_are_written_when_set_and_decoded_back() -> None:
     assert version.station_key == "rack-a/7"
     assert body == (
         b'{"seq":1,"ts":1000,"device":"rack","ctx":"%b",'
-        b'"tags":["slot07.temp"],"value_list":[41]}' % version.ctx.encode()
+        b'"tags":["slot07.temp"],"v":[41]}' % version.ctx.encode()
     )
     assert version.body == (
         b'{"attempt":2,"golden":true,"operation":"burn-in","phase":"after","slot":7,'

@@ -116,7 +116,7 @@ async def test_lines_written_together_are_each_a_reading_in_order_decoded_and_st
         assert seqs == sorted(seqs)
         assert len(set(seqs)) == len(seqs)
         # They were sent as samples of one tag in one poll object, never as repeated keys.
-        polls = [p for m in sub.payloads() for p in m["polls"] if p["device"] == "scanner-1"]
+        polls = sub.polls("scanner-1")
         assert any(len(p["value_list"]) >= 2 for p in polls), polls
         for poll in polls:  # the scanner's one tag, by position: index 0 once per sample
             assert "values" not in poll
@@ -208,7 +208,7 @@ async def test_a_consumer_that_subscribes_late_resolves_every_readings_context(
         ]
         assert retained[:1] == ["SN-A1"]
         # The tester's coil and two register blocks: one poll object per cycle.
-        polls = [p for m in late.payloads() for p in m["polls"] if p["device"] == "tester-1"]
+        polls = late.polls("tester-1")
         assert polls
         assert all(len(p["value_list"]) == 4 for p in polls)
     finally:

@@ -9,6 +9,7 @@ import struct
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 
 from contract.codes import ErrorCode
@@ -50,13 +51,19 @@ def test_real_messages_of_both_forms_are_valid() -> None:
     positional = readings_message(True)
     keyed = readings_message(False)
     # One poll object for the cycle: the last value read later (dt), current read twice.
-    assert b'"tag_list":[0,1,2,1],"dt":[[3,250]],"value_list":[12.03,' in positional
+    assert b'"tag_list":[0,1,2,1],"dt":[[3,250]],"v":[12.03,' in positional
+    # By position the meta version names the device; by name the poll does.
+    assert b'"device"' not in positional
+    assert b'"device":"tester-1"' in keyed
     assert b'"tags":["supply_voltage","current","serial","current"],' in keyed
     assert b"tag_index" not in keyed
     assert b'"ctx":"%b"' % PollEncoder().version(UNIT).ctx.encode() in positional  # type: ignore[union-attr]
     assert_valid(positional, "readings-3.json")
     assert_valid(keyed, "readings-3.json")
-    assert_valid(META.message("line1-pc1"), "meta-2.json")
+    assert_valid(META.message("line1-pc1"), "meta-3.json")
+    # A version a schema-2 collector buffered goes out as it was.
+    old = DeviceMeta.from_body("tester-1", orjson.dumps({"order": META.order, "tags": META.tags}))
+    assert_valid(old.message("line1-pc1"), "meta-2.json")
     version = PollEncoder().version(UNIT)
     assert version is not None
     assert_valid(version.message("line1-pc1"), "context-3.json")
@@ -71,13 +78,15 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
     [
         ({"values": {"supply_voltage": 1}}, ()),  # both forms at once
         ({}, ("meta",)),  # by position without its meta
-        ({}, ("value_list",)),
+        ({}, ("v",)),
+        ({"value_list": [1, 2, 3, 4]}, ()),  # v and value_list
+        ({"tags": ["a", "b", "c", "d"]}, ("tag_list",)),  # by name without its device
         ({"tag_list": [-1, 0, 1, 1]}, ()),
         ({"tag_index": 0}, ()),  # tag_list and tag_index
         ({"tags": ["a", "b", "c", "d"]}, ()),  # by name and by position
-        ({"value_list": []}, ()),
-        ({"value_list": [[1]]}, ()),
-        ({"value_list": [{"value": 1, "quality": "good", "error": None}]}, ()),
+        ({"v": []}, ()),
+        ({"v": [[1]]}, ()),
+        ({"v": [{"value": 1, "quality": "good", "error": None}]}, ()),
         ({"ctx": "PILOT"}, ()),
         ({"ctx": [[0]]}, ()),
         ({"dt": [[3, "250"]]}, ()),
@@ -95,12 +104,12 @@ def test_broken_polls_are_invalid(change: dict[str, Any], remove: tuple[str, ...
 
 def test_a_poll_with_no_values_and_a_meta_without_order_are_invalid() -> None:
     doc = json.loads(readings_message(False))
-    del doc["polls"][0]["value_list"]
+    del doc["polls"][0]["v"]
     assert not validator("readings-3.json").is_valid(doc)
     meta = json.loads(META.message("line1-pc1"))
-    assert validator("meta-2.json").is_valid(meta)
+    assert validator("meta-3.json").is_valid(meta)
     del meta["order"]
-    assert not validator("meta-2.json").is_valid(meta)
+    assert not validator("meta-3.json").is_valid(meta)
     version = PollEncoder().version(UNIT)
     assert version is not None
     context = json.loads(version.message("line1-pc1"))
@@ -113,6 +122,11 @@ def test_a_poll_buffered_by_a_schema_2_collector_is_valid_in_a_schema_3_message(
     doc["polls"].append(
         {"seq": 1, "ts": "2026-11-21T10:15:02Z", "device": "tester-1", "station": "ft-1",
          "unit_serial": "PILOT-0041", "values": {"supply_voltage": 12.0}}
+    )  # fmt: skip
+    # and one by position: its device, its values in value_list
+    doc["polls"].append(
+        {"seq": 2, "ts": "2026-11-21T10:15:02Z", "device": "tester-1", "meta": "a1b2c3d4",
+         "station": "ft-1", "tag_index": 1, "value_list": [0.5]}
     )  # fmt: skip
     assert validator("readings-3.json").is_valid(doc)
 
@@ -136,7 +150,7 @@ def test_polls_joined_without_the_seq_and_ts_the_previous_poll_implies() -> None
     version = encoder.version(UNIT)
     assert version is not None
     ctx = b'"ctx":"%b",' % version.ctx.encode()
-    tail = b'"tags":["v","w"],"value_list":[%d,%d]}'
+    tail = b'"tags":["v","w"],"v":[%d,%d]}'
     assert joined == (
         b'{"seq":1,"ts":1764000000250,"device":"a",%b' % ctx + tail % (1, 2)
         # the same millisecond, seq 3 follows on from 1 + 2 values: neither member

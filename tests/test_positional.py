@@ -29,6 +29,7 @@ from contract.encode import (
     envelope,
     split_polls,
 )
+from contract.metahash import meta_hash_problem, meta_version
 from contract.records import Context, Quality, Reading
 
 OUTBOX = "0123456789abcdef"
@@ -73,10 +74,16 @@ def flat(body: bytes, metas: MetaBook | None) -> list[tuple[int, str, object, st
 def test_meta_names_the_order_and_hashes_it_with_the_tags() -> None:
     doc = orjson.loads(META.message("pc1"))
     assert doc["order"] == ["v", "n", "t"]
+    assert doc["schema"] == 3
     canonical = orjson.dumps(
-        {"order": ["v", "n", "t"], "tags": doc["tags"]}, option=orjson.OPT_SORT_KEYS
+        {"device": "dev", "order": ["v", "n", "t"], "tags": doc["tags"]},
+        option=orjson.OPT_SORT_KEYS,
     )
     assert doc["meta"] == hashlib.sha256(canonical).hexdigest()[:8] == META.meta
+    assert meta_hash_problem(doc["meta"], doc["order"], doc["tags"], "dev") is None
+    # The device is hashed too: two devices configured alike are two versions, so a
+    # version id names one device of a collector.
+    assert DeviceMeta("dev2", META.tags, META.order).meta != META.meta
     # The same tags in another order are another version; the order of the tags dict is not.
     assert DeviceMeta("dev", META.tags, ("n", "v", "t")).meta != META.meta
     reordered = {k: META.tags[k] for k in ("t", "n", "v")}
@@ -86,6 +93,31 @@ def test_meta_names_the_order_and_hashes_it_with_the_tags() -> None:
     again = DeviceMeta.from_body("dev", META.body)
     assert (again.meta, again.order) == (META.meta, META.order)
     assert orjson.loads(again.message("pc1")) == doc
+
+
+def test_a_version_buffered_before_schema_3_keeps_its_schema_2_id() -> None:
+    """A buffer's metas table written by a schema-2 collector holds {"order", "tags"}: that
+    version is republished as it was (schema 2, its old id, which its buffered polls name),
+    and a schema-2 meta message is still checked with its own form."""
+    old_body = orjson.dumps(
+        {"order": list(META.order), "tags": META.tags}, option=orjson.OPT_SORT_KEYS
+    )
+    old = DeviceMeta.from_body("dev", old_body)
+    assert old.schema == 2
+    assert old.meta == meta_version(META.order, META.tags) != META.meta
+    doc = orjson.loads(old.message("pc1"))
+    assert (doc["schema"], doc["meta"]) == (2, old.meta)
+    assert meta_hash_problem(doc["meta"], doc["order"], doc["tags"]) is None
+    problem = meta_hash_problem(doc["meta"], doc["order"], doc["tags"], "dev")
+    assert problem is not None
+    assert "does not match its version id" in problem
+    # The reference decoder reads both; only schema 3 names a device by its id.
+    metas = MetaBook()
+    metas.add(old.message("pc1"))
+    metas.add(META.message("pc1"))
+    assert metas.device("pc1", META.meta) == "dev"
+    assert metas.device("pc1", old.meta) is None
+    assert metas.order("pc1", "dev", old.meta) == META.order
 
 
 def test_tag_order_is_the_config_order() -> None:
@@ -141,8 +173,8 @@ def test_a_whole_poll_is_positional_with_bad_and_uncertain_values_wrapped() -> N
     body = PollEncoder().encode(5, "dev", readings, [ST] * 3, META)
     # From the first tag of the order: tag_index 0 is left out.
     assert body == (
-        b'{"seq":5,"ts":1000,"device":"dev","meta":"%b","ctx":"%b",'
-        b'"value_list":[354.315,{"value":null,"quality":"bad","error":"timeout"},'
+        b'{"seq":5,"ts":1000,"meta":"%b","ctx":"%b",'
+        b'"v":[354.315,{"value":null,"quality":"bad","error":"timeout"},'
         b'{"value":9,"quality":"uncertain","error":null}]}' % (META.meta.encode(), ST_CTX)
     )
     assert flat(body, book(META)) == [
@@ -156,7 +188,7 @@ def test_a_poll_read_in_two_requests_is_one_object_with_the_later_time_as_an_off
     readings = [Reading(1.0, "v", f32(0.1)), Reading(1.25, "n", 7), Reading(1.25, "t", 8)]
     body = PollEncoder().encode(10, "dev", readings, [ST] * 3, META)
     (poll,) = orjson.loads(b"[" + body + b"]")
-    assert (poll["seq"], poll.get("tag_index"), poll["dt"], poll["value_list"]) == (
+    assert (poll["seq"], poll.get("tag_index"), poll["dt"], poll["v"]) == (
         10, None, [[1, 250]], [0.1, 7, 8],
     )  # fmt: skip
     assert flat(body, book(META)) == [
@@ -183,7 +215,8 @@ def test_tags_that_are_not_a_contiguous_slice_are_listed_by_position(
     body = PollEncoder().encode(1, "dev", readings, [ST] * len(tags), META)
     (poll,) = orjson.loads(b"[" + body + b"]")
     assert "tag_index" not in poll
-    assert (poll["tag_list"], poll["value_list"]) == (tag_list, list(range(len(tags))))
+    assert "device" not in poll  # by position: the meta version names it
+    assert (poll["tag_list"], poll["v"]) == (tag_list, list(range(len(tags))))
     assert flat(body, book(META)) == [(1 + i, t, i, "good", None) for i, t in enumerate(tags)]
 
 
@@ -199,7 +232,7 @@ def test_a_tag_the_metadata_does_not_know_names_every_tag() -> None:
 
 def test_by_name_when_switched_off_refused_or_without_metadata() -> None:
     readings = [Reading(1.0, "v", f32(12.5)), Reading(1.0, "n", 3)]
-    named = b'{"seq":1,"ts":1000,"device":"dev",%b"tags":["v","n"],"value_list":[12.5,3]}'
+    named = b'{"seq":1,"ts":1000,"device":"dev",%b"tags":["v","n"],"v":[12.5,3]}'
     with_meta = named % b'"meta":"%b",' % META.meta.encode()
     # mqtt.value_keys: name
     assert PollEncoder(positional=False).encode(1, "dev", readings, [NONE] * 2, META) == with_meta
@@ -209,17 +242,17 @@ def test_by_name_when_switched_off_refused_or_without_metadata() -> None:
     )
     # no metadata at all: no float32 either, and no meta member
     assert PollEncoder().encode(1, "dev", [readings[1]], [NONE], None) == (
-        b'{"seq":1,"ts":1000,"device":"dev","tags":["n"],"value_list":[3]}'
+        b'{"seq":1,"ts":1000,"device":"dev","tags":["n"],"v":[3]}'
     )
 
 
 def test_float32_values_are_shortest_in_the_positional_form_too() -> None:
     readings = [Reading(1.0, "v", f32(354.315)), Reading(1.0, "n", 2.5)]
     body = PollEncoder().encode(1, "dev", readings, [ST] * 2, META)
-    assert b'"value_list":[354.315,2.5]' in body
+    assert b'"v":[354.315,2.5]' in body
     # a float tag that is not float32 keeps every digit
     body = PollEncoder().encode(1, "dev", [Reading(1.0, "n", f32(354.315))], [ST], META)
-    assert b'"value_list":[354.31500244140625]' in body
+    assert b'"v":[354.31500244140625]' in body
 
 
 def test_split_polls_keeps_each_form_and_every_value_with_its_seq() -> None:
@@ -234,7 +267,7 @@ def test_split_polls_keeps_each_form_and_every_value_with_its_seq() -> None:
         assert [ts for _, _, ts, _ in parts] == [1.0, 1.0, 2.0]
         assert [x for *_, b in parts for x in flat(b, metas)] == flat(body, metas)
     (second,) = orjson.loads(b"[" + split_polls(positional, 3)[1][3] + b"]")
-    assert (second["seq"], second["tag_index"], second["dt"], second["value_list"]) == (
+    assert (second["seq"], second["tag_index"], second["dt"], second["v"]) == (
         14, 3, [[1, 1000]], [103, 104, 105],
     )  # fmt: skip
 
@@ -431,3 +464,70 @@ def test_tags_with_the_same_metadata_share_one_dict_and_keep_their_values() -> N
     assert orjson.dumps(c) == (
         b'{"unit":null,"type":"int16","scale":1.0,"offset":-0.0,"station":null}'
     )
+
+
+# --- schema 3: a positional poll names its device by its meta version ----------------------
+
+
+def test_positional_polls_without_device_decode_to_the_device_their_version_names() -> None:
+    """Two devices configured alike: two versions, and each poll, which names no device,
+    decodes to its own."""
+    twin = DeviceMeta("dev2", META.tags, META.order)
+    assert twin.meta != META.meta
+    encoder = PollEncoder()
+    first = encoder.encode(1, "dev", [Reading(1.0, "n", 4)], [ST], META)
+    second = encoder.encode(2, "dev2", [Reading(1.0, "n", 5)], [ST], twin)
+    assert b'"device"' not in first + second
+    payload = envelope("pc1", OUTBOX, first + b"," + second)
+    got = decode_readings(payload, book(META, twin), CONTEXTS)
+    assert [(r.seq, r.device, r.tag, r.value) for r in got] == [
+        (1, "dev", "n", 4), (2, "dev2", "n", 5),
+    ]  # fmt: skip
+    # Without the version, the poll waits for it: unknown_meta, naming the version.
+    with pytest.raises(ContractError) as caught:
+        decode_readings(payload, book(META), CONTEXTS)
+    assert caught.value.kind == "unknown_meta"
+    assert caught.value.missing == (("pc1", "", twin.meta),)
+    assert f"unknown meta version {twin.meta} (collector pc1)" in str(caught.value)
+    # A version of schema 2 (its id covers no device) names no device: still unknown.
+    old = DeviceMeta.from_body("dev", orjson.dumps({"order": list(META.order), "tags": META.tags}))
+    no_device = b'{"seq":1,"ts":1000,"meta":"%b","ctx":"%b","v":[4]}' % (
+        old.meta.encode(), ST_CTX,
+    )  # fmt: skip
+    with pytest.raises(ContractError) as caught:
+        decode_readings(envelope("pc1", OUTBOX, no_device), book(old), CONTEXTS)
+    assert caught.value.kind == "unknown_meta"
+
+
+def test_expand_polls_gives_a_consumer_the_device_and_value_list() -> None:
+    from contract.decode import expand_polls
+
+    body = PollEncoder().encode(7, "dev", [Reading(1.0, "v", 2.5)], [ST], META)
+    polls = orjson.loads(b"[" + body + b"]")
+    metas = book(META)
+    assert expand_polls(polls, devices=metas.device, collector="pc1") == 1
+    assert (polls[0]["device"], polls[0]["value_list"], "v" in polls[0]) == ("dev", [2.5], False)
+
+
+def test_schema_2_value_list_still_decodes_in_a_schema_3_message() -> None:
+    """A positional poll buffered by a schema-2 collector (device, value_list, its version
+    of schema 2) sent in a schema-3 envelope after an upgrade."""
+    old = DeviceMeta.from_body("dev", orjson.dumps({"order": list(META.order), "tags": META.tags}))
+    buffered = (
+        b'{"seq":3,"ts":"1970-01-01T00:00:01Z","device":"dev","meta":"%b",' % (old.meta.encode())
+        + b'"station":"st","tag_index":1,"value_list":[6,7]}'
+    )
+    got = decode_readings(envelope("pc1", OUTBOX, buffered), book(old))
+    assert [(r.seq, r.device, r.tag, r.value, r.station) for r in got] == [
+        (3, "dev", "n", 6, "st"), (4, "dev", "t", 7, "st"),
+    ]  # fmt: skip
+
+
+def test_a_poll_with_both_v_and_value_list_is_refused() -> None:
+    body = b'{"seq":1,"ts":1000,"meta":"%b","ctx":"%b","v":[1],"value_list":[2]}' % (
+        META.meta.encode(), ST_CTX,
+    )  # fmt: skip
+    with pytest.raises(ContractError) as caught:
+        decode_readings(envelope("pc1", OUTBOX, body), book(META), CONTEXTS)
+    assert (caught.value.kind, caught.value.path) == ("field", "polls[0].v")
+    assert "not both" in caught.value.problem

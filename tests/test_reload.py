@@ -85,12 +85,7 @@ async def test_reload_restarts_only_what_changed_and_refuses_a_broken_config(
             assert metas[0]["meta"] != metas[1]["meta"]
             assert await async_wait_until(lambda: meta_messages(sub, "fixture-2", 1), 10, "new")
             await async_wait_until(
-                lambda: any(
-                    p.get("meta") == metas[1]["meta"]
-                    for m in sub.payloads()
-                    for p in m["polls"]
-                    if p["device"] == "fixture-1"
-                ),
+                lambda: any(p.get("meta") == metas[1]["meta"] for p in sub.polls("fixture-1")),
                 10,
                 "polls with the new metadata",
             )

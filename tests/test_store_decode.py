@@ -114,6 +114,11 @@ def store(payload: bytes) -> list[tuple[Any, ...]] | tuple[str, str]:
         decoded = Decoder().decode(payload)
     except ContractError as exc:
         return (exc.kind, str(exc))
+    # A poll by position without device: its meta version names it (the writer's look-up).
+    devices = {m: METAS.device(decoded.collector, m) for d, m in decoded.needs if not d}
+    if None in devices.values():
+        return ("unknown_meta", "")  # parked until its meta version arrives
+    decoded.named(devices)  # type: ignore[arg-type]
     if any(METAS.order(decoded.collector, *need) is None for need in decoded.needs):
         return ("unknown_meta", "")  # parked until its meta version arrives
     for run in decoded.runs:  # the writer's check (store.metabook.run_problem)
@@ -153,11 +158,16 @@ def variants() -> Iterator[tuple[str, bytes]]:
         doc = copy.deepcopy(base)
         doc["polls"][0].pop(key, None)
         yield f"no polls[0].{key}", orjson.dumps(doc)
-    for i in range(len(poll["value_list"])):
+    for i in range(len(poll["v"])):
         for bad in [*BAD_VALUES, *BAD_WRAPPERS]:
             doc = copy.deepcopy(base)
-            doc["polls"][0]["value_list"][i] = bad
-            yield f"value_list[{i}]={bad!r}", orjson.dumps(doc)
+            doc["polls"][0]["v"][i] = bad
+            yield f"v[{i}]={bad!r}", orjson.dumps(doc)
+    doc = copy.deepcopy(base)
+    doc["polls"][0]["value_list"] = doc["polls"][0]["v"]
+    yield "v and value_list", orjson.dumps(doc)
+    del doc["polls"][0]["v"]
+    yield "value_list (a poll buffered by schema 2)", orjson.dumps(doc)
     for key, bad_point in (
         ("dt", [[9, 1]]),
         ("dt", [[0, "1"]]),
@@ -183,8 +193,8 @@ def variants() -> Iterator[tuple[str, bytes]]:
     for i, key, bad in (
         (0, "seq", None),  # the first poll: nothing to take them from
         (0, "ts", None),
-        (0, "value_list", "x"),  # the next poll's seq cannot follow from it
-        (1, "value_list", {}),
+        (0, "v", "x"),  # the next poll's seq cannot follow from it
+        (1, "v", {}),
         (1, "ts", "yesterday"),
         (1, "ts", "2025-11-24T16:00:00.251Z"),  # RFC 3339 text (a poll buffered by schema 2)
         (1, "ts", 1_764_000_000_251),  # epoch ms
@@ -229,16 +239,16 @@ def usual_message() -> dict[str, Any]:
         parts.append((seq, 3, encoder.encode(seq, "dev", readings, [CTX] * 3, META)))
     doc = orjson.loads(envelope("pc1", OUTBOX, join_polls(parts)))
     assert [sorted(p) for p in doc["polls"]] == [
-        ["ctx", "device", "meta", "seq", "ts", "value_list"],
-        ["ctx", "device", "meta", "tag_index", "value_list"],
-        ["ctx", "device", "meta", "tag_index", "ts", "value_list"],
+        ["ctx", "meta", "seq", "ts", "v"],
+        ["ctx", "meta", "tag_index", "v"],
+        ["ctx", "meta", "tag_index", "ts", "v"],
     ]
     return doc  # type: ignore[no-any-return]
 
 
 #: What the fast path checks, each broken in a poll of the usual shape: the first (all its
 #: members written) and the second (seq and ts implied by the first).
-USUAL_FIELDS = ("seq", "device", "meta", "ctx", "tag_index", "ts", "value_list")
+USUAL_FIELDS = ("seq", "device", "meta", "ctx", "tag_index", "ts", "v", "value_list")
 #: A schema-2 context member beside ``ctx``: valid on its own, refused with ``ctx``.
 MEMBERS: dict[str, Any] = {"station": "ft-1", "slot": 3, "unit_serial": "S-1",
                            "operation": "functional-test", "attempt": 2, "phase": "test",
@@ -267,8 +277,13 @@ def usual_variants() -> Iterator[tuple[str, bytes]]:
         for j in range(3):
             for bad in [*BAD_VALUES, *BAD_WRAPPERS]:
                 doc = copy.deepcopy(base)
-                doc["polls"][i]["value_list"][j] = bad
-                yield f"{name}: polls[{i}].value_list[{j}]={bad!r}", orjson.dumps(doc)
+                doc["polls"][i]["v"][j] = bad
+                yield f"{name}: polls[{i}].v[{j}]={bad!r}", orjson.dumps(doc)
+        doc = copy.deepcopy(base)
+        doc["polls"][i]["device"] = "dev"  # the device it names (as schema 2 did): the same
+        yield f"{name}: polls[{i}] with its device", orjson.dumps(doc)
+        doc["polls"][i]["value_list"] = doc["polls"][i].pop("v")
+        yield f"{name}: polls[{i}] with its device and value_list", orjson.dumps(doc)
         doc = copy.deepcopy(base)
         doc["polls"][i]["remark"] = "x"  # a member no decoder reads: not the fast path's
         yield f"{name}: polls[{i}].remark", orjson.dumps(doc)
@@ -330,7 +345,7 @@ def test_a_shape_the_reference_decoder_fails_on_is_still_a_field_error() -> None
     field error naming the field: the store quarantines such a message, it never retries its
     batch forever."""
     doc = keyed_message()
-    doc["polls"][0]["value_list"][0] = {"value": 1, "quality": ["bad"]}
+    doc["polls"][0]["v"][0] = {"value": 1, "quality": ["bad"]}
     with pytest.raises(ContractError) as caught:
         Decoder().decode(orjson.dumps(doc))
     assert caught.value.kind == "field"

@@ -327,3 +327,152 @@ def test_no_transaction_is_left_open_between_batches(db_url: str) -> None:
     writer.write([Incoming(M_TOPIC, meta_payload)])  # released
     assert conn.info.transaction_status.name == "IDLE"
     assert count(engine, readings) == 1
+
+
+# --- schema 3: a poll by position names its device by its meta version ----------------------
+
+
+def meta3_message(device: str, order: list[str] = ORDER) -> tuple[str, bytes]:
+    """A schema-3 meta message: its id hashes {"device", "order", "tags"}."""
+    tags = {t: {"unit": f"V{t}", "type": "float32"} for t in ORDER}
+    meta = meta_version(order, tags, device)
+    doc = {"schema": 3, "collector": "pc2", "device": device, "meta": meta, "order": order,
+           "tags": tags}  # fmt: skip
+    return meta, orjson.dumps(doc)
+
+
+def positional3(polls: list[tuple[int, str, list[Any]]], key: str = "v") -> bytes:
+    """A schema-3 readings message of polls by position without device: (seq, meta, values)
+    each, from tag_index 0, with the unit's context as members."""
+    doc = {
+        "schema": 3, "collector": "pc2", "outbox": OUTBOX,
+        "polls": [{"seq": seq, "ts": 1_795_000_000_000 + seq, "meta": meta, "station": "ft-2",
+                   "unit_serial": "S-1", "attempt": 1, key: values}
+                  for seq, meta, values in polls],
+    }  # fmt: skip
+    return orjson.dumps(doc)
+
+
+def devices_of(engine: sa.Engine) -> list[tuple[int, str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT r.seq, s.device, s.tag FROM readings r JOIN series s ON s.id = r.series "
+                "ORDER BY r.seq"
+            )
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def test_a_poll_without_device_is_stored_as_the_device_its_version_names(
+    engine: sa.Engine,
+) -> None:
+    """Two devices configured alike: two versions; each poll goes to its own device."""
+    meta_a, payload_a = meta3_message("d")
+    meta_b, payload_b = meta3_message("e")
+    assert meta_a != meta_b
+    writer = Writer(engine)
+    result = writer.write([
+        Incoming(M_TOPIC, payload_a),
+        Incoming(M_TOPIC.replace("/meta/d", "/meta/e"), payload_b),
+        Incoming(R_TOPIC, positional3([(1, meta_a, [1.0, 2.0]), (3, meta_b, [3.0])])),
+    ])  # fmt: skip
+    assert (result.quarantined, result.parked, result.readings_inserted) == ([], [], 3)
+    assert devices_of(engine) == [(1, "d", "a"), (2, "d", "b"), (3, "e", "a")]
+    # value_list (a poll buffered by schema 2) is read too; v and value_list is refused.
+    later = writer.write([Incoming(R_TOPIC, positional3([(4, meta_b, [4.0])], "value_list"))])
+    assert later.readings_inserted == 1
+    both = orjson.loads(positional3([(5, meta_b, [5.0])]))
+    both["polls"][0]["value_list"] = [5.0]
+    refused = writer.write([Incoming(R_TOPIC, orjson.dumps(both))])
+    assert refused.quarantined == [
+        ("field", "polls[0].v: a poll has its values in v or value_list, not both")
+    ]
+    assert devices_of(engine)[-1] == (4, "e", "a")
+
+
+def test_a_poll_without_device_naming_an_unknown_version_parks_until_it_arrives(
+    engine: sa.Engine,
+) -> None:
+    meta, meta_payload = meta3_message("d")
+    known, known_payload = meta3_message("e")
+    # A poll of a known version beside it: the message waits whole.
+    payload = positional3([(1, meta, [1.0, 2.0, 3.0]), (4, known, [4.0])])
+    writer = Writer(engine)
+    writer.write([Incoming(M_TOPIC.replace("/meta/d", "/meta/e"), known_payload)])
+    result = writer.write([Incoming(R_TOPIC, payload)])
+    assert result.parked == [
+        f"meta version {meta} of pc2 not received yet: parked until it arrives"
+    ]
+    assert result.quarantined == []
+    with engine.connect() as conn:
+        waits = conn.execute(sa.select(parked.c.collector, parked.c.device, parked.c.meta)).all()
+        kinds = conn.execute(sa.select(quarantine.c.kind)).scalars().all()
+    assert [tuple(w) for w in waits] == [("pc2", "/", meta)]
+    assert kinds == ["unknown_meta"]
+    arrived = Writer(engine).write([Incoming(M_TOPIC, meta_payload)])  # e.g. after a restart
+    assert (arrived.unparked, arrived.readings_inserted) == (1, 4)
+    assert devices_of(engine) == [(1, "d", "a"), (2, "d", "b"), (3, "d", "c"), (4, "e", "a")]
+    assert (count(engine, quarantine), count(engine, parked)) == (0, 0)
+
+
+def test_a_parked_poll_without_device_is_swept_at_start(engine: sa.Engine) -> None:
+    """Its version reached the database while it was not released (a crash)."""
+    meta, meta_payload = meta3_message("d")
+    Writer(engine).write([Incoming(R_TOPIC, positional3([(1, meta, [1.0])]))])
+    with engine.begin() as conn:  # the meta row, as a crashed store left it
+        conn.execute(
+            sa.insert(metas).values(
+                collector="pc2", device="d", meta=meta, tag_order=orjson.dumps(ORDER).decode(),
+                tags=orjson.dumps(orjson.loads(meta_payload)["tags"]).decode(),
+                received_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    result = Writer(engine).write([])
+    assert (result.unparked, result.readings_inserted) == (1, 1)
+    assert devices_of(engine) == [(1, "d", "a")]
+    assert count(engine, parked) == 0
+
+
+def test_a_schema_2_version_names_no_device_for_a_poll_without_one(engine: sa.Engine) -> None:
+    """Schema 2's id does not cover the device: a poll that names its device by it alone is
+    refused (quarantined, never parked for ever); schema 2's polls name their device."""
+    meta, meta_payload = meta_message()
+    writer = Writer(engine)
+    result = writer.write(
+        [Incoming(M_TOPIC, meta_payload), Incoming(R_TOPIC, positional3([(1, meta, [1.0])]))]
+    )
+    assert result.parked == []
+    assert [kind for kind, _ in result.quarantined] == ["field"]
+    assert "names no one device" in result.quarantined[0][1]
+    ok = writer.write([Incoming(R_TOPIC, positional(meta, [(2, 0, [2.0])]))])
+    assert ok.readings_inserted == 1
+
+
+def test_a_poll_buffered_before_the_upgrade_is_stored_with_its_schema_2_version(
+    engine: sa.Engine,
+) -> None:
+    """After an upgrade the collector republishes the version its buffer kept as it was
+    (schema 2, its id over {"order", "tags"}: contract.encode.DeviceMeta.from_body) and sends
+    the buffered poll (device, value_list) in a schema-3 envelope, beside new polls."""
+    from contract.encode import DeviceMeta, envelope
+
+    tags = {t: {"unit": f"V{t}", "type": "float32"} for t in ORDER}
+    old_body = orjson.dumps({"order": ORDER, "tags": tags}, option=orjson.OPT_SORT_KEYS)
+    old = DeviceMeta.from_body("d", old_body)
+    new = DeviceMeta("d", tags, tuple(ORDER))
+    assert (old.schema, new.schema) == (2, 3)
+    assert old.meta != new.meta
+    buffered = orjson.dumps(
+        {"seq": 1, "ts": "2026-11-21T10:15:01.5Z", "device": "d", "meta": old.meta,
+         "station": "ft-2", "unit_serial": "S-1", "attempt": 1, "tag_index": 3,
+         "value_list": [3.0, 4.0]}
+    )  # fmt: skip
+    fresh = b'{"seq":3,"ts":1795000000000,"meta":"%b","v":[0.5]}' % new.meta.encode()
+    result = Writer(engine).write([
+        Incoming(M_TOPIC, old.message("pc2")),
+        Incoming(M_TOPIC, new.message("pc2")),
+        Incoming(R_TOPIC, envelope("pc2", OUTBOX, buffered + b"," + fresh)),
+    ])  # fmt: skip
+    assert (result.quarantined, result.parked, result.readings_inserted) == ([], [], 3)
+    assert devices_of(engine) == [(1, "d", "d"), (2, "d", "e"), (3, "d", "a")]

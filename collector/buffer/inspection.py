@@ -198,23 +198,33 @@ def _by_id(missing: tuple[tuple[str, str, str], ...], contexts: ContextBook | No
 
 
 def _by_position(body: bytes, metas: MetaBook | None) -> MetaBook:
-    """``metas`` plus, for each version it lacks, one whose tags are named by position."""
+    """``metas`` plus, for each version it lacks, one whose tags are named by position (a
+    poll of schema 3 by position, which names its device by that version, then shows device
+    ``meta:<id>``)."""
     book = metas.copy() if metas is not None else MetaBook()
-    sizes: dict[tuple[str, str], int] = {}
+    sizes: dict[tuple[str | None, str], int] = {}
     for poll in orjson.loads(b"[" + body + b"]"):
-        if "value_list" in poll and "tags" not in poll:  # by position
-            key = (poll["device"], poll["meta"])
+        values = poll.get("v", poll.get("value_list"))
+        if values is not None and "tags" not in poll:  # by position
+            key = (poll.get("device"), poll["meta"])
             listed = poll.get("tag_list")
             if listed is not None:
                 size = max(listed, default=-1) + 1
             else:
-                size = poll.get("tag_index", 0) + len(poll["value_list"])
+                size = poll.get("tag_index", 0) + len(values)
             sizes[key] = max(sizes.get(key, 0), size)
-    for (device, meta), size in sizes.items():
-        if book.order(_COLLECTOR, device, meta) is None:
-            order = [f"#{i}" for i in range(size)]
-            book.add(
-                {"schema": 2, "collector": _COLLECTOR, "device": device, "meta": meta,
-                 "order": order, "tags": {name: {} for name in order}}
-            )  # fmt: skip
+    for (named, meta), size in sizes.items():
+        if named is None:
+            if book.device(_COLLECTOR, meta) is not None:
+                continue
+            device, schema = f"meta:{meta}", 3
+        elif book.order(_COLLECTOR, named, meta) is None:
+            device, schema = named, 2
+        else:
+            continue
+        order = [f"#{i}" for i in range(size)]
+        book.add(
+            {"schema": schema, "collector": _COLLECTOR, "device": device, "meta": meta,
+             "order": order, "tags": {name: {} for name in order}}
+        )  # fmt: skip
     return book

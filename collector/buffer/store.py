@@ -379,7 +379,9 @@ class Outbox:
         if row is None:
             return 0
         order = orjson.loads(row[0])["order"]
-        needle = b'"device":%b,"meta":"%b","' % (orjson.dumps(device), meta.encode())
+        # A positional poll of schema 3 has no device (its version names it); one buffered
+        # by schema 2 has it just before: keyed_polls tells them apart.
+        needle = b'"meta":"%b","' % meta.encode()
         rows = self._conn.exec_driver_sql(
             "SELECT last_seq, body FROM batches WHERE instr(body, ?) > 0", (needle,)
         ).all()

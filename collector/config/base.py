@@ -97,9 +97,10 @@ class MqttVersion(StrEnum):
 class ValueKeys(StrEnum):
     """How a poll's values name their tags (docs/messages.md)."""
 
-    #: ``tag_index`` + ``value_list``: names once in the meta message, values by position.
+    #: ``tag_index`` (or ``tag_list``) + ``v``: names once in the meta message, values by
+    #: position, the device named by the meta version.
     POSITION = "position"
-    #: ``values`` keyed by tag name: self-describing, about 5 bytes a reading more.
+    #: ``tags`` + ``v``, the device named: self-describing, about 5 bytes a reading more.
     NAME = "name"
 
 

@@ -372,7 +372,9 @@ class LiveView:
                 records = decode_readings(payload, self.book, self.contexts)
         except ContractError:  # e.g. polls of a version from a previous run's buffer
             polls = orjson.loads(payload)["polls"]
-            self.delivered += sum(len(p.get("values") or p.get("value_list") or ()) for p in polls)
+            self.delivered += sum(
+                len(p.get("values") or p.get("v") or p.get("value_list") or ()) for p in polls
+            )
             return
         self.delivered += len(records)
         if self.quiet:
