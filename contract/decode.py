@@ -61,6 +61,7 @@ from contract.fields import (
     _wanted,
     ms_text,
 )
+from contract.metahash import meta_hash_problem
 
 __all__ = [
     "PHASES",
@@ -216,7 +217,8 @@ class MetaBook(_Book):
         """Take a meta message (its payload, or the dict :func:`decode_meta` returned).
         Returns its key (collector, device, meta), or None for an empty payload (a device's
         retained metadata cleared) or a message without ``order`` (from before positional
-        values: it resolves nothing). Raises ContractError for a bad message."""
+        values: it resolves nothing). Raises ContractError for a bad message, kind
+        ``meta_hash`` when its ``meta`` is not the hash of its content."""
         if isinstance(meta, bytes | bytearray | memoryview):
             if not meta:
                 return None
@@ -225,6 +227,12 @@ class MetaBook(_Book):
             doc = decode_meta(orjson.dumps(meta))
         if doc["order"] is None:
             return None
+        # The id must be the hash of the content (as the store checks): else two contents
+        # could share an id and a poll would resolve through whichever came last.
+        device = doc["device"] if doc["schema"] >= 3 else None
+        problem = meta_hash_problem(doc["meta"], doc["order"], doc["tags"], device)
+        if problem is not None:
+            raise ContractError("meta", problem, "meta_hash")
         key = (doc["collector"], doc["device"], doc["meta"])
         self._entries[key] = tuple(doc["order"])
         if doc["schema"] >= 3:
@@ -963,7 +971,8 @@ def decode_meta(payload: bytes) -> dict[str, Any]:
     message written before positional values: it resolves no positional poll). The ``meta``
     of schema 3 hashes the device too (contract.metahash): it names one device of the
     collector, and a positional poll names its device by it. This does not check the hash
-    (contract.metahash.meta_hash_problem does: the store quarantines a mismatch).
+    (contract.metahash.meta_hash_problem does: :class:`MetaBook` refuses a mismatch, the
+    store quarantines it).
     """
     doc = _load(payload)
     schema = _schema(doc)

@@ -280,7 +280,7 @@ def positional_poll(**extra: Any) -> dict[str, Any]:
         "seq": 1041,
         "ts": "2026-11-21T10:00:00.12Z",
         "device": "tester-1",
-        "meta": "a1b2c3d4",
+        "meta": SPEC_META,
         "station": "ft-1",
         "tag_index": 0,
         "value_list": [12.03, 0.51, {"value": None, "quality": "bad", "error": "timeout"}],
@@ -295,21 +295,41 @@ def message(*polls: dict[str, Any]) -> bytes:
     )
 
 
-def meta_message(meta: str = "a1b2c3d4", order: list[str] | None = None) -> dict[str, Any]:
+def meta_message(order: list[str] | None = None) -> dict[str, Any]:
+    """A schema-2 meta message whose ``meta`` is the hash of its content (MetaBook checks)."""
     order = order or ["supply_voltage", "current", "temp"]
+    tags = {name: tag("float32", "ft-1") for name in order}
     return {
         "schema": 2,
         "collector": "line1-pc1",
         "device": "tester-1",
-        "meta": meta,
+        "meta": meta_version(order, tags),
         "order": order,
-        "tags": {name: tag("float32", "ft-1") for name in order},
+        "tags": tags,
     }
+
+
+#: The version of the spec example's tester, and one of three other tags.
+SPEC_META = meta_message()["meta"]
+OTHER_META = meta_message(["a", "b", "c"])["meta"]
+
+
+def test_a_meta_message_whose_id_is_not_its_hash_is_refused() -> None:
+    metas = MetaBook()
+    forged = {**meta_message(), "meta": "a1b2c3d4"}
+    with pytest.raises(ContractError, match="the content does not match its version id") as e:
+        metas.add(orjson.dumps(forged))
+    assert (e.value.path, e.value.kind) == ("meta", "meta_hash")
+    # The same tags in another order are another version: its id must change too.
+    reordered = {**meta_message(), "order": ["temp", "current", "supply_voltage"]}
+    with pytest.raises(ContractError, match="does not match its version id"):
+        metas.add(orjson.dumps(reordered))
+    assert metas.order("line1-pc1", "tester-1", SPEC_META) is None
 
 
 def test_the_spec_example_decodes_with_its_meta() -> None:
     metas = MetaBook()
-    assert metas.add(orjson.dumps(meta_message())) == ("line1-pc1", "tester-1", "a1b2c3d4")
+    assert metas.add(orjson.dumps(meta_message())) == ("line1-pc1", "tester-1", SPEC_META)
     got = decode_readings(message(positional_poll()), metas)
     assert [(r.seq, r.tag, r.value, r.quality, r.error, r.station) for r in got] == [
         (1041, "supply_voltage", 12.03, "good", None, "ft-1"),
@@ -325,27 +345,27 @@ def test_an_unknown_meta_is_its_own_kind_and_names_every_version_it_waits_for() 
     metas.add(meta_message())  # a dict, as decode_meta returns it, is taken too
     payload = message(
         positional_poll(),
-        positional_poll(seq=2000, meta="0000ffff"),
-        positional_poll(seq=3000, device="tester-2", meta="0000ffff"),
+        positional_poll(seq=2000, meta=OTHER_META),
+        positional_poll(seq=3000, device="tester-2", meta=OTHER_META),
     )
     with pytest.raises(ContractError) as caught:
         decode_readings(payload, metas)
     assert caught.value.kind == "unknown_meta"
     assert caught.value.path == "polls[1].meta"
-    assert "unknown meta version 0000ffff of device tester-1" in str(caught.value)
+    assert f"unknown meta version {OTHER_META} of device tester-1" in str(caught.value)
     assert caught.value.missing == (
-        ("line1-pc1", "tester-1", "0000ffff"),
-        ("line1-pc1", "tester-2", "0000ffff"),
+        ("line1-pc1", "tester-1", OTHER_META),
+        ("line1-pc1", "tester-2", OTHER_META),
     )
     # Without a MetaBook every positional poll is unknown; a keyed one is not.
     with pytest.raises(ContractError) as caught:
         decode_readings(message(positional_poll()))
     assert caught.value.kind == "unknown_meta"
     # Once the version arrived, the parked message decodes.
-    metas.add(meta_message("0000ffff", ["a", "b", "c"]))
+    metas.add(meta_message(["a", "b", "c"]))
     with pytest.raises(ContractError, match="device tester-2"):
         decode_readings(payload, metas)
-    metas.add({**meta_message("0000ffff", ["a", "b", "c"]), "device": "tester-2"})
+    metas.add({**meta_message(["a", "b", "c"]), "device": "tester-2"})
     assert [r.tag for r in decode_readings(payload, metas)][3:] == ["a", "b", "c", "a", "b", "c"]
 
 
