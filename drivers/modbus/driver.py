@@ -56,10 +56,14 @@ def _quiet_reply(base: type[ModbusPDU]) -> type[ModbusPDU]:
 
 
 def _quiet_replies() -> list[type[ModbusPDU]]:
-    """The reply classes of the four reads, as pymodbus decodes them, quiet (above)."""
-    decoder = DecodePDU(is_server=False)
-    found = (decoder.lookupPduClass(bytes((0, code))) for code in FUNCTION_CODE.values())
-    return [_quiet_reply(base) for base in found if base is not None]
+    """The reply classes of the four reads, as pymodbus decodes them, quiet (above); none if
+    this pymodbus looks them up differently (its own classes are then used, as before)."""
+    try:
+        decoder = DecodePDU(is_server=False)
+        found = [decoder.lookupPduClass(bytes((0, code))) for code in FUNCTION_CODE.values()]
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        return []
+    return [_quiet_reply(base) for base in found if isinstance(base, type)]
 
 
 _QUIET_REPLIES = _quiet_replies()
