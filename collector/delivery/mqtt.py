@@ -80,6 +80,17 @@ def publish_packet_bytes(topic_bytes: int, payload_bytes: int, v5: bool, alias: 
     return 1 + _varint_bytes(rest) + rest
 
 
+class _ErrorLines(logging.Handler):
+    """Hands each error line paho logs to ``keep``."""
+
+    def __init__(self, keep: Callable[[str], None]) -> None:
+        super().__init__(logging.ERROR)
+        self._keep = keep
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._keep(record.getMessage())
+
+
 class MqttPublisher:
     """Connects, reconnects with backoff, publishes; keeps the connection part of
     :class:`MqttStatus`."""
@@ -100,6 +111,12 @@ class MqttPublisher:
         # and why we ended it ourselves.
         self._acked_connect = False
         self._last_error_line: str | None = None
+        # paho's error lines (MQTT_LOG_ERR) -> _last_error_line. A logger of its own, not in
+        # logging's tree: at ERROR, so paho's debug lines are never formatted, and nothing
+        # reaches the collector's log through it (as with on_log before).
+        self._paho_log = logging.Logger(f"{__name__}.paho", logging.ERROR)
+        self._paho_log.propagate = False
+        self._paho_log.addHandler(_ErrorLines(self._on_error_line))
         self._ended_by_us: str | None = None
         self._lost = asyncio.Event()
         self._closing = asyncio.Event()
@@ -117,6 +134,7 @@ class MqttPublisher:
         # broker takes (its CONNACK's Topic Alias Maximum).
         self._aliases: dict[str, int] = {}
         self._alias_max = 0
+        self._alias_properties: dict[int, Properties] = {}
         #: PUBLISH packets handed to the client, per topic: [messages, bytes on the wire]
         #: (publish_packet_bytes): what bench.wire reports.
         self.sent: dict[str, list[int]] = {}
@@ -153,8 +171,13 @@ class MqttPublisher:
         if alias is None:
             info = client.publish(topic, payload, qos=1, retain=retain)
         else:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.TopicAlias = alias
+            # One per alias, reused (paho only reads it): building one costs about 16 µs of
+            # Python a message (issue 28).
+            properties = self._alias_properties.get(alias)
+            if properties is None:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.TopicAlias = alias
+                self._alias_properties[alias] = properties
             info = client.publish(name, payload, qos=1, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and alias is not None and name:
             # The message that was to name the alias never left: the broker does not know it,
@@ -287,7 +310,10 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        client.on_log = self._on_log
+        # paho's lines through a logger that takes only errors, not on_log: with on_log set
+        # paho formats every debug line (each PUBLISH and PUBACK, its properties) for nothing
+        # (issue 28).
+        client.enable_logger(self._paho_log)
         return client
 
     async def _pause(self, seconds: float, probe: Probe, down: bool = False) -> None:
@@ -351,12 +377,11 @@ class MqttPublisher:
         self._loop.call_soon_threadsafe(self._disconnected, str(reason))
         self._loop.call_soon_threadsafe(self._lost.set)
 
-    def _on_log(self, _c: Any, _u: Any, level: int, line: str) -> None:
+    def _on_error_line(self, line: str) -> None:
         # paho's own words for a failed read or write ("failed to receive on socket: [SSL:
         # TLSV13_ALERT_CERTIFICATE_REQUIRED] ..."): its on_disconnect says only "Unspecified
         # error". A plain assignment: read on the loop after the disconnect it precedes.
-        if level == mqtt.MQTT_LOG_ERR:
-            self._last_error_line = line
+        self._last_error_line = line
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
