@@ -20,7 +20,7 @@ consecutive seqs are joined into one :class:`Poll`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -247,6 +247,17 @@ class MetaBook(_Book):
     def device(self, collector: str, meta: str) -> str | None:
         """The device a schema-3 version names; None if no such version was added."""
         return self._devices.get((collector, meta))
+
+    def stand_in(
+        self, collector: str, device: str, meta: str, order: Sequence[str], names_device: bool
+    ) -> None:
+        """Resolve ``meta`` of ``device`` to ``order`` without its message (so without the
+        hash check of :meth:`add`): for a tool that shows stored polls whose version is gone
+        (collector ``buffer``). ``names_device``: polls without ``device`` are of ``device``
+        (a schema-3 version)."""
+        self._entries[(collector, device, meta)] = tuple(order)
+        if names_device:
+            self._devices[(collector, meta)] = device
 
 
 class ContextBook(_Book):

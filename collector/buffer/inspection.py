@@ -217,14 +217,10 @@ def _by_position(body: bytes, metas: MetaBook | None) -> MetaBook:
         if named is None:
             if book.device(_COLLECTOR, meta) is not None:
                 continue
-            device, schema = f"meta:{meta}", 3
+            device, by_meta = f"meta:{meta}", True
         elif book.order(_COLLECTOR, named, meta) is None:
-            device, schema = named, 2
+            device, by_meta = named, False
         else:
             continue
-        order = [f"#{i}" for i in range(size)]
-        book.add(
-            {"schema": schema, "collector": _COLLECTOR, "device": device, "meta": meta,
-             "order": order, "tags": {name: {} for name in order}}
-        )  # fmt: skip
+        book.stand_in(_COLLECTOR, device, meta, [f"#{i}" for i in range(size)], by_meta)
     return book
