@@ -264,6 +264,7 @@ async def test_live_events_are_bounded_in_rate_and_clients_and_end_with_their_cl
     assert server is not None
     feed = server.feed
     clients = [EventClient(port) for _ in range(feed.max_clients)]
+    opened = time.monotonic()
     for client in clients:
         await client.open()
     assert [c.code for c in clients] == [200] * feed.max_clients
@@ -274,8 +275,11 @@ async def test_live_events_are_bounded_in_rate_and_clients_and_end_with_their_cl
     # The events are /status itself (documented), and come at most about once a second.
     first = clients[0]
     assert set(first.statuses[-1]) >= {"collector", "devices", "stations", "buffer", "mqtt"}
-    gaps = [b - a for a, b in zip(first.arrivals[1:], first.arrivals[2:], strict=False)]
-    assert min(gaps) >= 0.5, gaps
+    # Counted against the time since the streams opened, not as gaps between arrivals: on a
+    # loaded machine the client reads late and two events arrive together, but it can never
+    # have more than the server sent (one a second: an unbounded feed sends 4 in a moment).
+    received, elapsed = len(first.statuses), time.monotonic() - opened
+    assert received <= elapsed + 2, (received, elapsed)
     status = await service.service.status()
     assert status["http"]["live_pages"]["clients"] == feed.max_clients
     assert status["http"]["live_pages"]["refused_total"] == 1
