@@ -343,6 +343,8 @@ async def test_backlog_drains_oldest_first_while_live_readings_keep_flowing(
         )
         if seqs and min(seqs) > boundary and max(seqs) <= max(live_before_end, default=0)
     ]
-    assert len(live_messages) >= 2
+    # At least one: a drain that made live readings wait for its end has none. (How many
+    # more depends on how fast the drain goes; a helper's run at load 9 had one.)
+    assert len(live_messages) >= 1
     assert live_before_end == list(range(boundary + 1, boundary + 1 + len(live_before_end)))
     assert json.loads(sub.messages[-1][1])  # messages are still well-formed JSON
