@@ -25,7 +25,8 @@ from store.record.criteria import judge
 from store.report import Protocol, render_report
 from store.report.load import load_run
 from store.report.protocol import RunSelection
-from store.report.resources import ResourceGroup, ResourceSplit, Test, _with_findings
+from store.report.resources import ResourceGroup, ResourceSplit, _with_findings
+from store.report.resources import Test as ResourceTest
 
 SPECS = {s.name: s for s in specs(2)}  # supply_voltage (two-sided), leakage_current (upper)
 
@@ -368,7 +369,7 @@ def _fixture_split(operation: str, p_value: float) -> ResourceSplit:
         ResourceGroup(nest, 20, passes, wilson_interval(passes, 20), ())
         for nest, passes in (("nest-1", 19), ("nest-2", 12))
     )
-    test = Test("fisher_exact", 12.0, p_value)
+    test = ResourceTest("fisher_exact", 12.0, p_value)
     return ResourceSplit(operation, "fixture", groups, 0, test, "", (), ())
 
 
