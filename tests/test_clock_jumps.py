@@ -6,7 +6,6 @@ stay the wall clock's. Injectable clocks: deterministic, no faketime needed."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Sequence
 
@@ -127,10 +126,13 @@ async def test_polling_keeps_its_grid_through_wall_clock_steps(
     # A scheduler on the wall clock would count the day's step as 864,000 skipped polls and
     # stop for the hour's; a crowded machine may miss a slot or two (counted, on the grid).
     assert status.skipped_polls < 5
-    # No burst, no stop: every interval between two polls is the 100 ms grid, or a few of its
-    # slots where the machine missed one.
-    gaps = [b[0] - a[0] for a, b in itertools.pairwise(polls)]
-    assert all(0.05 < gap < 1.0 for gap in gaps), gaps
+    # No stop: the waits above saw ten polls after each step. No burst: those ten still took
+    # about their second on the grid (a scheduler catching up a day of slots runs them back
+    # to back). Not judged poll by poll: on a crowded machine one late poll and the next one
+    # on time are a short gap, and a stalled machine a long one (CI saw both).
+    for step in (back, forward):
+        span = polls[step + 9][0] - polls[step][0]
+        assert span > 0.5, (step, [round(t - polls[step][0], 3) for t, _ in polls[step:]])
     # The readings carry the wall clock's time, steps included.
     ts = [readings[0].ts for _, readings in polls]
     assert abs(ts[back + 2] - (time.time() - HOUR)) < 2 * HOUR  # stamped an hour back
