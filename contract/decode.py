@@ -110,6 +110,9 @@ class FlatReading:
     phase: str | None
     golden: bool
     unit: str | None  # engineering unit: only schema 1 carries it per reading
+    #: Last and defaulted (a context member added after the others): positional
+    #: constructions of the earlier fields stay valid.
+    work_order: str | None = None
 
 
 #: One reading inside a poll: (tag, value, quality, error, engineering unit or None).
@@ -132,6 +135,9 @@ class Poll:
     phase: str | None
     golden: bool
     values: list[PollValue]
+    #: After ``values`` and defaulted (a context member added after the others): schema 1
+    #: has none, and positional constructions of the earlier fields stay valid.
+    work_order: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,9 +297,9 @@ class ContextBook(_Book):
 def decode_context(payload: bytes) -> dict[str, Any]:
     """A unit-context message (schema 3, retained on ``.../context/{station}``), checked:
     ``{"schema", "collector", "ctx", "station", "slot", "unit_serial", "operation",
-    "attempt", "phase", "golden"}`` (members absent from the message at their defaults). The
-    ``ctx`` must be the hash of the members (docs/messages.md): a mismatch is refused, so a
-    version id always means one content."""
+    "attempt", "phase", "golden", "work_order"}`` (members absent from the message at their
+    defaults). The ``ctx`` must be the hash of the members (docs/messages.md): a mismatch is
+    refused, so a version id always means one content."""
     doc = _load(payload)
     schema = _schema(doc)
     if schema != 3:
@@ -851,7 +857,7 @@ def flatten(message: ReadingsMessage) -> list[FlatReading]:
                 FlatReading(
                     collector, outbox, p.seq + i, p.ts, p.device, tag, value, quality, error,
                     p.station, p.slot, p.unit_serial, p.operation, p.attempt, p.phase,
-                    p.golden, unit,
+                    p.golden, unit, p.work_order,
                 )
             )  # fmt: skip
     return out

@@ -80,7 +80,7 @@ class ReadingEncoder:
 
     The field order is the documented one: seq, ts, station, device, tag, value, unit,
     quality, error, unit_serial, operation, attempt, then slot, phase and golden only when set
-    (added within schema 1 for issue 15).
+    (added within schema 1 for issue 15), and work_order only when set (issue 24).
     """
 
     def __init__(self) -> None:

@@ -209,6 +209,7 @@ CONTEXT_CHECKS: Final[dict[str, Callable[[dict[str, Any], str, str], Any]]] = {
     "attempt": _opt_int,
     "phase": _phase,
     "golden": _bool,
+    "work_order": _opt_str,
 }
 
 

@@ -60,6 +60,9 @@ class Context(NamedTuple):
     phase: str | None = None
     #: The unit is a golden sample (a reference part, left out of yield and capability).
     golden: bool = False
+    #: The work order the unit is made under (its record's ``work_order``); None until one
+    #: is known: readings tagged before it arrived during the unit do not carry it.
+    work_order: str | None = None
 
 
 #: The unit context's fields, by the names the messages give them, in the order a schema-2 poll

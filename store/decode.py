@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, NamedTuple, TypeGuard
+from typing import Any, Final, NamedTuple, TypeGuard, cast
 
 import orjson
 
@@ -48,9 +48,34 @@ CTX_KEY_FIELDS: Final[tuple[str, ...]] = (
     "attempt",
     "phase",
     "golden",
+    "work_order",
 )
 #: A CTX_KEY_FIELDS tuple.
-CtxKey = tuple[str | None, int | str | None, str | None, str | None, int | None, str | None, bool]
+CtxKey = tuple[
+    str | None, int | str | None, str | None, str | None, int | None, str | None, bool, str | None
+]
+#: How many CTX_KEY_FIELDS the ``contexts`` key had before the first was added after them
+#: (work_order, issue 24): the JSON of a key leaves out the later fields at their default
+#: (:func:`ctx_text`), so a context without them keeps the key, and the row, it had.
+_CTX_KEY_FIXED = 7
+
+
+def ctx_text(key: CtxKey) -> str:
+    """The ``contexts.key`` (and ``context_versions.members``) text of a key: the JSON array
+    of its fields, without the trailing ones after the first seven that are at their
+    default (None), so that every row stored before they existed keeps its key."""
+    end = len(key)
+    while end > _CTX_KEY_FIXED and key[end - 1] is None:
+        end -= 1
+    return orjson.dumps(key[:end]).decode()
+
+
+def ctx_parse(text: str | bytes) -> CtxKey:
+    """A key from its :func:`ctx_text` (or from before the later fields): those left out
+    at their default."""
+    fields = tuple(orjson.loads(text))
+    return cast(CtxKey, fields + (None,) * (len(CTX_KEY_FIELDS) - len(fields)))
+
 
 #: Run.plain: every value a bare float / a bare float or integer that a float64 holds exactly.
 FLOATS, NUMBERS = 1, 2
@@ -240,7 +265,7 @@ class Decoder:
         ts: Any = get("ts")
         station, slot, serial = get("station"), get("slot"), get("unit_serial")
         operation, attempt, phase = get("operation"), get("attempt"), get("phase")
-        golden = get("golden", False)
+        golden, work_order = get("golden", False), get("work_order")
         if (
             type(seq) is not int
             or seq < 0
@@ -255,11 +280,12 @@ class Decoder:
             or type(phase) not in _OPT_STR
             or phase not in _PHASES
             or type(golden) is not bool
+            or type(work_order) not in _OPT_STR
         ):
             raise _Refused
         if ts not in self._times:
             self._check_time(ts)
-        context = (station, slot, serial, operation, attempt, phase, golden)
+        context = (station, slot, serial, operation, attempt, phase, golden, work_order)
         if "values" in poll:
             raw = poll["values"]
             if type(raw) is not dict or "tag_index" in poll or "value_list" in poll:
@@ -436,7 +462,7 @@ class Decoder:
         return True
 
 
-_NO_CONTEXT: CtxKey = (None, None, None, None, None, None, False)
+_NO_CONTEXT: CtxKey = (None, None, None, None, None, None, False, None)
 
 
 def _is_ctx(value: object) -> TypeGuard[str]:

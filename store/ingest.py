@@ -35,7 +35,15 @@ import sqlalchemy as sa
 
 from contract.decode import ContractError, FlatUnit, decode_context, decode_units
 from store.announce import Note, parse_gaps
-from store.decode import CTX_KEY_FIELDS, CtxKey, Decoded, Decoder, unexpected
+from store.decode import (
+    CTX_KEY_FIELDS,
+    CtxKey,
+    Decoded,
+    Decoder,
+    ctx_parse,
+    ctx_text,
+    unexpected,
+)
 from store.episodes import Episodes
 from store.gaps import StreamState
 from store.metabook import (
@@ -381,7 +389,7 @@ class Writer:
             for (collector, ctx), members in sorted_.contexts.items():
                 cur.execute(
                     self._sql["ctxv_add"],
-                    (collector, ctx, orjson.dumps(members).decode(), self._time(now)),
+                    (collector, ctx, ctx_text(members), self._time(now)),
                 )
             for message, kind, reason in sorted_.bad:
                 self._quarantine(cur, message, kind, reason, now)
@@ -767,7 +775,7 @@ class Writer:
         if context is None:
             rows = self._select(self._sql["ctxv_get"], key, conn)
             if rows:
-                context = self._contexts[key] = tuple(orjson.loads(rows[0][0]))
+                context = self._contexts[key] = ctx_parse(rows[0][0])
         return context
 
     def _run_problem(
@@ -1029,7 +1037,8 @@ class Writer:
                 cur.execute(self._sql["series_id"], sskey)
                 ids.series.setdefault(sskey[:2], {})[sskey[2]] = cur.fetchone()[0]
             for ckey in contexts:
-                text = orjson.dumps(ckey).decode()
+                # Without a work order, the 7-field key of the rows stored before it existed.
+                text = ctx_text(ckey)
                 cur.execute(self._sql["ctx_add"], (text, *ctx_columns(ckey)))
                 cur.execute(self._sql["ctx_id"], (text,))
                 ids.contexts[ckey] = cur.fetchone()[0]

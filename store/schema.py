@@ -136,6 +136,9 @@ contexts = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=True),
     sa.Column("phase", sa.Text, nullable=True),
     sa.Column("golden", sa.Boolean, nullable=False),
+    # The work order the readings were taken under (issue 24; migration 0008): null without
+    # one and in rows stored before it.
+    sa.Column("work_order", sa.Text, nullable=True),
 )
 
 #: ``readings.flags`` = kind * 4 + quality: how to turn ``num``/``text`` back into the JSON

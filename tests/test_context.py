@@ -306,6 +306,41 @@ def test_a_work_order_from_http_wins_over_the_last_one_scanned() -> None:
     assert [(u.serial, u.work_order) for u in line.settle(20.0)] == [("SN1", "WO-POSTED")]
 
 
+def test_the_units_work_order_is_in_the_context_of_the_readings_tagged_once_it_is_known() -> None:
+    """The unit context carries the work order of the unit whose record carries it: from the
+    moment it arrives (scanned after the serial: readings before it do not carry it), and the
+    next unit takes the last one read from its start."""
+    line = Line(config(work_order_source={"device": "scanner", "tag": "work_order"}))
+
+    def work_orders(tagged: list[tuple[Reading, Context]]) -> list[tuple[str | None, ...]]:
+        return [(c.unit_serial, c.phase, c.work_order) for _, c in tagged]
+
+    line.poll(0.5, result=0)
+    line.scan(1.0, "SN0")
+    before = line.poll(1.5, leak=4.0)
+    line.ctx.tag("scanner", [Reading(2.0, "work_order", "WO-7")])
+    after = line.poll(2.5, leak=4.5)
+    line.poll(3.0, result=1)  # pass
+    line.scan(4.0, "SN1")
+    following = line.poll(4.5, leak=5.0)
+    assert work_orders(before) == [("SN0", "test", None)]
+    assert work_orders(after) == [("SN0", "test", "WO-7")]
+    assert work_orders(following) == [("SN1", "test", "WO-7")]
+    # The same work order as the unit's record names.
+    first = line.settle(20.0)[0]
+    assert (first.serial, first.work_order) == ("SN0", "WO-7")
+    # Readings of no unit carry none.
+    line.ctx.tag("scanner", [Reading(21.0, "serial", "")])
+    assert work_orders(line.poll(21.5, leak=1.0)) == [(None, None, None)]
+
+
+def test_a_station_without_work_orders_tags_contexts_without_one() -> None:
+    line = Line()
+    line.scan(1.0, "SN1")
+    ((_, context),) = line.poll(1.5, leak=4.0)
+    assert (context.unit_serial, context.work_order) == ("SN1", None)
+
+
 def test_bad_readings_are_tagged_but_are_not_signals_or_characteristics() -> None:
     line = Line()
     line.poll(0.5, result=0)

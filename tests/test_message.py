@@ -46,6 +46,8 @@ def reference(seq: int, device: str, reading: Reading, context: Context) -> byte
             **({"slot": context.slot} if context.slot is not None else {}),
             **({"phase": context.phase} if context.phase is not None else {}),
             **({"golden": True} if context.golden else {}),
+            # Added with the work order in the unit context (issue 24), only when set.
+            **({"work_order": context.work_order} if context.work_order is not None else {}),
         }
     )
 
@@ -75,6 +77,7 @@ CONTEXTS = [
     Context("ft-1", None, "functional-test"),
     Context("ft-1", 'SN-"1"', "op ü", 3),
     Context("rack-a", "SN-7", "burn-in", 2, 7, "after", True),
+    Context("ft-1", "SN-8", "functional-test", 1, None, "test", False, "WO-1001"),
 ]
 
 
@@ -91,8 +94,9 @@ def test_each_value_and_context_encodes_like_the_reference(context: Context) -> 
     expected = b",".join(reference(100 + i, 'dev "x"', r, context) for i, r in enumerate(readings))
     assert body == expected
     items = orjson.loads(b"[" + body + b"]")
-    # slot, phase and golden follow, each only when set.
-    extra = tuple(k for k, v in zip(("slot", "phase", "golden"), context[4:], strict=True) if v)
+    # slot, phase, golden and work_order follow, each only when set.
+    later = ("slot", "phase", "golden", "work_order")
+    extra = tuple(k for k, v in zip(later, context[4:], strict=True) if v)
     assert [tuple(item) for item in items] == [FIELDS + extra] * len(readings)  # documented order
 
 

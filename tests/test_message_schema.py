@@ -67,6 +67,10 @@ def test_real_messages_of_both_forms_are_valid() -> None:
     version = PollEncoder().version(UNIT)
     assert version is not None
     assert_valid(version.message("line1-pc1"), "context-3.json")
+    with_wo = PollEncoder().version(UNIT._replace(work_order="WO-1001"))
+    assert with_wo is not None
+    assert b'"work_order":"WO-1001"' in with_wo.message("line1-pc1")
+    assert_valid(with_wo.message("line1-pc1"), "context-3.json")
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -91,6 +95,7 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
         ({"ctx": [[0]]}, ()),
         ({"dt": [[3, "250"]]}, ()),
         ({"station": "ft-1"}, ()),  # a context by ctx and by members
+        ({"work_order": "WO-1001"}, ()),
     ],
 )
 def test_broken_polls_are_invalid(change: dict[str, Any], remove: tuple[str, ...]) -> None:
@@ -121,7 +126,7 @@ def test_a_poll_buffered_by_a_schema_2_collector_is_valid_in_a_schema_3_message(
     doc = json.loads(readings_message(True))
     doc["polls"].append(
         {"seq": 1, "ts": "2026-11-21T10:15:02Z", "device": "tester-1", "station": "ft-1",
-         "unit_serial": "PILOT-0041", "values": {"supply_voltage": 12.0}}
+         "unit_serial": "PILOT-0041", "work_order": "WO-1001", "values": {"supply_voltage": 12.0}}
     )  # fmt: skip
     # and one by position: its device, its values in value_list
     doc["polls"].append(

@@ -65,7 +65,7 @@ VERSION = ContextVersion(CTX)
 BOOK = ContextBook()
 BOOK.add(VERSION.message("pc1"))
 CTX_KEY = (CTX.station, CTX.slot, CTX.unit_serial, CTX.operation, CTX.attempt, CTX.phase,
-           CTX.golden)  # fmt: skip
+           CTX.golden, CTX.work_order)  # fmt: skip
 #: The tag metadata of device "dev" (6 tags), as a consumer has it from meta/dev.
 META = DeviceMeta("dev", {f"t{i}": {"unit": "V", "type": "float64", "scale": 1.0, "offset": 0.0,
                                     "station": None} for i in range(6)})  # fmt: skip
@@ -93,7 +93,8 @@ def flat(decoded: Decoded) -> list[tuple[Any, ...]]:
     for p in decoded.polls:
         for i, (tag, v, q, e, _unit) in enumerate(p.values):
             out.append((p.seq + i, tag, v, q, e, p.ts, p.device, p.station, p.slot,
-                        p.unit_serial, p.operation, p.attempt, p.phase, p.golden))  # fmt: skip
+                        p.unit_serial, p.operation, p.attempt, p.phase, p.golden,
+                        p.work_order))  # fmt: skip
     return out
 
 
@@ -184,6 +185,16 @@ def variants() -> Iterator[tuple[str, bytes]]:
     doc = copy.deepcopy(base)
     doc["polls"][0]["station"] = "ft-1"
     yield "ctx and a context member", orjson.dumps(doc)
+    doc = copy.deepcopy(base)
+    doc["polls"][0]["work_order"] = "WO-1001"
+    yield "ctx and a work order", orjson.dumps(doc)
+    doc = copy.deepcopy(base)
+    del doc["polls"][0]["ctx"]
+    doc["polls"][0].update(station="ft-1", unit_serial="SN1", work_order="WO-1001")
+    yield "context members with a work order (buffered by schema 2)", orjson.dumps(doc)
+    for bad in (5, True, ["WO-1"]):
+        doc["polls"][0]["work_order"] = bad
+        yield f"work_order={bad!r}", orjson.dumps(doc)
     yield "a repeated key", orjson.dumps(base).replace(b'"seq":1,', b'"seq":1,"seq":2,', 1)
     doc = copy.deepcopy(base)
     doc["polls"].append("not a poll")

@@ -21,7 +21,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from contract.encode import ReadingEncoder, build_message, encode_unit, with_seq
+from contract.encode import (
+    PollEncoder,
+    ReadingEncoder,
+    build_message,
+    encode_unit,
+    envelope,
+    with_seq,
+)
 from contract.records import Context, Reading, UnitRecord
 from store.db import connect
 from store.ingest import Incoming, Writer
@@ -225,6 +232,65 @@ def test_the_head_is_exactly_store_schema(db_url: str, tmp_path: Path) -> None:
         assert _version_rows(engine) == [revision]
     assert _diff(engine) == []
     assert _catalog(engine) == _catalog(reference)
+
+
+#: The ``contexts.key`` the store wrote before the work order was in the unit context
+#: (revision 0007) for the context of :func:`_readings`: the JSON of (station, slot,
+#: unit_serial, operation, attempt, phase, golden).
+KEY_0007 = '["ft-1",null,"PILOT-1","functional-test",1,null,false]'
+
+
+def test_a_context_row_stored_before_the_work_order_keeps_its_key_and_its_readings(
+    db_url: str,
+) -> None:
+    """A database at revision 0007 holding a context row: migrated to the head (0008 adds
+    ``contexts.work_order``), the same context without a work order maps to that row and its
+    key, not to a new one; a context with a work order gets a row of its own whose key
+    names it."""
+    engine = connect(db_url)
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0007")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO contexts (key, station, slot, unit_serial, operation, attempt, "
+                "phase, golden) VALUES (:key, 'ft-1', NULL, 'PILOT-1', 'functional-test', 1, "
+                "NULL, :golden)"
+            ),
+            {"key": KEY_0007, "golden": False},
+        )
+    migrate(engine)
+    assert _version_rows(engine) == [head_revision()] == ["0008"]
+    assert _diff(engine) == []
+    writer = Writer(engine)
+    writer.write([Incoming(R_TOPIC, _readings(1, 4))])  # schema 1: no work order
+    # Schema 3: the same context without a work order (its version's members are the
+    # 7-field key), then with one, as two versions on context/ft-1.
+    plain = Context("ft-1", "PILOT-1", "functional-test", 1)
+    contexts = [plain, plain._replace(work_order="WO-1001")]
+    polls = [Reading(T0 + 5, "t0", 1.5, "V"), Reading(T0 + 5, "t1", 2.5, "V")]
+    encoder = PollEncoder()
+    body = encoder.encode(1, "tester-1", polls, contexts)
+    versions = [encoder.version(c) for c in contexts]
+    writer.write(
+        [Incoming(f"{R_TOPIC[:-9]}/context/ft-1", v.message("pc1")) for v in versions if v]
+        + [Incoming(R_TOPIC, envelope("pc1", "0123456789abcdef", body))]
+    )
+    writer.close()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id, key, unit_serial, work_order FROM contexts ORDER BY id")
+        ).all()
+        used = conn.execute(
+            sa.text("SELECT context, count(*) FROM readings GROUP BY context ORDER BY context")
+        ).all()
+    (old_id, old_key, _, old_wo), (new_id, new_key, serial, wo) = rows
+    assert (old_key, old_wo) == (KEY_0007, None)
+    assert new_key == KEY_0007[:-1] + ',"WO-1001"]'
+    assert (serial, wo) == ("PILOT-1", "WO-1001")
+    assert [tuple(u) for u in used] == [(old_id, 5), (new_id, 1)]
 
 
 #: One store process's start-up migration: says "ready" once its imports are done, begins when

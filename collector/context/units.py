@@ -213,7 +213,9 @@ class Station:
         cached = self._context
         if cached is not None and cached[0] is unit and cached[1] is phase:
             context = cached[2]
-            if context.golden is unit.golden:
+            # Golden and the work order may be set during the unit (marked, scanned after
+            # the serial): the readings tagged from then on carry them, the earlier ones not.
+            if context.golden is unit.golden and context.work_order == unit.work_order:
                 return context
         context = Context(
             self.out_name,
@@ -223,6 +225,7 @@ class Station:
             self.config.slot,
             phase,
             unit.golden,
+            unit.work_order,
         )
         self._context = (unit, phase, context)
         return context
